@@ -1,0 +1,311 @@
+"""Parameter specifications and spaces.
+
+A regularizer declares its physical parameters as a :class:`ParamSpace`, an ordered set of
+:class:`ParamSpec`. Nothing else in the library knows their names: training draws parameter
+vectors from the space, the hypernetwork is conditioned on their normalised values, and the
+test-time tools build grids over it.
+
+At the API surface a parameter vector is a mapping ``name -> value``; inside the networks it is a
+tensor ``(B, P)`` in the order of the space.
+"""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Iterable, Iterator, Mapping, Sequence
+from typing import Literal
+
+import torch
+from pydantic import BaseModel, ConfigDict, model_validator
+
+__all__ = ["ParamSpace", "ParamSpec"]
+
+
+class ParamSpec(BaseModel):
+    """One scalar parameter: its bounds, scale, default and meaning.
+
+    Args:
+        name: identifier, unique within a space (e.g. ``"mu"``).
+        low: lower bound (inclusive).
+        high: upper bound (inclusive); ``low == high`` is a parameter fixed to that value.
+        default: value used when none is given; must lie within the bounds.
+        scale: ``"linear"`` samples and normalises uniformly in the value, ``"log"`` in its
+            logarithm (requires ``low > 0``).
+        description: one line on what the parameter means physically.
+
+    Examples:
+        >>> ParamSpec(name="mu", low=0.0, high=1.0, default=0.03, description="shear modulus")
+        ParamSpec(name='mu', low=0.0, high=1.0, default=0.03, scale='linear', ...)
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    name: str
+    low: float
+    high: float
+    default: float
+    scale: Literal["linear", "log"] = "linear"
+    description: str = ""
+
+    @model_validator(mode="after")
+    def _check_bounds(self) -> ParamSpec:
+        if not all(math.isfinite(v) for v in (self.low, self.high, self.default)):
+            raise ValueError(f"parameter '{self.name}': bounds and default must be finite")
+        if self.low > self.high:
+            raise ValueError(
+                f"parameter '{self.name}': low={self.low} is greater than high={self.high}"
+            )
+        if not self.low <= self.default <= self.high:
+            raise ValueError(
+                f"parameter '{self.name}': default={self.default} lies outside "
+                f"[{self.low}, {self.high}]"
+            )
+        if self.scale == "log" and self.low <= 0:
+            raise ValueError(
+                f"parameter '{self.name}': log scale needs low > 0, got low={self.low}"
+            )
+        return self
+
+    @property
+    def is_fixed(self) -> bool:
+        """True when the bounds collapse to one value."""
+        return self.low == self.high
+
+    def override(
+        self,
+        *,
+        low: float | None = None,
+        high: float | None = None,
+        default: float | None = None,
+        scale: Literal["linear", "log"] | None = None,
+    ) -> ParamSpec:
+        """Return a copy with new bounds; the default is clamped into them unless given.
+
+        Raises:
+            ValueError: if the new bounds are inconsistent.
+        """
+        new_low = self.low if low is None else float(low)
+        new_high = self.high if high is None else float(high)
+        if default is None:
+            default = min(max(self.default, new_low), new_high)
+        return ParamSpec(
+            name=self.name,
+            low=new_low,
+            high=new_high,
+            default=float(default),
+            scale=scale or self.scale,
+            description=self.description,
+        )
+
+    def fixed(self, value: float) -> ParamSpec:
+        """Return a copy fixed to ``value`` (``low == high == default == value``)."""
+        value = float(value)
+        return ParamSpec(
+            name=self.name,
+            low=value,
+            high=value,
+            default=value,
+            scale="linear",
+            description=self.description,
+        )
+
+    def renamed(self, name: str) -> ParamSpec:
+        """Return a copy under another name (e.g. ``"linear_elastic.mu"``)."""
+        return self.model_copy(update={"name": name})
+
+    def check(self, value: float) -> float:
+        """Return ``value`` as a float, or raise a ``ValueError`` naming the bounds.
+
+        Raises:
+            ValueError: if the value is not finite or lies outside ``[low, high]``.
+        """
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"parameter '{self.name}' must be finite, got {value}")
+        tolerance = 1e-9 * max(1.0, abs(self.low), abs(self.high))
+        if value < self.low - tolerance or value > self.high + tolerance:
+            raise ValueError(
+                f"parameter '{self.name}'={value} is out of range [{self.low}, {self.high}]"
+            )
+        return min(max(value, self.low), self.high)
+
+
+class ParamSpace(BaseModel):
+    """An ordered set of :class:`ParamSpec` with sampling, normalisation and grids.
+
+    Normalised coordinates lie in ``[0, 1]^P`` and are linear in the value (``scale="linear"``)
+    or in its logarithm (``scale="log"``). Fixed parameters (``low == high``) normalise to 0.
+
+    Examples:
+        >>> space = ParamSpace.of(
+        ...     ParamSpec(name="lam", low=0, high=1, default=0.1),
+        ...     ParamSpec(name="mu", low=0, high=1, default=0.03),
+        ... )
+        >>> space.sample(4, generator=torch.Generator().manual_seed(0)).shape
+        torch.Size([4, 2])
+        >>> space.validate({"mu": 0.5})
+        {'lam': 0.1, 'mu': 0.5}
+    """
+
+    model_config = ConfigDict(frozen=True, extra="forbid")
+
+    specs: tuple[ParamSpec, ...] = ()
+
+    @model_validator(mode="after")
+    def _unique_names(self) -> ParamSpace:
+        names = [s.name for s in self.specs]
+        duplicates = sorted({n for n in names if names.count(n) > 1})
+        if duplicates:
+            raise ValueError(f"ParamSpace: duplicate parameter names {duplicates}")
+        return self
+
+    @classmethod
+    def of(cls, *specs: ParamSpec) -> ParamSpace:
+        """Build a space from specs given positionally."""
+        return cls(specs=tuple(specs))
+
+    # -- container protocol -------------------------------------------------------------
+    def __len__(self) -> int:
+        return len(self.specs)
+
+    def __iter__(self) -> Iterator[ParamSpec]:  # type: ignore[override]
+        return iter(self.specs)
+
+    def __getitem__(self, name: str) -> ParamSpec:
+        for spec in self.specs:
+            if spec.name == name:
+                return spec
+        raise KeyError(f"no parameter '{name}' in space with {self.names}")
+
+    def __contains__(self, name: object) -> bool:
+        return name in self.names
+
+    @property
+    def names(self) -> list[str]:
+        """Parameter names in order."""
+        return [s.name for s in self.specs]
+
+    def defaults(self) -> dict[str, float]:
+        """Mapping of each parameter to its default value."""
+        return {s.name: s.default for s in self.specs}
+
+    # -- checks -------------------------------------------------------------------------
+    def validate(self, values: Mapping[str, float] | None = None) -> dict[str, float]:  # type: ignore[override]
+        """Complete ``values`` with defaults and check every value against its bounds.
+
+        Raises:
+            KeyError: for a name the space does not declare (close matches are named).
+            ValueError: for a value outside its bounds (the message names the bounds).
+        """
+        from regzoo._errors import unknown_name_message
+
+        values = dict(values or {})
+        unknown = [k for k in values if k not in self.names]
+        if unknown:
+            raise KeyError(unknown_name_message("parameter", unknown[0], self.names))
+        return {s.name: s.check(values.get(s.name, s.default)) for s in self.specs}
+
+    # -- tensor conversions -------------------------------------------------------------
+    def _bounds(self, like: torch.Tensor | None = None) -> tuple[torch.Tensor, torch.Tensor]:
+        lows, highs = [], []
+        for s in self.specs:
+            lo, hi = (math.log(s.low), math.log(s.high)) if s.scale == "log" else (s.low, s.high)
+            lows.append(lo)
+            highs.append(hi)
+        kwargs = {"dtype": like.dtype, "device": like.device} if like is not None else {}
+        return torch.tensor(lows, **kwargs), torch.tensor(highs, **kwargs)
+
+    def _log_mask(self, like: torch.Tensor) -> torch.Tensor:
+        return torch.tensor(
+            [s.scale == "log" for s in self.specs], dtype=torch.bool, device=like.device
+        )
+
+    def normalize(self, values: torch.Tensor) -> torch.Tensor:
+        """Map values ``(..., P)`` to ``[0, 1]^P`` on each parameter's scale."""
+        self._check_last_dim(values, "normalize")
+        lows, highs = self._bounds(values)
+        log_mask = self._log_mask(values)
+        transformed = torch.where(log_mask, torch.log(values.clamp_min(1e-30)), values)
+        span = highs - lows
+        safe_span = torch.where(span > 0, span, torch.ones_like(span))
+        return torch.where(span > 0, (transformed - lows) / safe_span, torch.zeros_like(values))
+
+    def denormalize(self, unit: torch.Tensor) -> torch.Tensor:
+        """Inverse of :meth:`normalize`: map ``[0, 1]^P`` coordinates ``(..., P)`` to values."""
+        self._check_last_dim(unit, "denormalize")
+        lows, highs = self._bounds(unit)
+        transformed = lows + unit * (highs - lows)
+        return torch.where(self._log_mask(unit), torch.exp(transformed), transformed)
+
+    def sample(
+        self,
+        n: int,
+        generator: torch.Generator | None = None,
+        *,
+        endpoint_rate: float = 0.0,
+        device: torch.device | str | None = None,
+    ) -> torch.Tensor:
+        """Draw ``n`` parameter vectors ``(n, P)``, uniform on each parameter's scale.
+
+        Args:
+            n: number of vectors.
+            generator: random generator used for every draw (reproducible sampling).
+            endpoint_rate: probability that a coordinate is snapped to its lower or upper bound
+                (HyperMorph's oversampling of the range ends, which keeps the extremes trained).
+            device: device of the result.
+        """
+        if not 0.0 <= endpoint_rate <= 1.0:
+            raise ValueError(
+                f"ParamSpace.sample(): endpoint_rate must be in [0, 1], got {endpoint_rate}"
+            )
+        unit = torch.rand(n, len(self), generator=generator)
+        if endpoint_rate > 0:
+            snap = torch.rand(n, len(self), generator=generator) < endpoint_rate
+            ends = (torch.rand(n, len(self), generator=generator) < 0.5).to(unit.dtype)
+            unit = torch.where(snap, ends, unit)
+        return self.denormalize(unit).to(device) if device is not None else self.denormalize(unit)
+
+    def grid(self, steps: int | Sequence[int]) -> torch.Tensor:
+        """Regular grid ``(prod(steps), P)`` over the space, on each parameter's scale.
+
+        Args:
+            steps: points per parameter (one int for all, or one per parameter).
+        """
+        if isinstance(steps, int):
+            steps = [steps] * len(self)
+        if len(steps) != len(self):
+            raise ValueError(
+                f"ParamSpace.grid(): expected {len(self)} step counts, got {len(steps)}"
+            )
+        if len(self) == 0:
+            return torch.zeros(1, 0)
+        axes = [torch.linspace(0.0, 1.0, int(k)) if k > 1 else torch.zeros(1) for k in steps]
+        unit = torch.cartesian_prod(*axes).reshape(-1, len(self))
+        return self.denormalize(unit)
+
+    def to_tensor(self, values: Mapping[str, float], *, batch: int = 1) -> torch.Tensor:
+        """Validate a mapping and return it as a tensor ``(batch, P)``."""
+        checked = self.validate(values)
+        row = torch.tensor([checked[n] for n in self.names], dtype=torch.float32)
+        return row.expand(batch, len(self)).clone()
+
+    def to_dict(self, vector: torch.Tensor) -> dict[str, torch.Tensor]:
+        """Split a tensor ``(B, P)`` into a mapping ``name -> (B,)``."""
+        self._check_last_dim(vector, "to_dict")
+        return {name: vector[..., i] for i, name in enumerate(self.names)}
+
+    def _check_last_dim(self, tensor: torch.Tensor, caller: str) -> None:
+        if tensor.shape[-1] != len(self):
+            raise ValueError(
+                f"ParamSpace.{caller}(): expected a last dimension of {len(self)} "
+                f"({self.names}), got shape {tuple(tensor.shape)}"
+            )
+
+    def describe(self) -> list[dict[str, float | str]]:
+        """JSON-ready description: one dict per parameter."""
+        return [s.model_dump() for s in self.specs]
+
+
+def merge_spaces(spaces: Iterable[ParamSpace]) -> ParamSpace:
+    """Concatenate spaces into one (names must stay unique)."""
+    return ParamSpace(specs=tuple(spec for space in spaces for spec in space))

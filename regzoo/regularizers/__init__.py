@@ -1,0 +1,39 @@
+"""Regularizers: energies of a displacement field, each with a declared parameter space.
+
+Examples:
+    >>> import torch, regzoo
+    >>> reg = regzoo.regularizers.get("linear_elastic")()
+    >>> u = torch.zeros(2, 3, 8, 8, 8)
+    >>> reg(u, {"lam": 0.1, "mu": torch.tensor([0.1, 0.5])}).shape
+    torch.Size([2])
+"""
+
+from regzoo.regularizers import functional
+from regzoo.regularizers.base import REGULARIZERS, NoOptions, Regularizer, regularizer
+from regzoo.regularizers.builtin import (
+    BendingEnergy,
+    Curvature,
+    Diffusion,
+    JacobianPenalty,
+    LinearElastic,
+    TotalVariation,
+)
+
+get = REGULARIZERS.get
+available = REGULARIZERS.available
+
+__all__ = [
+    "REGULARIZERS",
+    "BendingEnergy",
+    "Curvature",
+    "Diffusion",
+    "JacobianPenalty",
+    "LinearElastic",
+    "NoOptions",
+    "Regularizer",
+    "TotalVariation",
+    "available",
+    "functional",
+    "get",
+    "regularizer",
+]

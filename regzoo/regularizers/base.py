@@ -1,0 +1,119 @@
+"""The :class:`Regularizer` base class and the regularizer registry."""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from typing import ClassVar
+
+import torch
+from pydantic import BaseModel, ConfigDict
+from torch import nn
+
+from regzoo.params import ParamSpace
+from regzoo.registry import Registry
+from regzoo.spatial import Spacing, check_field
+
+__all__ = ["NoOptions", "Regularizer", "RegularizerParams", "regularizer"]
+
+RegularizerParams = Mapping[str, float | torch.Tensor]
+RESERVED_NAMES = frozenset({"alpha"})
+
+
+class NoOptions(BaseModel):
+    """Options model of a component that takes no options."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+
+class Regularizer(nn.Module):
+    """Base class of registered regularizers.
+
+    Subclasses declare:
+
+    - ``space``: the :class:`~regzoo.params.ParamSpace` of their physical parameters (empty
+      for parameter-free energies such as diffusion);
+    - ``quadratic``: True when ``R(c u) = c^2 R(u)`` (checked by :mod:`regzoo.testing`);
+    - ``Options``: a pydantic model of construction options (validated from configs);
+    - :meth:`energy`: the energy per batch element.
+
+    Call as ``reg(u, params, spacing=None) -> (B,)`` where ``params`` maps each declared name to
+    a float or a ``(B,)`` tensor; missing names take their defaults.
+    """
+
+    space: ClassVar[ParamSpace] = ParamSpace()
+    quadratic: ClassVar[bool] = True
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    registered_name: ClassVar[str]
+
+    def __init__(self, **options: object) -> None:
+        super().__init__()
+        self.options = self.Options(**options)
+
+    def forward(
+        self,
+        u: torch.Tensor,
+        params: RegularizerParams | None = None,
+        spacing: Spacing = None,
+    ) -> torch.Tensor:
+        """Energy of displacement ``u`` ``(B, D, *spatial)`` per batch element ``(B,)``."""
+        check_field(u, type(self).__name__)
+        return self.energy(u, self.resolve_params(params, batch=u.shape[0]), spacing)
+
+    def resolve_params(
+        self, params: RegularizerParams | None, *, batch: int
+    ) -> dict[str, float | torch.Tensor]:
+        """Fill defaults and check names, float bounds and tensor shapes.
+
+        Raises:
+            KeyError: unknown parameter name (close matches named).
+            ValueError: a float out of its bounds, or a tensor not of shape ``(batch,)``.
+        """
+        params = dict(params or {})
+        floats = {k: v for k, v in params.items() if not isinstance(v, torch.Tensor)}
+        resolved: dict[str, float | torch.Tensor] = dict(self.space.validate(floats))
+        for name, value in params.items():
+            if isinstance(value, torch.Tensor):
+                if name not in self.space:
+                    self.space.validate({name: 0.0})  # raises the unknown-name KeyError
+                if value.shape != (batch,):
+                    raise ValueError(
+                        f"{type(self).__name__}: parameter '{name}' must be a float or a tensor "
+                        f"of shape ({batch},), got shape {tuple(value.shape)}"
+                    )
+                resolved[name] = value
+        return resolved
+
+    def energy(
+        self, u: torch.Tensor, params: Mapping[str, float | torch.Tensor], spacing: Spacing
+    ) -> torch.Tensor:
+        """Compute the energy ``(B,)``; ``params`` holds every declared parameter."""
+        raise NotImplementedError
+
+    def extra_repr(self) -> str:
+        return ", ".join(f"{k}={v!r}" for k, v in self.options.model_dump().items())
+
+
+def _check_regularizer(cls: type) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Regularizer)):
+        raise TypeError(f"a regularizer must subclass regzoo.regularizers.Regularizer, got {cls!r}")
+    if not isinstance(cls.space, ParamSpace):
+        raise TypeError(f"{cls.__name__}.space must be a ParamSpace")
+    for name in cls.space.names:
+        if name in RESERVED_NAMES or "." in name:
+            raise ValueError(
+                f"{cls.__name__}: parameter name '{name}' is reserved or contains '.'; "
+                "the term weight 'alpha' is added by the config"
+            )
+
+
+REGULARIZERS: Registry[Regularizer] = Registry(
+    "regularizer",
+    "regzoo.regularizers",
+    contract=(
+        "A Regularizer subclass with a ParamSpace `space` of its own physical parameters; "
+        "`reg(u, params, spacing=None)` returns the energy per batch element (B,) for a "
+        "displacement u (B, D, *spatial) in 2D and 3D, differentiable in u."
+    ),
+    check=_check_regularizer,
+)
+regularizer = REGULARIZERS.register

@@ -1,0 +1,127 @@
+"""Regularization energies as plain functions.
+
+Every function takes a displacement ``u`` of shape ``(B, D, *spatial)`` (voxels, fixed grid,
+channel ``k`` along array axis ``k``; ``D`` = 2 or 3) and returns the energy per batch element,
+``(B,)``: the mean over the domain of a pointwise density. Parameters are floats or tensors
+``(B,)`` (one value per batch element). Derivatives are forward finite differences on the
+interior (see :mod:`regzoo.spatial`). With ``spacing`` given, ``u`` is converted to physical
+units (``u_k * spacing_k``) and derivatives are taken per physical unit.
+"""
+
+from __future__ import annotations
+
+import torch
+
+from regzoo.spatial import (
+    Spacing,
+    check_field,
+    gradient,
+    hessian,
+    jacobian_determinant,
+    spacing_tensor,
+)
+
+__all__ = [
+    "bending_energy",
+    "curvature_energy",
+    "diffusion_energy",
+    "jacobian_energy",
+    "linear_elastic_energy",
+    "total_variation_energy",
+]
+
+Param = float | torch.Tensor
+
+
+def _physical(u: torch.Tensor, spacing: Spacing) -> torch.Tensor:
+    step = spacing_tensor(spacing, u.shape[1], u)
+    return u if step is None else u * step.view(1, -1, *([1] * (u.ndim - 2)))
+
+
+def _per_sample(value: Param, density: torch.Tensor, name: str, caller: str) -> torch.Tensor:
+    """Broadcast a parameter (float or ``(B,)``) against a density ``(B, *spatial)``."""
+    tensor = torch.as_tensor(value, dtype=density.dtype, device=density.device)
+    if tensor.ndim == 0:
+        return tensor
+    if tensor.shape != (density.shape[0],):
+        raise ValueError(
+            f"{caller}() parameter '{name}' must be a float or a tensor of shape "
+            f"({density.shape[0]},), got shape {tuple(tensor.shape)}"
+        )
+    return tensor.view(-1, *([1] * (density.ndim - 1)))
+
+
+def _domain_mean(density: torch.Tensor) -> torch.Tensor:
+    return density.flatten(1).mean(dim=1)
+
+
+def diffusion_energy(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
+    """Diffusion: ``mean_x sum_ij (d_i u_j)^2 = mean |grad u|^2``."""
+    check_field(u, "diffusion_energy")
+    jac = gradient(_physical(u, spacing), spacing)
+    return _domain_mean(jac.pow(2).sum(dim=(1, 2)))
+
+
+def linear_elastic_energy(
+    u: torch.Tensor, lam: Param, mu: Param, spacing: Spacing = None
+) -> torch.Tensor:
+    """Linear elasticity (Broit; the paper's Eq. 2).
+
+    ``mean_x( mu/4 * sum_ij (d_i u_j + d_j u_i)^2 + lam/2 * (div u)^2 )``.
+    """
+    check_field(u, "linear_elastic_energy")
+    jac = gradient(_physical(u, spacing), spacing)  # [:, j, i] = d_i u_j
+    strain = jac + jac.transpose(1, 2)
+    shear = strain.pow(2).sum(dim=(1, 2))
+    divergence = torch.diagonal(jac, dim1=1, dim2=2).sum(dim=-1)
+    mu_t = _per_sample(mu, shear, "mu", "linear_elastic_energy")
+    lam_t = _per_sample(lam, shear, "lam", "linear_elastic_energy")
+    return _domain_mean(mu_t / 4 * shear + lam_t / 2 * divergence.pow(2))
+
+
+def bending_energy(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
+    """Bending energy (thin-plate): ``mean_x sum_k sum_ij (d_i d_j u_k)^2``."""
+    check_field(u, "bending_energy")
+    return _domain_mean(hessian(_physical(u, spacing), spacing).pow(2).sum(dim=(1, 2, 3)))
+
+
+def curvature_energy(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
+    """Curvature (Fischer-Modersitzki): ``mean_x sum_k (Laplacian u_k)^2``."""
+    check_field(u, "curvature_energy")
+    second = hessian(_physical(u, spacing), spacing)
+    laplacian = torch.diagonal(second, dim1=2, dim2=3).sum(dim=-1)
+    return _domain_mean(laplacian.pow(2).sum(dim=1))
+
+
+def total_variation_energy(
+    u: torch.Tensor, eps: Param = 1e-3, spacing: Spacing = None
+) -> torch.Tensor:
+    """Isotropic total variation, Charbonnier-smoothed: ``mean_x sqrt(|grad u|^2 + eps^2) - eps``.
+
+    Subtracting ``eps`` makes the energy of a constant field exactly zero.
+    """
+    check_field(u, "total_variation_energy")
+    squared = gradient(_physical(u, spacing), spacing).pow(2).sum(dim=(1, 2))
+    eps_t = _per_sample(eps, squared, "eps", "total_variation_energy")
+    return _domain_mean(torch.sqrt(squared + eps_t**2) - eps_t)
+
+
+def jacobian_energy(
+    u: torch.Tensor,
+    volume_weight: Param = 1.0,
+    folding_weight: Param = 1.0,
+    *,
+    min_det: float = 1e-3,
+) -> torch.Tensor:
+    """Jacobian-determinant penalty: local volume change and folding.
+
+    ``mean_x( volume_weight * (log max(det J, min_det))^2 + folding_weight * relu(-det J) )``
+    with ``J = I + grad u``. The first term favours local volume preservation
+    (incompressibility), the second penalises folded (negative-determinant) voxels.
+    """
+    check_field(u, "jacobian_energy")
+    det = jacobian_determinant(u, pad=False)
+    log_det = torch.log(det.clamp_min(min_det))
+    vol = _per_sample(volume_weight, det, "volume_weight", "jacobian_energy")
+    fold = _per_sample(folding_weight, det, "folding_weight", "jacobian_energy")
+    return _domain_mean(vol * log_det.pow(2) + fold * torch.relu(-det))

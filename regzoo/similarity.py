@@ -1,0 +1,125 @@
+"""Image similarity losses (lower is better), registered like the regularizers.
+
+A similarity is called as ``sim(fixed, warped) -> (B,)``. Third-party similarities register
+through the entry-point group ``regzoo.similarities`` or :func:`similarity`.
+"""
+
+from __future__ import annotations
+
+from typing import ClassVar
+
+import torch
+import torch.nn.functional as F
+from pydantic import BaseModel, ConfigDict, Field
+from torch import nn
+
+from regzoo.registry import Registry
+from regzoo.regularizers.base import NoOptions
+from regzoo.spatial import check_image
+
+__all__ = ["LNCC", "MSE", "SIMILARITIES", "Similarity", "box_filter", "similarity"]
+
+
+class Similarity(nn.Module):
+    """Base class of registered similarity losses: ``forward(fixed, warped) -> (B,)``."""
+
+    Options: ClassVar[type[BaseModel]] = NoOptions
+    registered_name: ClassVar[str]
+
+    def __init__(self, **options: object) -> None:
+        super().__init__()
+        self.options = self.Options(**options)
+
+    def forward(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        """Loss per batch element ``(B,)`` between two images ``(B, C, *spatial)``."""
+        name = type(self).__name__
+        check_image(fixed, name, name="fixed")
+        check_image(warped, name, name="warped")
+        if fixed.shape[1:] != warped.shape[1:]:
+            raise ValueError(
+                f"{name}: 'fixed' {tuple(fixed.shape)} and 'warped' {tuple(warped.shape)} differ"
+            )
+        return self.loss(fixed, warped)
+
+    def loss(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        """Compute the loss ``(B,)``; inputs are already checked."""
+        raise NotImplementedError
+
+
+def _check_similarity(cls: type) -> None:
+    if not (isinstance(cls, type) and issubclass(cls, Similarity)):
+        raise TypeError(f"a similarity must subclass regzoo.similarity.Similarity, got {cls!r}")
+
+
+SIMILARITIES: Registry[Similarity] = Registry(
+    "similarity",
+    "regzoo.similarities",
+    contract="A Similarity subclass: `sim(fixed, warped) -> (B,)`, lower is better, 2D and 3D.",
+    check=_check_similarity,
+)
+similarity = SIMILARITIES.register
+
+
+def box_filter(x: torch.Tensor, window: int) -> torch.Tensor:
+    """Separable moving average over a ``window^D`` box with zero padding ("same" size).
+
+    Cost is ``D * window`` per voxel instead of ``window^D`` for a dense kernel.
+    """
+    ndim = check_image(x, "box_filter", name="x")
+    if window < 1 or window % 2 == 0:
+        raise ValueError(f"box_filter() 'window' must be a positive odd integer, got {window}")
+    conv = F.conv2d if ndim == 2 else F.conv3d
+    channels = x.shape[1]
+    out = x
+    for axis in range(ndim):
+        shape = [1] * ndim
+        shape[axis] = window
+        padding = [0] * ndim
+        padding[axis] = window // 2
+        kernel = x.new_full((channels, 1, *shape), 1.0 / window)
+        out = conv(out, kernel, padding=tuple(padding), groups=channels)
+    return out
+
+
+class LNCCOptions(BaseModel):
+    """Options of :class:`LNCC`."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
+
+    window: int = Field(9, ge=1, description="side of the local window (odd), window^D voxels")
+    eps: float = Field(1e-5, gt=0, description="stabiliser added to the variance product")
+
+
+@similarity("lncc")
+class LNCC(Similarity):
+    """Local normalised cross-correlation loss, ``-mean_x cc(x)`` (VoxelMorph's NCC).
+
+    ``cc = cov(F, W)^2 / (var(F) var(W) + eps)`` over a ``window^D`` box (the paper uses 9^D),
+    computed with a separable box filter; windows that cross the border average over their
+    in-domain voxels only (no zero-padding bias). The optimum is -1 (identical, textured images); it
+    is invariant to affine intensity changes up to ``eps``; constant patches give 0, not NaN.
+    """
+
+    Options = LNCCOptions
+
+    def loss(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        window = self.options.window
+        stacked = torch.cat([fixed, warped, fixed * fixed, warped * warped, fixed * warped], dim=1)
+        # average over the in-domain part of each window: no zero-padding bias at the border
+        support = box_filter(torch.ones_like(fixed[:1, :1]), window)
+        means = box_filter(stacked, window) / support
+        c = fixed.shape[1]
+        mf, mw, mff, mww, mfw = means.split(c, dim=1)
+        var_f = (mff - mf * mf).clamp_min(0)
+        var_w = (mww - mw * mw).clamp_min(0)
+        cov = mfw - mf * mw
+        cc = cov * cov / (var_f * var_w + self.options.eps)
+        return -cc.flatten(1).mean(dim=1)
+
+
+@similarity("mse")
+class MSE(Similarity):
+    """Mean squared intensity difference, ``mean_x (F - W)^2``."""
+
+    def loss(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        return (fixed - warped).pow(2).flatten(1).mean(dim=1)

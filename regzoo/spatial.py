@@ -1,0 +1,228 @@
+"""Spatial operations on displacement fields, in 2D and 3D.
+
+Convention (shared by the whole library): a displacement ``u`` is a tensor ``(B, D, *spatial)``
+in voxels on the FIXED grid; fixed point ``x`` maps to moving point ``x + u(x)`` and channel
+``k`` is the displacement along array axis ``k``. Images are ``(B, C, *spatial)``.
+
+Derivatives are forward finite differences. They are returned on the common interior region
+where every difference is defined (each spatial size shrinks by one per derivative order), so
+they are exact for linear (first order) and quadratic (second order) fields, boundary included,
+with no zero padding.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+
+__all__ = [
+    "gradient",
+    "hessian",
+    "identity_grid",
+    "integrate_velocity",
+    "jacobian_determinant",
+    "resize_flow",
+    "warp",
+]
+
+Spacing = float | Sequence[float] | torch.Tensor | None
+
+
+def check_field(u: torch.Tensor, caller: str, *, name: str = "u") -> int:
+    """Check ``u`` is a displacement ``(B, D, *spatial)`` with ``D`` in {2, 3}; return ``D``.
+
+    Raises:
+        ValueError: naming ``caller`` and the shape received.
+    """
+    if not isinstance(u, torch.Tensor):
+        raise TypeError(f"{caller}() '{name}' must be a tensor, got {type(u).__name__}")
+    ndim = u.ndim - 2
+    if ndim not in (2, 3) or u.shape[1] != ndim:
+        raise ValueError(
+            f"{caller}() '{name}' must be a displacement of shape (B, D, *spatial) with D = 2 or 3 "
+            f"spatial dims, got shape {tuple(u.shape)}"
+        )
+    if min(u.shape[2:]) < 2:
+        raise ValueError(
+            f"{caller}() '{name}' needs at least 2 voxels per axis, got {tuple(u.shape)}"
+        )
+    return ndim
+
+
+def check_image(image: torch.Tensor, caller: str, *, name: str = "image") -> int:
+    """Check ``image`` is ``(B, C, *spatial)`` with 2 or 3 spatial dims; return that number.
+
+    Raises:
+        ValueError: naming ``caller`` and the shape received.
+    """
+    if not isinstance(image, torch.Tensor):
+        raise TypeError(f"{caller}() '{name}' must be a tensor, got {type(image).__name__}")
+    if image.ndim not in (4, 5):
+        raise ValueError(
+            f"{caller}() '{name}' must have shape (B, C, *spatial) with 2 or 3 spatial dims, "
+            f"got shape {tuple(image.shape)}"
+        )
+    return image.ndim - 2
+
+
+def spacing_tensor(spacing: Spacing, ndim: int, like: torch.Tensor) -> torch.Tensor | None:
+    """Return the voxel spacing as a tensor ``(ndim,)`` (or ``None`` for unit spacing)."""
+    if spacing is None:
+        return None
+    values = torch.as_tensor(spacing, dtype=like.dtype, device=like.device).flatten()
+    if values.numel() == 1:
+        values = values.expand(ndim)
+    if values.numel() != ndim or bool((values <= 0).any()):
+        raise ValueError(f"spacing must be {ndim} positive values, got {spacing!r}")
+    return values
+
+
+def gradient(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
+    """Forward-difference gradient of every channel.
+
+    Args:
+        u: tensor ``(B, C, *spatial)`` with 2 or 3 spatial dims.
+        spacing: optional voxel spacing (one value or one per axis); differences are divided
+            by it.
+
+    Returns:
+        Tensor ``(B, C, D, *(spatial - 1))`` whose entry ``[:, c, i]`` is ``d u_c / d x_i`` on
+        the interior region where all forward differences exist.
+    """
+    ndim = check_image(u, "gradient", name="u")
+    sizes = u.shape[2:]
+    if min(sizes) < 2:
+        raise ValueError(f"gradient() needs at least 2 voxels per axis, got {tuple(u.shape)}")
+    step = spacing_tensor(spacing, ndim, u)
+    parts = []
+    for axis in range(ndim):
+        dim = 2 + axis
+        diff = u.narrow(dim, 1, sizes[axis] - 1) - u.narrow(dim, 0, sizes[axis] - 1)
+        for other in range(ndim):
+            if other != axis:
+                diff = diff.narrow(2 + other, 0, sizes[other] - 1)
+        if step is not None:
+            diff = diff / step[axis]
+        parts.append(diff)
+    return torch.stack(parts, dim=2)
+
+
+def hessian(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
+    """Second forward differences of every channel.
+
+    Returns:
+        Tensor ``(B, C, D, D, *(spatial - 2))`` with entry ``[:, c, i, j] = d^2 u_c / dx_i dx_j``
+        (exact for quadratic fields).
+    """
+    first = gradient(u, spacing)  # (B, C, D, *s-1)
+    channels, ndim = first.shape[1:3]
+    second = gradient(first.flatten(1, 2), spacing)  # (B, C*D, D, *s-2)
+    return second.unflatten(1, (channels, ndim))
+
+
+def identity_grid(
+    shape: Sequence[int], *, device: torch.device | None = None, dtype: torch.dtype | None = None
+) -> torch.Tensor:
+    """Voxel coordinates ``(D, *shape)``: entry ``[k, x]`` is ``x_k``."""
+    axes = [torch.arange(n, device=device, dtype=dtype or torch.float32) for n in shape]
+    return torch.stack(torch.meshgrid(*axes, indexing="ij"), dim=0)
+
+
+def _normalized_sampling_grid(u: torch.Tensor, moving_shape: Sequence[int]) -> torch.Tensor:
+    """Turn a voxel displacement into ``grid_sample``'s grid (last axis reversed, [-1, 1])."""
+    shape = u.shape[2:]
+    coords = identity_grid(shape, device=u.device, dtype=u.dtype).unsqueeze(0) + u
+    scale = torch.tensor(
+        [2.0 / max(n - 1, 1) for n in moving_shape], device=u.device, dtype=u.dtype
+    )
+    coords = coords * scale.view(1, -1, *([1] * len(shape))) - 1.0
+    return coords.movedim(1, -1).flip(-1)
+
+
+def warp(
+    image: torch.Tensor,
+    u: torch.Tensor,
+    *,
+    mode: str = "bilinear",
+    padding_mode: str = "border",
+) -> torch.Tensor:
+    """Resample ``image`` (on the moving grid) at ``x + u(x)`` (on the fixed grid).
+
+    Args:
+        image: moving image ``(B, C, *spatial_m)``.
+        u: displacement ``(B, D, *spatial_f)`` in voxels of the moving grid.
+        mode: ``"bilinear"`` (linear in 3D too) or ``"nearest"`` (label maps).
+        padding_mode: ``grid_sample`` padding outside the moving domain.
+
+    Returns:
+        The warped image ``(B, C, *spatial_f)``, i.e. ``M(x + u(x))``.
+    """
+    ndim = check_field(u, "warp")
+    if check_image(image, "warp") != ndim or image.shape[0] not in (1, u.shape[0]):
+        raise ValueError(
+            f"warp() 'image' {tuple(image.shape)} does not match displacement {tuple(u.shape)}"
+        )
+    grid = _normalized_sampling_grid(u, image.shape[2:])
+    if image.shape[0] != u.shape[0]:
+        image = image.expand(u.shape[0], *image.shape[1:])
+    return F.grid_sample(
+        image.to(grid.dtype), grid, mode=mode, padding_mode=padding_mode, align_corners=True
+    )
+
+
+def integrate_velocity(v: torch.Tensor, steps: int = 7) -> torch.Tensor:
+    """Scaling and squaring: the displacement of ``exp(v)`` for a stationary velocity ``v``.
+
+    ``u_0 = v / 2^steps``, then ``steps`` times ``u <- u + u o (id + u)``.
+    """
+    check_field(v, "integrate_velocity", name="v")
+    if steps < 0:
+        raise ValueError(f"integrate_velocity() 'steps' must be >= 0, got {steps}")
+    u = v / (2**steps)
+    for _ in range(steps):
+        u = u + warp(u, u, padding_mode="border")
+    return u
+
+
+def resize_flow(u: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """Resample a displacement to another grid size and rescale its voxel units.
+
+    Grids are aligned at their corners (voxel ``0`` and voxel ``n - 1`` coincide), so the
+    displacement along axis ``k`` is multiplied by ``(size_k - 1) / (n_k - 1)``.
+    """
+    ndim = check_field(u, "resize_flow")
+    size = tuple(int(s) for s in size)
+    if len(size) != ndim:
+        raise ValueError(f"resize_flow() 'size' must have {ndim} entries, got {size}")
+    if size == tuple(u.shape[2:]):
+        return u
+    mode = "bilinear" if ndim == 2 else "trilinear"
+    resized = F.interpolate(u, size=size, mode=mode, align_corners=True)
+    factors = torch.tensor(
+        [(s - 1) / max(n - 1, 1) for s, n in zip(size, u.shape[2:], strict=True)],
+        device=u.device,
+        dtype=u.dtype,
+    )
+    return resized * factors.view(1, -1, *([1] * ndim))
+
+
+def jacobian_determinant(u: torch.Tensor, *, pad: bool = True) -> torch.Tensor:
+    """Determinant of the Jacobian of ``x -> x + u(x)``.
+
+    Computed with forward differences; it is the same in voxel or physical units.
+
+    Args:
+        u: displacement ``(B, D, *spatial)``.
+        pad: if True (default) the interior result is replicated into the last slice of each
+            axis so the output has the field's shape ``(B, *spatial)``; otherwise the interior
+            ``(B, *(spatial - 1))`` is returned.
+    """
+    ndim = check_field(u, "jacobian_determinant")
+    jac = gradient(u)  # (B, D, D, *s-1): [:, j, i] = d_i u_j
+    eye = torch.eye(ndim, device=u.device, dtype=u.dtype).view(1, ndim, ndim, *([1] * ndim))
+    det = torch.linalg.det((jac + eye).movedim(1, -1).movedim(1, -1))
+    if not pad:
+        return det
+    return F.pad(det.unsqueeze(1), [0, 1] * ndim, mode="replicate").squeeze(1)

@@ -1,0 +1,89 @@
+import math
+
+import pytest
+import torch
+
+from regzoo.params import ParamSpace, ParamSpec
+
+
+@pytest.fixture
+def space():
+    return ParamSpace.of(
+        ParamSpec(name="lam", low=0.0, high=5.0, default=1.0),
+        ParamSpec(name="eps", low=1e-4, high=1e-1, default=1e-3, scale="log"),
+    )
+
+
+def test_normalize_roundtrip_and_log_scale(space):
+    values = torch.tensor([[0.0, 1e-4], [5.0, 1e-1], [2.5, 1e-2]])
+    unit = space.normalize(values)
+    assert torch.allclose(unit[:, 0], torch.tensor([0.0, 1.0, 0.5]))
+    # 1e-2 is two thirds of the way from 1e-4 to 1e-1 in log scale
+    assert unit[2, 1].item() == pytest.approx(2 / 3, abs=1e-5)
+    assert torch.allclose(space.denormalize(unit), values, rtol=1e-5)
+
+
+def test_sample_within_bounds_and_reproducible(space):
+    a = space.sample(1000, torch.Generator().manual_seed(3))
+    b = space.sample(1000, torch.Generator().manual_seed(3))
+    assert torch.equal(a, b)
+    assert a.shape == (1000, 2)
+    assert a[:, 0].min() >= 0 and a[:, 0].max() <= 5
+    assert a[:, 1].min() >= 1e-4 and a[:, 1].max() <= 1e-1
+    # log-uniform: median near the geometric mean of the bounds
+    assert a[:, 1].median().item() == pytest.approx(math.sqrt(1e-5), rel=0.3)
+
+
+def test_endpoint_oversampling(space):
+    draws = space.sample(4000, torch.Generator().manual_seed(0), endpoint_rate=0.2)
+    at_ends = ((draws[:, 0] == 0) | (draws[:, 0] == 5)).float().mean().item()
+    assert at_ends == pytest.approx(0.2, abs=0.03)
+    with pytest.raises(ValueError, match="endpoint_rate"):
+        space.sample(2, endpoint_rate=1.5)
+
+
+def test_grid(space):
+    grid = space.grid([3, 2])
+    assert grid.shape == (6, 2)
+    assert sorted(set(grid[:, 0].tolist())) == [0.0, 2.5, 5.0]
+    assert torch.allclose(grid[:, 1].unique(), torch.tensor([1e-4, 1e-1]))
+    with pytest.raises(ValueError, match="expected 2 step counts"):
+        space.grid([3])
+
+
+def test_validate_names_parameter_and_bounds(space):
+    assert space.validate({"lam": 2.0}) == {"lam": 2.0, "eps": 1e-3}
+    with pytest.raises(ValueError, match=r"'lam'=7.0 is out of range \[0.0, 5.0\]"):
+        space.validate({"lam": 7.0})
+    with pytest.raises(ValueError, match="must be finite"):
+        space.validate({"lam": float("nan")})
+    with pytest.raises(KeyError, match="did you mean 'lam'"):
+        space.validate({"lamb": 1.0})
+
+
+def test_spec_errors_and_overrides():
+    with pytest.raises(ValueError, match="log scale needs low > 0"):
+        ParamSpec(name="x", low=0.0, high=1.0, default=0.5, scale="log")
+    with pytest.raises(ValueError, match=r"default=2\.0 lies outside"):
+        ParamSpec(name="x", low=0.0, high=1.0, default=2.0)
+    with pytest.raises(ValueError, match="duplicate parameter names"):
+        ParamSpace.of(
+            ParamSpec(name="a", low=0, high=1, default=0),
+            ParamSpec(name="a", low=0, high=1, default=0),
+        )
+    spec = ParamSpec(name="lam", low=0.0, high=1.0, default=0.8)
+    wider = spec.override(high=5.0)
+    assert (wider.low, wider.high, wider.default) == (0.0, 5.0, 0.8)
+    narrower = spec.override(high=0.5)
+    assert narrower.default == 0.5
+    fixed = spec.fixed(45.33)
+    assert fixed.is_fixed and fixed.default == 45.33
+
+
+def test_tensor_helpers(space):
+    t = space.to_tensor({"lam": 2.0}, batch=3)
+    assert t.shape == (3, 2) and torch.allclose(t[:, 0], torch.full((3,), 2.0))
+    parts = space.to_dict(t)
+    assert set(parts) == {"lam", "eps"} and parts["lam"].shape == (3,)
+    with pytest.raises(ValueError, match="expected a last dimension of 2"):
+        space.normalize(torch.zeros(3, 5))
