@@ -51,6 +51,24 @@ def _cmd_regularizers(args: argparse.Namespace) -> int:
     return 0
 
 
+def _cmd_train(args: argparse.Namespace) -> int:
+    from regzoo.config import load_config
+    from regzoo.train import train
+
+    config = load_config(args.config, args.set)
+    checkpoint = train(config)
+    print(f"checkpoint: {checkpoint}")
+    return 0
+
+
+def _cmd_phantom(args: argparse.Namespace) -> int:
+    from regzoo.data.phantom import write_phantom_dataset
+
+    root = write_phantom_dataset(args.out, n=args.n, val=args.val, shape=args.shape, seed=args.seed)
+    print(f"phantom dataset: {root}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``regzoo`` command (used by the CLI reference docs)."""
     parser = argparse.ArgumentParser(
@@ -69,6 +87,20 @@ def build_parser() -> argparse.ArgumentParser:
         help="also import this plugin module or .py file (repeatable)",
     )
     p.set_defaults(func=_cmd_regularizers)
+
+    p = sub.add_parser("train", help="train an experiment config")
+    p.add_argument("config", help="experiment YAML (e.g. configs/quickstart.yaml)")
+    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
+                   help="override a config value, e.g. --set trainer.max_steps=100 (repeatable)")
+    p.set_defaults(func=_cmd_train)
+
+    p = sub.add_parser("phantom", help="write the synthetic thoracic CT set (Learn2Reg layout)")
+    p.add_argument("out", help="output folder (must not exist)")
+    p.add_argument("--n", type=int, default=16, help="number of cases (pairs)")
+    p.add_argument("--val", type=int, default=4, help="cases held out for validation")
+    p.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("X", "Y", "Z"))
+    p.add_argument("--seed", type=int, default=0)
+    p.set_defaults(func=_cmd_phantom)
     return parser
 
 
@@ -79,7 +111,7 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (RegzooError, KeyError, ValueError, FileNotFoundError) as exc:
+    except (RegzooError, KeyError, ValueError, FileNotFoundError, FileExistsError) as exc:
         message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
         print(f"regzoo {args.command}: error: {message}", file=sys.stderr)
         return 2

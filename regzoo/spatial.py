@@ -24,6 +24,7 @@ __all__ = [
     "integrate_velocity",
     "jacobian_determinant",
     "resize_flow",
+    "sample_points",
     "warp",
 ]
 
@@ -226,3 +227,20 @@ def jacobian_determinant(u: torch.Tensor, *, pad: bool = True) -> torch.Tensor:
     if not pad:
         return det
     return F.pad(det.unsqueeze(1), [0, 1] * ndim, mode="replicate").squeeze(1)
+
+
+def sample_points(field: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
+    """Linearly interpolate ``field`` ``(B, C, *spatial)`` at voxel ``points`` ``(B, N, D)``.
+
+    Returns:
+        ``(B, N, C)``; points outside the grid take the border value.
+    """
+    ndim = check_image(field, "sample_points", name="field")
+    if points.ndim != 3 or points.shape[-1] != ndim:
+        raise ValueError(f"sample_points() 'points' must be (B, N, {ndim}), got {tuple(points.shape)}")
+    shape = field.shape[2:]
+    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=field.device, dtype=field.dtype)
+    grid = (points.to(field.dtype) * scale - 1.0).flip(-1)
+    grid = grid.view(points.shape[0], points.shape[1], *([1] * (ndim - 1)), ndim)
+    sampled = F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=True)
+    return sampled.flatten(2).transpose(1, 2)

@@ -1,0 +1,308 @@
+"""The pydantic experiment configuration (YAML in, ``--set dotted.key=value`` overrides).
+
+Every section forbids unknown keys and names close matches. A regularizer term's options are
+validated against the plugin's own ``Options`` model and its parameter names against the
+plugin's :class:`~regzoo.params.ParamSpace`, after the plugins named in ``plugins`` are loaded.
+"""
+
+from __future__ import annotations
+
+import copy
+from collections.abc import Mapping, Sequence
+from pathlib import Path
+from typing import Any, Literal
+
+import yaml
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+
+from regzoo._errors import RegzooError, unknown_name_message
+
+__all__ = [
+    "ConfigError",
+    "DataConfig",
+    "ExperimentConfig",
+    "ModelConfig",
+    "OptimizerConfig",
+    "ParamRange",
+    "PhantomConfig",
+    "TermConfig",
+    "TrainerConfig",
+    "apply_overrides",
+    "load_config",
+]
+
+
+class ConfigError(RegzooError, ValueError):
+    """An invalid experiment configuration (the message lists every problem with its key)."""
+
+
+class StrictModel(BaseModel):
+    """Base of config sections: unknown keys are errors that name the close matches."""
+
+    model_config = ConfigDict(extra="forbid", validate_default=True)
+
+    @model_validator(mode="before")
+    @classmethod
+    def _reject_unknown_keys(cls, data: Any) -> Any:
+        if isinstance(data, Mapping):
+            known = list(cls.model_fields)
+            for key in data:
+                if key not in known:
+                    raise ValueError(unknown_name_message("key", str(key), known))
+        return data
+
+
+class ParamRange(StrictModel):
+    """A free parameter's range: it is sampled in ``[low, high]`` during training."""
+
+    low: float
+    high: float
+    scale: Literal["linear", "log"] | None = Field(
+        None, description="sampling scale; defaults to the regularizer's declared scale"
+    )
+    default: float | None = Field(
+        None, description="test-time default; the declared default clamped into the range"
+    )
+
+
+ParamValue = float | ParamRange
+
+
+class TermConfig(StrictModel):
+    """One regularizer term ``alpha * R(u; params)`` of the loss.
+
+    ``alpha`` and each parameter are either a number (fixed) or a range (free: sampled during
+    training and an input of the hypernetwork). Parameters not listed stay free on the
+    regularizer's declared range; ``alpha`` not listed is fixed to 1.
+    """
+
+    name: str = Field(description="registered regularizer name (see `regzoo regularizers`)")
+    alpha: ParamValue = Field(1.0, description="term weight: a number or {low, high}")
+    params: dict[str, ParamValue] = Field(
+        default_factory=dict, description="parameter name -> number (fixed) or {low, high}"
+    )
+    options: dict[str, Any] = Field(
+        default_factory=dict, description="regularizer-specific options (its Options model)"
+    )
+
+
+class PhantomConfig(StrictModel):
+    """The built-in synthetic thoracic CT set, built when ``data.root`` does not exist."""
+
+    n: int = Field(16, ge=2, description="number of cases (pairs)")
+    val: int = Field(4, ge=1, description="cases held out for `registration_val`")
+    shape: tuple[int, int, int] = Field((64, 64, 64), description="volume size")
+    seed: int = 0
+
+    @model_validator(mode="after")
+    def _check_split(self) -> PhantomConfig:
+        if self.val >= self.n:
+            raise ValueError(f"phantom.val={self.val} must be smaller than phantom.n={self.n}")
+        if min(self.shape) < 16:
+            raise ValueError(f"phantom.shape must be at least 16 per axis, got {self.shape}")
+        return self
+
+
+class DataConfig(StrictModel):
+    """Where the pairs come from (a Learn2Reg-layout folder) and how they are normalised."""
+
+    root: Path = Field(Path("data/phantom"), description="Learn2Reg-layout dataset folder")
+    phantom: PhantomConfig | None = Field(
+        default_factory=PhantomConfig,
+        description="build this phantom when `root` is missing (null: missing root is an error)",
+    )
+    intensity_window: tuple[float, float] = Field(
+        (-1000.0, 500.0), description="CT window (HU) clipped and mapped to [0, 1]"
+    )
+    batch_size: int = Field(1, ge=1)
+    num_workers: int = Field(0, ge=0)
+
+
+class ModelConfig(StrictModel):
+    """The registration network (VoxelMorph U-Net) and its hypernetwork."""
+
+    hyper: bool = Field(True, description="condition on the free parameters (False: plain VoxelMorph)")
+    enc: list[int] = Field([16, 32, 32, 32], min_length=1)
+    dec: list[int] = Field([32, 32, 32, 32, 32, 16, 16], min_length=1)
+    hyper_units: list[int] = Field([32, 32, 32, 32], min_length=1)
+    int_steps: int = Field(0, ge=0, description="scaling-and-squaring steps (0: no integration)")
+    int_downsize: Literal[1, 2] = Field(1, description="2: predict the flow at half resolution")
+
+
+class SimilarityConfig(StrictModel):
+    """The image similarity loss."""
+
+    name: str = "lncc"
+    options: dict[str, Any] = Field(default_factory=lambda: {"window": 9})
+
+
+class OptimizerConfig(StrictModel):
+    """Optimiser settings (Adam, lr 1e-4 as in the paper)."""
+
+    name: Literal["adam", "adamw"] = "adam"
+    lr: float = Field(1e-4, gt=0)
+    weight_decay: float = Field(0.0, ge=0)
+
+
+class SamplingConfig(StrictModel):
+    """How training draws parameter vectors."""
+
+    endpoint_rate: float = Field(
+        0.2, ge=0, le=1, description="probability of snapping a coordinate to a range end"
+    )
+
+
+class TrainerConfig(StrictModel):
+    """Options passed to ``lightning.Trainer`` (CPU, GPU, DDP and AMP through these)."""
+
+    max_steps: int = Field(-1, ge=-1)
+    max_epochs: int | None = Field(None, ge=1)
+    accelerator: str = "auto"
+    devices: int | str | list[int] = "auto"
+    strategy: str = "auto"
+    precision: str = "32-true"
+    log_every_n_steps: int = Field(10, ge=1)
+    check_val_every_n_epoch: int | None = Field(1, ge=1)
+    limit_val_batches: int | float = 1.0
+    gradient_clip_val: float | None = None
+    progress_bar: bool = True
+
+    @model_validator(mode="after")
+    def _has_a_stop(self) -> TrainerConfig:
+        if self.max_steps == -1 and self.max_epochs is None:
+            raise ValueError("trainer: set max_steps or max_epochs")
+        return self
+
+
+class LoggingConfig(StrictModel):
+    """TensorBoard logging."""
+
+    image_every_n_steps: int = Field(100, ge=1, description="image/flow slices every N steps")
+
+
+class ExperimentConfig(StrictModel):
+    """A complete experiment: data, network, loss terms, optimisation and logging.
+
+    Examples:
+        >>> cfg = ExperimentConfig.model_validate(
+        ...     {"regularizers": [{"name": "linear_elastic"}], "trainer": {"max_steps": 10}}
+        ... )
+        >>> cfg.regularizers[0].name
+        'linear_elastic'
+    """
+
+    name: str = "experiment"
+    seed: int = 0
+    run_dir: Path = Field(Path("runs/experiment"), description="outputs: checkpoints, logs")
+    plugins: list[str] = Field(
+        default_factory=list, description="plugin modules or .py files to import first"
+    )
+    data: DataConfig = Field(default_factory=DataConfig)
+    model: ModelConfig = Field(default_factory=ModelConfig)
+    similarity: SimilarityConfig = Field(default_factory=SimilarityConfig)
+    regularizers: list[TermConfig] = Field(min_length=1)
+    regularize: Literal["displacement", "velocity"] = Field(
+        "displacement", description="field the regularizers see (velocity needs int_steps > 0)"
+    )
+    weighting: Literal["additive", "hypermorph"] = Field(
+        "additive", description="additive: sim + alpha R; hypermorph: (1 - alpha) sim + alpha R"
+    )
+    sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
+    trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(max_epochs=250))
+    logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    @model_validator(mode="after")
+    def _check_components(self) -> ExperimentConfig:
+        # imported here: building a config loads plugins, which import the registries
+        from regzoo.objective import check_terms
+
+        if self.regularize == "velocity" and self.model.int_steps == 0:
+            raise ValueError("regularize='velocity' needs model.int_steps > 0 (a diffeomorphic model)")
+        check_terms(self)
+        return self
+
+
+def _format_validation_error(exc: ValidationError) -> str:
+    lines = []
+    for error in exc.errors():
+        where = ".".join(str(part) for part in error["loc"]) or "(top level)"
+        message = error["msg"].removeprefix("Value error, ")
+        lines.append(f"  {where}: {message}")
+    return "invalid config:\n" + "\n".join(lines)
+
+
+def _parse_value(text: str) -> Any:
+    """Parse an override value as YAML (numbers, lists, null, strings); never evaluates code."""
+    return yaml.safe_load(text) if text.strip() else ""
+
+
+def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+    """Return a copy of ``data`` with ``dotted.key=value`` overrides applied.
+
+    Integer path parts index lists (``regularizers.0.alpha=0.5``); values are parsed as YAML.
+
+    Raises:
+        ConfigError: for a malformed override or a path through a non-container.
+    """
+    result = copy.deepcopy(data)
+    for item in overrides:
+        key, sep, raw = item.partition("=")
+        if not sep or not key:
+            raise ConfigError(f"override {item!r} must look like dotted.key=value")
+        parts = key.split(".")
+        node: Any = result
+        for i, part in enumerate(parts):
+            last = i == len(parts) - 1
+            if isinstance(node, list):
+                if not part.isdigit() or int(part) >= len(node):
+                    raise ConfigError(f"override {item!r}: '{part}' is not an index of a list "
+                                      f"of {len(node)}")
+                index = int(part)
+                if last:
+                    node[index] = _parse_value(raw)
+                else:
+                    node = node[index]
+            elif isinstance(node, dict):
+                if last:
+                    node[part] = _parse_value(raw)
+                else:
+                    node = node.setdefault(part, {})
+            else:
+                raise ConfigError(f"override {item!r}: '{'.'.join(parts[:i])}' is not a section")
+    return result
+
+
+def load_config(
+    source: str | Path | Mapping[str, Any], overrides: Sequence[str] = ()
+) -> ExperimentConfig:
+    """Read a YAML file (or a mapping), apply overrides and validate.
+
+    Raises:
+        FileNotFoundError: if the file does not exist.
+        ConfigError: listing every invalid key with its location and close matches.
+    """
+    if isinstance(source, Mapping):
+        data = dict(source)
+    else:
+        path = Path(source)
+        if not path.is_file():
+            raise FileNotFoundError(f"config file not found: {path}")
+        try:
+            data = yaml.safe_load(path.read_text()) or {}
+        except yaml.YAMLError as exc:
+            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+        if not isinstance(data, dict):
+            raise ConfigError(f"{path}: a config must be a mapping, got {type(data).__name__}")
+    data = apply_overrides(data, overrides)
+    try:
+        return ExperimentConfig.model_validate(data)
+    except ValidationError as exc:
+        raise ConfigError(_format_validation_error(exc)) from None
+
+
+def dump_config(config: ExperimentConfig, path: Path) -> None:
+    """Write the resolved config as YAML (atomically: a temporary file then a rename)."""
+    tmp = path.with_suffix(path.suffix + ".tmp")
+    tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
+    tmp.replace(path)

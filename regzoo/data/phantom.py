@@ -1,0 +1,339 @@
+"""A seeded generator of synthetic thoracic CT pairs (exhale fixed, inhale moving).
+
+Each case draws its own anatomy (body and lung size and position, heart, spine, ribs, diaphragm
+dome, branching vessel trees, parenchyma texture) and its own breathing motion (amplitude,
+direction, a small random pose change and a smooth random component). The true displacement
+``u`` is defined on the fixed (exhale) grid; the moving (inhale) image is the same anatomy
+rendered at ``y + w(y)`` with ``w`` the numerical inverse of ``u``, so ``M(x + u(x)) = F(x)``.
+Keypoints are vessel branch points in the fixed frame and their images ``p + u(p)``.
+
+Output: the Learn2Reg layout (see :func:`write_phantom_dataset`).
+"""
+
+from __future__ import annotations
+
+import json
+import math
+import shutil
+import tempfile
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+from scipy import ndimage
+from tqdm.auto import tqdm
+
+__all__ = ["PhantomCase", "generate_case", "write_phantom_dataset"]
+
+HU_AIR, HU_LUNG, HU_FAT, HU_SOFT, HU_LIVER, HU_BONE, HU_RIB, HU_VESSEL = (
+    -1000.0, -850.0, -90.0, 40.0, 60.0, 350.0, 300.0, 20.0,
+)
+FIELD_OF_VIEW_MM = 336.0  # 192 voxels at 1.75 mm, like Learn2Reg LungCT
+
+
+@dataclass
+class PhantomCase:
+    """One synthetic pair: images in HU, lung masks, keypoints (voxels) and the true motion."""
+
+    fixed: np.ndarray
+    moving: np.ndarray
+    fixed_mask: np.ndarray
+    moving_mask: np.ndarray
+    fixed_keypoints: np.ndarray
+    moving_keypoints: np.ndarray
+    displacement: np.ndarray  # (D, *shape), voxels, fixed grid
+    spacing: tuple[float, ...]
+
+
+@dataclass
+class _Anatomy:
+    body: tuple[float, float, float, float]  # bx, by, ax, ay
+    lungs: list[tuple[np.ndarray, np.ndarray, float, float]]  # center, radii, dome z, dome k
+    heart: tuple[np.ndarray, np.ndarray]
+    spine: tuple[float, float, float]
+    ribs: list[float]
+    vessels: list[tuple[np.ndarray, np.ndarray, float]]  # start, end, radius (normalised)
+    branch_points: np.ndarray
+    lung_texture: np.ndarray
+    tissue_texture: np.ndarray
+
+
+def _normalised(coords: np.ndarray, shape: Sequence[int]) -> np.ndarray:
+    scale = np.array([2.0 / (n - 1) for n in shape], dtype=np.float32).reshape(-1, *[1] * (coords.ndim - 1))
+    return coords * scale - 1.0
+
+
+def _rotation(axis: np.ndarray, angle: float) -> np.ndarray:
+    axis = axis / np.linalg.norm(axis)
+    k = np.array([[0, -axis[2], axis[1]], [axis[2], 0, -axis[0]], [-axis[1], axis[0], 0]])
+    return np.eye(3) + math.sin(angle) * k + (1 - math.cos(angle)) * k @ k
+
+
+def _vessel_tree(
+    rng: np.random.Generator, root: np.ndarray, direction: np.ndarray, depth: int
+) -> tuple[list[tuple[np.ndarray, np.ndarray, float]], list[np.ndarray]]:
+    segments, branch_points = [], []
+    stack = [(root, direction / np.linalg.norm(direction), 0.2, 0.032, 0)]
+    while stack:
+        start, heading, length, radius, level = stack.pop()
+        end = start + heading * length * rng.uniform(0.8, 1.2)
+        segments.append((start, end, radius))
+        if level + 1 >= depth:
+            branch_points.append(end)
+            continue
+        branch_points.append(end)
+        normal = np.cross(heading, rng.normal(size=3))
+        normal /= np.linalg.norm(normal) + 1e-12
+        for sign in (-1.0, 1.0):
+            angle = sign * math.radians(rng.uniform(25, 45))
+            child = _rotation(normal, angle) @ heading
+            stack.append((end, child, length * 0.75, radius * 0.8, level + 1))
+    return segments, branch_points
+
+
+def _draw_anatomy(rng: np.random.Generator, shape: Sequence[int]) -> _Anatomy:
+    bx, by = rng.uniform(-0.05, 0.05, size=2)
+    ax, ay = rng.uniform(0.8, 0.92), rng.uniform(0.55, 0.7)
+    lungs, vessels, points = [], [], []
+    lz = rng.uniform(0.05, 0.2)
+    for side in (-1.0, 1.0):
+        center = np.array([bx + side * rng.uniform(0.4, 0.48) * ax, by + rng.uniform(-0.05, 0.05) * ay, lz])
+        radii = np.array([rng.uniform(0.28, 0.34) * ax, rng.uniform(0.68, 0.78) * ay, rng.uniform(0.65, 0.8)])
+        dome_z = lz - radii[2] * rng.uniform(0.45, 0.6)
+        lungs.append((center, radii, dome_z, rng.uniform(0.2, 0.4)))
+        hilum = center + np.array([-side * radii[0] * 0.55, 0.0, 0.05])
+        heading = np.array([side, rng.normal(0, 0.3), rng.normal(0, 0.6)])
+        for tilt in (0.9, 0.0, -0.9):
+            segs, bps = _vessel_tree(rng, hilum, heading + np.array([0, 0, tilt]), depth=5)
+            vessels += segs
+            points += bps
+    heart = (
+        np.array([bx + rng.uniform(-0.02, 0.1), by + 0.25 * ay, lz - 0.25]),
+        np.array([rng.uniform(0.24, 0.3), rng.uniform(0.3, 0.4) * ay, rng.uniform(0.2, 0.26)]),
+    )
+    spine = (bx, by - 0.72 * ay, rng.uniform(0.08, 0.11))
+    ribs = list(np.linspace(-0.7, 0.85, 8) + rng.uniform(-0.05, 0.05))
+    texture_sigma = max(shape) / 64.0
+    lung_texture = ndimage.gaussian_filter(rng.normal(size=shape), texture_sigma)
+    lung_texture *= 30.0 / (lung_texture.std() + 1e-8)
+    tissue_texture = rng.normal(0.0, 8.0, size=shape)
+    return _Anatomy((bx, by, ax, ay), lungs, heart, spine, ribs, vessels, np.array(points),
+                    lung_texture.astype(np.float32), tissue_texture.astype(np.float32))
+
+
+def _inside_lungs(anatomy: _Anatomy, p: np.ndarray) -> np.ndarray:
+    """Lung mask at normalised points ``p`` ``(3, ...)`` (heart carved out)."""
+    mask = np.zeros(p.shape[1:], dtype=bool)
+    for center, radii, dome_z, dome_k in anatomy.lungs:
+        r = sum(((p[k] - center[k]) / radii[k]) ** 2 for k in range(3))
+        lateral = ((p[0] - center[0]) / radii[0]) ** 2 + ((p[1] - center[1]) / radii[1]) ** 2
+        mask |= (r <= 1.0) & (p[2] >= dome_z + dome_k * lateral)
+    hc, hr = anatomy.heart
+    mask &= sum(((p[k] - hc[k]) / hr[k]) ** 2 for k in range(3)) > 1.0
+    return mask
+
+
+def _render(anatomy: _Anatomy, coords: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+    """Render HU and the lung mask at voxel coordinates ``coords`` ``(3, *shape)``."""
+    p = _normalised(coords, shape)
+    bx, by, ax, ay = anatomy.body
+    radial = ((p[0] - bx) / ax) ** 2 + ((p[1] - by) / ay) ** 2
+    image = np.full(p.shape[1:], HU_AIR, dtype=np.float32)
+    body = radial <= 1.0
+    image[body] = HU_FAT
+    inner = radial <= 0.92**2
+    image[inner] = HU_SOFT
+    below_dome = np.zeros_like(body)
+    for center, radii, dome_z, _ in anatomy.lungs:
+        lateral = ((p[0] - center[0]) / radii[0]) ** 2 + ((p[1] - center[1]) / radii[1]) ** 2
+        below_dome |= (lateral <= 1.0) & (p[2] < dome_z)
+    image[inner & below_dome] = HU_LIVER
+    hc, hr = anatomy.heart
+    image[inner & (sum(((p[k] - hc[k]) / hr[k]) ** 2 for k in range(3)) <= 1.0)] = HU_SOFT
+    sx, sy, sr = anatomy.spine
+    image[((p[0] - sx) ** 2 + (p[1] - sy) ** 2) <= sr**2] = HU_BONE
+    for z in anatomy.ribs:
+        ring = (radial >= 0.84**2) & (radial <= 0.91**2) & (p[1] > by - 0.6 * ay)
+        image[ring & (np.abs(p[2] - (z + 0.15 * (p[1] - by))) < 0.035)] = HU_RIB
+    lungs = _inside_lungs(anatomy, p) & inner
+    texture = ndimage.map_coordinates(
+        anatomy.lung_texture, coords.reshape(3, -1), order=1, mode="nearest"
+    ).reshape(p.shape[1:])
+    image[lungs] = HU_LUNG + texture[lungs]
+    _draw_vessels(anatomy, p, lungs, image, shape)
+    tissue = ndimage.map_coordinates(anatomy.tissue_texture, coords.reshape(3, -1), order=0,
+                                     mode="nearest").reshape(p.shape[1:])
+    image[body & ~lungs] += tissue[body & ~lungs]
+    return image, lungs.astype(np.uint8)
+
+
+def _draw_vessels(anatomy: _Anatomy, p: np.ndarray, lungs: np.ndarray, image: np.ndarray,
+                  shape: Sequence[int]) -> None:
+    index = np.nonzero(lungs)
+    points = p[:, lungs].T  # (N, 3)
+    if points.size == 0:
+        return
+    voxel = 2.0 / (max(shape) - 1)
+    density = np.zeros(len(points), dtype=np.float32)
+    for start, end, radius in anatomy.vessels:
+        lo = np.minimum(start, end) - radius - voxel
+        hi = np.maximum(start, end) + radius + voxel
+        near = np.all((points >= lo) & (points <= hi), axis=1)
+        if not near.any():
+            continue
+        q = points[near] - start
+        seg = end - start
+        t = np.clip(q @ seg / (seg @ seg + 1e-12), 0.0, 1.0)
+        dist = np.linalg.norm(q - t[:, None] * seg, axis=1)
+        weight = np.clip((radius - dist) / voxel + 0.5, 0.0, 1.0)
+        density[near] = np.maximum(density[near], weight)
+    values = image[index]
+    image[index] = values * (1 - density) + HU_VESSEL * density
+
+
+def _breathing_motion(rng: np.random.Generator, anatomy: _Anatomy, shape: Sequence[int]) -> np.ndarray:
+    """The exhale -> inhale displacement on the fixed grid, ``(3, *shape)`` in voxels."""
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
+    p = _normalised(grid, shape)
+    bx, by, ax, ay = anatomy.body
+    scale = np.array(shape, dtype=np.float32) / 2.0  # normalised -> voxels
+    body = ((p[0] - bx) / ax) ** 2 + ((p[1] - by) / ay) ** 2 <= 1.0
+    weight = ndimage.gaussian_filter(body.astype(np.float32), max(shape) / 32)
+    top = max(c[2] + r[2] for c, r, _, _ in anatomy.lungs)
+    dome = min(d for _, _, d, _ in anatomy.lungs)
+    craniocaudal = np.clip((top - p[2]) / (top - dome), 0.0, 1.15)
+    amplitude = rng.uniform(0.03, 0.09, size=3) * np.array([0.5, 0.7, 1.0]) * 2.0
+    u = np.stack([
+        amplitude[0] * (p[0] - bx) / ax * weight,
+        amplitude[1] * (p[1] - (by - 0.72 * ay)) / ay * weight,
+        -amplitude[2] * craniocaudal * weight,
+    ]) * scale.reshape(3, 1, 1, 1)
+    direction = _rotation(rng.normal(size=3), math.radians(rng.uniform(0, 12)))
+    u = np.einsum("ij,j...->i...", direction, u)
+    noise = np.stack([ndimage.gaussian_filter(rng.normal(size=shape), max(shape) / 10) for _ in range(3)])
+    noise *= rng.uniform(0.3, 1.0) * (max(shape) / 64) / (np.abs(noise).max() + 1e-8)
+    u = np.stack([ndimage.gaussian_filter(c, max(shape) / 21) for c in u]) + noise
+    rotation = _rotation(np.array([0.2, 0.1, 1.0]), math.radians(rng.uniform(-4, 4)))
+    center = (np.array(shape, dtype=np.float32) - 1) / 2
+    translation = rng.uniform(-2, 2, size=3) * np.array(shape) / 64
+    pose = np.einsum("ij,j...->i...", rotation - np.eye(3), grid - center.reshape(3, 1, 1, 1))
+    return (u + pose + translation.reshape(3, 1, 1, 1)).astype(np.float32)
+
+
+def _invert(u: np.ndarray, iterations: int = 25) -> np.ndarray:
+    """Fixed-point inverse ``w(y) = -u(y + w(y))`` of a smooth displacement."""
+    shape = u.shape[1:]
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
+    w = -u.copy()
+    for _ in range(iterations):
+        at = (grid + w).reshape(3, -1)
+        w = -np.stack([ndimage.map_coordinates(c, at, order=1, mode="nearest") for c in u]).reshape(u.shape)
+    return w
+
+
+def _sample_field(u: np.ndarray, points: np.ndarray) -> np.ndarray:
+    return np.stack([ndimage.map_coordinates(c, points.T, order=1, mode="nearest") for c in u], axis=1)
+
+
+def generate_case(shape: Sequence[int] = (64, 64, 64), *, seed: int = 0) -> PhantomCase:
+    """Generate one synthetic exhale/inhale pair (deterministic for a given seed)."""
+    shape = tuple(int(n) for n in shape)
+    if len(shape) != 3 or min(shape) < 16:
+        raise ValueError(f"generate_case(): 'shape' must be 3 sizes >= 16, got {shape}")
+    rng = np.random.default_rng(seed)
+    anatomy = _draw_anatomy(rng, shape)
+    u = _breathing_motion(rng, anatomy, shape)
+    grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
+    fixed, fixed_mask = _render(anatomy, grid, shape)
+    moving, moving_mask = _render(anatomy, grid + _invert(u), shape)
+    half = (np.array(shape) - 1) / 2
+    keypoints = (anatomy.branch_points + 1.0) * half
+    inside = np.all((keypoints >= 2) & (keypoints <= np.array(shape) - 3), axis=1)
+    keypoints = keypoints[inside]
+    in_lung = ndimage.map_coordinates(fixed_mask.astype(np.float32), keypoints.T, order=0) > 0
+    keypoints = keypoints[in_lung].astype(np.float32)
+    spacing = tuple(FIELD_OF_VIEW_MM / n for n in shape)
+    return PhantomCase(fixed, moving, fixed_mask, moving_mask, keypoints,
+                       keypoints + _sample_field(u, keypoints), u, spacing)
+
+
+def _save_nifti(array: np.ndarray, spacing: Sequence[float], path: Path) -> None:
+    affine = np.diag([*spacing, 1.0])
+    nib.save(nib.Nifti1Image(array, affine), str(path))
+
+
+def _save_keypoints(points: np.ndarray, path: Path) -> None:
+    np.savetxt(path, points, delimiter=",", fmt="%.4f")
+
+
+def write_phantom_dataset(
+    root: str | Path,
+    *,
+    n: int = 16,
+    val: int = 4,
+    shape: Sequence[int] = (64, 64, 64),
+    seed: int = 0,
+    progress: bool = True,
+) -> Path:
+    """Write ``n`` phantom pairs in the Learn2Reg layout under ``root`` (atomically).
+
+    Layout: ``PhantomCT_dataset.json``; ``imagesTr/PhantomCT_XXXX_0000.nii.gz`` (fixed, exhale)
+    and ``_0001`` (moving, inhale) in HU; ``masksTr/`` lung masks; ``keypointsTr/`` CSV
+    keypoints (voxels); ``gtdispTr/PhantomCT_XXXX.nii.gz`` the true displacement
+    ``(*shape, 3)`` in voxels on the fixed grid. The last ``val`` cases form
+    ``registration_val``. The folder is built aside and renamed into place at the end, so an
+    interrupted run leaves nothing half-written.
+
+    Raises:
+        FileExistsError: if ``root`` already exists.
+        ValueError: for an invalid split or shape.
+    """
+    root = Path(root)
+    if root.exists():
+        raise FileExistsError(f"phantom output folder already exists: {root}")
+    if not 1 <= val < n:
+        raise ValueError(f"write_phantom_dataset(): need 1 <= val < n, got val={val}, n={n}")
+    root.parent.mkdir(parents=True, exist_ok=True)
+    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    try:
+        for sub in ("imagesTr", "masksTr", "keypointsTr", "gtdispTr"):
+            (staging / sub).mkdir()
+        pairs = []
+        for case_id in tqdm(range(1, n + 1), desc="phantom", disable=not progress):
+            case = generate_case(shape, seed=seed * 100_003 + case_id)
+            names = [f"PhantomCT_{case_id:04d}_{phase:04d}" for phase in (0, 1)]
+            for name, image, mask, points in zip(
+                names, (case.fixed, case.moving), (case.fixed_mask, case.moving_mask),
+                (case.fixed_keypoints, case.moving_keypoints), strict=True,
+            ):
+                _save_nifti(image.astype(np.float32), case.spacing, staging / "imagesTr" / f"{name}.nii.gz")
+                _save_nifti(mask, case.spacing, staging / "masksTr" / f"{name}.nii.gz")
+                _save_keypoints(points, staging / "keypointsTr" / f"{name}.csv")
+            disp = np.moveaxis(case.displacement, 0, -1)
+            _save_nifti(disp, case.spacing, staging / "gtdispTr" / f"PhantomCT_{case_id:04d}.nii.gz")
+            pairs.append({"fixed": f"./imagesTr/{names[0]}.nii.gz", "moving": f"./imagesTr/{names[1]}.nii.gz"})
+        manifest = {
+            "name": "PhantomCT",
+            "description": "regzoo synthetic thoracic CT (exhale fixed _0000, inhale moving _0001)",
+            "tensorImageSize": {"0": "3D"},
+            "modality": {"0": "CT"},
+            "numTraining": 2 * n,
+            "training": [
+                {"image": p[k], "mask": p[k].replace("imagesTr", "masksTr"),
+                 "keypoints": p[k].replace("imagesTr", "keypointsTr").replace(".nii.gz", ".csv")}
+                for p in pairs for k in ("fixed", "moving")
+            ],
+            "training_paired_images": pairs[: n - val],
+            "registration_val": pairs[n - val :],
+            "registration_test": [],
+            "seed": seed,
+            "shape": list(shape),
+        }
+        (staging / "PhantomCT_dataset.json").write_text(json.dumps(manifest, indent=2))
+        staging.rename(root)
+    except BaseException:
+        shutil.rmtree(staging, ignore_errors=True)
+        raise
+    return root

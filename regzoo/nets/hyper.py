@@ -1,0 +1,124 @@
+"""Hyper-layers: convolutions whose weights a hypernetwork produces per batch element."""
+
+from __future__ import annotations
+
+import math
+from collections.abc import Sequence
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+__all__ = ["HyperConv", "HyperNetwork"]
+
+
+class HyperNetwork(nn.Module):
+    """MLP mapping the normalised parameter vector ``(B, P)`` to an embedding ``(B, H)``.
+
+    Every :class:`HyperConv` turns the embedding into its own weights with a linear head, so the
+    whole backbone is a function of the parameters (HyperMorph's design).
+
+    Args:
+        num_params: ``P``, the number of free parameters.
+        units: hidden sizes; the last one is the embedding size ``H``.
+    """
+
+    def __init__(self, num_params: int, units: Sequence[int] = (32, 32, 32, 32)) -> None:
+        super().__init__()
+        if num_params < 1:
+            raise ValueError(f"HyperNetwork needs at least one parameter, got {num_params}")
+        if not units:
+            raise ValueError("HyperNetwork 'units' must not be empty")
+        layers: list[nn.Module] = []
+        previous = num_params
+        for width in units:
+            layers += [nn.Linear(previous, width), nn.ReLU()]
+            previous = width
+        self.mlp = nn.Sequential(*layers)
+        self.num_params = num_params
+        self.embedding_dim = previous
+
+    def forward(self, unit_params: torch.Tensor) -> torch.Tensor:
+        """Embed parameters ``(B, P)`` normalised to ``[0, 1]``."""
+        if unit_params.ndim != 2 or unit_params.shape[1] != self.num_params:
+            raise ValueError(
+                f"HyperNetwork expects parameters of shape (B, {self.num_params}), "
+                f"got {tuple(unit_params.shape)}"
+            )
+        return self.mlp(unit_params)
+
+
+class HyperConv(nn.Module):
+    """A 2D/3D convolution, either plain or with weights generated from an embedding.
+
+    With ``embedding_dim=None`` it is an ordinary convolution. Otherwise two linear heads map the
+    embedding ``(B, H)`` to per-sample weights and biases, and the batch runs as ONE grouped
+    convolution (``groups=B``), so each element uses its own weights without a Python loop.
+
+    The heads start near a standard initialisation: their biases hold a Kaiming-initialised
+    kernel (or ``init_std``-scaled for the flow layer) and their weights add a small
+    parameter-dependent part of comparable size.
+
+    Args:
+        ndim: 2 or 3 spatial dimensions.
+        in_channels, out_channels: channel counts.
+        kernel_size: cubic kernel side (odd); padding keeps the size at ``stride=1``.
+        stride: convolution stride.
+        embedding_dim: size of the hypernetwork embedding, or ``None`` for a plain convolution.
+        init_std: standard deviation of the initial kernel; ``None`` uses Kaiming-uniform's.
+    """
+
+    def __init__(
+        self,
+        ndim: int,
+        in_channels: int,
+        out_channels: int,
+        *,
+        kernel_size: int = 3,
+        stride: int = 1,
+        embedding_dim: int | None = None,
+        init_std: float | None = None,
+    ) -> None:
+        super().__init__()
+        if ndim not in (2, 3):
+            raise ValueError(f"HyperConv supports 2 or 3 spatial dims, got {ndim}")
+        self.ndim, self.stride, self.padding = ndim, stride, kernel_size // 2
+        self.in_channels, self.out_channels = in_channels, out_channels
+        self.kernel_shape = (out_channels, in_channels, *([kernel_size] * ndim))
+        fan_in = in_channels * kernel_size**ndim
+        std = init_std if init_std is not None else math.sqrt(2.0 / fan_in) / math.sqrt(3.0)
+        base_weight = torch.randn(self.kernel_shape) * std
+        base_bias = torch.zeros(out_channels)
+        self.embedding_dim = embedding_dim
+        if embedding_dim is None:
+            self.weight = nn.Parameter(base_weight)
+            self.bias = nn.Parameter(base_bias)
+        else:
+            self.weight_head = nn.Linear(embedding_dim, base_weight.numel())
+            self.bias_head = nn.Linear(embedding_dim, out_channels)
+            with torch.no_grad():
+                self.weight_head.bias.copy_(base_weight.flatten())
+                self.weight_head.weight.normal_(0.0, std / math.sqrt(embedding_dim))
+                self.bias_head.bias.zero_()
+                self.bias_head.weight.normal_(0.0, (init_std or 1e-2) / math.sqrt(embedding_dim))
+
+    @property
+    def is_hyper(self) -> bool:
+        """True when the weights come from an embedding."""
+        return self.embedding_dim is not None
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """Convolve ``x`` ``(B, C_in, *spatial)``; hyper-layers need ``embedding`` ``(B, H)``."""
+        conv = F.conv2d if self.ndim == 2 else F.conv3d
+        if not self.is_hyper:
+            return conv(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
+        if embedding is None or embedding.shape[0] != x.shape[0]:
+            raise ValueError(
+                "HyperConv: a hyper-layer needs an embedding with one row per batch element"
+            )
+        batch = x.shape[0]
+        weight = self.weight_head(embedding).view(batch * self.out_channels, *self.kernel_shape[1:])
+        bias = self.bias_head(embedding).flatten()
+        grouped = x.reshape(1, batch * self.in_channels, *x.shape[2:])
+        out = conv(grouped, weight, bias, stride=self.stride, padding=self.padding, groups=batch)
+        return out.view(batch, self.out_channels, *out.shape[2:])

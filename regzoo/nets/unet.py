@@ -1,0 +1,197 @@
+"""The VoxelMorph U-Net and the registration network built from hyper-layers."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+
+import torch
+import torch.nn.functional as F
+from torch import nn
+
+from regzoo.nets.hyper import HyperConv, HyperNetwork
+from regzoo.spatial import integrate_velocity, resize_flow
+
+__all__ = ["RegistrationNet", "RegistrationOutput", "VoxelMorphUNet"]
+
+DEFAULT_ENCODER = (16, 32, 32, 32)
+DEFAULT_DECODER = (32, 32, 32, 32, 32, 16, 16)
+
+
+class _ConvBlock(nn.Module):
+    """Hyper-convolution followed by LeakyReLU(0.2), as in VoxelMorph."""
+
+    def __init__(self, ndim: int, cin: int, cout: int, embedding_dim: int | None) -> None:
+        super().__init__()
+        self.conv = HyperConv(ndim, cin, cout, embedding_dim=embedding_dim)
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor:
+        return F.leaky_relu(self.conv(x, embedding), 0.2)
+
+
+class VoxelMorphUNet(nn.Module):
+    """VoxelMorph's U-Net (``enc`` features per level, ``dec`` for the decoder and extra convs).
+
+    The encoder has ``len(enc)`` levels, each a conv block then 2x max pooling; the decoder
+    mirrors it with upsampling and skip connections; the remaining ``dec`` entries are
+    full-resolution conv blocks. With ``half_res`` the last upsampling is skipped and the
+    output is at half resolution (VoxelMorph's ``int_downsize=2``).
+    """
+
+    def __init__(
+        self,
+        ndim: int,
+        in_channels: int = 2,
+        enc: Sequence[int] = DEFAULT_ENCODER,
+        dec: Sequence[int] = DEFAULT_DECODER,
+        *,
+        half_res: bool = False,
+        embedding_dim: int | None = None,
+    ) -> None:
+        super().__init__()
+        if len(dec) < len(enc):
+            raise ValueError(
+                f"VoxelMorphUNet: 'dec' needs at least len(enc)={len(enc)} entries, got {len(dec)}"
+            )
+        self.ndim, self.half_res = ndim, half_res
+        self.encoder = nn.ModuleList()
+        previous, skips = in_channels, []
+        for width in enc:
+            self.encoder.append(_ConvBlock(ndim, previous, width, embedding_dim))
+            skips.append(width)
+            previous = width
+        self.decoder = nn.ModuleList()
+        for level, width in enumerate(dec[: len(enc)]):
+            self.decoder.append(_ConvBlock(ndim, previous, width, embedding_dim))
+            previous = width + (skips[-1 - level] if self._upsamples(level, len(enc)) else 0)
+        self.remaining = nn.ModuleList()
+        for width in dec[len(enc) :]:
+            self.remaining.append(_ConvBlock(ndim, previous, width, embedding_dim))
+            previous = width
+        self.out_channels = previous
+        self.levels = len(enc)
+
+    def _upsamples(self, level: int, levels: int) -> bool:
+        return not (self.half_res and level == levels - 1)
+
+    def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
+        """Features ``(B, dec[-1], *spatial)`` (halved spatial size with ``half_res``)."""
+        pool = F.max_pool2d if self.ndim == 2 else F.max_pool3d
+        history = []
+        for block in self.encoder:
+            x = block(x, embedding)
+            history.append(x)
+            x = pool(x, 2)
+        for level, block in enumerate(self.decoder):
+            x = block(x, embedding)
+            skip = history.pop()
+            if self._upsamples(level, self.levels):
+                x = F.interpolate(x, scale_factor=2.0, mode="nearest")
+                x = torch.cat([x, skip], dim=1)
+        for block in self.remaining:
+            x = block(x, embedding)
+        return x
+
+
+@dataclass
+class RegistrationOutput:
+    """What :class:`RegistrationNet` returns.
+
+    Attributes:
+        displacement: ``(B, D, *spatial)`` in voxels on the fixed grid.
+        velocity: the stationary velocity ``(B, D, *spatial)`` for diffeomorphic models, else
+            ``None``.
+    """
+
+    displacement: torch.Tensor
+    velocity: torch.Tensor | None = None
+
+
+class RegistrationNet(nn.Module):
+    """VoxelMorph registration network, optionally conditioned by a hypernetwork.
+
+    ``net(moving, fixed, unit_params)`` predicts the displacement that warps ``moving`` onto
+    ``fixed``. With ``num_params > 0`` every convolution (flow layer included) is a hyper-layer
+    whose weights a :class:`HyperNetwork` computes from ``unit_params`` ``(B, P)`` in
+    ``[0, 1]``; with ``num_params == 0`` it is a plain VoxelMorph.
+
+    Inputs of any size are padded (replicate) to a multiple of ``2^len(enc)`` and the output is
+    cropped back.
+
+    Args:
+        ndim: 2 or 3.
+        enc, dec: U-Net features (VoxelMorph defaults).
+        num_params: ``P``, the hypernetwork's input size (0 = no hypernetwork).
+        hyper_units: hidden sizes of the hypernetwork MLP.
+        int_steps: scaling-and-squaring steps (0 = the output is the displacement itself).
+        int_downsize: 1 = full-resolution flow, 2 = flow predicted at half resolution.
+    """
+
+    def __init__(
+        self,
+        ndim: int,
+        *,
+        enc: Sequence[int] = DEFAULT_ENCODER,
+        dec: Sequence[int] = DEFAULT_DECODER,
+        num_params: int = 0,
+        hyper_units: Sequence[int] = (32, 32, 32, 32),
+        int_steps: int = 0,
+        int_downsize: int = 1,
+    ) -> None:
+        super().__init__()
+        if int_downsize not in (1, 2):
+            raise ValueError(f"RegistrationNet: int_downsize must be 1 or 2, got {int_downsize}")
+        self.ndim, self.int_steps, self.int_downsize = ndim, int_steps, int_downsize
+        self.hypernet = HyperNetwork(num_params, hyper_units) if num_params > 0 else None
+        embedding_dim = self.hypernet.embedding_dim if self.hypernet is not None else None
+        self.unet = VoxelMorphUNet(
+            ndim, 2, enc, dec, half_res=int_downsize == 2, embedding_dim=embedding_dim
+        )
+        self.flow = HyperConv(
+            ndim, self.unet.out_channels, ndim, embedding_dim=embedding_dim, init_std=1e-5
+        )
+        self.multiple = 2 ** len(enc)
+
+    @property
+    def num_params(self) -> int:
+        """Size of the parameter vector the network is conditioned on (0 for plain)."""
+        return 0 if self.hypernet is None else self.hypernet.num_params
+
+    def forward(
+        self, moving: torch.Tensor, fixed: torch.Tensor, unit_params: torch.Tensor | None = None
+    ) -> RegistrationOutput:
+        """Predict the displacement from ``moving`` and ``fixed`` ``(B, 1, *spatial)``."""
+        if moving.shape != fixed.shape or moving.ndim != self.ndim + 2:
+            raise ValueError(
+                f"RegistrationNet: 'moving' {tuple(moving.shape)} and 'fixed' "
+                f"{tuple(fixed.shape)} must both be (B, 1, *spatial) with {self.ndim} spatial dims"
+            )
+        embedding = None
+        if self.hypernet is not None:
+            if unit_params is None:
+                raise ValueError("RegistrationNet: a hyper model needs 'unit_params' (B, P)")
+            if unit_params.shape[0] != moving.shape[0]:
+                unit_params = unit_params.expand(moving.shape[0], -1)
+            embedding = self.hypernet(unit_params.to(moving.dtype))
+        size = moving.shape[2:]
+        x = self._pad(torch.cat([moving, fixed], dim=1))
+        flow = self.flow(self.unet(x, embedding), embedding)  # full or half resolution
+        displacement = integrate_velocity(flow, self.int_steps) if self.int_steps > 0 else flow
+        displacement = self._to_input_grid(displacement, x.shape[2:], size)
+        if self.int_steps > 0:
+            return RegistrationOutput(displacement, self._to_input_grid(flow, x.shape[2:], size))
+        return RegistrationOutput(displacement)
+
+    @staticmethod
+    def _to_input_grid(
+        field: torch.Tensor, padded: Sequence[int], size: Sequence[int]
+    ) -> torch.Tensor:
+        """Upsample a half-resolution field to the padded grid, then crop the padding."""
+        field = resize_flow(field, padded)
+        return field[(slice(None), slice(None), *(slice(0, n) for n in size))]
+
+    def _pad(self, x: torch.Tensor) -> torch.Tensor:
+        pad: list[int] = []
+        for n in reversed(x.shape[2:]):
+            pad += [0, (-n) % self.multiple]
+        return F.pad(x, pad, mode="replicate") if any(pad) else x

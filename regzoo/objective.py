@@ -1,0 +1,239 @@
+"""The training objective: a similarity plus weighted regularizer terms.
+
+It owns the free parameter space the hypernetwork is conditioned on: every parameter (and term
+weight ``alpha``) that a config leaves free, named ``term.param`` (e.g. ``linear_elastic.mu``),
+in term order. Fixed parameters are constants of the objective. No code here branches on a
+regularizer's name.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import TYPE_CHECKING
+
+import torch
+from pydantic import ValidationError
+from torch import nn
+
+from regzoo._errors import PluginError, unknown_name_message
+from regzoo.params import ParamSpace, ParamSpec
+from regzoo.registry import load_plugins
+from regzoo.regularizers import REGULARIZERS, Regularizer
+from regzoo.similarity import SIMILARITIES, Similarity
+from regzoo.spatial import Spacing
+
+if TYPE_CHECKING:
+    from regzoo.config import ExperimentConfig, ParamRange, TermConfig
+
+__all__ = ["LossTerms", "Objective", "Term", "build_objective", "build_terms", "check_terms"]
+
+ALPHA = ParamSpec(name="alpha", low=0.0, high=1.0, default=1.0, description="term weight")
+
+
+@dataclass(frozen=True)
+class Term:
+    """A configured regularizer term: its module and a spec (fixed or free) per parameter."""
+
+    label: str
+    regularizer: Regularizer
+    specs: dict[str, ParamSpec]
+
+
+@dataclass
+class LossTerms:
+    """Per-sample loss parts, each ``(B,)``."""
+
+    total: torch.Tensor
+    similarity: torch.Tensor
+    energies: dict[str, torch.Tensor]
+
+
+def _configured_spec(base: ParamSpec, value: float | ParamRange | None) -> ParamSpec:
+    if value is None:
+        return base
+    if isinstance(value, int | float):
+        return base.fixed(float(value))
+    scale = value.scale or base.scale
+    if value.default is not None:
+        default = value.default
+    elif value.low <= base.default <= value.high and base.name != "alpha":
+        default = base.default
+    else:
+        mid = ParamSpace.of(
+            ParamSpec(name=base.name, low=value.low, high=value.high, default=value.low, scale=scale)
+        ).denormalize(torch.tensor([0.5], dtype=torch.float64))
+        default = float(mid[0])
+    return ParamSpec(
+        name=base.name,
+        low=value.low,
+        high=value.high,
+        default=default,
+        scale=scale,
+        description=base.description,
+    )
+
+
+def build_terms(configs: Sequence[TermConfig]) -> list[Term]:
+    """Instantiate each term's regularizer and resolve its parameter specs.
+
+    Raises:
+        KeyError: unknown regularizer or parameter name (close matches named).
+        ValueError: duplicate terms, invalid options or ranges.
+    """
+    terms, seen = [], set()
+    for cfg in configs:
+        if cfg.name in seen:
+            raise ValueError(f"regularizer term '{cfg.name}' appears twice")
+        seen.add(cfg.name)
+        cls = REGULARIZERS.get(cfg.name)
+        unknown = [k for k in cfg.params if k not in cls.space.names]
+        if unknown:
+            raise KeyError(
+                f"term '{cfg.name}': "
+                + unknown_name_message("parameter", unknown[0], cls.space.names)
+            )
+        specs = {spec.name: _configured_spec(spec, cfg.params.get(spec.name)) for spec in cls.space}
+        specs["alpha"] = _configured_spec(ALPHA, cfg.alpha)
+        terms.append(Term(cfg.name, cls(**cfg.options), specs))
+    return terms
+
+
+def check_terms(config: ExperimentConfig) -> None:
+    """Load the config's plugins and validate its similarity and regularizer terms.
+
+    Raises:
+        ValueError: with the problem's description (pydantic reports it at its key).
+    """
+    try:
+        load_plugins(config.plugins)
+        SIMILARITIES.get(config.similarity.name)(**config.similarity.options)
+        terms = build_terms(config.regularizers)
+    except (KeyError, PluginError) as exc:
+        raise ValueError(exc.args[0] if exc.args else str(exc)) from exc
+    except ValidationError as exc:
+        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
+        raise ValueError(f"invalid options: {problems}") from exc
+    if config.weighting == "hypermorph" and len(terms) != 1:
+        raise ValueError("weighting='hypermorph' needs exactly one regularizer term")
+    free = sum(not spec.is_fixed for term in terms for spec in term.specs.values())
+    if config.model.hyper and free == 0:
+        raise ValueError(
+            "model.hyper=true but every parameter is fixed: free one (give it {low, high}) "
+            "or set model.hyper=false"
+        )
+
+
+class Objective(nn.Module):
+    """``sim(F, W) + sum_t alpha_t R_t(u; params_t)`` with per-sample parameters.
+
+    With ``weighting="hypermorph"`` (one term) it is ``(1 - alpha) sim + alpha R``.
+
+    Args:
+        similarity: the similarity loss.
+        terms: configured regularizer terms.
+        weighting: ``"additive"`` or ``"hypermorph"``.
+    """
+
+    def __init__(self, similarity: Similarity, terms: Sequence[Term], weighting: str = "additive"):
+        super().__init__()
+        self.similarity = similarity
+        self.terms = list(terms)
+        self.regularizers = nn.ModuleList(term.regularizer for term in self.terms)
+        self.weighting = weighting
+        self.free_space = ParamSpace(
+            specs=tuple(
+                spec.renamed(f"{term.label}.{name}")
+                for term in self.terms
+                for name, spec in term.specs.items()
+                if not spec.is_fixed
+            )
+        )
+
+    def fixed_values(self) -> dict[str, float]:
+        """Every fixed parameter, as ``term.param -> value``."""
+        return {
+            f"{term.label}.{name}": spec.default
+            for term in self.terms
+            for name, spec in term.specs.items()
+            if spec.is_fixed
+        }
+
+    def canonical_name(self, key: str) -> str:
+        """Map a free parameter's short name (``mu``) or full name to its full name.
+
+        Raises:
+            KeyError: unknown or ambiguous name.
+        """
+        names = self.free_space.names
+        if key in names:
+            return key
+        matches = [n for n in names if n.split(".", 1)[1] == key]
+        if len(matches) == 1:
+            return matches[0]
+        if len(matches) > 1:
+            raise KeyError(f"parameter '{key}' is ambiguous: use one of {matches}")
+        fixed = self.fixed_values()
+        if key in fixed or any(n.split(".", 1)[1] == key for n in fixed):
+            raise KeyError(f"parameter '{key}' was fixed during training and cannot be set")
+        short = [n.split(".", 1)[1] for n in names]
+        raise KeyError(unknown_name_message("free parameter", key, names + short))
+
+    def resolve(self, values: Mapping[str, float] | None = None) -> dict[str, float]:
+        """Complete a (short- or full-named) mapping with defaults and check the bounds.
+
+        Raises:
+            KeyError: unknown or ambiguous name.
+            ValueError: a value outside the range the model was trained on.
+        """
+        canonical = {self.canonical_name(k): v for k, v in (values or {}).items()}
+        return self.free_space.validate(canonical)
+
+    def to_tensor(self, values: Mapping[str, float] | None = None, batch: int = 1) -> torch.Tensor:
+        """Resolve ``values`` and return them as ``(batch, P)``."""
+        resolved = self.resolve(values)
+        row = torch.tensor([resolved[n] for n in self.free_space.names], dtype=torch.float32)
+        return row.expand(batch, len(self.free_space)).clone()
+
+    def term_params(self, values: torch.Tensor) -> list[dict[str, float | torch.Tensor]]:
+        """Split free values ``(B, P)`` into one mapping per term (fixed ones as floats)."""
+        free = self.free_space.to_dict(values)
+        return [
+            {
+                name: (spec.default if spec.is_fixed else free[f"{term.label}.{name}"])
+                for name, spec in term.specs.items()
+            }
+            for term in self.terms
+        ]
+
+    def forward(
+        self,
+        fixed: torch.Tensor,
+        warped: torch.Tensor,
+        field: torch.Tensor,
+        values: torch.Tensor,
+        spacing: Spacing = None,
+    ) -> LossTerms:
+        """Per-sample loss of a batch; ``values`` ``(B, P)`` are the free parameters."""
+        sim = self.similarity(fixed, warped)
+        total = torch.zeros_like(sim)
+        weight_sum: torch.Tensor | float = 0.0
+        energies = {}
+        for term, params in zip(self.terms, self.term_params(values), strict=True):
+            alpha = params.pop("alpha")
+            energy = term.regularizer(field, params, spacing)
+            energies[term.label] = energy
+            total = total + alpha * energy
+            weight_sum = weight_sum + alpha
+        if self.weighting == "hypermorph":
+            total = total + (1 - weight_sum) * sim
+        else:
+            total = total + sim
+        return LossTerms(total=total, similarity=sim, energies=energies)
+
+
+def build_objective(config: ExperimentConfig) -> Objective:
+    """Build the objective (similarity, terms, free space) of a validated config."""
+    load_plugins(config.plugins)
+    similarity = SIMILARITIES.get(config.similarity.name)(**config.similarity.options)
+    return Objective(similarity, build_terms(config.regularizers), config.weighting)
