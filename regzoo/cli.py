@@ -90,8 +90,13 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("train", help="train an experiment config")
     p.add_argument("config", help="experiment YAML (e.g. configs/quickstart.yaml)")
-    p.add_argument("--set", action="append", default=[], metavar="KEY=VALUE",
-                   help="override a config value, e.g. --set trainer.max_steps=100 (repeatable)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set trainer.max_steps=100 (repeatable)",
+    )
     p.set_defaults(func=_cmd_train)
 
     p = sub.add_parser("phantom", help="write the synthetic thoracic CT set (Learn2Reg layout)")

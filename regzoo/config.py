@@ -121,7 +121,9 @@ class DataConfig(StrictModel):
 class ModelConfig(StrictModel):
     """The registration network (VoxelMorph U-Net) and its hypernetwork."""
 
-    hyper: bool = Field(True, description="condition on the free parameters (False: plain VoxelMorph)")
+    hyper: bool = Field(
+        True, description="condition on the free parameters (False: plain VoxelMorph)"
+    )
     enc: list[int] = Field([16, 32, 32, 32], min_length=1)
     dec: list[int] = Field([32, 32, 32, 32, 32, 16, 16], min_length=1)
     hyper_units: list[int] = Field([32, 32, 32, 32], min_length=1)
@@ -218,7 +220,9 @@ class ExperimentConfig(StrictModel):
         from regzoo.objective import check_terms
 
         if self.regularize == "velocity" and self.model.int_steps == 0:
-            raise ValueError("regularize='velocity' needs model.int_steps > 0 (a diffeomorphic model)")
+            raise ValueError(
+                "regularize='velocity' needs model.int_steps > 0 (a diffeomorphic model)"
+            )
         check_terms(self)
         return self
 
@@ -256,8 +260,9 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
             last = i == len(parts) - 1
             if isinstance(node, list):
                 if not part.isdigit() or int(part) >= len(node):
-                    raise ConfigError(f"override {item!r}: '{part}' is not an index of a list "
-                                      f"of {len(node)}")
+                    raise ConfigError(
+                        f"override {item!r}: '{part}' is not an index of a list of {len(node)}"
+                    )
                 index = int(part)
                 if last:
                     node[index] = _parse_value(raw)

@@ -57,7 +57,10 @@ def target_registration_error(
             f"{tuple(fixed_points.shape)} and {tuple(moving_points.shape)}"
         )
     u = _batched(displacement).float()
-    moved = fixed_points.float() + sample_points(u, fixed_points.float().unsqueeze(0).to(u.device))[0].cpu()
+    moved = (
+        fixed_points.float()
+        + sample_points(u, fixed_points.float().unsqueeze(0).to(u.device))[0].cpu()
+    )
     step = torch.as_tensor(spacing, dtype=torch.float32)
     return ((moved - moving_points.float()) * step).norm(dim=1)
 

@@ -13,7 +13,7 @@ from regzoo.config import ExperimentConfig
 from regzoo.metrics import dice
 from regzoo.nets import RegistrationNet, RegistrationOutput
 from regzoo.objective import LossTerms, build_objective
-from regzoo.spatial import warp
+from regzoo.spatial import warp, warp_labels
 
 __all__ = ["HyperRegistration", "load_model"]
 
@@ -97,7 +97,9 @@ class HyperRegistration(L.LightningModule):
 
     def _loss(self, batch: Mapping[str, Any], values: torch.Tensor) -> tuple[LossTerms, Any, Any]:
         fixed, moving = batch["fixed"], batch["moving"]
-        output = self.net(moving, fixed, self.space.normalize(values) if self.net.num_params else None)
+        output = self.net(
+            moving, fixed, self.space.normalize(values) if self.net.num_params else None
+        )
         warped = warp(moving, output.displacement)
         field = output.velocity if self.config.regularize == "velocity" else output.displacement
         terms = self.objective(fixed, warped, field, values)
@@ -108,8 +110,14 @@ class HyperRegistration(L.LightningModule):
         logged = {f"{stage}/loss": loss, f"{stage}/similarity": terms.similarity.mean()}
         logged.update({f"{stage}/energy/{k}": v.mean() for k, v in terms.energies.items()})
         self.log_dict(logged, batch_size=batch_size, prog_bar=False, sync_dist=stage != "train")
-        self.log(f"{stage}_loss", loss, batch_size=batch_size, prog_bar=True, logger=False,
-                 sync_dist=stage != "train")
+        self.log(
+            f"{stage}_loss",
+            loss,
+            batch_size=batch_size,
+            prog_bar=True,
+            logger=False,
+            sync_dist=stage != "train",
+        )
         return loss
 
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
@@ -126,8 +134,8 @@ class HyperRegistration(L.LightningModule):
         terms, output, _ = self._loss(batch, values)
         self._log_terms("val", terms, values.shape[0])
         if "moving_mask" in batch:
-            warped_mask = warp(batch["moving_mask"].float(), output.displacement, mode="nearest")
-            scores = dice(warped_mask[0, 0].round(), batch["fixed_mask"][0, 0])
+            warped_mask = warp_labels(batch["moving_mask"], output.displacement)
+            scores = dice(warped_mask[0, 0], batch["fixed_mask"][0, 0])
             if scores:
                 mean_dice = torch.tensor(sum(scores.values()) / len(scores), device=self.device)
                 self.log("val/dice", mean_dice, batch_size=1, prog_bar=True, sync_dist=True)
@@ -139,7 +147,10 @@ class HyperRegistration(L.LightningModule):
         return cls(self.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
 
     def _log_tensorboard(
-        self, batch: Mapping[str, Any], values: torch.Tensor, output: RegistrationOutput,
+        self,
+        batch: Mapping[str, Any],
+        values: torch.Tensor,
+        output: RegistrationOutput,
         warped: torch.Tensor,
     ) -> None:
         every = self.config.logging.image_every_n_steps
@@ -151,7 +162,9 @@ class HyperRegistration(L.LightningModule):
         mid = batch["fixed"].shape[-1] // 2
         panels = [batch["fixed"], batch["moving"], warped]
         for title, image in zip(("fixed", "moving", "warped"), panels, strict=True):
-            experiment.add_image(f"images/{title}", image[0, :, ..., mid].clamp(0, 1), self.global_step)
+            experiment.add_image(
+                f"images/{title}", image[0, :, ..., mid].clamp(0, 1), self.global_step
+            )
         magnitude = output.displacement[0].norm(dim=0)[..., mid]
         experiment.add_image(
             "images/displacement_magnitude",
@@ -168,7 +181,9 @@ class HyperRegistration(L.LightningModule):
         }
 
 
-def load_model(checkpoint: str | Path, *, map_location: str | torch.device = "cpu") -> HyperRegistration:
+def load_model(
+    checkpoint: str | Path, *, map_location: str | torch.device = "cpu"
+) -> HyperRegistration:
     """Rebuild a trained model from a checkpoint alone, in eval mode.
 
     The file is read with ``torch.load(weights_only=True)``: no pickled code runs. The plugins
@@ -184,7 +199,9 @@ def load_model(checkpoint: str | Path, *, map_location: str | torch.device = "cp
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise ValueError(f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})") from exc
+        raise ValueError(
+            f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})"
+        ) from exc
     if not isinstance(state, dict) or CHECKPOINT_KEY not in state:
         raise ValueError(f"{path}: not a regzoo checkpoint (no '{CHECKPOINT_KEY}' entry)")
     model = HyperRegistration(state[CHECKPOINT_KEY]["config"])

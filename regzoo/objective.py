@@ -61,7 +61,9 @@ def _configured_spec(base: ParamSpec, value: float | ParamRange | None) -> Param
         default = base.default
     else:
         mid = ParamSpace.of(
-            ParamSpec(name=base.name, low=value.low, high=value.high, default=value.low, scale=scale)
+            ParamSpec(
+                name=base.name, low=value.low, high=value.high, default=value.low, scale=scale
+            )
         ).denormalize(torch.tensor([0.5], dtype=torch.float64))
         default = float(mid[0])
     return ParamSpec(
@@ -221,7 +223,9 @@ class Objective(nn.Module):
         energies = {}
         for term, params in zip(self.terms, self.term_params(values), strict=True):
             alpha = params.pop("alpha")
-            energy = term.regularizer(field, params, spacing)
+            # the term's own specs (config bounds, possibly wider than the declared ones) were
+            # validated when the objective was built, so the energy is called directly
+            energy = term.regularizer.energy(field, params, spacing)
             energies[term.label] = energy
             total = total + alpha * energy
             weight_sum = weight_sum + alpha

@@ -26,6 +26,7 @@ __all__ = [
     "resize_flow",
     "sample_points",
     "warp",
+    "warp_labels",
 ]
 
 Spacing = float | Sequence[float] | torch.Tensor | None
@@ -237,10 +238,27 @@ def sample_points(field: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     """
     ndim = check_image(field, "sample_points", name="field")
     if points.ndim != 3 or points.shape[-1] != ndim:
-        raise ValueError(f"sample_points() 'points' must be (B, N, {ndim}), got {tuple(points.shape)}")
+        raise ValueError(
+            f"sample_points() 'points' must be (B, N, {ndim}), got {tuple(points.shape)}"
+        )
     shape = field.shape[2:]
-    scale = torch.tensor([2.0 / max(n - 1, 1) for n in shape], device=field.device, dtype=field.dtype)
+    scale = torch.tensor(
+        [2.0 / max(n - 1, 1) for n in shape], device=field.device, dtype=field.dtype
+    )
     grid = (points.to(field.dtype) * scale - 1.0).flip(-1)
     grid = grid.view(points.shape[0], points.shape[1], *([1] * (ndim - 1)), ndim)
     sampled = F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=True)
     return sampled.flatten(2).transpose(1, 2)
+
+
+def warp_labels(labels: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
+    """Warp an integer label map ``(B, 1, *spatial)`` by ``u`` without blocky artefacts.
+
+    Each label's indicator is warped linearly and every voxel takes the label with the largest
+    interpolated weight (smoother boundaries than nearest-neighbour warping).
+    """
+    check_image(labels, "warp_labels", name="labels")
+    values = labels.long().unique()
+    onehot = torch.cat([(labels == v).to(u.dtype) for v in values], dim=1)
+    warped = warp(onehot, u, mode="bilinear", padding_mode="border")
+    return values[warped.argmax(dim=1, keepdim=True)].to(labels.dtype)

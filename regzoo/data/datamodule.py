@@ -21,10 +21,16 @@ def ensure_dataset(config: DataConfig, *, progress: bool = True) -> None:
     if config.root.exists():
         return
     if config.phantom is None:
-        raise FileNotFoundError(f"dataset folder not found: {config.root} (and data.phantom is null)")
+        raise FileNotFoundError(
+            f"dataset folder not found: {config.root} (and data.phantom is null)"
+        )
     phantom = config.phantom
     write_phantom_dataset(
-        config.root, n=phantom.n, val=phantom.val, shape=phantom.shape, seed=phantom.seed,
+        config.root,
+        n=phantom.n,
+        val=phantom.val,
+        shape=phantom.shape,
+        seed=phantom.seed,
         progress=progress,
     )
 
@@ -54,8 +60,11 @@ class RegistrationDataModule(L.LightningDataModule):
     def train_dataloader(self) -> DataLoader:
         """Shuffled training pairs."""
         return DataLoader(
-            self.train_set, batch_size=self.config.batch_size, shuffle=True,
-            num_workers=self.config.num_workers, drop_last=len(self.train_set) >= self.config.batch_size,
+            self.train_set,
+            batch_size=self.config.batch_size,
+            shuffle=True,
+            num_workers=self.config.num_workers,
+            drop_last=len(self.train_set) >= self.config.batch_size,
         )
 
     def val_dataloader(self) -> DataLoader:

@@ -22,7 +22,11 @@ from torch.utils.data import Dataset
 __all__ = ["Learn2RegDataset", "case_id", "load_keypoints", "load_volume", "read_manifest"]
 
 Split = Literal["train", "val", "test"]
-SPLIT_KEYS = {"train": "training_paired_images", "val": "registration_val", "test": "registration_test"}
+SPLIT_KEYS = {
+    "train": "training_paired_images",
+    "val": "registration_val",
+    "test": "registration_test",
+}
 CASE_PATTERN = re.compile(r"_(\d+)_(\d+)\.nii(\.gz)?$")
 
 
@@ -108,7 +112,8 @@ class Learn2RegDataset(Dataset):
         if split not in SPLIT_KEYS:
             raise ValueError(f"unknown split '{split}'; expected one of {sorted(SPLIT_KEYS)}")
         self.pairs = [
-            (self.root / p["fixed"], self.root / p["moving"]) for p in manifest.get(SPLIT_KEYS[split], [])
+            (self.root / p["fixed"], self.root / p["moving"])
+            for p in manifest.get(SPLIT_KEYS[split], [])
         ]
         if not self.pairs:
             raise ValueError(f"{self.root}: the split '{split}' ({SPLIT_KEYS[split]}) has no pairs")
@@ -134,8 +139,12 @@ class Learn2RegDataset(Dataset):
             for key, folder in (("mask", "masksTr"), ("labels", "labelsTr")):
                 sibling = Path(str(path).replace("imagesTr", folder))
                 if sibling != path and sibling.is_file():
-                    item[key] = torch.from_numpy(np.rint(load_volume(sibling)[0])[None].astype(np.int64))
-            keypoints = Path(str(path).replace("imagesTr", "keypointsTr").replace(".nii.gz", ".csv"))
+                    item[key] = torch.from_numpy(
+                        np.rint(load_volume(sibling)[0])[None].astype(np.int64)
+                    )
+            keypoints = Path(
+                str(path).replace("imagesTr", "keypointsTr").replace(".nii.gz", ".csv")
+            )
             if keypoints != path and keypoints.is_file():
                 item["keypoints"] = torch.from_numpy(load_keypoints(keypoints))
         return item

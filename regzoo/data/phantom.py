@@ -28,7 +28,14 @@ from tqdm.auto import tqdm
 __all__ = ["PhantomCase", "generate_case", "write_phantom_dataset"]
 
 HU_AIR, HU_LUNG, HU_FAT, HU_SOFT, HU_LIVER, HU_BONE, HU_RIB, HU_VESSEL = (
-    -1000.0, -850.0, -90.0, 40.0, 60.0, 350.0, 300.0, 20.0,
+    -1000.0,
+    -850.0,
+    -90.0,
+    40.0,
+    60.0,
+    350.0,
+    300.0,
+    20.0,
 )
 FIELD_OF_VIEW_MM = 336.0  # 192 voxels at 1.75 mm, like Learn2Reg LungCT
 
@@ -61,7 +68,9 @@ class _Anatomy:
 
 
 def _normalised(coords: np.ndarray, shape: Sequence[int]) -> np.ndarray:
-    scale = np.array([2.0 / (n - 1) for n in shape], dtype=np.float32).reshape(-1, *[1] * (coords.ndim - 1))
+    scale = np.array([2.0 / (n - 1) for n in shape], dtype=np.float32).reshape(
+        -1, *[1] * (coords.ndim - 1)
+    )
     return coords * scale - 1.0
 
 
@@ -99,8 +108,12 @@ def _draw_anatomy(rng: np.random.Generator, shape: Sequence[int]) -> _Anatomy:
     lungs, vessels, points = [], [], []
     lz = rng.uniform(0.05, 0.2)
     for side in (-1.0, 1.0):
-        center = np.array([bx + side * rng.uniform(0.4, 0.48) * ax, by + rng.uniform(-0.05, 0.05) * ay, lz])
-        radii = np.array([rng.uniform(0.28, 0.34) * ax, rng.uniform(0.68, 0.78) * ay, rng.uniform(0.65, 0.8)])
+        center = np.array(
+            [bx + side * rng.uniform(0.4, 0.48) * ax, by + rng.uniform(-0.05, 0.05) * ay, lz]
+        )
+        radii = np.array(
+            [rng.uniform(0.28, 0.34) * ax, rng.uniform(0.68, 0.78) * ay, rng.uniform(0.65, 0.8)]
+        )
         dome_z = lz - radii[2] * rng.uniform(0.45, 0.6)
         lungs.append((center, radii, dome_z, rng.uniform(0.2, 0.4)))
         hilum = center + np.array([-side * radii[0] * 0.55, 0.0, 0.05])
@@ -119,8 +132,17 @@ def _draw_anatomy(rng: np.random.Generator, shape: Sequence[int]) -> _Anatomy:
     lung_texture = ndimage.gaussian_filter(rng.normal(size=shape), texture_sigma)
     lung_texture *= 30.0 / (lung_texture.std() + 1e-8)
     tissue_texture = rng.normal(0.0, 8.0, size=shape)
-    return _Anatomy((bx, by, ax, ay), lungs, heart, spine, ribs, vessels, np.array(points),
-                    lung_texture.astype(np.float32), tissue_texture.astype(np.float32))
+    return _Anatomy(
+        (bx, by, ax, ay),
+        lungs,
+        heart,
+        spine,
+        ribs,
+        vessels,
+        np.array(points),
+        lung_texture.astype(np.float32),
+        tissue_texture.astype(np.float32),
+    )
 
 
 def _inside_lungs(anatomy: _Anatomy, p: np.ndarray) -> np.ndarray:
@@ -135,7 +157,9 @@ def _inside_lungs(anatomy: _Anatomy, p: np.ndarray) -> np.ndarray:
     return mask
 
 
-def _render(anatomy: _Anatomy, coords: np.ndarray, shape: Sequence[int]) -> tuple[np.ndarray, np.ndarray]:
+def _render(
+    anatomy: _Anatomy, coords: np.ndarray, shape: Sequence[int]
+) -> tuple[np.ndarray, np.ndarray]:
     """Render HU and the lung mask at voxel coordinates ``coords`` ``(3, *shape)``."""
     p = _normalised(coords, shape)
     bx, by, ax, ay = anatomy.body
@@ -163,14 +187,16 @@ def _render(anatomy: _Anatomy, coords: np.ndarray, shape: Sequence[int]) -> tupl
     ).reshape(p.shape[1:])
     image[lungs] = HU_LUNG + texture[lungs]
     _draw_vessels(anatomy, p, lungs, image, shape)
-    tissue = ndimage.map_coordinates(anatomy.tissue_texture, coords.reshape(3, -1), order=0,
-                                     mode="nearest").reshape(p.shape[1:])
+    tissue = ndimage.map_coordinates(
+        anatomy.tissue_texture, coords.reshape(3, -1), order=0, mode="nearest"
+    ).reshape(p.shape[1:])
     image[body & ~lungs] += tissue[body & ~lungs]
     return image, lungs.astype(np.uint8)
 
 
-def _draw_vessels(anatomy: _Anatomy, p: np.ndarray, lungs: np.ndarray, image: np.ndarray,
-                  shape: Sequence[int]) -> None:
+def _draw_vessels(
+    anatomy: _Anatomy, p: np.ndarray, lungs: np.ndarray, image: np.ndarray, shape: Sequence[int]
+) -> None:
     index = np.nonzero(lungs)
     points = p[:, lungs].T  # (N, 3)
     if points.size == 0:
@@ -193,7 +219,9 @@ def _draw_vessels(anatomy: _Anatomy, p: np.ndarray, lungs: np.ndarray, image: np
     image[index] = values * (1 - density) + HU_VESSEL * density
 
 
-def _breathing_motion(rng: np.random.Generator, anatomy: _Anatomy, shape: Sequence[int]) -> np.ndarray:
+def _breathing_motion(
+    rng: np.random.Generator, anatomy: _Anatomy, shape: Sequence[int]
+) -> np.ndarray:
     """The exhale -> inhale displacement on the fixed grid, ``(3, *shape)`` in voxels."""
     grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
     p = _normalised(grid, shape)
@@ -205,14 +233,18 @@ def _breathing_motion(rng: np.random.Generator, anatomy: _Anatomy, shape: Sequen
     dome = min(d for _, _, d, _ in anatomy.lungs)
     craniocaudal = np.clip((top - p[2]) / (top - dome), 0.0, 1.15)
     amplitude = rng.uniform(0.03, 0.09, size=3) * np.array([0.5, 0.7, 1.0]) * 2.0
-    u = np.stack([
-        amplitude[0] * (p[0] - bx) / ax * weight,
-        amplitude[1] * (p[1] - (by - 0.72 * ay)) / ay * weight,
-        -amplitude[2] * craniocaudal * weight,
-    ]) * scale.reshape(3, 1, 1, 1)
+    u = np.stack(
+        [
+            amplitude[0] * (p[0] - bx) / ax * weight,
+            amplitude[1] * (p[1] - (by - 0.72 * ay)) / ay * weight,
+            -amplitude[2] * craniocaudal * weight,
+        ]
+    ) * scale.reshape(3, 1, 1, 1)
     direction = _rotation(rng.normal(size=3), math.radians(rng.uniform(0, 12)))
     u = np.einsum("ij,j...->i...", direction, u)
-    noise = np.stack([ndimage.gaussian_filter(rng.normal(size=shape), max(shape) / 10) for _ in range(3)])
+    noise = np.stack(
+        [ndimage.gaussian_filter(rng.normal(size=shape), max(shape) / 10) for _ in range(3)]
+    )
     noise *= rng.uniform(0.3, 1.0) * (max(shape) / 64) / (np.abs(noise).max() + 1e-8)
     u = np.stack([ndimage.gaussian_filter(c, max(shape) / 21) for c in u]) + noise
     rotation = _rotation(np.array([0.2, 0.1, 1.0]), math.radians(rng.uniform(-4, 4)))
@@ -229,12 +261,16 @@ def _invert(u: np.ndarray, iterations: int = 25) -> np.ndarray:
     w = -u.copy()
     for _ in range(iterations):
         at = (grid + w).reshape(3, -1)
-        w = -np.stack([ndimage.map_coordinates(c, at, order=1, mode="nearest") for c in u]).reshape(u.shape)
+        w = -np.stack([ndimage.map_coordinates(c, at, order=1, mode="nearest") for c in u]).reshape(
+            u.shape
+        )
     return w
 
 
 def _sample_field(u: np.ndarray, points: np.ndarray) -> np.ndarray:
-    return np.stack([ndimage.map_coordinates(c, points.T, order=1, mode="nearest") for c in u], axis=1)
+    return np.stack(
+        [ndimage.map_coordinates(c, points.T, order=1, mode="nearest") for c in u], axis=1
+    )
 
 
 def generate_case(shape: Sequence[int] = (64, 64, 64), *, seed: int = 0) -> PhantomCase:
@@ -255,8 +291,16 @@ def generate_case(shape: Sequence[int] = (64, 64, 64), *, seed: int = 0) -> Phan
     in_lung = ndimage.map_coordinates(fixed_mask.astype(np.float32), keypoints.T, order=0) > 0
     keypoints = keypoints[in_lung].astype(np.float32)
     spacing = tuple(FIELD_OF_VIEW_MM / n for n in shape)
-    return PhantomCase(fixed, moving, fixed_mask, moving_mask, keypoints,
-                       keypoints + _sample_field(u, keypoints), u, spacing)
+    return PhantomCase(
+        fixed,
+        moving,
+        fixed_mask,
+        moving_mask,
+        keypoints,
+        keypoints + _sample_field(u, keypoints),
+        u,
+        spacing,
+    )
 
 
 def _save_nifti(array: np.ndarray, spacing: Sequence[float], path: Path) -> None:
@@ -305,15 +349,27 @@ def write_phantom_dataset(
             case = generate_case(shape, seed=seed * 100_003 + case_id)
             names = [f"PhantomCT_{case_id:04d}_{phase:04d}" for phase in (0, 1)]
             for name, image, mask, points in zip(
-                names, (case.fixed, case.moving), (case.fixed_mask, case.moving_mask),
-                (case.fixed_keypoints, case.moving_keypoints), strict=True,
+                names,
+                (case.fixed, case.moving),
+                (case.fixed_mask, case.moving_mask),
+                (case.fixed_keypoints, case.moving_keypoints),
+                strict=True,
             ):
-                _save_nifti(image.astype(np.float32), case.spacing, staging / "imagesTr" / f"{name}.nii.gz")
+                _save_nifti(
+                    image.astype(np.float32), case.spacing, staging / "imagesTr" / f"{name}.nii.gz"
+                )
                 _save_nifti(mask, case.spacing, staging / "masksTr" / f"{name}.nii.gz")
                 _save_keypoints(points, staging / "keypointsTr" / f"{name}.csv")
             disp = np.moveaxis(case.displacement, 0, -1)
-            _save_nifti(disp, case.spacing, staging / "gtdispTr" / f"PhantomCT_{case_id:04d}.nii.gz")
-            pairs.append({"fixed": f"./imagesTr/{names[0]}.nii.gz", "moving": f"./imagesTr/{names[1]}.nii.gz"})
+            _save_nifti(
+                disp, case.spacing, staging / "gtdispTr" / f"PhantomCT_{case_id:04d}.nii.gz"
+            )
+            pairs.append(
+                {
+                    "fixed": f"./imagesTr/{names[0]}.nii.gz",
+                    "moving": f"./imagesTr/{names[1]}.nii.gz",
+                }
+            )
         manifest = {
             "name": "PhantomCT",
             "description": "regzoo synthetic thoracic CT (exhale fixed _0000, inhale moving _0001)",
@@ -321,9 +377,13 @@ def write_phantom_dataset(
             "modality": {"0": "CT"},
             "numTraining": 2 * n,
             "training": [
-                {"image": p[k], "mask": p[k].replace("imagesTr", "masksTr"),
-                 "keypoints": p[k].replace("imagesTr", "keypointsTr").replace(".nii.gz", ".csv")}
-                for p in pairs for k in ("fixed", "moving")
+                {
+                    "image": p[k],
+                    "mask": p[k].replace("imagesTr", "masksTr"),
+                    "keypoints": p[k].replace("imagesTr", "keypointsTr").replace(".nii.gz", ".csv"),
+                }
+                for p in pairs
+                for k in ("fixed", "moving")
             ],
             "training_paired_images": pairs[: n - val],
             "registration_val": pairs[n - val :],

@@ -1,0 +1,45 @@
+"""Shared fixtures: a tiny phantom data set and a model trained on it for two steps."""
+
+from pathlib import Path
+
+import pytest
+
+from regzoo.config import load_config
+from regzoo.data.phantom import write_phantom_dataset
+
+ROOT = Path(__file__).resolve().parents[1]
+QUICKSTART = ROOT / "configs" / "quickstart.yaml"
+
+
+def tiny_overrides(data_root: Path, run_dir: Path, steps: int = 2) -> list[str]:
+    """Overrides that make any config train a few steps on the tiny phantom."""
+    return [
+        f"data.root={data_root}",
+        f"run_dir={run_dir}",
+        f"trainer.max_steps={steps}",
+        "trainer.max_epochs=null",
+        "trainer.accelerator=cpu",
+        "trainer.devices=1",
+        "trainer.progress_bar=false",
+        "trainer.log_every_n_steps=1",
+        "data.batch_size=1",
+        "data.num_workers=0",
+        "logging.image_every_n_steps=1",
+    ]
+
+
+@pytest.fixture(scope="session")
+def tiny_phantom(tmp_path_factory) -> Path:
+    """A 3-case 32^3 phantom (2 training pairs, 1 validation pair)."""
+    root = tmp_path_factory.mktemp("data") / "phantom"
+    return write_phantom_dataset(root, n=3, val=1, shape=(32, 32, 32), seed=7, progress=False)
+
+
+@pytest.fixture(scope="session")
+def tiny_checkpoint(tiny_phantom, tmp_path_factory) -> Path:
+    """The quickstart config trained for 2 steps on the tiny phantom."""
+    from regzoo.train import train
+
+    run_dir = tmp_path_factory.mktemp("runs") / "quickstart"
+    config = load_config(QUICKSTART, tiny_overrides(tiny_phantom, run_dir))
+    return train(config)

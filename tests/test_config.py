@@ -1,0 +1,113 @@
+from pathlib import Path
+
+import pytest
+
+from regzoo.config import ConfigError, apply_overrides, load_config
+
+ROOT = Path(__file__).resolve().parents[1]
+CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+BASE = {"regularizers": [{"name": "linear_elastic"}], "trainer": {"max_steps": 5}}
+
+
+def test_configs_exist_and_validate():
+    names = {p.relative_to(ROOT / "configs").as_posix() for p in CONFIGS}
+    assert "quickstart.yaml" in names
+    assert sum(n.startswith("paper/") for n in names) >= 9
+    for path in CONFIGS:
+        load_config(path)
+
+
+def test_unknown_keys_name_close_matches():
+    with pytest.raises(ConfigError, match=r"optimizer: unknown key 'lrr'; did you mean 'lr'"):
+        load_config({**BASE, "optimizer": {"lrr": 0.1}})
+    with pytest.raises(
+        ConfigError, match=r"unknown key 'regularisers'; did you mean 'regularizers'"
+    ):
+        load_config({"regularisers": [], "trainer": {"max_steps": 1}})
+
+
+def test_overrides():
+    data = apply_overrides(
+        BASE,
+        [
+            "trainer.max_steps=7",
+            "regularizers.0.alpha={low: 0, high: 1}",
+            "data.root=/tmp/x",
+            "model.enc=[8, 8]",
+        ],
+    )
+    config = load_config(data)
+    assert config.trainer.max_steps == 7
+    assert config.regularizers[0].alpha.high == 1
+    assert str(config.data.root) == "/tmp/x" and config.model.enc == [8, 8]
+    assert BASE["trainer"]["max_steps"] == 5  # the input is not modified
+    with pytest.raises(ConfigError, match="must look like dotted.key=value"):
+        apply_overrides(BASE, ["trainer.max_steps"])
+    with pytest.raises(ConfigError, match="not an index"):
+        apply_overrides(BASE, ["regularizers.3.alpha=1"])
+    with pytest.raises(ConfigError, match="not a section"):
+        apply_overrides(BASE, ["trainer.max_steps.x=1"])
+
+
+def test_values_are_parsed_as_data_never_evaluated():
+    data = apply_overrides(BASE, ["name=__import__('os').system('echo hi')"])
+    assert data["name"] == "__import__('os').system('echo hi')"
+
+
+def test_component_errors():
+    with pytest.raises(ConfigError, match="unknown regularizer 'linear_elastik'; did you mean"):
+        load_config({**BASE, "regularizers": [{"name": "linear_elastik"}]})
+    with pytest.raises(ConfigError, match="term 'linear_elastic': unknown parameter 'lambda'"):
+        load_config({**BASE, "regularizers": [{"name": "linear_elastic", "params": {"lambda": 1}}]})
+    with pytest.raises(ConfigError, match="invalid options"):
+        load_config({**BASE, "similarity": {"name": "lncc", "options": {"window": 0}}})
+    with pytest.raises(ConfigError, match="unknown similarity 'ncc'"):
+        load_config({**BASE, "similarity": {"name": "ncc"}})
+    with pytest.raises(ConfigError, match="needs model.int_steps > 0"):
+        load_config({**BASE, "regularize": "velocity"})
+    with pytest.raises(ConfigError, match="every parameter is fixed"):
+        load_config({**BASE, "regularizers": [{"name": "diffusion"}]})
+    with pytest.raises(ConfigError, match="appears twice"):
+        load_config({**BASE, "regularizers": [{"name": "diffusion"}, {"name": "diffusion"}]})
+    with pytest.raises(ConfigError, match="log scale needs low > 0"):
+        load_config(
+            {
+                **BASE,
+                "regularizers": [
+                    {
+                        "name": "linear_elastic",
+                        "params": {"mu": {"low": 0, "high": 1, "scale": "log"}},
+                    }
+                ],
+            }
+        )
+    with pytest.raises(ConfigError, match="set max_steps or max_epochs"):
+        load_config({**BASE, "trainer": {}})
+    with pytest.raises(FileNotFoundError, match="config file not found"):
+        load_config("/nonexistent/config.yaml")
+
+
+def test_broken_plugin_in_config(tmp_path):
+    plugin = tmp_path / "bad_plugin.py"
+    plugin.write_text("raise RuntimeError('boom')\n")
+    with pytest.raises(
+        ConfigError, match=r"plugin '.*bad_plugin.py' failed to load: RuntimeError: boom"
+    ):
+        load_config({**BASE, "plugins": [str(plugin)]})
+
+
+def test_free_parameter_space_of_paper_configs():
+    from regzoo.objective import build_objective
+
+    hyper = build_objective(load_config(ROOT / "configs/paper/hyperelastic_lam5_mu1.yaml"))
+    assert hyper.free_space.names == ["linear_elastic.lam", "linear_elastic.mu"]
+    assert hyper.free_space["linear_elastic.lam"].high == 5.0
+    assert hyper.fixed_values() == {"linear_elastic.alpha": 1.0}
+    fixed = build_objective(load_config(ROOT / "configs/paper/elastic_laifook_x1.yaml"))
+    assert fixed.free_space.names == ["linear_elastic.alpha"]
+    assert fixed.fixed_values()["linear_elastic.lam"] == pytest.approx(45.33)
+    diffusion = build_objective(load_config(ROOT / "configs/paper/hypermorph_diffusion.yaml"))
+    assert diffusion.free_space.names == ["diffusion.alpha"]
+    assert diffusion.canonical_name("alpha") == "diffusion.alpha"
+    with pytest.raises(KeyError, match="was fixed during training"):
+        fixed.canonical_name("mu")

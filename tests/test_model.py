@@ -1,0 +1,92 @@
+import pytest
+import torch
+
+from regzoo.config import load_config
+from regzoo.model import HyperRegistration, load_model
+from regzoo.objective import build_objective
+from regzoo.testing import random_smooth_field
+
+SMALL = {
+    "model": {"enc": [4, 8], "dec": [8, 8, 4], "hyper_units": [8]},
+    "trainer": {"max_steps": 1},
+    "regularizers": [
+        {
+            "name": "linear_elastic",
+            "params": {"lam": {"low": 0, "high": 1}, "mu": {"low": 0, "high": 1}},
+        }
+    ],
+}
+
+
+def test_each_sample_uses_its_own_parameters():
+    objective = build_objective(load_config(SMALL))
+    fixed, warped = torch.rand(2, 1, 12, 12, 12), torch.rand(2, 1, 12, 12, 12)
+    field = random_smooth_field((12, 12, 12))
+    values = torch.tensor([[0.1, 0.9], [0.7, 0.05]])
+    batched = objective(fixed, warped, field, values).total
+    singles = torch.cat(
+        [
+            objective(
+                fixed[i : i + 1], warped[i : i + 1], field[i : i + 1], values[i : i + 1]
+            ).total
+            for i in range(2)
+        ]
+    )
+    assert torch.allclose(batched, singles, rtol=1e-5)
+    swapped = objective(fixed, warped, field, values.flip(0)).total
+    assert not torch.allclose(batched, swapped)
+
+
+def test_hypermorph_weighting_and_velocity_regularization():
+    cfg = {
+        **SMALL,
+        "weighting": "hypermorph",
+        "regularize": "velocity",
+        "model": {**SMALL["model"], "int_steps": 3},
+        "regularizers": [{"name": "diffusion", "alpha": {"low": 0, "high": 1}}],
+    }
+    model = HyperRegistration(load_config(cfg))
+    batch = {"fixed": torch.rand(2, 1, 16, 16, 16), "moving": torch.rand(2, 1, 16, 16, 16)}
+    values = torch.tensor([[0.0], [1.0]])
+    terms, output, _ = model._loss(batch, values)
+    assert output.velocity is not None
+    # alpha = 0: similarity only; alpha = 1: regularizer only
+    assert terms.total[0].item() == pytest.approx(terms.similarity[0].item(), rel=1e-5)
+    assert terms.total[1].item() == pytest.approx(terms.energies["diffusion"][1].item(), rel=1e-5)
+    displacement_cfg = load_config({**cfg, "regularize": "displacement"})
+    model_d = HyperRegistration(displacement_cfg)
+    model_d.load_state_dict(model.state_dict())
+    terms_d, out_d, _ = model_d._loss(batch, values)
+    expected = model.objective.regularizers[0](out_d.displacement)
+    assert torch.allclose(terms_d.energies["diffusion"], expected)
+
+
+def test_training_step_draws_reproducible_parameters():
+    a, b = HyperRegistration(load_config(SMALL)), HyperRegistration(load_config(SMALL))
+    draws_a, draws_b = a._draw_parameters(64), b._draw_parameters(64)
+    assert torch.equal(draws_a, draws_b)
+    assert ((draws_a == 0) | (draws_a == 1)).float().mean() > 0.1  # endpoint oversampling
+
+
+def test_checkpoint_reloads_to_identical_outputs(tiny_checkpoint):
+    model = load_model(tiny_checkpoint)
+    again = load_model(tiny_checkpoint)
+    images = torch.rand(1, 1, 32, 32, 32)
+    out_a = model(images, images.flip(2), {"mu": 0.3, "lam": 0.2}).displacement
+    out_b = again(images, images.flip(2), {"linear_elastic.mu": 0.3, "lam": 0.2}).displacement
+    assert torch.equal(out_a, out_b)
+    with pytest.raises(ValueError, match=r"'linear_elastic.mu'=3.0 is out of range"):
+        model(images, images, {"mu": 3.0})
+
+
+def test_load_model_errors(tmp_path):
+    with pytest.raises(FileNotFoundError, match="checkpoint not found"):
+        load_model(tmp_path / "none.ckpt")
+    bogus = tmp_path / "bogus.ckpt"
+    torch.save({"state_dict": {}}, bogus)
+    with pytest.raises(ValueError, match="not a regzoo checkpoint"):
+        load_model(bogus)
+    text = tmp_path / "text.ckpt"
+    text.write_text("hello")
+    with pytest.raises(ValueError, match="cannot be read as a checkpoint"):
+        load_model(text)
