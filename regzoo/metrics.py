@@ -1,6 +1,7 @@
 """Registration metrics: Dice, target registration error, SDlogJ, folding fraction.
 
-Displacements are single fields ``(D, *spatial)`` in voxels on the fixed grid (fixed ``x`` -> moving ``x + u(x)``).
+Displacements are single fields ``(D, *spatial)`` in voxels on the fixed grid
+(fixed ``x`` -> moving ``x + u(x)``).
 """
 
 from __future__ import annotations

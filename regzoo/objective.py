@@ -229,10 +229,8 @@ class Objective(nn.Module):
             energies[term.label] = energy
             total = total + alpha * energy
             weight_sum = weight_sum + alpha
-        if self.weighting == "hypermorph":
-            total = total + (1 - weight_sum) * sim
-        else:
-            total = total + sim
+        sim_weight = (1 - weight_sum) if self.weighting == "hypermorph" else 1.0
+        total = total + sim_weight * sim
         return LossTerms(total=total, similarity=sim, energies=energies)
 
 

@@ -41,7 +41,7 @@ def test_overrides():
     assert config.regularizers[0].alpha.high == 1
     assert str(config.data.root) == "/tmp/x" and config.model.enc == [8, 8]
     assert BASE["trainer"]["max_steps"] == 5  # the input is not modified
-    with pytest.raises(ConfigError, match="must look like dotted.key=value"):
+    with pytest.raises(ConfigError, match=r"must look like dotted\.key=value"):
         apply_overrides(BASE, ["trainer.max_steps"])
     with pytest.raises(ConfigError, match="not an index"):
         apply_overrides(BASE, ["regularizers.3.alpha=1"])
@@ -63,7 +63,7 @@ def test_component_errors():
         load_config({**BASE, "similarity": {"name": "lncc", "options": {"window": 0}}})
     with pytest.raises(ConfigError, match="unknown similarity 'ncc'"):
         load_config({**BASE, "similarity": {"name": "ncc"}})
-    with pytest.raises(ConfigError, match="needs model.int_steps > 0"):
+    with pytest.raises(ConfigError, match=r"needs model\.int_steps > 0"):
         load_config({**BASE, "regularize": "velocity"})
     with pytest.raises(ConfigError, match="every parameter is fixed"):
         load_config({**BASE, "regularizers": [{"name": "diffusion"}]})

@@ -71,5 +71,5 @@ def test_nan_image_is_rejected(tmp_path):
     data = image.get_fdata()
     data[0, 0, 0] = np.nan
     nib.save(nib.Nifti1Image(data.astype(np.float32), image.affine), path)
-    with pytest.raises(ValueError, match="PhantomCT_0001_0000.nii.gz: contains NaN"):
+    with pytest.raises(ValueError, match=r"PhantomCT_0001_0000\.nii\.gz: contains NaN"):
         Learn2RegDataset(root, "train")[0]
