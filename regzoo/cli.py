@@ -6,6 +6,7 @@ import argparse
 import json
 import sys
 from collections.abc import Callable, Sequence
+from pathlib import Path
 
 from regzoo._errors import RegzooError
 
@@ -69,6 +70,133 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
+def _parse_params(items: Sequence[str]) -> dict[str, float]:
+    params = {}
+    for item in items:
+        name, sep, value = item.partition("=")
+        try:
+            params[name] = float(value)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise ValueError(f"--param {item!r} must look like NAME=NUMBER")
+    return params
+
+
+def _overlay(model, fixed_path, moving_path, moving_seg, settings, out):  # noqa: ANN001
+    """Figure of one pair at several parameter settings ``[(title, params), ...]``."""
+    from regzoo.inference import read_image, register
+    from regzoo.spatial import warp
+    from regzoo.viz import OverlayPanel, plot_registration
+
+    mask = read_image(moving_seg)[0] if moving_seg else None
+    panels = []
+    for title, params in settings:
+        result = register(model, fixed_path, moving_path, **params)
+        warped_mask = None
+        if mask is not None:
+            warped_mask = warp(mask[None, None], result.displacement[None], mode="nearest")[0, 0]
+        panels.append(OverlayPanel(title, result.displacement, result.warped,
+                                   result.jacobian_determinant, warped_mask))
+    fixed_mask = None
+    if moving_seg:
+        candidate = str(fixed_path).replace("imagesTr", "masksTr")
+        if candidate != str(fixed_path) and Path(candidate).is_file():
+            fixed_mask = read_image(candidate)[0]
+    return plot_registration(read_image(fixed_path)[0], read_image(moving_path)[0], panels, out,
+                             fixed_mask=fixed_mask, moving_mask=mask,
+                             window=tuple(model.config.data.intensity_window))
+
+
+def _title(params: dict[str, float]) -> str:
+    return ", ".join(f"{k.split('.', 1)[1]}={v:.3g}" for k, v in params.items())
+
+
+def _cmd_register(args: argparse.Namespace) -> int:
+    from regzoo.inference import register, write_result
+    from regzoo.model import load_model
+
+    model = load_model(args.model)
+    params = _parse_params(args.param)
+    result = register(model, args.fixed, args.moving, **params)
+    segs = {Path(p).name.split(".")[0]: p for p in args.moving_seg}
+    written = write_result(result, args.out, segmentations=segs)
+    if args.figure:
+        default = model.objective.resolve({})
+        settings = [(_title(result.params), params), (f"defaults ({_title(default)})", {})]
+        written.append(_overlay(model, args.fixed, args.moving,
+                                args.moving_seg[0] if args.moving_seg else None, settings,
+                                Path(args.out) / "figure.png"))
+    print(f"parameters: {_title(result.params)}")
+    for path in written:
+        print(f"wrote {path}")
+    return 0
+
+
+def _cmd_evaluate(args: argparse.Namespace) -> int:
+    from regzoo.data.learn2reg import Learn2RegDataset
+    from regzoo.evaluation import evaluate_displacements, evaluate_model, summarize, write_report
+
+    if (args.model is None) == (args.disp_dir is None):
+        raise ValueError("give exactly one of --model or --disp-dir")
+    if args.model:
+        from regzoo.model import load_model
+
+        model = load_model(args.model)
+        params = model.objective.resolve(_parse_params(args.param))
+        window = tuple(model.config.data.intensity_window)
+        dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
+        rows = evaluate_model(model, dataset, params)
+        extra = {"model": str(args.model), "params": params}
+    else:
+        dataset = Learn2RegDataset(args.data, args.split, annotations=True)
+        rows = evaluate_displacements(dataset, args.disp_dir)
+        extra = {"disp_dir": str(args.disp_dir)}
+    json_path, csv_path = write_report(rows, args.out, data=str(args.data), split=args.split, **extra)
+    for metric, value in summarize(rows).items():
+        print(f"{metric:>18}: {value:.4f}")
+    print(f"wrote {json_path} and {csv_path}")
+    return 0
+
+
+def _cmd_sweep(args: argparse.Namespace) -> int:
+    from regzoo.data.learn2reg import Learn2RegDataset
+    from regzoo.model import load_model
+    from regzoo.report import write_sweep_report
+    from regzoo.sweep import optimize_parameters, parse_grid, sweep
+
+    model = load_model(args.model)
+    grid = parse_grid(args.grid)
+    window = tuple(model.config.data.intensity_window)
+    dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
+    result = sweep(model, dataset, grid, batch_size=args.batch_size)
+    optimized = []
+    if args.optimize:
+        for item in dataset:
+            found = optimize_parameters(model, item, names=result.names, steps=args.optimize_steps)
+            optimized.append({"fixed_id": item["fixed_id"], "moving_id": item["moving_id"], **found})
+    out = Path(args.out)
+    metric = args.metric or result.default_metric()
+    figure = None
+    if args.figure:
+        ranked = result.ranked(metric)
+        best, worst = ranked[0], ranked[-1]
+        first = dataset[0]
+        pick = {n: best[n] for n in result.names}, {n: worst[n] for n in result.names}
+        mask = first["moving_path"].replace("imagesTr", "masksTr")
+        figure = _overlay(model, first["fixed_path"], first["moving_path"],
+                          mask if Path(mask).is_file() else None,
+                          [(f"best: {_title(pick[0])}", pick[0]), (f"worst: {_title(pick[1])}", pick[1])],
+                          out / "overlay.png")
+    summary = write_sweep_report(result, out, metric=metric, optimized=optimized, figure=figure,
+                                 model=str(args.model), data=str(args.data))
+    best = result.best(metric)
+    print("best parameters for the data set: " + _title({n: best[n] for n in result.names})
+          + f" ({metric} = {best[metric]:.4f})")
+    print(f"report: {summary}")
+    return 0
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``regzoo`` command (used by the CLI reference docs)."""
     parser = argparse.ArgumentParser(
@@ -106,6 +234,45 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("X", "Y", "Z"))
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_phantom)
+
+    p = sub.add_parser("register", help="register one pair with a trained model")
+    p.add_argument("--model", required=True, help="checkpoint (runs/.../checkpoints/last.ckpt)")
+    p.add_argument("--fixed", required=True, help="fixed image (NIfTI)")
+    p.add_argument("--moving", required=True, help="moving image (NIfTI, same grid)")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
+                   help="free parameter value, e.g. mu=0.03 (repeatable; defaults otherwise)")
+    p.add_argument("--moving-seg", action="append", default=[], metavar="NIFTI",
+                   help="moving mask or label map to warp (nearest neighbour; repeatable)")
+    p.add_argument("--out", required=True, help="output folder")
+    p.add_argument("--figure", action="store_true",
+                   help="also write figure.png: these parameters next to the defaults")
+    p.set_defaults(func=_cmd_register)
+
+    p = sub.add_parser("evaluate", help="Dice, TRE, SDlogJ, folding of a model or of displacement files")
+    p.add_argument("--data", required=True, help="Learn2Reg-layout dataset folder")
+    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--model", help="checkpoint to evaluate")
+    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
+    p.add_argument("--disp-dir", help="folder of disp_FFFF_MMMM.nii.gz from any tool")
+    p.add_argument("--out", required=True, help="JSON report (a CSV is written beside it)")
+    p.set_defaults(func=_cmd_evaluate)
+
+    p = sub.add_parser("sweep", help="evaluate a grid of parameters; heat maps and best values")
+    p.add_argument("--model", required=True)
+    p.add_argument("--data", required=True)
+    p.add_argument("--split", default="val", choices=["train", "val", "test"])
+    p.add_argument("--grid", action="append", required=True, metavar="NAME=START:STOP:COUNT",
+                   help="e.g. lam=0:0.5:11 (repeatable, or NAME=V1,V2,...)")
+    p.add_argument("--metric", choices=["dice", "dice_labels", "tre_mm", "sdlogj"],
+                   help="criterion for the best parameters (default: dice, else tre_mm)")
+    p.add_argument("--batch-size", type=int, default=8, help="settings per forward pass")
+    p.add_argument("--optimize", action="store_true",
+                   help="also refine the parameters per pair by gradient descent")
+    p.add_argument("--optimize-steps", type=int, default=30)
+    p.add_argument("--figure", action="store_true",
+                   help="overlay figure of the first pair at the best and worst settings")
+    p.add_argument("--out", required=True, help="output folder")
+    p.set_defaults(func=_cmd_sweep)
     return parser
 
 

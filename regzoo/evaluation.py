@@ -1,0 +1,175 @@
+"""Score displacement fields on a Learn2Reg split: Dice, TRE, SDlogJ, folding, time.
+
+The same code scores a regzoo model (:func:`evaluate_model`) and displacement fields written
+by any other tool (:func:`evaluate_displacements`, Learn2Reg naming
+``disp_<fixed id>_<moving id>.nii.gz``, shape ``(*spatial, D)`` in voxels).
+"""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+import time
+from collections.abc import Callable, Iterable, Mapping
+from pathlib import Path
+from typing import Any
+
+import nibabel as nib
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from regzoo.data.learn2reg import Learn2RegDataset
+from regzoo.metrics import dice, folding_fraction, sdlogj, target_registration_error
+from regzoo.model import HyperRegistration
+from regzoo.spatial import warp_labels
+
+__all__ = [
+    "evaluate_displacements",
+    "evaluate_model",
+    "score_pair",
+    "summarize",
+    "write_report",
+]
+
+METRICS = ("dice", "dice_labels", "tre_mm", "tre_initial_mm", "sdlogj", "folding_fraction",
+           "seconds")
+
+
+def score_pair(item: Mapping[str, Any], displacement: torch.Tensor) -> dict[str, float]:
+    """Metrics of one displacement ``(D, *spatial)`` for a dataset item (with annotations).
+
+    Dice uses the lung masks (``dice``) and label maps when present (``dice_labels``, mean
+    over labels); TRE is the mean keypoint distance in mm after and before registration.
+    """
+    displacement = displacement.float().cpu()
+    row: dict[str, float] = {}
+    for key, out in (("mask", "dice"), ("labels", "dice_labels")):
+        if f"moving_{key}" in item:
+            warped = warp_labels(item[f"moving_{key}"][None], displacement[None])[0, 0]
+            scores = dice(warped, item[f"fixed_{key}"][0])
+            row[out] = float(np.mean(list(scores.values()))) if scores else float("nan")
+    if "fixed_keypoints" in item:
+        fixed_kp, moving_kp = item["fixed_keypoints"], item["moving_keypoints"]
+        spacing = item["spacing"]
+        row["tre_mm"] = float(target_registration_error(fixed_kp, moving_kp, displacement, spacing).mean())
+        row["tre_initial_mm"] = float(
+            target_registration_error(fixed_kp, moving_kp, torch.zeros_like(displacement), spacing).mean()
+        )
+    row["sdlogj"] = sdlogj(displacement)
+    row["folding_fraction"] = folding_fraction(displacement)
+    return row
+
+
+def _evaluate(
+    dataset: Learn2RegDataset,
+    predict: Callable[[Mapping[str, Any]], torch.Tensor],
+    progress: bool,
+) -> list[dict[str, Any]]:
+    rows = []
+    for item in tqdm(dataset, desc="evaluate", disable=not progress):
+        start = time.perf_counter()
+        displacement = predict(item)
+        seconds = time.perf_counter() - start
+        row = {"fixed_id": item["fixed_id"], "moving_id": item["moving_id"]}
+        row.update(score_pair(item, displacement))
+        row["seconds"] = seconds
+        rows.append(row)
+    return rows
+
+
+def evaluate_model(
+    model: HyperRegistration,
+    dataset: Learn2RegDataset,
+    params: Mapping[str, float] | None = None,
+    *,
+    progress: bool = True,
+) -> list[dict[str, Any]]:
+    """Register every pair of ``dataset`` with ``model`` at ``params``; one metrics row each."""
+    resolved = model.objective.resolve(params)
+    device = model.device
+
+    @torch.no_grad()
+    def predict(item: Mapping[str, Any]) -> torch.Tensor:
+        fixed, moving = item["fixed"][None].to(device), item["moving"][None].to(device)
+        return model(fixed, moving, resolved).displacement[0]
+
+    return _evaluate(dataset, predict, progress)
+
+
+def load_displacement(path: str | Path) -> torch.Tensor:
+    """Read a Learn2Reg displacement NIfTI ``(*spatial, D)`` as ``(D, *spatial)``.
+
+    Raises:
+        FileNotFoundError: if the file is missing.
+        ValueError: if its last axis is not the number of spatial dims or it holds NaN.
+    """
+    path = Path(path)
+    if not path.is_file():
+        raise FileNotFoundError(f"displacement not found: {path}")
+    data = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
+    if data.ndim == 5 and data.shape[3] == 1:  # NIfTI vector layout (X, Y, Z, 1, 3)
+        data = data[:, :, :, 0]
+    if data.ndim != 4 or data.shape[-1] != 3:
+        raise ValueError(f"{path}: expected a displacement of shape (X, Y, Z, 3), got {data.shape}")
+    if not np.isfinite(data).all():
+        raise ValueError(f"{path}: contains NaN or infinite values")
+    return torch.from_numpy(np.moveaxis(data, -1, 0).copy())
+
+
+def evaluate_displacements(
+    dataset: Learn2RegDataset, disp_dir: str | Path, *, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Score ``disp_<fixed>_<moving>.nii.gz`` files of ``disp_dir`` (any registration tool).
+
+    ``seconds`` is the time to read and score each file (the tool's own run time is unknown).
+    """
+    disp_dir = Path(disp_dir)
+    if not disp_dir.is_dir():
+        raise FileNotFoundError(f"displacement folder not found: {disp_dir}")
+
+    def predict(item: Mapping[str, Any]) -> torch.Tensor:
+        displacement = load_displacement(disp_dir / f"disp_{item['fixed_id']}_{item['moving_id']}.nii.gz")
+        if displacement.shape[1:] != item["fixed"].shape[1:]:
+            raise ValueError(
+                f"disp_{item['fixed_id']}_{item['moving_id']}.nii.gz: shape "
+                f"{tuple(displacement.shape[1:])} differs from the fixed image "
+                f"{tuple(item['fixed'].shape[1:])}"
+            )
+        return displacement
+
+    return _evaluate(dataset, predict, progress)
+
+
+def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:
+    """Mean of every metric over the rows (NaN-free metrics only)."""
+    rows = list(rows)
+    summary = {}
+    for metric in METRICS:
+        values = [r[metric] for r in rows if metric in r and np.isfinite(r[metric])]
+        if values:
+            summary[metric] = float(np.mean(values))
+    return summary
+
+
+def write_report(rows: list[dict[str, Any]], path: str | Path, **extra: Any) -> tuple[Path, Path]:
+    """Write ``path`` (JSON: per-pair rows, mean, extra fields) and the same rows as CSV.
+
+    Both files are written to temporary names and renamed into place.
+    """
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    report = {**extra, "mean": summarize(rows), "pairs": rows}
+    tmp_json = path.with_name(f".{path.name}.partial")
+    tmp_json.write_text(json.dumps(report, indent=2))
+    csv_path = path.with_suffix(".csv")
+    tmp_csv = csv_path.with_name(f".{csv_path.name}.partial")
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    with tmp_csv.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp_json, path)
+    os.replace(tmp_csv, csv_path)
+    return path, csv_path

@@ -1,0 +1,102 @@
+"""Write a sweep's report folder: tables, JSON, heat maps and a markdown summary."""
+
+from __future__ import annotations
+
+import csv
+import json
+import os
+from collections.abc import Sequence
+from pathlib import Path
+from typing import Any
+
+from regzoo.sweep import SweepResult
+from regzoo.viz import plot_sweep
+
+__all__ = ["write_sweep_report"]
+
+
+def _write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    columns = list(dict.fromkeys(k for row in rows for k in row))
+    with tmp.open("w", newline="") as handle:
+        writer = csv.DictWriter(handle, fieldnames=columns)
+        writer.writeheader()
+        writer.writerows(rows)
+    os.replace(tmp, path)
+
+
+def _write_text(text: str, path: Path) -> None:
+    tmp = path.with_name(f".{path.name}.partial")
+    tmp.write_text(text)
+    os.replace(tmp, path)
+
+
+def _fmt(params: dict[str, Any], names: Sequence[str]) -> str:
+    return ", ".join(f"{n} = {params[n]:.4g}" for n in names)
+
+
+def write_sweep_report(
+    result: SweepResult,
+    out_dir: str | Path,
+    *,
+    metric: str,
+    optimized: Sequence[dict[str, Any]] = (),
+    figure: Path | None = None,
+    **meta: Any,
+) -> Path:
+    """Write ``metrics.csv`` (per setting and pair), ``settings.csv`` (means),
+    ``sweep.json`` (everything, with the best parameters for the data set and per pair),
+    ``heatmap.png`` (one or two swept parameters) and ``summary.md``; return the summary path.
+    """
+    out = Path(out_dir)
+    out.mkdir(parents=True, exist_ok=True)
+    best = result.best(metric)
+    per_pair = result.best_per_pair(metric)
+    _write_csv(result.rows, out / "metrics.csv")
+    _write_csv(result.settings, out / "settings.csv")
+    heatmap = plot_sweep(result, out / "heatmap.png") if len(result.names) <= 2 else None
+    payload = {
+        **meta,
+        "metric": metric,
+        "names": result.names,
+        "axes": result.axes,
+        "best": best,
+        "best_per_pair": per_pair,
+        "optimized_per_pair": list(optimized),
+        "settings": result.settings,
+    }
+    _write_text(json.dumps(payload, indent=2), out / "sweep.json")
+    lines = [
+        "# regzoo sweep report",
+        "",
+        f"- model: `{meta.get('model', '?')}`",
+        f"- data: `{meta.get('data', '?')}` ({len(per_pair)} pairs, {len(result.settings)} settings)",
+        f"- criterion: mean `{metric}`",
+        "",
+        "## Best parameters for the data set",
+        "",
+        f"**{_fmt(best, result.names)}**",
+        "",
+        "| metric | value |",
+        "|---|---|",
+        *[f"| {k} | {v:.4f} |" for k, v in best.items() if k not in result.names],
+        "",
+        "## Best parameters per pair",
+        "",
+        "| fixed | moving | parameters | " + metric + " |",
+        "|---|---|---|---|",
+        *[f"| {r['fixed_id']} | {r['moving_id']} | {_fmt(r, result.names)} | {r[metric]:.4f} |"
+          for r in per_pair],
+    ]
+    if optimized:
+        lines += ["", "## Per-pair optimisation (gradient descent through the hypernetwork)", "",
+                  "| fixed | moving | parameters | final criterion |", "|---|---|---|---|"]
+        lines += [f"| {o['fixed_id']} | {o['moving_id']} | {_fmt(o['params'], result.names)} | "
+                  f"{o['criterion']} = {o['history'][-1]:.4f} |" for o in optimized]
+    if heatmap is not None:
+        lines += ["", "## Heat maps", "", "![heat maps](heatmap.png)"]
+    if figure is not None:
+        lines += ["", "## Best and worst setting on the first pair", "", "![overlay](overlay.png)"]
+    summary = out / "summary.md"
+    _write_text("\n".join(lines) + "\n", summary)
+    return summary

@@ -1,0 +1,243 @@
+"""Test-time parameter discovery: grid sweeps and per-pair gradient-based optimisation."""
+
+from __future__ import annotations
+
+import itertools
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from regzoo.data.learn2reg import Learn2RegDataset
+from regzoo.evaluation import score_pair, summarize
+from regzoo.model import HyperRegistration
+from regzoo.spatial import warp
+
+__all__ = ["SweepResult", "optimize_parameters", "parse_grid", "sweep"]
+
+MAXIMIZE = {"dice": True, "dice_labels": True, "tre_mm": False, "sdlogj": False,
+            "folding_fraction": False}
+
+
+def parse_grid(specs: Sequence[str]) -> dict[str, list[float]]:
+    """Parse ``NAME=START:STOP:COUNT`` (inclusive linspace) or ``NAME=V1,V2,...`` entries.
+
+    Raises:
+        ValueError: for a malformed entry or a repeated name.
+    """
+    grid: dict[str, list[float]] = {}
+    for spec in specs:
+        name, sep, text = spec.partition("=")
+        if not sep or not name or not text:
+            raise ValueError(f"grid entry {spec!r} must look like NAME=START:STOP:COUNT or NAME=V1,V2")
+        if name in grid:
+            raise ValueError(f"grid parameter '{name}' given twice")
+        try:
+            if ":" in text:
+                start, stop, count = text.split(":")
+                if int(count) < 1:
+                    raise ValueError
+                values = np.linspace(float(start), float(stop), int(count)).tolist()
+            else:
+                values = [float(v) for v in text.split(",")]
+        except ValueError:
+            raise ValueError(
+                f"grid entry {spec!r} must look like NAME=START:STOP:COUNT or NAME=V1,V2"
+            ) from None
+        grid[name] = values
+    return grid
+
+
+@dataclass
+class SweepResult:
+    """Metrics of every (setting, pair) of a sweep.
+
+    Attributes:
+        names: swept parameters (full names), in grid order.
+        axes: the values of each swept parameter.
+        rows: one dict per setting and pair: parameter values, ids and metrics.
+        settings: one dict per setting: its parameter values and the mean metrics over pairs.
+    """
+
+    names: list[str]
+    axes: list[list[float]]
+    rows: list[dict[str, Any]]
+    settings: list[dict[str, Any]]
+
+    def default_metric(self) -> str:
+        """``dice`` when masks were scored, else ``tre_mm``, else ``sdlogj``."""
+        for metric in ("dice", "tre_mm", "sdlogj"):
+            if self.settings and metric in self.settings[0]:
+                return metric
+        raise ValueError("no metric to rank settings by")
+
+    def ranked(self, metric: str | None = None) -> list[dict[str, Any]]:
+        """Settings sorted from best to worst mean ``metric`` (Dice up, errors down)."""
+        metric = metric or self.default_metric()
+        sign = -1.0 if MAXIMIZE.get(metric, False) else 1.0
+        return sorted(self.settings, key=lambda s: sign * s.get(metric, np.inf * sign))
+
+    def best(self, metric: str | None = None) -> dict[str, Any]:
+        """The setting with the best mean ``metric`` over the data set."""
+        return self.ranked(metric)[0]
+
+    def best_per_pair(self, metric: str | None = None) -> list[dict[str, Any]]:
+        """For each pair, the row with the best ``metric``."""
+        metric = metric or self.default_metric()
+        sign = 1.0 if MAXIMIZE.get(metric, False) else -1.0
+        best: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in self.rows:
+            key = (row["fixed_id"], row["moving_id"])
+            if key not in best or sign * row[metric] > sign * best[key][metric]:
+                best[key] = row
+        return list(best.values())
+
+    def metric_grid(self, metric: str) -> np.ndarray:
+        """Mean ``metric`` shaped like the grid ``(len(axes[0]), len(axes[1]), ...)``."""
+        values = np.array([s.get(metric, np.nan) for s in self.settings], dtype=float)
+        return values.reshape([len(a) for a in self.axes])
+
+
+@torch.no_grad()
+def sweep(
+    model: HyperRegistration,
+    dataset: Learn2RegDataset,
+    grid: Mapping[str, Sequence[float]],
+    *,
+    batch_size: int = 8,
+    progress: bool = True,
+) -> SweepResult:
+    """Evaluate every grid point on every pair, batching settings through the hypernetwork.
+
+    Parameters not in ``grid`` keep their defaults. Each pair is replicated ``batch_size``
+    times and registered at that many settings in one forward pass.
+
+    Raises:
+        KeyError: unknown or ambiguous parameter names.
+        ValueError: grid values outside the trained range.
+    """
+    if not grid:
+        raise ValueError("sweep(): the grid is empty; give at least one NAME=START:STOP:COUNT")
+    names = [model.objective.canonical_name(k) for k in grid]
+    axes = [[model.space[n].check(v) for v in values] for n, values in zip(names, grid.values(), strict=True)]
+    combos = list(itertools.product(*axes))
+    base = model.objective.resolve({})
+    vectors = torch.tensor(
+        [[dict(base, **dict(zip(names, combo, strict=True)))[n] for n in model.space.names]
+         for combo in combos],
+        dtype=torch.float32,
+    )
+    per_setting: list[list[dict[str, Any]]] = [[] for _ in combos]
+    device = model.device
+    total = len(dataset) * len(combos)
+    with tqdm(total=total, desc="sweep", disable=not progress) as bar:
+        for item in dataset:
+            fixed, moving = item["fixed"][None].to(device), item["moving"][None].to(device)
+            for start in range(0, len(combos), batch_size):
+                chunk = vectors[start : start + batch_size].to(device)
+                n = chunk.shape[0]
+                shape = (n, *fixed.shape[1:])
+                fields = model(fixed.expand(shape), moving.expand(shape), chunk).displacement
+                for offset in range(n):
+                    index = start + offset
+                    row = dict(zip(names, combos[index], strict=True))
+                    row.update(fixed_id=item["fixed_id"], moving_id=item["moving_id"])
+                    row.update(score_pair(item, fields[offset]))
+                    per_setting[index].append(row)
+                bar.update(n)
+    settings = [
+        {**dict(zip(names, combo, strict=True)), **summarize(rows)}
+        for combo, rows in zip(combos, per_setting, strict=True)
+    ]
+    rows = [row for rows in per_setting for row in rows]
+    return SweepResult(names=names, axes=axes, rows=rows, settings=settings)
+
+
+def _soft_dice(warped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    overlap = (warped * target).flatten(2).sum(-1)
+    total = warped.flatten(2).sum(-1) + target.flatten(2).sum(-1)
+    return (2 * overlap / total.clamp_min(1e-6)).mean()
+
+
+def optimize_parameters(
+    model: HyperRegistration,
+    item: Mapping[str, Any],
+    *,
+    names: Sequence[str] | None = None,
+    criterion: str = "auto",
+    steps: int = 30,
+    lr: float = 0.05,
+) -> dict[str, Any]:
+    """Refine the free parameters for one pair by gradient descent through the hypernetwork.
+
+    The parameters move in normalised coordinates, projected back into ``[0, 1]`` (the trained
+    bounds) after every Adam step.
+
+    Args:
+        model: a trained hyper model.
+        item: a dataset item (``fixed``, ``moving``, optional ``fixed_mask``/``moving_mask``).
+        names: parameters to optimise (short or full names); others stay at their defaults.
+        criterion: ``"dice"`` (soft Dice of the warped masks, needs masks), ``"loss"`` (the
+            unsupervised training loss at the current parameters; with no other yardstick it
+            favours weak regularisation) or ``"auto"`` (Dice when masks are present).
+        steps: optimisation steps.
+        lr: Adam learning rate in normalised units.
+
+    Returns:
+        ``{"params": {name: value}, "history": [criterion value per step], "criterion": str}``.
+    """
+    if model.net.num_params == 0:
+        raise ValueError("optimize_parameters() needs a hyper model (model.hyper=true)")
+    has_masks = "moving_mask" in item and "fixed_mask" in item
+    if criterion == "auto":
+        criterion = "dice" if has_masks else "loss"
+    if criterion not in ("dice", "loss"):
+        raise ValueError(f"optimize_parameters(): criterion must be dice, loss or auto, got {criterion!r}")
+    if criterion == "dice" and not has_masks:
+        raise ValueError("optimize_parameters(): criterion='dice' needs fixed and moving masks")
+    space = model.space
+    chosen = [model.objective.canonical_name(n) for n in (names or space.names)]
+    trainable = torch.tensor([n in chosen for n in space.names], device=model.device)
+    start = model.parameter_tensor(None, 1)
+    unit = space.normalize(start).detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([unit], lr=lr)
+    fixed, moving = item["fixed"][None].to(model.device), item["moving"][None].to(model.device)
+    if has_masks:
+        labels = torch.unique(item["fixed_mask"])
+        labels = labels[labels > 0]
+        target = torch.cat([(item["fixed_mask"][None] == v).float() for v in labels], 1).to(model.device)
+        source = torch.cat([(item["moving_mask"][None] == v).float() for v in labels], 1).to(model.device)
+    history = []
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        for _ in range(steps):
+            values = space.denormalize(unit)
+            output = model.net(moving, fixed, unit)
+            if criterion == "dice":
+                value = 1.0 - _soft_dice(warp(source, output.displacement), target)
+            else:
+                warped = warp(moving, output.displacement)
+                field = output.velocity if model.config.regularize == "velocity" else output.displacement
+                value = model.objective(fixed, warped, field, values).total.mean()
+            optimizer.zero_grad()
+            value.backward()
+            unit.grad = torch.where(trainable, unit.grad, torch.zeros_like(unit.grad))
+            optimizer.step()
+            with torch.no_grad():
+                unit.clamp_(0.0, 1.0)
+            score = value.detach()
+            history.append(float(1.0 - score) if criterion == "dice" else float(score))
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    final = space.denormalize(unit.detach())[0]
+    return {
+        "params": {n: float(v) for n, v in zip(space.names, final, strict=True)},
+        "history": history,
+        "criterion": "soft_dice" if criterion == "dice" else "loss",
+    }

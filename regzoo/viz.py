@@ -1,0 +1,154 @@
+"""Figures: parameter heat maps (the paper's Fig. 3) and registration overlays (Fig. 4)."""
+
+from __future__ import annotations
+
+from collections.abc import Sequence
+from dataclasses import dataclass
+from pathlib import Path
+
+import matplotlib
+
+matplotlib.use("Agg")
+
+import matplotlib.pyplot as plt  # noqa: E402
+import numpy as np  # noqa: E402
+import torch  # noqa: E402
+
+from regzoo.sweep import SweepResult  # noqa: E402
+
+__all__ = ["OverlayPanel", "plot_registration", "plot_sweep"]
+
+METRIC_LABELS = {
+    "dice": "mean Dice (lung)",
+    "dice_labels": "mean Dice (labels)",
+    "tre_mm": "mean TRE (mm)",
+    "sdlogj": "SDlogJ",
+    "folding_fraction": "folded voxels (fraction)",
+}
+
+
+def _save(fig: plt.Figure, path: str | Path) -> Path:
+    path = Path(path)
+    path.parent.mkdir(parents=True, exist_ok=True)
+    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
+    fig.savefig(tmp, dpi=110, bbox_inches="tight")
+    plt.close(fig)
+    tmp.replace(path)
+    return path
+
+
+def _cell_edges(values: Sequence[float]) -> tuple[float, float]:
+    """Extent of heat-map cells centred on evenly spaced grid ``values``."""
+    half = (values[-1] - values[0]) / (2 * (len(values) - 1)) if len(values) > 1 else 0.5
+    return values[0] - half, values[-1] + half
+
+
+def plot_sweep(result: SweepResult, path: str | Path, metrics: Sequence[str] | None = None) -> Path:
+    """Heat maps (two swept parameters) or curves (one) of mean metrics; best point marked.
+
+    Raises:
+        ValueError: with more than two swept parameters (use the metric table instead).
+    """
+    available = [m for m in METRIC_LABELS if result.settings and m in result.settings[0]]
+    metrics = [m for m in (metrics or available) if m in available]
+    if len(result.names) > 2:
+        raise ValueError("plot_sweep(): figures cover one or two swept parameters")
+    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    for ax, metric in zip(axes[0], metrics, strict=True):
+        values = result.metric_grid(metric)
+        best = result.best(metric)
+        if len(result.names) == 1:
+            ax.plot(result.axes[0], values, marker="o")
+            ax.axvline(best[result.names[0]], color="tab:red", linestyle="--")
+            ax.set_xlabel(result.names[0])
+            ax.set_ylabel(METRIC_LABELS[metric])
+        else:
+            x, y = result.axes
+            image = ax.imshow(values.T, origin="lower", aspect="auto", cmap="viridis",
+                              extent=(*_cell_edges(x), *_cell_edges(y)))
+            fig.colorbar(image, ax=ax)
+            ax.plot(best[result.names[0]], best[result.names[1]], "r*", markersize=12)
+            ax.set_xlabel(result.names[0])
+            ax.set_ylabel(result.names[1])
+        ax.set_title(METRIC_LABELS[metric])
+    fig.tight_layout()
+    return _save(fig, path)
+
+
+@dataclass
+class OverlayPanel:
+    """One parameter setting for :func:`plot_registration`."""
+
+    title: str
+    displacement: torch.Tensor  # (3, *spatial)
+    warped: torch.Tensor  # (*spatial)
+    jacobian_determinant: torch.Tensor  # (*spatial)
+    warped_mask: torch.Tensor | None = None
+
+
+def _grid_lines(ax: plt.Axes, flow2d: np.ndarray, step: int) -> None:
+    """Draw the deformed grid ``x + u(x)`` of a 2D in-plane displacement ``(2, H, W)``."""
+    h, w = flow2d.shape[1:]
+    ys, xs = np.mgrid[0:h, 0:w].astype(float)
+    py, px = ys + flow2d[0], xs + flow2d[1]
+    for i in range(0, h, step):
+        ax.plot(px[i], py[i], color="k", linewidth=0.6)
+    for j in range(0, w, step):
+        ax.plot(px[:, j], py[:, j], color="k", linewidth=0.6)
+    ax.set_xlim(0, w - 1)
+    ax.set_ylim(0, h - 1)
+
+
+def plot_registration(
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    panels: Sequence[OverlayPanel],
+    path: str | Path,
+    *,
+    fixed_mask: torch.Tensor | None = None,
+    moving_mask: torch.Tensor | None = None,
+    axis: int = 1,
+    window: tuple[float, float] = (-1000.0, 500.0),
+) -> Path:
+    """A figure like the paper's Fig. 4 for one pair and one or more parameter settings.
+
+    Top row: fixed and moving slices with their mask contours. One row per setting: the warped
+    image with the fixed mask (red) and warped mask (yellow) contours, the deformation grid and
+    the Jacobian determinant map. Slices are taken through the middle of array ``axis``
+    (1 = coronal for Learn2Reg lung CT).
+    """
+    def cut(volume: torch.Tensor) -> np.ndarray:
+        array = volume.detach().cpu().float().numpy()
+        return np.take(array, array.shape[axis] // 2, axis=axis).T
+
+    in_plane = [k for k in range(3) if k != axis]
+    rows = 1 + len(panels)
+    fig, axes = plt.subplots(rows, 3, figsize=(11, 3.6 * rows), squeeze=False)
+    style = {"cmap": "gray", "vmin": window[0], "vmax": window[1], "origin": "lower"}
+    for ax, image, mask, title in ((axes[0, 0], fixed, fixed_mask, "fixed"),
+                                   (axes[0, 1], moving, moving_mask, "moving")):
+        ax.imshow(cut(image), **style)
+        if mask is not None:
+            ax.contour(cut(mask), levels=[0.5], colors="r", linewidths=0.8)
+        ax.set_title(title)
+    axes[0, 2].axis("off")
+    for row, panel in enumerate(panels, start=1):
+        ax = axes[row, 0]
+        ax.imshow(cut(panel.warped), **style)
+        if fixed_mask is not None:
+            ax.contour(cut(fixed_mask), levels=[0.5], colors="r", linewidths=0.8)
+        if panel.warped_mask is not None:
+            ax.contour(cut(panel.warped_mask), levels=[0.5], colors="y", linewidths=0.8)
+        ax.set_title(f"warped: {panel.title}")
+        flow = np.stack([cut(panel.displacement[in_plane[1]]), cut(panel.displacement[in_plane[0]])])
+        _grid_lines(axes[row, 1], flow, step=max(2, flow.shape[1] // 24))
+        axes[row, 1].set_title("deformation grid")
+        jac = axes[row, 2].imshow(cut(panel.jacobian_determinant), cmap="RdBu_r", vmin=0, vmax=2,
+                                  origin="lower")
+        fig.colorbar(jac, ax=axes[row, 2])
+        axes[row, 2].set_title("Jacobian determinant")
+    for ax in axes.flat:
+        ax.set_xticks([])
+        ax.set_yticks([])
+    fig.tight_layout()
+    return _save(fig, path)

@@ -1,0 +1,154 @@
+"""End to end on the tiny phantom: register, evaluate, sweep (the trained fixture)."""
+
+import json
+import shutil
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from scipy import ndimage
+
+from regzoo.cli import main
+from regzoo.data.learn2reg import Learn2RegDataset
+from regzoo.inference import register
+from regzoo.model import load_model
+from regzoo.sweep import optimize_parameters, parse_grid, sweep
+
+
+def pair_paths(root, case="0003"):
+    images = root / "imagesTr"
+    return (images / f"PhantomCT_{case}_0000.nii.gz", images / f"PhantomCT_{case}_0001.nii.gz",
+            root / "masksTr" / f"PhantomCT_{case}_0001.nii.gz")
+
+
+def test_register_cli_outputs_reproduce_through_scipy(tiny_checkpoint, tiny_phantom, tmp_path):
+    fixed, moving, seg = pair_paths(tiny_phantom)
+    out = tmp_path / "reg"
+    code = main(["register", "--model", str(tiny_checkpoint), "--fixed", str(fixed), "--moving",
+                 str(moving), "--param", "mu=0.2", "--param", "linear_elastic.lam=0.4",
+                 "--moving-seg", str(seg), "--out", str(out), "--figure"])
+    assert code == 0
+    for name in ("disp.nii.gz", "warped.nii.gz", "jacdet.nii.gz", "figure.png",
+                 "warped_PhantomCT_0003_0001.nii.gz"):
+        assert (out / name).is_file(), name
+    disp_img = nib.load(out / "disp.nii.gz")
+    assert disp_img.shape == (32, 32, 32, 3)
+    assert np.allclose(disp_img.affine, nib.load(fixed).affine)
+    disp = disp_img.get_fdata()
+    # an independent warp: scipy map_coordinates at x + u(x), order 1, edge values outside
+    grid = np.stack(np.meshgrid(*[np.arange(32)] * 3, indexing="ij"), axis=0)
+    coords = grid + np.moveaxis(disp, -1, 0)
+    expected = ndimage.map_coordinates(nib.load(moving).get_fdata(), coords, order=1, mode="nearest")
+    written = nib.load(out / "warped.nii.gz").get_fdata()
+    assert np.abs(written - expected).max() < 1e-2
+    labels = np.unique(nib.load(out / "warped_PhantomCT_0003_0001.nii.gz").get_fdata())
+    assert set(labels) <= {0.0, 1.0}
+
+
+def test_register_api_and_bad_input(tiny_checkpoint, tiny_phantom):
+    model = load_model(tiny_checkpoint)
+    fixed, moving, _ = pair_paths(tiny_phantom)
+    result = register(model, fixed, moving, lam=0.1, mu=0.05)
+    assert result.displacement.shape == (3, 32, 32, 32)
+    assert result.params == {"linear_elastic.lam": pytest.approx(0.1), "linear_elastic.mu": pytest.approx(0.05)}
+    with pytest.raises(ValueError, match=r"'linear_elastic.mu'=1.5 is out of range \[0.0, 1.0\]"):
+        register(model, fixed, moving, mu=1.5)
+    with pytest.raises(KeyError, match="unknown free parameter 'nu'"):
+        register(model, fixed, moving, nu=0.1)
+    with pytest.raises(FileNotFoundError, match="image not found"):
+        register(model, fixed.with_name("missing.nii.gz"), moving)
+    with pytest.raises(ValueError, match="must have the same shape"):
+        register(model, torch.zeros(32, 32, 32), torch.zeros(32, 32, 16))
+    bad = torch.zeros(32, 32, 32)
+    bad[0, 0, 0] = float("nan")
+    with pytest.raises(ValueError, match="NaN"):
+        register(model, bad, torch.zeros(32, 32, 32))
+
+
+def test_register_cli_errors(tiny_checkpoint, tiny_phantom, tmp_path, capsys):
+    fixed, moving, _ = pair_paths(tiny_phantom)
+    out = tmp_path / "reg"
+    args = ["register", "--model", str(tiny_checkpoint), "--fixed", str(fixed), "--moving",
+            str(moving), "--out", str(out)]
+    assert main([*args, "--param", "mu=7"]) == 2
+    assert "out of range" in capsys.readouterr().err
+    assert main([*args, "--param", "mu"]) == 2
+    assert "must look like NAME=NUMBER" in capsys.readouterr().err
+    assert not out.exists()
+
+
+def test_evaluate_true_displacements_gives_near_zero_tre(tiny_phantom, tmp_path, capsys):
+    disp_dir = tmp_path / "gt"
+    disp_dir.mkdir()
+    for path in (tiny_phantom / "gtdispTr").glob("*.nii.gz"):
+        case = path.name.split("_")[1].split(".")[0]
+        shutil.copy(path, disp_dir / f"disp_{case}_{case}.nii.gz")
+    out = tmp_path / "gt.json"
+    assert main(["evaluate", "--data", str(tiny_phantom), "--disp-dir", str(disp_dir), "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["mean"]["tre_mm"] < 0.05 * report["mean"]["tre_initial_mm"]
+    assert report["mean"]["dice"] > 0.93
+    assert report["mean"]["folding_fraction"] == 0.0
+    assert out.with_suffix(".csv").read_text().startswith("fixed_id,moving_id,dice")
+    (disp_dir / "disp_0003_0003.nii.gz").unlink()
+    capsys.readouterr()
+    code = main(["evaluate", "--data", str(tiny_phantom), "--disp-dir", str(disp_dir), "--out",
+                 str(tmp_path / "second.json")])
+    assert code == 2
+    assert "displacement not found" in capsys.readouterr().err
+    assert not (tmp_path / "second.json").exists()
+
+
+def test_evaluate_model_cli(tiny_checkpoint, tiny_phantom, tmp_path):
+    out = tmp_path / "model.json"
+    assert main(["evaluate", "--data", str(tiny_phantom), "--model", str(tiny_checkpoint),
+                 "--param", "mu=0.3", "--out", str(out)]) == 0
+    report = json.loads(out.read_text())
+    assert report["params"]["linear_elastic.mu"] == pytest.approx(0.3)
+    assert {"dice", "tre_mm", "tre_initial_mm", "sdlogj", "folding_fraction", "seconds"} <= set(report["mean"])
+    assert main(["evaluate", "--data", str(tiny_phantom), "--out", str(out)]) == 2
+
+
+def test_sweep_cli_writes_the_report(tiny_checkpoint, tiny_phantom, tmp_path):
+    out = tmp_path / "sweep"
+    assert main(["sweep", "--model", str(tiny_checkpoint), "--data", str(tiny_phantom),
+                 "--grid", "lam=0:1:2", "--grid", "mu=0:0.5:3", "--optimize", "--optimize-steps", "2",
+                 "--figure", "--out", str(out)]) == 0
+    for name in ("metrics.csv", "settings.csv", "sweep.json", "heatmap.png", "overlay.png", "summary.md"):
+        assert (out / name).is_file(), name
+    report = json.loads((out / "sweep.json").read_text())
+    assert len(report["settings"]) == 6 and report["metric"] == "dice"
+    assert report["best"]["dice"] == max(s["dice"] for s in report["settings"])
+    assert len(report["best_per_pair"]) == 1 and len(report["optimized_per_pair"]) == 1
+    assert "Best parameters for the data set" in (out / "summary.md").read_text()
+
+
+def test_sweep_batches_equal_single_registrations(tiny_checkpoint, tiny_phantom):
+    model = load_model(tiny_checkpoint)
+    dataset = Learn2RegDataset(tiny_phantom, "val", annotations=True)
+    grid = parse_grid(["mu=0.1,0.9", "lam=0.2"])
+    result = sweep(model, dataset, grid, batch_size=2, progress=False)
+    assert result.names == ["linear_elastic.mu", "linear_elastic.lam"]
+    assert result.metric_grid("dice").shape == (2, 1)
+    for setting in result.rows:
+        single = sweep(model, dataset, {"mu": [setting["linear_elastic.mu"]], "lam": [0.2]},
+                       batch_size=1, progress=False).rows[0]
+        assert single["sdlogj"] == pytest.approx(setting["sdlogj"], rel=1e-4)
+    with pytest.raises(ValueError, match="out of range"):
+        sweep(model, dataset, {"mu": [2.0]}, progress=False)
+    with pytest.raises(ValueError, match="NAME=START:STOP:COUNT"):
+        parse_grid(["mu=0:1"])
+
+
+def test_optimize_stays_in_bounds_and_improves_dice(tiny_checkpoint, tiny_phantom):
+    model = load_model(tiny_checkpoint)
+    item = Learn2RegDataset(tiny_phantom, "val", annotations=True)[0]
+    found = optimize_parameters(model, item, steps=5, lr=0.3)
+    assert found["criterion"] == "soft_dice" and len(found["history"]) == 5
+    for name, value in found["params"].items():
+        spec = model.space[name]
+        assert spec.low <= value <= spec.high
+    assert max(found["history"]) >= found["history"][0]
+    only_mu = optimize_parameters(model, item, names=["mu"], steps=2, criterion="loss")
+    assert only_mu["params"]["linear_elastic.lam"] == pytest.approx(model.space["linear_elastic.lam"].default)
