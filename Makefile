@@ -3,7 +3,6 @@ PYTHON ?= python3
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.regzoo-installed
-DEMO_DIR ?= runs/demo
 
 .PHONY: install test lint docs demo clean
 
@@ -20,13 +19,18 @@ lint: install
 
 test: install lint
 	$(BIN)/pytest -q
-	$(BIN)/mkdocs build --strict --quiet --site-dir /tmp/regzoo-site-$$$$
+	site=$$(mktemp -d) && $(BIN)/mkdocs build --strict --quiet --site-dir $$site && rm -rf $$site
 
 docs: install
 	$(BIN)/mkdocs build --strict
 
+# build the phantom (on first use), train the quickstart model on CPU, sweep (lam, mu), report
 demo: install
 	$(BIN)/regzoo regularizers
+	$(BIN)/regzoo train configs/quickstart.yaml
+	$(BIN)/regzoo sweep --model runs/quickstart/checkpoints/last.ckpt --data data/phantom \
+		--grid lam=0:1:6 --grid mu=0:1:6 --figure --out report
+	@echo "demo finished: open report/summary.md (heat maps: report/heatmap.png, overlay: report/overlay.png)"
 
 clean:
 	rm -rf $(VENV) site runs data report

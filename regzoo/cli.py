@@ -7,8 +7,12 @@ import json
 import sys
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import TYPE_CHECKING
 
 from regzoo._errors import RegzooError
+
+if TYPE_CHECKING:
+    from regzoo.model import HyperRegistration
 
 __all__ = ["main"]
 
@@ -83,7 +87,14 @@ def _parse_params(items: Sequence[str]) -> dict[str, float]:
     return params
 
 
-def _overlay(model, fixed_path, moving_path, moving_seg, settings, out):  # noqa: ANN001
+def _overlay(
+    model: HyperRegistration,
+    fixed_path: str | Path,
+    moving_path: str | Path,
+    moving_seg: str | Path | None,
+    settings: Sequence[tuple[str, dict[str, float]]],
+    out: Path,
+) -> Path:
     """Figure of one pair at several parameter settings ``[(title, params), ...]``."""
     from regzoo.inference import read_image, register
     from regzoo.spatial import warp
@@ -96,16 +107,25 @@ def _overlay(model, fixed_path, moving_path, moving_seg, settings, out):  # noqa
         warped_mask = None
         if mask is not None:
             warped_mask = warp(mask[None, None], result.displacement[None], mode="nearest")[0, 0]
-        panels.append(OverlayPanel(title, result.displacement, result.warped,
-                                   result.jacobian_determinant, warped_mask))
+        panels.append(
+            OverlayPanel(
+                title, result.displacement, result.warped, result.jacobian_determinant, warped_mask
+            )
+        )
     fixed_mask = None
     if moving_seg:
         candidate = str(fixed_path).replace("imagesTr", "masksTr")
         if candidate != str(fixed_path) and Path(candidate).is_file():
             fixed_mask = read_image(candidate)[0]
-    return plot_registration(read_image(fixed_path)[0], read_image(moving_path)[0], panels, out,
-                             fixed_mask=fixed_mask, moving_mask=mask,
-                             window=tuple(model.config.data.intensity_window))
+    return plot_registration(
+        read_image(fixed_path)[0],
+        read_image(moving_path)[0],
+        panels,
+        out,
+        fixed_mask=fixed_mask,
+        moving_mask=mask,
+        window=tuple(model.config.data.intensity_window),
+    )
 
 
 def _title(params: dict[str, float]) -> str:
@@ -124,9 +144,16 @@ def _cmd_register(args: argparse.Namespace) -> int:
     if args.figure:
         default = model.objective.resolve({})
         settings = [(_title(result.params), params), (f"defaults ({_title(default)})", {})]
-        written.append(_overlay(model, args.fixed, args.moving,
-                                args.moving_seg[0] if args.moving_seg else None, settings,
-                                Path(args.out) / "figure.png"))
+        written.append(
+            _overlay(
+                model,
+                args.fixed,
+                args.moving,
+                args.moving_seg[0] if args.moving_seg else None,
+                settings,
+                Path(args.out) / "figure.png",
+            )
+        )
     print(f"parameters: {_title(result.params)}")
     for path in written:
         print(f"wrote {path}")
@@ -152,7 +179,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         dataset = Learn2RegDataset(args.data, args.split, annotations=True)
         rows = evaluate_displacements(dataset, args.disp_dir)
         extra = {"disp_dir": str(args.disp_dir)}
-    json_path, csv_path = write_report(rows, args.out, data=str(args.data), split=args.split, **extra)
+    json_path, csv_path = write_report(
+        rows, args.out, data=str(args.data), split=args.split, **extra
+    )
     for metric, value in summarize(rows).items():
         print(f"{metric:>18}: {value:.4f}")
     print(f"wrote {json_path} and {csv_path}")
@@ -174,7 +203,9 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.optimize:
         for item in dataset:
             found = optimize_parameters(model, item, names=result.names, steps=args.optimize_steps)
-            optimized.append({"fixed_id": item["fixed_id"], "moving_id": item["moving_id"], **found})
+            optimized.append(
+                {"fixed_id": item["fixed_id"], "moving_id": item["moving_id"], **found}
+            )
     out = Path(args.out)
     metric = args.metric or result.default_metric()
     figure = None
@@ -184,15 +215,29 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         first = dataset[0]
         pick = {n: best[n] for n in result.names}, {n: worst[n] for n in result.names}
         mask = first["moving_path"].replace("imagesTr", "masksTr")
-        figure = _overlay(model, first["fixed_path"], first["moving_path"],
-                          mask if Path(mask).is_file() else None,
-                          [(f"best: {_title(pick[0])}", pick[0]), (f"worst: {_title(pick[1])}", pick[1])],
-                          out / "overlay.png")
-    summary = write_sweep_report(result, out, metric=metric, optimized=optimized, figure=figure,
-                                 model=str(args.model), data=str(args.data))
+        figure = _overlay(
+            model,
+            first["fixed_path"],
+            first["moving_path"],
+            mask if Path(mask).is_file() else None,
+            [(f"best: {_title(pick[0])}", pick[0]), (f"worst: {_title(pick[1])}", pick[1])],
+            out / "overlay.png",
+        )
+    summary = write_sweep_report(
+        result,
+        out,
+        metric=metric,
+        optimized=optimized,
+        figure=figure,
+        model=str(args.model),
+        data=str(args.data),
+    )
     best = result.best(metric)
-    print("best parameters for the data set: " + _title({n: best[n] for n in result.names})
-          + f" ({metric} = {best[metric]:.4f})")
+    print(
+        "best parameters for the data set: "
+        + _title({n: best[n] for n in result.names})
+        + f" ({metric} = {best[metric]:.4f})"
+    )
     print(f"report: {summary}")
     return 0
 
@@ -239,16 +284,31 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint (runs/.../checkpoints/last.ckpt)")
     p.add_argument("--fixed", required=True, help="fixed image (NIfTI)")
     p.add_argument("--moving", required=True, help="moving image (NIfTI, same grid)")
-    p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE",
-                   help="free parameter value, e.g. mu=0.03 (repeatable; defaults otherwise)")
-    p.add_argument("--moving-seg", action="append", default=[], metavar="NIFTI",
-                   help="moving mask or label map to warp (nearest neighbour; repeatable)")
+    p.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="free parameter value, e.g. mu=0.03 (repeatable; defaults otherwise)",
+    )
+    p.add_argument(
+        "--moving-seg",
+        action="append",
+        default=[],
+        metavar="NIFTI",
+        help="moving mask or label map to warp (nearest neighbour; repeatable)",
+    )
     p.add_argument("--out", required=True, help="output folder")
-    p.add_argument("--figure", action="store_true",
-                   help="also write figure.png: these parameters next to the defaults")
+    p.add_argument(
+        "--figure",
+        action="store_true",
+        help="also write figure.png: these parameters next to the defaults",
+    )
     p.set_defaults(func=_cmd_register)
 
-    p = sub.add_parser("evaluate", help="Dice, TRE, SDlogJ, folding of a model or of displacement files")
+    p = sub.add_parser(
+        "evaluate", help="Dice, TRE, SDlogJ, folding of a model or of displacement files"
+    )
     p.add_argument("--data", required=True, help="Learn2Reg-layout dataset folder")
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.add_argument("--model", help="checkpoint to evaluate")
@@ -261,16 +321,30 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True)
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
-    p.add_argument("--grid", action="append", required=True, metavar="NAME=START:STOP:COUNT",
-                   help="e.g. lam=0:0.5:11 (repeatable, or NAME=V1,V2,...)")
-    p.add_argument("--metric", choices=["dice", "dice_labels", "tre_mm", "sdlogj"],
-                   help="criterion for the best parameters (default: dice, else tre_mm)")
+    p.add_argument(
+        "--grid",
+        action="append",
+        required=True,
+        metavar="NAME=START:STOP:COUNT",
+        help="e.g. lam=0:0.5:11 (repeatable, or NAME=V1,V2,...)",
+    )
+    p.add_argument(
+        "--metric",
+        choices=["dice", "dice_labels", "tre_mm", "sdlogj"],
+        help="criterion for the best parameters (default: dice, else tre_mm)",
+    )
     p.add_argument("--batch-size", type=int, default=8, help="settings per forward pass")
-    p.add_argument("--optimize", action="store_true",
-                   help="also refine the parameters per pair by gradient descent")
+    p.add_argument(
+        "--optimize",
+        action="store_true",
+        help="also refine the parameters per pair by gradient descent",
+    )
     p.add_argument("--optimize-steps", type=int, default=30)
-    p.add_argument("--figure", action="store_true",
-                   help="overlay figure of the first pair at the best and worst settings")
+    p.add_argument(
+        "--figure",
+        action="store_true",
+        help="overlay figure of the first pair at the best and worst settings",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_cmd_sweep)
     return parser

@@ -33,8 +33,15 @@ __all__ = [
     "write_report",
 ]
 
-METRICS = ("dice", "dice_labels", "tre_mm", "tre_initial_mm", "sdlogj", "folding_fraction",
-           "seconds")
+METRICS = (
+    "dice",
+    "dice_labels",
+    "tre_mm",
+    "tre_initial_mm",
+    "sdlogj",
+    "folding_fraction",
+    "seconds",
+)
 
 
 def score_pair(item: Mapping[str, Any], displacement: torch.Tensor) -> dict[str, float]:
@@ -53,9 +60,13 @@ def score_pair(item: Mapping[str, Any], displacement: torch.Tensor) -> dict[str,
     if "fixed_keypoints" in item:
         fixed_kp, moving_kp = item["fixed_keypoints"], item["moving_keypoints"]
         spacing = item["spacing"]
-        row["tre_mm"] = float(target_registration_error(fixed_kp, moving_kp, displacement, spacing).mean())
+        row["tre_mm"] = float(
+            target_registration_error(fixed_kp, moving_kp, displacement, spacing).mean()
+        )
         row["tre_initial_mm"] = float(
-            target_registration_error(fixed_kp, moving_kp, torch.zeros_like(displacement), spacing).mean()
+            target_registration_error(
+                fixed_kp, moving_kp, torch.zeros_like(displacement), spacing
+            ).mean()
         )
     row["sdlogj"] = sdlogj(displacement)
     row["folding_fraction"] = folding_fraction(displacement)
@@ -130,7 +141,9 @@ def evaluate_displacements(
         raise FileNotFoundError(f"displacement folder not found: {disp_dir}")
 
     def predict(item: Mapping[str, Any]) -> torch.Tensor:
-        displacement = load_displacement(disp_dir / f"disp_{item['fixed_id']}_{item['moving_id']}.nii.gz")
+        displacement = load_displacement(
+            disp_dir / f"disp_{item['fixed_id']}_{item['moving_id']}.nii.gz"
+        )
         if displacement.shape[1:] != item["fixed"].shape[1:]:
             raise ValueError(
                 f"disp_{item['fixed_id']}_{item['moving_id']}.nii.gz: shape "

@@ -150,6 +150,7 @@ def write_result(
     for name, seg in (segmentations or {}).items():
         labels, _ = read_image(seg)
         warped = warp(labels[None, None], result.displacement[None], mode="nearest")[0, 0]
-        written.append(save_nifti(warped.round().to(torch.int16), result.affine,
-                                  out / f"warped_{name}.nii.gz"))
+        written.append(
+            save_nifti(warped.round().to(torch.int16), result.affine, out / f"warped_{name}.nii.gz")
+        )
     return written

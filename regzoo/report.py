@@ -85,14 +85,24 @@ def write_sweep_report(
         "",
         "| fixed | moving | parameters | " + metric + " |",
         "|---|---|---|---|",
-        *[f"| {r['fixed_id']} | {r['moving_id']} | {_fmt(r, result.names)} | {r[metric]:.4f} |"
-          for r in per_pair],
+        *[
+            f"| {r['fixed_id']} | {r['moving_id']} | {_fmt(r, result.names)} | {r[metric]:.4f} |"
+            for r in per_pair
+        ],
     ]
     if optimized:
-        lines += ["", "## Per-pair optimisation (gradient descent through the hypernetwork)", "",
-                  "| fixed | moving | parameters | final criterion |", "|---|---|---|---|"]
-        lines += [f"| {o['fixed_id']} | {o['moving_id']} | {_fmt(o['params'], result.names)} | "
-                  f"{o['criterion']} = {o['history'][-1]:.4f} |" for o in optimized]
+        lines += [
+            "",
+            "## Per-pair optimisation (gradient descent through the hypernetwork)",
+            "",
+            "| fixed | moving | parameters | final criterion |",
+            "|---|---|---|---|",
+        ]
+        lines += [
+            f"| {o['fixed_id']} | {o['moving_id']} | {_fmt(o['params'], result.names)} | "
+            f"{o['criterion']} = {o['history'][-1]:.4f} |"
+            for o in optimized
+        ]
     if heatmap is not None:
         lines += ["", "## Heat maps", "", "![heat maps](heatmap.png)"]
     if figure is not None:

@@ -87,7 +87,9 @@ class LNCCOptions(BaseModel):
     model_config = ConfigDict(extra="forbid", frozen=True)
 
     window: int = Field(9, ge=1, description="side of the local window (odd), window^D voxels")
-    eps: float = Field(1e-5, gt=0, description="stabiliser added to the variance product")
+    eps: float = Field(
+        1e-8, gt=0, description="stabiliser added to the product of the local variances"
+    )
 
 
 @similarity("lncc")

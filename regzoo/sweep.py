@@ -18,8 +18,13 @@ from regzoo.spatial import warp
 
 __all__ = ["SweepResult", "optimize_parameters", "parse_grid", "sweep"]
 
-MAXIMIZE = {"dice": True, "dice_labels": True, "tre_mm": False, "sdlogj": False,
-            "folding_fraction": False}
+MAXIMIZE = {
+    "dice": True,
+    "dice_labels": True,
+    "tre_mm": False,
+    "sdlogj": False,
+    "folding_fraction": False,
+}
 
 
 def parse_grid(specs: Sequence[str]) -> dict[str, list[float]]:
@@ -32,7 +37,9 @@ def parse_grid(specs: Sequence[str]) -> dict[str, list[float]]:
     for spec in specs:
         name, sep, text = spec.partition("=")
         if not sep or not name or not text:
-            raise ValueError(f"grid entry {spec!r} must look like NAME=START:STOP:COUNT or NAME=V1,V2")
+            raise ValueError(
+                f"grid entry {spec!r} must look like NAME=START:STOP:COUNT or NAME=V1,V2"
+            )
         if name in grid:
             raise ValueError(f"grid parameter '{name}' given twice")
         try:
@@ -122,12 +129,17 @@ def sweep(
     if not grid:
         raise ValueError("sweep(): the grid is empty; give at least one NAME=START:STOP:COUNT")
     names = [model.objective.canonical_name(k) for k in grid]
-    axes = [[model.space[n].check(v) for v in values] for n, values in zip(names, grid.values(), strict=True)]
+    axes = [
+        [model.space[n].check(v) for v in values]
+        for n, values in zip(names, grid.values(), strict=True)
+    ]
     combos = list(itertools.product(*axes))
     base = model.objective.resolve({})
     vectors = torch.tensor(
-        [[dict(base, **dict(zip(names, combo, strict=True)))[n] for n in model.space.names]
-         for combo in combos],
+        [
+            [dict(base, **dict(zip(names, combo, strict=True)))[n] for n in model.space.names]
+            for combo in combos
+        ],
         dtype=torch.float32,
     )
     per_setting: list[list[dict[str, Any]]] = [[] for _ in combos]
@@ -195,7 +207,9 @@ def optimize_parameters(
     if criterion == "auto":
         criterion = "dice" if has_masks else "loss"
     if criterion not in ("dice", "loss"):
-        raise ValueError(f"optimize_parameters(): criterion must be dice, loss or auto, got {criterion!r}")
+        raise ValueError(
+            f"optimize_parameters(): criterion must be dice, loss or auto, got {criterion!r}"
+        )
     if criterion == "dice" and not has_masks:
         raise ValueError("optimize_parameters(): criterion='dice' needs fixed and moving masks")
     space = model.space
@@ -208,8 +222,12 @@ def optimize_parameters(
     if has_masks:
         labels = torch.unique(item["fixed_mask"])
         labels = labels[labels > 0]
-        target = torch.cat([(item["fixed_mask"][None] == v).float() for v in labels], 1).to(model.device)
-        source = torch.cat([(item["moving_mask"][None] == v).float() for v in labels], 1).to(model.device)
+        target = torch.cat([(item["fixed_mask"][None] == v).float() for v in labels], 1).to(
+            model.device
+        )
+        source = torch.cat([(item["moving_mask"][None] == v).float() for v in labels], 1).to(
+            model.device
+        )
     history = []
     frozen = [p for p in model.parameters() if p.requires_grad]
     for p in frozen:
@@ -222,7 +240,11 @@ def optimize_parameters(
                 value = 1.0 - _soft_dice(warp(source, output.displacement), target)
             else:
                 warped = warp(moving, output.displacement)
-                field = output.velocity if model.config.regularize == "velocity" else output.displacement
+                field = (
+                    output.velocity
+                    if model.config.regularize == "velocity"
+                    else output.displacement
+                )
                 value = model.objective(fixed, warped, field, values).total.mean()
             optimizer.zero_grad()
             value.backward()

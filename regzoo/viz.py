@@ -10,11 +10,11 @@ import matplotlib
 
 matplotlib.use("Agg")
 
-import matplotlib.pyplot as plt  # noqa: E402
-import numpy as np  # noqa: E402
-import torch  # noqa: E402
+import matplotlib.pyplot as plt
+import numpy as np
+import torch
 
-from regzoo.sweep import SweepResult  # noqa: E402
+from regzoo.sweep import SweepResult
 
 __all__ = ["OverlayPanel", "plot_registration", "plot_sweep"]
 
@@ -64,8 +64,13 @@ def plot_sweep(result: SweepResult, path: str | Path, metrics: Sequence[str] | N
             ax.set_ylabel(METRIC_LABELS[metric])
         else:
             x, y = result.axes
-            image = ax.imshow(values.T, origin="lower", aspect="auto", cmap="viridis",
-                              extent=(*_cell_edges(x), *_cell_edges(y)))
+            image = ax.imshow(
+                values.T,
+                origin="lower",
+                aspect="auto",
+                cmap="viridis",
+                extent=(*_cell_edges(x), *_cell_edges(y)),
+            )
             fig.colorbar(image, ax=ax)
             ax.plot(best[result.names[0]], best[result.names[1]], "r*", markersize=12)
             ax.set_xlabel(result.names[0])
@@ -117,6 +122,7 @@ def plot_registration(
     the Jacobian determinant map. Slices are taken through the middle of array ``axis``
     (1 = coronal for Learn2Reg lung CT).
     """
+
     def cut(volume: torch.Tensor) -> np.ndarray:
         array = volume.detach().cpu().float().numpy()
         return np.take(array, array.shape[axis] // 2, axis=axis).T
@@ -125,8 +131,10 @@ def plot_registration(
     rows = 1 + len(panels)
     fig, axes = plt.subplots(rows, 3, figsize=(11, 3.6 * rows), squeeze=False)
     style = {"cmap": "gray", "vmin": window[0], "vmax": window[1], "origin": "lower"}
-    for ax, image, mask, title in ((axes[0, 0], fixed, fixed_mask, "fixed"),
-                                   (axes[0, 1], moving, moving_mask, "moving")):
+    for ax, image, mask, title in (
+        (axes[0, 0], fixed, fixed_mask, "fixed"),
+        (axes[0, 1], moving, moving_mask, "moving"),
+    ):
         ax.imshow(cut(image), **style)
         if mask is not None:
             ax.contour(cut(mask), levels=[0.5], colors="r", linewidths=0.8)
@@ -140,11 +148,14 @@ def plot_registration(
         if panel.warped_mask is not None:
             ax.contour(cut(panel.warped_mask), levels=[0.5], colors="y", linewidths=0.8)
         ax.set_title(f"warped: {panel.title}")
-        flow = np.stack([cut(panel.displacement[in_plane[1]]), cut(panel.displacement[in_plane[0]])])
+        flow = np.stack(
+            [cut(panel.displacement[in_plane[1]]), cut(panel.displacement[in_plane[0]])]
+        )
         _grid_lines(axes[row, 1], flow, step=max(2, flow.shape[1] // 24))
         axes[row, 1].set_title("deformation grid")
-        jac = axes[row, 2].imshow(cut(panel.jacobian_determinant), cmap="RdBu_r", vmin=0, vmax=2,
-                                  origin="lower")
+        jac = axes[row, 2].imshow(
+            cut(panel.jacobian_determinant), cmap="RdBu_r", vmin=0, vmax=2, origin="lower"
+        )
         fig.colorbar(jac, ax=axes[row, 2])
         axes[row, 2].set_title("Jacobian determinant")
     for ax in axes.flat:

@@ -18,19 +18,44 @@ from regzoo.sweep import optimize_parameters, parse_grid, sweep
 
 def pair_paths(root, case="0003"):
     images = root / "imagesTr"
-    return (images / f"PhantomCT_{case}_0000.nii.gz", images / f"PhantomCT_{case}_0001.nii.gz",
-            root / "masksTr" / f"PhantomCT_{case}_0001.nii.gz")
+    return (
+        images / f"PhantomCT_{case}_0000.nii.gz",
+        images / f"PhantomCT_{case}_0001.nii.gz",
+        root / "masksTr" / f"PhantomCT_{case}_0001.nii.gz",
+    )
 
 
 def test_register_cli_outputs_reproduce_through_scipy(tiny_checkpoint, tiny_phantom, tmp_path):
     fixed, moving, seg = pair_paths(tiny_phantom)
     out = tmp_path / "reg"
-    code = main(["register", "--model", str(tiny_checkpoint), "--fixed", str(fixed), "--moving",
-                 str(moving), "--param", "mu=0.2", "--param", "linear_elastic.lam=0.4",
-                 "--moving-seg", str(seg), "--out", str(out), "--figure"])
+    code = main(
+        [
+            "register",
+            "--model",
+            str(tiny_checkpoint),
+            "--fixed",
+            str(fixed),
+            "--moving",
+            str(moving),
+            "--param",
+            "mu=0.2",
+            "--param",
+            "linear_elastic.lam=0.4",
+            "--moving-seg",
+            str(seg),
+            "--out",
+            str(out),
+            "--figure",
+        ]
+    )
     assert code == 0
-    for name in ("disp.nii.gz", "warped.nii.gz", "jacdet.nii.gz", "figure.png",
-                 "warped_PhantomCT_0003_0001.nii.gz"):
+    for name in (
+        "disp.nii.gz",
+        "warped.nii.gz",
+        "jacdet.nii.gz",
+        "figure.png",
+        "warped_PhantomCT_0003_0001.nii.gz",
+    ):
         assert (out / name).is_file(), name
     disp_img = nib.load(out / "disp.nii.gz")
     assert disp_img.shape == (32, 32, 32, 3)
@@ -39,7 +64,9 @@ def test_register_cli_outputs_reproduce_through_scipy(tiny_checkpoint, tiny_phan
     # an independent warp: scipy map_coordinates at x + u(x), order 1, edge values outside
     grid = np.stack(np.meshgrid(*[np.arange(32)] * 3, indexing="ij"), axis=0)
     coords = grid + np.moveaxis(disp, -1, 0)
-    expected = ndimage.map_coordinates(nib.load(moving).get_fdata(), coords, order=1, mode="nearest")
+    expected = ndimage.map_coordinates(
+        nib.load(moving).get_fdata(), coords, order=1, mode="nearest"
+    )
     written = nib.load(out / "warped.nii.gz").get_fdata()
     assert np.abs(written - expected).max() < 1e-2
     labels = np.unique(nib.load(out / "warped_PhantomCT_0003_0001.nii.gz").get_fdata())
@@ -51,7 +78,10 @@ def test_register_api_and_bad_input(tiny_checkpoint, tiny_phantom):
     fixed, moving, _ = pair_paths(tiny_phantom)
     result = register(model, fixed, moving, lam=0.1, mu=0.05)
     assert result.displacement.shape == (3, 32, 32, 32)
-    assert result.params == {"linear_elastic.lam": pytest.approx(0.1), "linear_elastic.mu": pytest.approx(0.05)}
+    assert result.params == {
+        "linear_elastic.lam": pytest.approx(0.1),
+        "linear_elastic.mu": pytest.approx(0.05),
+    }
     with pytest.raises(ValueError, match=r"'linear_elastic.mu'=1.5 is out of range \[0.0, 1.0\]"):
         register(model, fixed, moving, mu=1.5)
     with pytest.raises(KeyError, match="unknown free parameter 'nu'"):
@@ -69,8 +99,17 @@ def test_register_api_and_bad_input(tiny_checkpoint, tiny_phantom):
 def test_register_cli_errors(tiny_checkpoint, tiny_phantom, tmp_path, capsys):
     fixed, moving, _ = pair_paths(tiny_phantom)
     out = tmp_path / "reg"
-    args = ["register", "--model", str(tiny_checkpoint), "--fixed", str(fixed), "--moving",
-            str(moving), "--out", str(out)]
+    args = [
+        "register",
+        "--model",
+        str(tiny_checkpoint),
+        "--fixed",
+        str(fixed),
+        "--moving",
+        str(moving),
+        "--out",
+        str(out),
+    ]
     assert main([*args, "--param", "mu=7"]) == 2
     assert "out of range" in capsys.readouterr().err
     assert main([*args, "--param", "mu"]) == 2
@@ -85,7 +124,20 @@ def test_evaluate_true_displacements_gives_near_zero_tre(tiny_phantom, tmp_path,
         case = path.name.split("_")[1].split(".")[0]
         shutil.copy(path, disp_dir / f"disp_{case}_{case}.nii.gz")
     out = tmp_path / "gt.json"
-    assert main(["evaluate", "--data", str(tiny_phantom), "--disp-dir", str(disp_dir), "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(tiny_phantom),
+                "--disp-dir",
+                str(disp_dir),
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["mean"]["tre_mm"] < 0.05 * report["mean"]["tre_initial_mm"]
     assert report["mean"]["dice"] > 0.93
@@ -93,8 +145,17 @@ def test_evaluate_true_displacements_gives_near_zero_tre(tiny_phantom, tmp_path,
     assert out.with_suffix(".csv").read_text().startswith("fixed_id,moving_id,dice")
     (disp_dir / "disp_0003_0003.nii.gz").unlink()
     capsys.readouterr()
-    code = main(["evaluate", "--data", str(tiny_phantom), "--disp-dir", str(disp_dir), "--out",
-                 str(tmp_path / "second.json")])
+    code = main(
+        [
+            "evaluate",
+            "--data",
+            str(tiny_phantom),
+            "--disp-dir",
+            str(disp_dir),
+            "--out",
+            str(tmp_path / "second.json"),
+        ]
+    )
     assert code == 2
     assert "displacement not found" in capsys.readouterr().err
     assert not (tmp_path / "second.json").exists()
@@ -102,20 +163,62 @@ def test_evaluate_true_displacements_gives_near_zero_tre(tiny_phantom, tmp_path,
 
 def test_evaluate_model_cli(tiny_checkpoint, tiny_phantom, tmp_path):
     out = tmp_path / "model.json"
-    assert main(["evaluate", "--data", str(tiny_phantom), "--model", str(tiny_checkpoint),
-                 "--param", "mu=0.3", "--out", str(out)]) == 0
+    assert (
+        main(
+            [
+                "evaluate",
+                "--data",
+                str(tiny_phantom),
+                "--model",
+                str(tiny_checkpoint),
+                "--param",
+                "mu=0.3",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
     report = json.loads(out.read_text())
     assert report["params"]["linear_elastic.mu"] == pytest.approx(0.3)
-    assert {"dice", "tre_mm", "tre_initial_mm", "sdlogj", "folding_fraction", "seconds"} <= set(report["mean"])
+    assert {"dice", "tre_mm", "tre_initial_mm", "sdlogj", "folding_fraction", "seconds"} <= set(
+        report["mean"]
+    )
     assert main(["evaluate", "--data", str(tiny_phantom), "--out", str(out)]) == 2
 
 
 def test_sweep_cli_writes_the_report(tiny_checkpoint, tiny_phantom, tmp_path):
     out = tmp_path / "sweep"
-    assert main(["sweep", "--model", str(tiny_checkpoint), "--data", str(tiny_phantom),
-                 "--grid", "lam=0:1:2", "--grid", "mu=0:0.5:3", "--optimize", "--optimize-steps", "2",
-                 "--figure", "--out", str(out)]) == 0
-    for name in ("metrics.csv", "settings.csv", "sweep.json", "heatmap.png", "overlay.png", "summary.md"):
+    assert (
+        main(
+            [
+                "sweep",
+                "--model",
+                str(tiny_checkpoint),
+                "--data",
+                str(tiny_phantom),
+                "--grid",
+                "lam=0:1:2",
+                "--grid",
+                "mu=0:0.5:3",
+                "--optimize",
+                "--optimize-steps",
+                "2",
+                "--figure",
+                "--out",
+                str(out),
+            ]
+        )
+        == 0
+    )
+    for name in (
+        "metrics.csv",
+        "settings.csv",
+        "sweep.json",
+        "heatmap.png",
+        "overlay.png",
+        "summary.md",
+    ):
         assert (out / name).is_file(), name
     report = json.loads((out / "sweep.json").read_text())
     assert len(report["settings"]) == 6 and report["metric"] == "dice"
@@ -132,8 +235,13 @@ def test_sweep_batches_equal_single_registrations(tiny_checkpoint, tiny_phantom)
     assert result.names == ["linear_elastic.mu", "linear_elastic.lam"]
     assert result.metric_grid("dice").shape == (2, 1)
     for setting in result.rows:
-        single = sweep(model, dataset, {"mu": [setting["linear_elastic.mu"]], "lam": [0.2]},
-                       batch_size=1, progress=False).rows[0]
+        single = sweep(
+            model,
+            dataset,
+            {"mu": [setting["linear_elastic.mu"]], "lam": [0.2]},
+            batch_size=1,
+            progress=False,
+        ).rows[0]
         assert single["sdlogj"] == pytest.approx(setting["sdlogj"], rel=1e-4)
     with pytest.raises(ValueError, match="out of range"):
         sweep(model, dataset, {"mu": [2.0]}, progress=False)
@@ -151,4 +259,6 @@ def test_optimize_stays_in_bounds_and_improves_dice(tiny_checkpoint, tiny_phanto
         assert spec.low <= value <= spec.high
     assert max(found["history"]) >= found["history"][0]
     only_mu = optimize_parameters(model, item, names=["mu"], steps=2, criterion="loss")
-    assert only_mu["params"]["linear_elastic.lam"] == pytest.approx(model.space["linear_elastic.lam"].default)
+    assert only_mu["params"]["linear_elastic.lam"] == pytest.approx(
+        model.space["linear_elastic.lam"].default
+    )

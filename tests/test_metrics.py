@@ -22,13 +22,17 @@ def test_tre_with_known_spacing():
     moving = fixed + torch.tensor([1.0, 0.0, 0.0])
     spacing = (2.0, 1.0, 3.0)
     zero = torch.zeros(3, 8, 8, 8)
-    assert torch.allclose(target_registration_error(fixed, moving, zero, spacing), torch.full((2,), 2.0))
+    assert torch.allclose(
+        target_registration_error(fixed, moving, zero, spacing), torch.full((2,), 2.0)
+    )
     shift = zero.clone()
     shift[0] = 1.0  # exactly the motion
     assert torch.allclose(target_registration_error(fixed, moving, shift, spacing), torch.zeros(2))
     half = zero.clone()
     half[2] = 1.0  # wrong axis: error sqrt(2^2 + 3^2)
-    assert target_registration_error(fixed, moving, half, spacing)[0].item() == pytest.approx(13**0.5)
+    assert target_registration_error(fixed, moving, half, spacing)[0].item() == pytest.approx(
+        13**0.5
+    )
 
 
 def test_sdlogj_of_affine_field_is_zero_and_folding_is_counted():

@@ -1,0 +1,125 @@
+"""mkdocs hooks: pages generated at build time from the code, so they cannot drift.
+
+- ``<!-- regzoo:regularizers -->``: the regularizer catalogue, from the registry;
+- ``<!-- regzoo:config-reference -->``: every config key, from the pydantic schema;
+- ``<!-- regzoo:cli -->``: every command and option, from the argparse parser.
+"""
+
+from __future__ import annotations
+
+import inspect
+import types
+import typing
+
+from pydantic import BaseModel
+
+PLACEHOLDERS = {
+    "<!-- regzoo:regularizers -->": "regularizer_catalogue",
+    "<!-- regzoo:config-reference -->": "config_reference",
+    "<!-- regzoo:cli -->": "cli_reference",
+}
+
+
+def regularizer_catalogue() -> str:
+    """One section per registered regularizer: docstring, parameters, options."""
+    from regzoo import regularizers
+
+    parts = []
+    for name in regularizers.available():
+        cls = regularizers.get(name)
+        doc = inspect.cleandoc(cls.__doc__ or "")
+        parts.append(f"## `{name}`\n\n`{cls.__module__}.{cls.__qualname__}`\n\n{doc}\n")
+        if len(cls.space):
+            rows = [
+                "| parameter | low | high | default | scale | meaning |",
+                "|---|---|---|---|---|---|",
+            ]
+            rows += [
+                f"| `{s.name}` | {s.low:g} | {s.high:g} | {s.default:g} | {s.scale} | {s.description} |"
+                for s in cls.space
+            ]
+            parts.append("\n".join(rows) + "\n")
+        else:
+            parts.append("No physical parameters: only the term weight `alpha`.\n")
+        quadratic = "yes" if cls.quadratic else "no"
+        parts.append(f"Quadratic (`R(c u) = c^2 R(u)`): {quadratic}.\n")
+        options = cls.Options.model_fields
+        if options:
+            rows = ["| option | default | meaning |", "|---|---|---|"]
+            rows += [
+                f"| `{k}` | `{f.default!r}` | {f.description or ''} |" for k, f in options.items()
+            ]
+            parts.append("Options (`options:` in a config term):\n\n" + "\n".join(rows) + "\n")
+    return "\n".join(parts)
+
+
+def _type_name(annotation: object) -> str:
+    if isinstance(annotation, type):
+        return annotation.__name__
+    text = str(annotation).replace("typing.", "").replace("pathlib.", "")
+    return text.replace("regzoo.config.", "")
+
+
+def _model_of(annotation: object) -> type[BaseModel] | None:
+    candidates = [annotation, *typing.get_args(annotation)]
+    for candidate in candidates:
+        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
+            return candidate
+        if isinstance(candidate, types.UnionType):
+            inner = _model_of(candidate)
+            if inner is not None:
+                return inner
+    return None
+
+
+def _section(model: type[BaseModel], prefix: str, out: list[str]) -> None:
+    doc = inspect.cleandoc(model.__doc__ or "").split("\n\n")[0]
+    title = f"`{prefix}`" if prefix else "top level"
+    out.append(f"## {title}\n\n{doc}\n\n| key | type | default | description |\n|---|---|---|---|")
+    nested = []
+    for key, field in model.model_fields.items():
+        if field.is_required():
+            default = "required"
+        elif field.default_factory is not None:
+            value = field.default_factory()
+            default = "see below" if isinstance(value, BaseModel) else f"`{value!r}`"
+        else:
+            default = f"`{field.default!r}`"
+        out.append(
+            f"| `{key}` | `{_type_name(field.annotation)}` | {default} | {field.description or ''} |"
+        )
+        sub = _model_of(field.annotation)
+        if sub is not None:
+            nested.append((sub, f"{prefix}.{key}" if prefix else key))
+    out.append("")
+    for sub, path in nested:
+        _section(sub, path, out)
+
+
+def config_reference() -> str:
+    """Tables of every config section and key, from the pydantic models."""
+    from regzoo.config import ExperimentConfig
+
+    out: list[str] = []
+    _section(ExperimentConfig, "", out)
+    return "\n".join(out)
+
+
+def cli_reference() -> str:
+    """The help text of every ``regzoo`` command."""
+    from regzoo.cli import build_parser
+
+    parser = build_parser()
+    parts = ["```text\n" + parser.format_help() + "```\n"]
+    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
+    for name, sub in subparsers.choices.items():
+        parts.append(f"## `regzoo {name}`\n\n```text\n{sub.format_help()}```\n")
+    return "\n".join(parts)
+
+
+def on_page_markdown(markdown: str, page: object, config: object, files: object) -> str:
+    """Replace each placeholder with its generated content."""
+    for marker, builder in PLACEHOLDERS.items():
+        if marker in markdown:
+            markdown = markdown.replace(marker, globals()[builder]())
+    return markdown

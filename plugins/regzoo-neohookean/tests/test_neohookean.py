@@ -1,0 +1,42 @@
+"""The plugin's own tests: regzoo's reusable contract plus physics of its own."""
+
+import math
+
+import pytest
+import torch
+from regzoo_neohookean import NeoHookean, neo_hookean_energy
+
+from regzoo.regularizers import functional
+from regzoo.spatial import identity_grid
+from regzoo.testing import check_regularizer, random_smooth_field
+
+
+def test_regzoo_contract(regularizer_contract):
+    # the fixture comes from regzoo's pytest plugin (regzoo.testing)
+    regularizer_contract(NeoHookean)
+
+
+def test_contract_by_import():
+    check_regularizer(NeoHookean, options={"min_det": 0.05})
+
+
+@pytest.mark.parametrize("shape", [(10, 11), (7, 8, 9)])
+def test_small_strain_limit_is_linear_elasticity(shape):
+    u = random_smooth_field(shape, dtype=torch.float64, amplitude=1.0)
+    for scale in (1e-2, 1e-3):
+        nh = neo_hookean_energy(scale * u, lam=0.4, mu=0.2)
+        le = functional.linear_elastic_energy(scale * u, lam=0.4, mu=0.2)
+        assert torch.allclose(nh / le, torch.ones_like(nh), atol=20 * scale)
+
+
+def test_finite_rotation_costs_nothing():
+    theta = math.radians(30)
+    rotation = torch.tensor(
+        [[math.cos(theta), -math.sin(theta)], [math.sin(theta), math.cos(theta)]],
+        dtype=torch.float64,
+    )
+    x = identity_grid((8, 8), dtype=torch.float64)
+    u = (torch.einsum("ij,j...->i...", rotation, x) - x).unsqueeze(0)
+    assert neo_hookean_energy(u, lam=1.0, mu=1.0).item() == pytest.approx(0.0, abs=1e-12)
+    # the linear elastic energy is not rotation invariant at 30 degrees
+    assert functional.linear_elastic_energy(u, lam=1.0, mu=1.0).item() > 0.05
