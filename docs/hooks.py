@@ -8,8 +8,8 @@
 from __future__ import annotations
 
 import inspect
-import types
 import typing
+from pathlib import Path
 
 from pydantic import BaseModel
 
@@ -57,19 +57,24 @@ def _type_name(annotation: object) -> str:
     if isinstance(annotation, type):
         return annotation.__name__
     text = str(annotation).replace("typing.", "").replace("pathlib.", "")
-    return text.replace("regzoo.config.", "")
+    return text.replace("regzoo.config.", "").replace("|", "\\|")
 
 
 def _model_of(annotation: object) -> type[BaseModel] | None:
-    candidates = [annotation, *typing.get_args(annotation)]
-    for candidate in candidates:
-        if isinstance(candidate, type) and issubclass(candidate, BaseModel):
-            return candidate
-        if isinstance(candidate, types.UnionType):
-            inner = _model_of(candidate)
-            if inner is not None:
-                return inner
+    """The pydantic model inside an annotation (``X``, ``X | None``, ``list[X]``...)."""
+    if isinstance(annotation, type) and issubclass(annotation, BaseModel):
+        return annotation
+    for argument in typing.get_args(annotation):
+        found = _model_of(argument)
+        if found is not None:
+            return found
     return None
+
+
+def _child_path(prefix: str, key: str, annotation: object) -> str:
+    origin = typing.get_origin(annotation)
+    suffix = "[]" if origin is list else ".<name>" if origin is dict else ""
+    return f"{prefix}.{key}{suffix}" if prefix else f"{key}{suffix}"
 
 
 def _section(model: type[BaseModel], prefix: str, out: list[str]) -> None:
@@ -83,14 +88,16 @@ def _section(model: type[BaseModel], prefix: str, out: list[str]) -> None:
         elif field.default_factory is not None:
             value = field.default_factory()
             default = "see below" if isinstance(value, BaseModel) else f"`{value!r}`"
+        elif isinstance(field.default, Path):
+            default = f"`{field.default}`"
         else:
             default = f"`{field.default!r}`"
         out.append(
             f"| `{key}` | `{_type_name(field.annotation)}` | {default} | {field.description or ''} |"
         )
         sub = _model_of(field.annotation)
-        if sub is not None:
-            nested.append((sub, f"{prefix}.{key}" if prefix else key))
+        if sub is not None and sub is not model:
+            nested.append((sub, _child_path(prefix, key, field.annotation)))
     out.append("")
     for sub, path in nested:
         _section(sub, path, out)

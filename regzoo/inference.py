@@ -84,8 +84,9 @@ def register(
 
     Args:
         model: a trained model (see :func:`regzoo.model.load_model`).
-        fixed, moving: 3D volumes (paths to NIfTI files, arrays or tensors) in raw intensities
-            (HU for CT); they are normalised with the model's training window.
+        fixed: 3D volume (path to a NIfTI file, array or tensor) in raw intensities (HU for
+            CT); it is normalised with the model's training window.
+        moving: the moving volume, on the same grid as ``fixed``.
         **params: free parameter values by short (``mu``) or full (``linear_elastic.mu``)
             name; the rest take the space's defaults.
 

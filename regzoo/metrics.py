@@ -48,7 +48,8 @@ def target_registration_error(
     """Distance in mm between ``p + u(p)`` and the moving keypoints, per keypoint ``(N,)``.
 
     Args:
-        fixed_points, moving_points: ``(N, D)`` voxel coordinates.
+        fixed_points: ``(N, D)`` voxel coordinates in the fixed image.
+        moving_points: ``(N, D)`` corresponding voxel coordinates in the moving image.
         displacement: ``(D, *spatial)`` voxels on the fixed grid (zeros give the initial TRE).
         spacing: ``(D,)`` voxel size in mm.
     """

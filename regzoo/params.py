@@ -24,7 +24,7 @@ __all__ = ["ParamSpace", "ParamSpec"]
 class ParamSpec(BaseModel):
     """One scalar parameter: its bounds, scale, default and meaning.
 
-    Args:
+    Attributes:
         name: identifier, unique within a space (e.g. ``"mu"``).
         low: lower bound (inclusive).
         high: upper bound (inclusive); ``low == high`` is a parameter fixed to that value.

@@ -61,7 +61,8 @@ class HyperConv(nn.Module):
 
     Args:
         ndim: 2 or 3 spatial dimensions.
-        in_channels, out_channels: channel counts.
+        in_channels: input channels.
+        out_channels: output channels.
         kernel_size: cubic kernel side (odd); padding keeps the size at ``stride=1``.
         stride: convolution stride.
         embedding_dim: size of the hypernetwork embedding, or ``None`` for a plain convolution.

@@ -120,7 +120,8 @@ class RegistrationNet(nn.Module):
 
     Args:
         ndim: 2 or 3.
-        enc, dec: U-Net features (VoxelMorph defaults).
+        enc: encoder features per level (VoxelMorph default).
+        dec: decoder features, then extra full-resolution convolutions (VoxelMorph default).
         num_params: ``P``, the hypernetwork's input size (0 = no hypernetwork).
         hyper_units: hidden sizes of the hypernetwork MLP.
         int_steps: scaling-and-squaring steps (0 = the output is the displacement itself).
