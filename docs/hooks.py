@@ -57,7 +57,7 @@ def _type_name(annotation: object) -> str:
     if isinstance(annotation, type):
         return annotation.__name__
     text = str(annotation).replace("typing.", "").replace("pathlib.", "")
-    return text.replace("regzoo.config.", "").replace("|", "\\|")
+    return text.replace("regzoo.config.", "").replace(" | ", " or ")
 
 
 def _model_of(annotation: object) -> type[BaseModel] | None:

@@ -16,6 +16,7 @@ import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
 from regzoo._errors import RegzooError, unknown_name_message
+from regzoo._io import atomic_write_text
 
 __all__ = [
     "ConfigError",
@@ -168,6 +169,9 @@ class TrainerConfig(StrictModel):
     limit_val_batches: int | float = 1.0
     gradient_clip_val: float | None = None
     progress_bar: bool = True
+    checkpoint_every_n_steps: int | None = Field(
+        500, ge=1, description="also write checkpoints/last.ckpt every N steps (null: at the end)"
+    )
 
     @model_validator(mode="after")
     def _has_a_stop(self) -> TrainerConfig:
@@ -308,6 +312,4 @@ def load_config(
 
 def dump_config(config: ExperimentConfig, path: Path) -> None:
     """Write the resolved config as YAML (atomically: a temporary file then a rename)."""
-    tmp = path.with_suffix(path.suffix + ".tmp")
-    tmp.write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False))
-    tmp.replace(path)
+    atomic_write_text(yaml.safe_dump(config.model_dump(mode="json"), sort_keys=False), path)

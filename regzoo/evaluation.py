@@ -7,9 +7,7 @@ by any other tool (:func:`evaluate_displacements`, Learn2Reg naming
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 import time
 from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
@@ -20,6 +18,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from regzoo._io import atomic_write_text, write_csv
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.metrics import dice, folding_fraction, sdlogj, target_registration_error
 from regzoo.model import HyperRegistration
@@ -174,15 +173,5 @@ def write_report(rows: list[dict[str, Any]], path: str | Path, **extra: Any) -> 
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
     report = {**extra, "mean": summarize(rows), "pairs": rows}
-    tmp_json = path.with_name(f".{path.name}.partial")
-    tmp_json.write_text(json.dumps(report, indent=2))
-    csv_path = path.with_suffix(".csv")
-    tmp_csv = csv_path.with_name(f".{csv_path.name}.partial")
-    columns = list(dict.fromkeys(key for row in rows for key in row))
-    with tmp_csv.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp_json, path)
-    os.replace(tmp_csv, csv_path)
-    return path, csv_path
+    csv_path = write_csv(rows, path.with_suffix(".csv"))
+    return atomic_write_text(json.dumps(report, indent=2), path), csv_path

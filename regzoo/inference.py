@@ -140,6 +140,7 @@ def write_result(
     """Write ``disp.nii.gz`` (Learn2Reg convention ``(*spatial, D)``), ``warped.nii.gz``,
     ``jacdet.nii.gz`` and ``warped_<name>.nii.gz`` for each moving segmentation (nearest
     neighbour). Returns the written paths."""
+    labels = {name: read_image(seg)[0] for name, seg in (segmentations or {}).items()}
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     disp = result.displacement.movedim(0, -1).contiguous()
@@ -148,9 +149,8 @@ def write_result(
         save_nifti(result.warped, result.affine, out / "warped.nii.gz"),
         save_nifti(result.jacobian_determinant, result.affine, out / "jacdet.nii.gz"),
     ]
-    for name, seg in (segmentations or {}).items():
-        labels, _ = read_image(seg)
-        warped = warp(labels[None, None], result.displacement[None], mode="nearest")[0, 0]
+    for name, label_map in labels.items():
+        warped = warp(label_map[None, None], result.displacement[None], mode="nearest")[0, 0]
         written.append(
             save_nifti(warped.round().to(torch.int16), result.affine, out / f"warped_{name}.nii.gz")
         )

@@ -2,33 +2,16 @@
 
 from __future__ import annotations
 
-import csv
 import json
-import os
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any
 
+from regzoo._io import atomic_write_text, write_csv
 from regzoo.sweep import SweepResult
 from regzoo.viz import plot_sweep
 
 __all__ = ["write_sweep_report"]
-
-
-def _write_csv(rows: Sequence[dict[str, Any]], path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    columns = list(dict.fromkeys(k for row in rows for k in row))
-    with tmp.open("w", newline="") as handle:
-        writer = csv.DictWriter(handle, fieldnames=columns)
-        writer.writeheader()
-        writer.writerows(rows)
-    os.replace(tmp, path)
-
-
-def _write_text(text: str, path: Path) -> None:
-    tmp = path.with_name(f".{path.name}.partial")
-    tmp.write_text(text)
-    os.replace(tmp, path)
 
 
 def _fmt(params: dict[str, Any], names: Sequence[str]) -> str:
@@ -52,8 +35,8 @@ def write_sweep_report(
     out.mkdir(parents=True, exist_ok=True)
     best = result.best(metric)
     per_pair = result.best_per_pair(metric)
-    _write_csv(result.rows, out / "metrics.csv")
-    _write_csv(result.settings, out / "settings.csv")
+    write_csv(result.rows, out / "metrics.csv")
+    write_csv(result.settings, out / "settings.csv")
     heatmap = plot_sweep(result, out / "heatmap.png") if len(result.names) <= 2 else None
     payload = {
         **meta,
@@ -65,7 +48,7 @@ def write_sweep_report(
         "optimized_per_pair": list(optimized),
         "settings": result.settings,
     }
-    _write_text(json.dumps(payload, indent=2), out / "sweep.json")
+    atomic_write_text(json.dumps(payload, indent=2), out / "sweep.json")
     lines = [
         "# regzoo sweep report",
         "",
@@ -108,5 +91,5 @@ def write_sweep_report(
     if figure is not None:
         lines += ["", "## Best and worst setting on the first pair", "", "![overlay](overlay.png)"]
     summary = out / "summary.md"
-    _write_text("\n".join(lines) + "\n", summary)
+    atomic_write_text("\n".join(lines) + "\n", summary)
     return summary

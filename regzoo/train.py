@@ -47,7 +47,14 @@ def train(config: ExperimentConfig) -> Path:
         num_sanity_val_steps=0,
         default_root_dir=run_dir,
         logger=TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""),
-        callbacks=[ModelCheckpoint(dirpath=checkpoints, save_last=True, save_top_k=0)],
+        callbacks=[
+            ModelCheckpoint(
+                dirpath=checkpoints,
+                save_last=True,
+                save_top_k=0,
+                every_n_train_steps=t.checkpoint_every_n_steps,
+            )
+        ],
     )
     trainer.fit(model, datamodule=RegistrationDataModule(config.data))
     last = checkpoints / "last.ckpt"
