@@ -5,7 +5,7 @@ from __future__ import annotations
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint
+from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
 from regzoo.config import ExperimentConfig, dump_config
@@ -48,6 +48,7 @@ def train(config: ExperimentConfig) -> Path:
         default_root_dir=run_dir,
         logger=TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""),
         callbacks=[
+            *([TQDMProgressBar(refresh_rate=5)] if t.progress_bar else []),
             ModelCheckpoint(
                 dirpath=checkpoints,
                 save_last=True,

@@ -114,6 +114,8 @@ def test_register_cli_errors(tiny_checkpoint, tiny_phantom, tmp_path, capsys):
     assert "out of range" in capsys.readouterr().err
     assert main([*args, "--param", "mu"]) == 2
     assert "must look like NAME=NUMBER" in capsys.readouterr().err
+    assert main([*args, "--moving-seg", str(tmp_path / "missing_seg.nii.gz")]) == 2
+    assert "image not found" in capsys.readouterr().err
     assert not out.exists()
 
 
