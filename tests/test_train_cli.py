@@ -52,3 +52,13 @@ def test_train_errors_leave_nothing_on_disk(tmp_path, capsys):
     )
     assert code == 2
     assert "dataset folder not found" in capsys.readouterr().err
+
+
+def test_mixed_precision_and_diffeomorphic_training(tiny_phantom, tmp_path):
+    run_dir = tmp_path / "amp"
+    args = ["train", str(ROOT / "configs/quickstart.yaml")]
+    extra = ["trainer.precision=bf16-mixed", "model.int_steps=3", "regularize=velocity"]
+    for override in [*tiny_overrides(tiny_phantom, run_dir), *extra]:
+        args += ["--set", override]
+    assert main(args) == 0
+    assert (run_dir / "checkpoints" / "last.ckpt").is_file()
