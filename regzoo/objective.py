@@ -119,6 +119,11 @@ def check_terms(config: ExperimentConfig) -> None:
     if config.weighting == "hypermorph" and len(terms) != 1:
         raise ValueError("weighting='hypermorph' needs exactly one regularizer term")
     free = sum(not spec.is_fixed for term in terms for spec in term.specs.values())
+    if not config.model.hyper and free:
+        raise ValueError(
+            "model.hyper=false trains a plain VoxelMorph with fixed parameters: give every "
+            "parameter (and alpha) a number instead of a {low, high} range"
+        )
     if config.model.hyper and free == 0:
         raise ValueError(
             "model.hyper=true but every parameter is fixed: free one (give it {low, high}) "
