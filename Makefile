@@ -1,5 +1,6 @@
 # regzoo: `make demo` runs the main job, `make test` runs the test suite (CI runs it).
 PYTHON ?= python3
+export NO_MKDOCS_2_WARNING := 1
 VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.regzoo-installed
