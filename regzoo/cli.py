@@ -5,6 +5,7 @@ from __future__ import annotations
 import argparse
 import json
 import sys
+import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
@@ -22,8 +23,11 @@ def _cmd_regularizers(args: argparse.Namespace) -> int:
     from regzoo.registry import load_plugins
 
     load_plugins(args.plugin)
+    with warnings.catch_warnings():  # failed plugins are reported below, once each
+        warnings.simplefilter("ignore", RuntimeWarning)
+        names = regularizers.available()
     entries = []
-    for name in regularizers.available():
+    for name in names:
         cls = regularizers.get(name)
         entries.append(
             {

@@ -18,6 +18,9 @@ import torch
 import torch.nn.functional as F
 
 __all__ = [
+    "Spacing",
+    "check_field",
+    "check_image",
     "gradient",
     "hessian",
     "identity_grid",
@@ -25,6 +28,7 @@ __all__ = [
     "jacobian_determinant",
     "resize_flow",
     "sample_points",
+    "spacing_tensor",
     "warp",
     "warp_labels",
 ]

@@ -46,11 +46,15 @@ def _cell_edges(values: Sequence[float]) -> tuple[float, float]:
 def plot_sweep(result: SweepResult, path: str | Path, metrics: Sequence[str] | None = None) -> Path:
     """Heat maps (two swept parameters) or curves (one) of mean metrics; best point marked.
 
+    By default: Dice, TRE and SDlogJ (whichever were scored); the folding fraction is in the
+    metric tables.
+
     Raises:
         ValueError: with more than two swept parameters (use the metric table instead).
     """
     available = [m for m in METRIC_LABELS if result.settings and m in result.settings[0]]
-    metrics = [m for m in (metrics or available) if m in available]
+    default = [m for m in available if m != "folding_fraction"]  # folding: see the table
+    metrics = [m for m in (metrics or default) if m in available]
     if len(result.names) > 2:
         raise ValueError("plot_sweep(): figures cover one or two swept parameters")
     fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
