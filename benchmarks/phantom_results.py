@@ -150,8 +150,12 @@ def main() -> None:
         )
     if args.diffusion:
         diffusion = load_model(args.diffusion)
-        alphas = np.linspace(0.0, 0.6, 13).tolist()
+        alphas = np.linspace(0.0, 1.0, 21).tolist()
         d_result = sweep(diffusion, dataset, {"alpha": alphas}, progress=False)
+        print("\n## Diffusion model (HyperMorph weighting) along alpha\n")
+        print("| alpha | Dice | TRE | SDlogJ |\n|---|---|---|---|")
+        for d in d_result.settings[::2]:
+            print(f"| {d['diffusion.alpha']:.2f} | {d['dice']:.4f} | {d['tre_mm']:.2f} | {d['sdlogj']:.4f} |")
         print("\n## Diffusion vs linear elastic at matched smoothness (SDlogJ)\n")
         print("| elastic (lam, mu) | SDlogJ | Dice | TRE | diffusion alpha | SDlogJ | Dice | TRE |")
         print("|---|---|---|---|---|---|---|---|")
