@@ -1,4 +1,5 @@
 import json
+import pickle
 
 import nibabel as nib
 import numpy as np
@@ -49,6 +50,8 @@ def test_layout_split_and_loader(tiny_phantom):
     assert torch.allclose(item["spacing"], torch.full((3,), 336 / 32))
     assert "fixed_mask" not in Learn2RegDataset(tiny_phantom, "train")[0]
     assert case_id("imagesTr/LungCT_0012_0001.nii.gz") == "0012"
+    clone = pickle.loads(pickle.dumps(val))  # DataLoader workers under "spawn" pickle it
+    assert torch.equal(clone[0]["fixed"], item["fixed"])
 
 
 def test_phantom_and_loader_errors(tiny_phantom, tmp_path):

@@ -10,7 +10,6 @@ from __future__ import annotations
 
 import json
 import re
-from functools import lru_cache
 from pathlib import Path
 from typing import Any, Literal
 
@@ -122,12 +121,21 @@ class Learn2RegDataset(Dataset):
             raise ValueError(f"intensity_window must have high > low, got {intensity_window}")
         self.window = (float(low), float(high))
         self.annotations = annotations
-        self._load = lru_cache(maxsize=None)(self._load_uncached) if cache else self._load_uncached
+        self.cache = cache
+        self._cache: dict[Path, dict[str, Any]] = {}  # a plain dict: picklable for workers
 
     def __len__(self) -> int:
         return len(self.pairs)
 
-    def _load_uncached(self, path: Path) -> dict[str, Any]:
+    def _load(self, path: Path) -> dict[str, Any]:
+        if path in self._cache:
+            return self._cache[path]
+        item = self._read(path)
+        if self.cache:
+            self._cache[path] = item
+        return item
+
+    def _read(self, path: Path) -> dict[str, Any]:
         data, affine = load_volume(path)
         low, high = self.window
         image = (np.clip(data, low, high) - low) / (high - low)
