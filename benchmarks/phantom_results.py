@@ -5,7 +5,7 @@
 2. The hyper-elastic model at every point of a (lam, mu) grid, against both baselines.
 3. The conditioning effect: the predicted field's elastic energy (reference lam = mu = 1)
    as mu grows, at fixed lam.
-4. Optionally (``--diffusion CKPT``): diffusion vs linear elastic at matched smoothness
+4. Optionally (``--diffusion CKPT``, repeatable): diffusion vs linear elastic at matched smoothness
    (the diffusion setting whose SDlogJ is closest to each elastic setting's).
 
     python benchmarks/phantom_results.py --model runs/quickstart/checkpoints/last.ckpt \
@@ -95,7 +95,12 @@ def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__)
     parser.add_argument("--model", required=True)
     parser.add_argument("--data", required=True)
-    parser.add_argument("--diffusion", help="checkpoint of a diffusion (alpha-free) model")
+    parser.add_argument(
+        "--diffusion",
+        action="append",
+        default=[],
+        help="checkpoint of a diffusion (alpha-free) model (repeatable)",
+    )
     parser.add_argument("--steps", type=int, default=6, help="grid points per parameter")
     parser.add_argument("--figure", default="docs/img/quickstart_heatmap.png")
     args = parser.parse_args()
@@ -145,18 +150,19 @@ def main() -> None:
         print("| mu | " + " | ".join(f"{m:.1f}" for m in mus) + " |")
         print("|---|" + "---|" * len(mus))
         print("| energy | " + " | ".join(f"{e:.5f}" for e in energies) + " |")
-        print(
-            f"\nmonotone decreasing: {all(a > b for a, b in itertools.pairwise(energies))}"
-        )
-    if args.diffusion:
-        diffusion = load_model(args.diffusion)
+        print(f"\nmonotone decreasing: {all(a > b for a, b in itertools.pairwise(energies))}")
+    for checkpoint in args.diffusion:
+        diffusion = load_model(checkpoint)
+        weighting = diffusion.config.weighting
         alphas = np.linspace(0.0, 1.0, 21).tolist()
         d_result = sweep(diffusion, dataset, {"alpha": alphas}, progress=False)
-        print("\n## Diffusion model (HyperMorph weighting) along alpha\n")
+        print(f"\n## Diffusion model ({weighting} weighting, {checkpoint}) along alpha\n")
         print("| alpha | Dice | TRE | SDlogJ |\n|---|---|---|---|")
         for d in d_result.settings[::2]:
-            print(f"| {d['diffusion.alpha']:.2f} | {d['dice']:.4f} | {d['tre_mm']:.2f} | {d['sdlogj']:.4f} |")
-        print("\n## Diffusion vs linear elastic at matched smoothness (SDlogJ)\n")
+            print(
+                f"| {d['diffusion.alpha']:.2f} | {d['dice']:.4f} | {d['tre_mm']:.2f} | {d['sdlogj']:.4f} |"
+            )
+        print(f"\n## Diffusion ({weighting}) vs linear elastic at matched smoothness (SDlogJ)\n")
         print("| elastic (lam, mu) | SDlogJ | Dice | TRE | diffusion alpha | SDlogJ | Dice | TRE |")
         print("|---|---|---|---|---|---|---|---|")
         picks = sorted(result.settings, key=lambda s: s["sdlogj"])
