@@ -12,7 +12,7 @@ tensor ``(B, P)`` in the order of the space.
 from __future__ import annotations
 
 import math
-from collections.abc import Iterable, Iterator, Mapping, Sequence
+from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal
 
 import torch
@@ -305,7 +305,3 @@ class ParamSpace(BaseModel):
         """JSON-ready description: one dict per parameter."""
         return [s.model_dump() for s in self.specs]
 
-
-def merge_spaces(spaces: Iterable[ParamSpace]) -> ParamSpace:
-    """Concatenate spaces into one (names must stay unique)."""
-    return ParamSpace(specs=tuple(spec for space in spaces for spec in space))
