@@ -198,9 +198,7 @@ class Objective(nn.Module):
 
     def to_tensor(self, values: Mapping[str, float] | None = None, batch: int = 1) -> torch.Tensor:
         """Resolve ``values`` and return them as ``(batch, P)``."""
-        resolved = self.resolve(values)
-        row = torch.tensor([resolved[n] for n in self.free_space.names], dtype=torch.float32)
-        return row.expand(batch, len(self.free_space)).clone()
+        return self.free_space.to_tensor(self.resolve(values), batch=batch)
 
     def term_params(self, values: torch.Tensor) -> list[dict[str, float | torch.Tensor]]:
         """Split free values ``(B, P)`` into one mapping per term (fixed ones as floats)."""
