@@ -67,8 +67,13 @@ def test_component_errors():
         load_config({**BASE, "regularize": "velocity"})
     with pytest.raises(ConfigError, match="plain VoxelMorph with fixed parameters"):
         load_config({**BASE, "model": {"hyper": False}})
-    plain = load_config({**BASE, "model": {"hyper": False},
-                         "regularizers": [{"name": "linear_elastic", "params": {"lam": 0.1, "mu": 0.1}}]})
+    plain = load_config(
+        {
+            **BASE,
+            "model": {"hyper": False},
+            "regularizers": [{"name": "linear_elastic", "params": {"lam": 0.1, "mu": 0.1}}],
+        }
+    )
     assert plain.model.hyper is False
     with pytest.raises(ConfigError, match="every parameter is fixed"):
         load_config({**BASE, "regularizers": [{"name": "diffusion"}]})

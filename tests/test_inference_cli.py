@@ -25,29 +25,26 @@ def pair_paths(root, case="0003"):
     )
 
 
+def register_args(checkpoint, fixed, moving, out) -> list[str]:
+    """The required arguments of `regzoo register`."""
+    return [
+        "register",
+        "--model",
+        str(checkpoint),
+        "--fixed",
+        str(fixed),
+        "--moving",
+        str(moving),
+        "--out",
+        str(out),
+    ]
+
+
 def test_register_cli_outputs_reproduce_through_scipy(tiny_checkpoint, tiny_phantom, tmp_path):
     fixed, moving, seg = pair_paths(tiny_phantom)
     out = tmp_path / "reg"
-    code = main(
-        [
-            "register",
-            "--model",
-            str(tiny_checkpoint),
-            "--fixed",
-            str(fixed),
-            "--moving",
-            str(moving),
-            "--param",
-            "mu=0.2",
-            "--param",
-            "linear_elastic.lam=0.4",
-            "--moving-seg",
-            str(seg),
-            "--out",
-            str(out),
-            "--figure",
-        ]
-    )
+    extra = ["--param", "mu=0.2", "--param", "linear_elastic.lam=0.4", "--moving-seg", str(seg)]
+    code = main([*register_args(tiny_checkpoint, fixed, moving, out), *extra, "--figure"])
     assert code == 0
     for name in (
         "disp.nii.gz",
@@ -99,17 +96,7 @@ def test_register_api_and_bad_input(tiny_checkpoint, tiny_phantom):
 def test_register_cli_errors(tiny_checkpoint, tiny_phantom, tmp_path, capsys):
     fixed, moving, _ = pair_paths(tiny_phantom)
     out = tmp_path / "reg"
-    args = [
-        "register",
-        "--model",
-        str(tiny_checkpoint),
-        "--fixed",
-        str(fixed),
-        "--moving",
-        str(moving),
-        "--out",
-        str(out),
-    ]
+    args = register_args(tiny_checkpoint, fixed, moving, out)
     assert main([*args, "--param", "mu=7"]) == 2
     assert "out of range" in capsys.readouterr().err
     assert main([*args, "--param", "mu"]) == 2
