@@ -113,20 +113,8 @@ def test_evaluate_true_displacements_gives_near_zero_tre(tiny_phantom, tmp_path,
         case = path.name.split("_")[1].split(".")[0]
         shutil.copy(path, disp_dir / f"disp_{case}_{case}.nii.gz")
     out = tmp_path / "gt.json"
-    assert (
-        main(
-            [
-                "evaluate",
-                "--data",
-                str(tiny_phantom),
-                "--disp-dir",
-                str(disp_dir),
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    evaluate = ["evaluate", "--data", str(tiny_phantom), "--disp-dir", str(disp_dir), "--out"]
+    assert main([*evaluate, str(out)]) == 0
     report = json.loads(out.read_text())
     assert report["mean"]["tre_mm"] < 0.05 * report["mean"]["tre_initial_mm"]
     assert report["mean"]["dice"] > 0.93
@@ -134,17 +122,7 @@ def test_evaluate_true_displacements_gives_near_zero_tre(tiny_phantom, tmp_path,
     assert out.with_suffix(".csv").read_text().startswith("fixed_id,moving_id,dice")
     (disp_dir / "disp_0003_0003.nii.gz").unlink()
     capsys.readouterr()
-    code = main(
-        [
-            "evaluate",
-            "--data",
-            str(tiny_phantom),
-            "--disp-dir",
-            str(disp_dir),
-            "--out",
-            str(tmp_path / "second.json"),
-        ]
-    )
+    code = main([*evaluate, str(tmp_path / "second.json")])
     assert code == 2
     assert "displacement not found" in capsys.readouterr().err
     assert not (tmp_path / "second.json").exists()
