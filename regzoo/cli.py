@@ -142,7 +142,9 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
     model = load_model(args.model)
     params = _parse_params(args.param)
-    result = register(model, args.fixed, args.moving, **params)
+    result = register(
+        model, args.fixed, args.moving, refine=args.refine, progress=args.refine > 0, **params
+    )
     segs = {Path(p).name.split(".")[0]: p for p in args.moving_seg}
     written = write_result(result, args.out, segmentations=segs)
     if args.figure:
@@ -170,6 +172,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     if (args.model is None) == (args.disp_dir is None):
         raise ValueError("give exactly one of --model or --disp-dir")
+    if args.refine and not args.model:
+        raise ValueError("--refine needs --model (it refines the model's own fields)")
     if args.model:
         from regzoo.model import load_model
 
@@ -177,8 +181,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         params = model.objective.resolve(_parse_params(args.param))
         window = tuple(model.config.data.intensity_window)
         dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
-        rows = evaluate_model(model, dataset, params)
-        extra = {"model": str(args.model), "params": params}
+        rows = evaluate_model(model, dataset, params, refine=args.refine)
+        extra = {"model": str(args.model), "params": params, "refine": args.refine}
     else:
         dataset = Learn2RegDataset(args.data, args.split, annotations=True)
         rows = evaluate_displacements(dataset, args.disp_dir)
@@ -194,6 +198,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from regzoo.data.learn2reg import Learn2RegDataset
+    from regzoo.evaluation import compare_refinement
     from regzoo.model import load_model
     from regzoo.report import write_sweep_report
     from regzoo.sweep import optimize_parameters, parse_grid, sweep
@@ -212,6 +217,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             )
     out = Path(args.out)
     metric = args.metric or result.default_metric()
+    best = result.best(metric)
+    comparison = None
+    if args.refine:
+        chosen = {n: best[n] for n in result.names}
+        comparison = compare_refinement(model, dataset, chosen, refine=args.refine)
     figure = None
     if args.figure:
         ranked = result.ranked(metric)
@@ -232,18 +242,42 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         out,
         metric=metric,
         optimized=optimized,
+        comparison=comparison,
+        refine_steps=args.refine,
         figure=figure,
         model=str(args.model),
         data=str(args.data),
     )
-    best = result.best(metric)
     print(
         "best parameters for the data set: "
         + _title({n: best[n] for n in result.names})
         + f" ({metric} = {best[metric]:.4f})"
     )
+    for method, scores in (comparison or {}).items():
+        print(f"{method:>9}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
     print(f"report: {summary}")
     return 0
+
+
+def _int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer ``>= minimum``, with a one-line message otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def _add_refine_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument(
+        "--refine", type=_int_at_least(0), default=0, metavar="N", help=f"{help_text} (0: off)"
+    )
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -302,6 +336,7 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NIFTI",
         help="moving mask or label map to warp (nearest neighbour; repeatable)",
     )
+    _add_refine_argument(p, "refine the network's field for N iterations under its objective")
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--figure",
@@ -318,6 +353,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint to evaluate")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--disp-dir", help="folder of disp_FFFF_MMMM.nii.gz from any tool")
+    _add_refine_argument(p, "refine each of the model's fields for N iterations")
     p.add_argument("--out", required=True, help="JSON report (a CSV is written beside it)")
     p.set_defaults(func=_cmd_evaluate)
 
@@ -337,13 +373,18 @@ def build_parser() -> argparse.ArgumentParser:
         choices=["dice", "dice_labels", "tre_mm", "sdlogj"],
         help="criterion for the best parameters (default: dice, else tre_mm)",
     )
-    p.add_argument("--batch-size", type=int, default=8, help="settings per forward pass")
+    p.add_argument(
+        "--batch-size", type=_int_at_least(1), default=8, help="settings per forward pass"
+    )
     p.add_argument(
         "--optimize",
         action="store_true",
         help="also refine the parameters per pair by gradient descent",
     )
-    p.add_argument("--optimize-steps", type=int, default=30)
+    p.add_argument("--optimize-steps", type=_int_at_least(1), default=30)
+    _add_refine_argument(
+        p, "refine the best setting on every pair; report identity / network / refined"
+    )
     p.add_argument(
         "--figure",
         action="store_true",

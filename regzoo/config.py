@@ -210,8 +210,13 @@ class ExperimentConfig(StrictModel):
     regularize: Literal["displacement", "velocity"] = Field(
         "displacement", description="field the regularizers see (velocity needs int_steps > 0)"
     )
-    weighting: Literal["additive", "hypermorph"] = Field(
-        "additive", description="additive: sim + alpha R; hypermorph: (1 - alpha) sim + alpha R"
+    weighting: Literal["additive", "hypermorph", "normalized"] = Field(
+        "normalized",
+        description=(
+            "additive: sim + alpha R; hypermorph: (1 - alpha) sim + alpha R; normalized: "
+            "additive, each sample's training loss divided by 1 + its regularisation strength "
+            "relative to the defaults (stable when parameters span decades)"
+        ),
     )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)

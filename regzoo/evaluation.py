@@ -22,10 +22,13 @@ from regzoo._io import atomic_write_text, write_csv
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.metrics import dice, folding_fraction, sdlogj, target_registration_error
 from regzoo.model import HyperRegistration
+from regzoo.refine import refine as refine_output
 from regzoo.spatial import warp_labels
 
 __all__ = [
+    "compare_refinement",
     "evaluate_displacements",
+    "evaluate_identity",
     "evaluate_model",
     "score_pair",
     "summarize",
@@ -94,18 +97,59 @@ def evaluate_model(
     dataset: Learn2RegDataset,
     params: Mapping[str, float] | None = None,
     *,
+    refine: int = 0,
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Register every pair of ``dataset`` with ``model`` at ``params``; one metrics row each."""
+    """Register every pair of ``dataset`` with ``model`` at ``params``; one metrics row each.
+
+    With ``refine > 0`` each network field is refined for that many iterations under the
+    model's objective (:func:`regzoo.refine.refine`); ``seconds`` includes the refinement.
+    """
     resolved = model.objective.resolve(params)
     device = model.device
 
-    @torch.no_grad()
     def predict(item: Mapping[str, Any]) -> torch.Tensor:
         fixed, moving = item["fixed"][None].to(device), item["moving"][None].to(device)
-        return model(fixed, moving, resolved).displacement[0]
+        if refine:
+            return refine_output(model, fixed, moving, resolved, steps=refine).displacement[0]
+        with torch.no_grad():
+            return model(fixed, moving, resolved).displacement[0]
 
     return _evaluate(dataset, predict, progress)
+
+
+def evaluate_identity(
+    dataset: Learn2RegDataset, *, progress: bool = True
+) -> list[dict[str, Any]]:
+    """Score the zero displacement on every pair (the "no registration" baseline)."""
+
+    def predict(item: Mapping[str, Any]) -> torch.Tensor:
+        return torch.zeros(item["fixed"].ndim - 1, *item["fixed"].shape[1:])
+
+    return _evaluate(dataset, predict, progress)
+
+
+def compare_refinement(
+    model: HyperRegistration,
+    dataset: Learn2RegDataset,
+    params: Mapping[str, float] | None = None,
+    *,
+    refine: int = 30,
+    progress: bool = True,
+) -> dict[str, dict[str, float]]:
+    """Mean metrics of identity, the network and the refined network at ``params``.
+
+    Returns:
+        ``{"identity": {...}, "network": {...}, "refined": {...}}``, each as from
+        :func:`summarize` (``seconds`` per pair included).
+    """
+    return {
+        "identity": summarize(evaluate_identity(dataset, progress=progress)),
+        "network": summarize(evaluate_model(model, dataset, params, progress=progress)),
+        "refined": summarize(
+            evaluate_model(model, dataset, params, refine=refine, progress=progress)
+        ),
+    }
 
 
 def load_displacement(path: str | Path) -> torch.Tensor:

@@ -13,6 +13,7 @@ import torch
 
 from regzoo.data.learn2reg import load_volume
 from regzoo.model import HyperRegistration
+from regzoo.refine import refine as refine_output
 from regzoo.spatial import jacobian_determinant, warp
 
 __all__ = [
@@ -73,20 +74,27 @@ def normalize_intensity(image: torch.Tensor, window: Sequence[float]) -> torch.T
     return (image.clamp(low, high) - low) / (high - low)
 
 
-@torch.no_grad()
 def register(
     model: HyperRegistration,
     fixed: ImageLike,
     moving: ImageLike,
+    *,
+    refine: int = 0,
+    progress: bool = False,
     **params: float,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with the model's network at the given parameters.
+
+    With ``refine > 0`` the network's field is then refined for that many iterations under the
+    model's own objective at the same parameters (:func:`regzoo.refine.refine`).
 
     Args:
         model: a trained model (see :func:`regzoo.model.load_model`).
         fixed: 3D volume (path to a NIfTI file, array or tensor) in raw intensities (HU for
             CT); it is normalised with the model's training window.
         moving: the moving volume, on the same grid as ``fixed``.
+        refine: instance-optimisation iterations after the network (0: network only).
+        progress: show a progress bar while refining.
         **params: free parameter values by short (``mu``) or full (``linear_elastic.mu``)
             name; the rest take the space's defaults.
 
@@ -110,8 +118,15 @@ def register(
     device = model.device
     f = normalize_intensity(fixed_t, window)[None, None].to(device)
     m = normalize_intensity(moving_t, window)[None, None].to(device)
-    displacement = model(f, m, resolved).displacement
-    warped = warp(moving_t[None, None].to(device), displacement)[0, 0]
+    if refine:
+        displacement = refine_output(
+            model, f, m, resolved, steps=refine, progress=progress
+        ).displacement
+    else:
+        with torch.no_grad():
+            displacement = model(f, m, resolved).displacement
+    with torch.no_grad():
+        warped = warp(moving_t[None, None].to(device), displacement)[0, 0]
     return RegistrationResult(
         displacement=displacement[0].cpu(),
         warped=warped.cpu(),

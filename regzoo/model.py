@@ -106,8 +106,12 @@ class HyperRegistration(L.LightningModule):
         return terms, output, warped
 
     def _log_terms(self, stage: str, terms: LossTerms, batch_size: int) -> torch.Tensor:
-        loss = terms.total.mean()
-        logged = {f"{stage}/loss": loss, f"{stage}/similarity": terms.similarity.mean()}
+        loss = terms.training.mean()
+        logged = {
+            f"{stage}/loss": loss,
+            f"{stage}/objective": terms.total.mean(),
+            f"{stage}/similarity": terms.similarity.mean(),
+        }
         logged.update({f"{stage}/energy/{k}": v.mean() for k, v in terms.energies.items()})
         self.log_dict(logged, batch_size=batch_size, prog_bar=False, sync_dist=stage != "train")
         self.log(

@@ -28,7 +28,10 @@ if TYPE_CHECKING:
 
 __all__ = ["LossTerms", "Objective", "Term", "build_objective", "build_terms", "check_terms"]
 
-ALPHA = ParamSpec(name="alpha", low=0.0, high=1.0, default=1.0, description="term weight")
+WEIGHTINGS = ("additive", "hypermorph", "normalized")
+ALPHA = ParamSpec(
+    name="alpha", low=0.0, high=1.0, default=1.0, domain=(0.0, None), description="term weight"
+)
 
 
 @dataclass(frozen=True)
@@ -42,11 +45,26 @@ class Term:
 
 @dataclass
 class LossTerms:
-    """Per-sample loss parts, each ``(B,)``."""
+    """Per-sample loss parts, each ``(B,)``.
+
+    Attributes:
+        total: the objective ``sim + sum_t alpha_t R_t`` (what refinement minimises).
+        similarity: the similarity loss.
+        energies: each term's energy (without its weight).
+        normalizer: a detached positive factor per sample; training minimises
+            ``total / normalizer`` (see :attr:`training`), which has the same minimiser per
+            sample but a gradient of comparable size for soft and stiff samples.
+    """
 
     total: torch.Tensor
     similarity: torch.Tensor
     energies: dict[str, torch.Tensor]
+    normalizer: torch.Tensor
+
+    @property
+    def training(self) -> torch.Tensor:
+        """The per-sample training loss ``total / normalizer`` ``(B,)``."""
+        return self.total / self.normalizer
 
 
 def _configured_spec(base: ParamSpec, value: float | ParamRange | None) -> ParamSpec:
@@ -55,6 +73,12 @@ def _configured_spec(base: ParamSpec, value: float | ParamRange | None) -> Param
     if isinstance(value, int | float):
         return base.fixed(float(value))
     scale = value.scale or base.scale
+    if scale == "log" and value.low <= 0:
+        hint = "" if value.scale else f" ('{base.name}' is declared on a log scale)"
+        raise ValueError(
+            f"parameter '{base.name}': a log-scale range needs low > 0, got "
+            f"[{value.low:g}, {value.high:g}]{hint}; give a positive low or scale: linear"
+        )
     if value.default is not None:
         default = value.default
     elif value.low <= base.default <= value.high and base.name != "alpha":
@@ -72,6 +96,7 @@ def _configured_spec(base: ParamSpec, value: float | ParamRange | None) -> Param
         high=value.high,
         default=default,
         scale=scale,
+        domain=base.domain,
         description=base.description,
     )
 
@@ -136,6 +161,15 @@ class Objective(nn.Module):
 
     With ``weighting="hypermorph"`` (one term) it is ``(1 - alpha) sim + alpha R``.
 
+    With ``weighting="normalized"`` the objective is the additive one, but each sample's
+    training loss is divided by ``1 + s`` where the regularisation strength
+    ``s = sum_t alpha_t R_t(u; p_t) / sum_t alpha_t^0 R_t(u; p_t^0)`` compares the sample's
+    weighted energy with the energy at the default parameters ``p^0`` on the same field
+    (detached). For an energy linear in a stiffness ``k`` this is HyperMorph's convex form
+    ``(sim + k R) / (1 + k)``, generalised to any regularizer without knowing its parameter
+    names: it keeps gradients bounded when the parameters vary by 10^4 within a batch and leaves
+    each sample's minimiser unchanged.
+
     Args:
         similarity: the similarity loss.
         terms: configured regularizer terms.
@@ -147,6 +181,8 @@ class Objective(nn.Module):
         self.similarity = similarity
         self.terms = list(terms)
         self.regularizers = nn.ModuleList(term.regularizer for term in self.terms)
+        if weighting not in WEIGHTINGS:
+            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         self.weighting = weighting
         self.free_space = ParamSpace(
             specs=tuple(
@@ -221,7 +257,8 @@ class Objective(nn.Module):
     ) -> LossTerms:
         """Per-sample loss of a batch; ``values`` ``(B, P)`` are the free parameters."""
         sim = self.similarity(fixed, warped)
-        total = torch.zeros_like(sim)
+        weighted = torch.zeros_like(sim)
+        reference = torch.zeros_like(sim)
         weight_sum: torch.Tensor | float = 0.0
         energies = {}
         for term, params in zip(self.terms, self.term_params(values), strict=True):
@@ -230,11 +267,32 @@ class Objective(nn.Module):
             # validated when the objective was built, so the energy is called directly
             energy = term.regularizer.energy(field, params, spacing)
             energies[term.label] = energy
-            total = total + alpha * energy
+            weighted = weighted + alpha * energy
             weight_sum = weight_sum + alpha
+            if self.weighting == "normalized":
+                reference = reference + self._reference_energy(term, field, spacing)
         sim_weight = (1 - weight_sum) if self.weighting == "hypermorph" else 1.0
-        total = total + sim_weight * sim
-        return LossTerms(total=total, similarity=sim, energies=energies)
+        normalizer = torch.ones_like(sim)
+        if self.weighting == "normalized":
+            with torch.no_grad():
+                strength = torch.where(
+                    reference > 1e-12, weighted / reference.clamp_min(1e-12), 1.0
+                )
+                normalizer = 1.0 + strength
+        return LossTerms(
+            total=weighted + sim_weight * sim,
+            similarity=sim,
+            energies=energies,
+            normalizer=normalizer.detach(),
+        )
+
+    @staticmethod
+    def _reference_energy(term: Term, field: torch.Tensor, spacing: Spacing) -> torch.Tensor:
+        """``alpha^0 R(field; p^0)`` at the term's default parameters, without gradient."""
+        defaults = {name: spec.default for name, spec in term.specs.items()}
+        alpha = defaults.pop("alpha")
+        with torch.no_grad():
+            return alpha * term.regularizer.energy(field, defaults, spacing)
 
 
 def build_objective(config: ExperimentConfig) -> Objective:

@@ -30,12 +30,18 @@ class ParamSpec(BaseModel):
         high: upper bound (inclusive); ``low == high`` is a parameter fixed to that value.
         default: value used when none is given; must lie within the bounds.
         scale: ``"linear"`` samples and normalises uniformly in the value, ``"log"`` in its
-            logarithm (requires ``low > 0``).
+            logarithm (requires ``low > 0``). Parameters whose useful values span decades
+            (stiffnesses, weights) belong on the log scale.
+        domain: the physically valid interval ``(min, max)`` (``None``: unbounded on that
+            side), e.g. ``(0.0, None)`` for a stiffness. Unlike ``[low, high]``, the default
+            training range that a config may move, the domain is a hard limit: a range or
+            fixed value outside it is an error everywhere (configs, CLI, API).
         description: one line on what the parameter means physically.
 
     Examples:
-        >>> ParamSpec(name="mu", low=0.0, high=1.0, default=0.03, description="shear modulus")
-        ParamSpec(name='mu', low=0.0, high=1.0, default=0.03, scale='linear', ...)
+        >>> ParamSpec(name="mu", low=1e-2, high=1e2, default=1.0, scale="log",
+        ...           domain=(0.0, None), description="shear modulus")
+        ParamSpec(name='mu', low=0.01, high=100.0, default=1.0, scale='log', ...)
     """
 
     model_config = ConfigDict(frozen=True, extra="forbid")
@@ -45,12 +51,19 @@ class ParamSpec(BaseModel):
     high: float
     default: float
     scale: Literal["linear", "log"] = "linear"
+    domain: tuple[float | None, float | None] = (None, None)
     description: str = ""
 
     @model_validator(mode="after")
     def _check_bounds(self) -> ParamSpec:
         if not all(math.isfinite(v) for v in (self.low, self.high, self.default)):
             raise ValueError(f"parameter '{self.name}': bounds and default must be finite")
+        floor, ceiling = self.domain
+        if (floor is not None and self.low < floor) or (ceiling is not None and self.high > ceiling):
+            raise ValueError(
+                f"parameter '{self.name}': range [{self.low:g}, {self.high:g}] leaves its "
+                f"physical domain {self.domain_text()}"
+            )
         if self.low > self.high:
             raise ValueError(
                 f"parameter '{self.name}': low={self.low} is greater than high={self.high}"
@@ -65,6 +78,13 @@ class ParamSpec(BaseModel):
                 f"parameter '{self.name}': log scale needs low > 0, got low={self.low}"
             )
         return self
+
+    def domain_text(self) -> str:
+        """The domain as an interval, e.g. ``[0, inf)``."""
+        floor, ceiling = self.domain
+        left = "(-inf" if floor is None else f"[{floor:g}"
+        right = "inf)" if ceiling is None else f"{ceiling:g}]"
+        return f"{left}, {right}"
 
     @property
     def is_fixed(self) -> bool:
@@ -94,11 +114,16 @@ class ParamSpec(BaseModel):
             high=new_high,
             default=float(default),
             scale=scale or self.scale,
+            domain=self.domain,
             description=self.description,
         )
 
     def fixed(self, value: float) -> ParamSpec:
-        """Return a copy fixed to ``value`` (``low == high == default == value``)."""
+        """Return a copy fixed to ``value`` (``low == high == default == value``).
+
+        Raises:
+            ValueError: if ``value`` lies outside the physical domain.
+        """
         value = float(value)
         return ParamSpec(
             name=self.name,
@@ -106,8 +131,32 @@ class ParamSpec(BaseModel):
             high=value,
             default=value,
             scale="linear",
+            domain=self.domain,
             description=self.description,
         )
+
+    def spaced(self, start: float, stop: float, count: int) -> list[float]:
+        """``count`` values from ``start`` to ``stop`` (inclusive), evenly on this scale.
+
+        Log-scale parameters get geometric spacing (``mu=0.01:100:5`` is 0.01, 0.1, ..., 100).
+
+        Raises:
+            ValueError: for ``count < 1`` or non-positive ends on the log scale.
+        """
+        if count < 1:
+            raise ValueError(f"parameter '{self.name}': a grid needs count >= 1, got {count}")
+        if count == 1:
+            return [float(start)]
+        if self.scale == "log":
+            if start <= 0 or stop <= 0:
+                raise ValueError(
+                    f"parameter '{self.name}' is on a log scale: grid ends must be > 0, "
+                    f"got {start:g}:{stop:g}"
+                )
+            values = torch.logspace(math.log10(start), math.log10(stop), count, dtype=torch.float64)
+        else:
+            values = torch.linspace(start, stop, count, dtype=torch.float64)
+        return [float(v) for v in values]
 
     def renamed(self, name: str) -> ParamSpec:
         """Return a copy under another name (e.g. ``"linear_elastic.mu"``)."""

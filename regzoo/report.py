@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import json
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -18,18 +18,27 @@ def _fmt(params: dict[str, Any], names: Sequence[str]) -> str:
     return ", ".join(f"{n} = {params[n]:.4g}" for n in names)
 
 
+def _cell(scores: Mapping[str, float], metric: str, fmt: str = ".4f") -> str:
+    return format(scores[metric], fmt) if metric in scores else "-"
+
+
 def write_sweep_report(
     result: SweepResult,
     out_dir: str | Path,
     *,
     metric: str,
     optimized: Sequence[dict[str, Any]] = (),
+    comparison: Mapping[str, Mapping[str, float]] | None = None,
+    refine_steps: int = 0,
     figure: Path | None = None,
     **meta: Any,
 ) -> Path:
     """Write ``metrics.csv`` (per setting and pair), ``settings.csv`` (means),
     ``sweep.json`` (everything, with the best parameters for the data set and per pair),
     ``heatmap.png`` (one or two swept parameters) and ``summary.md``; return the summary path.
+
+    ``comparison`` (from :func:`regzoo.evaluation.compare_refinement`) adds the table of
+    identity / network / refined at the best setting.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -46,6 +55,8 @@ def write_sweep_report(
         "best": best,
         "best_per_pair": per_pair,
         "optimized_per_pair": list(optimized),
+        "comparison": dict(comparison or {}),
+        "refine_steps": refine_steps,
         "settings": result.settings,
     }
     atomic_write_text(json.dumps(payload, indent=2), out / "sweep.json")
@@ -73,6 +84,19 @@ def write_sweep_report(
             for r in per_pair
         ],
     ]
+    if comparison:
+        lines += [
+            "",
+            f"## At the best setting: identity, network, refined ({refine_steps} iterations)",
+            "",
+            "| method | TRE (mm) | Dice | SDlogJ | folded voxels | seconds per pair |",
+            "|---|---|---|---|---|---|",
+        ]
+        lines += [
+            f"| {method} | {_cell(s, 'tre_mm')} | {_cell(s, 'dice')} | {_cell(s, 'sdlogj')} | "
+            f"{_cell(s, 'folding_fraction', '.2%')} | {_cell(s, 'seconds', '.2f')} |"
+            for method, s in comparison.items()
+        ]
     if optimized:
         lines += [
             "",

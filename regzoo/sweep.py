@@ -4,7 +4,7 @@ from __future__ import annotations
 
 import itertools
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import Any
 
 import numpy as np
@@ -16,7 +16,7 @@ from regzoo.evaluation import score_pair, summarize
 from regzoo.model import HyperRegistration
 from regzoo.spatial import warp
 
-__all__ = ["SweepResult", "optimize_parameters", "parse_grid", "sweep"]
+__all__ = ["MAX_SETTINGS", "GridRange", "SweepResult", "optimize_parameters", "parse_grid", "sweep"]
 
 MAXIMIZE = {
     "dice": True,
@@ -27,34 +27,59 @@ MAXIMIZE = {
 }
 
 
-def parse_grid(specs: Sequence[str]) -> dict[str, list[float]]:
-    """Parse ``NAME=START:STOP:COUNT`` (inclusive linspace) or ``NAME=V1,V2,...`` entries.
+MAX_SETTINGS = 10_000
+"""Largest number of grid settings a sweep accepts (a typo like ``:1000000000`` fails fast)."""
+
+
+@dataclass(frozen=True)
+class GridRange:
+    """``START:STOP:COUNT``: ``count`` values spaced evenly on the parameter's own scale
+    (geometrically for log-scale parameters), resolved when the sweep knows the model."""
+
+    start: float
+    stop: float
+    count: int
+
+
+GridAxis = Sequence[float] | GridRange
+
+
+def parse_grid(specs: Sequence[str]) -> dict[str, GridAxis]:
+    """Parse ``NAME=START:STOP:COUNT`` (inclusive, on the parameter's scale) or
+    ``NAME=V1,V2,...`` entries.
 
     Raises:
-        ValueError: for a malformed entry or a repeated name.
+        ValueError: for a malformed entry, a repeated name or more than
+            :data:`MAX_SETTINGS` settings in total.
     """
-    grid: dict[str, list[float]] = {}
+    grid: dict[str, GridAxis] = {}
+    usage = "must look like NAME=START:STOP:COUNT or NAME=V1,V2"
+    total = 1
     for spec in specs:
         name, sep, text = spec.partition("=")
         if not sep or not name or not text:
-            raise ValueError(
-                f"grid entry {spec!r} must look like NAME=START:STOP:COUNT or NAME=V1,V2"
-            )
+            raise ValueError(f"grid entry {spec!r} {usage}")
         if name in grid:
             raise ValueError(f"grid parameter '{name}' given twice")
         try:
             if ":" in text:
                 start, stop, count = text.split(":")
-                if int(count) < 1:
-                    raise ValueError
-                values = np.linspace(float(start), float(stop), int(count)).tolist()
+                axis: GridAxis = GridRange(float(start), float(stop), int(count))
+                size = axis.count
             else:
-                values = [float(v) for v in text.split(",")]
+                axis = [float(v) for v in text.split(",")]
+                size = len(axis)
         except ValueError:
+            raise ValueError(f"grid entry {spec!r} {usage}") from None
+        if size < 1:
+            raise ValueError(f"grid entry {spec!r}: COUNT must be at least 1")
+        total *= size
+        if total > MAX_SETTINGS:
             raise ValueError(
-                f"grid entry {spec!r} must look like NAME=START:STOP:COUNT or NAME=V1,V2"
-            ) from None
-        grid[name] = values
+                f"grid entry {spec!r}: the grid would have {total} settings, more than "
+                f"{MAX_SETTINGS}; use fewer points"
+            )
+        grid[name] = axis
     return grid
 
 
@@ -67,12 +92,18 @@ class SweepResult:
         axes: the values of each swept parameter.
         rows: one dict per setting and pair: parameter values, ids and metrics.
         settings: one dict per setting: its parameter values and the mean metrics over pairs.
+        scales: each swept parameter's scale (``"linear"`` or ``"log"``), for figures.
     """
 
     names: list[str]
     axes: list[list[float]]
     rows: list[dict[str, Any]]
     settings: list[dict[str, Any]]
+    scales: list[str] = field(default_factory=list)
+
+    def __post_init__(self) -> None:
+        if not self.scales:
+            self.scales = ["linear"] * len(self.names)
 
     def default_metric(self) -> str:
         """``dice`` when masks were scored, else ``tre_mm``, else ``sdlogj``."""
@@ -112,15 +143,16 @@ class SweepResult:
 def sweep(
     model: HyperRegistration,
     dataset: Learn2RegDataset,
-    grid: Mapping[str, Sequence[float]],
+    grid: Mapping[str, GridAxis],
     *,
     batch_size: int = 8,
     progress: bool = True,
 ) -> SweepResult:
     """Evaluate every grid point on every pair, batching settings through the hypernetwork.
 
-    Parameters not in ``grid`` keep their defaults. Each pair is replicated ``batch_size``
-    times and registered at that many settings in one forward pass.
+    Parameters not in ``grid`` keep their defaults. A :class:`GridRange` axis is spaced on the
+    parameter's own scale (geometric for log-scale parameters). Each pair is replicated
+    ``batch_size`` times and registered at that many settings in one forward pass.
 
     Raises:
         KeyError: unknown or ambiguous parameter names.
@@ -128,11 +160,15 @@ def sweep(
     """
     if not grid:
         raise ValueError("sweep(): the grid is empty; give at least one NAME=START:STOP:COUNT")
+    if batch_size < 1:
+        raise ValueError(f"sweep(): batch_size must be at least 1, got {batch_size}")
     names = [model.objective.canonical_name(k) for k in grid]
-    axes = [
-        [model.space[n].check(v) for v in values]
-        for n, values in zip(names, grid.values(), strict=True)
-    ]
+    axes = []
+    for name, axis in zip(names, grid.values(), strict=True):
+        spec = model.space[name]
+        if isinstance(axis, GridRange):
+            axis = spec.spaced(axis.start, axis.stop, axis.count)
+        axes.append([spec.check(v) for v in axis])
     combos = list(itertools.product(*axes))
     base = model.objective.resolve({})
     vectors = torch.tensor(
@@ -165,7 +201,8 @@ def sweep(
         for combo, rows in zip(combos, per_setting, strict=True)
     ]
     rows = [row for rows in per_setting for row in rows]
-    return SweepResult(names=names, axes=axes, rows=rows, settings=settings)
+    scales = [model.space[n].scale for n in names]
+    return SweepResult(names=names, axes=axes, rows=rows, settings=settings, scales=scales)
 
 
 def _soft_dice(warped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

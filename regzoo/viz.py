@@ -37,10 +37,17 @@ def _save(fig: plt.Figure, path: str | Path) -> Path:
     return path
 
 
-def _cell_edges(values: Sequence[float]) -> tuple[float, float]:
-    """Extent of heat-map cells centred on evenly spaced grid ``values``."""
-    half = (values[-1] - values[0]) / (2 * (len(values) - 1)) if len(values) > 1 else 0.5
-    return values[0] - half, values[-1] + half
+def _cell_edges(values: Sequence[float], scale: str = "linear") -> np.ndarray:
+    """Edges of heat-map cells centred on grid ``values`` (midpoints on the axis's scale)."""
+    centres = np.log10(values) if scale == "log" else np.asarray(values, dtype=float)
+    if len(centres) > 1:
+        middle = (centres[1:] + centres[:-1]) / 2
+        edges = np.concatenate(
+            [[2 * centres[0] - middle[0]], middle, [2 * centres[-1] - middle[-1]]]
+        )
+    else:
+        edges = np.array([centres[0] - 0.5, centres[0] + 0.5])
+    return 10.0**edges if scale == "log" else edges
 
 
 def plot_sweep(result: SweepResult, path: str | Path, metrics: Sequence[str] | None = None) -> Path:
@@ -64,19 +71,18 @@ def plot_sweep(result: SweepResult, path: str | Path, metrics: Sequence[str] | N
         if len(result.names) == 1:
             ax.plot(result.axes[0], values, marker="o")
             ax.axvline(best[result.names[0]], color="tab:red", linestyle="--")
+            ax.set_xscale(result.scales[0])
             ax.set_xlabel(result.names[0])
             ax.set_ylabel(METRIC_LABELS[metric])
         else:
-            x, y = result.axes
-            image = ax.imshow(
-                values.T,
-                origin="lower",
-                aspect="auto",
-                cmap="viridis",
-                extent=(*_cell_edges(x), *_cell_edges(y)),
+            (x, y), (x_scale, y_scale) = result.axes, result.scales
+            image = ax.pcolormesh(
+                _cell_edges(x, x_scale), _cell_edges(y, y_scale), values.T, cmap="viridis"
             )
             fig.colorbar(image, ax=ax)
             ax.plot(best[result.names[0]], best[result.names[1]], "r*", markersize=12)
+            ax.set_xscale(x_scale)
+            ax.set_yscale(y_scale)
             ax.set_xlabel(result.names[0])
             ax.set_ylabel(result.names[1])
         ax.set_title(METRIC_LABELS[metric])

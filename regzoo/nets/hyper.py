@@ -18,6 +18,13 @@ class HyperNetwork(nn.Module):
     Every :class:`HyperConv` turns the embedding into its own weights with a linear head, so the
     whole backbone is a function of the parameters (HyperMorph's design).
 
+    The ``[0, 1]`` inputs are centred to ``[-1, 1]`` and the layers use He initialisation, so the
+    embedding differs by O(1) of its own scale between the ends of the range from the first
+    step: the conditioning is there before training starts, not something training must find.
+    The embedding is divided by its size ``H``: its entries are non-negative (ReLU), so an Adam
+    step on a head moves a generated weight by about ``lr * sum_j e_j``; the division keeps that
+    near ``lr``, as for an ordinary convolution, instead of ``H`` times more.
+
     Args:
         num_params: ``P``, the number of free parameters.
         units: hidden sizes; the last one is the embedding size ``H``.
@@ -32,7 +39,10 @@ class HyperNetwork(nn.Module):
         layers: list[nn.Module] = []
         previous = num_params
         for width in units:
-            layers += [nn.Linear(previous, width), nn.ReLU()]
+            linear = nn.Linear(previous, width)
+            nn.init.kaiming_normal_(linear.weight, nonlinearity="relu")
+            nn.init.normal_(linear.bias, 0.0, 0.1)
+            layers += [linear, nn.ReLU()]
             previous = width
         self.mlp = nn.Sequential(*layers)
         self.num_params = num_params
@@ -45,7 +55,7 @@ class HyperNetwork(nn.Module):
                 f"HyperNetwork expects parameters of shape (B, {self.num_params}), "
                 f"got {tuple(unit_params.shape)}"
             )
-        return self.mlp(unit_params)
+        return self.mlp(2.0 * unit_params - 1.0) / self.embedding_dim
 
 
 class HyperConv(nn.Module):
@@ -55,9 +65,11 @@ class HyperConv(nn.Module):
     embedding ``(B, H)`` to per-sample weights and biases, and the batch runs as ONE grouped
     convolution (``groups=B``), so each element uses its own weights without a Python loop.
 
-    The heads start near a standard initialisation: their biases hold a Kaiming-initialised
-    kernel (or ``init_std``-scaled for the flow layer) and their weights add a small
-    parameter-dependent part of comparable size.
+    The heads start at a standard initialisation split in two halves of equal variance: their
+    biases hold a parameter-independent kernel and their weights a parameter-dependent part, so
+    the generated kernel has the usual Kaiming scale (``init_std`` for the flow layer) and
+    kernels for different parameter vectors differ by a large fraction of that scale at
+    initialisation.
 
     Args:
         ndim: 2 or 3 spatial dimensions.
@@ -97,11 +109,15 @@ class HyperConv(nn.Module):
         else:
             self.weight_head = nn.Linear(embedding_dim, base_weight.numel())
             self.bias_head = nn.Linear(embedding_dim, out_channels)
+            # the embedding's entries have a mean square of about 1 / (2 H^2) (He-initialised
+            # ReLU MLP, divided by H), so this head std gives a dependent part of std `half`
+            half = std / math.sqrt(2.0)
+            head_std = half * math.sqrt(2.0 * embedding_dim)
             with torch.no_grad():
-                self.weight_head.bias.copy_(base_weight.flatten())
-                self.weight_head.weight.normal_(0.0, std / math.sqrt(embedding_dim))
+                self.weight_head.bias.copy_(base_weight.flatten() / math.sqrt(2.0))
+                self.weight_head.weight.normal_(0.0, head_std)
                 self.bias_head.bias.zero_()
-                self.bias_head.weight.normal_(0.0, (init_std or 1e-2) / math.sqrt(embedding_dim))
+                self.bias_head.weight.normal_(0.0, (init_std or 1e-2) * head_std / std)
 
     @property
     def is_hyper(self) -> bool:
