@@ -25,12 +25,13 @@ test: install lint
 docs: install
 	$(BIN)/mkdocs build --strict
 
-# build the phantom (on first use), train the quickstart model on CPU, sweep (lam, mu), report
+# build the phantom (on first use), train the quickstart model on CPU, sweep (lam, mu) over four
+# decades (log-spaced), refine the chosen setting, report identity / network / refined
 demo: install
 	$(BIN)/regzoo regularizers
 	$(BIN)/regzoo train configs/quickstart.yaml
 	$(BIN)/regzoo sweep --model runs/quickstart/checkpoints/last.ckpt --data data/phantom \
-		--grid lam=0:1:6 --grid mu=0:1:6 --figure --out report
+		--grid lam=0.01:100:5 --grid mu=0.01:100:5 --metric tre_mm --refine 30 --figure --out report
 	@echo "demo finished: open report/summary.md (heat maps: report/heatmap.png, overlay: report/overlay.png)"
 
 clean:

@@ -3,6 +3,7 @@ from pathlib import Path
 import pytest
 
 from regzoo.config import ConfigError, apply_overrides, load_config
+from regzoo.objective import build_objective
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -79,7 +80,7 @@ def test_component_errors():
         load_config({**BASE, "regularizers": [{"name": "diffusion"}]})
     with pytest.raises(ConfigError, match="appears twice"):
         load_config({**BASE, "regularizers": [{"name": "diffusion"}, {"name": "diffusion"}]})
-    with pytest.raises(ConfigError, match="log scale needs low > 0"):
+    with pytest.raises(ConfigError, match="log-scale range needs low > 0"):
         load_config(
             {
                 **BASE,
@@ -121,3 +122,25 @@ def test_free_parameter_space_of_paper_configs():
     assert diffusion.canonical_name("alpha") == "diffusion.alpha"
     with pytest.raises(KeyError, match="was fixed during training"):
         fixed.canonical_name("mu")
+
+
+def test_physical_domain_and_log_ranges_are_checked():
+    def config_with(params):
+        return {**BASE, "regularizers": [{"name": "linear_elastic", "params": params}]}
+
+    with pytest.raises(ConfigError, match=r"physical domain \[0, inf\)"):
+        load_config(config_with({"lam": -1.0}))
+    with pytest.raises(ConfigError, match=r"physical domain"):
+        load_config(config_with({"mu": {"low": -1.0, "high": 1.0, "scale": "linear"}}))
+    with pytest.raises(ConfigError, match="declared on a log scale"):
+        load_config(config_with({"mu": {"low": 0.0, "high": 1.0}}))
+    with pytest.raises(ConfigError, match="physical domain"):
+        load_config({**BASE, "regularizers": [{"name": "diffusion", "alpha": -2.0}]})
+    quickstart = build_objective(load_config(ROOT / "configs/quickstart.yaml"))
+    for name in ("linear_elastic.lam", "linear_elastic.mu"):
+        spec = quickstart.free_space[name]
+        assert (spec.low, spec.high, spec.scale) == (0.01, 100.0, "log")
+    assert quickstart.resolve({"lam": 0.01, "mu": 100}) == {
+        "linear_elastic.lam": 0.01,
+        "linear_elastic.mu": 100.0,
+    }

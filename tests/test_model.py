@@ -12,7 +12,10 @@ SMALL = {
     "regularizers": [
         {
             "name": "linear_elastic",
-            "params": {"lam": {"low": 0, "high": 1}, "mu": {"low": 0, "high": 1}},
+            "params": {
+                "lam": {"low": 0.01, "high": 1, "scale": "log"},
+                "mu": {"low": 0.01, "high": 1, "scale": "log"},
+            },
         }
     ],
 }
@@ -65,7 +68,8 @@ def test_training_step_draws_reproducible_parameters():
     a, b = HyperRegistration(load_config(SMALL)), HyperRegistration(load_config(SMALL))
     draws_a, draws_b = a._draw_parameters(64), b._draw_parameters(64)
     assert torch.equal(draws_a, draws_b)
-    assert ((draws_a == 0) | (draws_a == 1)).float().mean() > 0.1  # endpoint oversampling
+    at_ends = torch.isclose(draws_a, torch.tensor(0.01)) | torch.isclose(draws_a, torch.tensor(1.0))
+    assert at_ends.float().mean() > 0.1  # endpoint oversampling
 
 
 def test_checkpoint_reloads_to_identical_outputs(tiny_checkpoint):
@@ -75,8 +79,8 @@ def test_checkpoint_reloads_to_identical_outputs(tiny_checkpoint):
     out_a = model(images, images.flip(2), {"mu": 0.3, "lam": 0.2}).displacement
     out_b = again(images, images.flip(2), {"linear_elastic.mu": 0.3, "lam": 0.2}).displacement
     assert torch.equal(out_a, out_b)
-    with pytest.raises(ValueError, match=r"'linear_elastic.mu'=3.0 is out of range"):
-        model(images, images, {"mu": 3.0})
+    with pytest.raises(ValueError, match=r"'linear_elastic.mu'=300.0 is out of range"):
+        model(images, images, {"mu": 300.0})
 
 
 def test_load_model_errors(tmp_path):
@@ -90,3 +94,38 @@ def test_load_model_errors(tmp_path):
     text.write_text("hello")
     with pytest.raises(ValueError, match="cannot be read as a checkpoint"):
         load_model(text)
+
+
+def test_normalized_weighting_is_the_convex_form_for_a_stiffness():
+    config = load_config(
+        {
+            **SMALL,
+            "weighting": "normalized",
+            "regularizers": [{"name": "linear_elastic"}],  # declared [1e-2, 1e2], defaults 1
+        }
+    )
+    objective = build_objective(config)
+    fixed, warped = torch.rand(3, 1, 12, 12, 12), torch.rand(3, 1, 12, 12, 12)
+    field = random_smooth_field((12, 12, 12))[:1].expand(3, -1, -1, -1, -1)
+    k = torch.tensor([0.01, 1.0, 100.0])
+    terms = objective(fixed, warped, field, torch.stack([k, k], dim=1))
+    # lam = mu = k: the energy is k times the default's, so the normaliser is 1 + k exactly
+    assert torch.allclose(terms.normalizer, 1 + k, rtol=1e-4)
+    energy = terms.energies["linear_elastic"]
+    assert torch.allclose(terms.total, terms.similarity + energy)
+    assert torch.allclose(terms.training, (terms.similarity + energy) / (1 + k), rtol=1e-5)
+    assert not terms.normalizer.requires_grad
+
+
+def test_log_ranges_survive_the_checkpoint_and_span_four_decades(tiny_checkpoint):
+    model = load_model(tiny_checkpoint)
+    for name in ("linear_elastic.lam", "linear_elastic.mu"):
+        spec = model.space[name]
+        assert (spec.low, spec.high, spec.scale, spec.domain) == (0.01, 100.0, "log", (0.0, None))
+    images = torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        soft = model(images, images, {"lam": 0.01, "mu": 0.01}).displacement
+        stiff = model(images, images, {"lam": 100, "mu": 100}).displacement
+    assert not torch.allclose(soft, stiff)
+    with pytest.raises(ValueError, match="out of range"):
+        model(images, images, {"lam": 1000.0})

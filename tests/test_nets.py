@@ -79,3 +79,14 @@ def test_hyperconv_matches_plain_conv_when_weights_agree():
     for i in range(2):
         ref = torch.nn.functional.conv2d(x[i : i + 1], weight[i], bias[i], padding=1)
         assert torch.allclose(out[i : i + 1], ref, atol=1e-6)
+
+
+def test_different_parameter_vectors_give_different_kernels_at_initialisation():
+    torch.manual_seed(0)
+    net = RegistrationNet(3, num_params=2)
+    soft, stiff = net.hypernet(torch.tensor([[0.0, 0.0], [1.0, 1.0]])).split(1)
+    for name, module in net.named_modules():
+        if isinstance(module, HyperConv):
+            a, b = module.weight_head(soft), module.weight_head(stiff)
+            # the parameter-dependent part is a large fraction of each generated kernel
+            assert (a - b).norm() > 0.3 * a.norm(), name

@@ -87,3 +87,43 @@ def test_tensor_helpers(space):
     assert set(parts) == {"lam", "eps"} and parts["lam"].shape == (3,)
     with pytest.raises(ValueError, match="expected a last dimension of 2"):
         space.normalize(torch.zeros(3, 5))
+
+
+def test_physical_domain_is_a_hard_limit():
+    stiffness = ParamSpec(
+        name="mu", low=1e-2, high=1e2, default=1.0, scale="log", domain=(0.0, None)
+    )
+    assert stiffness.domain_text() == "[0, inf)"
+    with pytest.raises(ValueError, match=r"leaves its physical domain \[0, inf\)"):
+        stiffness.override(low=-1.0, scale="linear")
+    with pytest.raises(ValueError, match="physical domain"):
+        stiffness.fixed(-2.0)
+    # the training range may be moved anywhere inside the domain
+    assert stiffness.override(low=10.0, high=1e4).high == 1e4
+
+
+def test_spaced_follows_the_scale():
+    log = ParamSpec(name="mu", low=1e-2, high=1e2, default=1.0, scale="log")
+    assert log.spaced(0.01, 100, 5) == pytest.approx([0.01, 0.1, 1.0, 10.0, 100.0])
+    linear = ParamSpec(name="lam", low=0, high=1, default=0.5)
+    assert linear.spaced(0, 1, 3) == pytest.approx([0.0, 0.5, 1.0])
+    assert linear.spaced(0.3, 0.9, 1) == [0.3]
+    with pytest.raises(ValueError, match="grid ends must be > 0"):
+        log.spaced(0.0, 1.0, 3)
+    with pytest.raises(ValueError, match="count >= 1"):
+        log.spaced(0.1, 1.0, 0)
+
+
+def test_four_decade_log_range_round_trips():
+    space = ParamSpace.of(
+        ParamSpec(name="lam", low=1e-2, high=1e2, default=1.0, scale="log"),
+        ParamSpec(name="mu", low=1e-2, high=1e2, default=1.0, scale="log"),
+    )
+    values = torch.tensor([[1e-2, 1e2], [1.0, 45.33], [15.51, 1.72]])
+    unit = space.normalize(values)
+    assert torch.allclose(unit[0], torch.tensor([0.0, 1.0]))
+    assert unit[1, 0].item() == pytest.approx(0.5, abs=1e-6)
+    assert torch.allclose(space.denormalize(unit), values, rtol=1e-5)
+    # log-uniform sampling: each decade gets a quarter of the draws
+    draws = space.sample(4000, torch.Generator().manual_seed(1))[:, 0]
+    assert ((draws > 0.1) & (draws < 1.0)).float().mean().item() == pytest.approx(0.25, abs=0.03)
