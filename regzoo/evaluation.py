@@ -118,9 +118,7 @@ def evaluate_model(
     return _evaluate(dataset, predict, progress)
 
 
-def evaluate_identity(
-    dataset: Learn2RegDataset, *, progress: bool = True
-) -> list[dict[str, Any]]:
+def evaluate_identity(dataset: Learn2RegDataset, *, progress: bool = True) -> list[dict[str, Any]]:
     """Score the zero displacement on every pair (the "no registration" baseline)."""
 
     def predict(item: Mapping[str, Any]) -> torch.Tensor:

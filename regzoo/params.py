@@ -59,7 +59,9 @@ class ParamSpec(BaseModel):
         if not all(math.isfinite(v) for v in (self.low, self.high, self.default)):
             raise ValueError(f"parameter '{self.name}': bounds and default must be finite")
         floor, ceiling = self.domain
-        if (floor is not None and self.low < floor) or (ceiling is not None and self.high > ceiling):
+        if (floor is not None and self.low < floor) or (
+            ceiling is not None and self.high > ceiling
+        ):
             raise ValueError(
                 f"parameter '{self.name}': range [{self.low:g}, {self.high:g}] leaves its "
                 f"physical domain {self.domain_text()}"
@@ -353,4 +355,3 @@ class ParamSpace(BaseModel):
     def describe(self) -> list[dict[str, float | str]]:
         """JSON-ready description: one dict per parameter."""
         return [s.model_dump() for s in self.specs]
-

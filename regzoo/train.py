@@ -54,7 +54,7 @@ def train(config: ExperimentConfig) -> Path:
                 save_last=True,
                 save_top_k=0,
                 every_n_train_steps=t.checkpoint_every_n_steps,
-            )
+            ),
         ],
     )
     trainer.fit(model, datamodule=RegistrationDataModule(config.data))
