@@ -15,7 +15,7 @@ from regzoo._errors import RegzooError
 if TYPE_CHECKING:
     from regzoo.model import HyperRegistration
 
-__all__ = ["main"]
+__all__ = ["build_parser", "main", "parse_params"]
 
 
 def _cmd_regularizers(args: argparse.Namespace) -> int:
@@ -78,7 +78,12 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
-def _parse_params(items: Sequence[str]) -> dict[str, float]:
+def parse_params(items: Sequence[str]) -> dict[str, float]:
+    """Parse ``NAME=NUMBER`` items (``--param``) into a mapping.
+
+    Raises:
+        ValueError: for an item that is not ``NAME=NUMBER``.
+    """
     params = {}
     for item in items:
         name, sep, value = item.partition("=")
@@ -141,7 +146,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     from regzoo.model import load_model
 
     model = load_model(args.model)
-    params = _parse_params(args.param)
+    params = parse_params(args.param)
     result = register(
         model, args.fixed, args.moving, refine=args.refine, progress=args.refine > 0, **params
     )
@@ -178,7 +183,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         from regzoo.model import load_model
 
         model = load_model(args.model)
-        params = model.objective.resolve(_parse_params(args.param))
+        params = model.objective.resolve(parse_params(args.param))
         window = tuple(model.config.data.intensity_window)
         dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
         rows = evaluate_model(model, dataset, params, refine=args.refine)
