@@ -472,6 +472,11 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--refine", type=int, default=0, help="regzoo_refined iterations")
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch and ITK)")
     parser.add_argument(
+        "--reuse",
+        help="comma list of methods whose result an earlier run left in OUT/<method>/row.json "
+        "(e.g. a long MONAI training); they are marked 'reused' in the JSON lines",
+    )
+    parser.add_argument(
         "--seed", type=int, default=1, help="seed of every method (ANTs needs it nonzero)"
     )
     return parser.parse_args(argv)
@@ -487,7 +492,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     items = list(Learn2RegDataset(args.data, args.split, intensity_window=WINDOW))
     print(f"{len(items)} {args.split} pairs of {args.data}; {device_name(torch.device('cpu'))}")
     rows: dict[str, dict[str, Any]] = {}
-    for name in methods:
+    reused = {n.strip() for n in (args.reuse or "").split(",") if n.strip()}
+    for name in [*sorted(reused - set(methods)), *methods]:
+        saved = out / name / "row.json"
+        if name in reused:
+            if not saved.is_file():
+                raise SystemExit(f"--reuse {name}: no earlier result at {saved}")
+            rows[name] = {**json.loads(saved.read_text()), "reused": True}
+            print(f"{name}: reused from {saved}")
+            continue
         seed_everything(args.seed)
         runner = RUNNERS[name](args)
         seconds = run_method(runner, items, out / name)
@@ -498,6 +511,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             **runner.extra,
         }
         rows[name].pop("seconds", None)  # the time to read a file back, not the method's
+        saved.write_text(json.dumps({k: finite(v) for k, v in rows[name].items()}))
         print(f"{name}: done, {rows[name]['seconds_per_pair']:.2f} s/pair")
     add_ratios(rows)
     table = markdown_table(rows)

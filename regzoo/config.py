@@ -130,6 +130,13 @@ class ModelConfig(StrictModel):
     hyper_units: list[int] = Field([32, 32, 32, 32], min_length=1)
     int_steps: int = Field(0, ge=0, description="scaling-and-squaring steps (0: no integration)")
     int_downsize: Literal[1, 2] = Field(1, description="2: predict the flow at half resolution")
+    hyper_init_share: float = Field(
+        0.05,
+        ge=0,
+        le=1,
+        description="share of each generated kernel's initial variance that depends on the "
+        "parameters (conditioning at initialisation)",
+    )
 
 
 class SimilarityConfig(StrictModel):
@@ -211,7 +218,7 @@ class ExperimentConfig(StrictModel):
         "displacement", description="field the regularizers see (velocity needs int_steps > 0)"
     )
     weighting: Literal["additive", "hypermorph", "normalized"] = Field(
-        "normalized",
+        "additive",
         description=(
             "additive: sim + alpha R; hypermorph: (1 - alpha) sim + alpha R; normalized: "
             "additive, each sample's training loss divided by 1 + its regularisation strength "

@@ -50,6 +50,7 @@ class HyperRegistration(L.LightningModule):
             hyper_units=model.hyper_units,
             int_steps=model.int_steps,
             int_downsize=model.int_downsize,
+            hyper_init_share=model.hyper_init_share,
         )
         self._generator = torch.Generator().manual_seed(config.seed)
 

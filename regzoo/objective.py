@@ -167,8 +167,8 @@ class Objective(nn.Module):
     weighted energy with the energy at the default parameters ``p^0`` on the same field
     (detached). For an energy linear in a stiffness ``k`` this is HyperMorph's convex form
     ``(sim + k R) / (1 + k)``, generalised to any regularizer without knowing its parameter
-    names: it keeps gradients bounded when the parameters vary by 10^4 within a batch and leaves
-    each sample's minimiser unchanged.
+    names: it bounds each sample's gradient when the parameters vary by 10^4 within a batch and
+    leaves each sample's minimiser unchanged (measured against ``additive`` in docs/design.md).
 
     Args:
         similarity: the similarity loss.

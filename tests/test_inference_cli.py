@@ -79,8 +79,8 @@ def test_register_api_and_bad_input(tiny_checkpoint, tiny_phantom):
         "linear_elastic.lam": pytest.approx(0.1),
         "linear_elastic.mu": pytest.approx(0.05),
     }
-    with pytest.raises(ValueError, match=r"'linear_elastic.mu'=1.5 is out of range \[0.0, 1.0\]"):
-        register(model, fixed, moving, mu=1.5)
+    with pytest.raises(ValueError, match=r"'linear_elastic.mu'=150.0 is out of range \[0.01, 100"):
+        register(model, fixed, moving, mu=150)
     with pytest.raises(KeyError, match="unknown free parameter 'nu'"):
         register(model, fixed, moving, nu=0.1)
     with pytest.raises(FileNotFoundError, match="image not found"):
@@ -97,7 +97,7 @@ def test_register_cli_errors(tiny_checkpoint, tiny_phantom, tmp_path, capsys):
     fixed, moving, _ = pair_paths(tiny_phantom)
     out = tmp_path / "reg"
     args = register_args(tiny_checkpoint, fixed, moving, out)
-    assert main([*args, "--param", "mu=7"]) == 2
+    assert main([*args, "--param", "mu=700"]) == 2
     assert "out of range" in capsys.readouterr().err
     assert main([*args, "--param", "mu"]) == 2
     assert "must look like NAME=NUMBER" in capsys.readouterr().err
@@ -165,11 +165,13 @@ def test_sweep_cli_writes_the_report(tiny_checkpoint, tiny_phantom, tmp_path):
                 "--data",
                 str(tiny_phantom),
                 "--grid",
-                "lam=0:1:2",
+                "lam=0.01:100:2",
                 "--grid",
-                "mu=0:0.5:3",
+                "mu=0.01:1:3",
                 "--optimize",
                 "--optimize-steps",
+                "2",
+                "--refine",
                 "2",
                 "--figure",
                 "--out",
@@ -191,7 +193,13 @@ def test_sweep_cli_writes_the_report(tiny_checkpoint, tiny_phantom, tmp_path):
     assert len(report["settings"]) == 6 and report["metric"] == "dice"
     assert report["best"]["dice"] == max(s["dice"] for s in report["settings"])
     assert len(report["best_per_pair"]) == 1 and len(report["optimized_per_pair"]) == 1
-    assert "Best parameters for the data set" in (out / "summary.md").read_text()
+    # START:STOP:COUNT is spaced on each parameter's own (log) scale
+    assert report["axes"][1] == pytest.approx([0.01, 0.1, 1.0])
+    assert set(report["comparison"]) == {"identity", "network", "refined"}
+    assert report["comparison"]["identity"]["sdlogj"] == 0.0
+    summary = (out / "summary.md").read_text()
+    assert "Best parameters for the data set" in summary
+    assert "| refined |" in summary and "seconds per pair" in summary
 
 
 def test_sweep_batches_equal_single_registrations(tiny_checkpoint, tiny_phantom):
@@ -211,9 +219,19 @@ def test_sweep_batches_equal_single_registrations(tiny_checkpoint, tiny_phantom)
         ).rows[0]
         assert single["sdlogj"] == pytest.approx(setting["sdlogj"], rel=1e-4)
     with pytest.raises(ValueError, match="out of range"):
-        sweep(model, dataset, {"mu": [2.0]}, progress=False)
+        sweep(model, dataset, {"mu": [200.0]}, progress=False)
     with pytest.raises(ValueError, match="NAME=START:STOP:COUNT"):
         parse_grid(["mu=0:1"])
+    with pytest.raises(ValueError, match="more than 10000"):
+        parse_grid(["lam=0:1:1000000000"])
+    with pytest.raises(ValueError, match="more than 10000"):
+        parse_grid(["lam=0:1:1000", "mu=0:1:1000"])
+    with pytest.raises(ValueError, match="COUNT must be at least 1"):
+        parse_grid(["lam=0:1:0"])
+    with pytest.raises(ValueError, match="log scale: grid ends must be > 0"):
+        sweep(model, dataset, parse_grid(["mu=0:1:3"]), progress=False)
+    with pytest.raises(ValueError, match="batch_size must be at least 1"):
+        sweep(model, dataset, grid, batch_size=0, progress=False)
 
 
 def test_optimize_stays_in_bounds_and_improves_dice(tiny_checkpoint, tiny_phantom):

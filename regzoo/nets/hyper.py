@@ -65,11 +65,11 @@ class HyperConv(nn.Module):
     embedding ``(B, H)`` to per-sample weights and biases, and the batch runs as ONE grouped
     convolution (``groups=B``), so each element uses its own weights without a Python loop.
 
-    The heads start at a standard initialisation split in two halves of equal variance: their
-    biases hold a parameter-independent kernel and their weights a parameter-dependent part, so
-    the generated kernel has the usual Kaiming scale (``init_std`` for the flow layer) and
-    kernels for different parameter vectors differ by a large fraction of that scale at
-    initialisation.
+    The heads start at a standard initialisation split in two parts: their biases hold a
+    parameter-independent kernel and their weights a parameter-dependent part carrying the share
+    ``dependent_share`` of the variance, so the generated kernel has the usual Kaiming scale
+    (``init_std`` for the flow layer) and kernels for different parameter vectors differ by a
+    set fraction of that scale at initialisation.
 
     Args:
         ndim: 2 or 3 spatial dimensions.
@@ -79,6 +79,8 @@ class HyperConv(nn.Module):
         stride: convolution stride.
         embedding_dim: size of the hypernetwork embedding, or ``None`` for a plain convolution.
         init_std: standard deviation of the initial kernel; ``None`` uses Kaiming-uniform's.
+        dependent_share: share of the initial kernel variance that depends on the parameters
+            (hyper-layers only).
     """
 
     def __init__(
@@ -91,6 +93,7 @@ class HyperConv(nn.Module):
         stride: int = 1,
         embedding_dim: int | None = None,
         init_std: float | None = None,
+        dependent_share: float = 0.05,
     ) -> None:
         super().__init__()
         if ndim not in (2, 3):
@@ -109,12 +112,16 @@ class HyperConv(nn.Module):
         else:
             self.weight_head = nn.Linear(embedding_dim, base_weight.numel())
             self.bias_head = nn.Linear(embedding_dim, out_channels)
+            if not 0.0 <= dependent_share <= 1.0:
+                raise ValueError(
+                    f"HyperConv: dependent_share must be in [0, 1], got {dependent_share}"
+                )
             # the embedding's entries have a mean square of about 1 / (2 H^2) (He-initialised
-            # ReLU MLP, divided by H), so this head std gives a dependent part of std `half`
-            half = std / math.sqrt(2.0)
-            head_std = half * math.sqrt(2.0 * embedding_dim)
+            # ReLU MLP, divided by H), so this head std gives a dependent part of std `dependent`
+            dependent = std * math.sqrt(dependent_share)
+            head_std = dependent * math.sqrt(2.0 * embedding_dim)
             with torch.no_grad():
-                self.weight_head.bias.copy_(base_weight.flatten() / math.sqrt(2.0))
+                self.weight_head.bias.copy_(base_weight.flatten() * math.sqrt(1 - dependent_share))
                 self.weight_head.weight.normal_(0.0, head_std)
                 self.bias_head.bias.zero_()
                 self.bias_head.weight.normal_(0.0, (init_std or 1e-2) * head_std / std)

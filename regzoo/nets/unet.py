@@ -21,9 +21,13 @@ DEFAULT_DECODER = (32, 32, 32, 32, 32, 16, 16)
 class _ConvBlock(nn.Module):
     """Hyper-convolution followed by LeakyReLU(0.2), as in VoxelMorph."""
 
-    def __init__(self, ndim: int, cin: int, cout: int, embedding_dim: int | None) -> None:
+    def __init__(
+        self, ndim: int, cin: int, cout: int, embedding_dim: int | None, dependent_share: float
+    ) -> None:
         super().__init__()
-        self.conv = HyperConv(ndim, cin, cout, embedding_dim=embedding_dim)
+        self.conv = HyperConv(
+            ndim, cin, cout, embedding_dim=embedding_dim, dependent_share=dependent_share
+        )
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor:
         return F.leaky_relu(self.conv(x, embedding), 0.2)
@@ -47,6 +51,7 @@ class VoxelMorphUNet(nn.Module):
         *,
         half_res: bool = False,
         embedding_dim: int | None = None,
+        dependent_share: float = 0.05,
     ) -> None:
         super().__init__()
         if len(dec) < len(enc):
@@ -57,16 +62,16 @@ class VoxelMorphUNet(nn.Module):
         self.encoder = nn.ModuleList()
         previous, skips = in_channels, []
         for width in enc:
-            self.encoder.append(_ConvBlock(ndim, previous, width, embedding_dim))
+            self.encoder.append(_ConvBlock(ndim, previous, width, embedding_dim, dependent_share))
             skips.append(width)
             previous = width
         self.decoder = nn.ModuleList()
         for level, width in enumerate(dec[: len(enc)]):
-            self.decoder.append(_ConvBlock(ndim, previous, width, embedding_dim))
+            self.decoder.append(_ConvBlock(ndim, previous, width, embedding_dim, dependent_share))
             previous = width + (skips[-1 - level] if self._upsamples(level, len(enc)) else 0)
         self.remaining = nn.ModuleList()
         for width in dec[len(enc) :]:
-            self.remaining.append(_ConvBlock(ndim, previous, width, embedding_dim))
+            self.remaining.append(_ConvBlock(ndim, previous, width, embedding_dim, dependent_share))
             previous = width
         self.out_channels = previous
         self.levels = len(enc)
@@ -126,6 +131,8 @@ class RegistrationNet(nn.Module):
         hyper_units: hidden sizes of the hypernetwork MLP.
         int_steps: scaling-and-squaring steps (0 = the output is the displacement itself).
         int_downsize: 1 = full-resolution flow, 2 = flow predicted at half resolution.
+        hyper_init_share: share of each generated kernel's initial variance that depends on
+            the parameters (see :class:`~regzoo.nets.hyper.HyperConv`).
     """
 
     def __init__(
@@ -138,6 +145,7 @@ class RegistrationNet(nn.Module):
         hyper_units: Sequence[int] = (32, 32, 32, 32),
         int_steps: int = 0,
         int_downsize: int = 1,
+        hyper_init_share: float = 0.05,
     ) -> None:
         super().__init__()
         if int_downsize not in (1, 2):
@@ -146,10 +154,21 @@ class RegistrationNet(nn.Module):
         self.hypernet = HyperNetwork(num_params, hyper_units) if num_params > 0 else None
         embedding_dim = self.hypernet.embedding_dim if self.hypernet is not None else None
         self.unet = VoxelMorphUNet(
-            ndim, 2, enc, dec, half_res=int_downsize == 2, embedding_dim=embedding_dim
+            ndim,
+            2,
+            enc,
+            dec,
+            half_res=int_downsize == 2,
+            embedding_dim=embedding_dim,
+            dependent_share=hyper_init_share,
         )
         self.flow = HyperConv(
-            ndim, self.unet.out_channels, ndim, embedding_dim=embedding_dim, init_std=1e-5
+            ndim,
+            self.unet.out_channels,
+            ndim,
+            embedding_dim=embedding_dim,
+            init_std=1e-5,
+            dependent_share=hyper_init_share,
         )
         self.multiple = 2 ** len(enc)
 
