@@ -38,6 +38,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, nargs="+", default=[10, 30, 100])
     parser.add_argument("--lr", type=float, nargs="+", default=[0.1])
     parser.add_argument("--starts", nargs="+", default=["network", "zero"])
+    parser.add_argument("--levels", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -55,7 +56,7 @@ def main() -> None:
     ):
         variants.append((start, grid, steps))
     table = []
-    for start, grid, steps, lr in variants:
+    for start, grid, steps, lr, levels in variants:
         rows = []
         for item in items:
             fixed, moving = item["fixed"][None], item["moving"][None]
@@ -75,14 +76,27 @@ def main() -> None:
             seconds = time.perf_counter() - begin
             rows.append({**score_pair(item, out.displacement[0]), "seconds": seconds})
         s = summarize(rows)
-        print(json.dumps({"start": start, "grid_downsize": grid, "steps": steps, "lr": lr, **s}))
+        print(
+            json.dumps(
+                {
+                    "start": start,
+                    "grid_downsize": grid,
+                    "steps": steps,
+                    "lr": lr,
+                    "levels": levels,
+                    **s,
+                }
+            )
+        )
         table.append(
-            f"| {start} | {grid or '-'} | {steps} | {lr or '-'} | {s['tre_mm']:.2f} | {s.get('dice', 0):.4f} | "
+            f"| {start} | {grid or '-'} | {levels or '-'} | {steps} | {lr or '-'} | {s['tre_mm']:.2f} | {s.get('dice', 0):.4f} | "
             f"{s['sdlogj']:.3f} | {s['folding_fraction']:.2%} | {s['seconds']:.2f} |"
         )
     print(f"\nmodel {args.model}, {len(items)} {args.split} pairs, parameters {params}\n")
-    print("| start | grid downsize | steps | lr | TRE mm | Dice | SDlogJ | folded | s/pair |")
-    print("|---|---|---|---|---|---|---|---|---|")
+    print(
+        "| start | grid downsize | levels | steps | lr | TRE mm | Dice | SDlogJ | folded | s/pair |"
+    )
+    print("|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(table))
 
 

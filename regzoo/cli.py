@@ -27,8 +27,10 @@ def _cmd_regularizers(args: argparse.Namespace) -> int:
         warnings.simplefilter("ignore", RuntimeWarning)
         names = regularizers.available()
     entries = []
+    domains = {}
     for name in names:
         cls = regularizers.get(name)
+        domains[name] = {spec.name: spec.domain_text() for spec in cls.space}
         entries.append(
             {
                 "name": name,
@@ -36,7 +38,18 @@ def _cmd_regularizers(args: argparse.Namespace) -> int:
                 "summary": (cls.__doc__ or "").strip().splitlines()[0] if cls.__doc__ else "",
                 "quadratic": cls.quadratic,
                 "params": [
-                    {k: spec[k] for k in ("name", "low", "high", "default", "scale", "description")}
+                    {
+                        k: spec[k]
+                        for k in (
+                            "name",
+                            "low",
+                            "high",
+                            "default",
+                            "scale",
+                            "domain",
+                            "description",
+                        )
+                    }
                     for spec in cls.space.describe()
                 ],
             }
@@ -53,7 +66,7 @@ def _cmd_regularizers(args: argparse.Namespace) -> int:
             for p in entry["params"]:
                 print(
                     f"    {p['name']:<16} [{p['low']:g}, {p['high']:g}]  default {p['default']:g}"
-                    f"  {p['scale']:<6}  {p['description']}"
+                    f"  {p['scale']:<6}  domain {domains[entry['name']][p['name']]}  {p['description']}"
                 )
     for message in failed.values():
         print(f"warning: {message}", file=sys.stderr)

@@ -162,3 +162,29 @@ def test_refine_argument_errors(tiny_checkpoint, tiny_phantom, tmp_path, capsys)
     )
     assert code == 2
     assert "--refine needs --model" in capsys.readouterr().err
+
+
+def test_pyramid_levels_end_on_the_exact_objective(plugin_objective):
+    fixed, moving = blob_pair(shift=5.0)
+    values = plugin_objective.to_tensor({"axial_weight": 0.1})
+    init = torch.zeros(1, 2, 32, 32)
+    trace = RefineTrace()
+    options = RefineOptions(steps=40, lr=0.2, grid_downsize=1, levels=2)
+    out = refine_field(plugin_objective, fixed, moving, init, values, options, trace=trace)
+    assert len(trace.objective) == 40 + 2  # one closing evaluation per level
+    # the final entry is the full-resolution objective of the returned field
+    final = plugin_objective(fixed, warp(moving, out.displacement), out.displacement, values)
+    assert trace.objective[-1] == pytest.approx(float(final.total), rel=1e-5)
+    single = RefineTrace()
+    refine_field(
+        plugin_objective,
+        fixed,
+        moving,
+        init,
+        values,
+        RefineOptions(steps=40, lr=0.2, grid_downsize=1),
+        trace=single,
+    )
+    assert trace.objective[-1] < single.objective[0]
+    with pytest.raises(ValueError, match="levels must be >= 1"):
+        RefineOptions(levels=0)
