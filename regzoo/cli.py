@@ -95,17 +95,20 @@ def parse_params(items: Sequence[str]) -> dict[str, float]:
     """Parse ``NAME=NUMBER`` items (``--param``) into a mapping.
 
     Raises:
-        ValueError: for an item that is not ``NAME=NUMBER``.
+        ValueError: for an item that is not ``NAME=NUMBER`` or a name given twice.
     """
-    params = {}
+    params: dict[str, float] = {}
     for item in items:
-        name, sep, value = item.partition("=")
+        name, sep, text = item.partition("=")
         try:
-            params[name] = float(value)
+            value = float(text)
         except ValueError:
             sep = ""
         if not sep or not name:
             raise ValueError(f"--param {item!r} must look like NAME=NUMBER")
+        if name in params:
+            raise ValueError(f"--param {name} given twice")
+        params[name] = value
     return params
 
 

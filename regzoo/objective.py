@@ -227,9 +227,16 @@ class Objective(nn.Module):
 
         Raises:
             KeyError: unknown or ambiguous name.
-            ValueError: a value outside the range the model was trained on.
+            ValueError: a value outside the range the model was trained on, or one parameter
+                given twice (short and full name).
         """
-        canonical = {self.canonical_name(k): v for k, v in (values or {}).items()}
+        canonical: dict[str, float] = {}
+        given: dict[str, str] = {}
+        for key, value in (values or {}).items():
+            name = self.canonical_name(key)
+            if name in canonical:
+                raise ValueError(f"parameter '{name}' given twice (as '{given[name]}' and '{key}')")
+            canonical[name], given[name] = value, key
         return self.free_space.validate(canonical)
 
     def to_tensor(self, values: Mapping[str, float] | None = None, batch: int = 1) -> torch.Tensor:

@@ -247,3 +247,13 @@ def test_optimize_stays_in_bounds_and_improves_dice(tiny_checkpoint, tiny_phanto
     assert only_mu["params"]["linear_elastic.lam"] == pytest.approx(
         model.space["linear_elastic.lam"].default
     )
+
+
+def test_a_parameter_given_twice_is_refused(tiny_checkpoint, tiny_phantom, tmp_path, capsys):
+    fixed, moving, _ = pair_paths(tiny_phantom)
+    args = register_args(tiny_checkpoint, fixed, moving, tmp_path / "out")
+    assert main([*args, "--param", "lam=0.1", "--param", "linear_elastic.lam=0.9"]) == 2
+    assert "'linear_elastic.lam' given twice" in capsys.readouterr().err
+    assert main([*args, "--param", "lam=0.1", "--param", "lam=0.9"]) == 2
+    assert "--param lam given twice" in capsys.readouterr().err
+    assert not (tmp_path / "out").exists()
