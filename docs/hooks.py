@@ -31,11 +31,12 @@ def regularizer_catalogue() -> str:
         parts.append(f"## `{name}`\n\n`{cls.__module__}.{cls.__qualname__}`\n\n{doc}\n")
         if len(cls.space):
             rows = [
-                "| parameter | low | high | default | scale | meaning |",
-                "|---|---|---|---|---|---|",
+                "| parameter | low | high | default | scale | physical domain | meaning |",
+                "|---|---|---|---|---|---|---|",
             ]
             rows += [
-                f"| `{s.name}` | {s.low:g} | {s.high:g} | {s.default:g} | {s.scale} | {s.description} |"
+                f"| `{s.name}` | {s.low:g} | {s.high:g} | {s.default:g} | {s.scale} | "
+                f"`{s.domain_text()}` | {s.description} |"
                 for s in cls.space
             ]
             parts.append("\n".join(rows) + "\n")
