@@ -218,7 +218,7 @@ class ExperimentConfig(StrictModel):
         "displacement", description="field the regularizers see (velocity needs int_steps > 0)"
     )
     weighting: Literal["additive", "hypermorph", "normalized"] = Field(
-        "normalized",
+        "additive",
         description=(
             "additive: sim + alpha R; hypermorph: (1 - alpha) sim + alpha R; normalized: "
             "additive, each sample's training loss divided by 1 + its regularisation strength "
