@@ -50,11 +50,8 @@ def main() -> None:
     items = list(dataset)
     values = model.parameter_tensor(params, 1)
 
-    variants: list[tuple[str, int, int]] = [("network", 0, 0)]
-    for start, grid, steps in itertools.product(
-        ("network", "zero"), args.grid_downsize, args.steps
-    ):
-        variants.append((start, grid, steps))
+    variants: list[tuple[str, int, int, float, int]] = [("network", 0, 0, 0.0, 0)]
+    variants += itertools.product(args.starts, args.grid_downsize, args.steps, args.lr, args.levels)
     table = []
     for start, grid, steps, lr, levels in variants:
         rows = []
@@ -66,15 +63,20 @@ def main() -> None:
                     init = model(fixed, moving, values)
             else:
                 init = RegistrationOutput(torch.zeros(1, 3, *fixed.shape[2:]))
-            out = (
-                refine(
-                    model, fixed, moving, values, steps=steps, grid_downsize=max(grid, 1), init=init
+            if steps:
+                init = refine(
+                    model,
+                    fixed,
+                    moving,
+                    values,
+                    steps=steps,
+                    lr=lr,
+                    grid_downsize=grid,
+                    levels=levels,
+                    init=init,
                 )
-                if steps
-                else init
-            )
             seconds = time.perf_counter() - begin
-            rows.append({**score_pair(item, out.displacement[0]), "seconds": seconds})
+            rows.append({**score_pair(item, init.displacement[0]), "seconds": seconds})
         s = summarize(rows)
         print(
             json.dumps(

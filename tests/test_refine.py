@@ -62,7 +62,7 @@ def test_refine_lowers_its_objective_in_2d_with_a_plugin(plugin_objective):
         moving,
         torch.zeros(1, 2, 32, 32),
         values,
-        RefineOptions(steps=60, lr=0.2, grid_downsize=1),
+        RefineOptions(steps=60, lr=0.2, grid_downsize=1, levels=1),
         trace=trace,
     )
     assert len(trace.objective) == 61
@@ -76,7 +76,7 @@ def test_refine_lowers_its_objective_in_2d_with_a_plugin(plugin_objective):
 def test_refine_is_deterministic_and_diffeomorphic(plugin_objective):
     fixed, moving = blob_pair(shift=4.0)
     values = plugin_objective.to_tensor({"axial_weight": 1.0})
-    options = RefineOptions(steps=25, lr=0.3, int_steps=7)
+    options = RefineOptions(steps=25, lr=0.3, int_steps=7, levels=1)
     init = torch.zeros(1, 2, 32, 32)
     first = refine_field(plugin_objective, fixed, moving, init, values, options)
     second = refine_field(plugin_objective, fixed, moving, init, values, options)
@@ -107,7 +107,7 @@ def test_refine_of_a_model_lowers_the_model_objective_in_3d(tiny_checkpoint, tin
     fixed, moving = item["fixed"][None], item["moving"][None]
     trace = RefineTrace()
     params = {"lam": 0.1, "mu": 0.1}
-    out = refine(model, fixed, moving, params, steps=15, trace=trace)
+    out = refine(model, fixed, moving, params, steps=15, levels=1, trace=trace)
     assert out.displacement.shape == (1, 3, 32, 32, 32)
     assert trace.objective[-1] < trace.objective[0]
     # the first entry is the objective of the network's own field at the same parameters
@@ -116,6 +116,10 @@ def test_refine_of_a_model_lowers_the_model_objective_in_3d(tiny_checkpoint, tin
         network = model(fixed, moving, values).displacement
         start = model.objective(fixed, warp(moving, network), network, values).total
     assert trace.objective[0] == pytest.approx(float(start), rel=0.05, abs=1e-3)
+    # the default two-level pyramid ends on the same full-resolution objective, lower still
+    pyramid = RefineTrace()
+    refine(model, fixed, moving, params, steps=15, trace=pyramid)
+    assert pyramid.objective[-1] < float(start)
 
 
 def test_register_refine_lowers_tre_on_a_phantom_pair(tiny_checkpoint, tiny_phantom, tmp_path):
