@@ -220,6 +220,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from regzoo.data.learn2reg import Learn2RegDataset
     from regzoo.evaluation import compare_refinement
+
+    if args.refine_grid and not args.refine:
+        raise ValueError("--refine-grid needs --refine N (the iterations per setting)")
     from regzoo.model import load_model
     from regzoo.report import write_sweep_report
     from regzoo.sweep import optimize_parameters, parse_grid, sweep
@@ -228,7 +231,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     grid = parse_grid(args.grid)
     window = tuple(model.config.data.intensity_window)
     dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
-    result = sweep(model, dataset, grid, batch_size=args.batch_size)
+    result = sweep(
+        model,
+        dataset,
+        grid,
+        batch_size=args.batch_size,
+        refine_steps=args.refine if args.refine_grid else 0,
+    )
     optimized = []
     if args.optimize:
         for item in dataset:
@@ -405,6 +414,12 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimize-steps", type=_int_at_least(1), default=30)
     _add_refine_argument(
         p, "refine the best setting on every pair; report identity / network / refined"
+    )
+    p.add_argument(
+        "--refine-grid",
+        action="store_true",
+        help="refine every grid setting before scoring it (an exact sweep, --refine N "
+        "iterations each): rank settings by what refinement reaches, not by the network",
     )
     p.add_argument(
         "--figure",

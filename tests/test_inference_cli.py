@@ -257,3 +257,30 @@ def test_a_parameter_given_twice_is_refused(tiny_checkpoint, tiny_phantom, tmp_p
     assert main([*args, "--param", "lam=0.1", "--param", "lam=0.9"]) == 2
     assert "--param lam given twice" in capsys.readouterr().err
     assert not (tmp_path / "out").exists()
+
+
+def test_exact_sweep_scores_refined_fields(tiny_checkpoint, tiny_phantom, tmp_path, capsys):
+    model = load_model(tiny_checkpoint)
+    dataset = Learn2RegDataset(tiny_phantom, "val", annotations=True)
+    grid = {"lam": [1.0], "mu": [0.1, 1.0]}
+    network = sweep(model, dataset, grid, progress=False)
+    exact = sweep(model, dataset, grid, refine_steps=20, progress=False)
+    for fast, refined in zip(network.rows, exact.rows, strict=True):
+        assert refined["tre_mm"] < fast["tre_mm"]
+    code = main(
+        [
+            "sweep",
+            "--model",
+            str(tiny_checkpoint),
+            "--data",
+            str(tiny_phantom),
+            "--grid",
+            "mu=0.1,1",
+            "--refine-grid",
+            "--out",
+            str(tmp_path / "s"),
+        ]
+    )
+    assert code == 2
+    assert "--refine-grid needs --refine N" in capsys.readouterr().err
+    assert not (tmp_path / "s").exists()
