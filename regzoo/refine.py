@@ -9,10 +9,10 @@ evaluates (built-in terms and plugins alike) is what it minimises.
 
 The field is optimised on a grid ``grid_downsize`` times coarser than the fixed image and
 upsampled (trilinear, corner-aligned) before warping, so the objective is evaluated at full
-resolution while the unknowns stay few and smooth. By default the first half of the iterations
-run on images half the size (a two-level pyramid), which reaches large motion at an eighth of
-the cost per iteration; the second half minimises the exact objective at full resolution (the
-choices measured in ``benchmarks/refinement.py``). Diffeomorphic models (``int_steps > 0``) refine the stationary
+resolution while the unknowns stay few and smooth. By default the iterations are split over a
+three-level image pyramid (a third on images a quarter of the size, a third at half size), which
+reaches large motion at a fraction of the cost per iteration; the last third minimises the
+exact objective at full resolution (the choices measured in ``benchmarks/refinement.py``). Diffeomorphic models (``int_steps > 0``) refine the stationary
 velocity and integrate it by scaling and squaring, so the result stays invertible.
 """
 
@@ -60,7 +60,7 @@ class RefineOptions:
     grid_downsize: int = 2
     int_steps: int = 0
     regularize: str = "displacement"
-    levels: int = 2
+    levels: int = 3
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -227,7 +227,7 @@ def refine(
     steps: int = 30,
     lr: float = 0.1,
     grid_downsize: int = 2,
-    levels: int = 2,
+    levels: int = 3,
     init: RegistrationOutput | None = None,
     progress: bool = False,
     trace: RefineTrace | None = None,
@@ -247,8 +247,8 @@ def refine(
         steps: iterations (``30`` is enough on the phantom; see docs/results.md).
         lr: Adam learning rate in voxels of the coarse grid.
         grid_downsize: the field is optimised on a grid this many times coarser.
-        levels: image pyramid levels (1: the full resolution only; 2, the default, starts on
-            images half the size); see :class:`RefineOptions`.
+        levels: image pyramid levels (1: the full resolution only; 3, the default, starts on
+            images a quarter of the size); see :class:`RefineOptions`.
         init: the network's output if already computed.
         progress: show a progress bar.
         trace: if given, receives the objective per iteration.

@@ -116,7 +116,7 @@ def test_refine_of_a_model_lowers_the_model_objective_in_3d(tiny_checkpoint, tin
         network = model(fixed, moving, values).displacement
         start = model.objective(fixed, warp(moving, network), network, values).total
     assert trace.objective[0] == pytest.approx(float(start), rel=0.05, abs=1e-3)
-    # the default two-level pyramid ends on the same full-resolution objective, lower still
+    # the default three-level pyramid ends on the same full-resolution objective, lower still
     pyramid = RefineTrace()
     refine(model, fixed, moving, params, steps=15, trace=pyramid)
     assert pyramid.objective[-1] < float(start)
