@@ -32,7 +32,8 @@ demo: install
 	$(BIN)/regzoo regularizers
 	$(BIN)/regzoo train configs/quickstart.yaml
 	$(BIN)/regzoo sweep --model runs/quickstart/checkpoints/last.ckpt --data data/phantom \
-		--grid lam=0.01:100:5 --grid mu=0.01:100:5 --metric tre_mm --refine 30 --refine-grid \
+		--grid lam=0.01:100:5 --grid mu=0.01:100:5 --metric tre_mm --max-folding 0 \
+		--refine 30 --refine-grid \
 		--figure --out report
 	@echo "demo finished: open report/summary.md (heat maps: report/heatmap.png, overlay: report/overlay.png)"
 

@@ -237,6 +237,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         grid,
         batch_size=args.batch_size,
         refine_steps=args.refine if args.refine_grid else 0,
+        max_folding=args.max_folding,
     )
     optimized = []
     if args.optimize:
@@ -414,6 +415,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--optimize-steps", type=_int_at_least(1), default=30)
     _add_refine_argument(
         p, "refine the best setting on every pair; report identity / network / refined"
+    )
+    p.add_argument(
+        "--max-folding",
+        type=float,
+        metavar="FRACTION",
+        help="only settings whose mean folded-voxel fraction is at most this may be chosen "
+        "(e.g. 0: invertible results only)",
     )
     p.add_argument(
         "--refine-grid",

@@ -65,7 +65,12 @@ def write_sweep_report(
         "",
         f"- model: `{meta.get('model', '?')}`",
         f"- data: `{meta.get('data', '?')}` ({len(per_pair)} pairs, {len(result.settings)} settings)",
-        f"- criterion: mean `{metric}`",
+        f"- criterion: mean `{metric}`"
+        + (
+            ""
+            if result.max_folding is None
+            else f", among settings with at most {result.max_folding:g} folded voxels"
+        ),
         "",
         "## Best parameters for the data set",
         "",

@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -94,6 +94,8 @@ class SweepResult:
         rows: one dict per setting and pair: parameter values, ids and metrics.
         settings: one dict per setting: its parameter values and the mean metrics over pairs.
         scales: each swept parameter's scale (``"linear"`` or ``"log"``), for figures.
+        max_folding: if set, a setting (or a pair's row) whose folded-voxel fraction exceeds it
+            is not eligible as the best: it ranks after every eligible one.
     """
 
     names: list[str]
@@ -101,6 +103,7 @@ class SweepResult:
     rows: list[dict[str, Any]]
     settings: list[dict[str, Any]]
     scales: list[str] = field(default_factory=list)
+    max_folding: float | None = None
 
     def __post_init__(self) -> None:
         if not self.scales:
@@ -113,24 +116,43 @@ class SweepResult:
                 return metric
         raise ValueError("no metric to rank settings by")
 
-    def ranked(self, metric: str | None = None) -> list[dict[str, Any]]:
-        """Settings sorted from best to worst mean ``metric`` (Dice up, errors down)."""
+    def _order(self, metric: str | None) -> Callable[[dict[str, Any]], tuple[bool, float]]:
+        """Sort key: ineligible (too much folding) last, then the metric, best first."""
         metric = metric or self.default_metric()
         sign = -1.0 if MAXIMIZE.get(metric, False) else 1.0
-        return sorted(self.settings, key=lambda s: sign * s.get(metric, np.inf * sign))
+        limit = self.max_folding
+
+        def key(entry: dict[str, Any]) -> tuple[bool, float]:
+            folded = limit is not None and entry.get("folding_fraction", 0.0) > limit
+            return folded, sign * entry.get(metric, np.inf * sign)
+
+        return key
+
+    def ranked(self, metric: str | None = None) -> list[dict[str, Any]]:
+        """Settings sorted from best to worst mean ``metric`` (Dice up, errors down); with
+        ``max_folding`` set, settings that fold more come last."""
+        return sorted(self.settings, key=self._order(metric))
 
     def best(self, metric: str | None = None) -> dict[str, Any]:
-        """The setting with the best mean ``metric`` over the data set."""
-        return self.ranked(metric)[0]
+        """The setting with the best mean ``metric`` over the data set.
+
+        Raises:
+            ValueError: if ``max_folding`` is set and every setting folds more.
+        """
+        best = self.ranked(metric)[0]
+        if self._order(metric)(best)[0]:
+            raise ValueError(
+                f"no setting keeps the folded-voxel fraction at or below {self.max_folding}"
+            )
+        return best
 
     def best_per_pair(self, metric: str | None = None) -> list[dict[str, Any]]:
-        """For each pair, the row with the best ``metric``."""
-        metric = metric or self.default_metric()
-        sign = 1.0 if MAXIMIZE.get(metric, False) else -1.0
+        """For each pair, the row with the best ``metric`` (eligible rows first)."""
+        order = self._order(metric)
         best: dict[tuple[str, str], dict[str, Any]] = {}
         for row in self.rows:
             key = (row["fixed_id"], row["moving_id"])
-            if key not in best or sign * row[metric] > sign * best[key][metric]:
+            if key not in best or order(row) < order(best[key]):
                 best[key] = row
         return list(best.values())
 
@@ -148,6 +170,7 @@ def sweep(
     *,
     batch_size: int = 8,
     refine_steps: int = 0,
+    max_folding: float | None = None,
     progress: bool = True,
 ) -> SweepResult:
     """Evaluate every grid point on every pair, batching settings through the hypernetwork.
@@ -159,7 +182,9 @@ def sweep(
     With ``refine_steps > 0`` every setting's field is refined under the model's objective
     before it is scored (:func:`regzoo.refine.refine`, the batch of settings at once): an exact
     sweep, about ``refine_steps`` times the cost, that ranks the settings by what instance
-    optimisation reaches instead of by the network's estimate.
+    optimisation reaches instead of by the network's estimate. ``max_folding`` restricts the
+    best setting to those whose folded-voxel fraction stays at or below it (see
+    :class:`SweepResult`).
 
     Raises:
         KeyError: unknown or ambiguous parameter names.
@@ -213,7 +238,14 @@ def sweep(
     ]
     rows = [row for rows in per_setting for row in rows]
     scales = [model.space[n].scale for n in names]
-    return SweepResult(names=names, axes=axes, rows=rows, settings=settings, scales=scales)
+    return SweepResult(
+        names=names,
+        axes=axes,
+        rows=rows,
+        settings=settings,
+        scales=scales,
+        max_folding=max_folding,
+    )
 
 
 def _soft_dice(warped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:

@@ -284,3 +284,27 @@ def test_exact_sweep_scores_refined_fields(tiny_checkpoint, tiny_phantom, tmp_pa
     assert code == 2
     assert "--refine-grid needs --refine N" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
+
+
+def test_max_folding_keeps_folded_settings_from_being_chosen():
+    from regzoo.sweep import SweepResult
+
+    settings = [
+        {"mu": 0.01, "tre_mm": 1.5, "folding_fraction": 1e-3},
+        {"mu": 1.0, "tre_mm": 1.7, "folding_fraction": 0.0},
+        {"mu": 100.0, "tre_mm": 9.0, "folding_fraction": 0.0},
+    ]
+    rows = [{**s, "fixed_id": "1", "moving_id": "1"} for s in settings]
+    free = SweepResult(names=["mu"], axes=[[0.01, 1.0, 100.0]], rows=rows, settings=settings)
+    assert free.best("tre_mm")["mu"] == 0.01
+    strict = SweepResult(
+        names=["mu"], axes=[[0.01, 1.0, 100.0]], rows=rows, settings=settings, max_folding=0.0
+    )
+    assert strict.best("tre_mm")["mu"] == 1.0
+    assert [s["mu"] for s in strict.ranked("tre_mm")] == [1.0, 100.0, 0.01]
+    assert strict.best_per_pair("tre_mm")[0]["mu"] == 1.0
+    none_ok = SweepResult(
+        names=["mu"], axes=[[0.01]], rows=rows[:1], settings=settings[:1], max_folding=0.0
+    )
+    with pytest.raises(ValueError, match="no setting keeps the folded-voxel fraction"):
+        none_ok.best("tre_mm")
