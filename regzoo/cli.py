@@ -119,8 +119,10 @@ def _overlay(
     moving_seg: str | Path | None,
     settings: Sequence[tuple[str, dict[str, float]]],
     out: Path,
+    refine: int = 0,
 ) -> Path:
-    """Figure of one pair at several parameter settings ``[(title, params), ...]``."""
+    """Figure of one pair at several parameter settings ``[(title, params), ...]``, each
+    registered by the network and then refined ``refine`` iterations."""
     from regzoo.inference import read_image, register
     from regzoo.spatial import warp
     from regzoo.viz import OverlayPanel, plot_registration
@@ -128,7 +130,7 @@ def _overlay(
     mask = read_image(moving_seg)[0] if moving_seg else None
     panels = []
     for title, params in settings:
-        result = register(model, fixed_path, moving_path, **params)
+        result = register(model, fixed_path, moving_path, refine=refine, **params)
         warped_mask = None
         if mask is not None:
             warped_mask = warp(mask[None, None], result.displacement[None], mode="nearest")[0, 0]
@@ -179,6 +181,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
                 args.moving_seg[0] if args.moving_seg else None,
                 settings,
                 Path(args.out) / "figure.png",
+                refine=args.refine,
             )
         )
     print(f"parameters: {_title(result.params)}")
@@ -267,6 +270,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             mask if Path(mask).is_file() else None,
             [(f"best: {_title(pick[0])}", pick[0]), (f"worst: {_title(pick[1])}", pick[1])],
             out / "overlay.png",
+            refine=args.refine if args.refine_grid else 0,
         )
     summary = write_sweep_report(
         result,
