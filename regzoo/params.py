@@ -164,6 +164,22 @@ class ParamSpec(BaseModel):
         """Return a copy under another name (e.g. ``"linear_elastic.mu"``)."""
         return self.model_copy(update={"name": name})
 
+    def check_domain(self, value: float) -> float:
+        """Return ``value`` as a float, or raise a ``ValueError`` naming the physical domain.
+
+        Raises:
+            ValueError: if the value is not finite or lies outside the domain.
+        """
+        value = float(value)
+        if not math.isfinite(value):
+            raise ValueError(f"parameter '{self.name}' must be finite, got {value}")
+        floor, ceiling = self.domain
+        if (floor is not None and value < floor) or (ceiling is not None and value > ceiling):
+            raise ValueError(
+                f"parameter '{self.name}'={value} leaves its physical domain {self.domain_text()}"
+            )
+        return value
+
     def check(self, value: float) -> float:
         """Return ``value`` as a float, or raise a ``ValueError`` naming the bounds.
 

@@ -62,19 +62,26 @@ class Regularizer(nn.Module):
     def resolve_params(
         self, params: RegularizerParams | None, *, batch: int
     ) -> dict[str, float | torch.Tensor]:
-        """Fill defaults and check names, float bounds and tensor shapes.
+        """Fill defaults and check names, float values and tensor shapes.
+
+        Floats are checked against each parameter's physical domain (a direct call may use any
+        physically valid value; the declared ``[low, high]`` is only the default training range).
 
         Raises:
             KeyError: unknown parameter name (close matches named).
-            ValueError: a float out of its bounds, or a tensor not of shape ``(batch,)``.
+            ValueError: a float outside its physical domain, or a tensor not of shape
+                ``(batch,)``.
         """
         params = dict(params or {})
         floats = {k: v for k, v in params.items() if not isinstance(v, torch.Tensor)}
-        resolved: dict[str, float | torch.Tensor] = dict(self.space.validate(floats))
+        unknown = [k for k in params if k not in self.space]
+        if unknown:
+            self.space.validate({unknown[0]: 0.0})  # raises the unknown-name KeyError
+        resolved: dict[str, float | torch.Tensor] = {
+            spec.name: spec.check_domain(floats.get(spec.name, spec.default)) for spec in self.space
+        }
         for name, value in params.items():
             if isinstance(value, torch.Tensor):
-                if name not in self.space:
-                    self.space.validate({name: 0.0})  # raises the unknown-name KeyError
                 if value.shape != (batch,):
                     raise ValueError(
                         f"{type(self).__name__}: parameter '{name}' must be a float or a tensor "
