@@ -40,6 +40,11 @@ def register_args(checkpoint, fixed, moving, out) -> list[str]:
     ]
 
 
+def sweep_args(checkpoint, data, out, *extra: str) -> list[str]:
+    """`regzoo sweep` arguments: the model, data and output folder, then ``extra``."""
+    return ["sweep", "--model", str(checkpoint), "--data", str(data), *extra, "--out", str(out)]
+
+
 def test_register_cli_outputs_reproduce_through_scipy(tiny_checkpoint, tiny_phantom, tmp_path):
     fixed, moving, seg = pair_paths(tiny_phantom)
     out = tmp_path / "reg"
@@ -156,30 +161,9 @@ def test_evaluate_model_cli(tiny_checkpoint, tiny_phantom, tmp_path):
 
 def test_sweep_cli_writes_the_report(tiny_checkpoint, tiny_phantom, tmp_path):
     out = tmp_path / "sweep"
-    assert (
-        main(
-            [
-                "sweep",
-                "--model",
-                str(tiny_checkpoint),
-                "--data",
-                str(tiny_phantom),
-                "--grid",
-                "lam=0.01:100:2",
-                "--grid",
-                "mu=0.01:1:3",
-                "--optimize",
-                "--optimize-steps",
-                "2",
-                "--refine",
-                "2",
-                "--figure",
-                "--out",
-                str(out),
-            ]
-        )
-        == 0
-    )
+    extra = ["--grid", "lam=0.01:100:2", "--grid", "mu=0.01:1:3", "--optimize"]
+    extra += ["--optimize-steps", "2", "--refine", "2", "--figure"]
+    assert main(sweep_args(tiny_checkpoint, tiny_phantom, out, *extra)) == 0
     for name in (
         "metrics.csv",
         "settings.csv",
@@ -267,20 +251,8 @@ def test_exact_sweep_scores_refined_fields(tiny_checkpoint, tiny_phantom, tmp_pa
     exact = sweep(model, dataset, grid, refine_steps=20, progress=False)
     for fast, refined in zip(network.rows, exact.rows, strict=True):
         assert refined["tre_mm"] < fast["tre_mm"]
-    code = main(
-        [
-            "sweep",
-            "--model",
-            str(tiny_checkpoint),
-            "--data",
-            str(tiny_phantom),
-            "--grid",
-            "mu=0.1,1",
-            "--refine-grid",
-            "--out",
-            str(tmp_path / "s"),
-        ]
-    )
+    extra = ["--grid", "mu=0.1,1", "--refine-grid"]
+    code = main(sweep_args(tiny_checkpoint, tiny_phantom, tmp_path / "s", *extra))
     assert code == 2
     assert "--refine-grid needs --refine N" in capsys.readouterr().err
     assert not (tmp_path / "s").exists()
