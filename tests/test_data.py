@@ -76,3 +76,24 @@ def test_nan_image_is_rejected(tmp_path):
     nib.save(nib.Nifti1Image(data.astype(np.float32), image.affine), path)
     with pytest.raises(ValueError, match=r"PhantomCT_0001_0000\.nii\.gz: contains NaN"):
         Learn2RegDataset(root, "train")[0]
+
+
+def test_annotations_must_match_their_image(tiny_phantom, tmp_path):
+    import shutil
+
+    root = tmp_path / "copy"
+    shutil.copytree(tiny_phantom, root)
+    keypoints = root / "keypointsTr" / "PhantomCT_0003_0000.csv"
+    lines = keypoints.read_text().splitlines()
+    keypoints.write_text("\n".join([*lines, "1000,1000,1000"]) + "\n")
+    dataset = Learn2RegDataset(root, "val", annotations=True)
+    with pytest.raises(ValueError, match=r"PhantomCT_0003_0000.csv: keypoint .* lies outside"):
+        dataset[0]
+    keypoints.write_text("\n".join(lines) + "\n")
+    mask = root / "masksTr" / "PhantomCT_0003_0001.nii.gz"
+    image = nib.load(mask)
+    nib.save(nib.Nifti1Image(np.zeros((16, 32, 32), np.uint8), image.affine), mask)
+    with pytest.raises(
+        ValueError, match=r"PhantomCT_0003_0001.nii.gz: shape \(16, 32, 32\) differs"
+    ):
+        Learn2RegDataset(root, "val", annotations=True)[0]

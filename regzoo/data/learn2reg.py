@@ -147,14 +147,26 @@ class Learn2RegDataset(Dataset):
             for key, folder in (("mask", "masksTr"), ("labels", "labelsTr")):
                 sibling = Path(str(path).replace("imagesTr", folder))
                 if sibling != path and sibling.is_file():
-                    item[key] = torch.from_numpy(
-                        np.rint(load_volume(sibling)[0])[None].astype(np.int64)
-                    )
+                    annotation = np.rint(load_volume(sibling)[0])
+                    if annotation.shape != data.shape:
+                        raise ValueError(
+                            f"{sibling}: shape {annotation.shape} differs from its image "
+                            f"{path.name} {data.shape}"
+                        )
+                    item[key] = torch.from_numpy(annotation[None].astype(np.int64))
             keypoints = Path(
                 str(path).replace("imagesTr", "keypointsTr").replace(".nii.gz", ".csv")
             )
             if keypoints != path and keypoints.is_file():
-                item["keypoints"] = torch.from_numpy(load_keypoints(keypoints))
+                points = load_keypoints(keypoints)
+                outside = (points < -0.5) | (points > np.array(data.shape) - 0.5)
+                if outside.any():
+                    row = int(np.argmax(outside.any(axis=1)))
+                    raise ValueError(
+                        f"{keypoints}: keypoint {row + 1} at {points[row].tolist()} lies outside "
+                        f"its image {path.name} of shape {data.shape} (voxel coordinates)"
+                    )
+                item["keypoints"] = torch.from_numpy(points)
         return item
 
     def __getitem__(self, index: int) -> dict[str, Any]:
