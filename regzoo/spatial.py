@@ -26,6 +26,7 @@ __all__ = [
     "identity_grid",
     "integrate_velocity",
     "jacobian_determinant",
+    "laplacian",
     "resize_flow",
     "sample_points",
     "spacing_tensor",
@@ -126,6 +127,41 @@ def hessian(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
     channels, ndim = first.shape[1:3]
     second = gradient(first.flatten(1, 2), spacing)  # (B, C*D, D, *s-2)
     return second.unflatten(1, (channels, ndim))
+
+
+def laplacian(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
+    """Centred second-difference Laplacian of every channel.
+
+    ``sum_i (u(x + e_i) - 2 u(x) + u(x - e_i)) / h_i^2``: each axis's second difference is
+    centred at the same point ``x`` (unlike summing the diagonal of :func:`hessian`, whose
+    forward differences sit at different points and miss high-frequency fields).
+
+    Returns:
+        Tensor ``(B, C, *(spatial - 2))`` on the interior points that have both neighbours
+        along every axis; exact for cubic fields.
+    """
+    ndim = check_image(u, "laplacian", name="u")
+    sizes = u.shape[2:]
+    if min(sizes) < 3:
+        raise ValueError(f"laplacian() needs at least 3 voxels per axis, got {tuple(u.shape)}")
+    step = spacing_tensor(spacing, ndim, u)
+    interior = u
+    for axis in range(ndim):
+        interior = interior.narrow(2 + axis, 1, sizes[axis] - 2)
+    total = torch.zeros_like(interior)
+    for axis in range(ndim):
+        dim = 2 + axis
+        along = u
+        for other in range(ndim):
+            if other != axis:
+                along = along.narrow(2 + other, 1, sizes[other] - 2)
+        second = (
+            along.narrow(dim, 2, sizes[axis] - 2)
+            - 2 * along.narrow(dim, 1, sizes[axis] - 2)
+            + along.narrow(dim, 0, sizes[axis] - 2)
+        )
+        total = total + (second if step is None else second / step[axis] ** 2)
+    return total
 
 
 def identity_grid(

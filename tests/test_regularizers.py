@@ -122,3 +122,29 @@ def test_regularizer_errors_are_clear():
         regularizers.get("elastic")
     with pytest.raises(ValueError, match="must be finite"):
         reg(u, {"mu": float("nan")})
+
+
+def test_curvature_sees_the_checkerboard_mode():
+    """u_0 = cos(pi/2 (x_0 - x_1)) has a non-zero Laplacian; forward differences missed it."""
+    x = identity_grid((32, 32), dtype=torch.float64)
+    u = torch.stack([torch.cos(torch.pi / 2 * (x[0] - x[1])), torch.zeros_like(x[0])])[None]
+    # centred second difference of cos(pi/2 x) along one axis: cos(pi/2 (x+1)) - 2 cos + cos(x-1)
+    # = -2 cos(pi/2 x) (the neighbours cancel), so Laplacian u_0 = -4 u_0 and the density is
+    # 16 cos^2, whose mean over the interior (30 x 30 points) is 16 * 0.5 = 8 exactly here
+    interior = u[0, 0, 1:-1, 1:-1]
+    expected = (16 * interior.pow(2)).mean().item()
+    assert expected == pytest.approx(8.0, rel=1e-12)
+    assert Fn.curvature_energy(u).item() == pytest.approx(expected, rel=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(7, 8), (6, 7, 8)])
+def test_curvature_of_cubic_field_matches_analytic_laplacian(shape):
+    x = identity_grid(shape, dtype=torch.float64)
+    # u_0 = x_0^3 + x_1^2 x_0: Laplacian = 6 x_0 + 2 x_0 = 8 x_0 (centred differences are exact)
+    u = torch.zeros(1, len(shape), *shape, dtype=torch.float64)
+    u[0, 0] = x[0] ** 3 + x[1] ** 2 * x[0]
+    interior = x[0][tuple(slice(1, -1) for _ in shape)]
+    expected = (8 * interior).pow(2).mean().item()
+    assert Fn.curvature_energy(u).item() == pytest.approx(expected, rel=1e-12)
+    # in mm with spacing s: u_mm = s u, x_mm = s x, so Laplacian_mm u_mm = Laplacian u / s
+    assert Fn.curvature_energy(u, spacing=2.0).item() == pytest.approx(expected / 4, rel=1e-12)

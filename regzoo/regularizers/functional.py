@@ -18,6 +18,7 @@ from regzoo.spatial import (
     gradient,
     hessian,
     jacobian_determinant,
+    laplacian,
     spacing_tensor,
 )
 
@@ -86,11 +87,14 @@ def bending_energy(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
 
 
 def curvature_energy(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
-    """Curvature (Fischer-Modersitzki): ``mean_x sum_k (Laplacian u_k)^2``."""
+    """Curvature (Fischer-Modersitzki): ``mean_x sum_k (Laplacian u_k)^2``.
+
+    The Laplacian uses centred second differences (``d+ d-`` along each axis at the same
+    point, :func:`regzoo.spatial.laplacian`), so no non-constant field except the discrete
+    harmonic ones has zero energy.
+    """
     check_field(u, "curvature_energy")
-    second = hessian(_physical(u, spacing), spacing)
-    laplacian = torch.diagonal(second, dim1=2, dim2=3).sum(dim=-1)
-    return _domain_mean(laplacian.pow(2).sum(dim=1))
+    return _domain_mean(laplacian(_physical(u, spacing), spacing).pow(2).sum(dim=1))
 
 
 def total_variation_energy(
