@@ -1,15 +1,48 @@
-"""Error types and message helpers shared across regzoo."""
+"""Error types and message helpers shared across regzoo.
+
+Every error a user can cause (a bad file, value, name or option) is a :class:`RegzooError`;
+the CLI prints those as one line (exit code 2) and lets anything else, an internal bug, show its
+traceback. Each subclass also derives from the built-in exception it refines, so
+``except ValueError`` keeps working for API users.
+"""
 
 from __future__ import annotations
 
 import difflib
 from collections.abc import Iterable
 
-__all__ = ["PluginError", "RegzooError", "unknown_name_message"]
+__all__ = [
+    "InputError",
+    "MissingFileError",
+    "OutputExistsError",
+    "PluginError",
+    "RegzooError",
+    "UnknownNameError",
+    "unknown_name_message",
+]
 
 
 class RegzooError(Exception):
     """Base class of regzoo's own errors (shown to CLI users without a traceback)."""
+
+
+class InputError(RegzooError, ValueError):
+    """An invalid value, file content, shape or grid given by the user."""
+
+
+class UnknownNameError(RegzooError, KeyError):
+    """An unknown, ambiguous or fixed name (parameter, regularizer, metric...)."""
+
+    def __str__(self) -> str:
+        return str(self.args[0]) if self.args else ""
+
+
+class MissingFileError(RegzooError, FileNotFoundError):
+    """A file or folder the user named does not exist."""
+
+
+class OutputExistsError(RegzooError, FileExistsError):
+    """An output that would be overwritten without the user asking for it."""
 
 
 class PluginError(RegzooError, ImportError):

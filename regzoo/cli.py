@@ -10,10 +10,10 @@ from collections.abc import Callable, Sequence
 from pathlib import Path
 from typing import TYPE_CHECKING
 
-from regzoo._errors import RegzooError
+from regzoo._errors import InputError, RegzooError
 
 if TYPE_CHECKING:
-    from regzoo.model import HyperRegistration
+    pass
 
 __all__ = ["build_parser", "main", "parse_params"]
 
@@ -77,8 +77,11 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from regzoo.config import load_config
     from regzoo.train import train
 
-    config = load_config(args.config, args.set)
-    checkpoint = train(config)
+    overrides = list(args.set)
+    if args.resume:
+        overrides.append(f"run_dir={args.resume}")
+    config = load_config(args.config, overrides)
+    checkpoint = train(config, resume=args.resume is not None, overwrite=args.overwrite)
     print(f"checkpoint: {checkpoint}")
     return 0
 
@@ -105,54 +108,17 @@ def parse_params(items: Sequence[str]) -> dict[str, float]:
         except ValueError:
             sep = ""
         if not sep or not name:
-            raise ValueError(f"--param {item!r} must look like NAME=NUMBER")
+            raise InputError(f"--param {item!r} must look like NAME=NUMBER")
         if name in params:
-            raise ValueError(f"--param {name} given twice")
+            raise InputError(f"--param {name} given twice")
         params[name] = value
     return params
 
 
-def _overlay(
-    model: HyperRegistration,
-    fixed_path: str | Path,
-    moving_path: str | Path,
-    moving_seg: str | Path | None,
-    settings: Sequence[tuple[str, dict[str, float]]],
-    out: Path,
-    refine: int = 0,
-) -> Path:
-    """Figure of one pair at several parameter settings ``[(title, params), ...]``, each
-    registered by the network and then refined ``refine`` iterations."""
-    from regzoo.inference import read_image, register
-    from regzoo.spatial import warp
-    from regzoo.viz import OverlayPanel, plot_registration
-
-    mask = read_image(moving_seg)[0] if moving_seg else None
-    panels = []
-    for title, params in settings:
-        result = register(model, fixed_path, moving_path, refine=refine, **params)
-        warped_mask = None
-        if mask is not None:
-            warped_mask = warp(mask[None, None], result.displacement[None], mode="nearest")[0, 0]
-        panels.append(
-            OverlayPanel(
-                title, result.displacement, result.warped, result.jacobian_determinant, warped_mask
-            )
-        )
-    fixed_mask = None
-    if moving_seg:
-        candidate = str(fixed_path).replace("imagesTr", "masksTr")
-        if candidate != str(fixed_path) and Path(candidate).is_file():
-            fixed_mask = read_image(candidate)[0]
-    return plot_registration(
-        read_image(fixed_path)[0],
-        read_image(moving_path)[0],
-        panels,
-        out,
-        fixed_mask=fixed_mask,
-        moving_mask=mask,
-        window=tuple(model.config.data.intensity_window),
-    )
+def _sibling_masks(image_path: str) -> dict[str, str]:
+    """``{"mask": path}`` of a Learn2Reg image's mask in masksTr/, when it exists."""
+    mask = image_path.replace("imagesTr", "masksTr")
+    return {"mask": mask} if mask != image_path and Path(mask).is_file() else {}
 
 
 def _title(params: dict[str, float]) -> str:
@@ -160,33 +126,41 @@ def _title(params: dict[str, float]) -> str:
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
-    from regzoo.inference import register, write_result
+    from regzoo.inference import read_pair, register, save_result
+    from regzoo.io import output_folder
     from regzoo.model import load_model
+    from regzoo.report import overlay_figure
 
-    model = load_model(args.model)
     params = parse_params(args.param)
-    result = register(
-        model, args.fixed, args.moving, refine=args.refine, progress=args.refine > 0, **params
+    model = load_model(args.model, plugins=args.plugin)
+    model.objective.resolve(params)  # every input is checked before any work or output
+    fixed, moving, segs = read_pair(
+        args.fixed,
+        args.moving,
+        segmentations={Path(p).name.split(".")[0]: p for p in args.moving_seg},
+        resample=args.resample,
     )
-    segs = {Path(p).name.split(".")[0]: p for p in args.moving_seg}
-    written = write_result(result, args.out, segmentations=segs)
-    if args.figure:
-        default = model.objective.resolve({})
-        settings = [(_title(result.params), params), (f"defaults ({_title(default)})", {})]
-        written.append(
-            _overlay(
+    result = register(model, fixed, moving, refine=args.refine, progress=args.refine > 0, **params)
+    out = Path(args.out)
+    with output_folder(out) as staging:
+        names = [p.name for p in save_result(result, staging, segmentations=segs)]
+        if args.figure:
+            default = model.objective.resolve({})
+            settings = [(_title(result.params), params), (f"defaults ({_title(default)})", {})]
+            mask = next(iter(segs.values()), None)
+            overlay_figure(
                 model,
-                args.fixed,
-                args.moving,
-                args.moving_seg[0] if args.moving_seg else None,
+                fixed,
+                moving,
                 settings,
-                Path(args.out) / "figure.png",
+                staging / "figure.png",
+                moving_mask=mask,
                 refine=args.refine,
             )
-        )
+            names.append("figure.png")
     print(f"parameters: {_title(result.params)}")
-    for path in written:
-        print(f"wrote {path}")
+    for name in names:
+        print(f"wrote {out / name}")
     return 0
 
 
@@ -195,13 +169,15 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
     from regzoo.evaluation import evaluate_displacements, evaluate_model, summarize, write_report
 
     if (args.model is None) == (args.disp_dir is None):
-        raise ValueError("give exactly one of --model or --disp-dir")
+        raise InputError("give exactly one of --model or --disp-dir")
     if args.refine and not args.model:
-        raise ValueError("--refine needs --model (it refines the model's own fields)")
+        raise InputError("--refine needs --model (it refines the model's own fields)")
+    if Path(args.out).is_dir():
+        raise InputError(f"--out {args.out} is a folder; give the JSON report's file name")
     if args.model:
         from regzoo.model import load_model
 
-        model = load_model(args.model)
+        model = load_model(args.model, plugins=args.plugin)
         params = model.objective.resolve(parse_params(args.param))
         window = tuple(model.config.data.intensity_window)
         dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
@@ -225,12 +201,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     from regzoo.evaluation import compare_refinement
 
     if args.refine_grid and not args.refine:
-        raise ValueError("--refine-grid needs --refine N (the iterations per setting)")
+        raise InputError("--refine-grid needs --refine N (the iterations per setting)")
+    from regzoo.inference import read_pair
+    from regzoo.io import output_folder
     from regzoo.model import load_model
-    from regzoo.report import write_sweep_report
-    from regzoo.sweep import optimize_parameters, parse_grid, sweep
+    from regzoo.report import overlay_figure, write_sweep_report
+    from regzoo.sweep import optimize_dataset, parse_grid, sweep
 
-    model = load_model(args.model)
+    model = load_model(args.model, plugins=args.plugin)
     grid = parse_grid(args.grid)
     window = tuple(model.config.data.intensity_window)
     dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
@@ -242,13 +220,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         refine_steps=args.refine if args.refine_grid else 0,
         max_folding=args.max_folding,
     )
-    optimized = []
-    if args.optimize:
-        for item in dataset:
-            found = optimize_parameters(model, item, names=result.names, steps=args.optimize_steps)
-            optimized.append(
-                {"fixed_id": item["fixed_id"], "moving_id": item["moving_id"], **found}
-            )
+    optimized = (
+        optimize_dataset(model, dataset, names=result.names, steps=args.optimize_steps)
+        if args.optimize
+        else []
+    )
     out = Path(args.out)
     metric = args.metric or result.default_metric()
     best = result.best(metric)
@@ -256,33 +232,39 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.refine:
         chosen = {n: best[n] for n in result.names}
         comparison = compare_refinement(model, dataset, chosen, refine=args.refine)
-    figure = None
-    if args.figure:
-        ranked = result.ranked(metric)
-        best, worst = ranked[0], ranked[-1]
-        first = dataset[0]
-        pick = {n: best[n] for n in result.names}, {n: worst[n] for n in result.names}
-        mask = first["moving_path"].replace("imagesTr", "masksTr")
-        figure = _overlay(
-            model,
-            first["fixed_path"],
-            first["moving_path"],
-            mask if Path(mask).is_file() else None,
-            [(f"best: {_title(pick[0])}", pick[0]), (f"worst: {_title(pick[1])}", pick[1])],
-            out / "overlay.png",
-            refine=args.refine if args.refine_grid else 0,
+    with output_folder(out) as staging:
+        figure = None
+        if args.figure:
+            ranked = result.ranked(metric)
+            pick = [{n: r[n] for n in result.names} for r in (ranked[0], ranked[-1])]
+            first = dataset[0]
+            fixed, moving, masks = read_pair(
+                first["fixed_path"],
+                first["moving_path"],
+                segmentations=_sibling_masks(first["moving_path"]),
+            )
+            figure = overlay_figure(
+                model,
+                fixed,
+                moving,
+                [(f"best: {_title(pick[0])}", pick[0]), (f"worst: {_title(pick[1])}", pick[1])],
+                staging / "overlay.png",
+                moving_mask=masks.get("mask"),
+                fixed_mask=_sibling_masks(first["fixed_path"]).get("mask"),
+                refine=args.refine if args.refine_grid else 0,
+            )
+        write_sweep_report(
+            result,
+            staging,
+            metric=metric,
+            optimized=optimized,
+            comparison=comparison,
+            refine_steps=args.refine,
+            figure=figure,
+            model=str(args.model),
+            data=str(args.data),
         )
-    summary = write_sweep_report(
-        result,
-        out,
-        metric=metric,
-        optimized=optimized,
-        comparison=comparison,
-        refine_steps=args.refine,
-        figure=figure,
-        model=str(args.model),
-        data=str(args.data),
-    )
+    summary = out / "summary.md"
     print(
         "best parameters for the data set: "
         + _title({n: best[n] for n in result.names})
@@ -315,6 +297,16 @@ def _add_refine_argument(parser: argparse.ArgumentParser, help_text: str) -> Non
     )
 
 
+def _add_plugin_argument(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE", help=text)
+
+
+TRUST_PLUGIN = (
+    "import this plugin module or .py file (repeatable): a plugin named in a checkpoint is "
+    "never imported unless you name it here"
+)
+
+
 def build_parser() -> argparse.ArgumentParser:
     """The argument parser of the ``regzoo`` command (used by the CLI reference docs)."""
     parser = argparse.ArgumentParser(
@@ -325,13 +317,7 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("regularizers", help="list installed regularizers and their parameters")
     p.add_argument("--json", action="store_true", help="print a JSON list")
-    p.add_argument(
-        "--plugin",
-        action="append",
-        default=[],
-        metavar="MODULE_OR_FILE",
-        help="also import this plugin module or .py file (repeatable)",
-    )
+    _add_plugin_argument(p, "also import this plugin module or .py file (repeatable)")
     p.set_defaults(func=_cmd_regularizers)
 
     p = sub.add_parser("train", help="train an experiment config")
@@ -342,6 +328,15 @@ def build_parser() -> argparse.ArgumentParser:
         default=[],
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set trainer.max_steps=100 (repeatable)",
+    )
+    p.add_argument(
+        "--resume",
+        metavar="RUN_DIR",
+        help="continue the run in RUN_DIR from its last checkpoint (same step count, optimizer "
+        "and sampler state, TensorBoard log)",
+    )
+    p.add_argument(
+        "--overwrite", action="store_true", help="replace a previous run in the config's run_dir"
     )
     p.set_defaults(func=_cmd_train)
 
@@ -357,6 +352,13 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", required=True, help="checkpoint (runs/.../checkpoints/last.ckpt)")
     p.add_argument("--fixed", required=True, help="fixed image (NIfTI)")
     p.add_argument("--moving", required=True, help="moving image (NIfTI, same grid)")
+    p.add_argument(
+        "--resample",
+        action="store_true",
+        help="resample the moving image (and --moving-seg) onto the fixed grid when the grids "
+        "differ (default: refuse)",
+    )
+    _add_plugin_argument(p, TRUST_PLUGIN)
     p.add_argument(
         "--param",
         action="append",
@@ -388,12 +390,14 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--model", help="checkpoint to evaluate")
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--disp-dir", help="folder of disp_FFFF_MMMM.nii.gz from any tool")
+    _add_plugin_argument(p, TRUST_PLUGIN)
     _add_refine_argument(p, "refine each of the model's fields for N iterations")
     p.add_argument("--out", required=True, help="JSON report (a CSV is written beside it)")
     p.set_defaults(func=_cmd_evaluate)
 
     p = sub.add_parser("sweep", help="evaluate a grid of parameters; heat maps and best values")
     p.add_argument("--model", required=True)
+    _add_plugin_argument(p, TRUST_PLUGIN)
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.add_argument(
@@ -450,9 +454,8 @@ def main(argv: Sequence[str] | None = None) -> int:
     func: Callable[[argparse.Namespace], int] = args.func
     try:
         return func(args)
-    except (RegzooError, KeyError, ValueError, FileNotFoundError, FileExistsError) as exc:
-        message = exc.args[0] if isinstance(exc, KeyError) and exc.args else exc
-        print(f"regzoo {args.command}: error: {message}", file=sys.stderr)
+    except RegzooError as exc:  # user errors; anything else is a bug and keeps its traceback
+        print(f"regzoo {args.command}: error: {exc}", file=sys.stderr)
         return 2
 
 

@@ -1,8 +1,10 @@
 """The pydantic experiment configuration (YAML in, ``--set dotted.key=value`` overrides).
 
-Every section forbids unknown keys and names close matches. A regularizer term's options are
-validated against the plugin's own ``Options`` model and its parameter names against the
-plugin's :class:`~regzoo.params.ParamSpace`, after the plugins named in ``plugins`` are loaded.
+A pure schema: every section forbids unknown keys and names close matches, and values are
+checked for type, range and consistency between sections. Nothing here loads a plugin or builds
+a component: :func:`regzoo.objective.build_objective` resolves the plugins, the similarity and
+every regularizer term (names, options, parameter ranges) once, and reports problems as
+:class:`ConfigError` at their key.
 """
 
 from __future__ import annotations
@@ -15,8 +17,8 @@ from typing import Any, Literal
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
 
-from regzoo._errors import RegzooError, unknown_name_message
-from regzoo._io import atomic_write_text
+from regzoo._errors import InputError, MissingFileError, RegzooError, unknown_name_message
+from regzoo.io import atomic_write_text
 
 __all__ = [
     "ConfigError",
@@ -49,7 +51,7 @@ class StrictModel(BaseModel):
             known = list(cls.model_fields)
             for key in data:
                 if key not in known:
-                    raise ValueError(unknown_name_message("key", str(key), known))
+                    raise InputError(unknown_name_message("key", str(key), known))
         return data
 
 
@@ -92,15 +94,17 @@ class PhantomConfig(StrictModel):
 
     n: int = Field(16, ge=2, description="number of cases (pairs)")
     val: int = Field(4, ge=1, description="cases held out for `registration_val`")
-    shape: tuple[int, int, int] = Field((64, 64, 64), description="volume size")
+    shape: tuple[int, int, int] | tuple[int, int] = Field(
+        (64, 64, 64), description="image size: 3 sizes (3D) or 2 (a 2D coronal slice)"
+    )
     seed: int = 0
 
     @model_validator(mode="after")
     def _check_split(self) -> PhantomConfig:
         if self.val >= self.n:
-            raise ValueError(f"phantom.val={self.val} must be smaller than phantom.n={self.n}")
+            raise InputError(f"phantom.val={self.val} must be smaller than phantom.n={self.n}")
         if min(self.shape) < 16:
-            raise ValueError(f"phantom.shape must be at least 16 per axis, got {self.shape}")
+            raise InputError(f"phantom.shape must be at least 16 per axis, got {self.shape}")
         return self
 
 
@@ -118,10 +122,20 @@ class DataConfig(StrictModel):
     batch_size: int = Field(1, ge=1)
     num_workers: int = Field(0, ge=0)
 
+    @model_validator(mode="after")
+    def _check_window(self) -> DataConfig:
+        low, high = self.intensity_window
+        if not high > low:
+            raise ValueError(
+                f"intensity_window must be (low, high) with high > low, got {(low, high)}"
+            )
+        return self
+
 
 class ModelConfig(StrictModel):
     """The registration network (VoxelMorph U-Net) and its hypernetwork."""
 
+    ndim: Literal[2, 3] = Field(3, description="spatial dimensions of the images (2 or 3)")
     hyper: bool = Field(
         True, description="condition on the free parameters (False: plain VoxelMorph)"
     )
@@ -176,6 +190,11 @@ class TrainerConfig(StrictModel):
     limit_val_batches: int | float = 1.0
     gradient_clip_val: float | None = None
     progress_bar: bool = True
+    nonfinite: Literal["error", "skip"] = Field(
+        "error",
+        description="on a NaN/inf loss or gradient: stop with an error naming the step and "
+        "parameters, or skip the step",
+    )
     checkpoint_every_n_steps: int | None = Field(
         500, ge=1, description="also write checkpoints/last.ckpt every N steps (null: at the end)"
     )
@@ -183,7 +202,7 @@ class TrainerConfig(StrictModel):
     @model_validator(mode="after")
     def _has_a_stop(self) -> TrainerConfig:
         if self.max_steps == -1 and self.max_epochs is None:
-            raise ValueError("trainer: set max_steps or max_epochs")
+            raise InputError("trainer: set max_steps or max_epochs")
         return self
 
 
@@ -231,15 +250,17 @@ class ExperimentConfig(StrictModel):
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
 
     @model_validator(mode="after")
-    def _check_components(self) -> ExperimentConfig:
-        # imported here: building a config loads plugins, which import the registries
-        from regzoo.objective import check_terms
-
+    def _check_consistency(self) -> ExperimentConfig:
         if self.regularize == "velocity" and self.model.int_steps == 0:
             raise ValueError(
                 "regularize='velocity' needs model.int_steps > 0 (a diffeomorphic model)"
             )
-        check_terms(self)
+        phantom = self.data.phantom
+        if phantom is not None and len(phantom.shape) != self.model.ndim:
+            raise ValueError(
+                f"data.phantom.shape {tuple(phantom.shape)} has {len(phantom.shape)} axes but "
+                f"model.ndim is {self.model.ndim}"
+            )
         return self
 
 
@@ -308,7 +329,7 @@ def load_config(
     else:
         path = Path(source)
         if not path.is_file():
-            raise FileNotFoundError(f"config file not found: {path}")
+            raise MissingFileError(f"config file not found: {path}")
         try:
             data = yaml.safe_load(path.read_text()) or {}
         except yaml.YAMLError as exc:

@@ -13,13 +13,13 @@ from collections.abc import Callable, Iterable, Mapping
 from pathlib import Path
 from typing import Any
 
-import nibabel as nib
 import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from regzoo._io import atomic_write_text, write_csv
+from regzoo._errors import InputError, MissingFileError
 from regzoo.data.learn2reg import Learn2RegDataset
+from regzoo.io import atomic_write_text, read_displacement, write_csv
 from regzoo.metrics import dice, folding_fraction, sdlogj, target_registration_error
 from regzoo.model import HyperRegistration
 from regzoo.refine import refine as refine_output
@@ -150,26 +150,6 @@ def compare_refinement(
     }
 
 
-def load_displacement(path: str | Path) -> torch.Tensor:
-    """Read a Learn2Reg displacement NIfTI ``(*spatial, D)`` as ``(D, *spatial)``.
-
-    Raises:
-        FileNotFoundError: if the file is missing.
-        ValueError: if its last axis is not the number of spatial dims or it holds NaN.
-    """
-    path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"displacement not found: {path}")
-    data = np.asarray(nib.load(str(path)).get_fdata(dtype=np.float32))
-    if data.ndim == 5 and data.shape[3] == 1:  # NIfTI vector layout (X, Y, Z, 1, 3)
-        data = data[:, :, :, 0]
-    if data.ndim != 4 or data.shape[-1] != 3:
-        raise ValueError(f"{path}: expected a displacement of shape (X, Y, Z, 3), got {data.shape}")
-    if not np.isfinite(data).all():
-        raise ValueError(f"{path}: contains NaN or infinite values")
-    return torch.from_numpy(np.moveaxis(data, -1, 0).copy())
-
-
 def evaluate_displacements(
     dataset: Learn2RegDataset, disp_dir: str | Path, *, progress: bool = True
 ) -> list[dict[str, Any]]:
@@ -179,14 +159,14 @@ def evaluate_displacements(
     """
     disp_dir = Path(disp_dir)
     if not disp_dir.is_dir():
-        raise FileNotFoundError(f"displacement folder not found: {disp_dir}")
+        raise MissingFileError(f"displacement folder not found: {disp_dir}")
 
     def predict(item: Mapping[str, Any]) -> torch.Tensor:
-        displacement = load_displacement(
+        displacement = read_displacement(
             disp_dir / f"disp_{item['fixed_id']}_{item['moving_id']}.nii.gz"
-        )
+        ).tensor()
         if displacement.shape[1:] != item["fixed"].shape[1:]:
-            raise ValueError(
+            raise InputError(
                 f"disp_{item['fixed_id']}_{item['moving_id']}.nii.gz: shape "
                 f"{tuple(displacement.shape[1:])} differs from the fixed image "
                 f"{tuple(item['fixed'].shape[1:])}"

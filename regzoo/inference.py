@@ -2,29 +2,39 @@
 
 from __future__ import annotations
 
-import os
-from collections.abc import Mapping, Sequence
+from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 import torch
 
-from regzoo.data.learn2reg import load_volume
+from regzoo._errors import InputError
+from regzoo.data.learn2reg import normalize_intensity
+from regzoo.io import (
+    Volume,
+    check_same_grid,
+    output_folder,
+    read_volume,
+    resample_like,
+    same_grid,
+    write_displacement,
+    write_nifti,
+)
 from regzoo.model import HyperRegistration
 from regzoo.refine import refine as refine_output
 from regzoo.spatial import jacobian_determinant, warp
 
 __all__ = [
     "RegistrationResult",
-    "normalize_intensity",
     "read_image",
+    "read_pair",
     "register",
-    "save_nifti",
+    "save_result",
+    "write_result",
 ]
 
-ImageLike = torch.Tensor | np.ndarray | str | Path
+ImageLike = torch.Tensor | np.ndarray | str | Path | Volume
 
 
 @dataclass
@@ -47,31 +57,64 @@ class RegistrationResult:
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
 
 
-def read_image(image: ImageLike) -> tuple[torch.Tensor, np.ndarray]:
-    """A volume ``(*spatial)`` float32 tensor and its affine, from a path, array or tensor.
+def read_image(image: ImageLike, *, what: str = "image") -> Volume:
+    """A 2D or 3D :class:`~regzoo.io.Volume` from a NIfTI path, array, tensor or volume.
+
+    Arrays and tensors get an identity affine.
 
     Raises:
-        FileNotFoundError: for a missing file.
-        ValueError: for NaN/inf values or a volume that is not 3D.
+        MissingFileError: for a missing file.
+        InputError: for an unreadable file, NaN/inf values or a volume that is not 2D/3D.
     """
+    if isinstance(image, Volume):
+        return image
     if isinstance(image, str | Path):
-        data, affine = load_volume(image)
-        tensor = torch.from_numpy(data)
-    else:
-        tensor = torch.as_tensor(image, dtype=torch.float32)
-        affine = np.eye(4)
-        if not bool(torch.isfinite(tensor).all()):
-            raise ValueError("register(): image contains NaN or infinite values")
-    tensor = tensor.squeeze()
-    if tensor.ndim != 3:
-        raise ValueError(f"register(): expected a 3D volume, got shape {tuple(tensor.shape)}")
-    return tensor.float(), affine
+        return read_volume(image, what=what)
+    data = torch.as_tensor(image, dtype=torch.float32).squeeze()
+    if data.ndim not in (2, 3):
+        raise InputError(f"expected a 2D or 3D {what}, got shape {tuple(data.shape)}")
+    if not bool(torch.isfinite(data).all()):
+        raise InputError(f"{what} contains NaN or infinite values")
+    return Volume(data.numpy(), np.eye(4), label=what)
 
 
-def normalize_intensity(image: torch.Tensor, window: Sequence[float]) -> torch.Tensor:
-    """Clip to the CT ``window`` ``(low, high)`` and map to ``[0, 1]`` (as in training)."""
-    low, high = window
-    return (image.clamp(low, high) - low) / (high - low)
+def read_pair(
+    fixed: ImageLike,
+    moving: ImageLike,
+    *,
+    segmentations: Mapping[str, ImageLike] | None = None,
+    resample: bool = False,
+) -> tuple[Volume, Volume, dict[str, Volume]]:
+    """Read fixed, moving and the moving image's segmentations, and put them on one grid.
+
+    Each segmentation must lie on the moving image's grid. With ``resample`` the moving image
+    (linear) and its segmentations (nearest neighbour) are resampled onto the fixed grid when
+    the grids differ (torchio); without it, different grids are refused.
+
+    Returns:
+        ``(fixed, moving, segmentations)``, all on the fixed grid.
+
+    Raises:
+        InputError: naming both grids, for images on different grids (without ``resample``)
+            or a segmentation off its image's grid.
+    """
+    fixed_v = read_image(fixed, what="fixed image")
+    moving_v = read_image(moving, what="moving image")
+    segs = {
+        name: read_image(seg, what=f"segmentation '{name}'")
+        for name, seg in (segmentations or {}).items()
+    }
+    for seg in segs.values():
+        check_same_grid(moving_v.grid, seg.grid)
+    if same_grid(fixed_v.grid, moving_v.grid):
+        return fixed_v, moving_v, segs
+    if not resample:
+        check_same_grid(fixed_v.grid, moving_v.grid)
+    return (
+        fixed_v,
+        resample_like(moving_v, fixed_v),
+        {name: resample_like(seg, fixed_v, label=True) for name, seg in segs.items()},
+    )
 
 
 def register(
@@ -81,6 +124,7 @@ def register(
     *,
     refine: int = 0,
     progress: bool = False,
+    resample: bool = False,
     **params: float,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with the model's network at the given parameters.
@@ -90,33 +134,37 @@ def register(
 
     Args:
         model: a trained model (see :func:`regzoo.model.load_model`).
-        fixed: 3D volume (path to a NIfTI file, array or tensor) in raw intensities (HU for
-            CT); it is normalised with the model's training window.
-        moving: the moving volume, on the same grid as ``fixed``.
+        fixed: 2D or 3D image (path to a NIfTI file, array, tensor or
+            :class:`~regzoo.io.Volume`) in raw intensities (HU for CT); it is normalised with
+            the model's training window.
+        moving: the moving image, on the same grid as ``fixed`` (shape and affine).
         refine: instance-optimisation iterations after the network (0: network only).
         progress: show a progress bar while refining.
+        resample: resample ``moving`` onto the fixed grid (linear) when the grids differ,
+            instead of refusing.
         **params: free parameter values by short (``mu``) or full (``linear_elastic.mu``)
             name; the rest take the space's defaults.
 
     Raises:
-        KeyError: an unknown or fixed parameter name.
-        ValueError: a value outside the trained range, mismatched shapes or NaN input.
+        UnknownNameError: an unknown or fixed parameter name.
+        InputError: a value outside the trained range, images on different grids, images
+            whose dimension differs from the model's, or NaN input.
 
     Examples:
         >>> result = register(model, "fixed.nii.gz", "moving.nii.gz", lam=0.08, mu=0.03)
         >>> result.displacement.shape  # (3, X, Y, Z)
     """
     resolved = model.objective.resolve(params)
-    fixed_t, affine = read_image(fixed)
-    moving_t, _ = read_image(moving)
-    if fixed_t.shape != moving_t.shape:
-        raise ValueError(
-            f"register(): fixed {tuple(fixed_t.shape)} and moving {tuple(moving_t.shape)} "
-            "must have the same shape (resample them onto one grid first)"
+    fixed_v, moving_v, _ = read_pair(fixed, moving, resample=resample)
+    if fixed_v.ndim != model.ndim:
+        raise InputError(
+            f"the model registers {model.ndim}D images, got {fixed_v.ndim}D "
+            f"({fixed_v.grid.describe()})"
         )
     window = model.config.data.intensity_window
     device = model.device
-    f = normalize_intensity(fixed_t, window)[None, None].to(device)
+    moving_t = moving_v.tensor()
+    f = normalize_intensity(fixed_v.tensor(), window)[None, None].to(device)
     m = normalize_intensity(moving_t, window)[None, None].to(device)
     if refine:
         displacement = refine_output(
@@ -132,18 +180,48 @@ def register(
         warped=warped.cpu(),
         jacobian_determinant=jacobian_determinant(displacement)[0].cpu(),
         params=resolved,
-        affine=affine,
+        affine=fixed_v.affine,
     )
 
 
-def save_nifti(array: torch.Tensor | np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
-    """Save a volume as NIfTI atomically (a temporary file renamed into place)."""
-    path = Path(path)
-    data = array.cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
-    tmp = path.with_name(f".{path.name}.partial.nii.gz")
-    nib.save(nib.Nifti1Image(data, affine), str(tmp))
-    os.replace(tmp, path)
-    return path
+def save_result(
+    result: RegistrationResult,
+    folder: str | Path,
+    *,
+    segmentations: Mapping[str, ImageLike] | None = None,
+) -> list[Path]:
+    """Write a result's files into an existing ``folder`` (each file atomically).
+
+    Files: ``disp.nii.gz`` (Learn2Reg convention ``(*spatial, D)``, voxels), ``warped.nii.gz``,
+    ``jacdet.nii.gz`` and ``warped_<name>.nii.gz`` for each moving segmentation (nearest
+    neighbour, already on the fixed grid), all with the fixed image's affine. Use
+    :func:`write_result` to write them as one output set.
+
+    Raises:
+        InputError: a segmentation whose shape differs from the displacement's.
+    """
+    shape = tuple(result.displacement.shape[1:])
+    labels = {
+        name: read_image(seg, what=f"segmentation '{name}'")
+        for name, seg in (segmentations or {}).items()
+    }
+    for name, label in labels.items():
+        if label.shape != shape:
+            raise InputError(
+                f"segmentation '{name}' ({label.grid.describe()}) does not match the "
+                f"displacement's shape {shape}"
+            )
+    folder = Path(folder)
+    written = [
+        write_displacement(result.displacement, result.affine, folder / "disp.nii.gz"),
+        write_nifti(result.warped, result.affine, folder / "warped.nii.gz"),
+        write_nifti(result.jacobian_determinant, result.affine, folder / "jacdet.nii.gz"),
+    ]
+    for name, label in labels.items():
+        warped = warp(label.tensor()[None, None], result.displacement[None], mode="nearest")
+        path = folder / f"warped_{name}.nii.gz"
+        written.append(write_nifti(warped[0, 0].round().to(torch.int16), result.affine, path))
+    return written
 
 
 def write_result(
@@ -151,22 +229,18 @@ def write_result(
     out_dir: str | Path,
     *,
     segmentations: Mapping[str, ImageLike] | None = None,
+    overwrite: bool = True,
 ) -> list[Path]:
-    """Write ``disp.nii.gz`` (Learn2Reg convention ``(*spatial, D)``), ``warped.nii.gz``,
-    ``jacdet.nii.gz`` and ``warped_<name>.nii.gz`` for each moving segmentation (nearest
-    neighbour). Returns the written paths."""
-    labels = {name: read_image(seg)[0] for name, seg in (segmentations or {}).items()}
+    """Write the result's files (:func:`save_result`) as one output set.
+
+    The set is built beside ``out_dir`` and swapped into place (:func:`regzoo.io.output_folder`):
+    a killed run leaves the previous set or the new one, never a mix. Returns the final paths.
+
+    Raises:
+        InputError: a segmentation whose shape differs from the displacement's.
+        OutputExistsError: ``out_dir`` holds files regzoo did not write.
+    """
     out = Path(out_dir)
-    out.mkdir(parents=True, exist_ok=True)
-    disp = result.displacement.movedim(0, -1).contiguous()
-    written = [
-        save_nifti(disp, result.affine, out / "disp.nii.gz"),
-        save_nifti(result.warped, result.affine, out / "warped.nii.gz"),
-        save_nifti(result.jacobian_determinant, result.affine, out / "jacdet.nii.gz"),
-    ]
-    for name, label_map in labels.items():
-        warped = warp(label_map[None, None], result.displacement[None], mode="nearest")[0, 0]
-        written.append(
-            save_nifti(warped.round().to(torch.int16), result.affine, out / f"warped_{name}.nii.gz")
-        )
-    return written
+    with output_folder(out, overwrite=overwrite) as staging:
+        written = save_result(result, staging, segmentations=segmentations)
+    return [out / path.name for path in written]

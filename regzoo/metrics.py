@@ -10,6 +10,7 @@ from collections.abc import Sequence
 
 import torch
 
+from regzoo._errors import InputError
 from regzoo.spatial import jacobian_determinant, sample_points
 
 __all__ = ["dice", "folding_fraction", "sdlogj", "target_registration_error"]
@@ -17,7 +18,7 @@ __all__ = ["dice", "folding_fraction", "sdlogj", "target_registration_error"]
 
 def _batched(u: torch.Tensor) -> torch.Tensor:
     if u.ndim not in (3, 4) or u.shape[0] != u.ndim - 1:
-        raise ValueError(f"expected a displacement (D, *spatial), got shape {tuple(u.shape)}")
+        raise InputError(f"expected a displacement (D, *spatial), got shape {tuple(u.shape)}")
     return u.unsqueeze(0)
 
 
@@ -27,7 +28,7 @@ def dice(a: torch.Tensor, b: torch.Tensor, labels: Sequence[int] | None = None) 
     Two empty masks score 1.
     """
     if a.shape != b.shape:
-        raise ValueError(f"dice(): shapes differ {tuple(a.shape)} vs {tuple(b.shape)}")
+        raise InputError(f"dice(): shapes differ {tuple(a.shape)} vs {tuple(b.shape)}")
     a, b = a.long(), b.long()
     if labels is None:
         labels = sorted(set(torch.cat([a.unique(), b.unique()]).tolist()) - {0})
@@ -54,7 +55,7 @@ def target_registration_error(
         spacing: ``(D,)`` voxel size in mm.
     """
     if fixed_points.shape != moving_points.shape or fixed_points.ndim != 2:
-        raise ValueError(
+        raise InputError(
             f"target_registration_error(): keypoints must both be (N, D), got "
             f"{tuple(fixed_points.shape)} and {tuple(moving_points.shape)}"
         )

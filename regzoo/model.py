@@ -2,20 +2,27 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
 import lightning as L
 import torch
+from pydantic import ValidationError
 
+from regzoo._errors import InputError, MissingFileError, PluginError, RegzooError
 from regzoo.config import ExperimentConfig
 from regzoo.metrics import dice
 from regzoo.nets import RegistrationNet, RegistrationOutput
 from regzoo.objective import LossTerms, build_objective
 from regzoo.spatial import warp, warp_labels
 
-__all__ = ["HyperRegistration", "load_model"]
+__all__ = ["HyperRegistration", "NonFiniteLossError", "load_model", "plugin_reference"]
+
+
+class NonFiniteLossError(RegzooError, FloatingPointError):
+    """Training produced a NaN or infinite loss or gradient (no such weights are saved)."""
+
 
 CHECKPOINT_KEY = "regzoo"
 
@@ -43,7 +50,7 @@ class HyperRegistration(L.LightningModule):
         self.space = self.objective.free_space
         model = config.model
         self.net = RegistrationNet(
-            3,
+            model.ndim,
             enc=model.enc,
             dec=model.dec,
             num_params=len(self.space) if model.hyper else 0,
@@ -53,6 +60,11 @@ class HyperRegistration(L.LightningModule):
             hyper_init_share=model.hyper_init_share,
         )
         self._generator = torch.Generator().manual_seed(config.seed)
+
+    @property
+    def ndim(self) -> int:
+        """Spatial dimensions of the images the model registers (2 or 3)."""
+        return self.config.model.ndim
 
     # -- inference --------------------------------------------------------------------
     def parameter_tensor(
@@ -64,7 +76,7 @@ class HyperRegistration(L.LightningModule):
             if values.ndim == 1:
                 values = values.unsqueeze(0)
             if values.shape[-1] != len(self.space):
-                raise ValueError(
+                raise InputError(
                     f"expected parameters (B, {len(self.space)}) for {self.space.names}, "
                     f"got {tuple(values.shape)}"
                 )
@@ -125,13 +137,60 @@ class HyperRegistration(L.LightningModule):
         )
         return loss
 
-    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> torch.Tensor:
-        """One step: draw per-sample parameters, register, compute the per-sample loss."""
+    def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any] | None:
+        """One step: draw per-sample parameters, register, compute the per-sample loss.
+
+        A non-finite loss stops training with :class:`NonFiniteLossError` naming the step and
+        the drawn parameters (``trainer.nonfinite: skip`` skips the step instead).
+
+        Returns:
+            ``{"loss", "values", "displacement", "warped"}`` (the extras detached, for the
+            image-logging callback), or ``None`` for a skipped step.
+        """
         values = self._draw_parameters(batch["fixed"].shape[0])
         terms, output, warped = self._loss(batch, values)
         loss = self._log_terms("train", terms, values.shape[0])
-        self._log_tensorboard(batch, values, output, warped)
-        return loss
+        if not bool(torch.isfinite(loss)):
+            if self.config.trainer.nonfinite == "skip":
+                return None
+            raise NonFiniteLossError(
+                f"the training loss is {loss.item()} at step {self.global_step} with the drawn "
+                f"parameters {self._describe(values)}; lower optimizer.lr (now "
+                f"{self.config.optimizer.lr:g}) or set trainer.gradient_clip_val"
+            )
+        return {
+            "loss": loss,
+            "values": values.detach(),
+            "displacement": output.displacement.detach(),
+            "warped": warped.detach(),
+        }
+
+    def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
+        """Never let a non-finite gradient into the weights (error, or skip by config)."""
+        bad = [
+            name
+            for name, p in self.named_parameters()
+            if p.grad is not None and not bool(torch.isfinite(p.grad).all())
+        ]
+        if not bad:
+            return
+        if self.config.trainer.nonfinite == "skip":
+            optimizer.zero_grad(set_to_none=True)
+            return
+        raise NonFiniteLossError(
+            f"non-finite gradients at step {self.global_step} (first: {bad[0]}); lower "
+            f"optimizer.lr (now {self.config.optimizer.lr:g}) or set trainer.gradient_clip_val"
+        )
+
+    def _describe(self, values: torch.Tensor) -> str:
+        rows = values.detach().cpu().tolist()
+        return (
+            "; ".join(
+                ", ".join(f"{n}={v:.4g}" for n, v in zip(self.space.names, row, strict=True))
+                for row in rows
+            )
+            or "(none)"
+        )
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
         """Loss and lung Dice at the default parameters."""
@@ -151,64 +210,103 @@ class HyperRegistration(L.LightningModule):
         cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
         return cls(self.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
 
-    def _log_tensorboard(
-        self,
-        batch: Mapping[str, Any],
-        values: torch.Tensor,
-        output: RegistrationOutput,
-        warped: torch.Tensor,
-    ) -> None:
-        every = self.config.logging.image_every_n_steps
-        experiment = getattr(self.logger, "experiment", None)
-        if experiment is None or not hasattr(experiment, "add_image") or self.global_step % every:
-            return
-        for i, name in enumerate(self.space.names):
-            experiment.add_histogram(f"params/{name}", values[:, i], self.global_step)
-        mid = batch["fixed"].shape[-1] // 2
-        panels = [batch["fixed"], batch["moving"], warped]
-        for title, image in zip(("fixed", "moving", "warped"), panels, strict=True):
-            experiment.add_image(
-                f"images/{title}", image[0, :, ..., mid].clamp(0, 1), self.global_step
-            )
-        magnitude = output.displacement[0].norm(dim=0)[..., mid]
-        experiment.add_image(
-            "images/displacement_magnitude",
-            (magnitude / magnitude.max().clamp_min(1e-6)).unsqueeze(0),
-            self.global_step,
-        )
-
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Store the config and plugin names so :func:`load_model` can rebuild the model."""
+        """Store the config, the plugins (file paths made absolute), the free space and the
+        parameter sampler's state, so that :func:`load_model` can rebuild the model from
+        another folder and check it, and ``train --resume`` continues the same draws."""
         checkpoint[CHECKPOINT_KEY] = {
             "config": self.config.model_dump(mode="json"),
-            "plugins": list(self.config.plugins),
+            "plugins": [plugin_reference(p) for p in self.config.plugins],
             "free_parameters": self.space.names,
+            "sampler_state": self._generator.get_state(),
         }
 
+    def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
+        """Restore the parameter sampler's state when training resumes."""
+        state = checkpoint.get(CHECKPOINT_KEY, {}).get("sampler_state")
+        if state is not None:
+            self._generator.set_state(state.cpu())
 
-def load_model(
-    checkpoint: str | Path, *, map_location: str | torch.device = "cpu"
-) -> HyperRegistration:
-    """Rebuild a trained model from a checkpoint alone, in eval mode.
 
-    The file is read with ``torch.load(weights_only=True)``: no pickled code runs. The plugins
-    the model was trained with are imported again (they must be installed or present).
+def plugin_reference(spec: str) -> str:
+    """A plugin as stored in checkpoints: ``.py`` files as absolute paths, modules as named."""
+    return str(Path(spec).resolve()) if spec.endswith(".py") else spec
 
-    Raises:
-        FileNotFoundError: if the checkpoint does not exist.
-        ValueError: if the file is not a regzoo checkpoint.
-    """
-    path = Path(checkpoint)
+
+def _read_checkpoint(path: Path, map_location: str | torch.device) -> dict[str, Any]:
     if not path.is_file():
-        raise FileNotFoundError(f"checkpoint not found: {path}")
+        raise MissingFileError(f"checkpoint not found: {path}")
     try:
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
-        raise ValueError(
+        raise InputError(
             f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})"
-        ) from exc
-    if not isinstance(state, dict) or CHECKPOINT_KEY not in state:
-        raise ValueError(f"{path}: not a regzoo checkpoint (no '{CHECKPOINT_KEY}' entry)")
-    model = HyperRegistration(state[CHECKPOINT_KEY]["config"])
-    model.load_state_dict(state["state_dict"])
+        ) from None
+    if not isinstance(state, dict) or not isinstance(state.get(CHECKPOINT_KEY), dict):
+        raise InputError(f"{path}: not a regzoo checkpoint (no '{CHECKPOINT_KEY}' entry)")
+    return state
+
+
+def load_model(
+    checkpoint: str | Path,
+    *,
+    plugins: Sequence[str] = (),
+    map_location: str | torch.device = "cpu",
+) -> HyperRegistration:
+    """Rebuild a trained model from a checkpoint, in eval mode.
+
+    The file is read with ``torch.load(weights_only=True)``: no pickled code runs. Nor does any
+    plugin the checkpoint names: installed plugins (entry points) are available as always, but a
+    plugin module or ``.py`` file stored in the checkpoint is imported only when the caller
+    names it again in ``plugins`` (CLI: ``--plugin``); otherwise the error names it.
+
+    Args:
+        checkpoint: a ``.ckpt`` written by ``regzoo train``.
+        plugins: plugin modules or ``.py`` files the caller trusts and wants imported.
+        map_location: device for the weights.
+
+    Raises:
+        MissingFileError: if the checkpoint does not exist.
+        InputError: if the file is not a regzoo checkpoint, its weights do not match its config
+            or its free parameters, or they hold NaN or infinite values.
+        PluginError: if the model needs a plugin stored in the checkpoint that the caller did
+            not name.
+    """
+    path = Path(checkpoint)
+    state = _read_checkpoint(path, map_location)
+    extras = state[CHECKPOINT_KEY]
+    stored = [str(p) for p in extras.get("plugins", [])]
+    trusted = [plugin_reference(p) for p in plugins]
+    config_data = {**dict(extras.get("config", {})), "plugins": trusted}
+    try:
+        config = ExperimentConfig.model_validate(config_data)
+        model = HyperRegistration(config)
+    except (ValidationError, RegzooError) as exc:
+        untrusted = [p for p in stored if p not in trusted]
+        if untrusted:
+            raise PluginError(
+                f"{path}: the model needs the plugin(s) {', '.join(untrusted)} named in the "
+                "checkpoint; regzoo never imports code a checkpoint names: if you trust it, "
+                f"pass --plugin {untrusted[0]} (Python: load_model(..., plugins=[...]))"
+            ) from None
+        raise InputError(f"{path}: its stored config is invalid: {exc}") from None
+    if extras.get("free_parameters") not in (None, model.space.names):
+        raise InputError(
+            f"{path}: its weights were trained for the free parameters "
+            f"{extras['free_parameters']}, but its config gives {model.space.names}"
+        )
+    weights = state.get("state_dict", {})
+    bad = [
+        k for k, v in weights.items() if torch.is_tensor(v) and not bool(torch.isfinite(v).all())
+    ]
+    if bad:
+        raise InputError(
+            f"{path}: {len(bad)} weight tensors hold NaN or infinite values (first: {bad[0]}); "
+            "the training diverged"
+        )
+    try:
+        model.load_state_dict(weights)
+    except RuntimeError as exc:
+        first = str(exc).strip().splitlines()[0]
+        raise InputError(f"{path}: its weights do not match its config ({first})") from None
     return model.to(map_location).eval()

@@ -16,7 +16,7 @@ import torch
 from pydantic import ValidationError
 from torch import nn
 
-from regzoo._errors import PluginError, unknown_name_message
+from regzoo._errors import InputError, PluginError, UnknownNameError, unknown_name_message
 from regzoo.params import ParamSpace, ParamSpec
 from regzoo.registry import load_plugins
 from regzoo.regularizers import REGULARIZERS, Regularizer
@@ -26,7 +26,7 @@ from regzoo.spatial import Spacing
 if TYPE_CHECKING:
     from regzoo.config import ExperimentConfig, ParamRange, TermConfig
 
-__all__ = ["LossTerms", "Objective", "Term", "build_objective", "build_terms", "check_terms"]
+__all__ = ["LossTerms", "Objective", "Term", "build_objective", "build_term"]
 
 WEIGHTINGS = ("additive", "hypermorph", "normalized")
 ALPHA = ParamSpec(
@@ -75,7 +75,7 @@ def _configured_spec(base: ParamSpec, value: float | ParamRange | None) -> Param
     scale = value.scale or base.scale
     if scale == "log" and value.low <= 0:
         hint = "" if value.scale else f" ('{base.name}' is declared on a log scale)"
-        raise ValueError(
+        raise InputError(
             f"parameter '{base.name}': a log-scale range needs low > 0, got "
             f"[{value.low:g}, {value.high:g}]{hint}; give a positive low or scale: linear"
         )
@@ -101,59 +101,21 @@ def _configured_spec(base: ParamSpec, value: float | ParamRange | None) -> Param
     )
 
 
-def build_terms(configs: Sequence[TermConfig]) -> list[Term]:
-    """Instantiate each term's regularizer and resolve its parameter specs.
+def build_term(config: TermConfig) -> Term:
+    """Instantiate one term's regularizer and resolve its parameter specs.
 
     Raises:
-        KeyError: unknown regularizer or parameter name (close matches named).
-        ValueError: duplicate terms, invalid options or ranges.
+        UnknownNameError: unknown regularizer or parameter name (close matches named).
+        InputError: invalid ranges (outside the parameter's domain, log scale with low <= 0).
+        pydantic.ValidationError: invalid options for the regularizer's ``Options`` model.
     """
-    terms, seen = [], set()
-    for cfg in configs:
-        if cfg.name in seen:
-            raise ValueError(f"regularizer term '{cfg.name}' appears twice")
-        seen.add(cfg.name)
-        cls = REGULARIZERS.get(cfg.name)
-        unknown = [k for k in cfg.params if k not in cls.space.names]
-        if unknown:
-            raise KeyError(
-                f"term '{cfg.name}': "
-                + unknown_name_message("parameter", unknown[0], cls.space.names)
-            )
-        specs = {spec.name: _configured_spec(spec, cfg.params.get(spec.name)) for spec in cls.space}
-        specs["alpha"] = _configured_spec(ALPHA, cfg.alpha)
-        terms.append(Term(cfg.name, cls(**cfg.options), specs))
-    return terms
-
-
-def check_terms(config: ExperimentConfig) -> None:
-    """Load the config's plugins and validate its similarity and regularizer terms.
-
-    Raises:
-        ValueError: with the problem's description (pydantic reports it at its key).
-    """
-    try:
-        load_plugins(config.plugins)
-        SIMILARITIES.get(config.similarity.name)(**config.similarity.options)
-        terms = build_terms(config.regularizers)
-    except (KeyError, PluginError) as exc:
-        raise ValueError(exc.args[0] if exc.args else str(exc)) from exc
-    except ValidationError as exc:
-        problems = "; ".join(f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors())
-        raise ValueError(f"invalid options: {problems}") from exc
-    if config.weighting == "hypermorph" and len(terms) != 1:
-        raise ValueError("weighting='hypermorph' needs exactly one regularizer term")
-    free = sum(not spec.is_fixed for term in terms for spec in term.specs.values())
-    if not config.model.hyper and free:
-        raise ValueError(
-            "model.hyper=false trains a plain VoxelMorph with fixed parameters: give every "
-            "parameter (and alpha) a number instead of a {low, high} range"
-        )
-    if config.model.hyper and free == 0:
-        raise ValueError(
-            "model.hyper=true but every parameter is fixed: free one (give it {low, high}) "
-            "or set model.hyper=false"
-        )
+    cls = REGULARIZERS.get(config.name)
+    unknown = [k for k in config.params if k not in cls.space.names]
+    if unknown:
+        raise UnknownNameError(unknown_name_message("parameter", unknown[0], cls.space.names))
+    specs = {spec.name: _configured_spec(spec, config.params.get(spec.name)) for spec in cls.space}
+    specs["alpha"] = _configured_spec(ALPHA, config.alpha)
+    return Term(config.name, cls(**config.options), specs)
 
 
 class Objective(nn.Module):
@@ -182,7 +144,7 @@ class Objective(nn.Module):
         self.terms = list(terms)
         self.regularizers = nn.ModuleList(term.regularizer for term in self.terms)
         if weighting not in WEIGHTINGS:
-            raise ValueError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
+            raise InputError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         self.weighting = weighting
         self.free_space = ParamSpace(
             specs=tuple(
@@ -215,12 +177,12 @@ class Objective(nn.Module):
         if len(matches) == 1:
             return matches[0]
         if len(matches) > 1:
-            raise KeyError(f"parameter '{key}' is ambiguous: use one of {matches}")
+            raise UnknownNameError(f"parameter '{key}' is ambiguous: use one of {matches}")
         fixed = self.fixed_values()
         if key in fixed or any(n.split(".", 1)[1] == key for n in fixed):
-            raise KeyError(f"parameter '{key}' was fixed during training and cannot be set")
+            raise UnknownNameError(f"parameter '{key}' was fixed during training and cannot be set")
         short = [n.split(".", 1)[1] for n in names]
-        raise KeyError(unknown_name_message("free parameter", key, names + short))
+        raise UnknownNameError(unknown_name_message("free parameter", key, names + short))
 
     def resolve(self, values: Mapping[str, float] | None = None) -> dict[str, float]:
         """Complete a (short- or full-named) mapping with defaults and check the bounds.
@@ -235,7 +197,7 @@ class Objective(nn.Module):
         for key, value in (values or {}).items():
             name = self.canonical_name(key)
             if name in canonical:
-                raise ValueError(f"parameter '{name}' given twice (as '{given[name]}' and '{key}')")
+                raise InputError(f"parameter '{name}' given twice (as '{given[name]}' and '{key}')")
             canonical[name], given[name] = value, key
         return self.free_space.validate(canonical)
 
@@ -303,7 +265,63 @@ class Objective(nn.Module):
 
 
 def build_objective(config: ExperimentConfig) -> Objective:
-    """Build the objective (similarity, terms, free space) of a validated config."""
-    load_plugins(config.plugins)
-    similarity = SIMILARITIES.get(config.similarity.name)(**config.similarity.options)
-    return Objective(similarity, build_terms(config.regularizers), config.weighting)
+    """Resolve a config's components once: plugins, similarity, terms and the free space.
+
+    This is where a config's names and options meet the registries (``config.py`` is a pure
+    schema): plugins are loaded, the similarity and each regularizer are built with their
+    options, parameter ranges are checked against their domains, and the free space is checked
+    against ``model.hyper``.
+
+    Raises:
+        ConfigError: naming the key of each problem (``regularizers.0.params``...).
+    """
+    from regzoo.config import ConfigError
+
+    def fail(key: str, exc: BaseException) -> ConfigError:
+        message = exc.args[0] if exc.args else str(exc)
+        if isinstance(exc, ValidationError):
+            message = "invalid options: " + "; ".join(
+                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
+            )
+        return ConfigError(f"invalid config:\n  {key}: {message}")
+
+    try:
+        load_plugins(config.plugins)
+    except PluginError as exc:
+        raise fail("plugins", exc) from None
+    try:
+        similarity = SIMILARITIES.get(config.similarity.name)(**config.similarity.options)
+    except (KeyError, ValueError, ValidationError) as exc:
+        raise fail("similarity", exc) from None
+    terms = []
+    for index, term in enumerate(config.regularizers):
+        if term.name in (t.label for t in terms):
+            raise fail(
+                f"regularizers.{index}.name", ValueError(f"term '{term.name}' appears twice")
+            )
+        try:
+            terms.append(build_term(term))
+        except (KeyError, ValueError, ValidationError) as exc:
+            raise fail(f"regularizers.{index}", exc) from None
+    if config.weighting == "hypermorph" and len(terms) != 1:
+        raise fail("weighting", ValueError("'hypermorph' needs exactly one regularizer term"))
+    objective = Objective(similarity, terms, config.weighting)
+    free = len(objective.free_space)
+    if not config.model.hyper and free:
+        raise fail(
+            "model.hyper",
+            ValueError(
+                "false trains a plain VoxelMorph with fixed parameters: give every parameter "
+                f"(and alpha) a number instead of a {{low, high}} range (free: "
+                f"{', '.join(objective.free_space.names)})"
+            ),
+        )
+    if config.model.hyper and free == 0:
+        raise fail(
+            "model.hyper",
+            ValueError(
+                "true but every parameter is fixed: free one (give it {low, high}) or set "
+                "model.hyper=false"
+            ),
+        )
+    return objective

@@ -18,6 +18,8 @@ from typing import Literal
 import torch
 from pydantic import BaseModel, ConfigDict, model_validator
 
+from regzoo._errors import InputError, UnknownNameError
+
 __all__ = ["ParamSpace", "ParamSpec"]
 
 
@@ -57,26 +59,26 @@ class ParamSpec(BaseModel):
     @model_validator(mode="after")
     def _check_bounds(self) -> ParamSpec:
         if not all(math.isfinite(v) for v in (self.low, self.high, self.default)):
-            raise ValueError(f"parameter '{self.name}': bounds and default must be finite")
+            raise InputError(f"parameter '{self.name}': bounds and default must be finite")
         floor, ceiling = self.domain
         if (floor is not None and self.low < floor) or (
             ceiling is not None and self.high > ceiling
         ):
-            raise ValueError(
+            raise InputError(
                 f"parameter '{self.name}': range [{self.low:g}, {self.high:g}] leaves its "
                 f"physical domain {self.domain_text()}"
             )
         if self.low > self.high:
-            raise ValueError(
+            raise InputError(
                 f"parameter '{self.name}': low={self.low} is greater than high={self.high}"
             )
         if not self.low <= self.default <= self.high:
-            raise ValueError(
+            raise InputError(
                 f"parameter '{self.name}': default={self.default} lies outside "
                 f"[{self.low}, {self.high}]"
             )
         if self.scale == "log" and self.low <= 0:
-            raise ValueError(
+            raise InputError(
                 f"parameter '{self.name}': log scale needs low > 0, got low={self.low}"
             )
         return self
@@ -146,12 +148,12 @@ class ParamSpec(BaseModel):
             ValueError: for ``count < 1`` or non-positive ends on the log scale.
         """
         if count < 1:
-            raise ValueError(f"parameter '{self.name}': a grid needs count >= 1, got {count}")
+            raise InputError(f"parameter '{self.name}': a grid needs count >= 1, got {count}")
         if count == 1:
             return [float(start)]
         if self.scale == "log":
             if start <= 0 or stop <= 0:
-                raise ValueError(
+                raise InputError(
                     f"parameter '{self.name}' is on a log scale: grid ends must be > 0, "
                     f"got {start:g}:{stop:g}"
                 )
@@ -172,10 +174,10 @@ class ParamSpec(BaseModel):
         """
         value = float(value)
         if not math.isfinite(value):
-            raise ValueError(f"parameter '{self.name}' must be finite, got {value}")
+            raise InputError(f"parameter '{self.name}' must be finite, got {value}")
         floor, ceiling = self.domain
         if (floor is not None and value < floor) or (ceiling is not None and value > ceiling):
-            raise ValueError(
+            raise InputError(
                 f"parameter '{self.name}'={value} leaves its physical domain {self.domain_text()}"
             )
         return value
@@ -188,10 +190,10 @@ class ParamSpec(BaseModel):
         """
         value = float(value)
         if not math.isfinite(value):
-            raise ValueError(f"parameter '{self.name}' must be finite, got {value}")
+            raise InputError(f"parameter '{self.name}' must be finite, got {value}")
         tolerance = 1e-9 * max(1.0, abs(self.low), abs(self.high))
         if value < self.low - tolerance or value > self.high + tolerance:
-            raise ValueError(
+            raise InputError(
                 f"parameter '{self.name}'={value} is out of range [{self.low}, {self.high}]"
             )
         return min(max(value, self.low), self.high)
@@ -223,7 +225,7 @@ class ParamSpace(BaseModel):
         names = [s.name for s in self.specs]
         duplicates = sorted({n for n in names if names.count(n) > 1})
         if duplicates:
-            raise ValueError(f"ParamSpace: duplicate parameter names {duplicates}")
+            raise InputError(f"ParamSpace: duplicate parameter names {duplicates}")
         return self
 
     @classmethod
@@ -242,7 +244,7 @@ class ParamSpace(BaseModel):
         for spec in self.specs:
             if spec.name == name:
                 return spec
-        raise KeyError(f"no parameter '{name}' in space with {self.names}")
+        raise UnknownNameError(f"no parameter '{name}' in space with {self.names}")
 
     def __contains__(self, name: object) -> bool:
         return name in self.names
@@ -269,7 +271,7 @@ class ParamSpace(BaseModel):
         values = dict(values or {})
         unknown = [k for k in values if k not in self.names]
         if unknown:
-            raise KeyError(unknown_name_message("parameter", unknown[0], self.names))
+            raise UnknownNameError(unknown_name_message("parameter", unknown[0], self.names))
         return {s.name: s.check(values.get(s.name, s.default)) for s in self.specs}
 
     # -- tensor conversions -------------------------------------------------------------
@@ -322,7 +324,7 @@ class ParamSpace(BaseModel):
             device: device of the result.
         """
         if not 0.0 <= endpoint_rate <= 1.0:
-            raise ValueError(
+            raise InputError(
                 f"ParamSpace.sample(): endpoint_rate must be in [0, 1], got {endpoint_rate}"
             )
         unit = torch.rand(n, len(self), generator=generator)
@@ -341,7 +343,7 @@ class ParamSpace(BaseModel):
         if isinstance(steps, int):
             steps = [steps] * len(self)
         if len(steps) != len(self):
-            raise ValueError(
+            raise InputError(
                 f"ParamSpace.grid(): expected {len(self)} step counts, got {len(steps)}"
             )
         if len(self) == 0:
@@ -363,7 +365,7 @@ class ParamSpace(BaseModel):
 
     def _check_last_dim(self, tensor: torch.Tensor, caller: str) -> None:
         if tensor.shape[-1] != len(self):
-            raise ValueError(
+            raise InputError(
                 f"ParamSpace.{caller}(): expected a last dimension of {len(self)} "
                 f"({self.names}), got shape {tuple(tensor.shape)}"
             )

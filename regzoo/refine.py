@@ -26,6 +26,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
+from regzoo._errors import InputError
 from regzoo.nets import RegistrationOutput
 from regzoo.objective import Objective
 from regzoo.spatial import Spacing, check_image, integrate_velocity, resize_flow, warp
@@ -65,19 +66,19 @@ class RefineOptions:
 
     def __post_init__(self) -> None:
         if self.steps < 0:
-            raise ValueError(f"refine: steps must be >= 0, got {self.steps}")
+            raise InputError(f"refine: steps must be >= 0, got {self.steps}")
         if not self.lr > 0:
-            raise ValueError(f"refine: lr must be > 0, got {self.lr}")
+            raise InputError(f"refine: lr must be > 0, got {self.lr}")
         if self.levels < 1:
-            raise ValueError(f"refine: levels must be >= 1, got {self.levels}")
+            raise InputError(f"refine: levels must be >= 1, got {self.levels}")
         if self.grid_downsize < 1:
-            raise ValueError(f"refine: grid_downsize must be >= 1, got {self.grid_downsize}")
+            raise InputError(f"refine: grid_downsize must be >= 1, got {self.grid_downsize}")
         if self.regularize not in ("displacement", "velocity"):
-            raise ValueError(
+            raise InputError(
                 f"refine: regularize must be 'displacement' or 'velocity', got {self.regularize!r}"
             )
         if self.regularize == "velocity" and self.int_steps == 0:
-            raise ValueError("refine: regularize='velocity' needs int_steps > 0")
+            raise InputError("refine: regularize='velocity' needs int_steps > 0")
 
 
 @dataclass
@@ -121,18 +122,18 @@ def refine_field(
     """
     ndim = check_image(fixed, "refine_field", name="fixed")
     if moving.shape != fixed.shape:
-        raise ValueError(
+        raise InputError(
             f"refine_field(): 'moving' {tuple(moving.shape)} and 'fixed' {tuple(fixed.shape)} "
             "must have the same shape"
         )
     size = fixed.shape[2:]
     if init.shape != (fixed.shape[0], ndim, *size):
-        raise ValueError(
+        raise InputError(
             f"refine_field(): 'init' must have shape {(fixed.shape[0], ndim, *size)}, "
             f"got {tuple(init.shape)}"
         )
     if values.shape != (fixed.shape[0], len(objective.free_space)):
-        raise ValueError(
+        raise InputError(
             f"refine_field(): 'values' must have shape "
             f"{(fixed.shape[0], len(objective.free_space))}, got {tuple(values.shape)}"
         )

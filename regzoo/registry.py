@@ -22,7 +22,13 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Generic, TypeVar
 
-from regzoo._errors import PluginError, unknown_name_message
+from regzoo._errors import (
+    InputError,
+    MissingFileError,
+    PluginError,
+    UnknownNameError,
+    unknown_name_message,
+)
 
 __all__ = ["Registry", "load_plugin", "load_plugins"]
 
@@ -76,7 +82,7 @@ class Registry(Generic[T]):
     def add(self, name: str, cls: type[T]) -> None:
         """Register ``cls`` under ``name`` (see :meth:`register`)."""
         if not name or not name.replace("_", "").replace("-", "").isalnum():
-            raise ValueError(f"{self.kind} name must be a non-empty identifier, got {name!r}")
+            raise InputError(f"{self.kind} name must be a non-empty identifier, got {name!r}")
         existing = self._items.get(name)
         if existing is not None and existing is not cls:
             same_origin = (existing.__module__, existing.__qualname__) == (
@@ -84,7 +90,7 @@ class Registry(Generic[T]):
                 cls.__qualname__,
             )
             if not same_origin:
-                raise ValueError(
+                raise InputError(
                     f"{self.kind} '{name}' is already registered by "
                     f"{existing.__module__}.{existing.__qualname__}"
                 )
@@ -105,7 +111,7 @@ class Registry(Generic[T]):
             return self._items[name]
         if name in self._failed:
             raise PluginError(self._failed[name])
-        raise KeyError(unknown_name_message(self.kind, name, self._items))
+        raise UnknownNameError(unknown_name_message(self.kind, name, self._items))
 
     def available(self) -> list[str]:
         """Sorted names of everything registered (built-ins and discovered plugins)."""
@@ -157,7 +163,7 @@ def load_plugin(spec: str) -> None:
     try:
         if spec.endswith(".py"):
             if not path.is_file():
-                raise FileNotFoundError(f"no such file: {path}")
+                raise MissingFileError(f"no such file: {path}")
             resolved = path.resolve()
             digest = hashlib.sha1(str(resolved).encode()).hexdigest()[:10]
             module_name = f"regzoo_plugin_{resolved.stem}_{digest}"
@@ -175,7 +181,7 @@ def load_plugin(spec: str) -> None:
                 raise
         else:
             importlib.import_module(spec)
-    except Exception as exc:
+    except (Exception, SystemExit) as exc:  # a plugin calling sys.exit() must not end the CLI
         raise PluginError(f"plugin '{spec}' failed to load: {type(exc).__name__}: {exc}") from exc
 
 

@@ -7,11 +7,55 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
-from regzoo._io import atomic_write_text, write_csv
+from regzoo.inference import register
+from regzoo.io import Volume, atomic_write_text, write_csv
+from regzoo.model import HyperRegistration
+from regzoo.spatial import warp
 from regzoo.sweep import SweepResult
-from regzoo.viz import plot_sweep
+from regzoo.viz import OverlayPanel, plot_registration, plot_sweep
 
-__all__ = ["write_sweep_report"]
+__all__ = ["overlay_figure", "write_sweep_report"]
+
+
+def overlay_figure(
+    model: HyperRegistration,
+    fixed: Volume,
+    moving: Volume,
+    settings: Sequence[tuple[str, Mapping[str, float]]],
+    out: Path,
+    *,
+    moving_mask: Volume | None = None,
+    fixed_mask: Volume | None = None,
+    refine: int = 0,
+) -> Path:
+    """Figure of one pair registered at several settings ``[(title, params), ...]``.
+
+    Each setting is registered by the network and then refined ``refine`` iterations; each row
+    shows the warped image (with the warped mask's contour), the deformation grid and the
+    Jacobian determinant (:func:`regzoo.viz.plot_registration`).
+    """
+    panels = []
+    for title, params in settings:
+        result = register(model, fixed, moving, refine=refine, **params)
+        warped_mask = None
+        if moving_mask is not None:
+            warped_mask = warp(
+                moving_mask.tensor()[None, None], result.displacement[None], mode="nearest"
+            )[0, 0]
+        panels.append(
+            OverlayPanel(
+                title, result.displacement, result.warped, result.jacobian_determinant, warped_mask
+            )
+        )
+    return plot_registration(
+        fixed.tensor(),
+        moving.tensor(),
+        panels,
+        out,
+        fixed_mask=None if fixed_mask is None else fixed_mask.tensor(),
+        moving_mask=None if moving_mask is None else moving_mask.tensor(),
+        window=tuple(model.config.data.intensity_window),
+    )
 
 
 def _fmt(params: dict[str, Any], names: Sequence[str]) -> str:

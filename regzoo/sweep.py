@@ -3,7 +3,7 @@
 from __future__ import annotations
 
 import itertools
-from collections.abc import Callable, Mapping, Sequence
+from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import Any
 
@@ -11,13 +11,22 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
+from regzoo._errors import InputError
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.evaluation import score_pair, summarize
 from regzoo.model import HyperRegistration
 from regzoo.refine import refine
 from regzoo.spatial import warp
 
-__all__ = ["MAX_SETTINGS", "GridRange", "SweepResult", "optimize_parameters", "parse_grid", "sweep"]
+__all__ = [
+    "MAX_SETTINGS",
+    "GridRange",
+    "SweepResult",
+    "optimize_dataset",
+    "optimize_parameters",
+    "parse_grid",
+    "sweep",
+]
 
 MAXIMIZE = {
     "dice": True,
@@ -59,9 +68,9 @@ def parse_grid(specs: Sequence[str]) -> dict[str, GridAxis]:
     for spec in specs:
         name, sep, text = spec.partition("=")
         if not sep or not name or not text:
-            raise ValueError(f"grid entry {spec!r} {usage}")
+            raise InputError(f"grid entry {spec!r} {usage}")
         if name in grid:
-            raise ValueError(f"grid parameter '{name}' given twice")
+            raise InputError(f"grid parameter '{name}' given twice")
         try:
             if ":" in text:
                 start, stop, count = text.split(":")
@@ -71,12 +80,12 @@ def parse_grid(specs: Sequence[str]) -> dict[str, GridAxis]:
                 axis = [float(v) for v in text.split(",")]
                 size = len(axis)
         except ValueError:
-            raise ValueError(f"grid entry {spec!r} {usage}") from None
+            raise InputError(f"grid entry {spec!r} {usage}") from None
         if size < 1:
-            raise ValueError(f"grid entry {spec!r}: COUNT must be at least 1")
+            raise InputError(f"grid entry {spec!r}: COUNT must be at least 1")
         total *= size
         if total > MAX_SETTINGS:
-            raise ValueError(
+            raise InputError(
                 f"grid entry {spec!r}: the grid would have {total} settings, more than "
                 f"{MAX_SETTINGS}; use fewer points"
             )
@@ -114,7 +123,7 @@ class SweepResult:
         for metric in ("dice", "tre_mm", "sdlogj"):
             if self.settings and metric in self.settings[0]:
                 return metric
-        raise ValueError("no metric to rank settings by")
+        raise InputError("no metric to rank settings by")
 
     def _order(self, metric: str | None) -> Callable[[dict[str, Any]], tuple[bool, float]]:
         """Sort key: ineligible (too much folding) last, then the metric, best first."""
@@ -141,7 +150,7 @@ class SweepResult:
         """
         best = self.ranked(metric)[0]
         if self._order(metric)(best)[0]:
-            raise ValueError(
+            raise InputError(
                 f"no setting keeps the folded-voxel fraction at or below {self.max_folding}"
             )
         return best
@@ -191,9 +200,9 @@ def sweep(
         ValueError: grid values outside the trained range.
     """
     if not grid:
-        raise ValueError("sweep(): the grid is empty; give at least one NAME=START:STOP:COUNT")
+        raise InputError("sweep(): the grid is empty; give at least one NAME=START:STOP:COUNT")
     if batch_size < 1:
-        raise ValueError(f"sweep(): batch_size must be at least 1, got {batch_size}")
+        raise InputError(f"sweep(): batch_size must be at least 1, got {batch_size}")
     names = [model.objective.canonical_name(k) for k in grid]
     axes = []
     for name, axis in zip(names, grid.values(), strict=True):
@@ -282,16 +291,16 @@ def optimize_parameters(
         ``{"params": {name: value}, "history": [criterion value per step], "criterion": str}``.
     """
     if model.net.num_params == 0:
-        raise ValueError("optimize_parameters() needs a hyper model (model.hyper=true)")
+        raise InputError("optimize_parameters() needs a hyper model (model.hyper=true)")
     has_masks = "moving_mask" in item and "fixed_mask" in item
     if criterion == "auto":
         criterion = "dice" if has_masks else "loss"
     if criterion not in ("dice", "loss"):
-        raise ValueError(
+        raise InputError(
             f"optimize_parameters(): criterion must be dice, loss or auto, got {criterion!r}"
         )
     if criterion == "dice" and not has_masks:
-        raise ValueError("optimize_parameters(): criterion='dice' needs fixed and moving masks")
+        raise InputError("optimize_parameters(): criterion='dice' needs fixed and moving masks")
     space = model.space
     chosen = [model.objective.canonical_name(n) for n in (names or space.names)]
     trainable = torch.tensor([n in chosen for n in space.names], device=model.device)
@@ -343,3 +352,21 @@ def optimize_parameters(
         "history": history,
         "criterion": "soft_dice" if criterion == "dice" else "loss",
     }
+
+
+def optimize_dataset(
+    model: HyperRegistration,
+    dataset: Iterable[Mapping[str, Any]],
+    *,
+    names: Sequence[str] | None = None,
+    steps: int = 30,
+) -> list[dict[str, Any]]:
+    """:func:`optimize_parameters` on every pair; one row per pair with its ids."""
+    return [
+        {
+            "fixed_id": item["fixed_id"],
+            "moving_id": item["moving_id"],
+            **optimize_parameters(model, item, names=names, steps=steps),
+        }
+        for item in dataset
+    ]

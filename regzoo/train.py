@@ -1,35 +1,101 @@
-"""Train an experiment config with PyTorch Lightning."""
+"""Train an experiment config with PyTorch Lightning (new runs and resumed ones)."""
 
 from __future__ import annotations
 
+import shutil
 from pathlib import Path
 
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 
+from regzoo._errors import InputError, MissingFileError, OutputExistsError
+from regzoo.callbacks import ImageLogger
 from regzoo.config import ExperimentConfig, dump_config
 from regzoo.data.datamodule import RegistrationDataModule, ensure_dataset
 from regzoo.model import HyperRegistration
 
-__all__ = ["train"]
+__all__ = ["RUN_CONTENTS", "prepare_run_dir", "train"]
+
+RUN_CONTENTS = ("config.yaml", "checkpoints", "tensorboard")
+"""What ``train`` writes in a run directory (all that ``overwrite`` removes)."""
+
+# sections that define the model's weights: a resumed run must not change them
+_FIXED_ON_RESUME = ("model", "regularizers", "similarity", "weighting", "regularize", "plugins")
 
 
-def train(config: ExperimentConfig) -> Path:
+def _checkpoint(run_dir: Path) -> Path:
+    return run_dir / "checkpoints" / "last.ckpt"
+
+
+def prepare_run_dir(config: ExperimentConfig, *, resume: bool, overwrite: bool) -> Path | None:
+    """Check the run directory before anything is written; return the checkpoint to resume.
+
+    Raises:
+        InputError: ``resume`` and ``overwrite`` together, or a resumed config that changes
+            the model (its network, terms, similarity or plugins).
+        MissingFileError: ``resume`` without ``run_dir/checkpoints/last.ckpt``.
+        OutputExistsError: ``run_dir`` already holds a run and neither flag is given.
+    """
+    if resume and overwrite:
+        raise InputError("give --resume or --overwrite, not both")
+    run_dir = Path(config.run_dir)
+    last = _checkpoint(run_dir)
+    if resume:
+        if not last.is_file():
+            raise MissingFileError(f"nothing to resume: {last} does not exist")
+        from regzoo.config import load_config
+
+        stored = load_config(run_dir / "config.yaml")
+        changed = [key for key in _FIXED_ON_RESUME if getattr(stored, key) != getattr(config, key)]
+        if changed:
+            raise InputError(
+                f"cannot resume {run_dir}: the config changes {', '.join(changed)} "
+                "(start a new run_dir instead)"
+            )
+        return last
+    existing = [name for name in RUN_CONTENTS if (run_dir / name).exists()]
+    if existing and not overwrite:
+        raise OutputExistsError(
+            f"run_dir {run_dir} already holds a run ({', '.join(existing)}): pass "
+            f"--resume to continue it or --overwrite to start again"
+        )
+    return None
+
+
+def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = False) -> Path:
     """Train ``config``; returns the path of ``run_dir/checkpoints/last.ckpt``.
 
     The run directory receives ``config.yaml`` (the resolved config), ``tensorboard/`` logs and
-    ``checkpoints/`` (``last.ckpt`` is written at the end, atomically). The phantom is built
-    first if the data folder is missing and a phantom is configured.
+    ``checkpoints/`` (``last.ckpt`` every ``trainer.checkpoint_every_n_steps`` and at the end,
+    written atomically). The phantom is built first if the data folder is missing and a phantom
+    is configured. Every check (config components, the run directory) happens before anything
+    is written.
+
+    Args:
+        config: a validated experiment config.
+        resume: continue the run in ``config.run_dir`` from its last checkpoint: the step
+            count, optimizer state, parameter sampler and TensorBoard log continue.
+        overwrite: replace a previous run in ``config.run_dir``.
+
+    Raises:
+        ConfigError: the config's components do not resolve.
+        OutputExistsError, MissingFileError, InputError: see :func:`prepare_run_dir`.
+        NonFiniteLossError: the loss or a gradient became NaN/inf (``trainer.nonfinite``).
     """
+    model = HyperRegistration(config)  # resolves plugins and terms: errors before any output
+    resume_from = prepare_run_dir(config, resume=resume, overwrite=overwrite)
     L.seed_everything(config.seed, workers=True, verbose=False)
     ensure_dataset(config.data, progress=config.trainer.progress_bar)
     run_dir = Path(config.run_dir)
+    if overwrite:
+        for name in RUN_CONTENTS:
+            target = run_dir / name
+            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     checkpoints = run_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
     dump_config(config, run_dir / "config.yaml")
 
-    model = HyperRegistration(config)
     t = config.trainer
     trainer = L.Trainer(
         max_steps=t.max_steps,
@@ -49,6 +115,7 @@ def train(config: ExperimentConfig) -> Path:
         logger=TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""),
         callbacks=[
             *([TQDMProgressBar(refresh_rate=5)] if t.progress_bar else []),
+            ImageLogger(config.logging.image_every_n_steps),
             ModelCheckpoint(
                 dirpath=checkpoints,
                 save_last=True,
@@ -57,8 +124,13 @@ def train(config: ExperimentConfig) -> Path:
             ),
         ],
     )
-    trainer.fit(model, datamodule=RegistrationDataModule(config.data))
-    last = checkpoints / "last.ckpt"
+    trainer.fit(
+        model,
+        datamodule=RegistrationDataModule(config.data),
+        ckpt_path=resume_from,
+        weights_only=True,
+    )
+    last = _checkpoint(run_dir)
     partial = checkpoints / "last.ckpt.partial"
     trainer.save_checkpoint(partial)
     if trainer.is_global_zero:

@@ -6,14 +6,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import matplotlib
-
-matplotlib.use("Agg")
-
-import matplotlib.pyplot as plt
 import numpy as np
 import torch
+from matplotlib.axes import Axes
+from matplotlib.figure import Figure
 
+from regzoo.io import atomic_path
 from regzoo.sweep import SweepResult
 
 __all__ = ["OverlayPanel", "plot_registration", "plot_sweep"]
@@ -27,13 +25,11 @@ METRIC_LABELS = {
 }
 
 
-def _save(fig: plt.Figure, path: str | Path) -> Path:
+def _save(fig: Figure, path: str | Path) -> Path:
     path = Path(path)
     path.parent.mkdir(parents=True, exist_ok=True)
-    tmp = path.with_name(f".{path.stem}.partial{path.suffix}")
-    fig.savefig(tmp, dpi=110, bbox_inches="tight")
-    plt.close(fig)
-    tmp.replace(path)
+    with atomic_path(path) as tmp:
+        fig.savefig(tmp, dpi=110, bbox_inches="tight", format=path.suffix.lstrip(".") or "png")
     return path
 
 
@@ -64,7 +60,8 @@ def plot_sweep(result: SweepResult, path: str | Path, metrics: Sequence[str] | N
     metrics = [m for m in (metrics or default) if m in available]
     if len(result.names) > 2:
         raise ValueError("plot_sweep(): figures cover one or two swept parameters")
-    fig, axes = plt.subplots(1, len(metrics), figsize=(4.2 * len(metrics), 3.6), squeeze=False)
+    fig = Figure(figsize=(4.2 * len(metrics), 3.6))
+    axes = fig.subplots(1, len(metrics), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):
         values = result.metric_grid(metric)
         best = result.best(metric)
@@ -101,7 +98,7 @@ class OverlayPanel:
     warped_mask: torch.Tensor | None = None
 
 
-def _grid_lines(ax: plt.Axes, flow2d: np.ndarray, step: int) -> None:
+def _grid_lines(ax: Axes, flow2d: np.ndarray, step: int) -> None:
     """Draw the deformed grid ``x + u(x)`` of a 2D in-plane displacement ``(2, H, W)``."""
     h, w = flow2d.shape[1:]
     ys, xs = np.mgrid[0:h, 0:w].astype(float)
@@ -139,7 +136,8 @@ def plot_registration(
 
     in_plane = [k for k in range(3) if k != axis]
     rows = 1 + len(panels)
-    fig, axes = plt.subplots(rows, 3, figsize=(11, 3.6 * rows), squeeze=False)
+    fig = Figure(figsize=(11, 3.6 * rows))
+    axes = fig.subplots(rows, 3, squeeze=False)
     style = {"cmap": "gray", "vmin": window[0], "vmax": window[1], "origin": "lower"}
     for ax, image, mask, title in (
         (axes[0, 0], fixed, fixed_mask, "fixed"),

@@ -90,7 +90,7 @@ def test_register_api_and_bad_input(tiny_checkpoint, tiny_phantom):
         register(model, fixed, moving, nu=0.1)
     with pytest.raises(FileNotFoundError, match="image not found"):
         register(model, fixed.with_name("missing.nii.gz"), moving)
-    with pytest.raises(ValueError, match="must have the same shape"):
+    with pytest.raises(ValueError, match="different grids: fixed image: 32x32x32.* vs moving image: 32x32x16"):
         register(model, torch.zeros(32, 32, 32), torch.zeros(32, 32, 16))
     bad = torch.zeros(32, 32, 32)
     bad[0, 0, 0] = float("nan")
@@ -107,7 +107,7 @@ def test_register_cli_errors(tiny_checkpoint, tiny_phantom, tmp_path, capsys):
     assert main([*args, "--param", "mu"]) == 2
     assert "must look like NAME=NUMBER" in capsys.readouterr().err
     assert main([*args, "--moving-seg", str(tmp_path / "missing_seg.nii.gz")]) == 2
-    assert "image not found" in capsys.readouterr().err
+    assert "segmentation not found" in capsys.readouterr().err
     assert not out.exists()
 
 

@@ -15,7 +15,7 @@ from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.inference import register
 from regzoo.metrics import folding_fraction, target_registration_error
 from regzoo.model import load_model
-from regzoo.objective import Objective, build_terms
+from regzoo.objective import Objective, build_term
 from regzoo.refine import RefineOptions, RefineTrace, refine, refine_field
 from regzoo.similarity import MSE
 from regzoo.spatial import integrate_velocity, warp
@@ -40,16 +40,14 @@ def blob_pair(shift: float, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]
 @pytest.fixture(scope="module")
 def plugin_objective() -> Objective:
     load_plugin(str(FILE_PLUGIN))
-    terms = build_terms(
-        [
-            TermConfig(
-                name="directional_diffusion",
-                alpha=0.01,
-                params={"axial_weight": {"low": 0.01, "high": 1}},
-            )
-        ]
+    term = build_term(
+        TermConfig(
+            name="directional_diffusion",
+            alpha=0.01,
+            params={"axial_weight": {"low": 0.01, "high": 1}},
+        )
     )
-    return Objective(MSE(), terms)
+    return Objective(MSE(), [term])
 
 
 def test_refine_lowers_its_objective_in_2d_with_a_plugin(plugin_objective):

@@ -5,6 +5,7 @@ from __future__ import annotations
 import lightning as L
 from torch.utils.data import DataLoader
 
+from regzoo._errors import MissingFileError
 from regzoo.config import DataConfig
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.data.phantom import write_phantom_dataset
@@ -21,7 +22,7 @@ def ensure_dataset(config: DataConfig, *, progress: bool = True) -> None:
     if config.root.exists():
         return
     if config.phantom is None:
-        raise FileNotFoundError(
+        raise MissingFileError(
             f"dataset folder not found: {config.root} (and data.phantom is null)"
         )
     phantom = config.phantom

@@ -10,15 +10,24 @@ from __future__ import annotations
 
 import json
 import re
+from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
 
-import nibabel as nib
 import numpy as np
 import torch
 from torch.utils.data import Dataset
 
-__all__ = ["Learn2RegDataset", "case_id", "load_keypoints", "load_volume", "read_manifest"]
+from regzoo._errors import InputError, MissingFileError
+from regzoo.io import check_same_grid, read_volume
+
+__all__ = [
+    "Learn2RegDataset",
+    "case_id",
+    "load_keypoints",
+    "normalize_intensity",
+    "read_manifest",
+]
 
 Split = Literal["train", "val", "test"]
 SPLIT_KEYS = {
@@ -33,18 +42,41 @@ def read_manifest(root: str | Path) -> tuple[Path, dict[str, Any]]:
     """Find and parse the ``*_dataset.json`` of a Learn2Reg folder.
 
     Raises:
-        FileNotFoundError: if the folder or its dataset JSON is missing.
-        ValueError: if there are several dataset JSON files.
+        MissingFileError: if the folder or its dataset JSON is missing.
+        InputError: if there are several dataset JSON files, or the file is not a JSON object
+            whose pair lists hold ``{fixed, moving}`` entries (the message names the file).
     """
     root = Path(root)
     if not root.is_dir():
-        raise FileNotFoundError(f"dataset folder not found: {root}")
+        raise MissingFileError(f"dataset folder not found: {root}")
     manifests = sorted(root.glob("*_dataset.json"))
     if not manifests:
-        raise FileNotFoundError(f"no *_dataset.json in {root} (expected the Learn2Reg layout)")
+        raise MissingFileError(f"no *_dataset.json in {root} (expected the Learn2Reg layout)")
     if len(manifests) > 1:
-        raise ValueError(f"several dataset JSON files in {root}: {[m.name for m in manifests]}")
-    return root, json.loads(manifests[0].read_text())
+        raise InputError(f"several dataset JSON files in {root}: {[m.name for m in manifests]}")
+    path = manifests[0]
+    try:
+        manifest = json.loads(path.read_text())
+    except (json.JSONDecodeError, UnicodeDecodeError) as exc:
+        raise InputError(f"{path}: not valid JSON ({exc})") from None
+    if not isinstance(manifest, dict):
+        raise InputError(f"{path}: expected a JSON object, got a {type(manifest).__name__}")
+    for key in SPLIT_KEYS.values():
+        pairs = manifest.get(key, [])
+        if not isinstance(pairs, list) or not all(
+            isinstance(p, dict)
+            and isinstance(p.get("fixed"), str)
+            and isinstance(p.get("moving"), str)
+            for p in pairs
+        ):
+            raise InputError(f'{path}: \'{key}\' must be a list of {{"fixed": ..., "moving": ...}}')
+    return root, manifest
+
+
+def normalize_intensity(image: torch.Tensor, window: Sequence[float]) -> torch.Tensor:
+    """Clip to the intensity ``window`` ``(low, high)`` (HU for CT) and map it to ``[0, 1]``."""
+    low, high = window
+    return (image.clamp(low, high) - low) / (high - low)
 
 
 def case_id(path: str | Path) -> str:
@@ -55,28 +87,36 @@ def case_id(path: str | Path) -> str:
     return match.group(1)
 
 
-def load_volume(path: str | Path) -> tuple[np.ndarray, np.ndarray]:
-    """Read a NIfTI volume as float32 and its affine.
+def load_keypoints(path: str | Path, shape: tuple[int, ...] | None = None) -> np.ndarray:
+    """Read a keypoint CSV ``(N, D)`` in voxel coordinates.
+
+    Args:
+        path: the CSV file (one row per keypoint, no header).
+        shape: the image's spatial shape: the points must lie inside it and have ``D`` columns.
 
     Raises:
-        FileNotFoundError: if the file is missing.
-        ValueError: if it holds NaN or infinite values.
+        InputError: for a header row or other text, NaN values, or points outside ``shape``
+            (the message names the file and the row).
     """
     path = Path(path)
-    if not path.is_file():
-        raise FileNotFoundError(f"image not found: {path}")
-    image = nib.load(str(path))
-    data = np.asarray(image.get_fdata(dtype=np.float32))
-    if not np.isfinite(data).all():
-        raise ValueError(f"{path}: contains NaN or infinite values")
-    return data, image.affine
-
-
-def load_keypoints(path: str | Path) -> np.ndarray:
-    """Read a keypoint CSV ``(N, D)`` in voxel coordinates."""
-    points = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
+    try:
+        points = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
+    except ValueError as exc:
+        raise InputError(f"{path}: not a CSV of numbers, one keypoint per row ({exc})") from None
     if points.size and not np.isfinite(points).all():
-        raise ValueError(f"{path}: keypoints contain NaN or infinite values")
+        raise InputError(f"{path}: keypoints contain NaN or infinite values")
+    if shape is not None and points.size:
+        if points.shape[1] != len(shape):
+            raise InputError(
+                f"{path}: keypoints have {points.shape[1]} columns, the image has {len(shape)} axes"
+            )
+        outside = (points < -0.5) | (points > np.array(shape) - 0.5)
+        if outside.any():
+            row = int(np.argmax(outside.any(axis=1)))
+            raise InputError(
+                f"{path}: keypoint {row + 1} at {points[row].tolist()} lies outside its image "
+                f"of shape {shape} (voxel coordinates)"
+            )
     return points
 
 
@@ -109,16 +149,16 @@ class Learn2RegDataset(Dataset):
     ) -> None:
         self.root, manifest = read_manifest(root)
         if split not in SPLIT_KEYS:
-            raise ValueError(f"unknown split '{split}'; expected one of {sorted(SPLIT_KEYS)}")
+            raise InputError(f"unknown split '{split}'; expected one of {sorted(SPLIT_KEYS)}")
         self.pairs = [
             (self.root / p["fixed"], self.root / p["moving"])
             for p in manifest.get(SPLIT_KEYS[split], [])
         ]
         if not self.pairs:
-            raise ValueError(f"{self.root}: the split '{split}' ({SPLIT_KEYS[split]}) has no pairs")
+            raise InputError(f"{self.root}: the split '{split}' ({SPLIT_KEYS[split]}) has no pairs")
         low, high = intensity_window
         if not high > low:
-            raise ValueError(f"intensity_window must have high > low, got {intensity_window}")
+            raise InputError(f"intensity_window must have high > low, got {intensity_window}")
         self.window = (float(low), float(high))
         self.annotations = annotations
         self.cache = cache
@@ -136,47 +176,30 @@ class Learn2RegDataset(Dataset):
         return item
 
     def _read(self, path: Path) -> dict[str, Any]:
-        data, affine = load_volume(path)
-        low, high = self.window
-        image = (np.clip(data, low, high) - low) / (high - low)
+        volume = read_volume(path)
         item: dict[str, Any] = {
-            "image": torch.from_numpy(image[None].astype(np.float32)),
-            "spacing": torch.tensor(np.linalg.norm(affine[:3, :3], axis=0), dtype=torch.float32),
+            "image": normalize_intensity(volume.tensor(), self.window)[None].contiguous(),
+            "spacing": torch.tensor(volume.spacing, dtype=torch.float32),
+            "grid": volume.grid,
         }
         if self.annotations:
             for key, folder in (("mask", "masksTr"), ("labels", "labelsTr")):
                 sibling = Path(str(path).replace("imagesTr", folder))
                 if sibling != path and sibling.is_file():
-                    annotation = np.rint(load_volume(sibling)[0])
-                    if annotation.shape != data.shape:
-                        raise ValueError(
-                            f"{sibling}: shape {annotation.shape} differs from its image "
-                            f"{path.name} {data.shape}"
-                        )
-                    item[key] = torch.from_numpy(annotation[None].astype(np.int64))
+                    annotation = read_volume(sibling, what=key)
+                    check_same_grid(volume.grid, annotation.grid)
+                    item[key] = torch.from_numpy(np.rint(annotation.data)[None].astype(np.int64))
             keypoints = Path(
                 str(path).replace("imagesTr", "keypointsTr").replace(".nii.gz", ".csv")
             )
             if keypoints != path and keypoints.is_file():
-                points = load_keypoints(keypoints)
-                outside = (points < -0.5) | (points > np.array(data.shape) - 0.5)
-                if outside.any():
-                    row = int(np.argmax(outside.any(axis=1)))
-                    raise ValueError(
-                        f"{keypoints}: keypoint {row + 1} at {points[row].tolist()} lies outside "
-                        f"its image {path.name} of shape {data.shape} (voxel coordinates)"
-                    )
-                item["keypoints"] = torch.from_numpy(points)
+                item["keypoints"] = torch.from_numpy(load_keypoints(keypoints, volume.shape))
         return item
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         fixed_path, moving_path = self.pairs[index]
         fixed, moving = self._load(fixed_path), self._load(moving_path)
-        if fixed["image"].shape != moving["image"].shape:
-            raise ValueError(
-                f"pair {fixed_path.name} / {moving_path.name}: shapes differ "
-                f"{tuple(fixed['image'].shape[1:])} vs {tuple(moving['image'].shape[1:])}"
-            )
+        check_same_grid(fixed["grid"], moving["grid"])
         item: dict[str, Any] = {
             "fixed": fixed["image"],
             "moving": moving["image"],

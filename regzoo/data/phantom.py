@@ -20,10 +20,12 @@ from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
 
-import nibabel as nib
 import numpy as np
 from scipy import ndimage
 from tqdm.auto import tqdm
+
+from regzoo._errors import InputError, OutputExistsError
+from regzoo.io import write_nifti
 
 __all__ = ["PhantomCase", "generate_case", "write_phantom_dataset"]
 
@@ -277,7 +279,7 @@ def generate_case(shape: Sequence[int] = (64, 64, 64), *, seed: int = 0) -> Phan
     """Generate one synthetic exhale/inhale pair (deterministic for a given seed)."""
     shape = tuple(int(n) for n in shape)
     if len(shape) != 3 or min(shape) < 16:
-        raise ValueError(f"generate_case(): 'shape' must be 3 sizes >= 16, got {shape}")
+        raise InputError(f"generate_case(): 'shape' must be 3 sizes >= 16, got {shape}")
     rng = np.random.default_rng(seed)
     anatomy = _draw_anatomy(rng, shape)
     u = _breathing_motion(rng, anatomy, shape)
@@ -304,8 +306,7 @@ def generate_case(shape: Sequence[int] = (64, 64, 64), *, seed: int = 0) -> Phan
 
 
 def _save_nifti(array: np.ndarray, spacing: Sequence[float], path: Path) -> None:
-    affine = np.diag([*spacing, 1.0])
-    nib.save(nib.Nifti1Image(array, affine), str(path))
+    write_nifti(array, np.diag([*spacing, *([1.0] * (4 - len(spacing)))]), path)
 
 
 def _save_keypoints(points: np.ndarray, path: Path) -> None:
@@ -336,9 +337,9 @@ def write_phantom_dataset(
     """
     root = Path(root)
     if root.exists():
-        raise FileExistsError(f"phantom output folder already exists: {root}")
+        raise OutputExistsError(f"phantom output folder already exists: {root}")
     if not 1 <= val < n:
-        raise ValueError(f"write_phantom_dataset(): need 1 <= val < n, got val={val}, n={n}")
+        raise InputError(f"write_phantom_dataset(): need 1 <= val < n, got val={val}, n={n}")
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:

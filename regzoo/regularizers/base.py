@@ -9,6 +9,7 @@ import torch
 from pydantic import BaseModel, ConfigDict
 from torch import nn
 
+from regzoo._errors import InputError
 from regzoo.params import ParamSpace
 from regzoo.registry import Registry
 from regzoo.spatial import Spacing, check_field
@@ -83,7 +84,7 @@ class Regularizer(nn.Module):
         for name, value in params.items():
             if isinstance(value, torch.Tensor):
                 if value.shape != (batch,):
-                    raise ValueError(
+                    raise InputError(
                         f"{type(self).__name__}: parameter '{name}' must be a float or a tensor "
                         f"of shape ({batch},), got shape {tuple(value.shape)}"
                     )
@@ -107,7 +108,7 @@ def _check_regularizer(cls: type) -> None:
         raise TypeError(f"{cls.__name__}.space must be a ParamSpace")
     for name in cls.space.names:
         if name in RESERVED_NAMES or "." in name:
-            raise ValueError(
+            raise InputError(
                 f"{cls.__name__}: parameter name '{name}' is reserved or contains '.'; "
                 "the term weight 'alpha' is added by the config"
             )
