@@ -202,7 +202,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     if args.refine_grid and not args.refine:
         raise InputError("--refine-grid needs --refine N (the iterations per setting)")
-    from regzoo.inference import read_pair
+    from regzoo.inference import read_image, read_pair
     from regzoo.io import output_folder
     from regzoo.model import load_model
     from regzoo.report import overlay_figure, write_sweep_report
@@ -250,7 +250,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                 [(f"best: {_title(pick[0])}", pick[0]), (f"worst: {_title(pick[1])}", pick[1])],
                 staging / "overlay.png",
                 moving_mask=masks.get("mask"),
-                fixed_mask=_sibling_masks(first["fixed_path"]).get("mask"),
+                fixed_mask=next(
+                    (
+                        read_image(m, what="mask")
+                        for m in _sibling_masks(first["fixed_path"]).values()
+                    ),
+                    None,
+                ),
                 refine=args.refine if args.refine_grid else 0,
             )
         write_sweep_report(

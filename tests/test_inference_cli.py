@@ -107,7 +107,7 @@ def test_register_cli_errors(tiny_checkpoint, tiny_phantom, tmp_path, capsys):
     assert main([*args, "--param", "mu"]) == 2
     assert "must look like NAME=NUMBER" in capsys.readouterr().err
     assert main([*args, "--moving-seg", str(tmp_path / "missing_seg.nii.gz")]) == 2
-    assert "segmentation not found" in capsys.readouterr().err
+    assert "segmentation 'missing_seg' not found" in capsys.readouterr().err
     assert not out.exists()
 
 
