@@ -87,9 +87,13 @@ def _cmd_train(args: argparse.Namespace) -> int:
 
 
 def _cmd_phantom(args: argparse.Namespace) -> int:
-    from regzoo.data.phantom import write_phantom_dataset
+    from regzoo.data.phantom import default_validation_cases, write_phantom_dataset
 
-    root = write_phantom_dataset(args.out, n=args.n, val=args.val, shape=args.shape, seed=args.seed)
+    shape = args.shape or [64] * args.ndim
+    if len(shape) != args.ndim:
+        raise InputError(f"--shape has {len(shape)} sizes but --ndim is {args.ndim}")
+    val = args.val if args.val is not None else default_validation_cases(args.n)
+    root = write_phantom_dataset(args.out, n=args.n, val=val, shape=shape, seed=args.seed)
     print(f"phantom dataset: {root}")
     return 0
 
@@ -348,9 +352,22 @@ def build_parser() -> argparse.ArgumentParser:
 
     p = sub.add_parser("phantom", help="write the synthetic thoracic CT set (Learn2Reg layout)")
     p.add_argument("out", help="output folder (must not exist)")
-    p.add_argument("--n", type=int, default=16, help="number of cases (pairs)")
-    p.add_argument("--val", type=int, default=4, help="cases held out for validation")
-    p.add_argument("--shape", type=int, nargs=3, default=[64, 64, 64], metavar=("X", "Y", "Z"))
+    p.add_argument("--n", type=_int_at_least(2), default=16, help="number of cases (pairs)")
+    p.add_argument(
+        "--val",
+        type=_int_at_least(1),
+        help="cases held out for validation (default: a quarter of --n, at least 1)",
+    )
+    p.add_argument(
+        "--ndim", type=int, choices=[2, 3], default=3, help="3: volumes; 2: coronal slices"
+    )
+    p.add_argument(
+        "--shape",
+        type=_int_at_least(16),
+        nargs="+",
+        metavar="N",
+        help="image size, --ndim sizes (default: 64 per axis)",
+    )
     p.add_argument("--seed", type=int, default=0)
     p.set_defaults(func=_cmd_phantom)
 

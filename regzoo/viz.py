@@ -92,7 +92,7 @@ class OverlayPanel:
     """One parameter setting for :func:`plot_registration`."""
 
     title: str
-    displacement: torch.Tensor  # (3, *spatial)
+    displacement: torch.Tensor  # (D, *spatial)
     warped: torch.Tensor  # (*spatial)
     jacobian_determinant: torch.Tensor  # (*spatial)
     warped_mask: torch.Tensor | None = None
@@ -126,15 +126,16 @@ def plot_registration(
 
     Top row: fixed and moving slices with their mask contours. One row per setting: the warped
     image with the fixed mask (red) and warped mask (yellow) contours, the deformation grid and
-    the Jacobian determinant map. Slices are taken through the middle of array ``axis``
-    (1 = coronal for Learn2Reg lung CT).
+    the Jacobian determinant map. 3D images are cut through the middle of array ``axis``
+    (1 = coronal for Learn2Reg lung CT); 2D images are shown whole.
     """
+    ndim = fixed.ndim
 
     def cut(volume: torch.Tensor) -> np.ndarray:
         array = volume.detach().cpu().float().numpy()
-        return np.take(array, array.shape[axis] // 2, axis=axis).T
+        return (array if ndim == 2 else np.take(array, array.shape[axis] // 2, axis=axis)).T
 
-    in_plane = [k for k in range(3) if k != axis]
+    in_plane = [0, 1] if ndim == 2 else [k for k in range(3) if k != axis]
     rows = 1 + len(panels)
     fig = Figure(figsize=(11, 3.6 * rows))
     axes = fig.subplots(rows, 3, squeeze=False)

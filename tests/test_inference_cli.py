@@ -90,7 +90,9 @@ def test_register_api_and_bad_input(tiny_checkpoint, tiny_phantom):
         register(model, fixed, moving, nu=0.1)
     with pytest.raises(FileNotFoundError, match="image not found"):
         register(model, fixed.with_name("missing.nii.gz"), moving)
-    with pytest.raises(ValueError, match="different grids: fixed image: 32x32x32.* vs moving image: 32x32x16"):
+    with pytest.raises(
+        ValueError, match=r"different grids: fixed image: 32x32x32.* vs moving image: 32x32x16"
+    ):
         register(model, torch.zeros(32, 32, 32), torch.zeros(32, 32, 16))
     bad = torch.zeros(32, 32, 32)
     bad[0, 0, 0] = float("nan")

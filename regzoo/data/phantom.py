@@ -27,7 +27,7 @@ from tqdm.auto import tqdm
 from regzoo._errors import InputError, OutputExistsError
 from regzoo.io import write_nifti
 
-__all__ = ["PhantomCase", "generate_case", "write_phantom_dataset"]
+__all__ = ["PhantomCase", "default_validation_cases", "generate_case", "write_phantom_dataset"]
 
 HU_AIR, HU_LUNG, HU_FAT, HU_SOFT, HU_LIVER, HU_BONE, HU_RIB, HU_VESSEL = (
     -1000.0,
@@ -228,7 +228,7 @@ def _breathing_motion(
     grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
     p = _normalised(grid, shape)
     bx, by, ax, ay = anatomy.body
-    scale = np.array(shape, dtype=np.float32) / 2.0  # normalised -> voxels
+    scale = (np.array(shape, dtype=np.float32) - 1) / 2.0  # normalised [-1, 1] -> voxels
     body = ((p[0] - bx) / ax) ** 2 + ((p[1] - by) / ay) ** 2 <= 1.0
     weight = ndimage.gaussian_filter(body.astype(np.float32), max(shape) / 32)
     top = max(c[2] + r[2] for c, r, _, _ in anatomy.lungs)
@@ -262,7 +262,7 @@ def _invert(u: np.ndarray, iterations: int = 25) -> np.ndarray:
     grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
     w = -u.copy()
     for _ in range(iterations):
-        at = (grid + w).reshape(3, -1)
+        at = (grid + w).reshape(len(shape), -1)
         w = -np.stack([ndimage.map_coordinates(c, at, order=1, mode="nearest") for c in u]).reshape(
             u.shape
         )
@@ -275,23 +275,45 @@ def _sample_field(u: np.ndarray, points: np.ndarray) -> np.ndarray:
     )
 
 
+CORONAL_DEPTH = 33
+"""Depth (voxels along y) of the 3D anatomy a 2D phantom slices through its centre."""
+
+
 def generate_case(shape: Sequence[int] = (64, 64, 64), *, seed: int = 0) -> PhantomCase:
-    """Generate one synthetic exhale/inhale pair (deterministic for a given seed)."""
+    """Generate one synthetic exhale/inhale pair (deterministic for a given seed).
+
+    ``shape`` has 3 sizes (a volume, axes x left-right, y anterior-posterior, z
+    cranio-caudal) or 2 (a coronal slice ``(x, z)`` through the centre of the same anatomy,
+    with the in-plane part of the breathing motion, so that ``M(x + u(x)) = F(x)`` holds
+    exactly in 2D too). In 2D the keypoints are vessel pixels in the lungs.
+    """
     shape = tuple(int(n) for n in shape)
-    if len(shape) != 3 or min(shape) < 16:
-        raise InputError(f"generate_case(): 'shape' must be 3 sizes >= 16, got {shape}")
+    if len(shape) not in (2, 3) or min(shape) < 16:
+        raise InputError(f"generate_case(): 'shape' must be 2 or 3 sizes >= 16, got {shape}")
     rng = np.random.default_rng(seed)
-    anatomy = _draw_anatomy(rng, shape)
-    u = _breathing_motion(rng, anatomy, shape)
+    planar = len(shape) == 2
+    volume_shape = (shape[0], CORONAL_DEPTH, shape[1]) if planar else shape
+    anatomy = _draw_anatomy(rng, volume_shape)
+    u = _breathing_motion(rng, anatomy, volume_shape)
+    if planar:
+        u = np.ascontiguousarray(u[[0, 2], :, CORONAL_DEPTH // 2, :])
     grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
-    fixed, fixed_mask = _render(anatomy, grid, shape)
-    moving, moving_mask = _render(anatomy, grid + _invert(u), shape)
-    half = (np.array(shape) - 1) / 2
-    keypoints = (anatomy.branch_points + 1.0) * half
-    inside = np.all((keypoints >= 2) & (keypoints <= np.array(shape) - 3), axis=1)
-    keypoints = keypoints[inside]
-    in_lung = ndimage.map_coordinates(fixed_mask.astype(np.float32), keypoints.T, order=0) > 0
-    keypoints = keypoints[in_lung].astype(np.float32)
+
+    def render(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+        if planar:  # the coronal plane through the centre, y fixed
+            coords = np.stack([coords[0], np.full_like(coords[0], CORONAL_DEPTH // 2), coords[1]])
+        return _render(anatomy, coords, volume_shape)
+
+    fixed, fixed_mask = render(grid)
+    moving, moving_mask = render(grid + _invert(u))
+    if planar:
+        keypoints = _vessel_pixels(rng, fixed, fixed_mask)
+    else:
+        keypoints = (anatomy.branch_points + 1.0) * (np.array(shape) - 1) / 2
+        inside = np.all((keypoints >= 2) & (keypoints <= np.array(shape) - 3), axis=1)
+        keypoints = keypoints[inside]
+        in_lung = ndimage.map_coordinates(fixed_mask.astype(np.float32), keypoints.T, order=0) > 0
+        keypoints = keypoints[in_lung].astype(np.float32)
     spacing = tuple(FIELD_OF_VIEW_MM / n for n in shape)
     return PhantomCase(
         fixed,
@@ -305,12 +327,29 @@ def generate_case(shape: Sequence[int] = (64, 64, 64), *, seed: int = 0) -> Phan
     )
 
 
+def _vessel_pixels(
+    rng: np.random.Generator, image: np.ndarray, lungs: np.ndarray, count: int = 64
+) -> np.ndarray:
+    """Up to ``count`` lung pixels on vessels (brighter than parenchyma), away from the edge."""
+    inner = ndimage.binary_erosion(lungs.astype(bool), iterations=2)
+    candidates = np.argwhere(inner & (image > HU_LUNG + 200))
+    if len(candidates) < count // 4:  # few vessels in this slice: use lung pixels
+        candidates = np.argwhere(inner)
+    pick = rng.choice(len(candidates), size=min(count, len(candidates)), replace=False)
+    return candidates[np.sort(pick)].astype(np.float32)
+
+
 def _save_nifti(array: np.ndarray, spacing: Sequence[float], path: Path) -> None:
     write_nifti(array, np.diag([*spacing, *([1.0] * (4 - len(spacing)))]), path)
 
 
 def _save_keypoints(points: np.ndarray, path: Path) -> None:
     np.savetxt(path, points, delimiter=",", fmt="%.4f")
+
+
+def default_validation_cases(n: int) -> int:
+    """Cases held out for ``registration_val`` when not given: a quarter of ``n``, at least 1."""
+    return max(1, n // 4)
 
 
 def write_phantom_dataset(
@@ -374,7 +413,7 @@ def write_phantom_dataset(
         manifest = {
             "name": "PhantomCT",
             "description": "regzoo synthetic thoracic CT (exhale fixed _0000, inhale moving _0001)",
-            "tensorImageSize": {"0": "3D"},
+            "tensorImageSize": {"0": f"{len(shape)}D"},
             "modality": {"0": "CT"},
             "numTraining": 2 * n,
             "training": [
