@@ -202,7 +202,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from regzoo.data.learn2reg import Learn2RegDataset
-    from regzoo.evaluation import compare_refinement
+    from regzoo.evaluation import check_metric, compare_refinement
 
     if args.refine_grid and not args.refine:
         raise InputError("--refine-grid needs --refine N (the iterations per setting)")
@@ -216,6 +216,8 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     grid = parse_grid(args.grid)
     window = tuple(model.config.data.intensity_window)
     dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
+    if args.metric:
+        check_metric(args.metric, dataset[0])
     result = sweep(
         model,
         dataset,

@@ -31,6 +31,7 @@ __all__ = [
     "TermConfig",
     "TrainerConfig",
     "apply_overrides",
+    "config_error_text",
     "load_config",
 ]
 
@@ -269,8 +270,15 @@ def _format_validation_error(exc: ValidationError) -> str:
     for error in exc.errors():
         where = ".".join(str(part) for part in error["loc"]) or "(top level)"
         message = error["msg"].removeprefix("Value error, ")
-        lines.append(f"  {where}: {message}")
-    return "invalid config:\n" + "\n".join(lines)
+        lines.append(f"{where}: {message}")
+    return config_error_text(lines)
+
+
+def config_error_text(problems: Sequence[str]) -> str:
+    """``invalid config: key: message`` (one problem) or one indented line per problem."""
+    if len(problems) == 1:
+        return f"invalid config: {problems[0]}"
+    return "invalid config:\n" + "\n".join(f"  {p}" for p in problems)
 
 
 def _parse_value(text: str) -> Any:

@@ -26,6 +26,7 @@ from regzoo.refine import refine as refine_output
 from regzoo.spatial import warp_labels
 
 __all__ = [
+    "check_metric",
     "compare_refinement",
     "evaluate_displacements",
     "evaluate_identity",
@@ -46,19 +47,38 @@ METRICS = (
 )
 
 
+METRIC_NEEDS = {
+    "dice": ("moving_mask", "lung masks (masksTr/)"),
+    "dice_labels": ("moving_labels", "label maps (labelsTr/)"),
+    "tre_mm": ("moving_keypoints", "keypoints (keypointsTr/)"),
+}
+
+
+def check_metric(metric: str, item: Mapping[str, Any]) -> None:
+    """Check that ``metric`` can be measured on a dataset item (before any work).
+
+    Raises:
+        InputError: naming what the metric needs (masks, label maps or keypoints).
+    """
+    key, needs = METRIC_NEEDS.get(metric, (None, ""))
+    if key is not None and key not in item:
+        raise InputError(f"metric '{metric}' needs {needs}, which this data set does not have")
+
+
 def score_pair(item: Mapping[str, Any], displacement: torch.Tensor) -> dict[str, float]:
     """Metrics of one displacement ``(D, *spatial)`` for a dataset item (with annotations).
 
     Dice uses the lung masks (``dice``) and label maps when present (``dice_labels``, mean
-    over labels); TRE is the mean keypoint distance in mm after and before registration.
+    over labels; ``None`` when both maps are empty, so the pair is left out of the mean); TRE
+    is the mean keypoint distance in mm after and before registration.
     """
     displacement = displacement.float().cpu()
-    row: dict[str, float] = {}
+    row: dict[str, float | None] = {}
     for key, out in (("mask", "dice"), ("labels", "dice_labels")):
         if f"moving_{key}" in item:
             warped = warp_labels(item[f"moving_{key}"][None], displacement[None])[0, 0]
             scores = dice(warped, item[f"fixed_{key}"][0])
-            row[out] = float(np.mean(list(scores.values()))) if scores else float("nan")
+            row[out] = float(np.mean(list(scores.values()))) if scores else None
     if "fixed_keypoints" in item:
         fixed_kp, moving_kp = item["fixed_keypoints"], item["moving_keypoints"]
         spacing = item["spacing"]
@@ -177,13 +197,20 @@ def evaluate_displacements(
 
 
 def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:
-    """Mean of every metric over the rows (NaN-free metrics only)."""
+    """Mean of every metric over the rows that have it.
+
+    When a metric is undefined for some pairs (``None``, e.g. Dice of two empty masks), the
+    summary says over how many pairs its mean was taken (``<metric>_pairs``).
+    """
     rows = list(rows)
-    summary = {}
+    summary: dict[str, float] = {}
     for metric in METRICS:
-        values = [r[metric] for r in rows if metric in r and np.isfinite(r[metric])]
+        present = [r for r in rows if metric in r]
+        values = [r[metric] for r in present if r[metric] is not None and np.isfinite(r[metric])]
         if values:
             summary[metric] = float(np.mean(values))
+        if present and len(values) < len(present):
+            summary[f"{metric}_pairs"] = len(values)
     return summary
 
 
@@ -196,4 +223,4 @@ def write_report(rows: list[dict[str, Any]], path: str | Path, **extra: Any) -> 
     path.parent.mkdir(parents=True, exist_ok=True)
     report = {**extra, "mean": summarize(rows), "pairs": rows}
     csv_path = write_csv(rows, path.with_suffix(".csv"))
-    return atomic_write_text(json.dumps(report, indent=2), path), csv_path
+    return atomic_write_text(json.dumps(report, indent=2, allow_nan=False), path), csv_path

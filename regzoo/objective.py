@@ -72,6 +72,8 @@ def _configured_spec(base: ParamSpec, value: float | ParamRange | None) -> Param
         return base
     if isinstance(value, int | float):
         return base.fixed(float(value))
+    base.check_domain(value.low)
+    base.check_domain(value.high)
     scale = value.scale or base.scale
     if scale == "log" and value.low <= 0:
         hint = "" if value.scale else f" ('{base.name}' is declared on a log scale)"
@@ -275,7 +277,7 @@ def build_objective(config: ExperimentConfig) -> Objective:
     Raises:
         ConfigError: naming the key of each problem (``regularizers.0.params``...).
     """
-    from regzoo.config import ConfigError
+    from regzoo.config import ConfigError, config_error_text
 
     def fail(key: str, exc: BaseException) -> ConfigError:
         message = exc.args[0] if exc.args else str(exc)
@@ -283,7 +285,7 @@ def build_objective(config: ExperimentConfig) -> Objective:
             message = "invalid options: " + "; ".join(
                 f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
             )
-        return ConfigError(f"invalid config:\n  {key}: {message}")
+        return ConfigError(config_error_text([f"{key}: {message}"]))
 
     try:
         load_plugins(config.plugins)

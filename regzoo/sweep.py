@@ -11,7 +11,7 @@ import numpy as np
 import torch
 from tqdm.auto import tqdm
 
-from regzoo._errors import InputError
+from regzoo._errors import InputError, UnknownNameError, unknown_name_message
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.evaluation import score_pair, summarize
 from regzoo.model import HyperRegistration
@@ -128,6 +128,12 @@ class SweepResult:
     def _order(self, metric: str | None) -> Callable[[dict[str, Any]], tuple[bool, float]]:
         """Sort key: ineligible (too much folding) last, then the metric, best first."""
         metric = metric or self.default_metric()
+        if self.settings and metric not in self.settings[0]:
+            raise UnknownNameError(
+                unknown_name_message(
+                    "metric", metric, [k for k in self.settings[0] if k in MAXIMIZE]
+                )
+            )
         sign = -1.0 if MAXIMIZE.get(metric, False) else 1.0
         limit = self.max_folding
 

@@ -87,6 +87,8 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
     resume_from = prepare_run_dir(config, resume=resume, overwrite=overwrite)
     L.seed_everything(config.seed, workers=True, verbose=False)
     ensure_dataset(config.data, progress=config.trainer.progress_bar)
+    datamodule = RegistrationDataModule(config.data)
+    datamodule.setup("fit")  # a bad dataset JSON is reported before the run_dir is written
     run_dir = Path(config.run_dir)
     if overwrite:
         for name in RUN_CONTENTS:
@@ -126,7 +128,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
     )
     trainer.fit(
         model,
-        datamodule=RegistrationDataModule(config.data),
+        datamodule=datamodule,
         ckpt_path=resume_from,
         weights_only=True,
     )

@@ -1,0 +1,367 @@
+"""Bad input, interruption and tampering: one clear message, exit code 2, nothing half-written.
+
+Every case of :data:`CASES` runs the CLI as a user would and checks its message; the table in
+docs/reliability.md lists the same cases with the same messages (a test keeps them in step).
+"""
+
+from __future__ import annotations
+
+import gzip
+import os
+import re
+import shutil
+import signal
+import subprocess
+import sys
+import time
+from collections.abc import Callable
+from dataclasses import dataclass
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+from conftest import QUICKSTART, tiny_overrides
+
+from regzoo.cli import main
+from regzoo.config import load_config
+from regzoo.io import OUTPUT_MARKER, output_folder
+
+ROOT = Path(__file__).resolve().parents[1]
+DOC = ROOT / "docs" / "reliability.md"
+
+
+@dataclass
+class Workspace:
+    """The files a case needs: a tiny phantom, a trained checkpoint, a scratch folder."""
+
+    data: Path
+    checkpoint: Path
+    tmp: Path
+
+    @property
+    def fixed(self) -> Path:
+        return self.data / "imagesTr" / "PhantomCT_0003_0000.nii.gz"
+
+    @property
+    def moving(self) -> Path:
+        return self.data / "imagesTr" / "PhantomCT_0003_0001.nii.gz"
+
+    def register(self, *extra: str, fixed: Path | None = None, moving: Path | None = None):
+        return [
+            "register",
+            "--model",
+            str(self.checkpoint),
+            "--fixed",
+            str(fixed or self.fixed),
+            "--moving",
+            str(moving or self.moving),
+            "--out",
+            str(self.tmp / "out"),
+            *extra,
+        ]
+
+    def train(self, *extra: str, data: Path | None = None) -> list[str]:
+        args = ["train", str(QUICKSTART)]
+        for item in [*tiny_overrides(data or self.data, self.tmp / "run"), *extra]:
+            args += ["--set", item]
+        return args
+
+    def copy_data(self) -> Path:
+        root = self.tmp / "data"
+        shutil.copytree(self.data, root)
+        return root
+
+
+def _truncated(ws: Workspace) -> list[str]:
+    broken = ws.tmp / "broken.nii.gz"
+    broken.write_bytes(ws.fixed.read_bytes()[:2000])
+    return ws.register(fixed=broken)
+
+
+def _not_nifti(ws: Workspace) -> list[str]:
+    text = ws.tmp / "notes.nii.gz"
+    text.write_bytes(gzip.compress(b"these are not voxels"))
+    return ws.register(moving=text)
+
+
+def _huge_header(ws: Workspace) -> list[str]:
+    header = nib.Nifti1Header()
+    header.set_data_shape((2048, 2048, 2048))
+    header.set_data_dtype(np.float32)
+    huge = ws.tmp / "huge.nii"
+    with huge.open("wb") as handle:
+        header.write_to(handle)
+    return ws.register(fixed=huge)
+
+
+def _other_grid(ws: Workspace) -> list[str]:
+    image = nib.load(ws.moving)
+    affine = image.affine.copy()
+    affine[:3, :3] *= 3.0
+    affine[:3, 3] = (10.0, -5.0, 2.0)
+    moved = ws.tmp / "other_grid.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj), affine), moved)
+    return ws.register(moving=moved)
+
+
+def _plugin_checkpoint(ws: Workspace) -> list[str]:
+    checkpoint = ws.tmp / "with_plugin.ckpt"
+    state = torch.load(ws.checkpoint, weights_only=True)
+    state["regzoo"]["plugins"] = ["/somewhere/evil_plugin.py"]
+    state["regzoo"]["config"]["regularizers"][0]["name"] = "evil"
+    torch.save(state, checkpoint)
+    return ["register", "--model", str(checkpoint), "--fixed", str(ws.fixed), "--moving",
+            str(ws.moving), "--out", str(ws.tmp / "out")]  # fmt: skip
+
+
+def _nan_weights(ws: Workspace) -> list[str]:
+    checkpoint = ws.tmp / "nan.ckpt"
+    state = torch.load(ws.checkpoint, weights_only=True)
+    first = next(iter(state["state_dict"]))
+    state["state_dict"][first] = torch.full_like(state["state_dict"][first], float("nan"))
+    torch.save(state, checkpoint)
+    return ["evaluate", "--model", str(checkpoint), "--data", str(ws.data), "--out",
+            str(ws.tmp / "out" / "report.json")]  # fmt: skip
+
+
+def _wrong_weights(ws: Workspace) -> list[str]:
+    checkpoint = ws.tmp / "wrong.ckpt"
+    state = torch.load(ws.checkpoint, weights_only=True)
+    state["regzoo"]["config"]["model"]["enc"] = [8, 8, 8, 8]
+    torch.save(state, checkpoint)
+    return ["sweep", "--model", str(checkpoint), "--data", str(ws.data), "--grid", "mu=0.1,1",
+            "--out", str(ws.tmp / "out")]  # fmt: skip
+
+
+def _swapped_regularizer(ws: Workspace) -> list[str]:
+    checkpoint = ws.tmp / "swapped.ckpt"
+    state = torch.load(ws.checkpoint, weights_only=True)
+    state["regzoo"]["config"]["regularizers"][0] = {
+        "name": "total_variation",
+        "params": {"eps": {"low": 0.001, "high": 0.1}},
+        "alpha": {"low": 0.01, "high": 1.0},
+    }
+    torch.save(state, checkpoint)
+    return [*ws.register()[:2], str(checkpoint), *ws.register()[3:]]
+
+
+def _manifest_list(ws: Workspace) -> list[str]:
+    data = ws.copy_data()
+    (data / "PhantomCT_dataset.json").write_text("[1, 2, 3]")
+    return ws.train(data=data)
+
+
+def _manifest_syntax(ws: Workspace) -> list[str]:
+    data = ws.copy_data()
+    (data / "PhantomCT_dataset.json").write_text('{"registration_val": [')
+    return ["evaluate", "--disp-dir", str(ws.tmp), "--data", str(data), "--out",
+            str(ws.tmp / "out" / "r.json")]  # fmt: skip
+
+
+def _keypoint_header(ws: Workspace) -> list[str]:
+    data = ws.copy_data()
+    csv = data / "keypointsTr" / "PhantomCT_0003_0000.csv"
+    csv.write_text("x,y,z\n" + csv.read_text())
+    return ["evaluate", "--model", str(ws.checkpoint), "--data", str(data), "--out",
+            str(ws.tmp / "out" / "r.json")]  # fmt: skip
+
+
+def _existing_run(ws: Workspace) -> list[str]:
+    (ws.tmp / "run" / "checkpoints").mkdir(parents=True)
+    (ws.tmp / "run" / "checkpoints" / "last.ckpt").write_bytes(b"step 15")
+    return ws.train()
+
+
+def _user_folder(ws: Workspace) -> list[str]:
+    (ws.tmp / "out").mkdir()
+    (ws.tmp / "out" / "thesis.tex").write_text("precious")
+    return ws.register()
+
+
+def _metric_without_labels(ws: Workspace) -> list[str]:
+    return ["sweep", "--model", str(ws.checkpoint), "--data", str(ws.data), "--grid", "mu=0.1,1",
+            "--metric", "dice_labels", "--out", str(ws.tmp / "out")]  # fmt: skip
+
+
+def _plugin_exit(ws: Workspace) -> list[str]:
+    plugin = ws.tmp / "exiting_plugin.py"
+    plugin.write_text("import sys\nsys.exit(3)\n")
+    return ["regularizers", "--plugin", str(plugin)]
+
+
+@dataclass(frozen=True)
+class Case:
+    """One bad input: the CLI arguments it builds and the message it must get."""
+
+    name: str
+    build: Callable[[Workspace], list[str]]
+    message: str
+    leaves: tuple[str, ...] = ("out", "run")
+
+
+CASES = [
+    Case("checkpoint names a plugin file", _plugin_checkpoint,
+         "regzoo never imports code a checkpoint names"),
+    Case("checkpoint with NaN weights", _nan_weights, "hold NaN or infinite values"),
+    Case("weights that do not match their config", _wrong_weights,
+         "its weights do not match its config"),
+    Case("same-shape weights of another regularizer", _swapped_regularizer,
+         "its weights were trained for the free parameters"),
+    Case("truncated .nii.gz", _truncated, "truncated or corrupt NIfTI data"),
+    Case("a text file named .nii.gz", _not_nifti, "not a readable NIfTI file"),
+    Case("header announcing 2048^3 voxels", _huge_header, "over the budget"),
+    Case("fixed and moving on different grids", _other_grid, "images on different grids"),
+    Case("dataset JSON that is a list", _manifest_list, "expected a JSON object, got a list"),
+    Case("malformed dataset JSON", _manifest_syntax, "PhantomCT_dataset.json: not valid JSON"),
+    Case("keypoint CSV with a header row", _keypoint_header,
+         "PhantomCT_0003_0000.csv: not a CSV of numbers"),
+    Case("train into an existing run_dir", _existing_run,
+         "pass --resume to continue it or --overwrite"),
+    Case("--out naming a folder of the user's files", _user_folder,
+         "is not a regzoo output folder", leaves=()),
+    Case("--metric dice_labels without label maps", _metric_without_labels, "dice_labels"),
+    Case("plugin calling sys.exit(3)", _plugin_exit, "failed to load: SystemExit: 3"),
+    Case("sweep --grid lam=0:1:1000000000", lambda ws: ["sweep", "--model", str(ws.checkpoint),
+         "--data", str(ws.data), "--grid", "lam=0.01:1:1000000000", "--out", str(ws.tmp / "out")],
+         "settings"),
+    Case("reversed intensity_window", lambda ws: ws.train("data.intensity_window=[500, -1000]"),
+         "high > low"),
+    Case("negative stiffness", lambda ws: ws.train("regularizers.0.params.mu={low: -1, high: 1}"),
+         "physical domain"),
+    Case("duplicate --param", lambda ws: ws.register("--param", "lam=0.1", "--param",
+         "linear_elastic.lam=0.9"), "given twice"),
+]  # fmt: skip
+
+
+@pytest.fixture(scope="module")
+def workspace_files(tiny_phantom, tiny_checkpoint):
+    return tiny_phantom, tiny_checkpoint
+
+
+@pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
+def test_bad_input_gets_one_clear_message(case, workspace_files, tmp_path, capsys):
+    data, checkpoint = workspace_files
+    ws = Workspace(data, checkpoint, tmp_path)
+    args = case.build(ws)
+    before = set(tmp_path.rglob("*"))
+    code = main(args)
+    err = capsys.readouterr().err.strip()
+    assert code == 2, err
+    errors = [line for line in err.splitlines() if "error:" in line]
+    assert len(errors) == 1 and err.endswith(errors[0]), err  # one line (after progress bars)
+    assert case.message in errors[0], err
+    for name in case.leaves:  # nothing new: no output folder, no run_dir, no partial files
+        created = {p for p in (tmp_path / name).rglob("*")} - before
+        assert not created and (not (tmp_path / name).exists() or tmp_path / name in before)
+    assert not [p for p in tmp_path.rglob("*partial*")]
+
+
+def test_docs_table_lists_every_case_with_its_message():
+    text = DOC.read_text()
+    for case in CASES:
+        row = f"| {case.name} | `{case.message}` |"
+        assert row in text, f"docs/reliability.md lacks the row: {row}"
+
+
+def test_nonfinite_training_stops_and_writes_no_nan_weights(tiny_phantom, tmp_path, capsys):
+    ws = Workspace(tiny_phantom, Path(), tmp_path)
+    code = main(ws.train("optimizer.lr=1.0e+12", "trainer.max_steps=6"))
+    err = capsys.readouterr().err
+    assert code == 2 and re.search(r"(training loss is nan|non-finite gradients) at step \d", err)
+    for checkpoint in (tmp_path / "run").rglob("*.ckpt"):
+        state = torch.load(checkpoint, weights_only=True)
+        assert all(torch.isfinite(v).all() for v in state["state_dict"].values())
+
+
+def test_output_set_is_replaced_whole_or_not_at_all(tmp_path):
+    target = tmp_path / "out"
+    with output_folder(target) as staging:
+        (staging / "disp.nii.gz").write_text("old disp")
+        (staging / "jacdet.nii.gz").write_text("old jacdet")
+
+    def interrupted_write() -> None:
+        with output_folder(target) as staging:
+            (staging / "disp.nii.gz").write_text("new disp")
+            raise RuntimeError("killed while writing jacdet")
+
+    with pytest.raises(RuntimeError):
+        interrupted_write()
+    assert (target / "disp.nii.gz").read_text() == "old disp"
+    assert (target / "jacdet.nii.gz").read_text() == "old jacdet"
+    assert (target / OUTPUT_MARKER).is_file()
+    assert sorted(p.name for p in tmp_path.iterdir()) == ["out"]
+
+
+def test_resampling_moving_onto_the_fixed_grid_matches_pre_resampled(tiny_checkpoint, tiny_phantom):
+    from regzoo.inference import read_image, register
+    from regzoo.io import Volume, resample_like
+    from regzoo.model import load_model
+
+    model = load_model(tiny_checkpoint)
+    fixed = read_image(tiny_phantom / "imagesTr" / "PhantomCT_0003_0000.nii.gz")
+    moving = read_image(tiny_phantom / "imagesTr" / "PhantomCT_0003_0001.nii.gz")
+    finer = Volume(np.zeros((64, 32, 32), np.float32), moving.affine @ np.diag([0.5, 1, 1, 1]))
+    upsampled = resample_like(moving, finer)
+    with pytest.raises(ValueError, match="images on different grids"):
+        register(model, fixed, upsampled)
+    direct = register(model, fixed, upsampled, resample=True)
+    by_hand = register(model, fixed, resample_like(upsampled, fixed))
+    assert torch.equal(direct.displacement, by_hand.displacement)
+    # back on the fixed grid, the twice-resampled moving image is close to the original
+    error = np.abs(resample_like(upsampled, fixed).data - moving.data).mean()
+    assert error < 0.05 * (moving.data.max() - moving.data.min())
+
+
+def _train_command(config: Path, run_dir: Path, data: Path, steps: int) -> list[str]:
+    args = [sys.executable, "-m", "regzoo", "train", str(config)]
+    for item in tiny_overrides(data, run_dir, steps=steps):
+        args += ["--set", item]
+    return [*args, "--set", "trainer.checkpoint_every_n_steps=1"]
+
+
+def test_resume_continues_a_killed_run(tiny_phantom, tmp_path):
+    run_dir = tmp_path / "run"
+    steps = 40
+    command = _train_command(QUICKSTART, run_dir, tiny_phantom, steps)
+    env = {**os.environ, "PYTHONPATH": str(ROOT)}
+    process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)
+    last = run_dir / "checkpoints" / "last.ckpt"
+    deadline = time.monotonic() + 240
+    killed_at = None
+    while time.monotonic() < deadline and process.poll() is None:
+        if last.is_file():
+            state = torch.load(last, weights_only=True, map_location="cpu")
+            if state["global_step"] >= 3:
+                process.send_signal(signal.SIGKILL)
+                process.wait()
+                killed_at = state["global_step"]
+                break
+        time.sleep(0.2)
+    assert killed_at is not None, "training finished or stalled before it could be killed"
+    state = torch.load(last, weights_only=True)
+    assert state["global_step"] < steps and state["optimizer_states"]
+    refused = subprocess.run(command, env=env, capture_output=True, text=True)
+    assert refused.returncode == 2 and "--resume" in refused.stderr
+    resumed = subprocess.run(
+        [*command, "--resume", str(run_dir)], env=env, capture_output=True, text=True
+    )
+    assert resumed.returncode == 0, resumed.stderr[-2000:]
+    final = torch.load(last, weights_only=True)
+    assert final["global_step"] == steps
+    sampler = final["regzoo"]["sampler_state"]
+    assert not torch.equal(sampler, state["regzoo"]["sampler_state"])  # the draws went on
+    events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
+    assert len(events) >= 2  # the same log folder, continued by the resumed process
+
+
+def test_resume_refuses_a_changed_model(tiny_phantom, tiny_checkpoint, tmp_path, capsys):
+    run_dir = tiny_checkpoint.parents[1]
+    config = load_config(QUICKSTART, tiny_overrides(tiny_phantom, run_dir))
+    args = ["train", str(QUICKSTART), "--resume", str(run_dir)]
+    for item in [*tiny_overrides(tiny_phantom, run_dir), "model.enc=[8, 8, 8, 8]"]:
+        args += ["--set", item]
+    assert config.run_dir == run_dir
+    assert main(args) == 2
+    assert "the config changes model" in capsys.readouterr().err
