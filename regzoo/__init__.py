@@ -12,7 +12,14 @@ from importlib import import_module
 from typing import Any
 
 from regzoo import regularizers
-from regzoo._errors import PluginError, RegzooError
+from regzoo._errors import (
+    InputError,
+    MissingFileError,
+    OutputExistsError,
+    PluginError,
+    RegzooError,
+    UnknownNameError,
+)
 from regzoo.params import ParamSpace, ParamSpec
 from regzoo.registry import Registry, load_plugin, load_plugins
 from regzoo.regularizers import Regularizer, regularizer
@@ -42,7 +49,10 @@ __all__ = [
     "SIMILARITIES",
     "ExperimentConfig",
     "HyperRegistration",
+    "InputError",
     "Learn2RegDataset",
+    "MissingFileError",
+    "OutputExistsError",
     "ParamSpace",
     "ParamSpec",
     "PluginError",
@@ -51,6 +61,7 @@ __all__ = [
     "Regularizer",
     "RegzooError",
     "Similarity",
+    "UnknownNameError",
     "evaluate_displacements",
     "evaluate_model",
     "load_config",

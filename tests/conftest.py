@@ -36,6 +36,13 @@ def tiny_phantom(tmp_path_factory) -> Path:
 
 
 @pytest.fixture(scope="session")
+def tiny_phantom_2d(tmp_path_factory) -> Path:
+    """A 4-case 32x32 coronal-slice phantom (3 training pairs, 1 validation pair)."""
+    root = tmp_path_factory.mktemp("data2d") / "phantom"
+    return write_phantom_dataset(root, n=4, val=1, shape=(32, 32), seed=7, progress=False)
+
+
+@pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_phantom, tmp_path_factory) -> Path:
     """The quickstart config trained for 2 steps on the tiny phantom."""
     from regzoo.train import train

@@ -25,23 +25,32 @@ def test_2d_phantom_motion_maps_moving_onto_fixed():
 
 
 @pytest.fixture(scope="module")
-def checkpoint_2d(tmp_path_factory):
+def checkpoint_2d(tiny_phantom_2d, tmp_path_factory):
     from regzoo.train import train
 
-    base = tmp_path_factory.mktemp("q2d")
-    data = base / "data"
-    assert main(["phantom", str(data), "--ndim", "2", "--shape", "32", "32", "--n", "4"]) == 0
     config = load_config(
         ROOT / "configs" / "quickstart_2d.yaml",
-        [*tiny_overrides(data, base / "run"), "data.phantom.shape=[32, 32]"],
+        [
+            *tiny_overrides(tiny_phantom_2d, tmp_path_factory.mktemp("q2d") / "run"),
+            "data.phantom.shape=[32, 32]",
+        ],
     )
-    return train(config), data
+    return train(config), tiny_phantom_2d
+
+
+def test_phantom_cli_in_2d_needs_no_val(tmp_path, capsys):
+    data = tmp_path / "data"
+    assert main(["phantom", str(data), "--ndim", "2", "--shape", "32", "32", "--n", "4"]) == 0
+    manifest = json.loads((data / "PhantomCT_dataset.json").read_text())
+    assert len(manifest["registration_val"]) == 1  # a quarter of --n 4
+    assert nib.load(data / "imagesTr" / "PhantomCT_0001_0000.nii.gz").shape == (32, 32)
+    assert main(["phantom", str(tmp_path / "x"), "--ndim", "2", "--shape", "32"]) == 2
+    assert "--shape has 1 sizes but --ndim is 2" in capsys.readouterr().err
 
 
 def test_2d_register_evaluate_sweep(checkpoint_2d, tmp_path, capsys):
     checkpoint, data = checkpoint_2d
     manifest = json.loads((data / "PhantomCT_dataset.json").read_text())
-    assert len(manifest["registration_val"]) == 1  # a quarter of --n 4
     fixed, moving = (data / p for p in manifest["registration_val"][0].values())
     out = tmp_path / "reg"
     args = ["register", "--model", str(checkpoint), "--fixed", str(fixed), "--moving", str(moving)]

@@ -323,7 +323,7 @@ def _train_command(config: Path, run_dir: Path, data: Path, steps: int) -> list[
 
 def test_resume_continues_a_killed_run(tiny_phantom, tmp_path):
     run_dir = tmp_path / "run"
-    steps = 40
+    steps = 12
     command = _train_command(QUICKSTART, run_dir, tiny_phantom, steps)
     env = {**os.environ, "PYTHONPATH": str(ROOT)}
     process = subprocess.Popen(command, env=env, stdout=subprocess.DEVNULL, stderr=subprocess.PIPE)

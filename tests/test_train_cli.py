@@ -11,16 +11,19 @@ CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 
 
 @pytest.mark.parametrize("config", CONFIGS, ids=[c.stem for c in CONFIGS])
-def test_every_config_trains_two_steps(config, tiny_phantom, tmp_path):
+def test_every_config_trains_two_steps(config, tiny_phantom, tiny_phantom_2d, tmp_path):
     run_dir = tmp_path / "run"
+    planar = yaml.safe_load(config.read_text()).get("model", {}).get("ndim") == 2
+    data = tiny_phantom_2d if planar else tiny_phantom
+    extra = ["data.phantom.shape=[32, 32]"] if planar else []
     args = ["train", str(config)]
-    for override in tiny_overrides(tiny_phantom, run_dir):
+    for override in [*tiny_overrides(data, run_dir), *extra]:
         args += ["--set", override]
     assert main(args) == 0
     assert (run_dir / "checkpoints" / "last.ckpt").is_file()
     assert list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     resolved = yaml.safe_load((run_dir / "config.yaml").read_text())
-    assert resolved["trainer"]["max_steps"] == 2 and resolved["data"]["root"] == str(tiny_phantom)
+    assert resolved["trainer"]["max_steps"] == 2 and resolved["data"]["root"] == str(data)
 
 
 def test_train_errors_leave_nothing_on_disk(tmp_path, capsys):
