@@ -35,7 +35,7 @@ def measure(
     def step() -> None:
         values = model._draw_parameters(batch)
         unit = model.space.normalize(values) if model.net.num_params else None
-        output = model.net(moving, fixed, unit)
+        output = model.net(fixed, moving, unit)
         terms = model.objective(
             fixed, warp(moving, output.displacement), output.displacement, values
         )

@@ -104,6 +104,8 @@ def _evaluate(
     for item in tqdm(dataset, desc="evaluate", disable=not progress):
         start = time.perf_counter()
         displacement = predict(item)
+        if displacement.is_cuda:  # GPU work is asynchronous: wait for it before timing
+            torch.cuda.synchronize(displacement.device)
         seconds = time.perf_counter() - start
         row = {"fixed_id": item["fixed_id"], "moving_id": item["moving_id"]}
         row.update(score_pair(item, displacement))

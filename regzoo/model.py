@@ -97,7 +97,7 @@ class HyperRegistration(L.LightningModule):
         """
         values = self.parameter_tensor(params, fixed.shape[0])
         unit = self.space.normalize(values) if self.net.num_params else None
-        return self.net(moving, fixed, unit)
+        return self.net(fixed, moving, unit)
 
     # -- training ---------------------------------------------------------------------
     def _draw_parameters(self, batch: int) -> torch.Tensor:
@@ -111,7 +111,7 @@ class HyperRegistration(L.LightningModule):
     def _loss(self, batch: Mapping[str, Any], values: torch.Tensor) -> tuple[LossTerms, Any, Any]:
         fixed, moving = batch["fixed"], batch["moving"]
         output = self.net(
-            moving, fixed, self.space.normalize(values) if self.net.num_params else None
+            fixed, moving, self.space.normalize(values) if self.net.num_params else None
         )
         warped = warp(moving, output.displacement)
         field = output.velocity if self.config.regularize == "velocity" else output.displacement

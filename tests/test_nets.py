@@ -48,9 +48,9 @@ def test_batch_of_two_parameter_vectors_equals_two_single_calls():
             p.add_(0.05 * torch.randn_like(p))
     moving, fixed = torch.rand(2, 1, 16, 16, 16), torch.rand(2, 1, 16, 16, 16)
     params = torch.tensor([[0.1, 0.9], [0.8, 0.2]])
-    batched = net(moving, fixed, params).displacement
+    batched = net(fixed, moving, params).displacement
     singles = torch.cat(
-        [net(moving[i : i + 1], fixed[i : i + 1], params[i : i + 1]).displacement for i in range(2)]
+        [net(fixed[i : i + 1], moving[i : i + 1], params[i : i + 1]).displacement for i in range(2)]
     )
     assert torch.allclose(batched, singles, atol=1e-6)
 

@@ -12,6 +12,7 @@ from typing import Any
 import torch
 
 from regzoo import ParamSpace, ParamSpec, Regularizer, regularizer
+from regzoo.regularizers.functional import to_physical
 from regzoo.spatial import Spacing, gradient
 
 
@@ -37,7 +38,8 @@ class DirectionalDiffusion(Regularizer):
     )
 
     def energy(self, u: torch.Tensor, params: Mapping[str, Any], spacing: Spacing) -> torch.Tensor:
-        jac = gradient(u, spacing).pow(2).sum(dim=1)  # (B, D, *s): sum over components
+        # derivatives per mm when a spacing is given: the displacement in mm, divided by mm
+        jac = gradient(to_physical(u, spacing), spacing).pow(2).sum(dim=1)  # (B, D, *s)
         weight = torch.as_tensor(params["axial_weight"], dtype=u.dtype, device=u.device)
         axial = jac[:, -1].flatten(1).mean(1)
         others = jac[:, :-1].sum(dim=1).flatten(1).mean(1)

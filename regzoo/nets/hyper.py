@@ -7,6 +7,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 from torch import nn
 
 __all__ = ["HyperConv", "HyperNetwork"]
@@ -140,9 +141,10 @@ class HyperConv(nn.Module):
             raise ValueError(
                 "HyperConv: a hyper-layer needs an embedding with one row per batch element"
             )
+        # one grouped convolution for the whole batch: sample b's kernels form group b
         batch = x.shape[0]
         weight = self.weight_head(embedding).view(batch * self.out_channels, *self.kernel_shape[1:])
-        bias = self.bias_head(embedding).flatten()
-        grouped = x.reshape(1, batch * self.in_channels, *x.shape[2:])
+        bias = rearrange(self.bias_head(embedding), "b c -> (b c)")
+        grouped = rearrange(x, "b c ... -> 1 (b c) ...")
         out = conv(grouped, weight, bias, stride=self.stride, padding=self.padding, groups=batch)
-        return out.view(batch, self.out_channels, *out.shape[2:])
+        return rearrange(out, "1 (b c) ... -> b c ...", b=batch)

@@ -115,8 +115,9 @@ class RegistrationOutput:
 class RegistrationNet(nn.Module):
     """VoxelMorph registration network, optionally conditioned by a hypernetwork.
 
-    ``net(moving, fixed, unit_params)`` predicts the displacement that warps ``moving`` onto
-    ``fixed``. With ``num_params > 0`` every convolution (flow layer included) is a hyper-layer
+    ``net(fixed, moving, unit_params)`` predicts the displacement that warps ``moving`` onto
+    ``fixed`` (the same argument order as everywhere in regzoo; the channels are stacked as
+    ``[moving, fixed]``, VoxelMorph's order). With ``num_params > 0`` every convolution (flow layer included) is a hyper-layer
     whose weights a :class:`HyperNetwork` computes from ``unit_params`` ``(B, P)`` in
     ``[0, 1]``; with ``num_params == 0`` it is a plain VoxelMorph.
 
@@ -178,9 +179,9 @@ class RegistrationNet(nn.Module):
         return 0 if self.hypernet is None else self.hypernet.num_params
 
     def forward(
-        self, moving: torch.Tensor, fixed: torch.Tensor, unit_params: torch.Tensor | None = None
+        self, fixed: torch.Tensor, moving: torch.Tensor, unit_params: torch.Tensor | None = None
     ) -> RegistrationOutput:
-        """Predict the displacement from ``moving`` and ``fixed`` ``(B, 1, *spatial)``."""
+        """Predict the displacement from ``fixed`` and ``moving`` ``(B, 1, *spatial)``."""
         if moving.shape != fixed.shape or moving.ndim != self.ndim + 2:
             raise ValueError(
                 f"RegistrationNet: 'moving' {tuple(moving.shape)} and 'fixed' "

@@ -26,21 +26,33 @@ __all__ = [
     "bending_energy",
     "curvature_energy",
     "diffusion_energy",
+    "domain_mean",
     "jacobian_energy",
     "linear_elastic_energy",
+    "per_sample",
+    "to_physical",
     "total_variation_energy",
 ]
 
 Param = float | torch.Tensor
 
 
-def _physical(u: torch.Tensor, spacing: Spacing) -> torch.Tensor:
+def to_physical(u: torch.Tensor, spacing: Spacing) -> torch.Tensor:
+    """A displacement in voxels ``(B, D, *spatial)`` in physical units (``u_k * spacing_k``).
+
+    With ``spacing=None`` ``u`` is returned as is. Pass the result and the same ``spacing`` to
+    :func:`regzoo.spatial.gradient` for derivatives per physical unit.
+    """
     step = spacing_tensor(spacing, u.shape[1], u)
     return u if step is None else u * step.view(1, -1, *([1] * (u.ndim - 2)))
 
 
-def _per_sample(value: Param, density: torch.Tensor, name: str, caller: str) -> torch.Tensor:
-    """Broadcast a parameter (float or ``(B,)``) against a density ``(B, *spatial)``."""
+def per_sample(value: Param, density: torch.Tensor, name: str, caller: str) -> torch.Tensor:
+    """Broadcast a parameter (float or ``(B,)``) against a density ``(B, *spatial)``.
+
+    Raises:
+        ValueError: naming ``caller`` and ``name`` for a tensor of another shape.
+    """
     tensor = torch.as_tensor(value, dtype=density.dtype, device=density.device)
     if tensor.ndim == 0:
         return tensor
@@ -52,15 +64,16 @@ def _per_sample(value: Param, density: torch.Tensor, name: str, caller: str) -> 
     return tensor.view(-1, *([1] * (density.ndim - 1)))
 
 
-def _domain_mean(density: torch.Tensor) -> torch.Tensor:
+def domain_mean(density: torch.Tensor) -> torch.Tensor:
+    """The mean of a density ``(B, *spatial)`` over the domain, per batch element ``(B,)``."""
     return density.flatten(1).mean(dim=1)
 
 
 def diffusion_energy(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
     """Diffusion: ``mean_x sum_ij (d_i u_j)^2 = mean |grad u|^2``."""
     check_field(u, "diffusion_energy")
-    jac = gradient(_physical(u, spacing), spacing)
-    return _domain_mean(jac.pow(2).sum(dim=(1, 2)))
+    jac = gradient(to_physical(u, spacing), spacing)
+    return domain_mean(jac.pow(2).sum(dim=(1, 2)))
 
 
 def linear_elastic_energy(
@@ -71,19 +84,19 @@ def linear_elastic_energy(
     ``mean_x( mu/4 * sum_ij (d_i u_j + d_j u_i)^2 + lam/2 * (div u)^2 )``.
     """
     check_field(u, "linear_elastic_energy")
-    jac = gradient(_physical(u, spacing), spacing)  # [:, j, i] = d_i u_j
+    jac = gradient(to_physical(u, spacing), spacing)  # [:, j, i] = d_i u_j
     strain = jac + jac.transpose(1, 2)
     shear = strain.pow(2).sum(dim=(1, 2))
     divergence = torch.diagonal(jac, dim1=1, dim2=2).sum(dim=-1)
-    mu_t = _per_sample(mu, shear, "mu", "linear_elastic_energy")
-    lam_t = _per_sample(lam, shear, "lam", "linear_elastic_energy")
-    return _domain_mean(mu_t / 4 * shear + lam_t / 2 * divergence.pow(2))
+    mu_t = per_sample(mu, shear, "mu", "linear_elastic_energy")
+    lam_t = per_sample(lam, shear, "lam", "linear_elastic_energy")
+    return domain_mean(mu_t / 4 * shear + lam_t / 2 * divergence.pow(2))
 
 
 def bending_energy(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
     """Bending energy (thin-plate): ``mean_x sum_k sum_ij (d_i d_j u_k)^2``."""
     check_field(u, "bending_energy")
-    return _domain_mean(hessian(_physical(u, spacing), spacing).pow(2).sum(dim=(1, 2, 3)))
+    return domain_mean(hessian(to_physical(u, spacing), spacing).pow(2).sum(dim=(1, 2, 3)))
 
 
 def curvature_energy(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
@@ -94,7 +107,7 @@ def curvature_energy(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
     harmonic ones has zero energy.
     """
     check_field(u, "curvature_energy")
-    return _domain_mean(laplacian(_physical(u, spacing), spacing).pow(2).sum(dim=1))
+    return domain_mean(laplacian(to_physical(u, spacing), spacing).pow(2).sum(dim=1))
 
 
 def total_variation_energy(
@@ -105,9 +118,9 @@ def total_variation_energy(
     Subtracting ``eps`` makes the energy of a constant field exactly zero.
     """
     check_field(u, "total_variation_energy")
-    squared = gradient(_physical(u, spacing), spacing).pow(2).sum(dim=(1, 2))
-    eps_t = _per_sample(eps, squared, "eps", "total_variation_energy")
-    return _domain_mean(torch.sqrt(squared + eps_t**2) - eps_t)
+    squared = gradient(to_physical(u, spacing), spacing).pow(2).sum(dim=(1, 2))
+    eps_t = per_sample(eps, squared, "eps", "total_variation_energy")
+    return domain_mean(torch.sqrt(squared + eps_t**2) - eps_t)
 
 
 def jacobian_energy(
@@ -126,6 +139,6 @@ def jacobian_energy(
     check_field(u, "jacobian_energy")
     det = jacobian_determinant(u, pad=False)
     log_det = torch.log(det.clamp_min(min_det))
-    vol = _per_sample(volume_weight, det, "volume_weight", "jacobian_energy")
-    fold = _per_sample(folding_weight, det, "folding_weight", "jacobian_energy")
-    return _domain_mean(vol * log_det.pow(2) + fold * torch.relu(-det))
+    vol = per_sample(volume_weight, det, "volume_weight", "jacobian_energy")
+    fold = per_sample(folding_weight, det, "folding_weight", "jacobian_energy")
+    return domain_mean(vol * log_det.pow(2) + fold * torch.relu(-det))

@@ -8,7 +8,8 @@ import torch
 from pydantic import BaseModel, ConfigDict, Field
 
 from regzoo import ParamSpace, ParamSpec, Regularizer, regularizer
-from regzoo.spatial import Spacing, check_field, gradient, spacing_tensor
+from regzoo.regularizers.functional import domain_mean, per_sample, to_physical
+from regzoo.spatial import Spacing, check_field, gradient
 
 __all__ = ["NeoHookean", "NeoHookeanOptions", "neo_hookean_energy"]
 
@@ -31,20 +32,15 @@ def neo_hookean_energy(
     energy ``mu |sym grad u|^2 + lam/2 (div u)^2``.
     """
     ndim = check_field(u, "neo_hookean_energy")
-    step = spacing_tensor(spacing, ndim, u)
-    physical = u if step is None else u * step.view(1, -1, *([1] * ndim))
-    jac = gradient(physical, spacing)  # [:, j, i] = d_i u_j
+    jac = gradient(to_physical(u, spacing), spacing)  # [:, j, i] = d_i u_j
     eye = torch.eye(ndim, dtype=u.dtype, device=u.device).view(1, ndim, ndim, *([1] * ndim))
     deformation = (jac + eye).movedim(1, -1).movedim(1, -1)  # (B, *s, D, D)
     invariant = deformation.pow(2).sum(dim=(-2, -1))
     log_det = torch.log(torch.linalg.det(deformation).clamp_min(min_det))
-    shape = (-1, *([1] * ndim))
-    lam_t = torch.as_tensor(lam, dtype=u.dtype, device=u.device)
-    mu_t = torch.as_tensor(mu, dtype=u.dtype, device=u.device)
-    lam_t = lam_t.view(shape) if lam_t.ndim else lam_t
-    mu_t = mu_t.view(shape) if mu_t.ndim else mu_t
+    lam_t = per_sample(lam, invariant, "lam", "neo_hookean_energy")
+    mu_t = per_sample(mu, invariant, "mu", "neo_hookean_energy")
     density = mu_t / 2 * (invariant - ndim) - mu_t * log_det + lam_t / 2 * log_det.pow(2)
-    return density.flatten(1).mean(dim=1)
+    return domain_mean(density)
 
 
 class NeoHookeanOptions(BaseModel):
