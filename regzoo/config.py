@@ -245,6 +245,11 @@ class ExperimentConfig(StrictModel):
             "relative to the defaults (stable when parameters span decades)"
         ),
     )
+    energy_units: Literal["mm", "voxel"] = Field(
+        "mm",
+        description="mm: regularizer derivatives per millimetre from the images' voxel spacing "
+        "(anisotropic data is regularised by its physical geometry); voxel: per voxel",
+    )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(max_epochs=250))

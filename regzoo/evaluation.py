@@ -133,7 +133,9 @@ def evaluate_model(
     def predict(item: Mapping[str, Any]) -> torch.Tensor:
         fixed, moving = item["fixed"][None].to(device), item["moving"][None].to(device)
         if refine:
-            return refine_output(model, fixed, moving, resolved, steps=refine).displacement[0]
+            return refine_output(
+                model, fixed, moving, resolved, steps=refine, spacing=item.get("spacing")
+            ).displacement[0]
         with torch.no_grad():
             return model(fixed, moving, resolved).displacement[0]
 

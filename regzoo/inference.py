@@ -19,6 +19,7 @@ from regzoo.io import (
     resample_like,
     same_grid,
     write_displacement,
+    write_itk_displacement,
     write_nifti,
 )
 from regzoo.model import HyperRegistration
@@ -168,7 +169,7 @@ def register(
     m = normalize_intensity(moving_t, window)[None, None].to(device)
     if refine:
         displacement = refine_output(
-            model, f, m, resolved, steps=refine, progress=progress
+            model, f, m, resolved, steps=refine, progress=progress, spacing=fixed_v.spacing
         ).displacement
     else:
         with torch.no_grad():
@@ -192,7 +193,9 @@ def save_result(
 ) -> list[Path]:
     """Write a result's files into an existing ``folder`` (each file atomically).
 
-    Files: ``disp.nii.gz`` (Learn2Reg convention ``(*spatial, D)``, voxels), ``warped.nii.gz``,
+    Files: ``disp.nii.gz`` (Learn2Reg convention ``(*spatial, D)``, voxels),
+    ``displacement_itk.nii.gz`` (the same field as an ITK displacement-field transform in LPS
+    mm, for ANTs, SimpleITK, elastix and 3D Slicer), ``warped.nii.gz``,
     ``jacdet.nii.gz`` and ``warped_<name>.nii.gz`` for each moving segmentation (nearest
     neighbour, already on the fixed grid), all with the fixed image's affine. Use
     :func:`write_result` to write them as one output set.
@@ -214,6 +217,9 @@ def save_result(
     folder = Path(folder)
     written = [
         write_displacement(result.displacement, result.affine, folder / "disp.nii.gz"),
+        write_itk_displacement(
+            result.displacement, result.affine, folder / "displacement_itk.nii.gz"
+        ),
         write_nifti(result.warped, result.affine, folder / "warped.nii.gz"),
         write_nifti(result.jacobian_determinant, result.affine, folder / "jacdet.nii.gz"),
     ]

@@ -41,6 +41,8 @@ __all__ = [
     "atomic_path",
     "atomic_write_text",
     "check_same_grid",
+    "displacement_from_itk",
+    "displacement_to_itk",
     "max_voxels",
     "output_folder",
     "read_displacement",
@@ -49,6 +51,7 @@ __all__ = [
     "same_grid",
     "write_csv",
     "write_displacement",
+    "write_itk_displacement",
     "write_nifti",
 ]
 
@@ -208,8 +211,46 @@ def read_volume(path: str | Path, *, what: str = "image", budget: int | None = N
     return Volume(data.reshape(_spatial_shape(data.shape, path)), np.asarray(image.affine), path)
 
 
+LPS_FROM_RAS = np.array([-1.0, -1.0, 1.0])
+"""Sign flips between RAS (NIfTI) and LPS (ITK) physical coordinates."""
+
+
+def _voxel_to_mm(affine: np.ndarray, ndim: int) -> np.ndarray:
+    return np.asarray(affine, dtype=np.float64)[:ndim, :ndim]
+
+
+def displacement_to_itk(displacement: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """Voxel displacement ``(D, *spatial)`` -> ITK vectors ``(D, *spatial)`` in LPS mm.
+
+    The fixed point with voxel index ``x`` maps to the moving point ``x + u(x)``; in physical
+    space that is ``p -> p + A u`` with ``A`` the affine's voxel -> RAS mm block, which ITK
+    stores with its x and y components negated (LPS).
+    """
+    ndim = displacement.shape[0]
+    ras = np.einsum("ij,j...->i...", _voxel_to_mm(affine, ndim), displacement)
+    return (ras * LPS_FROM_RAS[:ndim].reshape(-1, *([1] * ndim))).astype(np.float32)
+
+
+def displacement_from_itk(vectors: np.ndarray, affine: np.ndarray) -> np.ndarray:
+    """ITK vectors ``(D, *spatial)`` in LPS mm -> voxel displacement on the same grid."""
+    ndim = vectors.shape[0]
+    ras = vectors * LPS_FROM_RAS[:ndim].reshape(-1, *([1] * ndim))
+    to_voxels = np.linalg.inv(_voxel_to_mm(affine, ndim))
+    return np.einsum("ij,j...->i...", to_voxels, ras).astype(np.float32)
+
+
+def _is_itk_field(image: Any, shape: tuple[int, ...]) -> bool:
+    """ITK/ANTs displacement fields are vector NIfTIs ``(*spatial, 1, D)`` (intent 1007)."""
+    return image.header.get_intent()[0] == "vector" and len(shape) == 5 and shape[3] == 1
+
+
 def read_displacement(path: str | Path, *, budget: int | None = None) -> Volume:
-    """Read a Learn2Reg displacement ``(*spatial, D)`` (or NIfTI's ``(*spatial, 1, D)``).
+    """Read a displacement field, recognised by content, as voxels on its own grid.
+
+    Two conventions are read: the Learn2Reg layout ``(*spatial, D)`` in voxels (what
+    ``disp.nii.gz`` holds), and an ITK displacement-field transform (a vector NIfTI
+    ``(*spatial, 1, D)`` with intent code 1007, vectors in LPS millimetres, as written by ITK,
+    ANTs, SimpleITK, 3D Slicer and ``displacement_itk.nii.gz``), converted to voxels.
 
     Returns:
         A :class:`Volume` whose ``data`` is ``(D, *spatial)`` in voxels.
@@ -220,7 +261,15 @@ def read_displacement(path: str | Path, *, budget: int | None = None) -> Volume:
     """
     path, image = _open(path, "displacement")
     data = _read_array(path, image, budget)
-    if data.ndim == 5 and data.shape[3] == 1:  # NIfTI vector layout (X, Y, Z, 1, 3)
+    if _is_itk_field(image, data.shape):
+        vectors = data[:, :, :, 0]
+        if vectors.shape[2] == 1 and vectors.shape[-1] == 2:  # a 2D field (X, Y, 1, 1, 2)
+            vectors = vectors[:, :, 0]
+        vectors = rearrange(vectors, "... d -> d ...")
+        if vectors.shape[0] != vectors.ndim - 1:
+            raise InputError(f"{path}: an ITK displacement of shape {data.shape} is not 2D/3D")
+        return Volume(displacement_from_itk(vectors, image.affine), image.affine, path)
+    if data.ndim == 5 and data.shape[3] == 1:  # NIfTI vector layout (X, Y, Z, 1, 3), voxels
         data = data[:, :, :, 0]
     elif data.ndim == 4 and data.shape[2] == 1 and data.shape[3] == 2:  # 2D (X, Y, 1, 2)
         data = data[:, :, 0]
@@ -328,25 +377,47 @@ def write_csv(rows: Sequence[Mapping[str, Any]], path: str | Path) -> Path:
 
 def write_nifti(array: torch.Tensor | np.ndarray, affine: np.ndarray, path: str | Path) -> Path:
     """Save an array as NIfTI with ``affine``, atomically."""
+    return _save_image(nib.Nifti1Image(_numpy(array), affine), path)
+
+
+def _save_image(image: nib.Nifti1Image, path: str | Path) -> Path:
     path = Path(path)
-    data = array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
     with atomic_path(path) as tmp:
         # nibabel picks the format from the suffix: keep the .nii.gz ending on the temporary
         staged = tmp.with_name(tmp.name + "".join(path.suffixes))
-        nib.save(nib.Nifti1Image(data, affine), str(staged))
+        nib.save(image, str(staged))
         os.replace(staged, tmp)
     return path
+
+
+def write_itk_displacement(
+    displacement: torch.Tensor | np.ndarray, affine: np.ndarray, path: str | Path
+) -> Path:
+    """Save a voxel displacement ``(D, *spatial)`` as an ITK displacement-field transform.
+
+    The file is a vector NIfTI ``(*spatial, 1, D)`` (intent code 1007) on the fixed image's
+    grid (its ``affine``: spacing, origin, direction cosines) whose vectors are in LPS
+    millimetres, mapping fixed points to moving points: ANTs (``antsApplyTransforms -t``),
+    SimpleITK (``DisplacementFieldTransform``), elastix and 3D Slicer load it as is.
+    """
+    data = _numpy(displacement)
+    vectors = rearrange(displacement_to_itk(data, affine), "d ... -> ... d")
+    if data.shape[0] == 2:  # ITK's 2D vector layout (X, Y, 1, 1, 2)
+        vectors = vectors[:, :, None]
+    image = nib.Nifti1Image(np.ascontiguousarray(vectors[..., None, :]), affine)
+    image.header.set_intent("vector")
+    return _save_image(image, path)
+
+
+def _numpy(array: torch.Tensor | np.ndarray) -> np.ndarray:
+    return array.detach().cpu().numpy() if isinstance(array, torch.Tensor) else np.asarray(array)
 
 
 def write_displacement(
     displacement: torch.Tensor | np.ndarray, affine: np.ndarray, path: str | Path
 ) -> Path:
     """Save ``(D, *spatial)`` voxels in the Learn2Reg layout ``(*spatial, D)``, atomically."""
-    data = (
-        displacement.detach().cpu().numpy()
-        if isinstance(displacement, torch.Tensor)
-        else displacement
-    )
+    data = _numpy(displacement)
     return write_nifti(np.ascontiguousarray(rearrange(data, "d ... -> ... d")), affine, path)
 
 

@@ -15,7 +15,7 @@ from regzoo.config import ExperimentConfig
 from regzoo.metrics import dice
 from regzoo.nets import RegistrationNet, RegistrationOutput
 from regzoo.objective import LossTerms, build_objective
-from regzoo.spatial import warp, warp_labels
+from regzoo.spatial import Spacing, warp, warp_labels
 
 __all__ = ["HyperRegistration", "NonFiniteLossError", "load_model", "plugin_reference"]
 
@@ -66,6 +66,28 @@ class HyperRegistration(L.LightningModule):
         """Spatial dimensions of the images the model registers (2 or 3)."""
         return self.config.model.ndim
 
+    def energy_spacing(self, spacing: Spacing) -> torch.Tensor | None:
+        """The spacing the regularizers use: the images' spacing in mm, or ``None`` (voxels).
+
+        With ``energy_units: mm`` (the default) energies are per millimetre, so anisotropic
+        data is regularised by its physical geometry; ``voxel`` ignores the spacing.
+        ``spacing`` is ``(D,)`` or one row per sample ``(B, D)`` (all rows must agree).
+
+        Raises:
+            InputError: for a batch that mixes voxel spacings.
+        """
+        if spacing is None or self.config.energy_units == "voxel":
+            return None
+        values = torch.as_tensor(spacing, dtype=torch.float32, device=self.device)
+        if values.ndim == 2:
+            if not bool(torch.allclose(values, values[:1])):
+                raise InputError(
+                    f"a batch mixes voxel spacings {values.tolist()}: use data.batch_size 1 "
+                    "or energy_units: voxel"
+                )
+            values = values[0]
+        return values
+
     # -- inference --------------------------------------------------------------------
     def parameter_tensor(
         self, params: Mapping[str, float] | torch.Tensor | None, batch: int
@@ -115,7 +137,8 @@ class HyperRegistration(L.LightningModule):
         )
         warped = warp(moving, output.displacement)
         field = output.velocity if self.config.regularize == "velocity" else output.displacement
-        terms = self.objective(fixed, warped, field, values)
+        spacing = self.energy_spacing(batch.get("spacing"))
+        terms = self.objective(fixed, warped, field, values, spacing)
         return terms, output, warped
 
     def _log_terms(self, stage: str, terms: LossTerms, batch_size: int) -> torch.Tensor:

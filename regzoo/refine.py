@@ -232,6 +232,7 @@ def refine(
     init: RegistrationOutput | None = None,
     progress: bool = False,
     trace: RefineTrace | None = None,
+    spacing: Spacing = None,
 ) -> RegistrationOutput:
     """Register with the network at ``params``, then refine under the model's own objective.
 
@@ -253,6 +254,8 @@ def refine(
         init: the network's output if already computed.
         progress: show a progress bar.
         trace: if given, receives the objective per iteration.
+        spacing: the images' voxel spacing in mm; the energies are then per mm when the model
+            was trained that way (``energy_units: mm``, :meth:`HyperRegistration.energy_spacing`).
 
     Examples:
         >>> output = regzoo.refine(model, fixed, moving, {"lam": 1.0, "mu": 1.0}, steps=30)
@@ -274,4 +277,13 @@ def refine(
         progress=progress,
     )
     start = init.velocity if diffeomorphic and init.velocity is not None else init.displacement
-    return refine_field(model.objective, fixed, moving, start, values, options, trace=trace)
+    return refine_field(
+        model.objective,
+        fixed,
+        moving,
+        start,
+        values,
+        options,
+        spacing=model.energy_spacing(spacing),
+        trace=trace,
+    )

@@ -238,7 +238,14 @@ def sweep(
                 pair = fixed.expand(shape), moving.expand(shape)
                 output = model(*pair, chunk)
                 if refine_steps:
-                    output = refine(model, *pair, chunk, steps=refine_steps, init=output)
+                    output = refine(
+                        model,
+                        *pair,
+                        chunk,
+                        steps=refine_steps,
+                        init=output,
+                        spacing=item.get("spacing"),
+                    )
                 fields = output.displacement
                 for offset in range(n):
                     index = start + offset
