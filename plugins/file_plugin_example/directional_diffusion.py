@@ -32,9 +32,11 @@ class DirectionalDiffusion(Regularizer):
             high=1.0,
             default=1.0,
             scale="log",
+            domain=(0.0, None),
             description="weight of derivatives along the last axis",
         ),
     )
+    quadratic = True  # R(c u) = c^2 R(u): checked by regzoo.testing
 
     def energy(self, u: torch.Tensor, params: Mapping[str, Any], spacing: Spacing) -> torch.Tensor:
         jac = gradient(u, spacing).pow(2).sum(dim=1)  # (B, D, *s): sum over components
