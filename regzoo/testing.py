@@ -407,19 +407,19 @@ def _assert_close(
 
 
 def _finite_with_gradients(
-    name: str, compute: Callable[..., torch.Tensor], batch: int, **inputs: torch.Tensor
+    name: str, compute: Callable[..., torch.Tensor], batch: int, inputs: Mapping[str, torch.Tensor]
 ) -> torch.Tensor:
-    """``compute(**inputs)`` (detached), checked to be ``(batch,)``, finite, with finite
-    gradients with respect to every input (differentiated as leaves)."""
-    leaves = {key: value.detach().clone().requires_grad_(True) for key, value in inputs.items()}
-    value = compute(**leaves)
-    dtype = next(iter(inputs.values())).dtype
+    """``compute(*inputs.values())`` (detached), checked to be ``(batch,)`` and finite, with
+    finite gradients with respect to every input (differentiated as leaves; keys name them)."""
+    leaves = [value.detach().clone().requires_grad_(True) for value in inputs.values()]
+    value = compute(*leaves)
+    dtype = leaves[0].dtype
     assert value.shape == (batch,), f"{name}: expected shape ({batch},), got {tuple(value.shape)}"
     assert bool(torch.isfinite(value).all()), f"{name}: non-finite value {value.tolist()} ({dtype})"
-    grads = torch.autograd.grad(value.sum(), list(leaves.values()), allow_unused=True)
-    for key, grad in zip(leaves, grads, strict=True):
+    grads = torch.autograd.grad(value.sum(), leaves, allow_unused=True)
+    for key, grad in zip(inputs, grads, strict=True):
         assert grad is None or bool(torch.isfinite(grad).all()), (
-            f"{name}: non-finite gradient with respect to '{key}' ({dtype})"
+            f"{name}: non-finite gradient with respect to {key} ({dtype})"
         )
     return value.detach()
 
@@ -435,12 +435,13 @@ def _regularizer_example(reg: Regularizer, ndim: int, data: Any) -> None:
         st.one_of(st.none(), st.tuples(*([st.floats(0.5, 3.0)] * ndim))), label="spacing"
     )
 
-    def energy(u: torch.Tensor, **values: torch.Tensor) -> torch.Tensor:
-        return reg(u, values, spacing)
+    def energy(u: torch.Tensor, *values: torch.Tensor) -> torch.Tensor:
+        return reg(u, dict(zip(params, values, strict=True)), spacing)
 
     for dtype in (torch.float32, torch.float64):
-        typed = {key: value.to(dtype) for key, value in params.items()}
-        value = _finite_with_gradients(name, energy, spec.batch, u=spec.build(dtype), **typed)
+        inputs = {"u": spec.build(dtype)}
+        inputs.update({f"parameter '{key}'": v.to(dtype) for key, v in params.items()})
+        value = _finite_with_gradients(name, energy, spec.batch, inputs)  # float64 last
     u = spec.build()
     if cls.nonnegative:
         assert bool((value >= -1e-12).all()), f"{name}: negative energy {value.tolist()}"
@@ -541,7 +542,8 @@ def _similarity_example(sim: Similarity, ndim: int, data: Any) -> None:
     low, high = type(sim).bounds
     for dtype in (torch.float32, torch.float64):
         fixed, warped = pair.build(dtype)
-        value = _finite_with_gradients(name, sim, pair.batch, fixed=fixed, warped=warped)
+        inputs = {"fixed": fixed, "warped": warped}
+        value = _finite_with_gradients(name, sim, pair.batch, inputs)
         tol = 1e-6
         assert low is None or bool((value >= low - tol * (1 + abs(low))).all()), (
             f"{name}: loss {value.tolist()} below its declared lower bound {low} ({dtype})"
