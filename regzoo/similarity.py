@@ -21,10 +21,35 @@ __all__ = ["LNCC", "MSE", "SIMILARITIES", "Similarity", "box_filter", "similarit
 
 
 class Similarity(nn.Module):
-    """Base class of registered similarity losses: ``forward(fixed, warped) -> (B,)``."""
+    """Base class of registered similarity losses: ``forward(fixed, warped) -> (B,)``.
+
+    Subclasses implement :meth:`loss` and declare what :mod:`regzoo.testing` checks:
+
+    - ``bounds``: the range ``(min, max)`` the loss promises (``None``: unbounded on that side),
+      e.g. ``(0.0, None)`` for MSE, ``(-1.0, 0.0)`` for LNCC;
+    - :attr:`radius`: how far the loss looks around each voxel (0 for a pointwise loss).
+    """
 
     Options: ClassVar[type[BaseModel]] = NoOptions
+    bounds: ClassVar[tuple[float | None, float | None]] = (None, None)
     registered_name: ClassVar[str]
+
+    @property
+    def radius(self) -> int | None:
+        """Locality of the loss, in voxels.
+
+        ``r`` declares that the loss is the mean over voxels ``x`` of a function of both images
+        on the box of side ``2r + 1`` around ``x`` (the part of it inside the domain): 0 for a
+        pointwise loss (MSE), ``window // 2`` for a windowed one (LNCC). ``None`` (the default)
+        declares a global loss, whose value depends on where the content lies only through
+        statistics over the whole image (e.g. mutual information).
+
+        Either way a joint translation of both images' content inside a constant background
+        (a margin of ``2r`` voxels kept free) leaves the loss unchanged, and a pointwise loss is
+        unchanged by a joint circular shift; :func:`regzoo.testing.check_similarity_properties`
+        tests both.
+        """
+        return None
 
     def __init__(self, **options: object) -> None:
         super().__init__()
@@ -102,12 +127,25 @@ class LNCC(Similarity):
     computed with a separable box filter; windows that cross the border average over their
     in-domain voxels only (no zero-padding bias). The optimum is -1 (identical, textured images); it
     is invariant to affine intensity changes up to ``eps``; constant patches give 0, not NaN.
+    The loss lies in ``[-1, 0]`` also in float32 on raw intensities (e.g. CT in HU): each image
+    is centred on its global mean first (which leaves the loss unchanged in exact arithmetic but
+    keeps ``E[x^2] - E[x]^2`` free of cancellation), and ``cov^2 <= var(F) var(W)``
+    (Cauchy-Schwarz) is enforced against rounding.
     """
 
     Options = LNCCOptions
+    bounds = (-1.0, 0.0)
+
+    @property
+    def radius(self) -> int:
+        """Half the window side: the loss at ``x`` looks at the ``window^D`` box around it."""
+        return self.options.window // 2
 
     def loss(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
         window = self.options.window
+        spatial = tuple(range(2, fixed.ndim))
+        fixed = fixed - fixed.mean(dim=spatial, keepdim=True)
+        warped = warped - warped.mean(dim=spatial, keepdim=True)
         stacked = torch.cat([fixed, warped, fixed * fixed, warped * warped, fixed * warped], dim=1)
         # average over the in-domain part of each window: no zero-padding bias at the border
         support = box_filter(torch.ones_like(fixed[:1, :1]), window)
@@ -117,13 +155,21 @@ class LNCC(Similarity):
         var_f = (mff - mf * mf).clamp_min(0)
         var_w = (mww - mw * mw).clamp_min(0)
         cov = mfw - mf * mw
-        cc = cov * cov / (var_f * var_w + self.options.eps)
+        product = var_f * var_w
+        cc = torch.minimum(cov * cov, product) / (product + self.options.eps)
         return -cc.flatten(1).mean(dim=1)
 
 
 @similarity("mse")
 class MSE(Similarity):
     """Mean squared intensity difference, ``mean_x (F - W)^2``."""
+
+    bounds = (0.0, None)
+
+    @property
+    def radius(self) -> int:
+        """0: a pointwise loss."""
+        return 0
 
     def loss(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
         return (fixed - warped).pow(2).flatten(1).mean(dim=1)

@@ -50,3 +50,14 @@ def tiny_checkpoint(tiny_phantom, tmp_path_factory) -> Path:
     run_dir = tmp_path_factory.mktemp("runs") / "quickstart"
     config = load_config(QUICKSTART, tiny_overrides(tiny_phantom, run_dir))
     return train(config)
+
+
+def pytest_addoption(parser: pytest.Parser) -> None:
+    """``--soak-calls N``: register calls in the soak test (tests/test_soak.py)."""
+    parser.addoption(
+        "--soak-calls",
+        type=int,
+        default=None,
+        help="register() calls in the soak test (default 200, or $REGZOO_SOAK_CALLS; "
+        "2000 for the full soak)",
+    )

@@ -12,7 +12,7 @@ from conftest import tiny_overrides
 from regzoo import load_plugin, regularizers
 from regzoo.cli import main
 from regzoo.model import load_model
-from regzoo.testing import check_regularizer
+from regzoo.testing import check_regularizer, check_regularizer_properties
 
 ROOT = Path(__file__).resolve().parents[1]
 PACKAGE = ROOT / "plugins" / "regzoo-neohookean"
@@ -22,6 +22,7 @@ FILE_PLUGIN = ROOT / "plugins" / "file_plugin_example" / "directional_diffusion.
 def test_contract_holds_for_the_file_plugin():
     load_plugin(str(FILE_PLUGIN))
     check_regularizer(regularizers.get("directional_diffusion"))
+    check_regularizer_properties(regularizers.get("directional_diffusion"), max_examples=10)
 
 
 def test_file_plugin_named_in_a_config_trains_and_reloads(tiny_phantom, tmp_path, monkeypatch):

@@ -33,9 +33,11 @@ class DirectionalDiffusion(Regularizer):
             high=1.0,
             default=1.0,
             scale="log",
+            domain=(0.0, None),
             description="weight of derivatives along the last axis",
         ),
     )
+    quadratic = True  # R(c u) = c^2 R(u): checked by regzoo.testing
 
     def energy(self, u: torch.Tensor, params: Mapping[str, Any], spacing: Spacing) -> torch.Tensor:
         # derivatives per mm when a spacing is given: the displacement in mm, divided by mm

@@ -33,7 +33,10 @@ class Regularizer(nn.Module):
 
     - ``space``: the :class:`~regzoo.params.ParamSpace` of their physical parameters (empty
       for parameter-free energies such as diffusion);
-    - ``quadratic``: True when ``R(c u) = c^2 R(u)`` (checked by :mod:`regzoo.testing`);
+    - ``quadratic``: set True to declare ``R(c u) = c^2 R(u)`` for every ``c`` (a quadratic
+      form in ``u``); off by default, and checked by :mod:`regzoo.testing` when declared;
+    - ``nonnegative``: ``R >= 0`` for every field and every parameter value in the physical
+      domain (the default; set False for an energy that may be negative);
     - ``Options``: a pydantic model of construction options (validated from configs);
     - :meth:`energy`: the energy per batch element.
 
@@ -42,7 +45,8 @@ class Regularizer(nn.Module):
     """
 
     space: ClassVar[ParamSpace] = ParamSpace()
-    quadratic: ClassVar[bool] = True
+    quadratic: ClassVar[bool] = False
+    nonnegative: ClassVar[bool] = True
     Options: ClassVar[type[BaseModel]] = NoOptions
     registered_name: ClassVar[str]
 

@@ -33,6 +33,8 @@ class Diffusion(Regularizer):
     Use it as the standard smoothness baseline.
     """
 
+    quadratic: ClassVar[bool] = True
+
     def energy(self, u: torch.Tensor, params: Params, spacing: Spacing) -> torch.Tensor:
         return functional.diffusion_energy(u, spacing)
 
@@ -74,6 +76,7 @@ class LinearElastic(Regularizer):
             description="shear modulus (stiffness against shear)",
         ),
     )
+    quadratic: ClassVar[bool] = True
 
     def energy(self, u: torch.Tensor, params: Params, spacing: Spacing) -> torch.Tensor:
         return functional.linear_elastic_energy(u, params["lam"], params["mu"], spacing)
@@ -87,6 +90,8 @@ class BendingEnergy(Regularizer):
     part. Use it when global affine-like motion must stay free (e.g. free-form deformations).
     """
 
+    quadratic: ClassVar[bool] = True
+
     def energy(self, u: torch.Tensor, params: Params, spacing: Spacing) -> torch.Tensor:
         return functional.bending_energy(u, spacing)
 
@@ -97,6 +102,8 @@ class Curvature(Regularizer):
 
     Zero for affine fields, with a smaller kernel than bending energy (no mixed derivatives).
     """
+
+    quadratic: ClassVar[bool] = True
 
     def energy(self, u: torch.Tensor, params: Params, spacing: Spacing) -> torch.Tensor:
         return functional.curvature_energy(u, spacing)

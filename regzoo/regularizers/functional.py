@@ -115,12 +115,17 @@ def total_variation_energy(
 ) -> torch.Tensor:
     """Isotropic total variation, Charbonnier-smoothed: ``mean_x sqrt(|grad u|^2 + eps^2) - eps``.
 
-    Subtracting ``eps`` makes the energy of a constant field exactly zero.
+    Subtracting ``eps`` makes the energy of a constant field exactly zero. The density is
+    evaluated as ``s / (sqrt(s + eps^2) + eps)`` with ``s = |grad u|^2`` (the same value, with
+    no cancellation, so never negative), and the root's argument is kept above the smallest
+    normal number: pure TV (``eps = 0``) has a finite (zero) gradient where ``grad u = 0``.
     """
     check_field(u, "total_variation_energy")
     squared = gradient(to_physical(u, spacing), spacing).pow(2).sum(dim=(1, 2))
     eps_t = per_sample(eps, squared, "eps", "total_variation_energy")
-    return domain_mean(torch.sqrt(squared + eps_t**2) - eps_t)
+    tiny = torch.finfo(squared.dtype).tiny
+    root = torch.sqrt((squared + eps_t**2).clamp_min(tiny))
+    return domain_mean(squared / (root + eps_t))
 
 
 def jacobian_energy(

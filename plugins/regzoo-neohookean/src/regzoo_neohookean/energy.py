@@ -71,9 +71,17 @@ class NeoHookean(Regularizer):
             low=0.0,
             high=1.0,
             default=0.083,
+            domain=(0.0, None),
             description="first Lame parameter (compressibility)",
         ),
-        ParamSpec(name="mu", low=0.0, high=1.0, default=0.03, description="shear modulus"),
+        ParamSpec(
+            name="mu",
+            low=0.0,
+            high=1.0,
+            default=0.03,
+            domain=(0.0, None),
+            description="shear modulus",
+        ),
     )
     quadratic = False
     Options = NeoHookeanOptions
