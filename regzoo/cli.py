@@ -160,7 +160,7 @@ def _title(params: dict[str, float]) -> str:
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
-    from regzoo.inference import register, write_result
+    from regzoo.inference import register, segmentation_names, write_result
     from regzoo.model import load_model
 
     model = load_model(args.model)
@@ -168,8 +168,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     result = register(
         model, args.fixed, args.moving, refine=args.refine, progress=args.refine > 0, **params
     )
-    segs = {Path(p).name.split(".")[0]: p for p in args.moving_seg}
-    written = write_result(result, args.out, segmentations=segs)
+    written = write_result(result, args.out, segmentations=segmentation_names(args.moving_seg))
     if args.figure:
         default = model.objective.resolve({})
         settings = [(_title(result.params), params), (f"defaults ({_title(default)})", {})]
@@ -292,6 +291,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{method:>9}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
     print(f"report: {summary}")
     return 0
+
+
+def _cmd_explore(args: argparse.Namespace) -> int:
+    from regzoo.explore.command import run
+
+    return run(args)
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -440,6 +445,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_cmd_sweep)
+
+    from regzoo.explore.command import add_arguments as add_explore_arguments
+
+    p = sub.add_parser(
+        "explore", help="browser page: slide the parameters, watch the registration change"
+    )
+    add_explore_arguments(p)
+    p.set_defaults(func=_cmd_explore)
     return parser
 
 

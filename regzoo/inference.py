@@ -18,10 +18,13 @@ from regzoo.spatial import jacobian_determinant, warp
 
 __all__ = [
     "RegistrationResult",
+    "build_result",
     "normalize_intensity",
     "read_image",
     "register",
     "save_nifti",
+    "segmentation_names",
+    "write_result",
 ]
 
 ImageLike = torch.Tensor | np.ndarray | str | Path
@@ -125,13 +128,32 @@ def register(
     else:
         with torch.no_grad():
             displacement = model(f, m, resolved).displacement
+    return build_result(displacement, moving_t, resolved, affine)
+
+
+def build_result(
+    displacement: torch.Tensor,
+    moving: torch.Tensor,
+    params: Mapping[str, float],
+    affine: np.ndarray,
+) -> RegistrationResult:
+    """The :class:`RegistrationResult` of a field: the moving image warped in its own
+    intensities and the Jacobian determinant map.
+
+    Args:
+        displacement: ``(1, D, *spatial)`` voxels on the fixed grid, on the model's device.
+        moving: the moving volume ``(*spatial)`` in raw intensities.
+        params: the free parameter values (full names) that produced the field.
+        affine: the fixed image's affine.
+    """
     with torch.no_grad():
-        warped = warp(moving_t[None, None].to(device), displacement)[0, 0]
+        warped = warp(moving[None, None].to(displacement.device), displacement)[0, 0]
+        det = jacobian_determinant(displacement)[0]
     return RegistrationResult(
         displacement=displacement[0].cpu(),
         warped=warped.cpu(),
-        jacobian_determinant=jacobian_determinant(displacement)[0].cpu(),
-        params=resolved,
+        jacobian_determinant=det.cpu(),
+        params=dict(params),
         affine=affine,
     )
 
@@ -144,6 +166,12 @@ def save_nifti(array: torch.Tensor | np.ndarray, affine: np.ndarray, path: str |
     nib.save(nib.Nifti1Image(data, affine), str(tmp))
     os.replace(tmp, path)
     return path
+
+
+def segmentation_names(paths: Sequence[str | Path]) -> dict[str, str | Path]:
+    """Name each moving segmentation by its file name without extensions, the ``<name>`` of the
+    ``warped_<name>.nii.gz`` that :func:`write_result` writes for it."""
+    return {Path(p).name.split(".")[0]: p for p in paths}
 
 
 def write_result(
