@@ -222,6 +222,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from regzoo.data.learn2reg import Learn2RegDataset
     from regzoo.evaluation import compare_refinement
+    from regzoo.explore.command import explore_command
 
     if args.refine_grid and not args.refine:
         raise ValueError("--refine-grid needs --refine N (the iterations per setting)")
@@ -255,7 +256,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     if args.refine:
         chosen = {n: best[n] for n in result.names}
         comparison = compare_refinement(model, dataset, chosen, refine=args.refine)
-    figure = None
+    figure = explore = None
     if args.figure:
         ranked = result.ranked(metric)
         best, worst = ranked[0], ranked[-1]
@@ -271,6 +272,16 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             out / "overlay.png",
             refine=args.refine if args.refine_grid else 0,
         )
+        masks = [first[k].replace("imagesTr", "masksTr") for k in ("fixed_path", "moving_path")]
+        fixed_seg, moving_seg = (m if "masksTr" in m and Path(m).is_file() else None for m in masks)
+        explore = explore_command(
+            args.model,
+            first["fixed_path"],
+            first["moving_path"],
+            fixed_seg=fixed_seg,
+            moving_seg=moving_seg,
+            params=pick[0],
+        )
     summary = write_sweep_report(
         result,
         out,
@@ -279,6 +290,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         comparison=comparison,
         refine_steps=args.refine,
         figure=figure,
+        explore=explore,
         model=str(args.model),
         data=str(args.data),
     )

@@ -2,6 +2,7 @@
 
 import base64
 import json
+import shlex
 import socket
 import subprocess
 import sys
@@ -15,7 +16,8 @@ import numpy as np
 import pytest
 import torch
 
-from regzoo.cli import main
+from regzoo.cli import build_parser, main
+from regzoo.explore.command import explore_command
 from regzoo.explore.render import FOLDED, deformation_grid, plane, scale_to_uint8
 from regzoo.explore.session import ExploreSession, RefineJob
 from regzoo.model import load_model
@@ -228,6 +230,20 @@ def test_explore_help_lists_its_options(capsys):
     text = capsys.readouterr().out
     for option in ("--model", "--fixed", "--moving", "--fixed-seg", "--moving-seg", "--port"):
         assert option in text
+
+
+def test_explore_command_parses_as_written(tiny_phantom):
+    fixed, moving, _, moving_seg = pair(tiny_phantom)
+    line = explore_command(
+        "run dir/last.ckpt", fixed, moving, moving_seg=moving_seg, params={"linear_elastic.mu": 0.3}
+    )
+    args = build_parser().parse_args(shlex.split(line)[1:])
+    assert (args.command, args.model, args.moving_seg) == (
+        "explore",
+        "run dir/last.ckpt",
+        str(moving_seg),
+    )
+    assert args.fixed_seg is None and args.param == ["linear_elastic.mu=0.3"]
 
 
 def test_explore_without_the_extra_says_how_to_install_it(

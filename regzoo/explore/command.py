@@ -7,11 +7,21 @@ dependencies; they are imported when the command runs, with one clear error if m
 from __future__ import annotations
 
 import argparse
+import shlex
 import sys
+from collections.abc import Mapping
+from pathlib import Path
 
 from regzoo._errors import RegzooError
 
-__all__ = ["DEFAULT_PORT", "add_arguments", "allowed_hosts", "require_web", "run"]
+__all__ = [
+    "DEFAULT_PORT",
+    "add_arguments",
+    "allowed_hosts",
+    "explore_command",
+    "require_web",
+    "run",
+]
 
 DEFAULT_PORT = 8765
 INSTALL_HINT = "pip install 'regzoo[explore]'"
@@ -63,6 +73,27 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         default=DEFAULT_PORT,
         help="TCP port (default: %(default)s; 0: any free port)",
     )
+
+
+def explore_command(
+    model: str | Path,
+    fixed: str | Path,
+    moving: str | Path,
+    *,
+    fixed_seg: str | Path | None = None,
+    moving_seg: str | Path | None = None,
+    params: Mapping[str, float] | None = None,
+) -> str:
+    """The shell-quoted ``regzoo explore`` command for one pair, starting at ``params`` (what
+    a sweep report prints to open its best setting in the explorer)."""
+    words = ["regzoo", "explore", "--model", str(model), "--fixed", str(fixed)]
+    words += ["--moving", str(moving)]
+    for flag, path in (("--fixed-seg", fixed_seg), ("--moving-seg", moving_seg)):
+        if path is not None:
+            words += [flag, str(path)]
+    for name, value in (params or {}).items():
+        words += ["--param", f"{name}={value:.6g}"]
+    return shlex.join(words)
 
 
 def require_web() -> None:

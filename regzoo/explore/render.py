@@ -4,16 +4,14 @@ Every view is three orthogonal planes through one voxel. A plane cut along array
 shows the two other axes ``(a, b)``, ``a < b``: its columns run along ``a`` and its rows along
 ``b`` from the top down, so ``b`` grows upwards on screen (as ``origin="lower"`` does in
 :mod:`regzoo.viz`). Intensities travel as bytes (base64) and the page maps them through its
-colour tables, so a 256^3 view costs a few hundred kilobytes, not megabytes of JSON numbers.
+colour tables: a view of a 256^3 volume is about a megabyte, not tens of megabytes of JSON numbers.
 """
 
 from __future__ import annotations
 
 import base64
-from collections.abc import Sequence
 
 import numpy as np
-import torch
 
 __all__ = [
     "FOLDED",
@@ -38,12 +36,12 @@ def in_plane_axes(axis: int) -> tuple[int, int]:
 
 
 def scale_to_uint8(
-    volume: torch.Tensor, low: float, high: float, *, reserve_folded: bool = False
+    values: np.ndarray, low: float, high: float, *, reserve_folded: bool = False
 ) -> np.ndarray:
     """Map ``[low, high]`` linearly onto the bytes ``0..255`` (clipped).
 
     Args:
-        volume: any real tensor.
+        values: any real array (a plane, usually).
         low: value shown as byte 0 (or 1 with ``reserve_folded``).
         high: value shown as byte 255.
         reserve_folded: map values ``<= 0`` to :data:`FOLDED` and the rest onto ``1..255``
@@ -54,16 +52,16 @@ def scale_to_uint8(
     """
     if not high > low:
         raise ValueError(f"scale_to_uint8(): high must exceed low, got [{low}, {high}]")
-    unit = ((volume.detach().float().cpu() - low) / (high - low)).clamp(0, 1)
+    values = np.asarray(values, dtype=np.float64)
+    unit = np.clip((values - low) / (high - low), 0.0, 1.0)
     if not reserve_folded:
-        return (unit * 255).round().to(torch.uint8).numpy()
-    scaled = 1 + (unit * 254).round()
-    return torch.where(volume.cpu() <= 0, FOLDED, scaled).to(torch.uint8).numpy()
+        return np.rint(unit * 255).astype(np.uint8)
+    return np.where(values <= 0, FOLDED, 1 + np.rint(unit * 254)).astype(np.uint8)
 
 
-def labels_to_uint8(labels: torch.Tensor) -> np.ndarray:
+def labels_to_uint8(labels: np.ndarray) -> np.ndarray:
     """A label map as bytes; labels above 255 share byte values (only edges are drawn)."""
-    return (labels.detach().cpu().round().long() % 256).to(torch.uint8).numpy()
+    return (np.rint(np.asarray(labels)).astype(np.int64) % 256).astype(np.uint8)
 
 
 def plane(volume: np.ndarray, axis: int, index: int) -> np.ndarray:
@@ -89,7 +87,7 @@ def encode_plane(image: np.ndarray) -> dict[str, int | str]:
 
 
 def deformation_grid(
-    displacement: torch.Tensor, axis: int, index: int, step: int
+    displacement: np.ndarray, axis: int, index: int, step: int
 ) -> dict[str, int | list[float]]:
     """Where the nodes of a regular grid in the plane go: ``x + u(x)`` in screen pixels.
 
@@ -108,27 +106,21 @@ def deformation_grid(
         ``{"columns", "rows", "x", "y"}``: the node counts along ``a`` and ``b`` and the flat
         row-major (``b`` outer, from the top) lists of node coordinates.
     """
+    displacement = np.asarray(displacement)
     if displacement.ndim != 4 or displacement.shape[0] != 3:
         raise ValueError(
-            f"deformation_grid(): expected a (3, X, Y, Z) field, got {tuple(displacement.shape)}"
+            f"deformation_grid(): expected a (3, X, Y, Z) field, got {displacement.shape}"
         )
     if step < 1:
         raise ValueError(f"deformation_grid(): step must be >= 1, got {step}")
     a, b = in_plane_axes(axis)
-    cut = displacement.detach().cpu().double().select(axis + 1, index)  # (3, n_a, n_b)
+    cut = np.take(displacement, index, axis=axis + 1)  # (3, n_a, n_b)
     n_a, n_b = cut.shape[1:]
     ia, ib = np.arange(0, n_a, step), np.arange(0, n_b, step)[::-1]
-    u_a = cut[a].numpy()[np.ix_(ia, ib)]
-    u_b = cut[b].numpy()[np.ix_(ia, ib)]
-    x = ia[:, None] + u_a
-    y = (n_b - 1) - (ib[None, :] + u_b)
-    return {
-        "columns": len(ia),
-        "rows": len(ib),
-        "x": _rounded(x.T),
-        "y": _rounded(y.T),
-    }
+    x = ia[:, None] + cut[a][np.ix_(ia, ib)]
+    y = (n_b - 1) - (ib[None, :] + cut[b][np.ix_(ia, ib)])
+    return {"columns": len(ia), "rows": len(ib), "x": _rounded(x.T), "y": _rounded(y.T)}
 
 
-def _rounded(values: np.ndarray | Sequence[float]) -> list[float]:
-    return [round(float(v), 2) for v in np.asarray(values).ravel()]
+def _rounded(values: np.ndarray) -> list[float]:
+    return np.round(values.astype(np.float64), 2).ravel().tolist()

@@ -35,7 +35,7 @@ from regzoo.inference import (
     segmentation_names,
     write_result,
 )
-from regzoo.metrics import dice, folding_fraction, sdlogj
+from regzoo.metrics import dice, jacobian_scores
 from regzoo.model import HyperRegistration
 from regzoo.nets import RegistrationOutput
 from regzoo.refine import RefineTrace, refine
@@ -56,7 +56,6 @@ class _Current:
     """The registration shown now and what the page needs from it."""
 
     params: dict[str, float]
-    output: RegistrationOutput
     result: RegistrationResult
     readout: dict[str, Any]
     volumes: dict[str, np.ndarray]
@@ -111,8 +110,18 @@ class ExploreSession:
         self.fixed_seg = self._segmentation("fixed_seg", fixed_seg)
         self.moving_seg = self._segmentation("moving_seg", moving_seg)
         self.spacing = [float(s) for s in np.linalg.norm(self.affine[:3, :3], axis=0)]
-        self._fixed_u8 = scale_to_uint8(fixed_t, *self.window)
-        self._fixed_seg_u8 = labels_to_uint8(self.fixed_seg) if self.fixed_seg is not None else None
+        self._fixed_volumes = {"fixed": fixed_t.numpy()}
+        if self.fixed_seg is not None:
+            self._fixed_volumes["fixed_seg"] = self.fixed_seg.numpy()
+        self._labels = sorted(
+            {
+                int(v)
+                for seg in (self.fixed_seg, self.moving_seg)
+                if seg is not None
+                for v in seg.round().unique().tolist()
+            }
+            - {0}
+        )
         self._lock = threading.Lock()
         self._current = self._register(model.objective.resolve(params))
 
@@ -216,14 +225,13 @@ class ExploreSession:
         index = self._clip_slices(slices)
         planes = []
         step = max(1, max(self.shape) // GRID_NODES)
+        volumes = {**self._fixed_volumes, **current.volumes}
+        displacement = current.result.displacement.numpy()
         for axis, position in enumerate(index):
             entry: dict[str, Any] = {"axis": axis, "index": position}
-            volumes = {"fixed": self._fixed_u8, **current.volumes}
-            if self._fixed_seg_u8 is not None:
-                volumes["fixed_seg"] = self._fixed_seg_u8
             for name, volume in volumes.items():
-                entry[name] = encode_plane(plane(volume, axis, position))
-            entry["grid"] = deformation_grid(current.result.displacement, axis, position, step)
+                entry[name] = encode_plane(self._bytes(name, plane(volume, axis, position)))
+            entry["grid"] = deformation_grid(displacement, axis, position, step)
             planes.append(entry)
         return {
             "params": dict(current.params),
@@ -234,6 +242,16 @@ class ExploreSession:
             "spacing": self.spacing,
             "planes": planes,
         }
+
+    def _bytes(self, name: str, image: np.ndarray) -> np.ndarray:
+        """A plane of volume ``name`` as the bytes the page's colour table for it expects."""
+        if name in ("fixed", "warped"):
+            return scale_to_uint8(image, *self.window)
+        if name == "difference":
+            return scale_to_uint8(image, -1.0, 1.0)
+        if name == "jacobian":
+            return scale_to_uint8(image, 0.0, 2.0, reserve_folded=True)
+        return labels_to_uint8(image)
 
     def _clip_slices(self, slices: Sequence[int] | None) -> list[int]:
         if slices is None:
@@ -296,40 +314,35 @@ class ExploreSession:
         *,
         refined: int = 0,
     ) -> _Current:
-        """Score ``output`` and cut its volumes to bytes; ``started`` is when the work began
-        (the readout's ``seconds``)."""
+        """Score ``output`` and keep the volumes the page cuts; ``started`` is when the work
+        began (the readout's ``seconds``)."""
         result = build_result(output.displacement, self.moving, params, self.affine)
-        readout: dict[str, Any] = {
-            "sdlogj": sdlogj(result.displacement),
-            "folding_fraction": folding_fraction(result.displacement),
-        }
-        objective = self.model.objective
-        values = self.model.parameter_tensor(params, 1)
+        readout: dict[str, Any] = jacobian_scores(result.displacement)
         velocity = self.model.config.regularize == "velocity" and output.velocity is not None
         field = output.velocity if velocity else output.displacement
+        values = self.model.parameter_tensor(params, 1)
         with torch.inference_mode():
             warped_n = warp(self._moving_n, output.displacement)
-            terms = objective(self._fixed_n, warped_n, field, values)
+            terms = self.model.objective(self._fixed_n, warped_n, field, values)
         readout["similarity"] = float(terms.similarity[0])
         readout["energies"] = {label: float(e[0]) for label, e in terms.energies.items()}
         readout["objective"] = float(terms.total[0])
-        diff = (warped_n - self._fixed_n)[0, 0]
         volumes = {
-            "warped": scale_to_uint8(result.warped, *self.window),
-            "difference": scale_to_uint8(diff, -1.0, 1.0),
-            "jacobian": scale_to_uint8(result.jacobian_determinant, 0.0, 2.0, reserve_folded=True),
+            "warped": result.warped.numpy(),
+            "difference": (warped_n - self._fixed_n)[0, 0].cpu().numpy(),
+            "jacobian": result.jacobian_determinant.numpy(),
         }
         readout["dice"] = None
         if self.moving_seg is not None:
             warped_seg = warp(
                 self.moving_seg[None, None], result.displacement[None], mode="nearest"
             )[0, 0]
-            volumes["warped_seg"] = labels_to_uint8(warped_seg)
-            if self.fixed_seg is not None:
-                scores = dice(warped_seg.round(), self.fixed_seg.round())
-                readout["dice"] = sum(scores.values()) / len(scores) if scores else None
+            volumes["warped_seg"] = warped_seg.numpy()
+            if self.fixed_seg is not None and self._labels:
+                scores = dice(warped_seg.round(), self.fixed_seg.round(), labels=self._labels)
+                readout["dice"] = sum(scores.values()) / len(scores)
         readout["seconds"] = time.perf_counter() - started
-        return _Current(dict(params), output, result, readout, volumes, refined)
+        return _Current(dict(params), result, readout, volumes, refined)
 
 
 class RefineJob:
