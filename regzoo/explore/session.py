@@ -217,9 +217,9 @@ class ExploreSession:
                 volume; ``None``: the centre).
 
         Returns:
-            ``{"params", "refined", "readout", "slices", "spacing", "planes"}``; each plane
-            holds ``fixed``, ``warped``, ``difference`` and ``jacobian`` byte images, the
-            ``grid`` nodes and, when given, ``fixed_seg`` / ``warped_seg`` label images.
+            ``{"params", "refined", "readout", "slices", "shape", "spacing", "planes"}``; each
+            plane holds ``fixed``, ``warped``, ``difference`` and ``jacobian`` byte images,
+            the ``grid`` nodes and, when given, ``fixed_seg`` / ``warped_seg`` label images.
         """
         current = self._current
         index = self._clip_slices(slices)
