@@ -209,6 +209,8 @@ def test_api_refuses_bad_requests(client):
         client.post("/api/update", json={"params": {"mu": "0.1"}}), 400
     )
     assert "three integers" in error(client.post("/api/update", json={"slices": [1, 2]}), 400)
+    huge = b'{"params": {"mu": 1' + b"0" * 400 + b"}}"
+    assert "must be finite" in error(client.post("/api/update", content=huge), 400)
     assert "not JSON" in error(client.post("/api/update", content=b"{"), 400)
     assert "'steps'" in error(client.post("/api/refine", json={"steps": 0}), 400)
     assert "too large" in error(client.post("/api/update", content=b" " * 70_000), 413)

@@ -150,9 +150,10 @@ def _params(data: dict[str, Any]) -> dict[str, float] | None:
     for name, value in params.items():
         if isinstance(value, bool) or not isinstance(value, int | float):
             raise _RequestError(f"parameter '{name}' must be a number, got {value!r}")
-        if not math.isfinite(value):
+        number = float(value) if isinstance(value, float) or abs(value) < 2**63 else math.inf
+        if not math.isfinite(number):
             raise _RequestError(f"parameter '{name}' must be finite")
-        checked[str(name)] = float(value)
+        checked[str(name)] = number
     return checked
 
 

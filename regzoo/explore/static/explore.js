@@ -52,7 +52,13 @@
       body: JSON.stringify(body),
     };
     const response = await fetch(url, init);
-    const data = await response.json();
+    const text = await response.text();
+    let data;
+    try {
+      data = JSON.parse(text);
+    } catch {
+      data = { error: `${response.status} ${response.statusText}: ${text}` };
+    }
     if (!response.ok) throw new Error(data.error || response.statusText);
     return data;
   }
@@ -99,7 +105,7 @@
     $("objective").textContent = fmt(r.objective);
     $("source").textContent = view.refined ? `refined, ${view.refined} iterations` : "network";
     $("seconds").textContent =
-      `${Math.round(roundTrip)} ms (server ${Math.round(1000 * r.seconds)} ms)`;
+      `${Math.round(roundTrip)} ms (server ${Math.round(1000 * r.seconds)})`;
     const energies = $("energies");
     energies.replaceChildren(...Object.entries(r.energies).map(([term, energy]) => {
       const row = document.createElement("tr");
