@@ -130,7 +130,7 @@ def _title(params: dict[str, float]) -> str:
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
-    from regzoo.inference import read_pair, register, save_result
+    from regzoo.inference import read_pair, register, save_result, segmentation_names
     from regzoo.io import output_folder
     from regzoo.model import load_model
     from regzoo.report import overlay_figure
@@ -141,7 +141,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     fixed, moving, segs = read_pair(
         args.fixed,
         args.moving,
-        segmentations={Path(p).name.split(".")[0]: p for p in args.moving_seg},
+        segmentations=segmentation_names(args.moving_seg),
         resample=args.resample,
     )
     result = register(model, fixed, moving, refine=args.refine, progress=args.refine > 0, **params)
@@ -203,6 +203,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from regzoo.data.learn2reg import Learn2RegDataset
     from regzoo.evaluation import check_metric, compare_refinement
+    from regzoo.explore.command import explore_command
 
     if args.refine_grid and not args.refine:
         raise InputError("--refine-grid needs --refine N (the iterations per setting)")
@@ -239,7 +240,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         chosen = {n: best[n] for n in result.names}
         comparison = compare_refinement(model, dataset, chosen, refine=args.refine)
     with output_folder(out) as staging:
-        figure = None
+        figure = explore = None
         if args.figure:
             ranked = result.ranked(metric)
             pick = [{n: r[n] for n in result.names} for r in (ranked[0], ranked[-1])]
@@ -265,6 +266,14 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                 ),
                 refine=args.refine if args.refine_grid else 0,
             )
+            explore = explore_command(
+                args.model,
+                first["fixed_path"],
+                first["moving_path"],
+                fixed_seg=_sibling_masks(first["fixed_path"]).get("mask"),
+                moving_seg=_sibling_masks(first["moving_path"]).get("mask"),
+                params=pick[0],
+            )
         write_sweep_report(
             result,
             staging,
@@ -273,6 +282,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             comparison=comparison,
             refine_steps=args.refine,
             figure=figure,
+            explore=explore,
             model=str(args.model),
             data=str(args.data),
         )
@@ -286,6 +296,12 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         print(f"{method:>9}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
     print(f"report: {summary}")
     return 0
+
+
+def _cmd_explore(args: argparse.Namespace) -> int:
+    from regzoo.explore.command import run
+
+    return run(args)
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -469,6 +485,14 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument("--out", required=True, help="output folder")
     p.set_defaults(func=_cmd_sweep)
+
+    from regzoo.explore.command import add_arguments as add_explore_arguments
+
+    p = sub.add_parser(
+        "explore", help="browser page: slide the parameters, watch the registration change"
+    )
+    add_explore_arguments(p)
+    p.set_defaults(func=_cmd_explore)
     return parser
 
 

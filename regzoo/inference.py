@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 
@@ -28,10 +28,12 @@ from regzoo.spatial import jacobian_determinant, warp
 
 __all__ = [
     "RegistrationResult",
+    "build_result",
     "read_image",
     "read_pair",
     "register",
     "save_result",
+    "segmentation_names",
     "write_result",
 ]
 
@@ -174,14 +176,33 @@ def register(
     else:
         with torch.no_grad():
             displacement = model(f, m, resolved).displacement
+    return build_result(displacement, moving_t, resolved, fixed_v.affine)
+
+
+def build_result(
+    displacement: torch.Tensor,
+    moving: torch.Tensor,
+    params: Mapping[str, float],
+    affine: np.ndarray,
+) -> RegistrationResult:
+    """The :class:`RegistrationResult` of a field: the moving image warped in its own
+    intensities and the Jacobian determinant map.
+
+    Args:
+        displacement: ``(1, D, *spatial)`` voxels on the fixed grid, on the model's device.
+        moving: the moving volume ``(*spatial)`` in raw intensities.
+        params: the free parameter values (full names) that produced the field.
+        affine: the fixed image's affine.
+    """
     with torch.no_grad():
-        warped = warp(moving_t[None, None].to(device), displacement)[0, 0]
+        warped = warp(moving[None, None].to(displacement.device), displacement)[0, 0]
+        det = jacobian_determinant(displacement)[0]
     return RegistrationResult(
         displacement=displacement[0].cpu(),
         warped=warped.cpu(),
-        jacobian_determinant=jacobian_determinant(displacement)[0].cpu(),
-        params=resolved,
-        affine=fixed_v.affine,
+        jacobian_determinant=det.cpu(),
+        params=dict(params),
+        affine=affine,
     )
 
 
@@ -228,6 +249,12 @@ def save_result(
         path = folder / f"warped_{name}.nii.gz"
         written.append(write_nifti(warped[0, 0].round().to(torch.int16), result.affine, path))
     return written
+
+
+def segmentation_names(paths: Sequence[str | Path]) -> dict[str, str | Path]:
+    """Name each moving segmentation by its file name without extensions, the ``<name>`` of the
+    ``warped_<name>.nii.gz`` that :func:`write_result` writes for it."""
+    return {Path(p).name.split(".")[0]: p for p in paths}
 
 
 def write_result(

@@ -13,7 +13,13 @@ import torch
 from regzoo._errors import InputError
 from regzoo.spatial import jacobian_determinant, sample_points
 
-__all__ = ["dice", "folding_fraction", "sdlogj", "target_registration_error"]
+__all__ = [
+    "dice",
+    "folding_fraction",
+    "jacobian_scores",
+    "sdlogj",
+    "target_registration_error",
+]
 
 
 def _batched(u: torch.Tensor) -> torch.Tensor:
@@ -68,16 +74,33 @@ def target_registration_error(
     return ((moved - moving_points.float()) * step).norm(dim=1)
 
 
+def _determinant(displacement: torch.Tensor) -> torch.Tensor:
+    return jacobian_determinant(_batched(displacement).double(), pad=False)
+
+
+def _sdlogj(det: torch.Tensor) -> float:
+    return float(det.clamp(1e-9, 1e9).log().std())
+
+
+def _folding(det: torch.Tensor) -> float:
+    return float((det <= 0).double().mean())
+
+
 def sdlogj(displacement: torch.Tensor) -> float:
     """Standard deviation of ``log det J`` (determinants clipped to ``[1e-9, 1e9]``).
 
     Zero for any affine map; the Learn2Reg smoothness measure.
     """
-    det = jacobian_determinant(_batched(displacement).double(), pad=False)
-    return float(det.clamp(1e-9, 1e9).log().std())
+    return _sdlogj(_determinant(displacement))
 
 
 def folding_fraction(displacement: torch.Tensor) -> float:
     """Fraction of voxels whose Jacobian determinant is not positive (folded)."""
-    det = jacobian_determinant(_batched(displacement).double(), pad=False)
-    return float((det <= 0).double().mean())
+    return _folding(_determinant(displacement))
+
+
+def jacobian_scores(displacement: torch.Tensor) -> dict[str, float]:
+    """``{"sdlogj", "folding_fraction"}`` (:func:`sdlogj`, :func:`folding_fraction`) from one
+    Jacobian computation."""
+    det = _determinant(displacement)
+    return {"sdlogj": _sdlogj(det), "folding_fraction": _folding(det)}

@@ -75,6 +75,7 @@ def write_sweep_report(
     comparison: Mapping[str, Mapping[str, float]] | None = None,
     refine_steps: int = 0,
     figure: Path | None = None,
+    explore: str | None = None,
     **meta: Any,
 ) -> Path:
     """Write ``metrics.csv`` (per setting and pair), ``settings.csv`` (means),
@@ -82,7 +83,8 @@ def write_sweep_report(
     ``heatmap.png`` (one or two swept parameters) and ``summary.md``; return the summary path.
 
     ``comparison`` (from :func:`regzoo.evaluation.compare_refinement`) adds the table of
-    identity / network / refined at the best setting.
+    identity / network / refined at the best setting; ``explore``, a ``regzoo explore``
+    command, a section that opens the best setting in the browser explorer.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -163,6 +165,18 @@ def write_sweep_report(
         lines += ["", "## Heat maps", "", "![heat maps](heatmap.png)"]
     if figure is not None:
         lines += ["", "## Best and worst setting on the first pair", "", "![overlay](overlay.png)"]
+    if explore is not None:
+        lines += [
+            "",
+            "## Explore the best setting in the browser",
+            "",
+            "Slide the parameters around it and watch the first pair re-register "
+            "(needs `pip install 'regzoo[explore]'`):",
+            "",
+            "```bash",
+            explore,
+            "```",
+        ]
     summary = out / "summary.md"
     atomic_write_text("\n".join(lines) + "\n", summary)
     return summary

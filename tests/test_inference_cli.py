@@ -186,6 +186,7 @@ def test_sweep_cli_writes_the_report(tiny_checkpoint, tiny_phantom, tmp_path):
     summary = (out / "summary.md").read_text()
     assert "Best parameters for the data set" in summary
     assert "| refined |" in summary and "seconds per pair" in summary
+    assert "regzoo explore --model" in summary and "--moving-seg" in summary
 
 
 def test_sweep_batches_equal_single_registrations(tiny_checkpoint, tiny_phantom):

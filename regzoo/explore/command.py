@@ -1,0 +1,172 @@
+"""``regzoo explore``: its arguments, and the command that loads the model and serves the page.
+
+This module imports nothing heavy, so the CLI can build its parser without the optional web
+dependencies; they are imported when the command runs, with one clear error if missing.
+"""
+
+from __future__ import annotations
+
+import argparse
+import shlex
+import sys
+from collections.abc import Mapping
+from pathlib import Path
+
+from regzoo._errors import InputError, RegzooError
+
+__all__ = [
+    "DEFAULT_PORT",
+    "add_arguments",
+    "allowed_hosts",
+    "explore_command",
+    "require_web",
+    "run",
+]
+
+DEFAULT_PORT = 8765
+INSTALL_HINT = "pip install 'regzoo[explore]'"
+
+
+def add_arguments(parser: argparse.ArgumentParser) -> None:
+    """Add ``regzoo explore``'s options to ``parser``."""
+    parser.add_argument(
+        "--model", required=True, help="checkpoint (runs/.../checkpoints/last.ckpt)"
+    )
+    parser.add_argument("--fixed", required=True, help="fixed image (NIfTI)")
+    parser.add_argument("--moving", required=True, help="moving image (NIfTI, same grid)")
+    parser.add_argument(
+        "--fixed-seg", metavar="NIFTI", help="fixed mask or label map (contours; Dice)"
+    )
+    parser.add_argument(
+        "--moving-seg",
+        metavar="NIFTI",
+        help="moving mask or label map, warped with the image (contours; Dice; saved)",
+    )
+    parser.add_argument(
+        "--param",
+        action="append",
+        default=[],
+        metavar="NAME=VALUE",
+        help="starting value of a free parameter, e.g. mu=0.03 (repeatable; defaults otherwise)",
+    )
+    parser.add_argument(
+        "--out",
+        default="explore-result",
+        help="folder the page's save button writes to, the same files as `regzoo register` "
+        "(default: %(default)s)",
+    )
+    parser.add_argument(
+        "--refine-steps",
+        type=int,
+        default=30,
+        metavar="N",
+        help="refine button's default iterations (default: %(default)s)",
+    )
+    parser.add_argument(
+        "--plugin",
+        action="append",
+        default=[],
+        metavar="MODULE_OR_FILE",
+        help="import this plugin module or .py file (repeatable): a plugin named in a "
+        "checkpoint is never imported unless you name it here",
+    )
+    parser.add_argument(
+        "--host",
+        default="127.0.0.1",
+        help="address to listen on (default: %(default)s, this machine only)",
+    )
+    parser.add_argument(
+        "--port",
+        type=int,
+        default=DEFAULT_PORT,
+        help="TCP port (default: %(default)s; 0: any free port)",
+    )
+
+
+def explore_command(
+    model: str | Path,
+    fixed: str | Path,
+    moving: str | Path,
+    *,
+    fixed_seg: str | Path | None = None,
+    moving_seg: str | Path | None = None,
+    params: Mapping[str, float] | None = None,
+) -> str:
+    """The shell-quoted ``regzoo explore`` command for one pair, starting at ``params`` (what
+    a sweep report prints to open its best setting in the explorer)."""
+    words = ["regzoo", "explore", "--model", str(model), "--fixed", str(fixed)]
+    words += ["--moving", str(moving)]
+    for flag, path in (("--fixed-seg", fixed_seg), ("--moving-seg", moving_seg)):
+        if path is not None:
+            words += [flag, str(path)]
+    for name, value in (params or {}).items():
+        words += ["--param", f"{name}={value:.6g}"]
+    return shlex.join(words)
+
+
+def require_web() -> None:
+    """Check that the optional web dependencies are installed.
+
+    Raises:
+        RegzooError: naming the missing package and the command that installs the extra.
+    """
+    try:
+        import starlette  # noqa: F401
+        import uvicorn  # noqa: F401
+    except ImportError as exc:
+        raise RegzooError(
+            f"the explorer needs the optional web dependencies ({exc.name} is missing): "
+            f"{INSTALL_HINT}"
+        ) from None
+
+
+def allowed_hosts(host: str) -> list[str]:
+    """``Host`` header values to answer for a server on ``host``: the loopback names on
+    loopback (a DNS-rebinding guard), any name when the user chose another address."""
+    from regzoo.explore.app import LOOPBACK_HOSTS
+
+    return list(LOOPBACK_HOSTS) if host in LOOPBACK_HOSTS else ["*"]
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``regzoo explore``: load the model and images, print the URL, serve until Ctrl+C.
+
+    Raises:
+        RegzooError: without the ``explore`` extra, or when the port cannot be bound.
+        InputError: invalid images, parameters or options.
+    """
+    require_web()
+    if args.refine_steps < 1:
+        raise InputError(f"--refine-steps must be at least 1, got {args.refine_steps}")
+    if not 0 <= args.port <= 65535:
+        raise InputError(f"--port must be in [0, 65535], got {args.port}")
+    from regzoo.cli import parse_params
+    from regzoo.explore.app import create_app
+    from regzoo.explore.server import ExplorerServer
+    from regzoo.explore.session import ExploreSession
+    from regzoo.model import load_model
+
+    params = parse_params(args.param)
+    model = load_model(args.model, plugins=args.plugin)
+    session = ExploreSession(
+        model,
+        args.fixed,
+        args.moving,
+        fixed_seg=args.fixed_seg,
+        moving_seg=args.moving_seg,
+        out=args.out,
+        params=params,
+        checkpoint=args.model,
+    )
+    app = create_app(
+        session, refine_steps=args.refine_steps, allowed_hosts=allowed_hosts(args.host)
+    )
+    server = ExplorerServer(app, args.host, args.port)
+    if args.host not in ("127.0.0.1", "localhost", "::1"):
+        print(
+            f"warning: listening on {args.host}: anyone who can reach it can use the explorer",
+            file=sys.stderr,
+        )
+    print(f"regzoo explore: open {server.url} (Ctrl+C stops)", flush=True)
+    server.run()
+    return 0

@@ -1,0 +1,293 @@
+"""The parameter explorer: its session (no web code), its page and JSON API, its command."""
+
+import base64
+import json
+import shlex
+import socket
+import subprocess
+import sys
+import time
+import urllib.request
+from html.parser import HTMLParser
+from pathlib import Path
+
+import nibabel as nib
+import numpy as np
+import pytest
+import torch
+
+from regzoo.cli import build_parser, main
+from regzoo.explore.command import explore_command
+from regzoo.explore.render import FOLDED, deformation_grid, plane, scale_to_uint8
+from regzoo.explore.session import ExploreSession, RefineJob
+from regzoo.model import load_model
+
+ROOT = Path(__file__).resolve().parents[1]
+
+
+def pair(root, case="0003"):
+    """Fixed image, moving image, fixed mask, moving mask of one phantom case."""
+    return (
+        root / "imagesTr" / f"PhantomCT_{case}_0000.nii.gz",
+        root / "imagesTr" / f"PhantomCT_{case}_0001.nii.gz",
+        root / "masksTr" / f"PhantomCT_{case}_0000.nii.gz",
+        root / "masksTr" / f"PhantomCT_{case}_0001.nii.gz",
+    )
+
+
+@pytest.fixture(scope="module")
+def model(tiny_checkpoint):
+    return load_model(tiny_checkpoint)
+
+
+@pytest.fixture
+def session(model, tiny_phantom, tiny_checkpoint, tmp_path):
+    fixed, moving, fixed_seg, moving_seg = pair(tiny_phantom)
+    return ExploreSession(
+        model,
+        fixed,
+        moving,
+        fixed_seg=fixed_seg,
+        moving_seg=moving_seg,
+        out=tmp_path / "saved",
+        checkpoint=tiny_checkpoint,
+    )
+
+
+# -- render -----------------------------------------------------------------------------------
+def test_plane_shows_the_second_axis_upwards():
+    volume = np.arange(2 * 3 * 4).reshape(2, 3, 4)
+    cut = plane(volume, 0, 1)  # the (Y, Z) plane at x = 1
+    assert cut.shape == (4, 3)  # rows along z, columns along y
+    assert cut[-1, 0] == volume[1, 0, 0]  # bottom-left: y = 0, z = 0
+    assert cut[0, 2] == volume[1, 2, 3]  # top-right: y = 2, z = 3
+
+
+def test_deformation_grid_of_a_translation_moves_every_node():
+    u = torch.zeros(3, 8, 8, 8)
+    u[1] = 0.5  # along y: the columns of an axis-0 plane
+    u[2] = 1.0  # along z: up on screen
+    nodes = deformation_grid(u, axis=0, index=4, step=4)
+    assert (nodes["columns"], nodes["rows"]) == (2, 2)
+    assert nodes["x"] == [0.5, 4.5, 0.5, 4.5]
+    assert nodes["y"] == [2.0, 2.0, 6.0, 6.0]  # top row first: z = 4 at row 7 - 4 - 1
+
+
+def test_jacobian_bytes_keep_folding_apart():
+    det = torch.tensor([-0.5, 0.0, 1e-6, 1.0, 2.0, 3.0])
+    assert scale_to_uint8(det, 0.0, 2.0, reserve_folded=True).tolist() == [
+        FOLDED,
+        FOLDED,
+        1,
+        128,
+        255,
+        255,
+    ]
+
+
+# -- session ----------------------------------------------------------------------------------
+def test_session_reregisters_only_when_the_parameters_change(session):
+    first = session.view()
+    assert session.update({"mu": 0.02, "lam": 0.02})
+    assert not session.update({"linear_elastic.mu": 0.02, "linear_elastic.lam": 0.02})
+    second = session.view([0, 100, -3])
+    assert second["params"] == {"linear_elastic.lam": 0.02, "linear_elastic.mu": 0.02}
+    assert second["readout"]["sdlogj"] != first["readout"]["sdlogj"]
+    assert second["slices"] == [0, 31, 0]  # clipped into the volume
+    readout = second["readout"]
+    assert 0.0 <= readout["dice"] <= 1.0
+    assert set(readout["energies"]) == {"linear_elastic"}
+    for entry in second["planes"]:
+        for name in ("fixed", "warped", "difference", "jacobian", "fixed_seg", "warped_seg"):
+            image = entry[name]
+            assert (image["width"], image["height"]) == (32, 32)
+            assert len(base64.b64decode(image["data"])) == 32 * 32
+        assert len(entry["grid"]["x"]) == entry["grid"]["rows"] * entry["grid"]["columns"]
+    with pytest.raises(ValueError, match="out of range"):
+        session.update({"mu": 1e4})
+    with pytest.raises(KeyError, match="unknown free parameter 'nu'"):
+        session.update({"nu": 1.0})
+
+
+def test_session_rejects_images_of_another_shape(model, tiny_phantom):
+    fixed, *_ = pair(tiny_phantom)
+    with pytest.raises(ValueError, match=r"moving \(32, 32, 16\) must have the fixed image's"):
+        ExploreSession(model, fixed, torch.zeros(32, 32, 16))
+
+
+def test_saved_refined_result_is_what_register_writes(session, tiny_phantom, tmp_path, capsys):
+    session.update({"mu": 0.2, "lam": 0.4})
+    job = RefineJob(session, 3)
+    job.wait(120)
+    assert job.status() == {"running": False, "fraction": 1.0, "steps": 3, "error": None}
+    assert session.refined == 3
+    written = session.save()
+    command = session.register_command().split()
+    assert command[:2] == ["regzoo", "register"]
+    assert command[command.index("--refine") + 1] == "3"
+    again = tmp_path / "again"
+    command[command.index("--out") + 1] = str(again)
+    assert main(command[1:]) == 0
+    capsys.readouterr()
+    assert sorted(p.name for p in written) == sorted(p.name for p in again.iterdir())
+    for path in written:
+        ours, theirs = nib.load(path).get_fdata(), nib.load(again / path.name).get_fdata()
+        assert np.allclose(ours, theirs, atol=1e-4), path.name
+    assert not list(Path(written[0]).parent.glob(".*partial*"))
+
+
+# -- HTTP -------------------------------------------------------------------------------------
+class _RangeInputs(HTMLParser):
+    def __init__(self) -> None:
+        super().__init__()
+        self.params: list[str] = []
+
+    def handle_starttag(self, tag, attrs):
+        attributes = dict(attrs)
+        if tag == "input" and attributes.get("type") == "range" and attributes["class"] == "param":
+            self.params.append(attributes["data-name"])
+
+
+@pytest.fixture
+def client(session):
+    pytest.importorskip("starlette", reason="the explorer's web parts need regzoo[explore]")
+    from starlette.testclient import TestClient
+
+    from regzoo.explore.app import create_app
+
+    return TestClient(create_app(session, refine_steps=3), base_url="http://127.0.0.1:8765")
+
+
+def test_page_has_one_slider_per_free_parameter(client, session):
+    response = client.get("/")
+    assert response.status_code == 200
+    assert "text/html" in response.headers["content-type"]
+    parser = _RangeInputs()
+    parser.feed(response.text)
+    assert parser.params == session.model.objective.free_space.names
+    assert 'data-scale="log"' in response.text
+    assert "http" not in response.text  # nothing loads from elsewhere
+    assert client.get("/explore.js").headers["content-type"].startswith("text/javascript")
+    assert client.get("/explore.css").status_code == 200
+    for path in ("/static/index.html", "/../pyproject.toml", "/regzoo/cli.py", "/api/nothing"):
+        assert client.get(path).status_code == 404, path
+
+
+def test_api_updates_refines_and_saves(client, session):
+    state = client.get("/api/state").json()
+    assert [p["short"] for p in state["parameters"]] == ["lam", "mu"]
+    assert state["shape"] == [32, 32, 32] and state["save"]
+    first = client.post("/api/update", json={"slices": [16, 16, 16]}).json()
+    moved = client.post("/api/update", json={"params": {"mu": 50.0}, "slices": [1, 2, 3]})
+    assert moved.status_code == 200
+    assert moved.json()["readout"]["sdlogj"] != first["readout"]["sdlogj"]
+    assert [p["index"] for p in moved.json()["planes"]] == [1, 2, 3]
+
+    started = client.post("/api/refine", json={"params": {"mu": 50.0}, "steps": 3})
+    assert started.status_code == 202
+    deadline = time.monotonic() + 120
+    while client.get("/api/refine").json()["running"]:
+        assert time.monotonic() < deadline
+        time.sleep(0.05)
+    refined = client.post("/api/update", json={"params": {"mu": 50.0}}).json()
+    assert refined["refined"] == 3
+    saved = client.post("/api/save", json={"params": {"mu": 50.0}}).json()
+    assert {Path(p).name for p in saved["written"]} >= {"disp.nii.gz", "warped.nii.gz"}
+    assert "--refine 3" in saved["command"] and "linear_elastic.mu=50" in saved["command"]
+
+
+def test_api_refuses_bad_requests(client):
+    def error(response, status):
+        assert response.status_code == status
+        return response.json()["error"]
+
+    assert "out of range" in error(client.post("/api/update", json={"params": {"mu": 1e9}}), 400)
+    assert "unknown free parameter" in error(
+        client.post("/api/update", json={"params": {"nu": 1}}), 400
+    )
+    assert "must be a number" in error(
+        client.post("/api/update", json={"params": {"mu": "0.1"}}), 400
+    )
+    assert "three integers" in error(client.post("/api/update", json={"slices": [1, 2]}), 400)
+    huge = b'{"params": {"mu": 1' + b"0" * 400 + b"}}"
+    assert "must be finite" in error(client.post("/api/update", content=huge), 400)
+    assert "not JSON" in error(client.post("/api/update", content=b"{"), 400)
+    assert "'steps'" in error(client.post("/api/refine", json={"steps": 0}), 400)
+    assert "too large" in error(client.post("/api/update", content=b" " * 70_000), 413)
+    assert client.get("/api/update").status_code == 405
+    assert client.get("/", headers={"host": "attacker.example"}).status_code == 400
+    # a second request while refining is refused, not queued behind the refinement
+    assert client.post("/api/refine", json={"steps": 100}).status_code == 202
+    assert "refinement is running" in error(client.post("/api/update", json={}), 409)
+    assert "refinement is running" in error(client.post("/api/save", json={}), 409)
+    while client.get("/api/refine").json()["running"]:
+        time.sleep(0.1)
+
+
+# -- command ----------------------------------------------------------------------------------
+def test_explore_help_lists_its_options(capsys):
+    with pytest.raises(SystemExit) as exit_info:
+        main(["explore", "--help"])
+    assert exit_info.value.code == 0
+    text = capsys.readouterr().out
+    for option in ("--model", "--fixed", "--moving", "--fixed-seg", "--moving-seg", "--port"):
+        assert option in text
+
+
+def test_explore_command_parses_as_written(tiny_phantom):
+    fixed, moving, _, moving_seg = pair(tiny_phantom)
+    line = explore_command(
+        "run dir/last.ckpt", fixed, moving, moving_seg=moving_seg, params={"linear_elastic.mu": 0.3}
+    )
+    args = build_parser().parse_args(shlex.split(line)[1:])
+    assert (args.command, args.model, args.moving_seg) == (
+        "explore",
+        "run dir/last.ckpt",
+        str(moving_seg),
+    )
+    assert args.fixed_seg is None and args.param == ["linear_elastic.mu=0.3"]
+
+
+def test_explore_without_the_extra_says_how_to_install_it(
+    tiny_checkpoint, tiny_phantom, monkeypatch, capsys
+):
+    monkeypatch.setitem(sys.modules, "starlette", None)
+    fixed, moving, *_ = pair(tiny_phantom)
+    args = ["explore", "--model", str(tiny_checkpoint), "--fixed", str(fixed)]
+    assert main([*args, "--moving", str(moving)]) == 2
+    assert "pip install 'regzoo[explore]'" in capsys.readouterr().err
+
+
+def _free_port() -> int:
+    with socket.socket() as probe:
+        probe.bind(("127.0.0.1", 0))
+        return probe.getsockname()[1]
+
+
+def test_explore_serves_the_page_on_the_given_port(tiny_checkpoint, tiny_phantom, tmp_path):
+    pytest.importorskip("uvicorn", reason="the explorer's web parts need regzoo[explore]")
+    fixed, moving, *_ = pair(tiny_phantom)
+    port = _free_port()
+    command = [sys.executable, "-m", "regzoo", "explore", "--model", str(tiny_checkpoint)]
+    command += ["--fixed", str(fixed), "--moving", str(moving), "--port", str(port)]
+    command += ["--out", str(tmp_path / "out")]
+    process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
+    try:
+        line = process.stdout.readline()
+        assert f"http://127.0.0.1:{port}/" in line, line + process.stderr.read()
+        deadline = time.monotonic() + 60
+        while True:
+            try:
+                with urllib.request.urlopen(f"http://127.0.0.1:{port}/", timeout=5) as response:
+                    page = response.read().decode()
+                break
+            except OSError:
+                assert time.monotonic() < deadline, "the server did not answer"
+                time.sleep(0.1)
+        assert page.count('type="range" class="param"') == 2
+        state_url = f"http://127.0.0.1:{port}/api/state"
+        with urllib.request.urlopen(state_url, timeout=5) as response:
+            assert json.load(response)["shape"] == [32, 32, 32]
+    finally:
+        process.terminate()
+        process.wait(30)
