@@ -304,7 +304,13 @@ class ParamSpace(BaseModel):
         self._check_last_dim(unit, "denormalize")
         lows, highs = self._bounds(unit)
         transformed = lows + unit * (highs - lows)
-        return torch.where(self._log_mask(unit), torch.exp(transformed), transformed)
+        values = torch.where(self._log_mask(unit), torch.exp(transformed), transformed)
+        # exp(log(high)) may round past high in float32: the ends map exactly onto the bounds
+        kwargs = {"dtype": values.dtype, "device": values.device}
+        floor = torch.tensor([s.low for s in self.specs], **kwargs)
+        ceiling = torch.tensor([s.high for s in self.specs], **kwargs)
+        inside = (unit >= 0) & (unit <= 1)
+        return torch.where(inside, torch.minimum(torch.maximum(values, floor), ceiling), values)
 
     def sample(
         self,

@@ -359,7 +359,7 @@ def optimize_parameters(
     finally:
         for p in frozen:
             p.requires_grad_(True)
-    final = space.denormalize(unit.detach())[0]
+    final = space.denormalize(unit.detach().double())[0]
     return {
         "params": {n: float(v) for n, v in zip(space.names, final, strict=True)},
         "history": history,

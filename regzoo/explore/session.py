@@ -207,6 +207,7 @@ class ExploreSession:
                 steps=steps,
                 levels=REFINE_LEVELS,
                 trace=trace,
+                spacing=self.spacing,
             )
             self._current = self._score(params, output, started, refined=steps)
 
