@@ -88,6 +88,13 @@ class HyperRegistration(L.LightningModule):
         return self.net(moving, fixed, unit)
 
     # -- training ---------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Seed the parameter sampler with ``seed + global_rank``.
+
+        Under DDP every process draws its own parameter vectors (one process: ``seed``).
+        """
+        self._generator.manual_seed(self.config.seed + self.global_rank)
+
     def _draw_parameters(self, batch: int) -> torch.Tensor:
         if len(self.space) == 0:
             return torch.zeros(batch, 0, device=self.device)
