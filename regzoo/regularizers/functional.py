@@ -10,14 +10,16 @@ units (``u_k * spacing_k``) and derivatives are taken per physical unit.
 
 from __future__ import annotations
 
+import math
+
 import torch
 
 from regzoo.spatial import (
     Spacing,
     check_field,
-    gradient,
-    hessian,
+    differences,
     jacobian_determinant,
+    partials,
     spacing_tensor,
 )
 
@@ -55,11 +57,36 @@ def _domain_mean(density: torch.Tensor) -> torch.Tensor:
     return density.flatten(1).mean(dim=1)
 
 
+# The energies are fused: they combine the per-axis differences of regzoo.spatial.differences
+# directly (no stacked Jacobian or Hessian, only the unique second differences, parameters
+# applied to per-sample means), so forward and backward touch a fraction of the memory of the
+# textbook forms built on regzoo.spatial.gradient / hessian (the tests' reference).
+
+
+def _mean_square(t: torch.Tensor, ndim: int) -> torch.Tensor:
+    """``mean_x sum_c t_c(x)^2`` per batch element; the last ``ndim`` axes are the domain."""
+    voxels = math.prod(t.shape[-ndim:])
+    return t.square().flatten(1).sum(dim=1) / voxels
+
+
+def _second_differences(u: torch.Tensor, spacing: Spacing) -> dict[tuple[int, int], torch.Tensor]:
+    """The unique second forward differences ``d_i d_j u`` (``i <= j``), ``(B, C, *(s - 2))``.
+
+    ``d_i d_j u = d_j d_i u`` exactly (the differences commute), as in
+    :func:`regzoo.spatial.hessian`, whose symmetric entries are computed twice.
+    """
+    second = {}
+    for j, dj in enumerate(differences(u, spacing)):
+        for i, dij in enumerate(differences(dj, spacing, axes=range(j + 1))):
+            second[i, j] = dij
+    return second
+
+
 def diffusion_energy(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
     """Diffusion: ``mean_x sum_ij (d_i u_j)^2 = mean |grad u|^2``."""
     check_field(u, "diffusion_energy")
-    jac = gradient(_physical(u, spacing), spacing)
-    return _domain_mean(jac.pow(2).sum(dim=(1, 2)))
+    ndim = u.shape[1]
+    return sum(_mean_square(d, ndim) for d in differences(_physical(u, spacing), spacing))
 
 
 def linear_elastic_energy(
@@ -70,27 +97,33 @@ def linear_elastic_energy(
     ``mean_x( mu/4 * sum_ij (d_i u_j + d_j u_i)^2 + lam/2 * (div u)^2 )``.
     """
     check_field(u, "linear_elastic_energy")
-    jac = gradient(_physical(u, spacing), spacing)  # [:, j, i] = d_i u_j
-    strain = jac + jac.transpose(1, 2)
-    shear = strain.pow(2).sum(dim=(1, 2))
-    divergence = torch.diagonal(jac, dim1=1, dim2=2).sum(dim=-1)
+    d = partials(_physical(u, spacing), spacing)  # d[j][i] = d_i u_j
+    ndim = len(d)
+    # sum_ij (d_i u_j + d_j u_i)^2 = 4 sum_i (d_i u_i)^2 + 2 sum_{i<j} (d_i u_j + d_j u_i)^2
+    shear = 4 * sum(_mean_square(d[i][i], ndim) for i in range(ndim))
+    shear = shear + 2 * sum(
+        _mean_square(d[j][i] + d[i][j], ndim) for i in range(ndim) for j in range(i + 1, ndim)
+    )
+    divergence = _mean_square(sum(d[i][i] for i in range(ndim)), ndim)
     mu_t = _per_sample(mu, shear, "mu", "linear_elastic_energy")
     lam_t = _per_sample(lam, shear, "lam", "linear_elastic_energy")
-    return _domain_mean(mu_t / 4 * shear + lam_t / 2 * divergence.pow(2))
+    return mu_t / 4 * shear + lam_t / 2 * divergence
 
 
 def bending_energy(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
     """Bending energy (thin-plate): ``mean_x sum_k sum_ij (d_i d_j u_k)^2``."""
     check_field(u, "bending_energy")
-    return _domain_mean(hessian(_physical(u, spacing), spacing).pow(2).sum(dim=(1, 2, 3)))
+    ndim = u.shape[1]
+    second = _second_differences(_physical(u, spacing), spacing)
+    # d_i d_j = d_j d_i: each mixed derivative counts twice
+    return sum((1 if i == j else 2) * _mean_square(h, ndim) for (i, j), h in second.items())
 
 
 def curvature_energy(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
     """Curvature (Fischer-Modersitzki): ``mean_x sum_k (Laplacian u_k)^2``."""
     check_field(u, "curvature_energy")
-    second = hessian(_physical(u, spacing), spacing)
-    laplacian = torch.diagonal(second, dim1=2, dim2=3).sum(dim=-1)
-    return _domain_mean(laplacian.pow(2).sum(dim=1))
+    second = _second_differences(_physical(u, spacing), spacing)
+    return _mean_square(sum(h for (i, j), h in second.items() if i == j), u.shape[1])
 
 
 def total_variation_energy(
@@ -101,7 +134,7 @@ def total_variation_energy(
     Subtracting ``eps`` makes the energy of a constant field exactly zero.
     """
     check_field(u, "total_variation_energy")
-    squared = gradient(_physical(u, spacing), spacing).pow(2).sum(dim=(1, 2))
+    squared = sum(d.square().sum(dim=1) for d in differences(_physical(u, spacing), spacing))
     eps_t = _per_sample(eps, squared, "eps", "total_variation_energy")
     return _domain_mean(torch.sqrt(squared + eps_t**2) - eps_t)
 
