@@ -57,3 +57,22 @@ def test_training_streams_from_disk(tiny_phantom):
     data.setup("fit")
     next(iter(data.train_dataloader()))
     assert data.train_set.cache is False and not data.train_set._cache
+
+
+@pytest.mark.parametrize("out_channels", [4, 3])
+def test_cpu_conv_routing_is_the_same_convolution(out_channels):
+    from regzoo.nets.hyper import _conv3d_cpu_fast
+
+    torch.manual_seed(0)
+    x = torch.randn(1, 5, 12, 10, 9, dtype=torch.float32, requires_grad=True)
+    w = torch.randn(out_channels, 5, 3, 3, 3, requires_grad=True)
+    b = torch.randn(out_channels, requires_grad=True)
+    for stride in (1, 2):
+        fast = _conv3d_cpu_fast(x, w, b, stride, 1)
+        reference = torch.nn.functional.conv3d(x, w, b, stride=stride, padding=1)
+        assert fast.shape == reference.shape
+        assert torch.allclose(fast, reference, atol=1e-4)
+        grads = torch.autograd.grad(fast.square().sum(), (x, w, b))
+        expected = torch.autograd.grad(reference.square().sum(), (x, w, b))
+        for g, e in zip(grads, expected, strict=True):
+            assert torch.allclose(g, e, rtol=1e-4, atol=1e-3)
