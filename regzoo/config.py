@@ -181,6 +181,7 @@ class TrainerConfig(StrictModel):
     max_epochs: int | None = Field(None, ge=1)
     accelerator: str = "auto"
     devices: int | str | list[int] = "auto"
+    num_nodes: int = Field(1, ge=1, description="machines of a multi-node DDP run")
     strategy: str = "auto"
     precision: str = "32-true"
     log_every_n_steps: int = Field(10, ge=1)

@@ -222,14 +222,22 @@ def identity_grid(
 
 
 def _normalized_sampling_grid(u: torch.Tensor, moving_shape: Sequence[int]) -> torch.Tensor:
-    """Turn a voxel displacement into ``grid_sample``'s grid (last axis reversed, [-1, 1])."""
+    """Turn a voxel displacement into ``grid_sample``'s grid (last axis reversed, [-1, 1]).
+
+    Channel ``k`` of the grid is ``(x_k + u_k) * s_k - 1`` with ``s_k = 2 / (m_k - 1)``: the
+    identity part is a broadcast 1-D ramp and ``s_k`` a Python float, so each channel is one
+    fused ``ramp + s_k * u_k`` written straight into the grid's layout (no full-size identity
+    grid, no host-to-device copy of the scales).
+    """
     shape = u.shape[2:]
-    coords = identity_grid(shape, device=u.device, dtype=u.dtype).unsqueeze(0) + u
-    scale = torch.tensor(
-        [2.0 / max(n - 1, 1) for n in moving_shape], device=u.device, dtype=u.dtype
-    )
-    coords = coords * scale.view(1, -1, *([1] * len(shape))) - 1.0
-    return coords.movedim(1, -1).flip(-1)
+    ndim = len(shape)
+    channels = []
+    for k in reversed(range(ndim)):  # grid_sample wants (x, y, z): the last array axis first
+        step = 2.0 / max(moving_shape[k] - 1, 1)
+        ramp = torch.arange(shape[k], device=u.device, dtype=u.dtype) * step - 1.0
+        ramp = ramp.view(*([1] * k), -1, *([1] * (ndim - 1 - k)))
+        channels.append(torch.add(ramp, u[:, k], alpha=step))
+    return torch.stack(channels, dim=-1)
 
 
 def warp(
@@ -290,13 +298,11 @@ def resize_flow(u: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if size == tuple(u.shape[2:]):
         return u
     mode = "bilinear" if ndim == 2 else "trilinear"
-    resized = F.interpolate(u, size=size, mode=mode, align_corners=True)
-    factors = torch.tensor(
-        [(s - 1) / max(n - 1, 1) for s, n in zip(size, u.shape[2:], strict=True)],
-        device=u.device,
-        dtype=u.dtype,
-    )
-    return resized * factors.view(1, -1, *([1] * ndim))
+    # rescale on the input grid (interpolation is linear: same result, fewer voxels), with
+    # Python floats (no host-to-device copy)
+    factors = [(s - 1) / max(n - 1, 1) for s, n in zip(size, u.shape[2:], strict=True)]
+    scaled = torch.stack([u[:, k] * f for k, f in enumerate(factors)], dim=1)
+    return F.interpolate(scaled, size=size, mode=mode, align_corners=True)
 
 
 def jacobian_determinant(u: torch.Tensor, *, pad: bool = True) -> torch.Tensor:

@@ -40,9 +40,15 @@ def _physical(u: torch.Tensor, spacing: Spacing) -> torch.Tensor:
     return u if step is None else u * step.view(1, -1, *([1] * (u.ndim - 2)))
 
 
-def _per_sample(value: Param, density: torch.Tensor, name: str, caller: str) -> torch.Tensor:
-    """Broadcast a parameter (float or ``(B,)``) against a density ``(B, *spatial)``."""
-    tensor = torch.as_tensor(value, dtype=density.dtype, device=density.device)
+def _per_sample(value: Param, density: torch.Tensor, name: str, caller: str) -> Param:
+    """Broadcast a parameter (float or ``(B,)``) against a density ``(B, *spatial)``.
+
+    A float stays a Python number: turning it into a tensor on the density's device would be a
+    host-to-device copy (and on a GPU a synchronisation) in the middle of every training step.
+    """
+    if not isinstance(value, torch.Tensor):
+        return float(value)
+    tensor = value.to(dtype=density.dtype, device=density.device)
     if tensor.ndim == 0:
         return tensor
     if tensor.shape != (density.shape[0],):
