@@ -40,6 +40,10 @@ class RegistrationDataModule(L.LightningDataModule):
     """Training pairs (``training_paired_images``) and validation pairs (``registration_val``).
 
     Validation items carry masks and keypoints (batch size 1, since keypoint counts differ).
+    Pairs stream from disk: each item is read when it is used, by ``data.num_workers`` loader
+    processes ahead of the step (``data.cache: true`` keeps decoded volumes in memory instead).
+    Under DDP, Lightning wraps the training loader in a ``DistributedSampler``: each rank gets a
+    disjoint ``1 / world_size`` share of the shuffled pairs every epoch.
     """
 
     def __init__(self, config: DataConfig) -> None:
@@ -52,10 +56,12 @@ class RegistrationDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Open the splits."""
-        window = self.config.intensity_window
-        self.train_set = Learn2RegDataset(self.config.root, "train", intensity_window=window)
+        window, cache = self.config.intensity_window, self.config.cache
+        self.train_set = Learn2RegDataset(
+            self.config.root, "train", intensity_window=window, cache=cache
+        )
         self.val_set = Learn2RegDataset(
-            self.config.root, "val", intensity_window=window, annotations=True
+            self.config.root, "val", intensity_window=window, annotations=True, cache=cache
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -65,9 +71,15 @@ class RegistrationDataModule(L.LightningDataModule):
             batch_size=self.config.batch_size,
             shuffle=True,
             num_workers=self.config.num_workers,
+            persistent_workers=self.config.num_workers > 0,
             drop_last=len(self.train_set) >= self.config.batch_size,
         )
 
     def val_dataloader(self) -> DataLoader:
         """Validation pairs, one at a time."""
-        return DataLoader(self.val_set, batch_size=1, num_workers=self.config.num_workers)
+        return DataLoader(
+            self.val_set,
+            batch_size=1,
+            num_workers=self.config.num_workers,
+            persistent_workers=self.config.num_workers > 0,
+        )
