@@ -8,6 +8,7 @@ from pathlib import Path
 import lightning as L
 from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
+from lightning.pytorch.utilities import rank_zero_only
 
 from regzoo._errors import InputError, MissingFileError, OutputExistsError
 from regzoo.callbacks import ImageLogger
@@ -84,7 +85,14 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
         NonFiniteLossError: the loss or a gradient became NaN/inf (``trainer.nonfinite``).
     """
     model = HyperRegistration(config)  # resolves plugins and terms: errors before any output
-    resume_from = prepare_run_dir(config, resume=resume, overwrite=overwrite)
+    # under DDP, Lightning re-launches this command for the other ranks once rank zero has
+    # started: only rank zero checks and prepares the run directory
+    launcher_rank = rank_zero_only.rank
+    if launcher_rank == 0:
+        resume_from = prepare_run_dir(config, resume=resume, overwrite=overwrite)
+    else:
+        resume_from = _checkpoint(Path(config.run_dir)) if resume else None
+        overwrite = False
     L.seed_everything(config.seed, workers=True, verbose=False)
     ensure_dataset(config.data, progress=config.trainer.progress_bar)
     datamodule = RegistrationDataModule(config.data)
@@ -96,7 +104,8 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
             shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
     checkpoints = run_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
-    dump_config(config, run_dir / "config.yaml")
+    if launcher_rank == 0:
+        dump_config(config, run_dir / "config.yaml")
 
     t = config.trainer
     trainer = L.Trainer(
