@@ -29,8 +29,13 @@ def textbook(name, u, spacing, **params):
         return density.flatten(1).mean(1)
     if name == "bending":
         return hessian(v, spacing).pow(2).sum(dim=(1, 2, 3)).flatten(1).mean(1)
-    if name == "curvature":
-        laplacian = torch.diagonal(hessian(v, spacing), dim1=2, dim2=3).sum(dim=-1)
+    if name == "curvature":  # centred second differences: d+ d- along each axis at one point
+        interior = tuple(slice(1, -1) for _ in v.shape[2:])
+        step = [1.0] * (v.ndim - 2) if spacing is None else list(spacing)
+        laplacian = sum(
+            (v.roll(-1, 2 + k) - 2 * v + v.roll(1, 2 + k))[(..., *interior)] / step[k] ** 2
+            for k in range(v.ndim - 2)
+        )
         return laplacian.pow(2).sum(dim=1).flatten(1).mean(1)
     if name == "total_variation":
         squared = gradient(v, spacing).pow(2).sum(dim=(1, 2))
