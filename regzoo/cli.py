@@ -93,7 +93,9 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     if len(shape) != args.ndim:
         raise InputError(f"--shape has {len(shape)} sizes but --ndim is {args.ndim}")
     val = args.val if args.val is not None else default_validation_cases(args.n)
-    root = write_phantom_dataset(args.out, n=args.n, val=val, shape=shape, seed=args.seed)
+    root = write_phantom_dataset(
+        args.out, n=args.n, val=val, shape=shape, seed=args.seed, motion=args.motion
+    )
     print(f"phantom dataset: {root}")
     return 0
 
@@ -387,6 +389,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="image size, --ndim sizes (default: 64 per axis)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--motion",
+        choices=["breathing", "tissue"],
+        default="breathing",
+        help="breathing: smooth over the body (default); tissue: rigid rib cage and spine, "
+        "soft lungs sliding along the chest wall",
+    )
     p.set_defaults(func=_cmd_phantom)
 
     p = sub.add_parser("register", help="register one pair with a trained model")

@@ -6,11 +6,11 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from regzoo._errors import MissingFileError
-from regzoo.config import DataConfig
-from regzoo.data.learn2reg import Learn2RegDataset
+from regzoo.config import DataConfig, ExperimentConfig
+from regzoo.data.learn2reg import Learn2RegDataset, read_label_names
 from regzoo.data.phantom import write_phantom_dataset
 
-__all__ = ["RegistrationDataModule", "ensure_dataset"]
+__all__ = ["RegistrationDataModule", "ensure_dataset", "with_label_names"]
 
 
 def ensure_dataset(config: DataConfig, *, progress: bool = True) -> None:
@@ -32,19 +32,36 @@ def ensure_dataset(config: DataConfig, *, progress: bool = True) -> None:
         val=phantom.val,
         shape=phantom.shape,
         seed=phantom.seed,
+        motion=phantom.motion,
         progress=progress,
     )
+
+
+def with_label_names(config: ExperimentConfig, *, progress: bool = True) -> ExperimentConfig:
+    """``config`` with ``data.labels`` filled from the dataset JSON when per-label parameters
+    name labels and the config does not map them (the phantom is built first if configured).
+
+    Raises:
+        InputError: if the dataset JSON has no usable ``labels`` mapping.
+    """
+    if not config.label_names() or config.data.labels is not None:
+        return config
+    ensure_dataset(config.data, progress=progress)
+    labels = read_label_names(config.data.root)
+    return config.model_copy(update={"data": config.data.model_copy(update={"labels": labels})})
 
 
 class RegistrationDataModule(L.LightningDataModule):
     """Training pairs (``training_paired_images``) and validation pairs (``registration_val``).
 
     Validation items carry masks and keypoints (batch size 1, since keypoint counts differ).
+    With ``labels`` every item carries the fixed image's label map (per-label parameters).
     """
 
-    def __init__(self, config: DataConfig) -> None:
+    def __init__(self, config: DataConfig, *, labels: bool = False) -> None:
         super().__init__()
         self.config = config
+        self.labels = labels
 
     def prepare_data(self) -> None:
         """Build the phantom if the dataset folder does not exist (runs on one process)."""
@@ -53,9 +70,11 @@ class RegistrationDataModule(L.LightningDataModule):
     def setup(self, stage: str | None = None) -> None:
         """Open the splits."""
         window = self.config.intensity_window
-        self.train_set = Learn2RegDataset(self.config.root, "train", intensity_window=window)
+        self.train_set = Learn2RegDataset(
+            self.config.root, "train", intensity_window=window, labels=self.labels
+        )
         self.val_set = Learn2RegDataset(
-            self.config.root, "val", intensity_window=window, annotations=True
+            self.config.root, "val", intensity_window=window, annotations=True, labels=self.labels
         )
 
     def train_dataloader(self) -> DataLoader:
