@@ -311,6 +311,15 @@ class Objective(nn.Module):
             for term in self.terms
         ]
 
+    def parameter_maps(self, values: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The spatial parameter maps ``(B, 1, *spatial)`` of the per-label parameters, by full
+        name (``linear_elastic.mu``), for free values ``(B, P)`` and a label map."""
+        return {
+            f"{term.label}.{name}": params[name]
+            for term, params in zip(self.terms, self.term_params(values, labels), strict=True)
+            for name in term.maps
+        }
+
     @staticmethod
     def _with_maps(
         term: Term,

@@ -12,7 +12,12 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from regzoo._errors import InputError, MissingFileError, OutputExistsError
 from regzoo.callbacks import ImageLogger
 from regzoo.config import ExperimentConfig, dump_config
-from regzoo.data.datamodule import RegistrationDataModule, ensure_dataset, with_label_names
+from regzoo.data.datamodule import (
+    RegistrationDataModule,
+    check_label_names,
+    ensure_dataset,
+    with_label_names,
+)
 from regzoo.model import HyperRegistration
 
 __all__ = ["RUN_CONTENTS", "prepare_run_dir", "train"]
@@ -90,6 +95,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
     resume_from = prepare_run_dir(config, resume=resume, overwrite=overwrite)
     L.seed_everything(config.seed, workers=True, verbose=False)
     ensure_dataset(config.data, progress=config.trainer.progress_bar)
+    check_label_names(config)
     datamodule = RegistrationDataModule(config.data, labels=model.objective.needs_labels)
     datamodule.setup("fit")  # a bad dataset JSON is reported before the run_dir is written
     run_dir = Path(config.run_dir)

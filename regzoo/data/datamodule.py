@@ -6,11 +6,16 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from regzoo._errors import MissingFileError
-from regzoo.config import DataConfig, ExperimentConfig
-from regzoo.data.learn2reg import Learn2RegDataset, read_label_names
+from regzoo.config import ConfigError, DataConfig, ExperimentConfig
+from regzoo.data.learn2reg import Learn2RegDataset, read_label_names, read_manifest
 from regzoo.data.phantom import write_phantom_dataset
 
-__all__ = ["RegistrationDataModule", "ensure_dataset", "with_label_names"]
+__all__ = [
+    "RegistrationDataModule",
+    "check_label_names",
+    "ensure_dataset",
+    "with_label_names",
+]
 
 
 def ensure_dataset(config: DataConfig, *, progress: bool = True) -> None:
@@ -49,6 +54,28 @@ def with_label_names(config: ExperimentConfig, *, progress: bool = True) -> Expe
     ensure_dataset(config.data, progress=progress)
     labels = read_label_names(config.data.root)
     return config.model_copy(update={"data": config.data.model_copy(update={"labels": labels})})
+
+
+def check_label_names(config: ExperimentConfig) -> None:
+    """Check that ``data.labels`` agrees with the dataset JSON's ``labels`` for every label a
+    per-label parameter names (when the JSON has such a mapping).
+
+    Raises:
+        ConfigError: naming the label and both values.
+    """
+    names = config.label_names()
+    if not names or config.data.labels is None:
+        return
+    _, manifest = read_manifest(config.data.root)
+    if "labels" not in manifest:
+        return
+    stored = read_label_names(config.data.root)
+    for name in names:
+        if name in stored and stored[name] != config.data.labels.get(name):
+            raise ConfigError(
+                f"invalid config: data.labels: '{name}' is {config.data.labels.get(name)} but "
+                f"{name} = {stored[name]} in the dataset JSON of {config.data.root}"
+            )
 
 
 class RegistrationDataModule(L.LightningDataModule):

@@ -2,8 +2,10 @@
 
 Every function takes a displacement ``u`` of shape ``(B, D, *spatial)`` (voxels, fixed grid,
 channel ``k`` along array axis ``k``; ``D`` = 2 or 3) and returns the energy per batch element,
-``(B,)``: the mean over the domain of a pointwise density. Parameters are floats or tensors
-``(B,)`` (one value per batch element). Derivatives are forward finite differences on the
+``(B,)``: the mean over the domain of a pointwise density. Parameters are floats, tensors
+``(B,)`` (one value per batch element) or, for the energies with parameters, spatial maps
+``(B, 1, *spatial)`` on the field's grid that weight the density pointwise (see
+:func:`per_sample` for the point each density value belongs to). Derivatives are forward finite differences on the
 interior (see :mod:`regzoo.spatial`). With ``spacing`` given, ``u`` is converted to physical
 units (``u_k * spacing_k``) and derivatives are taken per physical unit.
 """
@@ -47,8 +49,18 @@ def to_physical(u: torch.Tensor, spacing: Spacing) -> torch.Tensor:
     return u if step is None else u * step.view(1, -1, *([1] * (u.ndim - 2)))
 
 
-def per_sample(value: Param, density: torch.Tensor, name: str, caller: str) -> torch.Tensor:
-    """Broadcast a parameter (float or ``(B,)``) against a density ``(B, *spatial)``.
+def per_sample(
+    value: Param, density: torch.Tensor, name: str, caller: str, *, offset: int = 0
+) -> torch.Tensor:
+    """Broadcast a parameter against a density ``(B, *interior)``.
+
+    The parameter is a float, a tensor ``(B,)`` or a spatial map ``(B, 1, *spatial)`` on the
+    field's grid. A map is cropped to the interior points where the density lives: along every
+    axis it starts at voxel ``offset`` and has the density's size. For forward differences
+    (first-order energies, :func:`regzoo.spatial.gradient`, second forward differences) the
+    density at point ``x`` is built from ``u(x)`` and its forward neighbours, so ``offset=0``
+    weights it by the map at ``x``; for centred second differences
+    (:func:`regzoo.spatial.laplacian`) the density at ``x`` lies one voxel in, ``offset=1``.
 
     Raises:
         ValueError: naming ``caller`` and ``name`` for a tensor of another shape.
@@ -56,12 +68,22 @@ def per_sample(value: Param, density: torch.Tensor, name: str, caller: str) -> t
     tensor = torch.as_tensor(value, dtype=density.dtype, device=density.device)
     if tensor.ndim == 0:
         return tensor
-    if tensor.shape != (density.shape[0],):
-        raise ValueError(
-            f"{caller}() parameter '{name}' must be a float or a tensor of shape "
-            f"({density.shape[0]},), got shape {tuple(tensor.shape)}"
-        )
-    return tensor.view(-1, *([1] * (density.ndim - 1)))
+    batch, interior = density.shape[0], density.shape[1:]
+    if tensor.shape == (batch,):
+        return tensor.view(-1, *([1] * (density.ndim - 1)))
+    if (
+        tensor.ndim == density.ndim + 1
+        and tensor.shape[:2] == (batch, 1)
+        and all(n >= m + offset for n, m in zip(tensor.shape[2:], interior, strict=True))
+    ):
+        crop = tensor[:, 0]
+        for axis, size in enumerate(interior):
+            crop = crop.narrow(1 + axis, offset, size)
+        return crop
+    raise ValueError(
+        f"{caller}() parameter '{name}' must be a float, a tensor of shape ({batch},) or a map "
+        f"({batch}, 1, *spatial) on the field's grid, got shape {tuple(tensor.shape)}"
+    )
 
 
 def domain_mean(density: torch.Tensor) -> torch.Tensor:
@@ -81,7 +103,9 @@ def linear_elastic_energy(
 ) -> torch.Tensor:
     """Linear elasticity (Broit; the paper's Eq. 2).
 
-    ``mean_x( mu/4 * sum_ij (d_i u_j + d_j u_i)^2 + lam/2 * (div u)^2 )``.
+    ``mean_x( mu/4 * sum_ij (d_i u_j + d_j u_i)^2 + lam/2 * (div u)^2 )``. ``lam`` and ``mu``
+    may be maps ``(B, 1, *spatial)``: the density at the interior point ``x`` (forward
+    differences from ``x``) is weighted by ``lam(x)`` and ``mu(x)``.
     """
     check_field(u, "linear_elastic_energy")
     jac = gradient(to_physical(u, spacing), spacing)  # [:, j, i] = d_i u_j
@@ -115,7 +139,8 @@ def total_variation_energy(
 ) -> torch.Tensor:
     """Isotropic total variation, Charbonnier-smoothed: ``mean_x sqrt(|grad u|^2 + eps^2) - eps``.
 
-    Subtracting ``eps`` makes the energy of a constant field exactly zero. The density is
+    Subtracting ``eps`` makes the energy of a constant field exactly zero. ``eps`` may be a
+    map ``(B, 1, *spatial)``, taken at the point where the forward differences start. The density is
     evaluated as ``s / (sqrt(s + eps^2) + eps)`` with ``s = |grad u|^2`` (the same value, with
     no cancellation, so never negative), and the root's argument is kept above the smallest
     normal number: pure TV (``eps = 0``) has a finite (zero) gradient where ``grad u = 0``.
@@ -139,7 +164,9 @@ def jacobian_energy(
 
     ``mean_x( volume_weight * (log max(det J, min_det))^2 + folding_weight * relu(-det J) )``
     with ``J = I + grad u``. The first term favours local volume preservation
-    (incompressibility), the second penalises folded (negative-determinant) voxels.
+    (incompressibility), the second penalises folded (negative-determinant) voxels. The
+    weights may be maps ``(B, 1, *spatial)``, taken at the point where the forward differences
+    of ``J`` start.
     """
     check_field(u, "jacobian_energy")
     det = jacobian_determinant(u, pad=False)
