@@ -439,8 +439,7 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="free parameter value, e.g. mu=0.03 or mu@lung=0.5 (repeatable; defaults "
-        "otherwise)",
+        help="free parameter value, e.g. mu=0.03 or mu@lung=0.5 (repeatable; defaults otherwise)",
     )
     p.add_argument(
         "--fixed-labels",

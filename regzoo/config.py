@@ -179,7 +179,9 @@ class DataConfig(StrictModel):
                 f"intensity_window must be (low, high) with high > low, got {(low, high)}"
             )
         if self.labels is not None and any(v <= 0 for v in self.labels.values()):
-            raise ValueError(f"labels: values must be positive (0 is background), got {self.labels}")
+            raise ValueError(
+                f"labels: values must be positive (0 is background), got {self.labels}"
+            )
         return self
 
 

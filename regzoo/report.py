@@ -38,9 +38,7 @@ def overlay_figure(
     """
     panels = []
     for title, params in settings:
-        result = register(
-            model, fixed, moving, refine=refine, fixed_labels=fixed_labels, **params
-        )
+        result = register(model, fixed, moving, refine=refine, fixed_labels=fixed_labels, **params)
         warped_mask = None
         if moving_mask is not None:
             warped_mask = warp(

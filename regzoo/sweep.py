@@ -350,9 +350,7 @@ def optimize_parameters(
                 )
                 labels = item_labels(item)
                 spacing = model.energy_spacing(item.get("spacing"))
-                value = model.objective(
-                    fixed, warped, field, values, spacing, labels
-                ).total.mean()
+                value = model.objective(fixed, warped, field, values, spacing, labels).total.mean()
             optimizer.zero_grad()
             value.backward()
             unit.grad = torch.where(trainable, unit.grad, torch.zeros_like(unit.grad))

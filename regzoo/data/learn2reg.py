@@ -88,7 +88,7 @@ def read_label_names(root: str | Path) -> dict[str, int]:
     where = f"{root}: the dataset JSON's 'labels'"
     if not isinstance(labels, dict) or not labels:
         raise InputError(
-            f"{root}: the dataset JSON has no 'labels' mapping ({{\"1\": \"lung\", ...}}) to "
+            f'{root}: the dataset JSON has no \'labels\' mapping ({{"1": "lung", ...}}) to '
             "name the values of its label maps; add one or set data.labels"
         )
     names: dict[str, int] = {}

@@ -464,7 +464,9 @@ def write_phantom_dataset(
     if not 1 <= val < n:
         raise InputError(f"write_phantom_dataset(): need 1 <= val < n, got val={val}, n={n}")
     if motion not in MOTIONS:
-        raise InputError(f"write_phantom_dataset(): 'motion' must be one of {MOTIONS}, got {motion!r}")
+        raise InputError(
+            f"write_phantom_dataset(): 'motion' must be one of {MOTIONS}, got {motion!r}"
+        )
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
