@@ -313,7 +313,7 @@ def _tissue_motion(
     p = _normalised(grid, shape)
     bx, by, ax, ay = anatomy.body
     radial = ((p[0] - bx) / ax) ** 2 + ((p[1] - by) / ay) ** 2
-    cage = ((radial < 0.84**2) & ~_spine(anatomy, p, margin=1.5)).astype(np.float32)
+    cage = ((radial < 0.70**2) & ~_spine(anatomy, p, margin=2.0)).astype(np.float32)
     sharp = ndimage.gaussian_filter(cage, max(shape) / 24)
     wide = ndimage.gaussian_filter(cage, max(shape) / 12)
     soft = np.stack([u[0] * wide, u[1] * wide, u[2]])

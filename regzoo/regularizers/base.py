@@ -104,7 +104,7 @@ class Regularizer(nn.Module):
         for name, value in params.items():
             if isinstance(value, torch.Tensor):
                 if tuple(value.shape) not in shapes:
-                    expected = " or ".join(str(s).replace(",)", ")") for s in shapes)
+                    expected = " or ".join(str(s) for s in shapes)
                     raise InputError(
                         f"{type(self).__name__}: parameter '{name}' must be a float or a tensor "
                         f"of shape {expected}, got shape {tuple(value.shape)}"
