@@ -164,7 +164,14 @@ class DataConfig(StrictModel):
         (-1000.0, 500.0), description="CT window (HU) clipped and mapped to [0, 1]"
     )
     batch_size: int = Field(1, ge=1)
-    num_workers: int = Field(0, ge=0)
+    num_workers: int = Field(
+        0, ge=0, description="loader processes reading pairs from disk ahead of the step"
+    )
+    cache: bool = Field(
+        False,
+        description="keep decoded volumes in memory (each worker its own copy); false: every "
+        "pair is read from disk when it is used (data sets larger than memory)",
+    )
     labels: dict[str, int] | None = Field(
         None,
         description="label name -> value in labelsTr, for per-label parameters (null: from the "
@@ -204,6 +211,11 @@ class ModelConfig(StrictModel):
         description="share of each generated kernel's initial variance that depends on the "
         "parameters (conditioning at initialisation)",
     )
+    compile: bool = Field(
+        False,
+        description="train the network through torch.compile (slow first steps; no effect on "
+        "checkpoints or inference)",
+    )
 
 
 class SimilarityConfig(StrictModel):
@@ -236,6 +248,7 @@ class TrainerConfig(StrictModel):
     max_epochs: int | None = Field(None, ge=1)
     accelerator: str = "auto"
     devices: int | str | list[int] = "auto"
+    num_nodes: int = Field(1, ge=1, description="machines of a multi-node DDP run")
     strategy: str = "auto"
     precision: str = "32-true"
     log_every_n_steps: int = Field(10, ge=1)

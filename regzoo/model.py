@@ -122,6 +122,16 @@ class HyperRegistration(L.LightningModule):
         return self.net(fixed, moving, unit)
 
     # -- training ---------------------------------------------------------------------
+    def setup(self, stage: str) -> None:
+        """Seed the parameter sampler with ``seed + global_rank``; compile the net if asked.
+
+        Under DDP every process draws its own parameter vectors (one process: ``seed``).
+        ``model.compile`` compiles the network for training only (``torch.compile``).
+        """
+        self._generator.manual_seed(self.config.seed + self.global_rank)
+        if stage == "fit" and self.config.model.compile:
+            self.net.compile()  # in place: the state dict keeps its keys
+
     def _draw_parameters(self, batch: int) -> torch.Tensor:
         if len(self.space) == 0:
             return torch.zeros(batch, 0, device=self.device)

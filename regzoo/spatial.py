@@ -21,12 +21,14 @@ __all__ = [
     "Spacing",
     "check_field",
     "check_image",
+    "differences",
     "gradient",
     "hessian",
     "identity_grid",
     "integrate_velocity",
     "jacobian_determinant",
     "laplacian",
+    "partials",
     "resize_flow",
     "sample_points",
     "spacing_tensor",
@@ -86,6 +88,104 @@ def spacing_tensor(spacing: Spacing, ndim: int, like: torch.Tensor) -> torch.Ten
     return values
 
 
+def differences(
+    u: torch.Tensor, spacing: Spacing = None, axes: Sequence[int] | None = None
+) -> list[torch.Tensor]:
+    """Forward differences of every channel along each axis, one tensor per axis.
+
+    The values of :func:`gradient` without stacking them: the fused energies of
+    :mod:`regzoo.regularizers.functional` combine them directly, and one autograd node with a
+    hand-written adjoint replaces the slicing (see ``docs/benchmarks.md``).
+
+    Args:
+        u: tensor ``(B, C, *spatial)`` with 2 or 3 spatial dims.
+        spacing: optional voxel spacing (one value or one per axis); differences are divided
+            by it.
+        axes: the spatial axes to differentiate along (default: all, in order).
+
+    Returns:
+        One tensor ``(B, C, *(spatial - 1))`` per axis ``i``: ``d u / d x_i`` on the interior
+        (every axis cropped by one voxel, as in :func:`gradient`).
+    """
+    axes = range(check_image(u, "differences", name="u")) if axes is None else axes
+    return _differences(u, spacing, "differences", [(axis, None) for axis in axes])
+
+
+def _window(
+    sizes: Sequence[int], shift: int | None = None, channel: int | None = None
+) -> tuple[slice | int, ...]:
+    """Index of the interior ``[0, n - 1)`` of every axis, moved one voxel along ``shift``."""
+    return (
+        slice(None),
+        slice(None) if channel is None else channel,
+        *(slice(int(a == shift), int(a == shift) + n - 1) for a, n in enumerate(sizes)),
+    )
+
+
+class _ForwardDifferences(torch.autograd.Function):
+    """``u(x + e_i) - u(x)`` on the interior, for each ``(axis i, channel)`` item.
+
+    ``channel`` ``None`` differentiates every channel (output ``(B, C, *(s - 1))``), an index
+    one channel (output ``(B, *(s - 1))``). One autograd node with the adjoint written out
+    (``+g`` on the shifted window, ``-g`` on the interior, into one buffer): slicing and
+    selecting by hand leaves one full-size zero-filled gradient per slice in the backward pass,
+    which cost more than the energies themselves. The backward is made of differentiable
+    operations, so second derivatives work too.
+    """
+
+    @staticmethod
+    def forward(
+        ctx, u: torch.Tensor, items: tuple[tuple[int, int | None], ...]
+    ) -> tuple[torch.Tensor, ...]:
+        sizes = u.shape[2:]
+        ctx.shape, ctx.items = u.shape, items
+        return tuple(
+            u[_window(sizes, axis, channel)] - u[_window(sizes, None, channel)]
+            for axis, channel in items
+        )
+
+    @staticmethod
+    def backward(ctx, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, None]:
+        sizes = ctx.shape[2:]
+        used = [(item, g) for item, g in zip(ctx.items, grads, strict=True) if g is not None]
+        if not used:
+            return None, None
+        grad = used[0][1].new_zeros(ctx.shape)
+        for (axis, channel), g in used:
+            grad[_window(sizes, axis, channel)].add_(g)
+            grad[_window(sizes, None, channel)].sub_(g)
+        return grad, None
+
+
+def _differences(
+    u: torch.Tensor,
+    spacing: Spacing,
+    caller: str,
+    items: Sequence[tuple[int, int | None]] | None = None,
+) -> list[torch.Tensor]:
+    ndim = check_image(u, caller, name="u")
+    if min(u.shape[2:]) < 2:
+        raise ValueError(f"{caller}() needs at least 2 voxels per axis, got {tuple(u.shape)}")
+    step = spacing_tensor(spacing, ndim, u)
+    items = tuple((axis, None) for axis in range(ndim)) if items is None else tuple(items)
+    parts = _ForwardDifferences.apply(u, items)
+    if step is None:
+        return list(parts)
+    return [diff / step[axis] for (axis, _), diff in zip(items, parts, strict=True)]
+
+
+def partials(u: torch.Tensor, spacing: Spacing = None) -> list[list[torch.Tensor]]:
+    """The Jacobian of a displacement as separate entries: ``[j][i] = d u_j / d x_i``.
+
+    The values of :func:`gradient` (``gradient(u)[:, j, i]``), each ``(B, *(spatial - 1))``,
+    from one autograd node (see :func:`differences`).
+    """
+    ndim = check_field(u, "partials")
+    items = [(i, j) for j in range(ndim) for i in range(ndim)]
+    flat = _differences(u, spacing, "partials", items)
+    return [flat[j * ndim : (j + 1) * ndim] for j in range(ndim)]
+
+
 def gradient(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
     """Forward-difference gradient of every channel.
 
@@ -98,22 +198,7 @@ def gradient(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
         Tensor ``(B, C, D, *(spatial - 1))`` whose entry ``[:, c, i]`` is ``d u_c / d x_i`` on
         the interior region where all forward differences exist.
     """
-    ndim = check_image(u, "gradient", name="u")
-    sizes = u.shape[2:]
-    if min(sizes) < 2:
-        raise ValueError(f"gradient() needs at least 2 voxels per axis, got {tuple(u.shape)}")
-    step = spacing_tensor(spacing, ndim, u)
-    parts = []
-    for axis in range(ndim):
-        dim = 2 + axis
-        diff = u.narrow(dim, 1, sizes[axis] - 1) - u.narrow(dim, 0, sizes[axis] - 1)
-        for other in range(ndim):
-            if other != axis:
-                diff = diff.narrow(2 + other, 0, sizes[other] - 1)
-        if step is not None:
-            diff = diff / step[axis]
-        parts.append(diff)
-    return torch.stack(parts, dim=2)
+    return torch.stack(_differences(u, spacing, "gradient"), dim=2)
 
 
 def hessian(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
@@ -173,14 +258,22 @@ def identity_grid(
 
 
 def _normalized_sampling_grid(u: torch.Tensor, moving_shape: Sequence[int]) -> torch.Tensor:
-    """Turn a voxel displacement into ``grid_sample``'s grid (last axis reversed, [-1, 1])."""
+    """Turn a voxel displacement into ``grid_sample``'s grid (last axis reversed, [-1, 1]).
+
+    Channel ``k`` of the grid is ``(x_k + u_k) * s_k - 1`` with ``s_k = 2 / (m_k - 1)``: the
+    identity part is a broadcast 1-D ramp and ``s_k`` a Python float, so each channel is one
+    fused ``ramp + s_k * u_k`` written straight into the grid's layout (no full-size identity
+    grid, no host-to-device copy of the scales).
+    """
     shape = u.shape[2:]
-    coords = identity_grid(shape, device=u.device, dtype=u.dtype).unsqueeze(0) + u
-    scale = torch.tensor(
-        [2.0 / max(n - 1, 1) for n in moving_shape], device=u.device, dtype=u.dtype
-    )
-    coords = coords * scale.view(1, -1, *([1] * len(shape))) - 1.0
-    return coords.movedim(1, -1).flip(-1)
+    ndim = len(shape)
+    channels = []
+    for k in reversed(range(ndim)):  # grid_sample wants (x, y, z): the last array axis first
+        step = 2.0 / max(moving_shape[k] - 1, 1)
+        ramp = torch.arange(shape[k], device=u.device, dtype=u.dtype) * step - 1.0
+        ramp = ramp.view(*([1] * k), -1, *([1] * (ndim - 1 - k)))
+        channels.append(torch.add(ramp, u[:, k], alpha=step))
+    return torch.stack(channels, dim=-1)
 
 
 def warp(
@@ -241,13 +334,11 @@ def resize_flow(u: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     if size == tuple(u.shape[2:]):
         return u
     mode = "bilinear" if ndim == 2 else "trilinear"
-    resized = F.interpolate(u, size=size, mode=mode, align_corners=True)
-    factors = torch.tensor(
-        [(s - 1) / max(n - 1, 1) for s, n in zip(size, u.shape[2:], strict=True)],
-        device=u.device,
-        dtype=u.dtype,
-    )
-    return resized * factors.view(1, -1, *([1] * ndim))
+    # rescale on the input grid (interpolation is linear: same result, fewer voxels), with
+    # Python floats (no host-to-device copy)
+    factors = [(s - 1) / max(n - 1, 1) for s, n in zip(size, u.shape[2:], strict=True)]
+    scaled = torch.stack([u[:, k] * f for k, f in enumerate(factors)], dim=1)
+    return F.interpolate(scaled, size=size, mode=mode, align_corners=True)
 
 
 def jacobian_determinant(u: torch.Tensor, *, pad: bool = True) -> torch.Tensor:
@@ -262,9 +353,18 @@ def jacobian_determinant(u: torch.Tensor, *, pad: bool = True) -> torch.Tensor:
             ``(B, *(spatial - 1))`` is returned.
     """
     ndim = check_field(u, "jacobian_determinant")
-    jac = gradient(u)  # (B, D, D, *s-1): [:, j, i] = d_i u_j
-    eye = torch.eye(ndim, device=u.device, dtype=u.dtype).view(1, ndim, ndim, *([1] * ndim))
-    det = torch.linalg.det((jac + eye).movedim(1, -1).movedim(1, -1))
+    d = partials(u)  # d[j][i] = d_i u_j
+    # J = I + grad u, J[j][i] = delta_ij + d_i u_j; the determinant written out (cofactors):
+    # elementwise, so much cheaper than a batched LU (torch.linalg.det), backward included
+    J = [[d[j][i] + 1 if i == j else d[j][i] for i in range(ndim)] for j in range(ndim)]
+    if ndim == 2:
+        det = J[0][0] * J[1][1] - J[0][1] * J[1][0]
+    else:
+        det = (
+            J[0][0] * (J[1][1] * J[2][2] - J[1][2] * J[2][1])
+            - J[0][1] * (J[1][0] * J[2][2] - J[1][2] * J[2][0])
+            + J[0][2] * (J[1][0] * J[2][1] - J[1][1] * J[2][0])
+        )
     if not pad:
         return det
     return F.pad(det.unsqueeze(1), [0, 1] * ndim, mode="replicate").squeeze(1)

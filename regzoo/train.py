@@ -113,6 +113,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
         max_epochs=t.max_epochs,
         accelerator=t.accelerator,
         devices=t.devices,
+        num_nodes=t.num_nodes,
         strategy=t.strategy,
         precision=t.precision,
         log_every_n_steps=t.log_every_n_steps,

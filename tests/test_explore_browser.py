@@ -1,4 +1,5 @@
-"""The explorer in a real browser: headless Chromium moves a slider and sees the page redraw.
+"""The explorer in a real browser: headless Chromium moves a slider and sees the page redraw,
+then refines.
 
 Runs Debian's ``chromium`` through playwright (browsers cannot be downloaded here), found on
 ``PATH`` or at ``$REGZOO_CHROMIUM``; skipped with the reason when either is missing. With
@@ -90,4 +91,15 @@ def test_moving_a_slider_redraws_the_registration(browser, explorer_url, tmp_pat
     target = os.environ.get("REGZOO_EXPLORE_SCREENSHOT")
     if target:
         shutil.copyfile(screenshot, Path(target))
+
+    # refine at this setting: the progress bar fills, the readouts say the field is refined
+    page.fill("#refine-steps", "6")
+    page.click("#refine")
+    page.wait_for_function(
+        "document.getElementById('source').textContent === 'refined, 6 iterations'",
+        timeout=120_000,
+    )
+    assert page.eval_on_selector("#refine-progress", "p => p.value") == 1
+    assert page.is_enabled('input.param[data-name="linear_elastic.mu"]')
+    assert not errors, errors
     page.close()

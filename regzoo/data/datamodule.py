@@ -82,6 +82,10 @@ class RegistrationDataModule(L.LightningDataModule):
     """Training pairs (``training_paired_images``) and validation pairs (``registration_val``).
 
     Validation items carry masks and keypoints (batch size 1, since keypoint counts differ).
+    Pairs stream from disk: each item is read when it is used, by ``data.num_workers`` loader
+    processes ahead of the step (``data.cache: true`` keeps decoded volumes in memory instead).
+    Under DDP, Lightning wraps the training loader in a ``DistributedSampler``: each rank gets a
+    disjoint ``1 / world_size`` share of the shuffled pairs every epoch.
     With ``labels`` every item carries the fixed image's label map (per-label parameters).
     """
 
@@ -96,12 +100,17 @@ class RegistrationDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Open the splits."""
-        window = self.config.intensity_window
+        window, cache = self.config.intensity_window, self.config.cache
         self.train_set = Learn2RegDataset(
-            self.config.root, "train", intensity_window=window, labels=self.labels
+            self.config.root, "train", intensity_window=window, cache=cache, labels=self.labels
         )
         self.val_set = Learn2RegDataset(
-            self.config.root, "val", intensity_window=window, annotations=True, labels=self.labels
+            self.config.root,
+            "val",
+            intensity_window=window,
+            annotations=True,
+            cache=cache,
+            labels=self.labels,
         )
 
     def train_dataloader(self) -> DataLoader:
@@ -111,9 +120,15 @@ class RegistrationDataModule(L.LightningDataModule):
             batch_size=self.config.batch_size,
             shuffle=True,
             num_workers=self.config.num_workers,
+            persistent_workers=self.config.num_workers > 0,
             drop_last=len(self.train_set) >= self.config.batch_size,
         )
 
     def val_dataloader(self) -> DataLoader:
         """Validation pairs, one at a time."""
-        return DataLoader(self.val_set, batch_size=1, num_workers=self.config.num_workers)
+        return DataLoader(
+            self.val_set,
+            batch_size=1,
+            num_workers=self.config.num_workers,
+            persistent_workers=self.config.num_workers > 0,
+        )

@@ -59,6 +59,35 @@ class HyperNetwork(nn.Module):
         return self.mlp(2.0 * unit_params - 1.0) / self.embedding_dim
 
 
+# PyTorch's CPU convolution picks its slow reference kernel (im2col, ~5x slower forward and
+# backward than oneDNN's) for an ungrouped 3D float32 convolution of batch 1 whose
+# N * C * D * H is at most this (a heuristic tuned for 2D): the U-Net's coarse levels at 64^3
+# and every layer at 32^3. Running such a convolution as two groups over a duplicated input (the
+# same arithmetic) makes PyTorch choose oneDNN (measured in docs/benchmarks.md).
+_SLOW_CPU_CONV3D_SIZE = 20480
+
+
+def _conv3d_cpu_fast(
+    x: torch.Tensor, weight: torch.Tensor, bias: torch.Tensor | None, stride: int, padding: int
+) -> torch.Tensor:
+    """``F.conv3d(x, weight, bias, stride, padding)``, routed to oneDNN on CPU when it helps."""
+    if not (
+        x.device.type == "cpu"
+        and x.dtype == torch.float32
+        and x.shape[0] == 1
+        and math.prod(x.shape[:4]) <= _SLOW_CPU_CONV3D_SIZE
+        and torch.backends.mkldnn.is_available()
+        and torch.backends.mkldnn.enabled
+    ):
+        return F.conv3d(x, weight, bias, stride=stride, padding=padding)
+    out_channels = weight.shape[0]
+    if out_channels % 2:  # two equal groups: one zero filter more, dropped afterwards
+        weight = torch.cat([weight, weight.new_zeros(1, *weight.shape[1:])])
+        bias = None if bias is None else torch.cat([bias, bias.new_zeros(1)])
+    out = F.conv3d(torch.cat([x, x], dim=1), weight, bias, stride=stride, padding=padding, groups=2)
+    return out[:, :out_channels] if out_channels % 2 else out
+
+
 class HyperConv(nn.Module):
     """A 2D/3D convolution, either plain or with weights generated from an embedding.
 
@@ -134,7 +163,7 @@ class HyperConv(nn.Module):
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor | None = None) -> torch.Tensor:
         """Convolve ``x`` ``(B, C_in, *spatial)``; hyper-layers need ``embedding`` ``(B, H)``."""
-        conv = F.conv2d if self.ndim == 2 else F.conv3d
+        conv = F.conv2d if self.ndim == 2 else _conv3d_cpu_fast
         if not self.is_hyper:
             return conv(x, self.weight, self.bias, stride=self.stride, padding=self.padding)
         if embedding is None or embedding.shape[0] != x.shape[0]:
@@ -146,5 +175,10 @@ class HyperConv(nn.Module):
         weight = self.weight_head(embedding).view(batch * self.out_channels, *self.kernel_shape[1:])
         bias = rearrange(self.bias_head(embedding), "b c -> (b c)")
         grouped = rearrange(x, "b c ... -> 1 (b c) ...")
-        out = conv(grouped, weight, bias, stride=self.stride, padding=self.padding, groups=batch)
+        if batch == 1:  # one sample: an ordinary convolution with the generated kernel
+            return conv(grouped, weight, bias, stride=self.stride, padding=self.padding)
+        functional = F.conv2d if self.ndim == 2 else F.conv3d
+        out = functional(
+            grouped, weight, bias, stride=self.stride, padding=self.padding, groups=batch
+        )
         return rearrange(out, "1 (b c) ... -> b c ...", b=batch)

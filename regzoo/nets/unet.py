@@ -196,7 +196,14 @@ class RegistrationNet(nn.Module):
             embedding = self.hypernet(unit_params.to(moving.dtype))
         size = moving.shape[2:]
         x = self._pad(torch.cat([moving, fixed], dim=1))
-        flow = self.flow(self.unet(x, embedding), embedding)  # full or half resolution
+        features = self.unet(x, embedding)
+        # the flow layer runs in float32 even under autocast (bf16/fp16 mixed precision): a
+        # bf16 displacement of a few voxels is quantised to ~0.02 voxel, which the warp's
+        # sampling coordinates and the regularizers' finite differences cannot afford
+        with torch.autocast(x.device.type, enabled=False):
+            flow = self.flow(  # full or half resolution
+                features.float(), None if embedding is None else embedding.float()
+            )
         displacement = integrate_velocity(flow, self.int_steps) if self.int_steps > 0 else flow
         displacement = self._to_input_grid(displacement, x.shape[2:], size)
         if self.int_steps > 0:

@@ -1,0 +1,61 @@
+"""``regzoo train`` with per-rank probes, for tests/test_ddp.py (run in a subprocess).
+
+Lightning's DDP launcher re-executes this script once per extra rank, so every process
+installs the probes, then runs the real CLI (``regzoo.cli.main``). Each rank records the
+parameter vectors it drew, the cases it trained on, its step count and its weights before and
+after training into ``$REGZOO_DDP_PROBE/rank<r>.pt``.
+"""
+
+from __future__ import annotations
+
+import os
+import sys
+from pathlib import Path
+
+import torch
+
+from regzoo.cli import main
+from regzoo.model import HyperRegistration
+
+OUT = Path(os.environ["REGZOO_DDP_PROBE"])
+_draw = HyperRegistration._draw_parameters
+_step = HyperRegistration.training_step
+
+
+def _weights(model: HyperRegistration) -> dict[str, torch.Tensor]:
+    return {k: v.detach().clone() for k, v in model.state_dict().items()}
+
+
+def draw_parameters(self: HyperRegistration, batch: int) -> torch.Tensor:
+    values = _draw(self, batch)
+    self._probe["draws"].append(values.detach().clone())
+    return values
+
+
+def training_step(self: HyperRegistration, batch, batch_idx: int) -> torch.Tensor:
+    self._probe["cases"].extend(batch["fixed_id"])
+    return _step(self, batch, batch_idx)
+
+
+def on_train_start(self: HyperRegistration) -> None:
+    self._probe = {"draws": [], "cases": [], "initial": _weights(self)}
+
+
+def on_train_end(self: HyperRegistration) -> None:
+    self._probe.update(
+        rank=self.global_rank,
+        world_size=self.trainer.world_size,
+        global_step=self.global_step,
+        final=_weights(self),
+        backend=str(torch.distributed.get_backend()) if torch.distributed.is_initialized() else "",
+    )
+    torch.save(self._probe, OUT / f"rank{self.global_rank}.pt")
+
+
+HyperRegistration._draw_parameters = draw_parameters
+HyperRegistration.training_step = training_step
+HyperRegistration.on_train_start = on_train_start
+HyperRegistration.on_train_end = on_train_end
+
+if __name__ == "__main__":
+    sys.exit(main(sys.argv[1:]))
