@@ -93,7 +93,9 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     if len(shape) != args.ndim:
         raise InputError(f"--shape has {len(shape)} sizes but --ndim is {args.ndim}")
     val = args.val if args.val is not None else default_validation_cases(args.n)
-    root = write_phantom_dataset(args.out, n=args.n, val=val, shape=shape, seed=args.seed)
+    root = write_phantom_dataset(
+        args.out, n=args.n, val=val, shape=shape, seed=args.seed, motion=args.motion
+    )
     print(f"phantom dataset: {root}")
     return 0
 
@@ -125,12 +127,25 @@ def _sibling_masks(image_path: str) -> dict[str, str]:
     return {"mask": mask} if mask != image_path and Path(mask).is_file() else {}
 
 
+def _sibling_labels(image_path: str) -> str | None:
+    """The path of a Learn2Reg image's label map in labelsTr/, when it exists."""
+    labels = image_path.replace("imagesTr", "labelsTr")
+    return labels if labels != image_path and Path(labels).is_file() else None
+
+
 def _title(params: dict[str, float]) -> str:
     return ", ".join(f"{k.split('.', 1)[1]}={v:.3g}" for k, v in params.items())
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
-    from regzoo.inference import read_pair, register, save_result, segmentation_names
+    from regzoo.inference import (
+        read_image,
+        read_labels,
+        read_pair,
+        register,
+        save_result,
+        segmentation_names,
+    )
     from regzoo.io import output_folder
     from regzoo.model import load_model
     from regzoo.report import overlay_figure
@@ -144,7 +159,17 @@ def _cmd_register(args: argparse.Namespace) -> int:
         segmentations=segmentation_names(args.moving_seg),
         resample=args.resample,
     )
-    result = register(model, fixed, moving, refine=args.refine, progress=args.refine > 0, **params)
+    labels = None if args.fixed_labels is None else read_image(args.fixed_labels, what="labels")
+    read_labels(model, fixed, labels, needed=args.refine > 0)
+    result = register(
+        model,
+        fixed,
+        moving,
+        refine=args.refine,
+        progress=args.refine > 0,
+        fixed_labels=labels,
+        **params,
+    )
     out = Path(args.out)
     with output_folder(out) as staging:
         names = [p.name for p in save_result(result, staging, segmentations=segs)]
@@ -159,6 +184,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
                 settings,
                 staging / "figure.png",
                 moving_mask=mask,
+                fixed_labels=labels,
                 refine=args.refine,
             )
             names.append("figure.png")
@@ -264,6 +290,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                     ),
                     None,
                 ),
+                fixed_labels=_sibling_labels(first["fixed_path"]),
                 refine=args.refine if args.refine_grid else 0,
             )
             explore = explore_command(
@@ -387,6 +414,13 @@ def build_parser() -> argparse.ArgumentParser:
         help="image size, --ndim sizes (default: 64 per axis)",
     )
     p.add_argument("--seed", type=int, default=0)
+    p.add_argument(
+        "--motion",
+        choices=["breathing", "tissue"],
+        default="breathing",
+        help="breathing: smooth over the body (default); tissue: rigid rib cage and spine, "
+        "soft lungs sliding along the chest wall",
+    )
     p.set_defaults(func=_cmd_phantom)
 
     p = sub.add_parser("register", help="register one pair with a trained model")
@@ -405,7 +439,13 @@ def build_parser() -> argparse.ArgumentParser:
         action="append",
         default=[],
         metavar="NAME=VALUE",
-        help="free parameter value, e.g. mu=0.03 (repeatable; defaults otherwise)",
+        help="free parameter value, e.g. mu=0.03 or mu@lung=0.5 (repeatable; defaults otherwise)",
+    )
+    p.add_argument(
+        "--fixed-labels",
+        metavar="NIFTI",
+        help="the fixed image's tissue label map (models with per-label parameters such as "
+        "mu@lung: needed by --refine; --figure then shows the parameter maps)",
     )
     p.add_argument(
         "--moving-seg",

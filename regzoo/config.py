@@ -27,6 +27,7 @@ __all__ = [
     "ModelConfig",
     "OptimizerConfig",
     "ParamRange",
+    "PerLabel",
     "PhantomConfig",
     "TermConfig",
     "TrainerConfig",
@@ -69,21 +70,58 @@ class ParamRange(StrictModel):
     )
 
 
+class PerLabel(StrictModel):
+    """A parameter given per tissue label: one value or range per label of the fixed image.
+
+    Each label's entry is a number (fixed) or a :class:`ParamRange` (free: the hypernetwork is
+    conditioned on it as ``term.param@label``, short ``param@label``). The values become a
+    spatial parameter map through the fixed image's label map (labelsTr); voxels whose label
+    is not listed (including 0) take ``background``.
+
+    Examples:
+        >>> PerLabel.model_validate(
+        ...     {"per_label": {"lung": {"low": 0.01, "high": 1}, "bone": 10}, "background": 1}
+        ... ).background
+        1.0
+    """
+
+    per_label: dict[str, float | ParamRange] = Field(
+        min_length=1, description="label name -> number (fixed) or {low, high} (free)"
+    )
+    background: float | None = Field(
+        None, description="value of unlisted labels; the parameter's declared default if null"
+    )
+
+    @model_validator(mode="after")
+    def _check_names(self) -> PerLabel:
+        for name in self.per_label:
+            if not name or any(c in name for c in ".@=, "):
+                raise InputError(
+                    f"per_label: label name {name!r} must be non-empty without '.', '@', '=', "
+                    "',' or spaces"
+                )
+        return self
+
+
 ParamValue = float | ParamRange
+TermParam = float | ParamRange | PerLabel
 
 
 class TermConfig(StrictModel):
     """One regularizer term ``alpha * R(u; params)`` of the loss.
 
     ``alpha`` and each parameter are either a number (fixed) or a range (free: sampled during
-    training and an input of the hypernetwork). Parameters not listed stay free on the
-    regularizer's declared range; ``alpha`` not listed is fixed to 1.
+    training and an input of the hypernetwork). A parameter of a regularizer that accepts
+    spatial maps may also be given per tissue label (:class:`PerLabel`). Parameters not listed
+    stay free on the regularizer's declared range; ``alpha`` not listed is fixed to 1.
     """
 
     name: str = Field(description="registered regularizer name (see `regzoo regularizers`)")
     alpha: ParamValue = Field(1.0, description="term weight: a number or {low, high}")
-    params: dict[str, ParamValue] = Field(
-        default_factory=dict, description="parameter name -> number (fixed) or {low, high}"
+    params: dict[str, TermParam] = Field(
+        default_factory=dict,
+        description="parameter name -> number (fixed), {low, high} (free) or "
+        "{per_label: {label: number or {low, high}}, background} (a spatial map)",
     )
     options: dict[str, Any] = Field(
         default_factory=dict, description="regularizer-specific options (its Options model)"
@@ -99,6 +137,11 @@ class PhantomConfig(StrictModel):
         (64, 64, 64), description="image size: 3 sizes (3D) or 2 (a 2D coronal slice)"
     )
     seed: int = 0
+    motion: Literal["breathing", "tissue"] = Field(
+        "breathing",
+        description="breathing: smooth motion of the whole body (the default); tissue: the "
+        "rib cage and spine nearly rigid, the lungs soft and sliding along the chest wall",
+    )
 
     @model_validator(mode="after")
     def _check_split(self) -> PhantomConfig:
@@ -129,6 +172,11 @@ class DataConfig(StrictModel):
         description="keep decoded volumes in memory (each worker its own copy); false: every "
         "pair is read from disk when it is used (data sets larger than memory)",
     )
+    labels: dict[str, int] | None = Field(
+        None,
+        description="label name -> value in labelsTr, for per-label parameters (null: from the "
+        "dataset JSON's 'labels' mapping when a term needs it)",
+    )
 
     @model_validator(mode="after")
     def _check_window(self) -> DataConfig:
@@ -136,6 +184,10 @@ class DataConfig(StrictModel):
         if not high > low:
             raise ValueError(
                 f"intensity_window must be (low, high) with high > low, got {(low, high)}"
+            )
+        if self.labels is not None and any(v <= 0 for v in self.labels.values()):
+            raise ValueError(
+                f"labels: values must be positive (0 is background), got {self.labels}"
             )
         return self
 
@@ -267,6 +319,15 @@ class ExperimentConfig(StrictModel):
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(max_epochs=250))
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
+
+    def label_names(self) -> list[str]:
+        """The tissue labels that per-label parameters name, in order of appearance."""
+        names: dict[str, None] = {}
+        for term in self.regularizers:
+            for value in term.params.values():
+                if isinstance(value, PerLabel):
+                    names.update(dict.fromkeys(value.per_label))
+        return list(names)
 
     @model_validator(mode="after")
     def _check_consistency(self) -> ExperimentConfig:

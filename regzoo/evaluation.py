@@ -31,6 +31,7 @@ __all__ = [
     "evaluate_displacements",
     "evaluate_identity",
     "evaluate_model",
+    "item_labels",
     "score_pair",
     "summarize",
     "write_report",
@@ -134,12 +135,24 @@ def evaluate_model(
         fixed, moving = item["fixed"][None].to(device), item["moving"][None].to(device)
         if refine:
             return refine_output(
-                model, fixed, moving, resolved, steps=refine, spacing=item.get("spacing")
+                model,
+                fixed,
+                moving,
+                resolved,
+                steps=refine,
+                spacing=item.get("spacing"),
+                labels=item_labels(item),
             ).displacement[0]
         with torch.no_grad():
             return model(fixed, moving, resolved).displacement[0]
 
     return _evaluate(dataset, predict, progress)
+
+
+def item_labels(item: Mapping[str, Any]) -> torch.Tensor | None:
+    """A dataset item's fixed label map as ``(1, 1, *spatial)``, or ``None`` without one."""
+    labels = item.get("fixed_labels")
+    return None if labels is None else labels[None]
 
 
 def evaluate_identity(dataset: Learn2RegDataset, *, progress: bool = True) -> list[dict[str, Any]]:

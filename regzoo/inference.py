@@ -30,6 +30,7 @@ __all__ = [
     "RegistrationResult",
     "build_result",
     "read_image",
+    "read_labels",
     "read_pair",
     "register",
     "save_result",
@@ -51,6 +52,8 @@ class RegistrationResult:
         jacobian_determinant: ``(*spatial)`` determinant of the map's Jacobian.
         params: the free parameter values used (full names).
         affine: the fixed image's affine (identity for tensors).
+        parameter_maps: the spatial maps ``(*spatial)`` of per-label parameters by full name
+            (``linear_elastic.mu``), when the fixed image's label map was given.
     """
 
     displacement: torch.Tensor
@@ -58,6 +61,7 @@ class RegistrationResult:
     jacobian_determinant: torch.Tensor
     params: dict[str, float]
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
+    parameter_maps: dict[str, torch.Tensor] = field(default_factory=dict)
 
 
 def read_image(image: ImageLike, *, what: str = "image") -> Volume:
@@ -128,6 +132,7 @@ def register(
     refine: int = 0,
     progress: bool = False,
     resample: bool = False,
+    fixed_labels: ImageLike | None = None,
     **params: float,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with the model's network at the given parameters.
@@ -145,13 +150,16 @@ def register(
         progress: show a progress bar while refining.
         resample: resample ``moving`` onto the fixed grid (linear) when the grids differ,
             instead of refusing.
-        **params: free parameter values by short (``mu``) or full (``linear_elastic.mu``)
-            name; the rest take the space's defaults.
+        fixed_labels: the fixed image's label map (on its grid), for a model with per-label
+            parameters: refinement needs it, and the result then holds the parameter maps.
+        **params: free parameter values by short (``mu``, ``mu@lung``) or full
+            (``linear_elastic.mu``) name; the rest take the space's defaults.
 
     Raises:
         UnknownNameError: an unknown or fixed parameter name.
         InputError: a value outside the trained range, images on different grids, images
-            whose dimension differs from the model's, or NaN input.
+            whose dimension differs from the model's, NaN input, or refinement of a model with
+            per-label parameters without ``fixed_labels``.
 
     Examples:
         >>> result = register(model, "fixed.nii.gz", "moving.nii.gz", lam=0.08, mu=0.03)
@@ -164,6 +172,7 @@ def register(
             f"the model registers {model.ndim}D images, got {fixed_v.ndim}D "
             f"({fixed_v.grid.describe()})"
         )
+    labels = read_labels(model, fixed_v, fixed_labels, needed=refine > 0)
     window = model.config.data.intensity_window
     device = model.device
     moving_t = moving_v.tensor()
@@ -171,12 +180,48 @@ def register(
     m = normalize_intensity(moving_t, window)[None, None].to(device)
     if refine:
         displacement = refine_output(
-            model, f, m, resolved, steps=refine, progress=progress, spacing=fixed_v.spacing
+            model,
+            f,
+            m,
+            resolved,
+            steps=refine,
+            progress=progress,
+            spacing=fixed_v.spacing,
+            labels=labels,
         ).displacement
     else:
         with torch.no_grad():
             displacement = model(f, m, resolved).displacement
-    return build_result(displacement, moving_t, resolved, fixed_v.affine)
+    result = build_result(displacement, moving_t, resolved, fixed_v.affine)
+    if labels is not None:
+        maps = model.objective.parameter_maps(model.objective.to_tensor(resolved), labels.cpu())
+        result.parameter_maps = {name: value[0, 0] for name, value in maps.items()}
+    return result
+
+
+def read_labels(
+    model: HyperRegistration, fixed: Volume, labels: ImageLike | None, *, needed: bool
+) -> torch.Tensor | None:
+    """The fixed image's label map as ``(1, 1, *spatial)`` integers on the model's device.
+
+    Returns ``None`` when no map is given, or the model has no per-label parameters.
+
+    Raises:
+        InputError: if ``needed`` and the model has per-label parameters but no map is given,
+            or the map is not on the fixed image's grid.
+    """
+    if not model.objective.needs_labels:
+        return None
+    if labels is None:
+        if needed:
+            raise InputError(
+                "the model has per-label parameters: refinement needs the fixed image's label "
+                "map (register: --fixed-labels PATH)"
+            )
+        return None
+    volume = read_image(labels, what="fixed label map")
+    check_same_grid(fixed.grid, volume.grid)
+    return torch.from_numpy(np.rint(volume.data).astype(np.int64))[None, None].to(model.device)
 
 
 def build_result(
@@ -217,8 +262,9 @@ def save_result(
     Files: ``disp.nii.gz`` (Learn2Reg convention ``(*spatial, D)``, voxels),
     ``displacement_itk.nii.gz`` (the same field as an ITK displacement-field transform in LPS
     mm, for ANTs, SimpleITK, elastix and 3D Slicer), ``warped.nii.gz``,
-    ``jacdet.nii.gz`` and ``warped_<name>.nii.gz`` for each moving segmentation (nearest
-    neighbour, already on the fixed grid), all with the fixed image's affine. Use
+    ``jacdet.nii.gz``, ``warped_<name>.nii.gz`` for each moving segmentation (nearest
+    neighbour, already on the fixed grid) and ``map_<term.param>.nii.gz`` for each parameter
+    map, all with the fixed image's affine. Use
     :func:`write_result` to write them as one output set.
 
     Raises:
@@ -243,6 +289,10 @@ def save_result(
         ),
         write_nifti(result.warped, result.affine, folder / "warped.nii.gz"),
         write_nifti(result.jacobian_determinant, result.affine, folder / "jacdet.nii.gz"),
+        *[
+            write_nifti(value, result.affine, folder / f"map_{name}.nii.gz")
+            for name, value in result.parameter_maps.items()
+        ],
     ]
     for name, label in labels.items():
         warped = warp(label.tensor()[None, None], result.displacement[None], mode="nearest")

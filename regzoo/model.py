@@ -148,7 +148,8 @@ class HyperRegistration(L.LightningModule):
         warped = warp(moving, output.displacement)
         field = output.velocity if self.config.regularize == "velocity" else output.displacement
         spacing = self.energy_spacing(batch.get("spacing"))
-        terms = self.objective(fixed, warped, field, values, spacing)
+        labels = batch.get("fixed_labels") if self.objective.needs_labels else None
+        terms = self.objective(fixed, warped, field, values, spacing, labels)
         return terms, output, warped
 
     def _log_terms(self, stage: str, terms: LossTerms, batch_size: int) -> torch.Tensor:

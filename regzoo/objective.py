@@ -2,14 +2,16 @@
 
 It owns the free parameter space the hypernetwork is conditioned on: every parameter (and term
 weight ``alpha``) that a config leaves free, named ``term.param`` (e.g. ``linear_elastic.mu``),
-in term order. Fixed parameters are constants of the objective. No code here branches on a
-regularizer's name.
+in term order. A parameter given per tissue label contributes one entry per label,
+``term.param@label`` (e.g. ``linear_elastic.mu@lung``), and reaches its regularizer as a spatial
+map ``(B, 1, *spatial)`` built from the fixed image's label map. Fixed parameters are constants
+of the objective. No code here branches on a regularizer's name.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
 import torch
@@ -26,7 +28,7 @@ from regzoo.spatial import Spacing
 if TYPE_CHECKING:
     from regzoo.config import ExperimentConfig, ParamRange, TermConfig
 
-__all__ = ["LossTerms", "Objective", "Term", "build_objective", "build_term"]
+__all__ = ["LabelMap", "LossTerms", "Objective", "Term", "build_objective", "build_term"]
 
 WEIGHTINGS = ("additive", "hypermorph", "normalized")
 ALPHA = ParamSpec(
@@ -35,12 +37,52 @@ ALPHA = ParamSpec(
 
 
 @dataclass(frozen=True)
+class LabelMap:
+    """How a per-label parameter becomes a spatial map.
+
+    Attributes:
+        labels: spec key (``mu@lung``) -> the label's value in the label map.
+        background: the value of every voxel whose label is not listed.
+    """
+
+    labels: dict[str, int]
+    background: float
+
+    def build(
+        self,
+        values: Mapping[str, float | torch.Tensor],
+        label_map: torch.Tensor,
+        like: torch.Tensor,
+    ) -> torch.Tensor:
+        """The map ``(B, 1, *spatial)`` for per-label ``values`` (floats or ``(B,)``).
+
+        Args:
+            values: spec key -> value, for every key of :attr:`labels`.
+            label_map: integer labels ``(B or 1, 1, *spatial)`` on the field's grid.
+            like: the free values ``(B, P)``, whose batch size, dtype and device the map takes.
+        """
+        label_map = label_map.to(like.device)
+        shape = (like.shape[0], 1, *label_map.shape[2:])
+        result = torch.full(shape, self.background, dtype=like.dtype, device=like.device)
+        for key, label in self.labels.items():
+            value = torch.as_tensor(values[key], dtype=like.dtype, device=like.device)
+            value = value.reshape(-1, *[1] * (len(shape) - 1)) if value.ndim else value
+            result = torch.where(label_map == label, value, result)
+        return result
+
+
+@dataclass(frozen=True)
 class Term:
-    """A configured regularizer term: its module and a spec (fixed or free) per parameter."""
+    """A configured regularizer term: its module and a spec (fixed or free) per parameter.
+
+    A per-label parameter ``p`` has one spec per label, keyed ``p@label``, and an entry
+    ``maps[p]`` that turns their values into a spatial map.
+    """
 
     label: str
     regularizer: Regularizer
     specs: dict[str, ParamSpec]
+    maps: dict[str, LabelMap] = field(default_factory=dict)
 
 
 @dataclass
@@ -103,21 +145,53 @@ def _configured_spec(base: ParamSpec, value: float | ParamRange | None) -> Param
     )
 
 
-def build_term(config: TermConfig) -> Term:
+def build_term(config: TermConfig, labels: Mapping[str, int] | None = None) -> Term:
     """Instantiate one term's regularizer and resolve its parameter specs.
 
+    Args:
+        config: the term's config.
+        labels: label name -> value in the label maps, for per-label parameters.
+
     Raises:
-        UnknownNameError: unknown regularizer or parameter name (close matches named).
-        InputError: invalid ranges (outside the parameter's domain, log scale with low <= 0).
+        UnknownNameError: unknown regularizer, parameter or label name (close matches named).
+        InputError: invalid ranges (outside the parameter's domain, log scale with low <= 0),
+            or a per-label parameter of a regularizer that does not accept spatial maps.
         pydantic.ValidationError: invalid options for the regularizer's ``Options`` model.
     """
+    from regzoo.config import PerLabel
+
     cls = REGULARIZERS.get(config.name)
     unknown = [k for k in config.params if k not in cls.space.names]
     if unknown:
         raise UnknownNameError(unknown_name_message("parameter", unknown[0], cls.space.names))
-    specs = {spec.name: _configured_spec(spec, config.params.get(spec.name)) for spec in cls.space}
+    specs: dict[str, ParamSpec] = {}
+    maps: dict[str, LabelMap] = {}
+    for spec in cls.space:
+        value = config.params.get(spec.name)
+        if not isinstance(value, PerLabel):
+            specs[spec.name] = _configured_spec(spec, value)
+            continue
+        if not cls.spatial_params:
+            raise InputError(
+                f"parameter '{spec.name}' is given per_label, but the regularizer "
+                f"'{config.name}' does not accept spatial parameter maps"
+            )
+        if labels is None:
+            raise InputError(
+                f"parameter '{spec.name}' is given per_label: the label names need their values "
+                "(data.labels, or a 'labels' mapping in the dataset JSON)"
+            )
+        keys = {}
+        for name, entry in value.per_label.items():
+            if name not in labels:
+                raise UnknownNameError(unknown_name_message("label", name, list(labels)))
+            key = f"{spec.name}@{name}"
+            specs[key] = _configured_spec(spec, entry).renamed(key)
+            keys[key] = int(labels[name])
+        background = spec.default if value.background is None else value.background
+        maps[spec.name] = LabelMap(keys, spec.check_domain(background))
     specs["alpha"] = _configured_spec(ALPHA, config.alpha)
-    return Term(config.name, cls(**config.options), specs)
+    return Term(config.name, cls(**config.options), specs, maps)
 
 
 class Objective(nn.Module):
@@ -166,6 +240,11 @@ class Objective(nn.Module):
             if spec.is_fixed
         }
 
+    @property
+    def needs_labels(self) -> bool:
+        """True when a term has per-label parameters: :meth:`forward` then needs a label map."""
+        return any(term.maps for term in self.terms)
+
     def canonical_name(self, key: str) -> str:
         """Map a free parameter's short name (``mu``) or full name to its full name.
 
@@ -207,16 +286,61 @@ class Objective(nn.Module):
         """Resolve ``values`` and return them as ``(batch, P)``."""
         return self.free_space.to_tensor(self.resolve(values), batch=batch)
 
-    def term_params(self, values: torch.Tensor) -> list[dict[str, float | torch.Tensor]]:
-        """Split free values ``(B, P)`` into one mapping per term (fixed ones as floats)."""
+    def term_params(
+        self, values: torch.Tensor, labels: torch.Tensor | None = None
+    ) -> list[dict[str, float | torch.Tensor]]:
+        """Split free values ``(B, P)`` into one mapping per term (fixed ones as floats).
+
+        Per-label parameters become spatial maps ``(B, 1, *spatial)`` through ``labels``, an
+        integer label map ``(B or 1, 1, *spatial)`` on the field's grid.
+
+        Raises:
+            InputError: if a term has per-label parameters and ``labels`` is missing.
+        """
         free = self.free_space.to_dict(values)
         return [
-            {
-                name: (spec.default if spec.is_fixed else free[f"{term.label}.{name}"])
-                for name, spec in term.specs.items()
-            }
+            self._with_maps(
+                term,
+                {
+                    name: (spec.default if spec.is_fixed else free[f"{term.label}.{name}"])
+                    for name, spec in term.specs.items()
+                },
+                labels,
+                values,
+            )
             for term in self.terms
         ]
+
+    def parameter_maps(self, values: torch.Tensor, labels: torch.Tensor) -> dict[str, torch.Tensor]:
+        """The spatial parameter maps ``(B, 1, *spatial)`` of the per-label parameters, by full
+        name (``linear_elastic.mu``), for free values ``(B, P)`` and a label map."""
+        return {
+            f"{term.label}.{name}": params[name]
+            for term, params in zip(self.terms, self.term_params(values, labels), strict=True)
+            for name in term.maps
+        }
+
+    @staticmethod
+    def _with_maps(
+        term: Term,
+        params: dict[str, float | torch.Tensor],
+        labels: torch.Tensor | None,
+        like: torch.Tensor,
+    ) -> dict[str, float | torch.Tensor]:
+        """Replace a term's per-label entries (``mu@lung``...) by their maps (``mu``)."""
+        if not term.maps:
+            return params
+        if labels is None:
+            raise InputError(
+                f"term '{term.label}' has per-label parameters "
+                f"({', '.join(k for m in term.maps.values() for k in m.labels)}): it needs the "
+                "fixed image's label map (labelsTr; register: --fixed-labels)"
+            )
+        for name, label_map in term.maps.items():
+            params[name] = label_map.build(params, labels, like)
+            for key in label_map.labels:
+                del params[key]
+        return params
 
     def forward(
         self,
@@ -225,14 +349,20 @@ class Objective(nn.Module):
         field: torch.Tensor,
         values: torch.Tensor,
         spacing: Spacing = None,
+        labels: torch.Tensor | None = None,
     ) -> LossTerms:
-        """Per-sample loss of a batch; ``values`` ``(B, P)`` are the free parameters."""
+        """Per-sample loss of a batch; ``values`` ``(B, P)`` are the free parameters.
+
+        ``labels`` is the fixed image's integer label map ``(B or 1, 1, *spatial)`` on the
+        field's grid, needed when a term has per-label parameters (:attr:`needs_labels`).
+        """
         sim = self.similarity(fixed, warped)
         weighted = torch.zeros_like(sim)
         reference = torch.zeros_like(sim)
         weight_sum: torch.Tensor | float = 0.0
         energies = {}
-        for term, params in zip(self.terms, self.term_params(values), strict=True):
+        params_per_term = self.term_params(values, labels)
+        for term, params in zip(self.terms, params_per_term, strict=True):
             alpha = params.pop("alpha")
             # the term's own specs (config bounds, possibly wider than the declared ones) were
             # validated when the objective was built, so the energy is called directly
@@ -241,7 +371,7 @@ class Objective(nn.Module):
             weighted = weighted + alpha * energy
             weight_sum = weight_sum + alpha
             if self.weighting == "normalized":
-                reference = reference + self._reference_energy(term, field, spacing)
+                reference = reference + self._reference_energy(term, field, spacing, labels)
         sim_weight = (1 - weight_sum) if self.weighting == "hypermorph" else 1.0
         normalizer = torch.ones_like(sim)
         if self.weighting == "normalized":
@@ -257,10 +387,15 @@ class Objective(nn.Module):
             normalizer=normalizer.detach(),
         )
 
-    @staticmethod
-    def _reference_energy(term: Term, field: torch.Tensor, spacing: Spacing) -> torch.Tensor:
+    @classmethod
+    def _reference_energy(
+        cls, term: Term, field: torch.Tensor, spacing: Spacing, labels: torch.Tensor | None
+    ) -> torch.Tensor:
         """``alpha^0 R(field; p^0)`` at the term's default parameters, without gradient."""
-        defaults = {name: spec.default for name, spec in term.specs.items()}
+        defaults: dict[str, float | torch.Tensor] = {
+            name: spec.default for name, spec in term.specs.items()
+        }
+        defaults = cls._with_maps(term, defaults, labels, field.new_zeros(field.shape[0], 0))
         alpha = defaults.pop("alpha")
         with torch.no_grad():
             return alpha * term.regularizer.energy(field, defaults, spacing)
@@ -302,7 +437,7 @@ def build_objective(config: ExperimentConfig) -> Objective:
                 f"regularizers.{index}.name", ValueError(f"term '{term.name}' appears twice")
             )
         try:
-            terms.append(build_term(term))
+            terms.append(build_term(term, config.data.labels))
         except (KeyError, ValueError, ValidationError) as exc:
             raise fail(f"regularizers.{index}", exc) from None
     if config.weighting == "hypermorph" and len(terms) != 1:

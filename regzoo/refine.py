@@ -100,6 +100,7 @@ def refine_field(
     *,
     spacing: Spacing = None,
     trace: RefineTrace | None = None,
+    labels: torch.Tensor | None = None,
 ) -> RegistrationOutput:
     """Minimise ``objective`` over the field, starting from ``init``.
 
@@ -113,6 +114,8 @@ def refine_field(
         options: steps, learning rate, grid and integration.
         spacing: voxel spacing passed to the energies (``None``: voxel units).
         trace: if given, receives the objective before and after every step.
+        labels: the fixed image's integer label map ``(B or 1, 1, *spatial)``, for objectives
+            with per-label parameters (resampled, nearest neighbour, on coarse levels).
 
     Returns:
         The refined displacement (and velocity for diffeomorphic refinement), detached.
@@ -156,6 +159,7 @@ def refine_field(
                 _scaled_spacing(spacing, factor),
                 trace,
                 bar,
+                None if labels is None else _resize_labels(labels, level_size),
             )
     displacement = integrate_velocity(field, options.int_steps) if options.int_steps else field
     velocity = field if options.int_steps else None
@@ -168,6 +172,13 @@ def _resize_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
         return image
     mode = "bilinear" if image.ndim == 4 else "trilinear"
     return F.interpolate(image, size=list(size), mode=mode, align_corners=True)
+
+
+def _resize_labels(labels: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
+    """A label map on a grid of ``size`` (nearest neighbour)."""
+    if tuple(size) == tuple(labels.shape[2:]):
+        return labels
+    return F.interpolate(labels.float(), size=list(size), mode="nearest").to(labels.dtype)
 
 
 def _scaled_spacing(spacing: Spacing, factor: int) -> Spacing:
@@ -190,6 +201,7 @@ def _optimize_level(
     spacing: Spacing,
     trace: RefineTrace | None,
     bar: tqdm,
+    labels: torch.Tensor | None,
 ) -> torch.Tensor:
     """Adam on one pyramid level; returns the level's (displacement or velocity) field."""
     size = fixed.shape[2:]
@@ -201,7 +213,7 @@ def _optimize_level(
         full = resize_flow(unknown, size)
         displacement = integrate_velocity(full, options.int_steps) if options.int_steps else full
         regularized = full if options.regularize == "velocity" else displacement
-        terms = objective(fixed, warp(moving, displacement), regularized, values, spacing)
+        terms = objective(fixed, warp(moving, displacement), regularized, values, spacing, labels)
         return terms.total.sum() / fixed.shape[0]
 
     with torch.enable_grad():
@@ -233,6 +245,7 @@ def refine(
     progress: bool = False,
     trace: RefineTrace | None = None,
     spacing: Spacing = None,
+    labels: torch.Tensor | None = None,
 ) -> RegistrationOutput:
     """Register with the network at ``params``, then refine under the model's own objective.
 
@@ -256,6 +269,8 @@ def refine(
         trace: if given, receives the objective per iteration.
         spacing: the images' voxel spacing in mm; the energies are then per mm when the model
             was trained that way (``energy_units: mm``, :meth:`HyperRegistration.energy_spacing`).
+        labels: the fixed image's integer label map ``(B or 1, 1, *spatial)``; needed when
+            the model has per-label parameters.
 
     Examples:
         >>> output = regzoo.refine(model, fixed, moving, {"lam": 1.0, "mu": 1.0}, steps=30)
@@ -286,4 +301,5 @@ def refine(
         options,
         spacing=model.energy_spacing(spacing),
         trace=trace,
+        labels=labels,
     )

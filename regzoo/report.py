@@ -26,17 +26,19 @@ def overlay_figure(
     *,
     moving_mask: Volume | None = None,
     fixed_mask: Volume | None = None,
+    fixed_labels: Volume | str | Path | None = None,
     refine: int = 0,
 ) -> Path:
     """Figure of one pair registered at several settings ``[(title, params), ...]``.
 
     Each setting is registered by the network and then refined ``refine`` iterations; each row
-    shows the warped image (with the warped mask's contour), the deformation grid and the
-    Jacobian determinant (:func:`regzoo.viz.plot_registration`).
+    shows the warped image (with the warped mask's contour), the deformation grid, the
+    Jacobian determinant and, given the fixed label map of a model with per-label parameters,
+    the parameter maps (:func:`regzoo.viz.plot_registration`).
     """
     panels = []
     for title, params in settings:
-        result = register(model, fixed, moving, refine=refine, **params)
+        result = register(model, fixed, moving, refine=refine, fixed_labels=fixed_labels, **params)
         warped_mask = None
         if moving_mask is not None:
             warped_mask = warp(
@@ -44,7 +46,12 @@ def overlay_figure(
             )[0, 0]
         panels.append(
             OverlayPanel(
-                title, result.displacement, result.warped, result.jacobian_determinant, warped_mask
+                title,
+                result.displacement,
+                result.warped,
+                result.jacobian_determinant,
+                warped_mask,
+                result.parameter_maps,
             )
         )
     return plot_registration(

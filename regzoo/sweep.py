@@ -13,7 +13,7 @@ from tqdm.auto import tqdm
 
 from regzoo._errors import InputError, UnknownNameError, unknown_name_message
 from regzoo.data.learn2reg import Learn2RegDataset
-from regzoo.evaluation import score_pair, summarize
+from regzoo.evaluation import item_labels, score_pair, summarize
 from regzoo.model import HyperRegistration
 from regzoo.refine import refine
 from regzoo.spatial import warp
@@ -245,6 +245,7 @@ def sweep(
                         steps=refine_steps,
                         init=output,
                         spacing=item.get("spacing"),
+                        labels=item_labels(item),
                     )
                 fields = output.displacement
                 for offset in range(n):
@@ -347,7 +348,9 @@ def optimize_parameters(
                     if model.config.regularize == "velocity"
                     else output.displacement
                 )
-                value = model.objective(fixed, warped, field, values).total.mean()
+                labels = item_labels(item)
+                spacing = model.energy_spacing(item.get("spacing"))
+                value = model.objective(fixed, warped, field, values, spacing, labels).total.mean()
             optimizer.zero_grad()
             value.backward()
             unit.grad = torch.where(trainable, unit.grad, torch.zeros_like(unit.grad))

@@ -12,7 +12,11 @@ with regzoo installed a test can ask for the ``regularizer_contract`` fixture, o
 The checks: a valid parameter space; output shape ``(B,)`` and finiteness in 2D and 3D;
 translation invariance (zero energy for constant fields); ``R(c u) = c^2 R(u)`` when the class
 declares ``quadratic = True``; per-sample parameters (a batch with two parameter vectors equals
-two single calls); finite, correct gradients (float64 ``gradcheck`` on a small grid).
+two single calls); for classes that declare ``spatial_params = True``, that a constant parameter
+map ``(B, 1, *spatial)`` gives the energy of the scalar parameters exactly up to float64
+rounding (relative 1e-12: fused energies apply scalars to per-sample means and maps to the
+pointwise density, an order of summation apart) and that maps are per sample; finite, correct gradients (float64 ``gradcheck`` on a
+small grid).
 
 Property-based checks (they need `hypothesis <https://hypothesis.readthedocs.io>`_) draw random
 fields, images and parameters instead of fixed examples, deterministically and in few examples:
@@ -43,6 +47,7 @@ __all__ = [
     "check_regularizer",
     "check_regularizer_properties",
     "check_similarity_properties",
+    "constant_maps",
     "displacement_fields",
     "parameter_values",
     "random_smooth_field",
@@ -118,6 +123,44 @@ def _check_dimension(
     )
     assert torch.allclose(energy, singles, rtol=1e-6, atol=1e-10), (
         f"{name}: per-sample parameters differ from single calls: {energy} vs {singles}"
+    )
+    if cls.spatial_params:
+        _check_spatial_params(reg, cls, u, params, energy)
+
+
+def constant_maps(
+    params: Mapping[str, torch.Tensor], shape: Sequence[int]
+) -> dict[str, torch.Tensor]:
+    """Per-sample parameters ``(B,)`` as constant spatial maps ``(B, 1, *shape)``."""
+    return {
+        k: v.reshape(-1, 1, *[1] * len(shape)).expand(-1, 1, *shape).contiguous()
+        for k, v in params.items()
+    }
+
+
+def _check_spatial_params(
+    reg: Regularizer,
+    cls: type[Regularizer],
+    u: torch.Tensor,
+    params: Mapping[str, torch.Tensor],
+    energy: torch.Tensor,
+) -> None:
+    """A constant map equals the scalar energy exactly; a map is per sample."""
+    name = cls.__name__
+    shape = tuple(u.shape[2:])
+    for key in params:
+        mapped = {**params, **constant_maps({key: params[key]}, shape)}
+        constant = reg(u, mapped)
+        assert torch.allclose(constant, energy, rtol=1e-12, atol=1e-300), (
+            f"{name}: declares spatial_params=True but a constant map of '{key}' gives "
+            f"{constant.tolist()}, the scalar parameters {energy.tolist()}"
+        )
+    maps = constant_maps(params, shape)
+    singles = torch.stack(
+        [reg(u[i : i + 1], {k: v[i : i + 1] for k, v in maps.items()})[0] for i in range(2)]
+    )
+    assert torch.allclose(reg(u, maps), singles, rtol=1e-12, atol=1e-300), (
+        f"{name}: parameter maps are not per sample"
     )
 
 

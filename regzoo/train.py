@@ -13,7 +13,12 @@ from lightning.pytorch.utilities import rank_zero_only
 from regzoo._errors import InputError, MissingFileError, OutputExistsError
 from regzoo.callbacks import ImageLogger
 from regzoo.config import ExperimentConfig, dump_config
-from regzoo.data.datamodule import RegistrationDataModule, ensure_dataset
+from regzoo.data.datamodule import (
+    RegistrationDataModule,
+    check_label_names,
+    ensure_dataset,
+    with_label_names,
+)
 from regzoo.model import HyperRegistration
 
 __all__ = ["RUN_CONTENTS", "prepare_run_dir", "train"]
@@ -84,6 +89,9 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
         OutputExistsError, MissingFileError, InputError: see :func:`prepare_run_dir`.
         NonFiniteLossError: the loss or a gradient became NaN/inf (``trainer.nonfinite``).
     """
+    # per-label parameters take their label names from the dataset JSON (built first if a
+    # phantom is configured) unless the config maps them in data.labels
+    config = with_label_names(config, progress=config.trainer.progress_bar)
     model = HyperRegistration(config)  # resolves plugins and terms: errors before any output
     # under DDP, Lightning re-launches this command for the other ranks once rank zero has
     # started: only rank zero checks and prepares the run directory
@@ -95,7 +103,8 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
         overwrite = False
     L.seed_everything(config.seed, workers=True, verbose=False)
     ensure_dataset(config.data, progress=config.trainer.progress_bar)
-    datamodule = RegistrationDataModule(config.data)
+    check_label_names(config)
+    datamodule = RegistrationDataModule(config.data, labels=model.objective.needs_labels)
     datamodule.setup("fit")  # a bad dataset JSON is reported before the run_dir is written
     run_dir = Path(config.run_dir)
     if overwrite:

@@ -3,12 +3,13 @@
 from __future__ import annotations
 
 from collections.abc import Sequence
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import numpy as np
 import torch
 from matplotlib.axes import Axes
+from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from regzoo.io import atomic_path
@@ -96,6 +97,7 @@ class OverlayPanel:
     warped: torch.Tensor  # (*spatial)
     jacobian_determinant: torch.Tensor  # (*spatial)
     warped_mask: torch.Tensor | None = None
+    parameter_maps: dict[str, torch.Tensor] = field(default_factory=dict)  # name -> (*spatial)
 
 
 def _grid_lines(ax: Axes, flow2d: np.ndarray, step: int) -> None:
@@ -125,9 +127,10 @@ def plot_registration(
     """A figure like the paper's Fig. 4 for one pair and one or more parameter settings.
 
     Top row: fixed and moving slices with their mask contours. One row per setting: the warped
-    image with the fixed mask (red) and warped mask (yellow) contours, the deformation grid and
-    the Jacobian determinant map. 3D images are cut through the middle of array ``axis``
-    (1 = coronal for Learn2Reg lung CT); 2D images are shown whole.
+    image with the fixed mask (red) and warped mask (yellow) contours, the deformation grid,
+    the Jacobian determinant map and, beside it, each spatial parameter map of the setting
+    (per-label parameters, log colour scale). 3D images are cut through the middle of array
+    ``axis`` (1 = coronal for Learn2Reg lung CT); 2D images are shown whole.
     """
     ndim = fixed.ndim
 
@@ -137,8 +140,9 @@ def plot_registration(
 
     in_plane = [0, 1] if ndim == 2 else [k for k in range(3) if k != axis]
     rows = 1 + len(panels)
-    fig = Figure(figsize=(11, 3.6 * rows))
-    axes = fig.subplots(rows, 3, squeeze=False)
+    columns = 3 + max((len(panel.parameter_maps) for panel in panels), default=0)
+    fig = Figure(figsize=(11 / 3 * columns, 3.6 * rows))
+    axes = fig.subplots(rows, columns, squeeze=False)
     style = {"cmap": "gray", "vmin": window[0], "vmax": window[1], "origin": "lower"}
     for ax, image, mask, title in (
         (axes[0, 0], fixed, fixed_mask, "fixed"),
@@ -148,7 +152,15 @@ def plot_registration(
         if mask is not None:
             ax.contour(cut(mask), levels=[0.5], colors="r", linewidths=0.8)
         ax.set_title(title)
-    axes[0, 2].axis("off")
+    for ax in axes[0, 2:]:
+        ax.axis("off")
+    maps = [m for panel in panels for m in panel.parameter_maps.values()]
+    positive = [float(m[m > 0].min()) for m in maps if bool((m > 0).any())]
+    norm = (
+        LogNorm(min(positive), max(float(m.max()) for m in maps))
+        if positive and len(positive) == len(maps)
+        else None
+    )
     for row, panel in enumerate(panels, start=1):
         ax = axes[row, 0]
         ax.imshow(cut(panel.warped), **style)
@@ -167,6 +179,12 @@ def plot_registration(
         )
         fig.colorbar(jac, ax=axes[row, 2])
         axes[row, 2].set_title("Jacobian determinant")
+        for ax, (name, value) in zip(axes[row, 3:], panel.parameter_maps.items(), strict=False):
+            shown = ax.imshow(cut(value), cmap="magma", norm=norm, origin="lower")
+            fig.colorbar(shown, ax=ax)
+            ax.set_title(f"{name.split('.', 1)[-1]} map")
+        for ax in axes[row, 3 + len(panel.parameter_maps) :]:
+            ax.axis("off")
     for ax in axes.flat:
         ax.set_xticks([])
         ax.set_yticks([])

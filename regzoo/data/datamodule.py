@@ -6,11 +6,16 @@ import lightning as L
 from torch.utils.data import DataLoader
 
 from regzoo._errors import MissingFileError
-from regzoo.config import DataConfig
-from regzoo.data.learn2reg import Learn2RegDataset
+from regzoo.config import ConfigError, DataConfig, ExperimentConfig
+from regzoo.data.learn2reg import Learn2RegDataset, read_label_names, read_manifest
 from regzoo.data.phantom import write_phantom_dataset
 
-__all__ = ["RegistrationDataModule", "ensure_dataset"]
+__all__ = [
+    "RegistrationDataModule",
+    "check_label_names",
+    "ensure_dataset",
+    "with_label_names",
+]
 
 
 def ensure_dataset(config: DataConfig, *, progress: bool = True) -> None:
@@ -32,8 +37,45 @@ def ensure_dataset(config: DataConfig, *, progress: bool = True) -> None:
         val=phantom.val,
         shape=phantom.shape,
         seed=phantom.seed,
+        motion=phantom.motion,
         progress=progress,
     )
+
+
+def with_label_names(config: ExperimentConfig, *, progress: bool = True) -> ExperimentConfig:
+    """``config`` with ``data.labels`` filled from the dataset JSON when per-label parameters
+    name labels and the config does not map them (the phantom is built first if configured).
+
+    Raises:
+        InputError: if the dataset JSON has no usable ``labels`` mapping.
+    """
+    if not config.label_names() or config.data.labels is not None:
+        return config
+    ensure_dataset(config.data, progress=progress)
+    labels = read_label_names(config.data.root)
+    return config.model_copy(update={"data": config.data.model_copy(update={"labels": labels})})
+
+
+def check_label_names(config: ExperimentConfig) -> None:
+    """Check that ``data.labels`` agrees with the dataset JSON's ``labels`` for every label a
+    per-label parameter names (when the JSON has such a mapping).
+
+    Raises:
+        ConfigError: naming the label and both values.
+    """
+    names = config.label_names()
+    if not names or config.data.labels is None:
+        return
+    _, manifest = read_manifest(config.data.root)
+    if "labels" not in manifest:
+        return
+    stored = read_label_names(config.data.root)
+    for name in names:
+        if name in stored and stored[name] != config.data.labels.get(name):
+            raise ConfigError(
+                f"invalid config: data.labels: '{name}' is {config.data.labels.get(name)} but "
+                f"{name} = {stored[name]} in the dataset JSON of {config.data.root}"
+            )
 
 
 class RegistrationDataModule(L.LightningDataModule):
@@ -44,11 +86,13 @@ class RegistrationDataModule(L.LightningDataModule):
     processes ahead of the step (``data.cache: true`` keeps decoded volumes in memory instead).
     Under DDP, Lightning wraps the training loader in a ``DistributedSampler``: each rank gets a
     disjoint ``1 / world_size`` share of the shuffled pairs every epoch.
+    With ``labels`` every item carries the fixed image's label map (per-label parameters).
     """
 
-    def __init__(self, config: DataConfig) -> None:
+    def __init__(self, config: DataConfig, *, labels: bool = False) -> None:
         super().__init__()
         self.config = config
+        self.labels = labels
 
     def prepare_data(self) -> None:
         """Build the phantom if the dataset folder does not exist (runs on one process)."""
@@ -58,10 +102,15 @@ class RegistrationDataModule(L.LightningDataModule):
         """Open the splits."""
         window, cache = self.config.intensity_window, self.config.cache
         self.train_set = Learn2RegDataset(
-            self.config.root, "train", intensity_window=window, cache=cache
+            self.config.root, "train", intensity_window=window, cache=cache, labels=self.labels
         )
         self.val_set = Learn2RegDataset(
-            self.config.root, "val", intensity_window=window, annotations=True, cache=cache
+            self.config.root,
+            "val",
+            intensity_window=window,
+            annotations=True,
+            cache=cache,
+            labels=self.labels,
         )
 
     def train_dataloader(self) -> DataLoader:

@@ -26,6 +26,7 @@ __all__ = [
     "case_id",
     "load_keypoints",
     "normalize_intensity",
+    "read_label_names",
     "read_manifest",
 ]
 
@@ -71,6 +72,34 @@ def read_manifest(root: str | Path) -> tuple[Path, dict[str, Any]]:
         ):
             raise InputError(f'{path}: \'{key}\' must be a list of {{"fixed": ..., "moving": ...}}')
     return root, manifest
+
+
+def read_label_names(root: str | Path) -> dict[str, int]:
+    """The label names of a dataset: ``name -> value`` from its JSON's ``labels`` mapping.
+
+    The mapping is written as in the Medical Segmentation Decathlon, ``{"0": "background",
+    "1": "lung", ...}``; value 0 (background) is left out.
+
+    Raises:
+        InputError: if the dataset JSON has no ``labels`` mapping or it is malformed.
+    """
+    root, manifest = read_manifest(root)
+    labels = manifest.get("labels")
+    where = f"{root}: the dataset JSON's 'labels'"
+    if not isinstance(labels, dict) or not labels:
+        raise InputError(
+            f'{root}: the dataset JSON has no \'labels\' mapping ({{"1": "lung", ...}}) to '
+            "name the values of its label maps; add one or set data.labels"
+        )
+    names: dict[str, int] = {}
+    for value, name in labels.items():
+        if not (isinstance(value, str) and value.isdigit() and isinstance(name, str)):
+            raise InputError(f"{where} must map label values to names, got {value!r}: {name!r}")
+        if name in names:
+            raise InputError(f"{where} names '{name}' twice")
+        if int(value) > 0:
+            names[name] = int(value)
+    return names
 
 
 def normalize_intensity(image: torch.Tensor, window: Sequence[float]) -> torch.Tensor:
@@ -135,6 +164,8 @@ class Learn2RegDataset(Dataset):
         split: ``"train"``, ``"val"`` or ``"test"``.
         intensity_window: HU window ``(low, high)`` mapped to ``[0, 1]``.
         annotations: also load masks, labels and keypoints.
+        labels: load the label maps (labelsTr) even without ``annotations`` (training with
+            per-label parameters); a fixed image without one is an error.
         cache: keep loaded volumes in memory.
     """
 
@@ -145,6 +176,7 @@ class Learn2RegDataset(Dataset):
         *,
         intensity_window: tuple[float, float] = (-1000.0, 500.0),
         annotations: bool = False,
+        labels: bool = False,
         cache: bool = True,
     ) -> None:
         self.root, manifest = read_manifest(root)
@@ -161,6 +193,7 @@ class Learn2RegDataset(Dataset):
             raise InputError(f"intensity_window must have high > low, got {intensity_window}")
         self.window = (float(low), float(high))
         self.annotations = annotations
+        self.labels = labels
         self.cache = cache
         self._cache: dict[Path, dict[str, Any]] = {}  # a plain dict: picklable for workers
 
@@ -182,13 +215,16 @@ class Learn2RegDataset(Dataset):
             "spacing": torch.tensor(volume.spacing, dtype=torch.float32),
             "grid": volume.grid,
         }
+        wanted = [("mask", "masksTr")] if self.annotations else []
+        if self.annotations or self.labels:
+            wanted.append(("labels", "labelsTr"))
+        for key, folder in wanted:
+            sibling = Path(str(path).replace("imagesTr", folder))
+            if sibling != path and sibling.is_file():
+                annotation = read_volume(sibling, what=key)
+                check_same_grid(volume.grid, annotation.grid)
+                item[key] = torch.from_numpy(np.rint(annotation.data)[None].astype(np.int64))
         if self.annotations:
-            for key, folder in (("mask", "masksTr"), ("labels", "labelsTr")):
-                sibling = Path(str(path).replace("imagesTr", folder))
-                if sibling != path and sibling.is_file():
-                    annotation = read_volume(sibling, what=key)
-                    check_same_grid(volume.grid, annotation.grid)
-                    item[key] = torch.from_numpy(np.rint(annotation.data)[None].astype(np.int64))
             keypoints = Path(
                 str(path).replace("imagesTr", "keypointsTr").replace(".nii.gz", ".csv")
             )
@@ -213,4 +249,12 @@ class Learn2RegDataset(Dataset):
             if key in fixed and key in moving:
                 item[f"fixed_{key}"] = fixed[key]
                 item[f"moving_{key}"] = moving[key]
+        if self.labels:
+            if "labels" not in fixed:
+                sibling = str(fixed_path).replace("imagesTr", "labelsTr")
+                raise MissingFileError(
+                    f"label map not found: {sibling} (the fixed image's labels, needed by "
+                    "per-label parameters)"
+                )
+            item["fixed_labels"] = fixed["labels"]
         return item

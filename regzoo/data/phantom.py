@@ -2,7 +2,11 @@
 
 Each case draws its own anatomy (body and lung size and position, heart, spine, ribs, diaphragm
 dome, branching vessel trees, parenchyma texture) and its own breathing motion (amplitude,
-direction, a small random pose change and a smooth random component). The true displacement
+direction, a small random pose change and a smooth random component). Every image comes with a
+tissue label map (:data:`TISSUE_LABELS`: lung, soft tissue, bone, heart). The default motion
+(``"breathing"``) is smooth over the whole body; ``"tissue"`` makes it tissue-dependent: the
+rib cage and spine move nearly rigidly, the content of the rib cage (lungs, heart, liver) follows
+the breathing motion and slides along the chest wall at the pleura. The true displacement
 ``u`` is defined on the fixed (exhale) grid; the moving (inhale) image is the same anatomy
 rendered at ``y + w(y)`` with ``w`` the numerical inverse of ``u``, so ``M(x + u(x)) = F(x)``.
 Keypoints are vessel branch points in the fixed frame and their images ``p + u(p)``.
@@ -27,7 +31,20 @@ from tqdm.auto import tqdm
 from regzoo._errors import InputError, OutputExistsError
 from regzoo.io import write_nifti
 
-__all__ = ["PhantomCase", "default_validation_cases", "generate_case", "write_phantom_dataset"]
+__all__ = [
+    "MOTIONS",
+    "TISSUE_LABELS",
+    "PhantomCase",
+    "default_validation_cases",
+    "generate_case",
+    "write_phantom_dataset",
+]
+
+TISSUE_LABELS = {"lung": 1, "soft_tissue": 2, "bone": 3, "heart": 4}
+"""Values of the phantom's tissue label maps (labelsTr/); 0 is background (air)."""
+
+MOTIONS = ("breathing", "tissue")
+"""The phantom's motion models (see the module docstring)."""
 
 HU_AIR, HU_LUNG, HU_FAT, HU_SOFT, HU_LIVER, HU_BONE, HU_RIB, HU_VESSEL = (
     -1000.0,
@@ -44,7 +61,8 @@ FIELD_OF_VIEW_MM = 336.0  # 192 voxels at 1.75 mm, like Learn2Reg LungCT
 
 @dataclass
 class PhantomCase:
-    """One synthetic pair: images in HU, lung masks, keypoints (voxels) and the true motion."""
+    """One synthetic pair: images in HU, lung masks, keypoints (voxels), the true motion and
+    tissue label maps (:data:`TISSUE_LABELS`)."""
 
     fixed: np.ndarray
     moving: np.ndarray
@@ -54,6 +72,8 @@ class PhantomCase:
     moving_keypoints: np.ndarray
     displacement: np.ndarray  # (D, *shape), voxels, fixed grid
     spacing: tuple[float, ...]
+    fixed_labels: np.ndarray
+    moving_labels: np.ndarray
 
 
 @dataclass
@@ -161,14 +181,17 @@ def _inside_lungs(anatomy: _Anatomy, p: np.ndarray) -> np.ndarray:
 
 def _render(
     anatomy: _Anatomy, coords: np.ndarray, shape: Sequence[int]
-) -> tuple[np.ndarray, np.ndarray]:
-    """Render HU and the lung mask at voxel coordinates ``coords`` ``(3, *shape)``."""
+) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
+    """Render HU, the lung mask and the tissue labels at voxel coordinates ``coords``
+    ``(3, *shape)``."""
     p = _normalised(coords, shape)
     bx, by, ax, ay = anatomy.body
     radial = ((p[0] - bx) / ax) ** 2 + ((p[1] - by) / ay) ** 2
     image = np.full(p.shape[1:], HU_AIR, dtype=np.float32)
+    tissue_labels = np.zeros(p.shape[1:], dtype=np.uint8)
     body = radial <= 1.0
     image[body] = HU_FAT
+    tissue_labels[body] = TISSUE_LABELS["soft_tissue"]
     inner = radial <= 0.92**2
     image[inner] = HU_SOFT
     below_dome = np.zeros_like(body)
@@ -177,13 +200,19 @@ def _render(
         below_dome |= (lateral <= 1.0) & (p[2] < dome_z)
     image[inner & below_dome] = HU_LIVER
     hc, hr = anatomy.heart
-    image[inner & (sum(((p[k] - hc[k]) / hr[k]) ** 2 for k in range(3)) <= 1.0)] = HU_SOFT
-    sx, sy, sr = anatomy.spine
-    image[((p[0] - sx) ** 2 + (p[1] - sy) ** 2) <= sr**2] = HU_BONE
+    heart = inner & (sum(((p[k] - hc[k]) / hr[k]) ** 2 for k in range(3)) <= 1.0)
+    image[heart] = HU_SOFT
+    tissue_labels[heart] = TISSUE_LABELS["heart"]
+    bone = _spine(anatomy, p)
+    image[bone] = HU_BONE
     for z in anatomy.ribs:
         ring = (radial >= 0.84**2) & (radial <= 0.91**2) & (p[1] > by - 0.6 * ay)
-        image[ring & (np.abs(p[2] - (z + 0.15 * (p[1] - by))) < 0.035)] = HU_RIB
+        rib = ring & (np.abs(p[2] - (z + 0.15 * (p[1] - by))) < 0.035)
+        image[rib] = HU_RIB
+        bone |= rib
+    tissue_labels[bone] = TISSUE_LABELS["bone"]
     lungs = _inside_lungs(anatomy, p) & inner
+    tissue_labels[lungs] = TISSUE_LABELS["lung"]
     texture = ndimage.map_coordinates(
         anatomy.lung_texture, coords.reshape(3, -1), order=1, mode="nearest"
     ).reshape(p.shape[1:])
@@ -193,7 +222,13 @@ def _render(
         anatomy.tissue_texture, coords.reshape(3, -1), order=0, mode="nearest"
     ).reshape(p.shape[1:])
     image[body & ~lungs] += tissue[body & ~lungs]
-    return image, lungs.astype(np.uint8)
+    return image, lungs.astype(np.uint8), tissue_labels
+
+
+def _spine(anatomy: _Anatomy, p: np.ndarray, margin: float = 1.0) -> np.ndarray:
+    """The spine (vertebrae) at normalised points ``p``, its radius times ``margin``."""
+    sx, sy, sr = anatomy.spine
+    return ((p[0] - sx) ** 2 + (p[1] - sy) ** 2) <= (margin * sr) ** 2
 
 
 def _draw_vessels(
@@ -222,9 +257,13 @@ def _draw_vessels(
 
 
 def _breathing_motion(
-    rng: np.random.Generator, anatomy: _Anatomy, shape: Sequence[int]
+    rng: np.random.Generator, anatomy: _Anatomy, shape: Sequence[int], motion: str = "breathing"
 ) -> np.ndarray:
-    """The exhale -> inhale displacement on the fixed grid, ``(3, *shape)`` in voxels."""
+    """The exhale -> inhale displacement on the fixed grid, ``(3, *shape)`` in voxels.
+
+    ``motion="tissue"`` replaces the smooth deformation outside the rib cage by the rib cage's
+    rigid motion (:func:`_tissue_motion`); the random pose change applies to both.
+    """
     grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
     p = _normalised(grid, shape)
     bx, by, ax, ay = anatomy.body
@@ -253,7 +292,36 @@ def _breathing_motion(
     center = (np.array(shape, dtype=np.float32) - 1) / 2
     translation = rng.uniform(-2, 2, size=3) * np.array(shape) / 64
     pose = np.einsum("ij,j...->i...", rotation - np.eye(3), grid - center.reshape(3, 1, 1, 1))
+    if motion == "tissue":
+        u = _tissue_motion(rng, anatomy, grid, u)
     return (u + pose + translation.reshape(3, 1, 1, 1)).astype(np.float32)
+
+
+def _tissue_motion(
+    rng: np.random.Generator, anatomy: _Anatomy, grid: np.ndarray, u: np.ndarray
+) -> np.ndarray:
+    """Tissue-dependent breathing: a soft rib-cage content sliding along a rigid chest wall.
+
+    Inside the rib cage (lungs, heart, liver; the spine excluded) the breathing deformation
+    ``u`` applies, its in-plane components (normal to the chest wall) fading over a few voxels
+    towards the wall so the lungs do not compress against it. The rib cage, spine and the soft
+    tissue outside move as one rigid body: a small rotation about the left-right axis through
+    the spine (the ribs' "pump handle" motion). The two meet within about a voxel at the
+    pleura, where the cranio-caudal motion of the lungs slides past the wall.
+    """
+    shape = grid.shape[1:]
+    p = _normalised(grid, shape)
+    bx, by, ax, ay = anatomy.body
+    radial = ((p[0] - bx) / ax) ** 2 + ((p[1] - by) / ay) ** 2
+    cage = ((radial < 0.70**2) & ~_spine(anatomy, p, margin=2.0)).astype(np.float32)
+    sharp = ndimage.gaussian_filter(cage, max(shape) / 24)
+    wide = ndimage.gaussian_filter(cage, max(shape) / 12)
+    soft = np.stack([u[0] * wide, u[1] * wide, u[2]])
+    sx, sy, _ = anatomy.spine
+    pivot = (np.array([sx, sy, 0.0]) + 1.0) * (np.array(shape, dtype=np.float64) - 1) / 2
+    lift = _rotation(np.array([1.0, 0.0, 0.0]), math.radians(rng.uniform(1.5, 3.0)))
+    wall = np.einsum("ij,j...->i...", lift - np.eye(3), grid - pivot.reshape(3, 1, 1, 1))
+    return sharp * soft + (1.0 - sharp) * wall
 
 
 def _invert(u: np.ndarray, iterations: int = 25) -> np.ndarray:
@@ -279,33 +347,43 @@ CORONAL_DEPTH = 33
 """Depth (voxels along y) of the 3D anatomy a 2D phantom slices through its centre."""
 
 
-def generate_case(shape: Sequence[int] = (64, 64, 64), *, seed: int = 0) -> PhantomCase:
+def generate_case(
+    shape: Sequence[int] = (64, 64, 64), *, seed: int = 0, motion: str = "breathing"
+) -> PhantomCase:
     """Generate one synthetic exhale/inhale pair (deterministic for a given seed).
 
     ``shape`` has 3 sizes (a volume, axes x left-right, y anterior-posterior, z
     cranio-caudal) or 2 (a coronal slice ``(x, z)`` through the centre of the same anatomy,
     with the in-plane part of the breathing motion, so that ``M(x + u(x)) = F(x)`` holds
-    exactly in 2D too). In 2D the keypoints are vessel pixels in the lungs.
+    exactly in 2D too). In 2D the keypoints are vessel pixels in the lungs. ``motion`` is
+    ``"breathing"`` (smooth over the body, the default) or ``"tissue"`` (rigid rib cage and
+    spine, soft lungs sliding at the pleura); the anatomy and images of a seed are the same
+    for both up to the motion.
+
+    Raises:
+        InputError: for an invalid shape or motion.
     """
     shape = tuple(int(n) for n in shape)
     if len(shape) not in (2, 3) or min(shape) < 16:
         raise InputError(f"generate_case(): 'shape' must be 2 or 3 sizes >= 16, got {shape}")
+    if motion not in MOTIONS:
+        raise InputError(f"generate_case(): 'motion' must be one of {MOTIONS}, got {motion!r}")
     rng = np.random.default_rng(seed)
     planar = len(shape) == 2
     volume_shape = (shape[0], CORONAL_DEPTH, shape[1]) if planar else shape
     anatomy = _draw_anatomy(rng, volume_shape)
-    u = _breathing_motion(rng, anatomy, volume_shape)
+    u = _breathing_motion(rng, anatomy, volume_shape, motion)
     if planar:
         u = np.ascontiguousarray(u[[0, 2], :, CORONAL_DEPTH // 2, :])
     grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
 
-    def render(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray]:
+    def render(coords: np.ndarray) -> tuple[np.ndarray, np.ndarray, np.ndarray]:
         if planar:  # the coronal plane through the centre, y fixed
             coords = np.stack([coords[0], np.full_like(coords[0], CORONAL_DEPTH // 2), coords[1]])
         return _render(anatomy, coords, volume_shape)
 
-    fixed, fixed_mask = render(grid)
-    moving, moving_mask = render(grid + _invert(u))
+    fixed, fixed_mask, fixed_labels = render(grid)
+    moving, moving_mask, moving_labels = render(grid + _invert(u))
     if planar:
         keypoints = _vessel_pixels(rng, fixed, fixed_mask)
     else:
@@ -324,6 +402,8 @@ def generate_case(shape: Sequence[int] = (64, 64, 64), *, seed: int = 0) -> Phan
         keypoints + _sample_field(u, keypoints),
         u,
         spacing,
+        fixed_labels,
+        moving_labels,
     )
 
 
@@ -359,39 +439,48 @@ def write_phantom_dataset(
     val: int = 4,
     shape: Sequence[int] = (64, 64, 64),
     seed: int = 0,
+    motion: str = "breathing",
     progress: bool = True,
 ) -> Path:
     """Write ``n`` phantom pairs in the Learn2Reg layout under ``root`` (atomically).
 
-    Layout: ``PhantomCT_dataset.json``; ``imagesTr/PhantomCT_XXXX_0000.nii.gz`` (fixed, exhale)
-    and ``_0001`` (moving, inhale) in HU; ``masksTr/`` lung masks; ``keypointsTr/`` CSV
+    Layout: ``PhantomCT_dataset.json`` (its ``labels`` maps each value of the label maps to a
+    tissue name, :data:`TISSUE_LABELS`); ``imagesTr/PhantomCT_XXXX_0000.nii.gz`` (fixed, exhale)
+    and ``_0001`` (moving, inhale) in HU; ``masksTr/`` lung masks; ``labelsTr/`` tissue label
+    maps; ``keypointsTr/`` CSV
     keypoints (voxels); ``gtdispTr/PhantomCT_XXXX.nii.gz`` the true displacement
     ``(*shape, 3)`` in voxels on the fixed grid. The last ``val`` cases form
     ``registration_val``. The folder is built aside and renamed into place at the end, so an
-    interrupted run leaves nothing half-written.
+    interrupted run leaves nothing half-written. ``motion`` picks the motion model
+    (:func:`generate_case`).
 
     Raises:
         FileExistsError: if ``root`` already exists.
-        ValueError: for an invalid split or shape.
+        ValueError: for an invalid split, shape or motion.
     """
     root = Path(root)
     if root.exists():
         raise OutputExistsError(f"phantom output folder already exists: {root}")
     if not 1 <= val < n:
         raise InputError(f"write_phantom_dataset(): need 1 <= val < n, got val={val}, n={n}")
+    if motion not in MOTIONS:
+        raise InputError(
+            f"write_phantom_dataset(): 'motion' must be one of {MOTIONS}, got {motion!r}"
+        )
     root.parent.mkdir(parents=True, exist_ok=True)
     staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
     try:
-        for sub in ("imagesTr", "masksTr", "keypointsTr", "gtdispTr"):
+        for sub in ("imagesTr", "masksTr", "labelsTr", "keypointsTr", "gtdispTr"):
             (staging / sub).mkdir()
         pairs = []
         for case_id in tqdm(range(1, n + 1), desc="phantom", disable=not progress):
-            case = generate_case(shape, seed=seed * 100_003 + case_id)
+            case = generate_case(shape, seed=seed * 100_003 + case_id, motion=motion)
             names = [f"PhantomCT_{case_id:04d}_{phase:04d}" for phase in (0, 1)]
-            for name, image, mask, points in zip(
+            for name, image, mask, labels, points in zip(
                 names,
                 (case.fixed, case.moving),
                 (case.fixed_mask, case.moving_mask),
+                (case.fixed_labels, case.moving_labels),
                 (case.fixed_keypoints, case.moving_keypoints),
                 strict=True,
             ):
@@ -399,6 +488,7 @@ def write_phantom_dataset(
                     image.astype(np.float32), case.spacing, staging / "imagesTr" / f"{name}.nii.gz"
                 )
                 _save_nifti(mask, case.spacing, staging / "masksTr" / f"{name}.nii.gz")
+                _save_nifti(labels, case.spacing, staging / "labelsTr" / f"{name}.nii.gz")
                 _save_keypoints(points, staging / "keypointsTr" / f"{name}.csv")
             disp = np.moveaxis(case.displacement, 0, -1)
             _save_nifti(
@@ -415,6 +505,7 @@ def write_phantom_dataset(
             "description": "regzoo synthetic thoracic CT (exhale fixed _0000, inhale moving _0001)",
             "tensorImageSize": {"0": f"{len(shape)}D"},
             "modality": {"0": "CT"},
+            "labels": {"0": "background", **{str(v): k for k, v in TISSUE_LABELS.items()}},
             "numTraining": 2 * n,
             "training": [
                 {
@@ -430,6 +521,7 @@ def write_phantom_dataset(
             "registration_test": [],
             "seed": seed,
             "shape": list(shape),
+            "motion": motion,
         }
         (staging / "PhantomCT_dataset.json").write_text(json.dumps(manifest, indent=2))
         staging.rename(root)

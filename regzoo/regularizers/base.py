@@ -37,16 +37,22 @@ class Regularizer(nn.Module):
       form in ``u``); off by default, and checked by :mod:`regzoo.testing` when declared;
     - ``nonnegative``: ``R >= 0`` for every field and every parameter value in the physical
       domain (the default; set False for an energy that may be negative);
+    - ``spatial_params``: set True when :meth:`energy` accepts a parameter as a spatial map
+      ``(B, 1, *spatial)`` on the fixed grid (its density weighted pointwise), which makes the
+      term usable with per-label parameters; :func:`regzoo.testing.check_regularizer` then
+      checks that a constant map gives exactly the scalar energy;
     - ``Options``: a pydantic model of construction options (validated from configs);
     - :meth:`energy`: the energy per batch element.
 
     Call as ``reg(u, params, spacing=None) -> (B,)`` where ``params`` maps each declared name to
-    a float or a ``(B,)`` tensor; missing names take their defaults.
+    a float, a ``(B,)`` tensor or (``spatial_params``) a map ``(B, 1, *spatial)``; missing names
+    take their defaults.
     """
 
     space: ClassVar[ParamSpace] = ParamSpace()
     quadratic: ClassVar[bool] = False
     nonnegative: ClassVar[bool] = True
+    spatial_params: ClassVar[bool] = False
     Options: ClassVar[type[BaseModel]] = NoOptions
     registered_name: ClassVar[str]
 
@@ -62,20 +68,27 @@ class Regularizer(nn.Module):
     ) -> torch.Tensor:
         """Energy of displacement ``u`` ``(B, D, *spatial)`` per batch element ``(B,)``."""
         check_field(u, type(self).__name__)
-        return self.energy(u, self.resolve_params(params, batch=u.shape[0]), spacing)
+        return self.energy(
+            u, self.resolve_params(params, batch=u.shape[0], spatial=tuple(u.shape[2:])), spacing
+        )
 
     def resolve_params(
-        self, params: RegularizerParams | None, *, batch: int
+        self,
+        params: RegularizerParams | None,
+        *,
+        batch: int,
+        spatial: tuple[int, ...] | None = None,
     ) -> dict[str, float | torch.Tensor]:
         """Fill defaults and check names, float values and tensor shapes.
 
         Floats are checked against each parameter's physical domain (a direct call may use any
         physically valid value; the declared ``[low, high]`` is only the default training range).
+        Tensors are ``(batch,)``, or maps ``(batch, 1, *spatial)`` when the class declares
+        ``spatial_params``.
 
         Raises:
             KeyError: unknown parameter name (close matches named).
-            ValueError: a float outside its physical domain, or a tensor not of shape
-                ``(batch,)``.
+            ValueError: a float outside its physical domain, or a tensor of another shape.
         """
         params = dict(params or {})
         floats = {k: v for k, v in params.items() if not isinstance(v, torch.Tensor)}
@@ -85,12 +98,16 @@ class Regularizer(nn.Module):
         resolved: dict[str, float | torch.Tensor] = {
             spec.name: spec.check_domain(floats.get(spec.name, spec.default)) for spec in self.space
         }
+        shapes = [(batch,)]
+        if self.spatial_params and spatial is not None:
+            shapes.append((batch, 1, *spatial))
         for name, value in params.items():
             if isinstance(value, torch.Tensor):
-                if value.shape != (batch,):
+                if tuple(value.shape) not in shapes:
+                    expected = " or ".join(str(s) for s in shapes)
                     raise InputError(
                         f"{type(self).__name__}: parameter '{name}' must be a float or a tensor "
-                        f"of shape ({batch},), got shape {tuple(value.shape)}"
+                        f"of shape {expected}, got shape {tuple(value.shape)}"
                     )
                 resolved[name] = value
         return resolved

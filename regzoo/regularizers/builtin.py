@@ -77,6 +77,7 @@ class LinearElastic(Regularizer):
         ),
     )
     quadratic: ClassVar[bool] = True
+    spatial_params: ClassVar[bool] = True
 
     def energy(self, u: torch.Tensor, params: Params, spacing: Spacing) -> torch.Tensor:
         return functional.linear_elastic_energy(u, params["lam"], params["mu"], spacing)
@@ -130,6 +131,7 @@ class TotalVariation(Regularizer):
         ),
     )
     quadratic: ClassVar[bool] = False
+    spatial_params: ClassVar[bool] = True
 
     def energy(self, u: torch.Tensor, params: Params, spacing: Spacing) -> torch.Tensor:
         return functional.total_variation_energy(u, params["eps"], spacing)
@@ -175,6 +177,7 @@ class JacobianPenalty(Regularizer):
         ),
     )
     quadratic: ClassVar[bool] = False
+    spatial_params: ClassVar[bool] = True
     Options = JacobianOptions
 
     def energy(self, u: torch.Tensor, params: Params, spacing: Spacing) -> torch.Tensor:
