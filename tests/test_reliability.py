@@ -181,7 +181,9 @@ def _user_folder(ws: Workspace) -> list[str]:
 
 
 def _metric_without_labels(ws: Workspace) -> list[str]:
-    return ["sweep", "--model", str(ws.checkpoint), "--data", str(ws.data), "--grid", "mu=0.1,1",
+    data = ws.copy_data()
+    shutil.rmtree(data / "labelsTr")
+    return ["sweep", "--model", str(ws.checkpoint), "--data", str(data), "--grid", "mu=0.1,1",
             "--metric", "dice_labels", "--out", str(ws.tmp / "out")]  # fmt: skip
 
 
