@@ -255,7 +255,7 @@ def measure(args: argparse.Namespace, size_text: str) -> list[dict[str, Any]]:
             "half_res": args.half_res,
             "batch": args.batch,
         }
-        for reference in ("plain", "monai"):
+        for reference in dict.fromkeys([args.variants[0], "plain", "monai"]):
             if reference in answers and reference != name and args.rounds:
                 row[f"x_{reference}"] = paired_ratio(answers, name, reference)
                 row[f"x_{reference}_cpu"] = paired_ratio(answers, name, reference, "cpu_seconds")
@@ -267,23 +267,25 @@ def measure(args: argparse.Namespace, size_text: str) -> list[dict[str, Any]]:
     return rows
 
 
-def table(rows: list[dict[str, Any]]) -> str:
-    """The rows as a markdown table."""
+def table(rows: list[dict[str, Any]], references: list[str]) -> str:
+    """The rows as a markdown table, with time ratios to each reference present."""
+    present = [r for r in dict.fromkeys(references) if any(row["variant"] == r for row in rows)]
 
     def ratio(row: dict[str, Any], key: str) -> str:
         return f"{row[key]:.2f}" if key in row else "-"
 
     lines = [
-        "| size | variant | s | CPU s | added MB | peak RSS MB | parameters "
-        "| x plain (wall / CPU) | x MONAI (wall / CPU) |",
-        "|---|---|---:|---:|---:|---:|---:|---:|---:|",
+        "| size | variant | s | CPU s | added MB | peak RSS MB | parameters | "
+        + " | ".join(f"x {r} (wall / CPU)" for r in present)
+        + " |",
+        "|---|---|---:|---:|---:|---:|---:|" + "---:|" * len(present),
     ]
     for r in rows:
         lines.append(
             f"| {r['size']} | {r['variant']} | {r['seconds']:.3f} | {r['cpu_seconds']:.2f} "
-            f"| {r['added_mb']:.0f} | {r['peak_mb']:.0f} | {r['parameters']:,} "
-            f"| {ratio(r, 'x_plain')} / {ratio(r, 'x_plain_cpu')} "
-            f"| {ratio(r, 'x_monai')} / {ratio(r, 'x_monai_cpu')} |"
+            f"| {r['added_mb']:.0f} | {r['peak_mb']:.0f} | {r['parameters']:,} | "
+            + " | ".join(f"{ratio(r, f'x_{p}')} / {ratio(r, f'x_{p}_cpu')}" for p in present)
+            + " |"
         )
     return "\n".join(lines)
 
@@ -318,7 +320,7 @@ def main() -> None:
         f"batch {args.batch}, half-res {args.half_res}; medians of {args.rounds} interleaved "
         f"rounds after {args.warmup} warm-up; ratios: medians of per-round ratios\n"
     )
-    print(table(rows))
+    print(table(rows, [args.variants[0], "plain", "monai"]))
 
 
 if __name__ == "__main__":
