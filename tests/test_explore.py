@@ -293,3 +293,8 @@ def test_explore_serves_the_page_on_the_given_port(tiny_checkpoint, tiny_phantom
     finally:
         process.terminate()
         process.wait(30)
+
+
+def test_session_refuses_2d_images_with_a_message(model):
+    with pytest.raises(ValueError, match="three orthogonal planes of 3D images"):
+        ExploreSession(model, torch.zeros(32, 32), torch.zeros(32, 32))

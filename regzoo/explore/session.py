@@ -101,6 +101,11 @@ class ExploreSession:
         self.checkpoint = checkpoint
         self.out = Path(out) if out is not None else None
         fixed_v, moving_v, _ = read_pair(fixed, moving)  # one grid, or a message naming both
+        if fixed_v.ndim != 3:
+            raise InputError(
+                f"explore shows three orthogonal planes of 3D images; {fixed_v.grid.describe()} "
+                "is 2D (use regzoo register --figure or sweep --figure for 2D pairs)"
+            )
         fixed_t, self.affine, self.moving = fixed_v.tensor(), fixed_v.affine, moving_v.tensor()
         self.shape = tuple(fixed_t.shape)
         window = model.config.data.intensity_window
