@@ -30,7 +30,7 @@ docs: install
 # weak, docs/results.md), report identity / network / refined at the chosen setting
 demo: install
 	$(BIN)/regzoo regularizers
-	$(BIN)/regzoo train configs/quickstart.yaml
+	$(BIN)/regzoo train configs/quickstart.yaml --overwrite
 	$(BIN)/regzoo sweep --model runs/quickstart/checkpoints/last.ckpt --data data/phantom \
 		--grid lam=0.01:100:5 --grid mu=0.01:100:5 --metric tre_mm --max-folding 0 \
 		--refine 30 --refine-grid \
