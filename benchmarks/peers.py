@@ -64,7 +64,7 @@ from _common import device_name
 
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.evaluation import evaluate_displacements, summarize, write_report
-from regzoo.inference import save_nifti
+from regzoo.io import write_displacement
 
 WINDOW = (-1000.0, 500.0)  # HU window mapped to [0, 1] for the networks trained here
 ANTS = "ants_syn"
@@ -390,8 +390,8 @@ def run_method(runner: Runner, items: Sequence[Item], folder: Path) -> list[floa
         if displacement.shape != (3, *item["fixed"].shape[1:]):
             raise ValueError(f"displacement of shape {displacement.shape} for {item['fixed_id']}")
         affine = nib.load(item["fixed_path"]).affine
-        save_nifti(
-            np.moveaxis(displacement, 0, -1).astype(np.float32),
+        write_displacement(
+            displacement.astype(np.float32),
             affine,
             folder / f"disp_{item['fixed_id']}_{item['moving_id']}.nii.gz",
         )

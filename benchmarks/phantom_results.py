@@ -25,7 +25,7 @@ import torch
 
 from regzoo.data.learn2reg import Learn2RegDataset, case_id, read_manifest
 from regzoo.evaluation import evaluate_displacements, summarize
-from regzoo.inference import save_nifti
+from regzoo.io import write_nifti
 from regzoo.model import load_model
 from regzoo.regularizers.functional import linear_elastic_energy
 from regzoo.sweep import sweep
@@ -57,7 +57,7 @@ def baselines(root: Path) -> dict[str, dict[str, float]]:
             folder.mkdir()
             for item in dataset:
                 fid = item["fixed_id"]
-                save_nifti(
+                write_nifti(
                     field(fid).astype(np.float32),
                     gt[fid].affine,
                     folder / f"disp_{fid}_{item['moving_id']}.nii.gz",
