@@ -267,12 +267,15 @@ def _normalized_sampling_grid(u: torch.Tensor, moving_shape: Sequence[int]) -> t
     """
     shape = u.shape[2:]
     ndim = len(shape)
+    # unbind, not u[:, k]: its backward is one stack, where each selection's backward would
+    # fill a zero tensor of u's full size
+    components = u.unbind(1)
     channels = []
     for k in reversed(range(ndim)):  # grid_sample wants (x, y, z): the last array axis first
         step = 2.0 / max(moving_shape[k] - 1, 1)
         ramp = torch.arange(shape[k], device=u.device, dtype=u.dtype) * step - 1.0
         ramp = ramp.view(*([1] * k), -1, *([1] * (ndim - 1 - k)))
-        channels.append(torch.add(ramp, u[:, k], alpha=step))
+        channels.append(torch.add(ramp, components[k], alpha=step))
     return torch.stack(channels, dim=-1)
 
 
@@ -337,7 +340,7 @@ def resize_flow(u: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
     # rescale on the input grid (interpolation is linear: same result, fewer voxels), with
     # Python floats (no host-to-device copy)
     factors = [(s - 1) / max(n - 1, 1) for s, n in zip(size, u.shape[2:], strict=True)]
-    scaled = torch.stack([u[:, k] * f for k, f in enumerate(factors)], dim=1)
+    scaled = torch.stack([c * f for c, f in zip(u.unbind(1), factors, strict=True)], dim=1)
     return F.interpolate(scaled, size=size, mode=mode, align_corners=True)
 
 
