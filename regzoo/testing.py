@@ -13,9 +13,8 @@ The checks: a valid parameter space; output shape ``(B,)`` and finiteness in 2D 
 translation invariance (zero energy for constant fields); ``R(c u) = c^2 R(u)`` when the class
 declares ``quadratic = True``; per-sample parameters (a batch with two parameter vectors equals
 two single calls); for classes that declare ``spatial_params = True``, that a constant parameter
-map ``(B, 1, *spatial)`` gives the energy of the scalar parameters exactly up to float64
-rounding (relative 1e-12: fused energies apply scalars to per-sample means and maps to the
-pointwise density, an order of summation apart) and that maps are per sample; finite, correct gradients (float64 ``gradcheck`` on a
+map ``(B, 1, *spatial)`` gives exactly (bit for bit, float64) the energy of the scalar
+parameters and that maps are per sample; finite, correct gradients (float64 ``gradcheck`` on a
 small grid).
 
 Property-based checks (they need `hypothesis <https://hypothesis.readthedocs.io>`_) draw random
@@ -151,7 +150,7 @@ def _check_spatial_params(
     for key in params:
         mapped = {**params, **constant_maps({key: params[key]}, shape)}
         constant = reg(u, mapped)
-        assert torch.allclose(constant, energy, rtol=1e-12, atol=1e-300), (
+        assert torch.equal(constant, energy), (
             f"{name}: declares spatial_params=True but a constant map of '{key}' gives "
             f"{constant.tolist()}, the scalar parameters {energy.tolist()}"
         )

@@ -56,8 +56,8 @@ def test_constant_map_is_exactly_the_scalar_energy(name, shape):
     }
     scalar = reg(u, params, spacing=(1.5, 0.7, 2.0)[: len(shape)])
     mapped = reg(u, constant_maps(params, shape), spacing=(1.5, 0.7, 2.0)[: len(shape)])
-    # float64: equal up to rounding (maps weight the pointwise density, scalars the mean)
-    assert torch.allclose(mapped, scalar, rtol=1e-13, atol=0)
+    # float64, exactly: a spatially constant map is the per-sample value
+    assert torch.equal(mapped, scalar)
 
 
 def test_piecewise_map_on_linear_field_2d():

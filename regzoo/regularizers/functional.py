@@ -97,6 +97,18 @@ def per_sample(
     )
 
 
+def _uniform(value: Param) -> Param:
+    """A map that is constant over each sample's domain, as that per-sample value ``(B,)``.
+
+    Spatially constant parameters then take the same (fused) path as per-sample ones, so a
+    constant map gives exactly the scalar energy.
+    """
+    if not is_map(value):
+        return value
+    flat = value.flatten(1)
+    return flat[:, 0] if bool((flat == flat[:, :1]).all()) else value
+
+
 def domain_mean(density: torch.Tensor) -> torch.Tensor:
     """The mean of a density ``(B, *spatial)`` over the domain, per batch element ``(B,)``."""
     return density.flatten(1).mean(dim=1)
@@ -145,6 +157,7 @@ def linear_elastic_energy(
     differences from ``x``) is weighted by ``lam(x)`` and ``mu(x)``.
     """
     check_field(u, "linear_elastic_energy")
+    lam, mu = _uniform(lam), _uniform(mu)
     d = partials(to_physical(u, spacing), spacing)  # d[j][i] = d_i u_j
     ndim = len(d)
     diagonal = [d[i][i] for i in range(ndim)]
