@@ -553,12 +553,7 @@ def check_regularizer_properties(
         AssertionError: on a violation; hypothesis prints the (shrunk) falsifying example.
         ImportError: if hypothesis is not installed.
     """
-    assert isinstance(cls, type) and issubclass(cls, Regularizer), (
-        f"{cls!r} is not a Regularizer subclass"
-    )
-    reg = cls(**(options or {}))
-    for ndim in (2, 3):
-        _run_property(_regularizer_example, max_examples, reg, ndim)
+    _check_in_2d_and_3d(cls, Regularizer, options, _regularizer_example, max_examples)
 
 
 def _translate_content(
@@ -655,9 +650,20 @@ def check_similarity_properties(
         AssertionError: on a violation; hypothesis prints the (shrunk) falsifying example.
         ImportError: if hypothesis is not installed.
     """
-    assert isinstance(cls, type) and issubclass(cls, Similarity), (
-        f"{cls!r} is not a Similarity subclass"
+    _check_in_2d_and_3d(cls, Similarity, options, _similarity_example, max_examples)
+
+
+def _check_in_2d_and_3d(
+    cls: type,
+    base: type,
+    options: Mapping[str, Any] | None,
+    example: Callable[..., None],
+    max_examples: int,
+) -> None:
+    """Instantiate ``cls`` (a ``base`` subclass) and run one property ``example`` in 2D and 3D."""
+    assert isinstance(cls, type) and issubclass(cls, base), (
+        f"{cls!r} is not a {base.__name__} subclass"
     )
-    sim = cls(**(options or {}))
+    instance = cls(**(options or {}))
     for ndim in (2, 3):
-        _run_property(_similarity_example, max_examples, sim, ndim)
+        _run_property(example, max_examples, instance, ndim)
