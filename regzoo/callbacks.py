@@ -1,7 +1,9 @@
-"""Lightning callbacks of regzoo's training: TensorBoard images and parameter histograms."""
+"""Lightning callbacks of regzoo's training: TensorBoard images and parameter histograms, and
+the guard that stops a diverging run and rolls it back to its last good weights."""
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping
 from typing import Any
 
@@ -9,7 +11,101 @@ import lightning as L
 import torch
 from lightning.pytorch.utilities import rank_zero_only
 
-__all__ = ["ImageLogger"]
+from regzoo._errors import RegzooError
+
+__all__ = ["DivergenceGuard", "ImageLogger", "TrainingDivergedError"]
+
+
+class TrainingDivergedError(RegzooError, FloatingPointError):
+    """Training diverged with finite values; the run was rolled back to its last good weights."""
+
+
+class DivergenceGuard(L.Callback):
+    """Stop a run whose validation collapses and restore the weights of its best validation.
+
+    A loss can stay finite while the network diverges (a learning rate too high for the
+    stiffest parameters: the field explodes, Dice collapses, yet nothing is NaN). After every
+    validation the guard compares ``val/dice`` (when the validation pairs have masks) and the
+    validation objective ``val/objective`` with the best values seen so far. The run has
+    diverged when Dice falls more than ``dice_drop`` below its best, or the objective rises by
+    more than ``objective_rise`` times its best magnitude (or is not finite). Then the guard
+    loads the weights of the best validation back into the model, stops the trainer and keeps
+    a message naming both steps in :attr:`diverged`; :func:`regzoo.train.train` saves the
+    restored weights as ``last.ckpt`` and raises :class:`TrainingDivergedError` with it.
+
+    Under DDP the logged values are synchronised, so every rank takes the same decision.
+
+    Args:
+        dice_drop: tolerated fall of the validation Dice below its best (absolute).
+        objective_rise: tolerated rise of the validation objective above its best, as a
+            fraction of the best's magnitude.
+    """
+
+    def __init__(self, dice_drop: float = 0.1, objective_rise: float = 0.5) -> None:
+        self.dice_drop, self.objective_rise = dice_drop, objective_rise
+        self.best: dict[str, float] = {}
+        self.best_step: int | None = None
+        self.best_weights: dict[str, torch.Tensor] | None = None
+        self.diverged: str | None = None
+
+    def _metric(self, trainer: L.Trainer, name: str) -> float | None:
+        value = trainer.callback_metrics.get(name)
+        return None if value is None else float(value)
+
+    def _collapse(self, dice_value: float | None, objective: float | None) -> str | None:
+        if objective is not None and not math.isfinite(objective):
+            return f"the validation objective is {objective}"
+        if dice_value is not None and dice_value < self.best.get("dice", 0.0) - self.dice_drop:
+            return f"validation Dice fell to {dice_value:.3f} (best {self.best['dice']:.3f})"
+        if objective is not None and "objective" in self.best:
+            best = self.best["objective"]
+            if objective > best + self.objective_rise * abs(best):
+                return f"the validation objective rose to {objective:.4g} (best {best:.4g})"
+        return None
+
+    def on_validation_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Keep the best weights, or roll back to them and stop when validation collapsed."""
+        if trainer.sanity_checking or self.diverged is not None:
+            return
+        dice_value = self._metric(trainer, "val/dice")
+        objective = self._metric(trainer, "val/objective")
+        step = trainer.global_step
+        reason = self._collapse(dice_value, objective)
+        if reason is not None:
+            if self.best_weights is not None:
+                pl_module.load_state_dict(self.best_weights)
+                restored = f"the weights of step {self.best_step} were restored"
+            else:
+                restored = "there is no earlier validation to restore"
+            self.diverged = (
+                f"training diverged at step {step}: {reason}; {restored} and training "
+                "stopped (lower optimizer.lr or set trainer.gradient_clip_val)"
+            )
+            trainer.should_stop = True
+            return
+        # the best weights: highest Dice where there are masks, else lowest objective
+        if dice_value is not None:
+            improved = dice_value >= self.best.get("dice", -math.inf)
+        else:
+            improved = objective is not None and objective <= self.best.get("objective", math.inf)
+        if objective is not None:
+            self.best["objective"] = min(objective, self.best.get("objective", math.inf))
+        if improved or self.best_weights is None:
+            if dice_value is not None:
+                self.best["dice"] = max(dice_value, self.best.get("dice", -math.inf))
+            self.best_step = step
+            self.best_weights = {
+                k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()
+            }
+
+    def state_dict(self) -> dict[str, Any]:
+        """The best values and step (resumed runs keep comparing against them)."""
+        return {"best": dict(self.best), "best_step": self.best_step}
+
+    def load_state_dict(self, state_dict: dict[str, Any]) -> None:
+        """Restore what :meth:`state_dict` saved."""
+        self.best = dict(state_dict.get("best", {}))
+        self.best_step = state_dict.get("best_step")
 
 
 class ImageLogger(L.Callback):

@@ -253,6 +253,13 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         refine_steps=args.refine if args.refine_grid else 0,
         max_folding=args.max_folding,
     )
+    # an exact sweep also scores the grid by the network alone (one forward per setting), so
+    # the report can say whether the network's ranking agrees with the refined one
+    network = (
+        sweep(model, dataset, grid, batch_size=args.batch_size, max_folding=args.max_folding)
+        if args.refine_grid
+        else None
+    )
     optimized = (
         optimize_dataset(model, dataset, names=result.names, steps=args.optimize_steps)
         if args.optimize
@@ -310,6 +317,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             refine_steps=args.refine,
             figure=figure,
             explore=explore,
+            network=network,
             model=str(args.model),
             data=str(args.data),
         )

@@ -202,6 +202,11 @@ class ModelConfig(StrictModel):
     enc: list[int] = Field([16, 32, 32, 32], min_length=1)
     dec: list[int] = Field([32, 32, 32, 32, 32, 16, 16], min_length=1)
     hyper_units: list[int] = Field([32, 32, 32, 32], min_length=1)
+    conditioning: Literal["film", "weights"] = Field(
+        "film",
+        description="how the parameters enter the U-Net: film modulates every block's output "
+        "channels (identity at initialisation); weights generates every kernel (HyperMorph)",
+    )
     int_steps: int = Field(0, ge=0, description="scaling-and-squaring steps (0: no integration)")
     int_downsize: Literal[1, 2] = Field(1, description="2: predict the flow at half resolution")
     hyper_init_share: float = Field(
@@ -209,7 +214,7 @@ class ModelConfig(StrictModel):
         ge=0,
         le=1,
         description="share of each generated kernel's initial variance that depends on the "
-        "parameters (conditioning at initialisation)",
+        "parameters (conditioning at initialisation; conditioning: weights only)",
     )
     compile: bool = Field(
         False,
@@ -239,6 +244,13 @@ class SamplingConfig(StrictModel):
     endpoint_rate: float = Field(
         0.2, ge=0, le=1, description="probability of snapping a coordinate to a range end"
     )
+    curriculum_steps: int = Field(
+        0,
+        ge=0,
+        description="widen the sampled range over this many steps, from the default "
+        "parameters to the whole range (on each parameter's own scale; 0: whole range from the "
+        "start)",
+    )
 
 
 class TrainerConfig(StrictModel):
@@ -260,6 +272,11 @@ class TrainerConfig(StrictModel):
         "error",
         description="on a NaN/inf loss or gradient: stop with an error naming the step and "
         "parameters, or skip the step",
+    )
+    divergence_guard: bool = Field(
+        True,
+        description="after each validation, stop a run whose Dice collapses or whose objective "
+        "rises far above its best, restore the best weights and report the step",
     )
     checkpoint_every_n_steps: int | None = Field(
         500, ge=1, description="also write checkpoints/last.ckpt every N steps (null: at the end)"

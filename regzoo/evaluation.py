@@ -31,6 +31,7 @@ __all__ = [
     "evaluate_displacements",
     "evaluate_identity",
     "evaluate_model",
+    "evaluate_predictor",
     "item_labels",
     "score_pair",
     "summarize",
@@ -96,11 +97,14 @@ def score_pair(item: Mapping[str, Any], displacement: torch.Tensor) -> dict[str,
     return row
 
 
-def _evaluate(
+def evaluate_predictor(
     dataset: Learn2RegDataset,
     predict: Callable[[Mapping[str, Any]], torch.Tensor],
-    progress: bool,
+    progress: bool = True,
 ) -> list[dict[str, Any]]:
+    """Score ``predict(item) -> (D, *spatial)`` on every pair: :func:`score_pair` rows plus
+    ``seconds``, the time ``predict`` took (any method: a network, a peer, a file reader).
+    """
     rows = []
     for item in tqdm(dataset, desc="evaluate", disable=not progress):
         start = time.perf_counter()
@@ -146,7 +150,7 @@ def evaluate_model(
         with torch.no_grad():
             return model(fixed, moving, resolved).displacement[0]
 
-    return _evaluate(dataset, predict, progress)
+    return evaluate_predictor(dataset, predict, progress)
 
 
 def item_labels(item: Mapping[str, Any]) -> torch.Tensor | None:
@@ -161,7 +165,7 @@ def evaluate_identity(dataset: Learn2RegDataset, *, progress: bool = True) -> li
     def predict(item: Mapping[str, Any]) -> torch.Tensor:
         return torch.zeros(item["fixed"].ndim - 1, *item["fixed"].shape[1:])
 
-    return _evaluate(dataset, predict, progress)
+    return evaluate_predictor(dataset, predict, progress)
 
 
 def compare_refinement(
@@ -210,7 +214,7 @@ def evaluate_displacements(
             )
         return displacement
 
-    return _evaluate(dataset, predict, progress)
+    return evaluate_predictor(dataset, predict, progress)
 
 
 def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:

@@ -12,7 +12,7 @@ from pydantic import ValidationError
 
 from regzoo._errors import InputError, MissingFileError, PluginError, RegzooError
 from regzoo.config import ExperimentConfig
-from regzoo.metrics import dice
+from regzoo.metrics import dice, target_registration_error
 from regzoo.nets import RegistrationNet, RegistrationOutput
 from regzoo.objective import LossTerms, build_objective
 from regzoo.spatial import Spacing, warp, warp_labels
@@ -31,7 +31,10 @@ class HyperRegistration(L.LightningModule):
     """A registration network conditioned on the free parameters of its objective.
 
     Training draws one parameter vector per sample from the free space (uniform on each
-    parameter's scale, ends oversampled at ``sampling.endpoint_rate``), predicts the field with
+    parameter's scale, ends oversampled at ``sampling.endpoint_rate``; with
+    ``sampling.curriculum_steps`` the range widens from the defaults to the whole range over
+    that many steps, so the network first learns to register, then how the parameters change
+    the field), predicts the field with
     the network conditioned on the normalised vector, and minimises
     ``sim(F, M o phi) + alpha * R(field; params)`` with each sample's OWN parameters.
 
@@ -58,6 +61,7 @@ class HyperRegistration(L.LightningModule):
             int_steps=model.int_steps,
             int_downsize=model.int_downsize,
             hyper_init_share=model.hyper_init_share,
+            conditioning=model.conditioning,
         )
         self._generator = torch.Generator().manual_seed(config.seed)
 
@@ -132,12 +136,23 @@ class HyperRegistration(L.LightningModule):
         if stage == "fit" and self.config.model.compile:
             self.net.compile()  # in place: the state dict keeps its keys
 
+    def curriculum_width(self, step: int) -> float:
+        """Share of the range sampled at ``step``: grows linearly from 0 to 1 over
+        ``sampling.curriculum_steps`` (1 from the start without a curriculum)."""
+        steps = self.config.sampling.curriculum_steps
+        return 1.0 if steps == 0 else min(1.0, step / steps)
+
     def _draw_parameters(self, batch: int) -> torch.Tensor:
         if len(self.space) == 0:
             return torch.zeros(batch, 0, device=self.device)
         values = self.space.sample(
             batch, self._generator, endpoint_rate=self.config.sampling.endpoint_rate
         )
+        width = self.curriculum_width(self.global_step)
+        if width < 1.0:  # shrink the draws towards the defaults, on the normalised scale
+            centre = self.space.normalize(self.parameter_tensor(None, 1).cpu())
+            unit = centre + width * (self.space.normalize(values) - centre)
+            values = self.space.denormalize(unit)
         return values.to(self.device)
 
     def _loss(self, batch: Mapping[str, Any], values: torch.Tensor) -> tuple[LossTerms, Any, Any]:
@@ -227,7 +242,12 @@ class HyperRegistration(L.LightningModule):
         )
 
     def validation_step(self, batch: Mapping[str, Any], batch_idx: int) -> None:
-        """Loss and lung Dice at the default parameters."""
+        """Loss, lung Dice and landmark TRE (mm) at the default parameters.
+
+        ``val/dice`` and ``val/tre_mm`` are logged when the validation pairs carry masks and
+        keypoints; they are the learning curves of ``benchmarks/network.py`` and what
+        :class:`~regzoo.callbacks.DivergenceGuard` watches.
+        """
         values = self.parameter_tensor(None, batch["fixed"].shape[0])
         terms, output, _ = self._loss(batch, values)
         self._log_terms("val", terms, values.shape[0])
@@ -237,6 +257,15 @@ class HyperRegistration(L.LightningModule):
             if scores:
                 mean_dice = torch.tensor(sum(scores.values()) / len(scores), device=self.device)
                 self.log("val/dice", mean_dice, batch_size=1, prog_bar=True, sync_dist=True)
+        if "fixed_keypoints" in batch and "spacing" in batch:
+            errors = target_registration_error(
+                batch["fixed_keypoints"][0],
+                batch["moving_keypoints"][0],
+                output.displacement[0].detach(),
+                batch["spacing"][0].cpu(),
+            )
+            tre = errors.mean().to(self.device)
+            self.log("val/tre_mm", tre, batch_size=1, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> torch.optim.Optimizer:
         """Adam (or AdamW) with the configured learning rate, fused where torch supports it

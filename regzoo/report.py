@@ -73,6 +73,27 @@ def _cell(scores: Mapping[str, float], metric: str, fmt: str = ".4f") -> str:
     return format(scores[metric], fmt) if metric in scores else "-"
 
 
+def _agreement(exact: SweepResult, network: SweepResult, metric: str) -> dict[str, Any] | None:
+    """Both sweeps' choices, each scored by the other sweep, and their grid distance."""
+    if network.names != exact.names or network.axes != exact.axes:
+        raise ValueError("the network and exact sweeps must share one grid")
+    try:
+        chosen = network.best(metric)
+    except ValueError:  # every setting of the network folds beyond the limit
+        return None
+    best = exact.best(metric)
+
+    def same(settings: list[dict[str, Any]], at: dict[str, Any]) -> dict[str, Any]:
+        return next(s for s in settings if all(s[n] == at[n] for n in exact.names))
+
+    return {
+        "network_choice": chosen,
+        "exact_at_network_choice": same(exact.settings, chosen),
+        "network_at_exact_choice": same(network.settings, best),
+        "grid_steps": exact.grid_steps(chosen, best),
+    }
+
+
 def write_sweep_report(
     result: SweepResult,
     out_dir: str | Path,
@@ -83,6 +104,7 @@ def write_sweep_report(
     refine_steps: int = 0,
     figure: Path | None = None,
     explore: str | None = None,
+    network: SweepResult | None = None,
     **meta: Any,
 ) -> Path:
     """Write ``metrics.csv`` (per setting and pair), ``settings.csv`` (means),
@@ -91,7 +113,10 @@ def write_sweep_report(
 
     ``comparison`` (from :func:`regzoo.evaluation.compare_refinement`) adds the table of
     identity / network / refined at the best setting; ``explore``, a ``regzoo explore``
-    command, a section that opens the best setting in the browser explorer.
+    command, a section that opens the best setting in the browser explorer. ``network``, the
+    same grid scored by the network alone when ``result`` is an exact sweep (every setting
+    refined), adds the two choices side by side and how many grid steps apart they are: whether
+    the network's own ranking of parameters agrees with the physics.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -112,6 +137,9 @@ def write_sweep_report(
         "refine_steps": refine_steps,
         "settings": result.settings,
     }
+    agreement = _agreement(result, network, metric) if network is not None else None
+    if agreement is not None:
+        payload["network_sweep"] = agreement
     atomic_write_text(json.dumps(payload, indent=2), out / "sweep.json")
     lines = [
         "# regzoo sweep report",
@@ -154,6 +182,24 @@ def write_sweep_report(
             f"| {method} | {_cell(s, 'tre_mm')} | {_cell(s, 'dice')} | {_cell(s, 'sdlogj')} | "
             f"{_cell(s, 'folding_fraction', '.2%')} | {_cell(s, 'seconds', '.2f')} |"
             for method, s in comparison.items()
+        ]
+    if agreement is not None:
+        steps = agreement["grid_steps"]
+        lines += [
+            "",
+            "## The network's own sweep next to the exact sweep",
+            "",
+            f"| sweep | chosen setting | {metric} of the network | {metric} refined |",
+            "|---|---|---|---|",
+            f"| network only | {_fmt(agreement['network_choice'], result.names)} | "
+            f"{agreement['network_choice'][metric]:.4f} | "
+            f"{agreement['exact_at_network_choice'][metric]:.4f} |",
+            f"| exact (refined) | {_fmt(best, result.names)} | "
+            f"{agreement['network_at_exact_choice'][metric]:.4f} | {best[metric]:.4f} |",
+            "",
+            "Grid steps between the two choices: "
+            + ", ".join(f"{n}: {k}" for n, k in steps.items())
+            + (" (they agree within one step)" if max(steps.values()) <= 1 else ""),
         ]
     if optimized:
         lines += [

@@ -171,6 +171,13 @@ class SweepResult:
                 best[key] = row
         return list(best.values())
 
+    def grid_steps(self, a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, int]:
+        """How many grid steps apart two settings of this sweep are, per swept parameter."""
+        return {
+            name: abs(axis.index(a[name]) - axis.index(b[name]))
+            for name, axis in zip(self.names, self.axes, strict=True)
+        }
+
     def metric_grid(self, metric: str) -> np.ndarray:
         """Mean ``metric`` shaped like the grid ``(len(axes[0]), len(axes[1]), ...)``."""
         values = np.array([s.get(metric, np.nan) for s in self.settings], dtype=float)

@@ -11,7 +11,7 @@ from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
 from regzoo._errors import InputError, MissingFileError, OutputExistsError
-from regzoo.callbacks import ImageLogger
+from regzoo.callbacks import DivergenceGuard, ImageLogger, TrainingDivergedError
 from regzoo.config import ExperimentConfig, dump_config
 from regzoo.data.datamodule import (
     RegistrationDataModule,
@@ -88,6 +88,8 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
         ConfigError: the config's components do not resolve.
         OutputExistsError, MissingFileError, InputError: see :func:`prepare_run_dir`.
         NonFiniteLossError: the loss or a gradient became NaN/inf (``trainer.nonfinite``).
+        TrainingDivergedError: the validation collapsed (``trainer.divergence_guard``);
+            ``last.ckpt`` then holds the weights of the best validation, not the diverged ones.
     """
     # per-label parameters take their label names from the dataset JSON (built first if a
     # phantom is configured) unless the config maps them in data.labels
@@ -117,6 +119,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
         dump_config(config, run_dir / "config.yaml")
 
     t = config.trainer
+    guard = DivergenceGuard() if t.divergence_guard else None
     trainer = L.Trainer(
         max_steps=t.max_steps,
         max_epochs=t.max_epochs,
@@ -137,6 +140,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
         callbacks=[
             *([TQDMProgressBar(refresh_rate=5)] if t.progress_bar else []),
             ImageLogger(config.logging.image_every_n_steps),
+            *([guard] if guard is not None else []),
             ModelCheckpoint(
                 dirpath=checkpoints,
                 save_last=True,
@@ -156,4 +160,6 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
     trainer.save_checkpoint(partial)
     if trainer.is_global_zero:
         partial.replace(last)
+    if guard is not None and guard.diverged is not None:
+        raise TrainingDivergedError(f"{guard.diverged}; {last} holds the restored weights")
     return last

@@ -283,3 +283,23 @@ def test_max_folding_keeps_folded_settings_from_being_chosen():
     )
     with pytest.raises(ValueError, match="no setting keeps the folded-voxel fraction"):
         none_ok.best("tre_mm")
+
+
+def test_exact_sweep_report_sets_the_network_choice_beside_the_exact_one(
+    tiny_checkpoint, tiny_phantom, tmp_path
+):
+    out = tmp_path / "exact"
+    extra = ["--grid", "mu=0.01:100:3", "--refine", "3", "--refine-grid", "--metric", "tre_mm"]
+    assert main(sweep_args(tiny_checkpoint, tiny_phantom, out, *extra)) == 0
+    report = json.loads((out / "sweep.json").read_text())
+    side = report["network_sweep"]
+    exact_choice = report["best"]["linear_elastic.mu"]
+    network_choice = side["network_choice"]["linear_elastic.mu"]
+    axis = report["axes"][0]
+    assert side["grid_steps"] == {
+        "linear_elastic.mu": abs(axis.index(exact_choice) - axis.index(network_choice))
+    }
+    # each choice is scored by the other sweep too
+    assert side["exact_at_network_choice"]["linear_elastic.mu"] == network_choice
+    assert side["network_at_exact_choice"]["linear_elastic.mu"] == exact_choice
+    assert "The network's own sweep next to the exact sweep" in (out / "summary.md").read_text()

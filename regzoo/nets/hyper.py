@@ -26,12 +26,22 @@ class HyperNetwork(nn.Module):
     step on a head moves a generated weight by about ``lr * sum_j e_j``; the division keeps that
     near ``lr``, as for an ordinary convolution, instead of ``H`` times more.
 
+    FiLM layers read the embedding through one small linear map each, like any layer reading
+    features, so they take it undivided (``divide_by_size=False``).
+
     Args:
         num_params: ``P``, the number of free parameters.
         units: hidden sizes; the last one is the embedding size ``H``.
+        divide_by_size: divide the embedding by ``H`` (for generated weights).
     """
 
-    def __init__(self, num_params: int, units: Sequence[int] = (32, 32, 32, 32)) -> None:
+    def __init__(
+        self,
+        num_params: int,
+        units: Sequence[int] = (32, 32, 32, 32),
+        *,
+        divide_by_size: bool = True,
+    ) -> None:
         super().__init__()
         if num_params < 1:
             raise ValueError(f"HyperNetwork needs at least one parameter, got {num_params}")
@@ -48,6 +58,7 @@ class HyperNetwork(nn.Module):
         self.mlp = nn.Sequential(*layers)
         self.num_params = num_params
         self.embedding_dim = previous
+        self.scale = 1.0 / previous if divide_by_size else 1.0
 
     def forward(self, unit_params: torch.Tensor) -> torch.Tensor:
         """Embed parameters ``(B, P)`` normalised to ``[0, 1]``."""
@@ -56,7 +67,7 @@ class HyperNetwork(nn.Module):
                 f"HyperNetwork expects parameters of shape (B, {self.num_params}), "
                 f"got {tuple(unit_params.shape)}"
             )
-        return self.mlp(2.0 * unit_params - 1.0) / self.embedding_dim
+        return self.mlp(2.0 * unit_params - 1.0) * self.scale
 
 
 # PyTorch's CPU convolution picks its slow reference kernel (im2col, ~5x slower forward and

@@ -4,35 +4,62 @@ from __future__ import annotations
 
 from collections.abc import Sequence
 from dataclasses import dataclass
+from typing import Literal
 
 import torch
 import torch.nn.functional as F
 from torch import nn
 
+from regzoo.nets.film import FiLM
 from regzoo.nets.hyper import HyperConv, HyperNetwork
 from regzoo.spatial import integrate_velocity, resize_flow
 
-__all__ = ["RegistrationNet", "RegistrationOutput", "VoxelMorphUNet"]
+__all__ = [
+    "CONDITIONINGS",
+    "Conditioning",
+    "RegistrationNet",
+    "RegistrationOutput",
+    "VoxelMorphUNet",
+]
+
+Conditioning = Literal["film", "weights"]
+CONDITIONINGS: tuple[Conditioning, ...] = ("film", "weights")
 
 DEFAULT_ENCODER = (16, 32, 32, 32)
 DEFAULT_DECODER = (32, 32, 32, 32, 32, 16, 16)
 
 
 class _ConvBlock(nn.Module):
-    """Hyper-convolution followed by LeakyReLU(0.2), as in VoxelMorph."""
+    """Convolution (generated or modulated) followed by LeakyReLU(0.2), as in VoxelMorph."""
 
     def __init__(
-        self, ndim: int, cin: int, cout: int, embedding_dim: int | None, dependent_share: float
+        self,
+        ndim: int,
+        cin: int,
+        cout: int,
+        embedding_dim: int | None,
+        dependent_share: float,
+        conditioning: Conditioning,
     ) -> None:
         super().__init__()
+        generated = embedding_dim is not None and conditioning == "weights"
         self.conv = HyperConv(
-            ndim, cin, cout, embedding_dim=embedding_dim, dependent_share=dependent_share
+            ndim,
+            cin,
+            cout,
+            embedding_dim=embedding_dim if generated else None,
+            dependent_share=dependent_share,
         )
+        modulated = embedding_dim is not None and conditioning == "film"
+        self.film = FiLM(embedding_dim, cout) if modulated and embedding_dim else None
 
     def forward(self, x: torch.Tensor, embedding: torch.Tensor | None) -> torch.Tensor:
-        # in place on the fresh convolution output (its backward needs only the result): one
-        # activation-sized allocation less per block, as torch.nn.LeakyReLU(inplace=True)
-        return F.leaky_relu(self.conv(x, embedding), 0.2, inplace=True)
+        x = self.conv(x, embedding)
+        if self.film is not None and embedding is not None:
+            x = self.film(x, embedding)
+        # in place on the fresh convolution (or modulation) output, whose backward does not
+        # need its input: one activation-sized allocation less per block
+        return F.leaky_relu(x, 0.2, inplace=True)
 
 
 class VoxelMorphUNet(nn.Module):
@@ -41,7 +68,9 @@ class VoxelMorphUNet(nn.Module):
     The encoder has ``len(enc)`` levels, each a conv block then 2x max pooling; the decoder
     mirrors it with upsampling and skip connections; the remaining ``dec`` entries are
     full-resolution conv blocks. With ``half_res`` the last upsampling is skipped and the
-    output is at half resolution (VoxelMorph's ``int_downsize=2``).
+    output is at half resolution (VoxelMorph's ``int_downsize=2``). With an ``embedding_dim``
+    every block is conditioned, by ``conditioning``: ``"weights"`` generates its kernel from the
+    embedding (HyperMorph), ``"film"`` modulates its output channels (:class:`FiLM`).
     """
 
     def __init__(
@@ -54,26 +83,35 @@ class VoxelMorphUNet(nn.Module):
         half_res: bool = False,
         embedding_dim: int | None = None,
         dependent_share: float = 0.05,
+        conditioning: Conditioning = "weights",
     ) -> None:
         super().__init__()
+        if conditioning not in CONDITIONINGS:
+            raise ValueError(
+                f"VoxelMorphUNet: conditioning must be one of {CONDITIONINGS}, got {conditioning!r}"
+            )
         if len(dec) < len(enc):
             raise ValueError(
                 f"VoxelMorphUNet: 'dec' needs at least len(enc)={len(enc)} entries, got {len(dec)}"
             )
         self.ndim, self.half_res = ndim, half_res
+
+        def block(cin: int, cout: int) -> _ConvBlock:
+            return _ConvBlock(ndim, cin, cout, embedding_dim, dependent_share, conditioning)
+
         self.encoder = nn.ModuleList()
         previous, skips = in_channels, []
         for width in enc:
-            self.encoder.append(_ConvBlock(ndim, previous, width, embedding_dim, dependent_share))
+            self.encoder.append(block(previous, width))
             skips.append(width)
             previous = width
         self.decoder = nn.ModuleList()
         for level, width in enumerate(dec[: len(enc)]):
-            self.decoder.append(_ConvBlock(ndim, previous, width, embedding_dim, dependent_share))
+            self.decoder.append(block(previous, width))
             previous = width + (skips[-1 - level] if self._upsamples(level, len(enc)) else 0)
         self.remaining = nn.ModuleList()
         for width in dec[len(enc) :]:
-            self.remaining.append(_ConvBlock(ndim, previous, width, embedding_dim, dependent_share))
+            self.remaining.append(block(previous, width))
             previous = width
         self.out_channels = previous
         self.levels = len(enc)
@@ -119,9 +157,12 @@ class RegistrationNet(nn.Module):
 
     ``net(fixed, moving, unit_params)`` predicts the displacement that warps ``moving`` onto
     ``fixed`` (the same argument order as everywhere in regzoo; the channels are stacked as
-    ``[moving, fixed]``, VoxelMorph's order). With ``num_params > 0`` every convolution (flow layer included) is a hyper-layer
-    whose weights a :class:`HyperNetwork` computes from ``unit_params`` ``(B, P)`` in
-    ``[0, 1]``; with ``num_params == 0`` it is a plain VoxelMorph.
+    ``[moving, fixed]``, VoxelMorph's order). With ``num_params > 0`` a :class:`HyperNetwork`
+    embeds ``unit_params`` ``(B, P)`` in ``[0, 1]`` and every convolution, the flow layer
+    included, is conditioned on the embedding: its output channels modulated
+    (``conditioning="film"``, :class:`~regzoo.nets.film.FiLM`, identity at initialisation) or
+    its weights generated (``"weights"``, HyperMorph); with ``num_params == 0`` it is a plain
+    VoxelMorph.
 
     Inputs of any size are padded (replicate) to a multiple of ``2^len(enc)`` and the output is
     cropped back.
@@ -135,7 +176,8 @@ class RegistrationNet(nn.Module):
         int_steps: scaling-and-squaring steps (0 = the output is the displacement itself).
         int_downsize: 1 = full-resolution flow, 2 = flow predicted at half resolution.
         hyper_init_share: share of each generated kernel's initial variance that depends on
-            the parameters (see :class:`~regzoo.nets.hyper.HyperConv`).
+            the parameters (``"weights"`` only; see :class:`~regzoo.nets.hyper.HyperConv`).
+        conditioning: ``"film"`` or ``"weights"``, how the parameters enter the network.
     """
 
     def __init__(
@@ -149,12 +191,17 @@ class RegistrationNet(nn.Module):
         int_steps: int = 0,
         int_downsize: int = 1,
         hyper_init_share: float = 0.05,
+        conditioning: Conditioning = "film",
     ) -> None:
         super().__init__()
         if int_downsize not in (1, 2):
             raise ValueError(f"RegistrationNet: int_downsize must be 1 or 2, got {int_downsize}")
         self.ndim, self.int_steps, self.int_downsize = ndim, int_steps, int_downsize
-        self.hypernet = HyperNetwork(num_params, hyper_units) if num_params > 0 else None
+        self.hypernet = (
+            HyperNetwork(num_params, hyper_units, divide_by_size=conditioning == "weights")
+            if num_params > 0
+            else None
+        )
         embedding_dim = self.hypernet.embedding_dim if self.hypernet is not None else None
         self.unet = VoxelMorphUNet(
             ndim,
@@ -164,15 +211,19 @@ class RegistrationNet(nn.Module):
             half_res=int_downsize == 2,
             embedding_dim=embedding_dim,
             dependent_share=hyper_init_share,
+            conditioning=conditioning,
         )
+        generated = embedding_dim if conditioning == "weights" else None
         self.flow = HyperConv(
             ndim,
             self.unet.out_channels,
             ndim,
-            embedding_dim=embedding_dim,
+            embedding_dim=generated,
             init_std=1e-5,
             dependent_share=hyper_init_share,
         )
+        modulated = embedding_dim is not None and generated is None
+        self.flow_film = FiLM(embedding_dim, ndim) if modulated and embedding_dim else None
         self.multiple = 2 ** len(enc)
 
     @property
@@ -203,9 +254,10 @@ class RegistrationNet(nn.Module):
         # bf16 displacement of a few voxels is quantised to ~0.02 voxel, which the warp's
         # sampling coordinates and the regularizers' finite differences cannot afford
         with torch.autocast(x.device.type, enabled=False):
-            flow = self.flow(  # full or half resolution
-                features.float(), None if embedding is None else embedding.float()
-            )
+            embedding = None if embedding is None else embedding.float()
+            flow = self.flow(features.float(), embedding)  # full or half resolution
+            if self.flow_film is not None and embedding is not None:
+                flow = self.flow_film(flow, embedding)
         displacement = integrate_velocity(flow, self.int_steps) if self.int_steps > 0 else flow
         displacement = self._to_input_grid(displacement, x.shape[2:], size)
         if self.int_steps > 0:
