@@ -29,7 +29,8 @@ class DivergenceGuard(L.Callback):
     validation objective ``val/objective`` with the best values seen so far. The run has
     diverged when Dice falls more than ``dice_drop`` below its best, or the objective rises by
     more than ``objective_rise`` times its best magnitude (or is not finite). Then the guard
-    loads the weights of the best validation back into the model, stops the trainer and keeps
+    loads the weights of the best validation back into the model (the weights that were
+    validated: the moving average under ``optimizer.ema_steps``), stops the trainer and keeps
     a message naming both steps in :attr:`diverged`; :func:`regzoo.train.train` saves the
     restored weights as ``last.ckpt`` and raises :class:`TrainingDivergedError` with it.
 
@@ -46,7 +47,23 @@ class DivergenceGuard(L.Callback):
         self.best: dict[str, float] = {}
         self.best_step: int | None = None
         self.best_weights: dict[str, torch.Tensor] | None = None
+        self._validated: dict[str, torch.Tensor] | None = None
         self.diverged: str | None = None
+
+    @staticmethod
+    def _snapshot(pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
+        return {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
+
+    def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Keep the weights being validated (the average, under weight averaging)."""
+        if not trainer.sanity_checking and self.diverged is None:
+            self._validated = self._snapshot(pl_module)
+
+    def on_train_end(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Restore the best weights again after a divergence (weight averaging, which runs
+        before this guard, copies its average into the model when training ends)."""
+        if self.diverged is not None and self.best_weights is not None:
+            pl_module.load_state_dict(self.best_weights)
 
     def _metric(self, trainer: L.Trainer, name: str) -> float | None:
         value = trainer.callback_metrics.get(name)
@@ -94,9 +111,7 @@ class DivergenceGuard(L.Callback):
             if dice_value is not None:
                 self.best["dice"] = max(dice_value, self.best.get("dice", -math.inf))
             self.best_step = step
-            self.best_weights = {
-                k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()
-            }
+            self.best_weights = self._validated or self._snapshot(pl_module)
 
     def state_dict(self) -> dict[str, Any]:
         """The best values and step (resumed runs keep comparing against them)."""

@@ -24,6 +24,7 @@ __all__ = [
     "ConfigError",
     "DataConfig",
     "ExperimentConfig",
+    "LookaheadConfig",
     "ModelConfig",
     "OptimizerConfig",
     "ParamRange",
@@ -236,6 +237,26 @@ class OptimizerConfig(StrictModel):
     name: Literal["adam", "adamw"] = "adam"
     lr: float = Field(1e-4, gt=0)
     weight_decay: float = Field(0.0, ge=0)
+    schedule: Literal["constant", "cosine"] = Field(
+        "constant",
+        description="learning rate over the run: constant, or cosine decay to zero at "
+        "trainer.max_steps (after the warm-up)",
+    )
+    warmup_steps: int = Field(
+        0, ge=0, description="raise the learning rate linearly from 0 over this many steps"
+    )
+    ema_steps: int = Field(
+        0,
+        ge=0,
+        description="validate and save an exponential moving average of the weights over about "
+        "this many last steps (decay 1 - 1/N; 0: the raw weights)",
+    )
+    conditioning_lr_scale: float = Field(
+        1.0,
+        gt=0,
+        description="learning rate of the conditioning path (hypernetwork, FiLM or generated "
+        "weights' heads) as a multiple of lr",
+    )
 
 
 class SamplingConfig(StrictModel):
@@ -251,6 +272,26 @@ class SamplingConfig(StrictModel):
         "parameters to the whole range (on each parameter's own scale; 0: whole range from the "
         "start)",
     )
+
+
+class LookaheadConfig(StrictModel):
+    """Train the network towards the field that refinement reaches from its own prediction.
+
+    Every training step refines the network's field for ``steps`` iterations under the
+    sample's own objective (:func:`regzoo.refine.refine_field`, warm-started from the
+    prediction, detached) and adds ``weight`` times the mean squared distance to that field, in
+    voxels, to the sample's loss: the network learns to jump to where instance optimisation
+    goes (amortised optimisation). Refinement's Adam steps have the same size for soft and stiff
+    samples, so this term is on one scale across the whole parameter range.
+    """
+
+    steps: int = Field(0, ge=0, description="refinement iterations per training step (0: off)")
+    weight: float = Field(1.0, gt=0, description="weight of the squared distance (voxels^2)")
+    lr: float = Field(0.1, gt=0, description="refinement learning rate, voxels of its grid")
+    levels: int = Field(
+        1, ge=1, description="refinement pyramid levels (1: the training images' size)"
+    )
+    grid_downsize: int = Field(2, ge=1, description="refinement grid coarsening")
 
 
 class TrainerConfig(StrictModel):
@@ -333,6 +374,7 @@ class ExperimentConfig(StrictModel):
         "(anisotropic data is regularised by its physical geometry); voxel: per voxel",
     )
     sampling: SamplingConfig = Field(default_factory=SamplingConfig)
+    lookahead: LookaheadConfig = Field(default_factory=LookaheadConfig)
     optimizer: OptimizerConfig = Field(default_factory=OptimizerConfig)
     trainer: TrainerConfig = Field(default_factory=lambda: TrainerConfig(max_epochs=250))
     logging: LoggingConfig = Field(default_factory=LoggingConfig)
@@ -348,6 +390,8 @@ class ExperimentConfig(StrictModel):
 
     @model_validator(mode="after")
     def _check_consistency(self) -> ExperimentConfig:
+        if self.optimizer.schedule == "cosine" and self.trainer.max_steps < 1:
+            raise ValueError("optimizer.schedule 'cosine' needs trainer.max_steps (its length)")
         if self.regularize == "velocity" and self.model.int_steps == 0:
             raise ValueError(
                 "regularize='velocity' needs model.int_steps > 0 (a diffeomorphic model)"

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import math
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -17,7 +18,13 @@ from regzoo.nets import RegistrationNet, RegistrationOutput
 from regzoo.objective import LossTerms, build_objective
 from regzoo.spatial import Spacing, warp, warp_labels
 
-__all__ = ["HyperRegistration", "NonFiniteLossError", "load_model", "plugin_reference"]
+__all__ = [
+    "HyperRegistration",
+    "NonFiniteLossError",
+    "learning_rate_factor",
+    "load_model",
+    "plugin_reference",
+]
 
 
 class NonFiniteLossError(RegzooError, FloatingPointError):
@@ -167,8 +174,48 @@ class HyperRegistration(L.LightningModule):
         terms = self.objective(fixed, warped, field, values, spacing, labels)
         return terms, output, warped
 
-    def _log_terms(self, stage: str, terms: LossTerms, batch_size: int) -> torch.Tensor:
+    def _lookahead(
+        self, batch: Mapping[str, Any], values: torch.Tensor, output: RegistrationOutput
+    ) -> torch.Tensor:
+        """Mean squared distance ``(B,)`` from the predicted field to the field that
+        ``lookahead.steps`` refinement iterations reach from it (see ``LookaheadConfig``)."""
+        from regzoo.refine import RefineOptions, refine_field
+
+        ahead = self.config.lookahead
+        diffeomorphic = self.config.model.int_steps > 0 and output.velocity is not None
+        field = output.velocity if diffeomorphic else output.displacement
+        assert field is not None
+        options = RefineOptions(
+            steps=ahead.steps,
+            lr=ahead.lr,
+            grid_downsize=ahead.grid_downsize,
+            levels=ahead.levels,
+            int_steps=self.config.model.int_steps,
+            regularize=self.config.regularize,
+        )
+        labels = batch.get("fixed_labels") if self.objective.needs_labels else None
+        with torch.enable_grad():
+            target = refine_field(
+                self.objective,
+                batch["fixed"],
+                batch["moving"],
+                field.detach(),
+                values,
+                options,
+                spacing=self.energy_spacing(batch.get("spacing")),
+                labels=labels,
+            )
+        goal = target.velocity if diffeomorphic else target.displacement
+        assert goal is not None
+        return (field - goal.detach()).pow(2).flatten(1).mean(1) * ahead.weight
+
+    def _log_terms(
+        self, stage: str, terms: LossTerms, batch_size: int, lookahead: torch.Tensor | None = None
+    ) -> torch.Tensor:
         loss = terms.training.mean()
+        if lookahead is not None:
+            loss = loss + lookahead.mean()
+            self.log(f"{stage}/lookahead", lookahead.mean(), batch_size=batch_size)
         logged = {
             f"{stage}/loss": loss,
             f"{stage}/objective": terms.total.mean(),
@@ -198,7 +245,8 @@ class HyperRegistration(L.LightningModule):
         """
         values = self._draw_parameters(batch["fixed"].shape[0])
         terms, output, warped = self._loss(batch, values)
-        loss = self._log_terms("train", terms, values.shape[0])
+        ahead = self._lookahead(batch, values, output) if self.config.lookahead.steps else None
+        loss = self._log_terms("train", terms, values.shape[0], ahead)
         if not bool(torch.isfinite(loss)):
             if self.config.trainer.nonfinite == "skip":
                 return None
@@ -267,23 +315,56 @@ class HyperRegistration(L.LightningModule):
             tre = errors.mean().to(self.device)
             self.log("val/tre_mm", tre, batch_size=1, prog_bar=True, sync_dist=True)
 
-    def configure_optimizers(self) -> torch.optim.Optimizer:
-        """Adam (or AdamW) with the configured learning rate, fused where torch supports it
-        (not with gradient clipping under mixed precision, which Lightning refuses).
+    def _parameter_groups(self) -> list[dict[str, Any]]:
+        """The backbone's parameters, and the conditioning path's at its own learning rate.
+
+        The conditioning path is the hypernetwork's MLP, the FiLM layers and, for generated
+        weights, the heads' weight matrices (their biases hold the parameter-independent
+        kernels: the backbone)."""
+        conditioning, backbone = [], []
+        for name, parameter in self.named_parameters():
+            is_conditioning = (
+                name.startswith("net.hypernet.") or "film." in name or name.endswith("_head.weight")
+            )
+            (conditioning if is_conditioning else backbone).append(parameter)
+        scale = self.config.optimizer.conditioning_lr_scale
+        groups: list[dict[str, Any]] = [{"params": backbone}] if backbone else []
+        if conditioning:
+            groups.append({"params": conditioning, "lr": self.config.optimizer.lr * scale})
+        return groups
+
+    def configure_optimizers(self) -> dict[str, Any]:
+        """Adam (or AdamW) with the configured learning rate and schedule, fused where torch
+        supports it (not with gradient clipping under mixed precision, which Lightning refuses).
 
         The fused kernel updates all parameters in one pass: the hypernetwork's heads hold
         ~10M parameters, whose update costs 70 ms per step unfused on one CPU core, 8 ms fused.
+        The schedule (:func:`learning_rate_factor`) is applied every optimizer step.
         """
         opt = self.config.optimizer
         cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam
         trainer = self.config.trainer
-        if trainer.gradient_clip_val and "mixed" in str(trainer.precision):
+        kwargs: dict[str, Any] = {"lr": opt.lr, "weight_decay": opt.weight_decay}
+        groups = self._parameter_groups()
+        optimizer = None
+        if not (trainer.gradient_clip_val and "mixed" in str(trainer.precision)):
             # Lightning cannot clip the gradients of a fused optimizer under mixed precision
-            return cls(self.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
-        try:
-            return cls(self.parameters(), lr=opt.lr, weight_decay=opt.weight_decay, fused=True)
-        except (RuntimeError, TypeError):  # a device or torch without the fused kernel
-            return cls(self.parameters(), lr=opt.lr, weight_decay=opt.weight_decay)
+            try:
+                optimizer = cls(groups, fused=True, **kwargs)
+            except (RuntimeError, TypeError):  # a device or torch without the fused kernel
+                optimizer = None
+        if optimizer is None:
+            optimizer = cls(groups, **kwargs)
+        total = trainer.max_steps
+
+        def factor(step: int) -> float:
+            return learning_rate_factor(step, opt.schedule, opt.warmup_steps, total)
+
+        scheduler = torch.optim.lr_scheduler.LambdaLR(optimizer, factor)
+        return {
+            "optimizer": optimizer,
+            "lr_scheduler": {"scheduler": scheduler, "interval": "step", "frequency": 1},
+        }
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the config, the plugins (file paths made absolute), the free space and the
@@ -301,6 +382,28 @@ class HyperRegistration(L.LightningModule):
         state = checkpoint.get(CHECKPOINT_KEY, {}).get("sampler_state")
         if state is not None:
             self._generator.set_state(state.cpu())
+
+
+def learning_rate_factor(step: int, schedule: str, warmup_steps: int, total_steps: int) -> float:
+    """The learning rate at optimizer step ``step`` as a fraction of ``optimizer.lr``.
+
+    A linear warm-up from ``1 / (warmup_steps + 1)`` to 1 over ``warmup_steps``, then 1
+    (``"constant"``) or a cosine decay that reaches 0 at ``total_steps`` (``"cosine"``,
+    Loshchilov & Hutter, SGDR, ICLR 2017).
+
+    Examples:
+        >>> learning_rate_factor(0, "cosine", 0, 100), learning_rate_factor(50, "cosine", 0, 100)
+        (1.0, 0.5)
+        >>> round(learning_rate_factor(100, "cosine", 0, 100), 12)
+        0.0
+    """
+    if step < warmup_steps:
+        return (step + 1) / (warmup_steps + 1)
+    if schedule == "constant":
+        return 1.0
+    span = max(1, total_steps - warmup_steps)
+    progress = min(1.0, (step - warmup_steps) / span)
+    return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
 def plugin_reference(spec: str) -> str:

@@ -6,7 +6,7 @@ import shutil
 from pathlib import Path
 
 import lightning as L
-from lightning.pytorch.callbacks import ModelCheckpoint, TQDMProgressBar
+from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
 
@@ -120,6 +120,10 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
 
     t = config.trainer
     guard = DivergenceGuard() if t.divergence_guard else None
+    ema_steps = config.optimizer.ema_steps
+    # the average is validated and saved; the guard comes after it, so that it snapshots and
+    # restores the weights that were validated
+    averaging = [EMAWeightAveraging(decay=1.0 - 1.0 / ema_steps)] if ema_steps else []
     trainer = L.Trainer(
         max_steps=t.max_steps,
         max_epochs=t.max_epochs,
@@ -140,6 +144,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
         callbacks=[
             *([TQDMProgressBar(refresh_rate=5)] if t.progress_bar else []),
             ImageLogger(config.logging.image_every_n_steps),
+            *averaging,
             *([guard] if guard is not None else []),
             ModelCheckpoint(
                 dirpath=checkpoints,
