@@ -16,11 +16,14 @@ Variants (``--variants``):
   (the bench extra).
 * every other name is a regzoo config: ``--config`` (default: the quickstart) with the
   variant's overrides from :data:`VARIANTS` (``plain``: the backbone without the
-  hypernetwork at the fixed setting ``--param``; ``film``/``weights``: the conditioned network
-  with FiLM or generated weights, evaluated at ``--param``; the rest vary one choice).
+  hypernetwork at the fixed setting ``--param``; ``film``: the quickstart itself; ``weights``:
+  generated weights instead of FiLM; ``previous``: the quickstart before FiLM, the
+  normalised weighting, the range curriculum and the cosine schedule; the rest change one
+  choice). A hyper variant's parameter defaults are set to ``--param``, so it is validated
+  there (and its range curriculum starts there).
 
     python benchmarks/network.py --data data/phantom --out runs/network --steps 600 \\
-        --val-every 120 --param lam=0.1 --param mu=1 --variants monai plain film weights
+        --val-every 120 --jobs 2 --variants monai plain film weights previous
 """
 
 from __future__ import annotations
@@ -45,23 +48,31 @@ from regzoo.evaluation import evaluate_identity, evaluate_model, evaluate_predic
 from regzoo.model import load_model
 from regzoo.train import train
 
+FOUR_DECADES = [
+    "regularizers.0.params.lam={low: 0.01, high: 100.0, scale: log}",
+    "regularizers.0.params.mu={low: 0.01, high: 100.0, scale: log}",
+]
 VARIANTS: dict[str, list[str]] = {
     "plain": ["model.hyper=false"],  # + the fixed setting, added from --param
-    "film": ["model.conditioning=film"],
+    "film": [],  # the quickstart as it is
     "weights": ["model.conditioning=weights"],
-    "film_full_res": ["model.conditioning=film", "model.int_downsize=1"],
-    "film_additive": ["model.conditioning=film", "weighting=additive"],
-    "film_normalized": ["model.conditioning=film", "weighting=normalized"],
-    "film_lr3e-4": ["model.conditioning=film", "optimizer.lr=3.0e-4"],
-    "film_one_decade": [
-        "model.conditioning=film",
-        "regularizers.0.params.lam={low: 0.3, high: 3.0, scale: log}",
-        "regularizers.0.params.mu={low: 0.3, high: 3.0, scale: log}",
+    "additive": ["weighting=additive"],
+    "no_curriculum": ["sampling.curriculum_steps=0"],
+    "constant_lr": ["optimizer.schedule=constant"],
+    "four_decades": FOUR_DECADES,
+    "full_res": ["model.int_downsize=1"],
+    "ema": ["optimizer.ema_steps=60"],
+    "previous": [  # the quickstart before this change
+        "model.conditioning=weights",
+        "weighting=additive",
+        "sampling.curriculum_steps=0",
+        "optimizer.schedule=constant",
+        *FOUR_DECADES,
     ],
 }
 """Config overrides of each regzoo variant (on top of ``--config``)."""
 
-DEFAULT_PARAMS = ["lam=0.1", "mu=1"]
+DEFAULT_PARAMS = ["lam=1", "mu=1"]
 
 
 def parse_params(items: list[str]) -> dict[str, float]:
@@ -210,7 +221,7 @@ def main() -> None:
     parser.add_argument("--steps", type=int, default=600)
     parser.add_argument("--val-every", type=int, default=120)
     parser.add_argument(
-        "--param", action="append", help="evaluation setting NAME=VALUE (default lam=0.1, mu=1)"
+        "--param", action="append", help="evaluation setting NAME=VALUE (default lam=1, mu=1)"
     )
     parser.add_argument("--seed", type=int, default=0)
     parser.add_argument("--threads", type=int, default=1, help="torch threads per variant")

@@ -149,13 +149,13 @@ class HyperRegistration(L.LightningModule):
         steps = self.config.sampling.curriculum_steps
         return 1.0 if steps == 0 else min(1.0, step / steps)
 
-    def _draw_parameters(self, batch: int) -> torch.Tensor:
+    def _draw_parameters(self, batch: int, step: int | None = None) -> torch.Tensor:
         if len(self.space) == 0:
             return torch.zeros(batch, 0, device=self.device)
         values = self.space.sample(
             batch, self._generator, endpoint_rate=self.config.sampling.endpoint_rate
         )
-        width = self.curriculum_width(self.global_step)
+        width = self.curriculum_width(self.global_step if step is None else step)
         if width < 1.0:  # shrink the draws towards the defaults, on the normalised scale
             centre = self.space.normalize(self.parameter_tensor(None, 1).cpu())
             unit = centre + width * (self.space.normalize(values) - centre)

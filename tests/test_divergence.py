@@ -58,7 +58,8 @@ def test_a_run_forced_to_diverge_is_reported_and_never_saved_diverged(
     tiny_phantom, tmp_path, capsys
 ):
     run_dir = tmp_path / "run"
-    overrides = tiny_overrides(tiny_phantom, run_dir, steps=30) + [
+    overrides = [
+        *tiny_overrides(tiny_phantom, run_dir, steps=30),
         "optimizer.lr=0.05",  # 50x the quickstart's: the field explodes, the loss stays finite
         "trainer.gradient_clip_val=null",
         "trainer.check_val_every_n_epoch=1",

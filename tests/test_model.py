@@ -117,15 +117,114 @@ def test_normalized_weighting_is_the_convex_form_for_a_stiffness():
     assert not terms.normalizer.requires_grad
 
 
-def test_log_ranges_survive_the_checkpoint_and_span_four_decades(tiny_checkpoint):
+def test_log_ranges_survive_the_checkpoint(tiny_checkpoint):
     model = load_model(tiny_checkpoint)
     for name in ("linear_elastic.lam", "linear_elastic.mu"):
         spec = model.space[name]
-        assert (spec.low, spec.high, spec.scale, spec.domain) == (0.01, 100.0, "log", (0.0, None))
+        assert (spec.low, spec.high, spec.scale, spec.domain) == (0.1, 10.0, "log", (0.0, None))
     images = torch.rand(1, 1, 32, 32, 32)
     with torch.no_grad():
-        soft = model(images, images, {"lam": 0.01, "mu": 0.01}).displacement
-        stiff = model(images, images, {"lam": 100, "mu": 100}).displacement
+        soft = model(images, images, {"lam": 0.1, "mu": 0.1}).displacement
+        stiff = model(images, images, {"lam": 10, "mu": 10}).displacement
     assert not torch.allclose(soft, stiff)
     with pytest.raises(ValueError, match="out of range"):
         model(images, images, {"lam": 1000.0})
+
+
+WIDE = {
+    **SMALL,
+    "regularizers": [
+        {
+            "name": "linear_elastic",
+            "params": {
+                "lam": {"low": 0.01, "high": 100, "scale": "log"},
+                "mu": {"low": 0.01, "high": 100, "scale": "log"},
+            },
+        }
+    ],
+}
+
+
+def test_the_range_curriculum_widens_from_the_defaults():
+    config = load_config(WIDE, ["sampling.curriculum_steps=100", "sampling.endpoint_rate=0.5"])
+    model = HyperRegistration(config)
+    assert [model.curriculum_width(s) for s in (0, 25, 100, 400)] == [0.0, 0.25, 1.0, 1.0]
+    assert torch.allclose(model._draw_parameters(32, step=0), torch.ones(32, 2))
+    # a quarter of the way: draws within a quarter of the log range around lam = mu = 1
+    # (1 decade of 4), and the snapped ends are the current range's ends
+    quarter = model._draw_parameters(256, step=25).log10()
+    assert quarter.abs().max() <= 0.5 + 1e-5 and quarter.abs().max() > 0.45
+    full = model._draw_parameters(256, step=100).log10()
+    assert full.abs().max() > 1.99
+    plain = HyperRegistration(load_config(WIDE))  # no curriculum: the whole range from step 0
+    assert plain._draw_parameters(256, step=0).log10().abs().max() > 1.99
+
+
+def test_learning_rate_schedule_and_conditioning_learning_rate():
+    from regzoo.model import learning_rate_factor
+
+    assert learning_rate_factor(0, "cosine", 10, 110) == pytest.approx(1 / 11)
+    assert learning_rate_factor(9, "cosine", 10, 110) == pytest.approx(10 / 11)
+    assert learning_rate_factor(10, "cosine", 10, 110) == pytest.approx(1.0)
+    assert learning_rate_factor(60, "cosine", 10, 110) == pytest.approx(0.5)
+    assert learning_rate_factor(110, "cosine", 10, 110) == pytest.approx(0.0, abs=1e-12)
+    assert learning_rate_factor(500, "constant", 10, 110) == 1.0
+    config = load_config(
+        WIDE,
+        [
+            "optimizer.lr=0.01",
+            "optimizer.schedule=cosine",
+            "optimizer.conditioning_lr_scale=0.1",
+            "trainer.max_steps=100",
+        ],
+    )
+    model = HyperRegistration(config)
+    setup = model.configure_optimizers()
+    backbone, conditioning = setup["optimizer"].param_groups
+    assert backbone["lr"] == pytest.approx(0.01) and conditioning["lr"] == pytest.approx(0.001)
+    names = {id(p): n for n, p in model.named_parameters()}
+    assert all("film" in names[id(p)] or "hypernet" in names[id(p)] for p in conditioning["params"])
+    assert setup["lr_scheduler"]["interval"] == "step"
+    with pytest.raises(ValueError, match=r"cosine' needs trainer\.max_steps"):
+        load_config(
+            WIDE, ["optimizer.schedule=cosine", "trainer.max_steps=-1", "trainer.max_epochs=3"]
+        )
+
+
+def test_lookahead_is_the_distance_to_the_refined_field():
+    from regzoo.refine import RefineOptions, refine_field
+
+    config = load_config(WIDE, ["lookahead.steps=3", "lookahead.weight=2.0"])
+    model = HyperRegistration(config)
+    torch.manual_seed(0)
+    batch = {"fixed": torch.rand(2, 1, 16, 16, 16), "moving": torch.rand(2, 1, 16, 16, 16)}
+    values = torch.tensor([[0.1, 0.1], [10.0, 10.0]])
+    _, output, _ = model._loss(batch, values)
+    ahead = model._lookahead(batch, values, output)
+    target = refine_field(
+        model.objective,
+        batch["fixed"],
+        batch["moving"],
+        output.displacement.detach(),
+        values,
+        RefineOptions(steps=3, levels=1),
+    ).displacement
+    expected = 2.0 * (output.displacement - target).pow(2).flatten(1).mean(1)
+    assert ahead.shape == (2,) and torch.allclose(ahead, expected, rtol=1e-4, atol=1e-10)
+    assert ahead.requires_grad and bool((ahead > 0).all())
+
+
+def test_weight_averaging_saves_and_validates_the_average(tiny_phantom, tmp_path):
+    from conftest import QUICKSTART, tiny_overrides
+
+    from regzoo.train import train
+
+    overrides = tiny_overrides(tiny_phantom, tmp_path / "run", steps=3)
+    checkpoint = train(load_config(QUICKSTART, [*overrides, "optimizer.ema_steps=2"]))
+    state = torch.load(checkpoint, weights_only=True)
+    averaged, current = state["state_dict"], state["current_model_state"]
+    assert averaged.keys() == current.keys()
+    assert any(not torch.equal(averaged[k], current[k]) for k in averaged)
+    model = load_model(checkpoint)  # the average is the model
+    for name, value in model.state_dict().items():
+        assert torch.equal(value, averaged[name])
