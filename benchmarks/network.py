@@ -124,7 +124,6 @@ def regzoo_variant(
     name: str, args: argparse.Namespace, params: dict[str, float]
 ) -> tuple[list[dict[str, Any]], Path]:
     """Train a regzoo config variant; its validation curve read from its TensorBoard log."""
-    event_accumulator = import_bench("tensorboard.backend.event_processing.event_accumulator")
     overrides = list(VARIANTS[name])
     if name == "plain":
         overrides += [f"regularizers.0.params.{k}={v}" for k, v in params.items()]
@@ -149,16 +148,22 @@ def regzoo_variant(
             [f"regularizers.0.params.{k}.default={v}" for k, v in params.items()],
         )
     checkpoint = train(config, overwrite=True)
+    return read_curve(run_dir), checkpoint
+
+
+def read_curve(run_dir: Path) -> list[dict[str, Any]]:
+    """A regzoo run's validation curve from its TensorBoard log: step, training seconds since
+    its first logged step, ``val/tre_mm`` and ``val/dice``."""
+    event_accumulator = import_bench("tensorboard.backend.event_processing.event_accumulator")
     events = event_accumulator.EventAccumulator(str(run_dir / "tensorboard"))
     events.Reload()
     start = events.Scalars("train/loss")[0].wall_time
     tre = {e.step: e for e in events.Scalars("val/tre_mm")}
     dice = {e.step: e.value for e in events.Scalars("val/dice")}
-    curve = [
+    return [
         {"step": step, "seconds": e.wall_time - start, "tre_mm": e.value, "dice": dice.get(step)}
         for step, e in sorted(tre.items())
     ]
-    return curve, checkpoint
 
 
 def at_budget(curve: list[dict[str, Any]], seconds: float) -> dict[str, Any]:
@@ -204,7 +209,9 @@ def run_variant(name: str, args: argparse.Namespace) -> dict[str, Any]:
         rows = evaluate_predictor(val_set, predict, progress=False)
     else:
         curve, checkpoint = regzoo_variant(name, args, params)
-        rows = evaluate_model(load_model(checkpoint), val_set, params, progress=False)
+        model = load_model(checkpoint)
+        setting = params if len(model.space) else None  # a plain model is fixed at params
+        rows = evaluate_model(model, val_set, setting, progress=False)
     result = {"variant": name, "curve": curve, "final": summarize(rows)}
     with (args.out / "curves.jsonl").open("a") as stream:
         stream.write(json.dumps(result) + "\n")
@@ -228,6 +235,12 @@ def main() -> None:
     parser.add_argument(
         "--jobs", type=int, default=1, help="variants trained at once, one process each"
     )
+    parser.add_argument(
+        "--reuse",
+        nargs="*",
+        default=[],
+        help="variants to read from OUT/curves.jsonl (an earlier run) instead of training",
+    )
     parser.add_argument("--monai-lr", type=float, default=1e-3)
     parser.add_argument("--monai-reg-weight", type=float, default=1.0)
     args = parser.parse_args()
@@ -235,15 +248,28 @@ def main() -> None:
     if unknown:
         parser.error(f"unknown variants {unknown}; choose from monai, {', '.join(VARIANTS)}")
     args.out.mkdir(parents=True, exist_ok=True)
-    (args.out / "curves.jsonl").unlink(missing_ok=True)
+    curves_file = args.out / "curves.jsonl"
+    earlier = (
+        [json.loads(line) for line in curves_file.read_text().splitlines()]
+        if args.reuse and curves_file.is_file()
+        else []
+    )
+    reused = {r["variant"]: r for r in earlier if r["variant"] in args.reuse}
+    missing = sorted(set(args.reuse) - set(reused))
+    if missing:
+        parser.error(f"--reuse: {missing} not found in {curves_file}")
+    curves_file.write_text("".join(json.dumps(r) + "\n" for r in reused.values()))
     val_set = Learn2RegDataset(args.data, "val", intensity_window=WINDOW, annotations=True)
     identity = summarize(evaluate_identity(val_set, progress=False))["tre_mm"]
+    to_train = [name for name in args.variants if name not in reused]
     if args.jobs > 1:
         context = multiprocessing.get_context("spawn")
         with ProcessPoolExecutor(args.jobs, mp_context=context) as pool:
-            results = list(pool.map(run_variant, args.variants, [args] * len(args.variants)))
+            trained = list(pool.map(run_variant, to_train, [args] * len(to_train)))
     else:
-        results = [run_variant(name, args) for name in args.variants]
+        trained = [run_variant(name, args) for name in to_train]
+    by_name = {**reused, **{r["variant"]: r for r in trained}}
+    results = [by_name[name] for name in args.variants]
     budget = min(r["curve"][-1]["seconds"] for r in results)
     params = parse_params(args.param or DEFAULT_PARAMS)
     lines = [
