@@ -2,17 +2,25 @@
 hyperelastic, St Venant-Kirchhoff, Neo-Hookean, rigidity and sliding."""
 
 import itertools
+import json
 import math
+from pathlib import Path
 
 import pytest
 import torch
+from conftest import tiny_overrides
 
 from regzoo import regularizers
-from regzoo.config import PerLabel, TermConfig
+from regzoo.cli import main
+from regzoo.config import PerLabel, TermConfig, load_config
+from regzoo.model import load_model
 from regzoo.objective import build_term
 from regzoo.regularizers import functional as Fn
 from regzoo.spatial import identity_grid
 from regzoo.testing import check_regularizer, check_regularizer_properties, random_smooth_field
+from regzoo.train import train
+
+ROOT = Path(__file__).resolve().parents[1]
 
 SHAPES = [(9, 8), (6, 7, 5)]
 NEW = ["hyperelastic", "st_venant_kirchhoff", "neo_hookean", "rigidity", "sliding"]
@@ -306,3 +314,40 @@ def test_sliding_normals_follow_an_oblique_interface():
     at = (0, 7, 8)
     assert n0[at].item() == pytest.approx(n1[at].item(), rel=1e-9)
     assert n0[at].item() == pytest.approx(1 / math.sqrt(2), rel=1e-9)
+
+
+# --- listing and configs ---------------------------------------------------------------------
+
+
+def test_regularizers_lists_each_with_its_parameter_space(capsys):
+    assert main(["regularizers", "--json"]) == 0
+    entries = {e["name"]: e for e in json.loads(capsys.readouterr().out)}
+    expected = {
+        "hyperelastic": ["length", "area", "volume"],
+        "st_venant_kirchhoff": ["lam", "mu"],
+        "neo_hookean": ["lam", "mu"],
+        "rigidity": ["rigidity", "linearity", "orthonormality", "properness"],
+        "sliding": ["region", "slip"],
+    }
+    for name, params in expected.items():
+        assert [p["name"] for p in entries[name]["params"]] == params
+    scales = {p["name"]: p["scale"] for p in entries["hyperelastic"]["params"]}
+    assert set(scales.values()) == {"log"}  # stiffnesses on a log scale
+
+
+CONFIGS = {
+    "phantom_hyperelastic": ["length", "area", "volume"],
+    "phantom_st_venant_kirchhoff": ["lam", "mu"],
+    "phantom_neo_hookean": ["lam", "mu"],
+    "phantom_tissue_rigidity": ["lam", "mu", "rigidity@bone"],
+    "phantom_tissue_sliding": ["slip", "alpha"],
+}
+
+
+@pytest.mark.parametrize("name", sorted(CONFIGS))
+def test_each_config_trains_three_steps(name, tiny_phantom, tmp_path):
+    run_dir = tmp_path / "run"
+    overrides = tiny_overrides(tiny_phantom, run_dir, steps=3)
+    checkpoint = train(load_config(ROOT / "configs" / f"{name}.yaml", overrides))
+    model = load_model(checkpoint)
+    assert [n.split(".", 1)[1] for n in model.space.names] == CONFIGS[name]
