@@ -6,7 +6,8 @@ and plain diffusion for the sliding one to beat), on the validation pairs of a p
 
 1. an **exact sweep**: the field is optimised from zero at each grid setting (the objective's
    similarity, LNCC 9^3, plus the term, :func:`regzoo.refine.refine_field`: three-level pyramid,
-   half-resolution grid, all settings in one batch), so no network's amortisation gap enters;
+   a ``--grid-downsize`` times coarser grid, all settings in one batch), so no network's
+   amortisation gap enters;
 2. the best setting by mean TRE; at it: TRE over all keypoints and over those within ``--wall``
    voxels of the lung boundary (the chest wall, where the lungs slide), SDlogJ, folded voxels
    and the minimum Jacobian determinant; and, over every setting of the grid, the largest
@@ -142,7 +143,9 @@ def exact_sweep(name: str, dataset: Learn2RegDataset, args: argparse.Namespace) 
         ],
         dtype=torch.float32,
     )
-    options = RefineOptions(steps=args.steps, lr=args.lr, grid_downsize=2, levels=3)
+    options = RefineOptions(
+        steps=args.steps, lr=args.lr, grid_downsize=args.grid_downsize, levels=3
+    )
     rows: list[list[dict[str, float]]] = [[] for _ in combos]
     start = time.perf_counter()
     for item in dataset:
@@ -235,6 +238,13 @@ def main() -> None:
     parser.add_argument("--val", type=int, default=4)
     parser.add_argument("--steps", type=int, default=60, help="refinement iterations per setting")
     parser.add_argument("--lr", type=float, default=0.1)
+    parser.add_argument(
+        "--grid-downsize",
+        type=int,
+        default=2,
+        help="the optimised field's grid is this many times coarser (1: it can jump between "
+        "neighbouring voxels, which sliding needs)",
+    )
     parser.add_argument("--wall", type=float, default=2.0, help="voxels from the lung boundary")
     parser.add_argument("--motions", nargs="+", default=["tissue", "breathing"])
     parser.add_argument("--only", nargs="*", default=None, help="a subset of the zoo")
