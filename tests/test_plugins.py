@@ -80,7 +80,7 @@ def run_regzoo(site: Path, *args: str) -> subprocess.CompletedProcess:
 def test_installed_plugin_is_listed_trains_and_sweeps(installed_plugin, tiny_phantom, tmp_path):
     listing = run_regzoo(installed_plugin, "regularizers", "--json")
     assert listing.returncode == 0, listing.stderr
-    entry = next(e for e in json.loads(listing.stdout) if e["name"] == "neo_hookean")
+    entry = next(e for e in json.loads(listing.stdout) if e["name"] == "neo_hookean_example")
     assert [p["name"] for p in entry["params"]] == ["lam", "mu"]
     assert entry["params"][1]["default"] == 0.03
 
@@ -108,7 +108,7 @@ def test_installed_plugin_is_listed_trains_and_sweeps(installed_plugin, tiny_pha
     )
     assert swept.returncode == 0, swept.stderr[-2000:]
     report = json.loads((tmp_path / "sweep" / "sweep.json").read_text())
-    assert report["names"] == ["neo_hookean.lam", "neo_hookean.mu"]
+    assert report["names"] == ["neo_hookean_example.lam", "neo_hookean_example.mu"]
     assert len(report["settings"]) == 4
 
     # without the plugin installed, loading the checkpoint names what is missing
@@ -119,4 +119,4 @@ def test_installed_plugin_is_listed_trains_and_sweeps(installed_plugin, tiny_pha
         check=False,
         cwd=ROOT,
     )
-    assert missing.returncode != 0 and "neo_hookean" in missing.stderr
+    assert missing.returncode != 0 and "neo_hookean_example" in missing.stderr

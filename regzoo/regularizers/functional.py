@@ -28,14 +28,22 @@ from regzoo.spatial import (
 __all__ = [
     "bending_energy",
     "curvature_energy",
+    "deformation_gradient",
     "diffusion_energy",
     "domain_mean",
+    "hyperelastic_energy",
+    "interface_normals",
     "is_map",
     "jacobian_energy",
     "linear_elastic_energy",
+    "neo_hookean_energy",
     "per_sample",
+    "rigidity_energy",
+    "sliding_energy",
+    "st_venant_kirchhoff_energy",
     "to_physical",
     "total_variation_energy",
+    "volume_penalty",
 ]
 
 Param = float | torch.Tensor
@@ -235,3 +243,344 @@ def jacobian_energy(
     vol = per_sample(volume_weight, det, "volume_weight", "jacobian_energy")
     fold = per_sample(folding_weight, det, "folding_weight", "jacobian_energy")
     return domain_mean(vol * log_det.pow(2) + fold * torch.relu(-det))
+
+
+# --------------------------------------------------------------------------------------------
+# Beyond linear elasticity: large-strain elasticity, hyperelasticity, rigidity, sliding.
+#
+# The nonlinear energies are built from the deformation gradient F = I + grad u (physical units
+# with ``spacing``), entry by entry (no stacked (D, D) matrices, no batched LU): F[j][i] =
+# delta_ij + d_i u_j on the interior, the points where the forward differences start.
+
+
+def _weighted_mean(
+    density: torch.Tensor, weight: Param, name: str, caller: str, *, offset: int = 0
+) -> torch.Tensor:
+    """``mean_x weight(x) density(x)`` per batch element ``(B,)``.
+
+    A float or per-sample weight multiplies the per-sample mean (the fused path); a map weights
+    the density pointwise (cropped as in :func:`per_sample`).
+    """
+    if is_map(weight):
+        return domain_mean(per_sample(weight, density, name, caller, offset=offset) * density)
+    mean = domain_mean(density)
+    return per_sample(weight, mean, name, caller) * mean
+
+
+def deformation_gradient(u: torch.Tensor, spacing: Spacing = None) -> list[list[torch.Tensor]]:
+    """``F = I + grad u`` as separate entries ``F[j][i] = delta_ij + d_i u_j``.
+
+    Each entry is ``(B, *(spatial - 1))`` (forward differences, :func:`regzoo.spatial.partials`);
+    with ``spacing`` the displacement is taken in physical units and derivatives per unit, so
+    ``F`` is the physical deformation gradient (dimensionless).
+    """
+    check_field(u, "deformation_gradient")
+    d = partials(to_physical(u, spacing), spacing)
+    ndim = len(d)
+    return [[d[j][i] + 1 if i == j else d[j][i] for i in range(ndim)] for j in range(ndim)]
+
+
+def _determinant(F: list[list[torch.Tensor]]) -> torch.Tensor:
+    if len(F) == 2:
+        return F[0][0] * F[1][1] - F[0][1] * F[1][0]
+    return (
+        F[0][0] * (F[1][1] * F[2][2] - F[1][2] * F[2][1])
+        - F[0][1] * (F[1][0] * F[2][2] - F[1][2] * F[2][0])
+        + F[0][2] * (F[1][0] * F[2][1] - F[1][1] * F[2][0])
+    )
+
+
+def _cofactor(F: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+    """``cof F = det(F) F^{-T}`` entry by entry (defined for singular ``F`` too)."""
+    if len(F) == 2:
+        return [[F[1][1], -F[1][0]], [-F[0][1], F[0][0]]]
+    return [
+        [
+            F[(a + 1) % 3][(b + 1) % 3] * F[(a + 2) % 3][(b + 2) % 3]
+            - F[(a + 1) % 3][(b + 2) % 3] * F[(a + 2) % 3][(b + 1) % 3]
+            for b in range(3)
+        ]
+        for a in range(3)
+    ]
+
+
+def _right_cauchy_green(F: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]:
+    """``C = F^T F``: ``C[i][j] = sum_k F[k][i] F[k][j]`` (only ``i <= j`` computed)."""
+    ndim = len(F)
+    C: list[list[torch.Tensor]] = [[None] * ndim for _ in range(ndim)]  # type: ignore[list-item]
+    for i in range(ndim):
+        for j in range(i, ndim):
+            C[i][j] = sum(F[k][i] * F[k][j] for k in range(ndim))
+            C[j][i] = C[i][j]
+    return C
+
+
+def _continued(
+    value: torch.Tensor, slope: torch.Tensor, det: torch.Tensor, clamped: torch.Tensor
+) -> torch.Tensor:
+    """A volumetric penalty ``f(J)``, continued below the clamp by its tangent.
+
+    ``value`` and ``slope`` are ``f`` and ``f'`` at ``clamped = max(J, min_det)``; below
+    ``min_det`` the result is ``f(min_det) + f'(min_det) (J - min_det)``: finite, C1, and still
+    growing as ``J`` decreases through zero into folding (where a plain clamp would have no
+    gradient left to unfold the voxel).
+    """
+    return value + torch.where(det < clamped, slope * (det - clamped), torch.zeros_like(det))
+
+
+def volume_penalty(det: torch.Tensor, min_det: float = 1e-2) -> torch.Tensor:
+    """Burger-Modersitzki-Ruthotto's volume penalty ``psi(J) = ((J - 1)^2 / J)^2``.
+
+    ``psi(1) = 0``, ``psi(J) = psi(1/J)`` (shrinking by a factor costs what growing by it does)
+    and ``psi -> inf`` as ``J -> 0``; below ``min_det`` it is continued by its tangent (finite
+    for folded voxels, and still decreasing in ``J``).
+    """
+    clamped = det.clamp_min(min_det)
+    ratio = (clamped - 1).square() / clamped
+    slope = 2 * (clamped - 1).pow(3) * (clamped + 1) / clamped.pow(3)
+    return _continued(ratio.square(), slope, det, clamped)
+
+
+def hyperelastic_energy(
+    u: torch.Tensor,
+    length: Param = 1.0,
+    area: Param = 1.0,
+    volume: Param = 1.0,
+    spacing: Spacing = None,
+    *,
+    min_det: float = 1e-2,
+) -> torch.Tensor:
+    """Hyperelastic regularization (Burger, Modersitzki, Ruthotto 2013; FAIR's ``hyperElastic``).
+
+    ``mean_x( length/2 |grad u|^2 + area/2 sum_i (|cof(F) e_i|^2 - 1)^2 + volume psi(det F) )``
+    with ``F = I + grad u`` and ``psi(J) = ((J - 1)^2 / J)^2`` (:func:`volume_penalty`).
+
+    - length: the squared gradient of the displacement (FAIR's length term, quadratic);
+    - area: ``|cof(F) e_i|`` is the area ratio of the deformed face with reference normal
+      ``e_i`` (Nanson's formula); the double-well penalty of FAIR's default
+      ``phiAreaDoubleWell``, on the squared ratio (smooth where a face collapses). In 2D the
+      faces are edges;
+    - volume: ``psi(det F)``, zero for volume-preserving maps and unbounded as ``det F -> 0``:
+      minimisers stay invertible for large motion where linear elasticity folds.
+
+    Translations cost nothing, rigid rotations nothing in the area and volume terms. The weights
+    may be maps (read at the forward differences' points).
+    """
+    check_field(u, "hyperelastic_energy")
+    length, area, volume = _uniform(length), _uniform(area), _uniform(volume)
+    caller = "hyperelastic_energy"
+    F = deformation_gradient(u, spacing)
+    ndim = len(F)
+    stretch = sum(
+        (F[j][i] - 1 if i == j else F[j][i]).square() for j in range(ndim) for i in range(ndim)
+    )
+    cof = _cofactor(F)
+    faces = sum((sum(cof[a][i].square() for a in range(ndim)) - 1).square() for i in range(ndim))
+    total = _weighted_mean(stretch / 2, length, "length", caller)
+    total = total + _weighted_mean(faces / 2, area, "area", caller)
+    return total + _weighted_mean(
+        volume_penalty(_determinant(F), min_det), volume, "volume", caller
+    )
+
+
+def st_venant_kirchhoff_energy(
+    u: torch.Tensor, lam: Param, mu: Param, spacing: Spacing = None
+) -> torch.Tensor:
+    """St Venant-Kirchhoff: ``mean_x( lam/2 (tr E)^2 + mu tr(E^2) )``, ``E = (F^T F - I) / 2``.
+
+    Linear elasticity's energy on the Green-Lagrange strain ``E`` instead of the linearised
+    strain: invariant to finite rotations, equal to :func:`linear_elastic_energy` (same
+    ``lam``, ``mu``) to second order in ``u``. It does not resist compression to zero volume
+    (``F = 0`` costs a finite energy). ``lam`` and ``mu`` may be maps.
+    """
+    check_field(u, "st_venant_kirchhoff_energy")
+    lam, mu = _uniform(lam), _uniform(mu)
+    C = _right_cauchy_green(deformation_gradient(u, spacing))
+    ndim = len(C)
+    E = [[(C[i][j] - 1 if i == j else C[i][j]) / 2 for j in range(ndim)] for i in range(ndim)]
+    trace = sum(E[i][i] for i in range(ndim))
+    squared = sum(E[i][j].square() for i in range(ndim) for j in range(ndim))
+    caller = "st_venant_kirchhoff_energy"
+    return _weighted_mean(trace.square() / 2, lam, "lam", caller) + _weighted_mean(
+        squared, mu, "mu", caller
+    )
+
+
+def neo_hookean_energy(
+    u: torch.Tensor, lam: Param, mu: Param, spacing: Spacing = None, *, min_det: float = 1e-2
+) -> torch.Tensor:
+    """Compressible Neo-Hookean: ``mean_x( mu/2 (|F|^2 - D) - mu log J + lam/2 (log J)^2 )``.
+
+    ``F = I + grad u``, ``J = det F``. Invariant to finite rotations, non-negative, and growing
+    without bound as ``J -> 0``; to second order in ``u`` it is :func:`linear_elastic_energy`
+    with the same ``lam``, ``mu``. Below ``min_det`` (at most ``exp(-D/2)``, so the energy
+    stays non-negative) the volumetric part ``-mu log J + lam/2 (log J)^2`` is continued by its
+    tangent: finite and still growing for folded voxels. ``lam`` and ``mu`` may be maps.
+    """
+    check_field(u, "neo_hookean_energy")
+    lam, mu = _uniform(lam), _uniform(mu)
+    F = deformation_gradient(u, spacing)
+    ndim = len(F)
+    invariant = sum(F[j][i].square() for j in range(ndim) for i in range(ndim)) - ndim
+    det = _determinant(F)
+    clamped = det.clamp_min(min_det)
+    log_det = torch.log(clamped)
+    caller = "neo_hookean_energy"
+    # the volumetric part per unit lam and per unit mu, each continued below min_det
+    shear = invariant / 2 + _continued(-log_det, -1 / clamped, det, clamped)
+    bulk = _continued(log_det.square() / 2, log_det / clamped, det, clamped)
+    return _weighted_mean(shear, mu, "mu", caller) + _weighted_mean(bulk, lam, "lam", caller)
+
+
+def rigidity_energy(
+    u: torch.Tensor,
+    rigidity: Param = 1.0,
+    linearity: Param = 1.0,
+    orthonormality: Param = 1.0,
+    properness: Param = 1.0,
+    spacing: Spacing = None,
+) -> torch.Tensor:
+    """Rigidity penalty (Staring, Klein, Pluim 2007; elastix's ``TransformRigidityPenalty``).
+
+    ``mean_x rigidity(x) * ( linearity LC + orthonormality OC + properness PC )`` with
+    ``F = I + grad u`` and
+
+    - ``LC = sum_k sum_{i <= j} (d_i d_j u_k)^2``: the map is locally affine;
+    - ``OC = |F^T F - I|^2`` (Frobenius): its linear part is orthonormal;
+    - ``PC = (det F - 1)^2``: and proper (a rotation, not a reflection).
+
+    Zero exactly for a (finite) rigid motion ``x -> R x + t`` wherever the map is non-zero, so
+    ``rigidity`` given as a map (a mask, or per tissue label: bone) makes only those tissues
+    rigid. The linearity condition uses second differences (read from the map at their first
+    point, like the others).
+    """
+    check_field(u, "rigidity_energy")
+    rigidity = _uniform(rigidity)
+    caller = "rigidity_energy"
+    physical = to_physical(u, spacing)
+    F = deformation_gradient(u, spacing)
+    ndim = len(F)
+    C = _right_cauchy_green(F)
+    orthonormal = sum(
+        (C[i][j] - 1 if i == j else C[i][j]).square() for i in range(ndim) for j in range(ndim)
+    )
+    proper = (_determinant(F) - 1).square()
+    second = _second_differences(physical, spacing)
+    affine = sum(h.square().sum(dim=1) for h in second.values())
+
+    def term(density: torch.Tensor, value: Param, name: str) -> torch.Tensor:
+        value = _uniform(value)
+        if is_map(rigidity) or is_map(value):
+            coefficient = per_sample(rigidity, density, "rigidity", caller)
+            return domain_mean(coefficient * per_sample(value, density, name, caller) * density)
+        mean = domain_mean(density)
+        coefficient = per_sample(rigidity, mean, "rigidity", caller)
+        return coefficient * per_sample(value, mean, name, caller) * mean
+
+    return (
+        term(affine, linearity, "linearity")
+        + term(orthonormal, orthonormality, "orthonormality")
+        + term(proper, properness, "properness")
+    )
+
+
+def _smooth(region: torch.Tensor, sigma: float) -> torch.Tensor:
+    """Gaussian smoothing (``sigma`` voxels, replicated borders) of maps ``(B, 1, *spatial)``."""
+    if sigma <= 0:
+        return region
+    radius = max(1, math.ceil(3 * sigma))
+    offsets = torch.arange(-radius, radius + 1, dtype=region.dtype, device=region.device)
+    kernel = torch.exp(-(offsets**2) / (2 * sigma**2))
+    kernel = kernel / kernel.sum()
+    ndim = region.ndim - 2
+    out = region
+    for axis in range(ndim):
+        pad = [0, 0] * ndim
+        pad[2 * (ndim - 1 - axis)] = pad[2 * (ndim - 1 - axis) + 1] = radius
+        padded = torch.nn.functional.pad(out, pad, mode="replicate")
+        size = out.shape[2 + axis]
+        out = sum(
+            float(kernel[k]) * padded.narrow(2 + axis, k, size) for k in range(2 * radius + 1)
+        )
+    return out
+
+
+def interface_normals(
+    region: torch.Tensor, spacing: Spacing = None, *, sigma: float = 1.0
+) -> list[torch.Tensor]:
+    """Unit normals of the interfaces of a region map ``(B, 1, *spatial)``, one per axis.
+
+    The normalised gradient (central differences, per physical unit with ``spacing``) of the
+    map smoothed by a Gaussian of ``sigma`` voxels, at every voxel ``(B, *spatial)``; zero where
+    the smoothed map is flat. A map that depends on one axis only has normals exactly along it.
+    """
+    ndim = region.ndim - 2
+    smooth = _smooth(region.detach(), sigma)[:, 0]
+    step = spacing_tensor(spacing, ndim, smooth)
+    grads = torch.gradient(smooth, dim=tuple(range(1, ndim + 1)))
+    if step is not None:
+        grads = [g / step[axis] for axis, g in enumerate(grads)]
+    norm = torch.sqrt(sum(g.square() for g in grads))
+    scale = torch.where(norm > 0, 1 / norm.clamp_min(torch.finfo(norm.dtype).tiny), 0.0)
+    return [g * scale for g in grads]
+
+
+def sliding_energy(
+    u: torch.Tensor,
+    region: Param = 0.0,
+    slip: Param = 1.0,
+    spacing: Spacing = None,
+    *,
+    sigma: float = 1.0,
+) -> torch.Tensor:
+    """Direction-dependent (sliding) regularization at region interfaces.
+
+    After Schmidt-Richberg, Werner, Handels, Ehrhardt (2012): diffusion everywhere, except
+    across an interface of the ``region`` map (a map ``(B, 1, *spatial)``, e.g. 1 in the lungs
+    and 0 elsewhere, built from a label map), where only the normal component of the
+    displacement must stay continuous and its tangential component may jump (organs slide
+    along each other). For each forward difference ``d_i u`` between ``x`` and ``x + e_i``:
+
+    - both voxels in the same region: ``|d_i u|^2`` (diffusion);
+    - across an interface (``region`` differs): ``(1 - slip) |d_i u|^2 + slip (n . d_i u)^2``
+
+    with ``n`` the interface normal (:func:`interface_normals`, averaged over the two voxels).
+    The energy is their sum over axes, averaged over the domain (as :func:`diffusion_energy`).
+    ``slip = 1`` leaves tangential jumps free (zero energy for a motion tangential to a planar
+    interface, jump included), ``slip = 0`` is plain diffusion; a ``region`` that is a float or
+    constant per sample has no interface (diffusion). Quadratic in ``u``. ``slip`` may be a map
+    (read at ``x``).
+    """
+    check_field(u, "sliding_energy")
+    region, slip = _uniform(region), _uniform(slip)
+    ndim = u.shape[1]
+    diffs = differences(to_physical(u, spacing), spacing)
+    if not is_map(region):
+        return sum(_mean_square(d, ndim) for d in diffs)
+    caller = "sliding_energy"
+    region = region.to(dtype=u.dtype, device=u.device)
+    normals = interface_normals(region, spacing, sigma=sigma)
+    sizes = diffs[0].shape[2:]
+    labels = region[:, 0]
+    total = 0.0
+    for axis, d in enumerate(diffs):
+        here = labels
+        for a, n in enumerate(sizes):
+            here = here.narrow(1 + a, 0, n)
+        there = labels
+        for a, n in enumerate(sizes):
+            there = there.narrow(1 + a, int(a == axis), n)
+        crossing = (here != there).to(u.dtype)
+        normal = []
+        for component in normals:
+            start = component
+            end = component
+            for a, n in enumerate(sizes):
+                start = start.narrow(1 + a, 0, n)
+                end = end.narrow(1 + a, int(a == axis), n)
+            normal.append((start + end) / 2)
+        square = d.square().sum(dim=1)
+        along = sum(normal[k] * d[:, k] for k in range(ndim)).square()
+        slip_t = per_sample(slip, square, "slip", caller)
+        total = total + domain_mean(square - crossing * slip_t * (square - along))
+    return total

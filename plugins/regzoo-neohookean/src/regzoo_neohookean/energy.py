@@ -51,7 +51,7 @@ class NeoHookeanOptions(BaseModel):
     min_det: float = Field(1e-2, gt=0, description="clamp of det F inside the logarithm")
 
 
-@regularizer("neo_hookean")
+@regularizer("neo_hookean_example")
 class NeoHookean(Regularizer):
     """Compressible Neo-Hookean hyperelasticity.
 
