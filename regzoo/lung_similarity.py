@@ -29,9 +29,9 @@ from regzoo.similarity import Similarity, box_filter, similarity
 
 __all__ = [
     "MI",
+    "MINDSSC",
     "NGF",
     "DescriptorSimilarity",
-    "MINDSSC",
     "mind_ssc",
     "mutual_information",
     "normalized_gradient",

@@ -118,9 +118,7 @@ class RefineOptions:
         if self.window < 1:
             raise InputError(f"refine: window must be >= 1, got {self.window}")
         if not self.similarity_weight > 0:
-            raise InputError(
-                f"refine: similarity_weight must be > 0, got {self.similarity_weight}"
-            )
+            raise InputError(f"refine: similarity_weight must be > 0, got {self.similarity_weight}")
 
     def steps_per_level(self) -> list[int]:
         """The iteration budget of each level, coarsest first (summing to :attr:`steps`)."""
