@@ -8,7 +8,8 @@ for the warm start) in wall and in CPU time (all threads: on a busy machine the 
 crossed:
 
 - ``--similarity``: the refinement similarity (``model``: the training one; ``mind_ssc``,
-  ``ngf``, ``mi``, ``lncc``, ``mse``), with ``--sim-weight`` its factor;
+  ``ngf``, ``mi``, ``lncc``, ``mse``), with ``--sim-weight`` its factor (``mind_ssc*10``: this
+  similarity with the factor 10 only; ``mind_ssc:dilation=1*10``: with options);
 - ``--grid-downsize``, ``--levels``, ``--split`` (shares per level, coarsest first, e.g.
   ``1:1:2``), ``--steps``, ``--lr``, ``--optimizer`` (adam, lbfgs), ``--tol`` (early stopping);
 - ``--starts``: the network's field, or zero.
@@ -40,7 +41,16 @@ from regzoo.model import load_model
 from regzoo.nets import RegistrationOutput
 from regzoo.objective import build_objective
 from regzoo.refine import RefineOptions, RefineTrace, refine_field
-from regzoo.similarity import SIMILARITIES
+from regzoo.similarity import SIMILARITIES, Similarity
+
+
+def _similarity(text: str) -> Similarity | None:
+    """``name[:key=value,...]`` as a similarity (``model``: ``None``, the objective's)."""
+    name, _, given = text.partition(":")
+    if name in ("model", "-"):
+        return None
+    options = dict(item.split("=") for item in given.split(",") if item)
+    return SIMILARITIES.get(name)(**{k: json.loads(v) for k, v in options.items()})
 
 
 def _split(text: str) -> tuple[float, ...] | None:
@@ -108,10 +118,15 @@ def main() -> None:
         args.tol,
     )
     variants = [(start, "-", 0.0, 0, 0, "-", "-", 0, 0.0, 0.0) for start in args.starts]
-    variants += [v for v in grid if v[4] == 1 or _split(v[5]) is None or len(_split(v[5])) == v[4]]
+    variants += [
+        (v[0], v[1].split("*")[0], float(v[1].split("*")[1]), *v[3:]) if "*" in v[1] else v
+        for v in grid
+        if (v[4] == 1 or _split(v[5]) is None or len(_split(v[5])) == v[4])
+        and ("*" not in v[1] or v[2] == args.sim_weight[0])
+    ]
     table = []
     for start, sim_name, weight, grid_ds, levels, split, optimizer, steps, lr, tol in variants:
-        sim = None if sim_name in ("model", "-") else SIMILARITIES.get(sim_name)()
+        sim = _similarity(sim_name)
         rows = []
         for item in items:
             fixed, moving = item["fixed"][None], item["moving"][None]
