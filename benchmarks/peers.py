@@ -22,6 +22,10 @@ Methods:
   regzoo's convention (checked at start-up against ``regzoo.spatial.warp``).
 * ``regzoo`` / ``regzoo_refined``: ``regzoo.inference.register`` with ``--model`` at the
   ``--param`` values, without / with ``--refine`` iterations of instance optimisation.
+* ``regzoo_refined_mind``: the same refinement under MIND-SSC (weight ``--mind-weight``, 10 by
+  default) instead of the training similarity, with the model's regularizer terms
+  (docs/results.md, issue 23). No registry package provides deeds; ``convexadam`` (PyPI) does
+  ConvexAdam but is not wired in here.
 
 The table (also in ``OUT/peers.md``) gives mean TRE (mm), Dice (masks), SDlogJ, folding fraction,
 seconds per pair, and TRE and seconds as ratios to ANTs SyN; one JSON line per method is printed
@@ -68,7 +72,7 @@ from regzoo.io import write_displacement
 
 WINDOW = (-1000.0, 500.0)  # HU window mapped to [0, 1] for the networks trained here
 ANTS = "ants_syn"
-METHODS = ("identity", ANTS, "monai_voxelmorph", "regzoo", "regzoo_refined")
+METHODS = ("identity", ANTS, "monai_voxelmorph", "regzoo", "regzoo_refined", "regzoo_refined_mind")
 BENCH_HINT = "pip install -e .[bench]"
 
 Item = Mapping[str, Any]
@@ -311,14 +315,19 @@ def load_regzoo(checkpoint: str) -> Any:
     return load_model(checkpoint)
 
 
-def regzoo_runner(args: argparse.Namespace, refine: int = 0) -> Runner:
-    """``regzoo.inference.register`` at ``--param`` values, refined ``refine`` iterations."""
+def regzoo_runner(
+    args: argparse.Namespace, refine: int = 0, refine_options: dict[str, Any] | None = None
+) -> Runner:
+    """``regzoo.inference.register`` at ``--param`` values, refined ``refine`` iterations
+    (keyword arguments of ``regzoo.refine.refine`` in ``refine_options``)."""
     from regzoo.cli import parse_params
     from regzoo.inference import register
 
     model = load_regzoo(args.model)
     params = parse_params(args.param)
-    options = {"refine": refine} if refine else {}
+    options: dict[str, Any] = {"refine": refine} if refine else {}
+    if refine_options:
+        options["refine_options"] = refine_options
 
     def predict(item: Item) -> tuple[np.ndarray, float]:
         result, seconds = timed(
@@ -327,7 +336,7 @@ def regzoo_runner(args: argparse.Namespace, refine: int = 0) -> Runner:
         return result.displacement.numpy(), seconds
 
     extra = {"model": args.model, "params": model.objective.resolve(params), "refine": refine}
-    return Runner(predict, extra, warmup=True)
+    return Runner(predict, {**extra, **(refine_options or {})}, warmup=True)
 
 
 def regzoo_refined_runner(args: argparse.Namespace) -> Runner:
@@ -341,6 +350,11 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], Runner]] = {
     "monai_voxelmorph": monai_runner,
     "regzoo": regzoo_runner,
     "regzoo_refined": regzoo_refined_runner,
+    "regzoo_refined_mind": lambda args: regzoo_runner(
+        args,
+        refine=args.refine,
+        refine_options={"similarity": "mind_ssc", "similarity_weight": args.mind_weight},
+    ),
 }
 
 
@@ -354,7 +368,7 @@ def unavailable(name: str, args: argparse.Namespace) -> str | None:
         return f"{needs[name]} is not installed ({BENCH_HINT})"
     if name.startswith("regzoo") and not args.model:
         return "no --model given"
-    if name == "regzoo_refined" and not args.refine:
+    if name.startswith("regzoo_refined") and not args.refine:
         return "no --refine given"
     return None
 
@@ -470,6 +484,9 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--model", help="regzoo checkpoint (the regzoo methods need it)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--refine", type=int, default=0, help="regzoo_refined iterations")
+    parser.add_argument(
+        "--mind-weight", type=float, default=10.0, help="regzoo_refined_mind's MIND-SSC weight"
+    )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch and ITK)")
     parser.add_argument(
         "--reuse",

@@ -1,13 +1,27 @@
-"""Instance optimisation choices, side by side: grid, iterations and warm start.
+"""Instance optimisation choices, side by side: similarity, pyramid, optimiser, stopping, start.
 
-At one parameter setting, on the validation pairs, refines every pair under the model's own
-objective with each combination of ``--grid-downsize`` (the optimised field's coarseness),
-``--steps`` and start (the network's field, or zero), and prints TRE, Dice, SDlogJ, folding and
-seconds per pair (network forward included for the warm start). The first row is the network
-alone. Run with the project's environment::
+At one parameter setting, on the validation pairs, refines every pair under the model's
+regularizer terms with each combination of the options below, and prints TRE, Dice, SDlogJ,
+folding, the iterations that ran (early stopping) and seconds per pair (network forward included
+for the warm start) in wall and in CPU time (all threads: on a busy machine the CPU time with
+``--threads 1`` is what an idle core would take). The first row is the start alone. Options that take several values are
+crossed:
+
+- ``--similarity``: the refinement similarity (``model``: the training one; ``mind_ssc``,
+  ``ngf``, ``mi``, ``lncc``, ``mse``), with ``--sim-weight`` its factor (``mind_ssc*10``: this
+  similarity with the factor 10 only; ``mind_ssc:dilation=1*10``: with options);
+- ``--grid-downsize``, ``--levels``, ``--split`` (shares per level, coarsest first, e.g.
+  ``1:1:2``), ``--steps``, ``--lr``, ``--optimizer`` (adam, lbfgs), ``--tol`` (early stopping);
+- ``--starts``: the network's field, or zero.
+
+Without a checkpoint, ``--config`` builds the objective from a config and refines from zero
+fields (``--starts zero``). Run with the project's environment::
 
     .venv/bin/python benchmarks/refinement.py --model runs/quickstart/checkpoints/last.ckpt \\
         --data data/phantom --param lam=1 --param mu=1
+    .venv/bin/python benchmarks/refinement.py --config configs/quickstart.yaml \\
+        --data data/phantom --param lam=1 --param mu=1 --starts zero \\
+        --similarity model mind_ssc --sim-weight 1 10 --steps 30 60 --tol 0 1e-3
 """
 
 from __future__ import annotations
@@ -20,85 +34,171 @@ import time
 import torch
 
 from regzoo.cli import parse_params
+from regzoo.config import load_config
 from regzoo.data.learn2reg import Learn2RegDataset
-from regzoo.evaluation import score_pair, summarize
+from regzoo.evaluation import item_labels, score_pair, summarize
 from regzoo.model import load_model
 from regzoo.nets import RegistrationOutput
-from regzoo.refine import refine
+from regzoo.objective import build_objective
+from regzoo.refine import RefineOptions, RefineTrace, refine_field
+from regzoo.similarity import SIMILARITIES, Similarity
+
+
+def _similarity(text: str) -> Similarity | None:
+    """``name[:key=value,...]`` as a similarity (``model``: ``None``, the objective's)."""
+    name, _, given = text.partition(":")
+    if name in ("model", "-"):
+        return None
+    options = dict(item.split("=") for item in given.split(",") if item)
+    return SIMILARITIES.get(name)(**{k: json.loads(v) for k, v in options.items()})
+
+
+def _split(text: str) -> tuple[float, ...] | None:
+    return None if text == "equal" else tuple(float(x) for x in text.split(":"))
 
 
 def main() -> None:
     """Parse arguments, run every variant, print JSON lines and a table."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
-    parser.add_argument("--model", required=True)
+    source = parser.add_mutually_exclusive_group(required=True)
+    source.add_argument("--model", help="checkpoint (network start, its objective)")
+    source.add_argument("--config", help="config whose objective is refined (zero starts)")
     parser.add_argument("--data", required=True)
     parser.add_argument("--split", default="val")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
-    parser.add_argument("--grid-downsize", type=int, nargs="+", default=[1, 2, 4])
-    parser.add_argument("--steps", type=int, nargs="+", default=[10, 30, 100])
+    parser.add_argument("--similarity", nargs="+", default=["model"])
+    parser.add_argument("--sim-weight", type=float, nargs="+", default=[1.0])
+    parser.add_argument("--grid-downsize", type=int, nargs="+", default=[2])
+    parser.add_argument("--steps", type=int, nargs="+", default=[30, 60])
     parser.add_argument("--lr", type=float, nargs="+", default=[0.1])
+    parser.add_argument("--levels", type=int, nargs="+", default=[3])
+    parser.add_argument("--level-split", nargs="+", default=["equal"], metavar="A:B:C")
+    parser.add_argument("--optimizer", nargs="+", default=["adam"])
+    parser.add_argument("--tol", type=float, nargs="+", default=[0.0])
     parser.add_argument("--starts", nargs="+", default=["network", "zero"])
-    parser.add_argument("--levels", type=int, nargs="+", default=[1, 2])
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument("--limit", type=int, help="only the first N pairs")
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
-    model = load_model(args.model)
-    params = model.objective.resolve(parse_params(args.param))
-    window = tuple(model.config.data.intensity_window)
-    dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
-    items = list(dataset)
-    values = model.parameter_tensor(params, 1)
+    model = load_model(args.model) if args.model else None
+    config = model.config if model else load_config(args.config)
+    objective = model.objective if model else build_objective(config)
+    if model is None and "network" in args.starts:
+        parser.error("--starts network needs --model")
+    params = objective.resolve(parse_params(args.param))
+    values = objective.free_space.to_tensor(params, batch=1)
+    dataset = Learn2RegDataset(
+        args.data,
+        args.split,
+        intensity_window=tuple(config.data.intensity_window),
+        annotations=True,
+    )
+    items = list(dataset)[: args.limit]
+    int_steps = config.model.int_steps
 
-    variants: list[tuple[str, int, int, float, int]] = [("network", 0, 0, 0.0, 0)]
-    variants += itertools.product(args.starts, args.grid_downsize, args.steps, args.lr, args.levels)
+    def energy_spacing(item: dict) -> torch.Tensor | None:
+        if model is not None:
+            return model.energy_spacing(item.get("spacing"))
+        spacing = item.get("spacing")
+        if spacing is None or config.energy_units == "voxel":
+            return None
+        return torch.as_tensor(spacing, dtype=torch.float32)
+
+    grid = itertools.product(
+        args.starts,
+        args.similarity,
+        args.sim_weight,
+        args.grid_downsize,
+        args.levels,
+        args.level_split,
+        args.optimizer,
+        args.steps,
+        args.lr,
+        args.tol,
+    )
+    variants = [(start, "-", 0.0, 0, 0, "-", "-", 0, 0.0, 0.0) for start in args.starts]
+    variants += [
+        (v[0], v[1].split("*")[0], float(v[1].split("*")[1]), *v[3:]) if "*" in v[1] else v
+        for v in grid
+        if (v[4] == 1 or _split(v[5]) is None or len(_split(v[5])) == v[4])
+        and ("*" not in v[1] or v[2] == args.sim_weight[0])
+    ]
     table = []
-    for start, grid, steps, lr, levels in variants:
+    for start, sim_name, weight, grid_ds, levels, split, optimizer, steps, lr, tol in variants:
+        sim = _similarity(sim_name)
         rows = []
         for item in items:
             fixed, moving = item["fixed"][None], item["moving"][None]
-            begin = time.perf_counter()
+            begin, cpu = time.perf_counter(), time.process_time()
             if start == "network":
                 with torch.no_grad():
-                    init = model(fixed, moving, values)
+                    out = model(fixed, moving, values)
+                init = out.velocity if int_steps and out.velocity is not None else out.displacement
             else:
-                init = RegistrationOutput(torch.zeros(1, 3, *fixed.shape[2:]))
+                out = RegistrationOutput(torch.zeros(1, fixed.ndim - 2, *fixed.shape[2:]))
+                init = out.displacement
+            trace = RefineTrace()
             if steps:
-                init = refine(
-                    model,
-                    fixed,
-                    moving,
-                    values,
+                options = RefineOptions(
                     steps=steps,
                     lr=lr,
-                    grid_downsize=grid,
+                    grid_downsize=grid_ds,
                     levels=levels,
-                    init=init,
+                    split=_split(split) if levels > 1 else None,
+                    optimizer=optimizer,
+                    tol=tol,
+                    similarity_weight=weight,
+                    int_steps=int_steps,
+                    regularize=config.regularize,
+                )
+                out = refine_field(
+                    objective,
+                    fixed,
+                    moving,
+                    init,
+                    values,
+                    options,
+                    spacing=energy_spacing(item),
+                    trace=trace,
+                    labels=item_labels(item),
+                    similarity=sim,
                 )
             seconds = time.perf_counter() - begin
-            rows.append({**score_pair(item, init.displacement[0]), "seconds": seconds})
+            row = {**score_pair(item, out.displacement[0]), "seconds": seconds}
+            row["cpu_seconds"] = time.process_time() - cpu
+            row["iterations"] = trace.total_iterations
+            rows.append(row)
         s = summarize(rows)
-        print(
-            json.dumps(
-                {
-                    "start": start,
-                    "grid_downsize": grid,
-                    "steps": steps,
-                    "lr": lr,
-                    "levels": levels,
-                    **s,
-                }
-            )
-        )
+        s["iterations"] = sum(r["iterations"] for r in rows) / len(rows)
+        s["cpu_seconds"] = sum(r["cpu_seconds"] for r in rows) / len(rows)
+        record = {
+            "start": start,
+            "similarity": sim_name,
+            "sim_weight": weight,
+            "grid_downsize": grid_ds,
+            "levels": levels,
+            "split": split,
+            "optimizer": optimizer,
+            "steps": steps,
+            "lr": lr,
+            "tol": tol,
+            **s,
+        }
+        print(json.dumps(record), flush=True)
         table.append(
-            f"| {start} | {grid or '-'} | {levels or '-'} | {steps} | {lr or '-'} | {s['tre_mm']:.2f} | {s.get('dice', 0):.4f} | "
-            f"{s['sdlogj']:.3f} | {s['folding_fraction']:.2%} | {s['seconds']:.2f} |"
+            f"| {start} | {sim_name} | {weight:g} | {grid_ds or '-'} | {levels or '-'} | {split} "
+            f"| {optimizer} | {steps} | {lr:g} | {tol:g} | {s['iterations']:.1f} "
+            f"| {s['tre_mm']:.2f} | {s.get('dice', 0):.4f} | {s['sdlogj']:.3f} "
+            f"| {s['folding_fraction']:.2%} | {s['seconds']:.2f} | {s['cpu_seconds']:.2f} |"
         )
-    print(f"\nmodel {args.model}, {len(items)} {args.split} pairs, parameters {params}\n")
+    source_name = args.model or args.config
+    print(f"\n{source_name}, {len(items)} {args.split} pairs, parameters {params}\n")
     print(
-        "| start | grid downsize | levels | steps | lr | TRE mm | Dice | SDlogJ | folded | s/pair |"
+        "| start | similarity | weight | grid | levels | split | optimizer | steps | lr | tol "
+        "| iterations run | TRE mm | Dice | SDlogJ | folded | s/pair | CPU s/pair |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(table))
 
 

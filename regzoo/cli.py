@@ -168,6 +168,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         refine=args.refine,
         progress=args.refine > 0,
         fixed_labels=labels,
+        refine_options=_refine_options(args),
         **params,
     )
     out = Path(args.out)
@@ -189,6 +190,8 @@ def _cmd_register(args: argparse.Namespace) -> int:
             )
             names.append("figure.png")
     print(f"parameters: {_title(result.params)}")
+    if args.refine:
+        print(f"refinement: {result.refine_iterations} of {args.refine} iterations ran")
     for name in names:
         print(f"wrote {out / name}")
     return 0
@@ -211,8 +214,9 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         params = model.objective.resolve(parse_params(args.param))
         window = tuple(model.config.data.intensity_window)
         dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
-        rows = evaluate_model(model, dataset, params, refine=args.refine)
-        extra = {"model": str(args.model), "params": params, "refine": args.refine}
+        options = _refine_options(args)
+        rows = evaluate_model(model, dataset, params, refine=args.refine, refine_options=options)
+        extra = {"model": str(args.model), "params": params, "refine": args.refine, **options}
     else:
         dataset = Learn2RegDataset(args.data, args.split, annotations=True)
         rows = evaluate_displacements(dataset, args.disp_dir)
@@ -360,6 +364,50 @@ def _add_refine_argument(parser: argparse.ArgumentParser, help_text: str) -> Non
     )
 
 
+def _add_refine_options(parser: argparse.ArgumentParser) -> None:
+    """How --refine optimises: its similarity and when it stops (register, evaluate)."""
+    parser.add_argument(
+        "--refine-similarity",
+        metavar="NAME",
+        help="refine under this registered similarity (e.g. mind_ssc, ngf, mi) instead of the "
+        "training one; the regularizer terms stay the model's",
+    )
+    parser.add_argument(
+        "--refine-similarity-weight",
+        type=float,
+        default=1.0,
+        metavar="W",
+        help="factor of the similarity in the refined objective (default 1)",
+    )
+    parser.add_argument(
+        "--refine-tol",
+        type=float,
+        default=0.0,
+        metavar="TOL",
+        help="stop a pyramid level once the objective's relative change per iteration is "
+        "below TOL (0: off); the report says how many iterations ran",
+    )
+
+
+def _refine_options(args: argparse.Namespace) -> dict[str, object]:
+    """The keyword arguments of regzoo.refine.refine that _add_refine_options collects."""
+    from regzoo.similarity import SIMILARITIES
+
+    options: dict[str, object] = {}
+    if args.refine_similarity:
+        SIMILARITIES.get(args.refine_similarity)  # an unknown name fails before any work
+        options["similarity"] = args.refine_similarity
+    if args.refine_similarity_weight != 1.0:
+        if not args.refine_similarity_weight > 0:
+            raise InputError("--refine-similarity-weight must be > 0")
+        options["similarity_weight"] = args.refine_similarity_weight
+    if args.refine_tol:
+        if args.refine_tol < 0:
+            raise InputError("--refine-tol must be >= 0")
+        options["tol"] = args.refine_tol
+    return options
+
+
 def _add_plugin_argument(p: argparse.ArgumentParser, text: str) -> None:
     p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE", help=text)
 
@@ -463,6 +511,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="moving mask or label map to warp (nearest neighbour; repeatable)",
     )
     _add_refine_argument(p, "refine the network's field for N iterations under its objective")
+    _add_refine_options(p)
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--figure",
@@ -481,6 +530,7 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument("--disp-dir", help="folder of disp_FFFF_MMMM.nii.gz from any tool")
     _add_plugin_argument(p, TRUST_PLUGIN)
     _add_refine_argument(p, "refine each of the model's fields for N iterations")
+    _add_refine_options(p)
     p.add_argument("--out", required=True, help="JSON report (a CSV is written beside it)")
     p.set_defaults(func=_cmd_evaluate)
 

@@ -22,6 +22,7 @@ from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.io import atomic_write_text, read_displacement, write_csv
 from regzoo.metrics import dice, folding_fraction, sdlogj, target_registration_error
 from regzoo.model import HyperRegistration
+from regzoo.refine import RefineTrace
 from regzoo.refine import refine as refine_output
 from regzoo.spatial import warp_labels
 
@@ -46,6 +47,7 @@ METRICS = (
     "sdlogj",
     "folding_fraction",
     "seconds",
+    "refine_iterations",
 )
 
 
@@ -126,19 +128,24 @@ def evaluate_model(
     *,
     refine: int = 0,
     progress: bool = True,
+    refine_options: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Register every pair of ``dataset`` with ``model`` at ``params``; one metrics row each.
 
     With ``refine > 0`` each network field is refined for that many iterations under the
-    model's objective (:func:`regzoo.refine.refine`); ``seconds`` includes the refinement.
+    model's objective (:func:`regzoo.refine.refine`, further keyword arguments in
+    ``refine_options``); ``seconds`` includes the refinement and each row says how many
+    iterations ran (``refine_iterations``: fewer than ``refine`` when it stopped early).
     """
     resolved = model.objective.resolve(params)
     device = model.device
+    iterations: list[int] = []
 
     def predict(item: Mapping[str, Any]) -> torch.Tensor:
         fixed, moving = item["fixed"][None].to(device), item["moving"][None].to(device)
         if refine:
-            return refine_output(
+            trace = RefineTrace()
+            displacement = refine_output(
                 model,
                 fixed,
                 moving,
@@ -146,11 +153,19 @@ def evaluate_model(
                 steps=refine,
                 spacing=item.get("spacing"),
                 labels=item_labels(item),
+                trace=trace,
+                **(refine_options or {}),
             ).displacement[0]
+            iterations.append(trace.total_iterations)
+            return displacement
         with torch.no_grad():
             return model(fixed, moving, resolved).displacement[0]
 
-    return evaluate_predictor(dataset, predict, progress)
+    rows = evaluate_predictor(dataset, predict, progress)
+    if refine:
+        for row, count in zip(rows, iterations, strict=True):
+            row["refine_iterations"] = count
+    return rows
 
 
 def item_labels(item: Mapping[str, Any]) -> torch.Tensor | None:

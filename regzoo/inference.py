@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,6 +24,7 @@ from regzoo.io import (
     write_nifti,
 )
 from regzoo.model import HyperRegistration
+from regzoo.refine import RefineTrace
 from regzoo.refine import refine as refine_output
 from regzoo.spatial import jacobian_determinant, warp
 
@@ -54,6 +56,8 @@ class RegistrationResult:
         affine: the fixed image's affine (identity for tensors).
         parameter_maps: the spatial maps ``(*spatial)`` of per-label parameters by full name
             (``linear_elastic.mu``), when the fixed image's label map was given.
+        refine_iterations: the refinement iterations that ran (fewer than asked when it
+            stopped early), 0 without refinement.
     """
 
     displacement: torch.Tensor
@@ -62,6 +66,7 @@ class RegistrationResult:
     params: dict[str, float]
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
     parameter_maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    refine_iterations: int = 0
 
 
 def read_image(image: ImageLike, *, what: str = "image") -> Volume:
@@ -133,6 +138,7 @@ def register(
     progress: bool = False,
     resample: bool = False,
     fixed_labels: ImageLike | None = None,
+    refine_options: Mapping[str, Any] | None = None,
     **params: float,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with the model's network at the given parameters.
@@ -152,6 +158,8 @@ def register(
             instead of refusing.
         fixed_labels: the fixed image's label map (on its grid), for a model with per-label
             parameters: refinement needs it, and the result then holds the parameter maps.
+        refine_options: further keyword arguments of :func:`regzoo.refine.refine`
+            (``similarity``, ``similarity_weight``, ``tol``, ``optimizer``, ``split``...).
         **params: free parameter values by short (``mu``, ``mu@lung``) or full
             (``linear_elastic.mu``) name; the rest take the space's defaults.
 
@@ -178,6 +186,7 @@ def register(
     moving_t = moving_v.tensor()
     f = normalize_intensity(fixed_v.tensor(), window)[None, None].to(device)
     m = normalize_intensity(moving_t, window)[None, None].to(device)
+    trace = RefineTrace()
     if refine:
         displacement = refine_output(
             model,
@@ -188,11 +197,14 @@ def register(
             progress=progress,
             spacing=fixed_v.spacing,
             labels=labels,
+            trace=trace,
+            **(refine_options or {}),
         ).displacement
     else:
         with torch.no_grad():
             displacement = model(f, m, resolved).displacement
     result = build_result(displacement, moving_t, resolved, fixed_v.affine)
+    result.refine_iterations = trace.total_iterations
     if labels is not None:
         maps = model.objective.parameter_maps(model.objective.to_tensor(resolved), labels.cpu())
         result.parameter_maps = {name: value[0, 0] for name, value in maps.items()}

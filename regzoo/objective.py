@@ -356,7 +356,18 @@ class Objective(nn.Module):
         ``labels`` is the fixed image's integer label map ``(B or 1, 1, *spatial)`` on the
         field's grid, needed when a term has per-label parameters (:attr:`needs_labels`).
         """
-        sim = self.similarity(fixed, warped)
+        return self.combine(self.similarity(fixed, warped), field, values, spacing, labels)
+
+    def combine(
+        self,
+        sim: torch.Tensor,
+        field: torch.Tensor,
+        values: torch.Tensor,
+        spacing: Spacing = None,
+        labels: torch.Tensor | None = None,
+    ) -> LossTerms:
+        """The loss parts for a similarity value ``sim`` ``(B,)`` computed by the caller (e.g.
+        refinement comparing precomputed descriptors); otherwise as :meth:`forward`."""
         weighted = torch.zeros_like(sim)
         reference = torch.zeros_like(sim)
         weight_sum: torch.Tensor | float = 0.0

@@ -12,8 +12,15 @@ upsampled (trilinear, corner-aligned) before warping, so the objective is evalua
 resolution while the unknowns stay few and smooth. By default the iterations are split over a
 three-level image pyramid (a third on images a quarter of the size, a third at half size), which
 reaches large motion at a fraction of the cost per iteration; the last third minimises the
-exact objective at full resolution (the choices measured in ``benchmarks/refinement.py``). Diffeomorphic models (``int_steps > 0``) refine the stationary
-velocity and integrate it by scaling and squaring, so the result stays invertible.
+exact objective at full resolution (the choices measured in ``benchmarks/refinement.py``).
+Diffeomorphic models (``int_steps > 0``) refine the stationary velocity and integrate it by
+scaling and squaring, so the result stays invertible.
+
+Refinement may minimise another similarity than the one the network was trained with (e.g.
+MIND-SSC, :mod:`regzoo.lung_similarity`), with the same regularizer terms; a descriptor
+similarity's descriptors are computed once per image pair and level and the moving image's
+descriptors are warped. With ``tol > 0`` each level stops early once the objective's relative
+change per iteration falls below ``tol``; :class:`RefineTrace` records how many iterations ran.
 """
 
 from __future__ import annotations
@@ -27,8 +34,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from regzoo._errors import InputError
+from regzoo.lung_similarity import DescriptorSimilarity
 from regzoo.nets import RegistrationOutput
 from regzoo.objective import Objective
+from regzoo.similarity import SIMILARITIES, Similarity
 from regzoo.spatial import Spacing, check_image, integrate_velocity, resize_flow, warp
 
 if TYPE_CHECKING:
@@ -53,6 +62,17 @@ class RefineOptions:
             ``2^(L-1)`` times coarser, and so on down to the full resolution, where the last
             (and the remaining) iterations minimise the exact objective. Coarse levels cost
             ``8^level`` times less in 3D and reach large motion in fewer iterations.
+        split: the share of ``steps`` of each level, coarsest first (``levels`` positive
+            numbers, normalised; ``None``: equal shares). The finest level takes the remainder.
+        optimizer: ``"adam"`` or ``"lbfgs"`` (L-BFGS with a strong-Wolfe line search, ``lr``
+            its first step; ``steps`` then counts objective evaluations, and ``tol`` is its
+            absolute ``tolerance_change``).
+        tol: early stopping: a level stops once the objective's relative change per
+            iteration, averaged over the last ``window`` iterations,
+            ``(J_{k-w} - J_k) / (w |J_k|)``, falls below ``tol`` (0: always run every step).
+        window: iterations the relative change is averaged over.
+        similarity_weight: factor of the similarity in the objective (for a refinement
+            similarity whose scale differs from the training one's).
         progress: show a progress bar.
     """
 
@@ -62,6 +82,11 @@ class RefineOptions:
     int_steps: int = 0
     regularize: str = "displacement"
     levels: int = 3
+    split: tuple[float, ...] | None = None
+    optimizer: str = "adam"
+    tol: float = 0.0
+    window: int = 5
+    similarity_weight: float = 1.0
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -79,15 +104,46 @@ class RefineOptions:
             )
         if self.regularize == "velocity" and self.int_steps == 0:
             raise InputError("refine: regularize='velocity' needs int_steps > 0")
+        if self.split is not None and (
+            len(self.split) != self.levels or not all(w > 0 for w in self.split)
+        ):
+            raise InputError(
+                f"refine: split must give {self.levels} positive shares (one per level), "
+                f"got {self.split}"
+            )
+        if self.optimizer not in ("adam", "lbfgs"):
+            raise InputError(f"refine: optimizer must be 'adam' or 'lbfgs', got {self.optimizer!r}")
+        if self.tol < 0:
+            raise InputError(f"refine: tol must be >= 0, got {self.tol}")
+        if self.window < 1:
+            raise InputError(f"refine: window must be >= 1, got {self.window}")
+        if not self.similarity_weight > 0:
+            raise InputError(f"refine: similarity_weight must be > 0, got {self.similarity_weight}")
+
+    def steps_per_level(self) -> list[int]:
+        """The iteration budget of each level, coarsest first (summing to :attr:`steps`)."""
+        shares = self.split or (1.0,) * self.levels
+        total = sum(shares)
+        per_level = [int(self.steps * w / total) for w in shares]
+        per_level[-1] += self.steps - sum(per_level)  # the finest level takes the remainder
+        return per_level
 
 
 @dataclass
 class RefineTrace:
     """The objective per iteration (mean over the batch), evaluated before each step, and once
     more after the last step of each pyramid level (so the last entry is the final objective).
-    Entries of coarse levels are objectives on the coarse images."""
+    Entries of coarse levels are objectives on the coarse images. ``iterations`` holds the
+    iterations (objective evaluations for L-BFGS) each level ran, coarsest first: fewer than
+    its budget when it stopped early (``tol``)."""
 
     objective: list[float] = field(default_factory=list)
+    iterations: list[int] = field(default_factory=list)
+
+    @property
+    def total_iterations(self) -> int:
+        """Iterations run over every level."""
+        return sum(self.iterations)
 
 
 def refine_field(
@@ -101,6 +157,7 @@ def refine_field(
     spacing: Spacing = None,
     trace: RefineTrace | None = None,
     labels: torch.Tensor | None = None,
+    similarity: Similarity | None = None,
 ) -> RegistrationOutput:
     """Minimise ``objective`` over the field, starting from ``init``.
 
@@ -116,6 +173,8 @@ def refine_field(
         trace: if given, receives the objective before and after every step.
         labels: the fixed image's integer label map ``(B or 1, 1, *spatial)``, for objectives
             with per-label parameters (resampled, nearest neighbour, on coarse levels).
+        similarity: minimised instead of the objective's own similarity (``None``: the
+            objective's), with the same terms and weights.
 
     Returns:
         The refined displacement (and velocity for diffeomorphic refinement), detached.
@@ -141,8 +200,9 @@ def refine_field(
             f"{(fixed.shape[0], len(objective.free_space))}, got {tuple(values.shape)}"
         )
     fixed, moving, values = fixed.detach(), moving.detach(), values.detach()
-    per_level = [options.steps // options.levels] * options.levels
-    per_level[-1] += options.steps - sum(per_level)  # the finest level takes the remainder
+    per_level = options.steps_per_level()
+    sim = objective.similarity if similarity is None else similarity
+    trace = RefineTrace() if trace is None else trace
     field = init.detach()
     with tqdm(total=options.steps, desc="refine", disable=not options.progress) as bar:
         for steps, level in zip(per_level, reversed(range(options.levels)), strict=True):
@@ -150,6 +210,7 @@ def refine_field(
             level_size = [max(2, -(-n // factor)) for n in size]
             field = _optimize_level(
                 objective,
+                sim,
                 _resize_image(fixed, level_size),
                 _resize_image(moving, level_size),
                 resize_flow(field, level_size),
@@ -192,6 +253,7 @@ def _scaled_spacing(spacing: Spacing, factor: int) -> Spacing:
 
 def _optimize_level(
     objective: Objective,
+    similarity: Similarity,
     fixed: torch.Tensor,
     moving: torch.Tensor,
     field: torch.Tensor,
@@ -199,36 +261,78 @@ def _optimize_level(
     steps: int,
     options: RefineOptions,
     spacing: Spacing,
-    trace: RefineTrace | None,
+    trace: RefineTrace,
     bar: tqdm,
     labels: torch.Tensor | None,
 ) -> torch.Tensor:
-    """Adam on one pyramid level; returns the level's (displacement or velocity) field."""
+    """Optimise one pyramid level; returns the level's (displacement or velocity) field."""
     size = fixed.shape[2:]
     coarse_size = [max(2, -(-n // options.grid_downsize)) for n in size]
     unknown = resize_flow(field, coarse_size).clone().requires_grad_(True)
-    optimizer = torch.optim.Adam([unknown], lr=options.lr)
+    if isinstance(similarity, DescriptorSimilarity):
+        # descriptors once per pair and level; the moving image's are warped
+        with torch.no_grad():
+            fixed_features = similarity.features(fixed)
+            moving_features = similarity.features(moving)
+
+        def compare(displacement: torch.Tensor) -> torch.Tensor:
+            return similarity.compare(fixed_features, warp(moving_features, displacement))
+    else:
+
+        def compare(displacement: torch.Tensor) -> torch.Tensor:
+            return similarity(fixed, warp(moving, displacement))
 
     def evaluate() -> torch.Tensor:
         full = resize_flow(unknown, size)
         displacement = integrate_velocity(full, options.int_steps) if options.int_steps else full
         regularized = full if options.regularize == "velocity" else displacement
-        terms = objective(fixed, warp(moving, displacement), regularized, values, spacing, labels)
+        sim = options.similarity_weight * compare(displacement)
+        terms = objective.combine(sim, regularized, values, spacing, labels)
         return terms.total.sum() / fixed.shape[0]
 
+    history: list[float] = []
+
+    def closure() -> torch.Tensor:
+        optimizer.zero_grad(set_to_none=True)
+        loss = evaluate()
+        loss.backward()
+        history.append(float(loss.detach()))
+        bar.update(1)
+        return loss
+
     with torch.enable_grad():
-        for _ in range(steps):
-            optimizer.zero_grad(set_to_none=True)
-            loss = evaluate()
-            loss.backward()
-            optimizer.step()
-            bar.update(1)
-            if trace is not None:
-                trace.objective.append(float(loss.detach()))
-    if trace is not None:
-        with torch.no_grad():
-            trace.objective.append(float(evaluate()))
+        if options.optimizer == "lbfgs" and steps:
+            optimizer: torch.optim.Optimizer = torch.optim.LBFGS(
+                [unknown],
+                lr=options.lr,
+                max_iter=steps,
+                max_eval=steps,
+                tolerance_change=options.tol,
+                line_search_fn="strong_wolfe",
+            )
+            optimizer.step(closure)
+        else:
+            optimizer = torch.optim.Adam([unknown], lr=options.lr)
+            for _ in range(steps):
+                closure()
+                optimizer.step()
+                if _converged(history, options.tol, options.window):
+                    break
+    trace.objective.extend(history)
+    trace.iterations.append(len(history))
+    with torch.no_grad():
+        trace.objective.append(float(evaluate()))
     return resize_flow(unknown.detach(), size)
+
+
+def _converged(history: Sequence[float], tol: float, window: int) -> bool:
+    """Whether the relative change per iteration over the last ``window`` iterations,
+    ``(J_{k-w} - J_k) / (w |J_k|)``, is below ``tol`` (never with ``tol == 0``)."""
+    if tol <= 0 or len(history) <= window:
+        return False
+    last = history[-1]
+    change = (history[-1 - window] - last) / (window * max(abs(last), 1e-12))
+    return change < tol
 
 
 def refine(
@@ -246,6 +350,11 @@ def refine(
     trace: RefineTrace | None = None,
     spacing: Spacing = None,
     labels: torch.Tensor | None = None,
+    similarity: Similarity | str | None = None,
+    similarity_weight: float = 1.0,
+    tol: float = 0.0,
+    optimizer: str = "adam",
+    split: Sequence[float] | None = None,
 ) -> RegistrationOutput:
     """Register with the network at ``params``, then refine under the model's own objective.
 
@@ -271,6 +380,14 @@ def refine(
             was trained that way (``energy_units: mm``, :meth:`HyperRegistration.energy_spacing`).
         labels: the fixed image's integer label map ``(B or 1, 1, *spatial)``; needed when
             the model has per-label parameters.
+        similarity: refine under this similarity (an instance or a registered name with
+            default options, e.g. ``"mind_ssc"``) instead of the training one; the regularizer
+            terms stay the model's.
+        similarity_weight: factor of the similarity in the refined objective.
+        tol: early stopping on the objective's relative change per iteration (0: off); the
+            iterations that ran are in ``trace.iterations``.
+        optimizer: ``"adam"`` or ``"lbfgs"``.
+        split: share of the iterations per pyramid level, coarsest first (equal by default).
 
     Examples:
         >>> output = regzoo.refine(model, fixed, moving, {"lam": 1.0, "mu": 1.0}, steps=30)
@@ -289,8 +406,14 @@ def refine(
         levels=levels,
         int_steps=config.model.int_steps,
         regularize=config.regularize,
+        split=None if split is None else tuple(split),
+        optimizer=optimizer,
+        tol=tol,
+        similarity_weight=similarity_weight,
         progress=progress,
     )
+    if isinstance(similarity, str):
+        similarity = SIMILARITIES.get(similarity)()
     start = init.velocity if diffeomorphic and init.velocity is not None else init.displacement
     return refine_field(
         model.objective,
@@ -302,4 +425,5 @@ def refine(
         spacing=model.energy_spacing(spacing),
         trace=trace,
         labels=labels,
+        similarity=similarity,
     )

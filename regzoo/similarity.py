@@ -178,3 +178,7 @@ class MSE(Similarity):
 
     def loss(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
         return (fixed - warped).pow(2).flatten(1).mean(dim=1)
+
+
+# registers mind_ssc, ngf and mi (after the base class and the registry above exist)
+from regzoo import lung_similarity  # noqa: E402, F401

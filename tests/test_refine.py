@@ -1,5 +1,6 @@
 """Instance optimisation: it lowers its own objective, for any regularizer, in 2D and 3D."""
 
+import json
 from pathlib import Path
 
 import nibabel as nib
@@ -10,18 +11,22 @@ from test_inference_cli import pair_paths, register_args
 
 from regzoo import load_plugin
 from regzoo.cli import main
-from regzoo.config import TermConfig
+from regzoo.config import TermConfig, load_config
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.inference import register
+from regzoo.lung_similarity import MINDSSC
 from regzoo.metrics import folding_fraction, target_registration_error
 from regzoo.model import load_model
-from regzoo.objective import Objective, build_term
+from regzoo.objective import Objective, build_objective, build_term
 from regzoo.refine import RefineOptions, RefineTrace, refine, refine_field
-from regzoo.similarity import MSE
+from regzoo.similarity import LNCC, MSE
 from regzoo.spatial import integrate_velocity, warp
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE_PLUGIN = ROOT / "plugins" / "file_plugin_example" / "directional_diffusion.py"
+# the refinement configuration of docs/results.md ("Toward the limit": MIND-SSC at weight 10
+# from zero fields; its 60-iteration row), refined from zero
+CHOSEN = {"steps": 60, "lr": 0.1, "grid_downsize": 2, "levels": 3, "similarity_weight": 10.0}
 
 
 def blob_pair(shift: float, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -190,3 +195,118 @@ def test_pyramid_levels_end_on_the_exact_objective(plugin_objective):
     assert trace.objective[-1] < single.objective[0]
     with pytest.raises(ValueError, match="levels must be >= 1"):
         RefineOptions(levels=0)
+
+
+def test_refine_under_another_similarity_warps_precomputed_descriptors(plugin_objective):
+    fixed, moving = blob_pair(shift=3.0)
+    values = plugin_objective.to_tensor({"axial_weight": 0.1})
+    init = torch.zeros(1, 2, 32, 32)
+    mind = MINDSSC()
+    trace = RefineTrace()
+    options = RefineOptions(steps=40, lr=0.2, grid_downsize=1, levels=2, similarity_weight=10.0)
+    out = refine_field(
+        plugin_objective, fixed, moving, init, values, options, trace=trace, similarity=mind
+    )
+    # the first entry: the descriptors of the moving image warped by zero are its descriptors
+    energy = plugin_objective.combine(torch.zeros(1), init, values).total
+    start = 10.0 * mind(fixed, moving) + energy
+    coarse = [n // 2 for n in fixed.shape[2:]]
+    assert trace.objective[-1] < trace.objective[0]
+    assert trace.iterations == [20, 20]
+    assert float(mind(fixed, warp(moving, out.displacement))) < 0.5 * float(start)
+    assert 1.5 < float(out.displacement[0, 0, 16, 16]) < 4.0
+    assert coarse == [16, 16]
+
+
+def test_early_stopping_reports_the_iterations_that_ran(plugin_objective):
+    fixed, moving = blob_pair(shift=2.0)
+    # LNCC: an objective near -1 at its optimum, whose relative change is meaningful
+    plugin_objective = Objective(LNCC(window=5), plugin_objective.terms)
+    values = plugin_objective.to_tensor({"axial_weight": 0.1})
+    init = torch.zeros(1, 2, 32, 32)
+    full, stopped = RefineTrace(), RefineTrace()
+    base = {"steps": 200, "lr": 0.2, "grid_downsize": 1, "levels": 1}
+    refine_field(plugin_objective, fixed, moving, init, values, RefineOptions(**base), trace=full)
+    refine_field(
+        plugin_objective,
+        fixed,
+        moving,
+        init,
+        values,
+        RefineOptions(**base, tol=1e-3),
+        trace=stopped,
+    )
+    assert full.iterations == [200]
+    assert 5 < stopped.total_iterations < 200
+    # stopped where the objective had flattened: within 5 % of the full run's decrease
+    decrease = full.objective[0] - full.objective[-1]
+    assert stopped.objective[-1] - full.objective[-1] < 0.05 * decrease
+
+
+def test_lbfgs_and_the_pyramid_split(plugin_objective):
+    fixed, moving = blob_pair(shift=3.0)
+    values = plugin_objective.to_tensor({"axial_weight": 0.1})
+    init = torch.zeros(1, 2, 32, 32)
+    options = RefineOptions(steps=40, lr=1.0, grid_downsize=1, levels=1, optimizer="lbfgs")
+    trace = RefineTrace()
+    out = refine_field(plugin_objective, fixed, moving, init, values, options, trace=trace)
+    assert trace.total_iterations <= 40
+    assert trace.objective[-1] < 0.6 * trace.objective[0]
+    assert 1.5 < float(out.displacement[0, 0, 16, 16]) < 4.0
+    assert RefineOptions(steps=30, levels=3, split=(1, 1, 2)).steps_per_level() == [7, 7, 16]
+    assert RefineOptions(steps=30).steps_per_level() == [10, 10, 10]
+    with pytest.raises(ValueError, match="3 positive shares"):
+        RefineOptions(levels=3, split=(1.0, 2.0))
+    with pytest.raises(ValueError, match="'adam' or 'lbfgs'"):
+        RefineOptions(optimizer="sgd")
+    with pytest.raises(ValueError, match="tol must be >= 0"):
+        RefineOptions(tol=-1.0)
+
+
+def test_refine_similarity_from_the_cli_in_3d(tiny_checkpoint, tiny_phantom, tmp_path, capsys):
+    report = tmp_path / "r.json"
+    args = ["evaluate", "--data", str(tiny_phantom), "--model", str(tiny_checkpoint)]
+    args += ["--refine", "12", "--refine-similarity", "mind_ssc", "--refine-tol", "1e-2"]
+    assert main([*args, "--refine-similarity-weight", "5", "--out", str(report)]) == 0
+    saved = json.loads(report.read_text())
+    assert saved["similarity"] == "mind_ssc" and saved["similarity_weight"] == 5.0
+    assert 1 <= saved["pairs"][0]["refine_iterations"] <= 12
+    assert "refine_iterations" in saved["mean"]
+    code = main([*args[:-2], "--refine-similarity", "mind", "--out", str(report)])
+    assert code == 2
+    assert "did you mean 'mind_ssc'" in capsys.readouterr().err
+
+
+def test_the_chosen_configuration_on_the_2d_phantom(tiny_phantom_2d):
+    """The configuration of docs/results.md (MIND-SSC refinement, zero start) in 2D, with
+    the quickstart's linear elastic terms (the plugin regularizer: the test above)."""
+    objective = build_objective(load_config(ROOT / "configs" / "quickstart.yaml"))
+    values = objective.to_tensor({"lam": 1.0, "mu": 1.0})
+    item = Learn2RegDataset(
+        tiny_phantom_2d, "val", intensity_window=(-1000, 500), annotations=True
+    )[0]
+    fixed, moving = item["fixed"][None], item["moving"][None]
+    trace = RefineTrace()
+    out = refine_field(
+        objective,
+        fixed,
+        moving,
+        torch.zeros(1, 2, *fixed.shape[2:]),
+        values,
+        RefineOptions(**CHOSEN),
+        spacing=torch.as_tensor(item["spacing"], dtype=torch.float32),
+        trace=trace,
+        similarity=MINDSSC(),
+    )
+    before = target_registration_error(
+        item["fixed_keypoints"],
+        item["moving_keypoints"],
+        torch.zeros_like(out.displacement[0]),
+        item["spacing"],
+    ).mean()
+    after = target_registration_error(
+        item["fixed_keypoints"], item["moving_keypoints"], out.displacement[0], item["spacing"]
+    ).mean()
+    assert float(after) < 0.5 * float(before)
+    assert folding_fraction(out.displacement[0]) == 0.0
+    assert trace.total_iterations <= CHOSEN["steps"]
