@@ -78,10 +78,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from regzoo.train import train
 
     overrides = list(args.set)
-    if args.resume:
-        overrides.append(f"run_dir={args.resume}")
-    config = load_config(args.config, overrides)
+    if args.resume:  # the run continues as it was configured, changed only by explicit --set
+        from regzoo.runs import resume_config
+
+        if args.overwrite:
+            raise InputError("give --resume or --overwrite, not both")
+        config, notes = resume_config(args.config, args.resume, overrides)
+        for line in notes:
+            print(line, file=sys.stderr)
+    else:
+        config = load_config(args.config, overrides)
     checkpoint = train(config, resume=args.resume is not None, overwrite=args.overwrite)
+    if args.resume:
+        from regzoo.runs import record_resume
+
+        record_resume(args.resume, notes)
     print(f"checkpoint: {checkpoint}")
     return 0
 
@@ -204,6 +215,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise InputError("--refine needs --model (it refines the model's own fields)")
     if Path(args.out).is_dir():
         raise InputError(f"--out {args.out} is a folder; give the JSON report's file name")
+    from regzoo.evaluation import report_paths
+    from regzoo.io import check_output_files
+
+    check_output_files(report_paths(args.out))  # before any work: never over a user's file
     if args.model:
         from regzoo.model import load_model
 
