@@ -45,6 +45,7 @@ __all__ = [
     "atomic_save",
     "atomic_write_text",
     "check_output_files",
+    "check_output_folder",
     "check_same_grid",
     "clean_stale_staging",
     "displacement_from_itk",
@@ -575,6 +576,30 @@ def resolve_output(target: str | Path) -> Path:
     return target
 
 
+def check_output_folder(target: str | Path, *, overwrite: bool = True) -> Path:
+    """Check that :func:`output_folder` may write ``target`` (new, empty, or a regzoo output
+    set); returns the folder it writes (a symlink followed).
+
+    Raises:
+        OutputExistsError: ``target`` is a file or a folder regzoo did not write (or a regzoo
+            output set and ``overwrite`` is false).
+        OutputError: a dangling symlink.
+    """
+    target = resolve_output(target)
+    if target.exists():
+        if not target.is_dir():
+            raise OutputExistsError(f"output {target} exists and is not a folder")
+        ours = (target / OUTPUT_MARKER).is_file()
+        empty = not any(target.iterdir())
+        if not (empty or (ours and overwrite)):
+            reason = "is not a regzoo output folder" if not ours else "exists"
+            raise OutputExistsError(
+                f"output folder {target} {reason}; choose a new or empty folder"
+                + ("" if not ours else " or pass --overwrite")
+            )
+    return target
+
+
 @contextlib.contextmanager
 def output_folder(target: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
     """Build an output set in a staging folder beside ``target``, then swap it into place.
@@ -594,20 +619,8 @@ def output_folder(target: str | Path, *, overwrite: bool = True) -> Iterator[Pat
             regzoo output (or ``overwrite`` is false).
         OutputError: the parent folder cannot be written.
     """
-    target = resolve_output(target)
-    mode = 0o777 & ~_umask()
-    if target.exists():
-        if not target.is_dir():
-            raise OutputExistsError(f"output {target} exists and is not a folder")
-        ours = (target / OUTPUT_MARKER).is_file()
-        empty = not any(target.iterdir())
-        if not (empty or (ours and overwrite)):
-            reason = "is not a regzoo output folder" if not ours else "exists"
-            raise OutputExistsError(
-                f"output folder {target} {reason}; choose a new or empty folder"
-                + ("" if not ours else " or pass --overwrite")
-            )
-        mode = target.stat().st_mode & 0o7777
+    target = check_output_folder(target, overwrite=overwrite)
+    mode = target.stat().st_mode & 0o7777 if target.exists() else 0o777 & ~_umask()
     try:
         target.parent.mkdir(parents=True, exist_ok=True)
         clean_stale_staging(target)

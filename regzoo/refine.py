@@ -18,6 +18,7 @@ velocity and integrate it by scaling and squaring, so the result stays invertibl
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -26,7 +27,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from regzoo._errors import InputError
+from regzoo._errors import InputError, RegzooError
 from regzoo.nets import RegistrationOutput
 from regzoo.objective import Objective
 from regzoo.spatial import Spacing, check_image, integrate_velocity, resize_flow, warp
@@ -34,7 +35,11 @@ from regzoo.spatial import Spacing, check_image, integrate_velocity, resize_flow
 if TYPE_CHECKING:
     from regzoo.model import HyperRegistration
 
-__all__ = ["RefineOptions", "RefineTrace", "refine", "refine_field"]
+__all__ = ["RefineCancelledError", "RefineOptions", "RefineTrace", "refine", "refine_field"]
+
+
+class RefineCancelledError(RegzooError):
+    """A refinement stopped because its :class:`RefineTrace` was cancelled."""
 
 
 @dataclass(frozen=True)
@@ -85,9 +90,13 @@ class RefineOptions:
 class RefineTrace:
     """The objective per iteration (mean over the batch), evaluated before each step, and once
     more after the last step of each pyramid level (so the last entry is the final objective).
-    Entries of coarse levels are objectives on the coarse images."""
+    Entries of coarse levels are objectives on the coarse images.
+
+    Setting ``stop`` (from another thread) cancels the refinement at its next iteration: it
+    raises :class:`RefineCancelledError`."""
 
     objective: list[float] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
 
 
 def refine_field(
@@ -218,6 +227,8 @@ def _optimize_level(
 
     with torch.enable_grad():
         for _ in range(steps):
+            if trace is not None and trace.stop.is_set():
+                raise RefineCancelledError("the refinement was cancelled")
             optimizer.zero_grad(set_to_none=True)
             loss = evaluate()
             loss.backward()
