@@ -207,7 +207,13 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from regzoo.data.learn2reg import Learn2RegDataset
-    from regzoo.evaluation import evaluate_displacements, evaluate_model, summarize, write_report
+    from regzoo.evaluation import (
+        check_dimension,
+        evaluate_displacements,
+        evaluate_model,
+        summarize,
+        write_report,
+    )
 
     if (args.model is None) == (args.disp_dir is None):
         raise InputError("give exactly one of --model or --disp-dir")
@@ -226,6 +232,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         params = model.objective.resolve(parse_params(args.param))
         window = tuple(model.config.data.intensity_window)
         dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
+        check_dimension(model, dataset)
         rows = evaluate_model(model, dataset, params, refine=args.refine)
         extra = {"model": str(args.model), "params": params, "refine": args.refine}
     else:
@@ -243,7 +250,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from regzoo.data.learn2reg import Learn2RegDataset
-    from regzoo.evaluation import check_metric, compare_refinement
+    from regzoo.evaluation import check_dimension, check_metric, compare_refinement
     from regzoo.explore.command import explore_command
 
     if args.refine_grid and not args.refine:
@@ -258,6 +265,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     grid = parse_grid(args.grid)
     window = tuple(model.config.data.intensity_window)
     dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
+    check_dimension(model, dataset)
     if args.metric:
         check_metric(args.metric, dataset[0])
     result = sweep(
@@ -359,6 +367,17 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _fraction(text: str) -> float:
+    """argparse type: a number in ``[0, 1]`` (``nan`` is refused, not ignored)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also false for nan
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
+    return value
 
 
 def _add_refine_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -522,7 +541,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-folding",
-        type=float,
+        type=_fraction,
         metavar="FRACTION",
         help="only settings whose mean folded-voxel fraction is at most this may be chosen "
         "(e.g. 0: invertible results only)",

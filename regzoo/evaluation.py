@@ -21,6 +21,7 @@ from tqdm.auto import tqdm
 
 from regzoo._errors import InputError, MissingFileError
 from regzoo.data.learn2reg import Learn2RegDataset
+from regzoo.inference import check_finite_field
 from regzoo.io import REPORT_MARKER, output_files, read_displacement
 from regzoo.metrics import dice, folding_fraction, sdlogj, target_registration_error
 from regzoo.model import HyperRegistration
@@ -28,6 +29,7 @@ from regzoo.refine import refine as refine_output
 from regzoo.spatial import warp_labels
 
 __all__ = [
+    "check_dimension",
     "check_metric",
     "compare_refinement",
     "evaluate_displacements",
@@ -56,6 +58,23 @@ METRIC_NEEDS = {
     "dice_labels": ("moving_labels", "label maps (labelsTr/)"),
     "tre_mm": ("moving_keypoints", "keypoints (keypointsTr/)"),
 }
+
+
+def check_dimension(model: HyperRegistration, dataset: Learn2RegDataset) -> None:
+    """Check that ``dataset``'s images have the model's dimension (2D or 3D), before any work.
+
+    Raises:
+        InputError: naming the data set's first image and both dimensions.
+    """
+    if not len(dataset):
+        return
+    item = dataset[0]
+    ndim = item["fixed"].ndim - 1
+    if ndim != model.ndim:
+        raise InputError(
+            f"the model registers {model.ndim}D images, but the data set's images are {ndim}D "
+            f"({item['fixed_path']}: {tuple(item['fixed'].shape[1:])}); use a {ndim}D model"
+        )
 
 
 def check_metric(metric: str, item: Mapping[str, Any]) -> None:
@@ -108,6 +127,7 @@ def _evaluate(
     for item in tqdm(dataset, desc="evaluate", disable=not progress):
         start = time.perf_counter()
         displacement = predict(item)
+        check_finite_field(displacement, None, f"pair {item['fixed_id']} / {item['moving_id']}")
         if displacement.is_cuda:  # GPU work is asynchronous: wait for it before timing
             torch.cuda.synchronize(displacement.device)
         seconds = time.perf_counter() - start

@@ -44,6 +44,7 @@ __all__ = [
     "atomic_path",
     "atomic_save",
     "atomic_write_text",
+    "check_affine",
     "check_output_files",
     "check_output_folder",
     "check_same_grid",
@@ -59,6 +60,7 @@ __all__ = [
     "resample_like",
     "resolve_output",
     "same_grid",
+    "staging_folder",
     "write_csv",
     "write_displacement",
     "write_itk_displacement",
@@ -87,9 +89,10 @@ def max_voxels() -> int:
     text = os.environ.get("REGZOO_MAX_VOXELS")
     if text is None:
         return MAX_VOXELS
-    if not text.strip().isdigit() or int(text) < 1:
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()) or int(digits) < 1:
         raise InputError(f"REGZOO_MAX_VOXELS must be a positive integer, got {text!r}")
-    return int(text)
+    return int(digits)
 
 
 @dataclass(frozen=True)
@@ -202,6 +205,31 @@ def _read_array(path: Path, image: Any, budget: int | None) -> np.ndarray:
     return data
 
 
+def check_affine(affine: np.ndarray, path: str | Path, ndim: int = 3) -> None:
+    """Check that a voxel -> mm affine is finite and invertible (a zero or singular affine
+    makes every millimetre measure meaningless).
+
+    Raises:
+        InputError: naming the file and the affine's voxel -> mm block.
+    """
+    block = np.asarray(affine, dtype=np.float64)[:3, :3]
+    scale = float(np.abs(block).max()) if np.isfinite(block).all() else 0.0
+    if scale == 0.0 or abs(float(np.linalg.det(block))) <= (1e-6 * scale) ** 3:
+        rows = "; ".join(" ".join(f"{v:.4g}" for v in row) for row in block)
+        raise InputError(
+            f"{path}: its affine (voxel -> mm) is singular or not finite ([{rows}]): the "
+            "header's geometry is broken; fix its sform/qform (e.g. with nibabel) first"
+        )
+
+
+def _check_axes(shape: tuple[int, ...], path: Path) -> None:
+    if min(shape) < 2:
+        raise InputError(
+            f"{path}: shape {shape} has an axis of one voxel; registration needs at least 2 "
+            "voxels along every axis (a 2D image is stored as (X, Y) or (X, Y, 1))"
+        )
+
+
 def read_volume(path: str | Path, *, what: str = "image", budget: int | None = None) -> Volume:
     """Read a 2D or 3D NIfTI volume as float32 with its affine.
 
@@ -217,8 +245,11 @@ def read_volume(path: str | Path, *, what: str = "image", budget: int | None = N
         InputError: not NIfTI, truncated, over the budget, not 2D/3D, or NaN/inf values.
     """
     path, image = _open(path, what)
+    check_affine(image.affine, path)
     data = _read_array(path, image, budget)
-    return Volume(data.reshape(_spatial_shape(data.shape, path)), np.asarray(image.affine), path)
+    shape = _spatial_shape(data.shape, path)
+    _check_axes(shape, path)
+    return Volume(data.reshape(shape), np.asarray(image.affine), path)
 
 
 LPS_FROM_RAS = np.array([-1.0, -1.0, 1.0])
@@ -270,6 +301,7 @@ def read_displacement(path: str | Path, *, budget: int | None = None) -> Volume:
             number of spatial dimensions.
     """
     path, image = _open(path, "displacement")
+    check_affine(image.affine, path)
     data = _read_array(path, image, budget)
     if _is_itk_field(image, data.shape):
         vectors = data[:, :, :, 0]
@@ -278,7 +310,13 @@ def read_displacement(path: str | Path, *, budget: int | None = None) -> Volume:
         vectors = rearrange(vectors, "... d -> d ...")
         if vectors.shape[0] != vectors.ndim - 1:
             raise InputError(f"{path}: an ITK displacement of shape {data.shape} is not 2D/3D")
-        return Volume(displacement_from_itk(vectors, image.affine), image.affine, path)
+        return _bounded(Volume(displacement_from_itk(vectors, image.affine), image.affine, path))
+    if image.header.get_intent()[0] == "vector":
+        raise InputError(
+            f"{path}: a vector-intent field of shape {data.shape} is ambiguous: ITK fields "
+            "(vectors in LPS mm) are stored as (X, Y, Z, 1, 3), Learn2Reg fields (voxels) as "
+            "(X, Y, Z, 3) without an intent; rewrite it in one of these layouts"
+        )
     if data.ndim == 5 and data.shape[3] == 1:  # NIfTI vector layout (X, Y, Z, 1, 3), voxels
         data = data[:, :, :, 0]
     elif data.ndim == 4 and data.shape[2] == 1 and data.shape[3] == 2:  # 2D (X, Y, 1, 2)
@@ -287,7 +325,23 @@ def read_displacement(path: str | Path, *, budget: int | None = None) -> Volume:
         raise InputError(
             f"{path}: expected a displacement of shape (X, Y, 2) or (X, Y, Z, 3), got {data.shape}"
         )
-    return Volume(np.ascontiguousarray(rearrange(data, "... d -> d ...")), image.affine, path)
+    field = np.ascontiguousarray(rearrange(data, "... d -> d ..."))
+    return _bounded(Volume(field, image.affine, path))
+
+
+MAX_DISPLACEMENT = 1000.0
+"""Largest displacement read, in multiples of the grid's largest size (beyond: not a field)."""
+
+
+def _bounded(field: Volume) -> Volume:
+    limit = MAX_DISPLACEMENT * max(field.shape[1:])
+    largest = float(np.abs(field.data).max()) if field.data.size else 0.0
+    if not largest <= limit:
+        raise InputError(
+            f"{field.path}: displacements up to {largest:.3g} voxels, over {MAX_DISPLACEMENT:g} "
+            f"times the grid's size ({limit:.3g}): not a displacement field in voxels"
+        )
+    return field
 
 
 def same_grid(reference: Grid, other: Grid, *, tolerance: float = 1e-3) -> bool:
@@ -560,6 +614,25 @@ def _staging_name(target: Path, kind: str = "") -> str:
     return f".{target.name}{_STAGING}{os.getpid()}-{kind}"
 
 
+def staging_folder(target: str | Path, *, mode: int | None = None) -> Path:
+    """A new hidden staging folder beside ``target`` to build an output in, then rename into
+    place: its mode is ``mode`` (default: what the umask gives a new folder, not 0700), and
+    the staging folders of killed runs into the same place are removed first.
+
+    Raises:
+        OutputError: the parent folder cannot be written.
+    """
+    target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_staging(target)
+        staging = Path(tempfile.mkdtemp(prefix=_staging_name(target), dir=target.parent))
+        os.chmod(staging, 0o777 & ~_umask() if mode is None else mode)
+    except OSError as exc:
+        raise _os_error(target, exc) from None
+    return staging
+
+
 def resolve_output(target: str | Path) -> Path:
     """The path an output is written to: a symlink the user gave is followed (the results land
     where it points and the link stays).
@@ -621,13 +694,7 @@ def output_folder(target: str | Path, *, overwrite: bool = True) -> Iterator[Pat
     """
     target = check_output_folder(target, overwrite=overwrite)
     mode = target.stat().st_mode & 0o7777 if target.exists() else 0o777 & ~_umask()
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        clean_stale_staging(target)
-        staging = Path(tempfile.mkdtemp(prefix=_staging_name(target), dir=target.parent))
-        os.chmod(staging, mode)
-    except OSError as exc:
-        raise _os_error(target, exc) from None
+    staging = staging_folder(target, mode=mode)
     try:
         yield staging
         atomic_write_text("written by regzoo; the folder is replaced as a whole\n",

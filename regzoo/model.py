@@ -15,6 +15,7 @@ from regzoo.config import ExperimentConfig
 from regzoo.metrics import dice
 from regzoo.nets import RegistrationNet, RegistrationOutput
 from regzoo.objective import LossTerms, build_objective
+from regzoo.registry import load_plugins
 from regzoo.spatial import Spacing, warp, warp_labels
 
 __all__ = ["HyperRegistration", "NonFiniteLossError", "load_model", "plugin_reference"]
@@ -185,7 +186,7 @@ class HyperRegistration(L.LightningModule):
         terms, output, warped = self._loss(batch, values)
         loss = self._log_terms("train", terms, values.shape[0])
         if not bool(torch.isfinite(loss)):
-            if self.config.trainer.nonfinite == "skip":
+            if self.config.trainer.nonfinite == "skip" and self._skip("loss"):
                 return None
             raise NonFiniteLossError(
                 f"the training loss is {loss.item()} at step {self.global_step} with the drawn "
@@ -207,13 +208,27 @@ class HyperRegistration(L.LightningModule):
             if p.grad is not None and not bool(torch.isfinite(p.grad).all())
         ]
         if not bad:
+            self._skipped = 0
             return
-        if self.config.trainer.nonfinite == "skip":
+        if self.config.trainer.nonfinite == "skip" and self._skip(f"gradient ({bad[0]})"):
             optimizer.zero_grad(set_to_none=True)
             return
         raise NonFiniteLossError(
             f"non-finite gradients at step {self.global_step} (first: {bad[0]}); lower "
             f"optimizer.lr (now {self.config.optimizer.lr:g}) or set trainer.gradient_clip_val"
+        )
+
+    def _skip(self, what: str) -> bool:
+        """Count a skipped step; past :data:`MAX_CONSECUTIVE_SKIPS` in a row training stops
+        (the weights no longer produce finite values: skipping would end with useless ones)."""
+        self._skipped = getattr(self, "_skipped", 0) + 1
+        if self._skipped <= MAX_CONSECUTIVE_SKIPS:
+            return True
+        raise NonFiniteLossError(
+            f"{self._skipped} consecutive steps skipped for a non-finite {what} at step "
+            f"{self.global_step} (trainer.nonfinite: skip allows {MAX_CONSECUTIVE_SKIPS}): the "
+            f"training diverged; lower optimizer.lr (now {self.config.optimizer.lr:g}) or set "
+            "trainer.gradient_clip_val"
         )
 
     def _describe(self, values: torch.Tensor) -> str:
@@ -274,6 +289,10 @@ class HyperRegistration(L.LightningModule):
             self._generator.set_state(state.cpu())
 
 
+MAX_CONSECUTIVE_SKIPS = 20
+"""Steps in a row that ``trainer.nonfinite: skip`` may skip before training stops."""
+
+
 def plugin_reference(spec: str) -> str:
     """A plugin as stored in checkpoints: ``.py`` files as absolute paths, modules as named."""
     return str(Path(spec).resolve()) if spec.endswith(".py") else spec
@@ -291,6 +310,24 @@ def _read_checkpoint(path: Path, map_location: str | torch.device) -> dict[str, 
     if not isinstance(state, dict) or not isinstance(state.get(CHECKPOINT_KEY), dict):
         raise InputError(f"{path}: not a regzoo checkpoint (no '{CHECKPOINT_KEY}' entry)")
     return state
+
+
+def _check_shapes(path: Path, skeleton: torch.nn.Module, weights: Mapping[str, Any]) -> None:
+    """The checkpoint's weights have the names and shapes its config's network has."""
+    expected = skeleton.state_dict()
+    for name, tensor in expected.items():
+        stored = weights.get(name)
+        if not torch.is_tensor(stored) or tuple(stored.shape) != tuple(tensor.shape):
+            found = tuple(stored.shape) if torch.is_tensor(stored) else "missing"
+            raise InputError(
+                f"{path}: its weights do not match its config ({name}: the config builds "
+                f"{tuple(tensor.shape)}, the checkpoint holds {found})"
+            )
+    extra = sorted(set(weights) - set(expected))
+    if extra:
+        raise InputError(
+            f"{path}: its weights do not match its config (unexpected weights: {extra[0]})"
+        )
 
 
 def load_model(
@@ -323,10 +360,12 @@ def load_model(
     extras = state[CHECKPOINT_KEY]
     stored = [str(p) for p in extras.get("plugins", [])]
     trusted = [plugin_reference(p) for p in plugins]
+    load_plugins(trusted)  # a plugin the caller names that fails is reported as such
     config_data = {**dict(extras.get("config", {})), "plugins": trusted}
     try:
         config = ExperimentConfig.model_validate(config_data)
-        model = HyperRegistration(config)
+        with torch.device("meta"):  # no memory: the weights are checked before a real build
+            skeleton = HyperRegistration(config)
     except (ValidationError, RegzooError) as exc:
         untrusted = [p for p in stored if p not in trusted]
         if untrusted:
@@ -336,6 +375,8 @@ def load_model(
                 f"pass --plugin {untrusted[0]} (Python: load_model(..., plugins=[...]))"
             ) from None
         raise InputError(f"{path}: its stored config is invalid: {exc}") from None
+    _check_shapes(path, skeleton, state.get("state_dict", {}))
+    model = HyperRegistration(config)
     if extras.get("free_parameters") not in (None, model.space.names):
         raise InputError(
             f"{path}: its weights were trained for the free parameters "
