@@ -280,6 +280,7 @@ class HyperRegistration(L.LightningModule):
             "plugins": [plugin_reference(p) for p in self.config.plugins],
             "free_parameters": self.space.names,
             "sampler_state": self._generator.get_state(),
+            "config_digest": config_digest(self.config),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -291,6 +292,18 @@ class HyperRegistration(L.LightningModule):
 
 MAX_CONSECUTIVE_SKIPS = 20
 """Steps in a row that ``trainer.nonfinite: skip`` may skip before training stops."""
+
+
+def config_digest(config: ExperimentConfig) -> str:
+    """A digest of what defines a model's weights (network, terms, similarity), stored in
+    checkpoints so that a config edited after training is recognised."""
+    import hashlib
+    import json
+
+    data = config.model_dump(mode="json")
+    fixed = {k: data.get(k) for k in ("model", "regularizers", "similarity", "weighting",
+                                       "regularize")}  # fmt: skip
+    return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
 
 
 def plugin_reference(spec: str) -> str:
@@ -381,6 +394,12 @@ def load_model(
         raise InputError(
             f"{path}: its weights were trained for the free parameters "
             f"{extras['free_parameters']}, but its config gives {model.space.names}"
+        )
+    digest = extras.get("config_digest")
+    if digest is not None and digest != config_digest(config):
+        raise InputError(
+            f"{path}: its weights were trained for another model than its stored config "
+            "describes (the config's network, terms or similarity were changed after training)"
         )
     weights = state.get("state_dict", {})
     bad = [
