@@ -454,7 +454,8 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     path = Path(path)
     try:
         path.parent.mkdir(parents=True, exist_ok=True)
-        fd, name = tempfile.mkstemp(prefix=f".{path.name}.", suffix=".partial", dir=path.parent)
+        clean_stale_staging(path)  # the temporary file of a run killed while writing
+        fd, name = tempfile.mkstemp(prefix=_staging_name(path), dir=path.parent)
     except OSError as exc:
         raise _os_error(path, exc) from None
     tmp = Path(name)
