@@ -325,9 +325,28 @@ def _read_checkpoint(path: Path, map_location: str | torch.device) -> dict[str, 
     return state
 
 
-def _check_shapes(path: Path, skeleton: torch.nn.Module, weights: Mapping[str, Any]) -> None:
-    """The checkpoint's weights have the names and shapes its config's network has."""
-    expected = skeleton.state_dict()
+def _network_skeleton(config: ExperimentConfig, num_params: int) -> dict[str, torch.Tensor]:
+    """The network's weights as ``HyperRegistration`` names them, built on PyTorch's ``meta``
+    device (shapes without memory: a config asking for a huge network costs nothing)."""
+    model = config.model
+    with torch.device("meta"):
+        net = RegistrationNet(
+            model.ndim,
+            enc=model.enc,
+            dec=model.dec,
+            num_params=num_params if model.hyper else 0,
+            hyper_units=model.hyper_units,
+            int_steps=model.int_steps,
+            int_downsize=model.int_downsize,
+            hyper_init_share=model.hyper_init_share,
+        )
+    return {f"net.{k}": v for k, v in net.state_dict().items()}
+
+
+def _check_shapes(
+    path: Path, expected: Mapping[str, torch.Tensor], weights: Mapping[str, Any]
+) -> None:
+    """The checkpoint's network weights have the names and shapes its config's network has."""
     for name, tensor in expected.items():
         stored = weights.get(name)
         if not torch.is_tensor(stored) or tuple(stored.shape) != tuple(tensor.shape):
@@ -336,7 +355,7 @@ def _check_shapes(path: Path, skeleton: torch.nn.Module, weights: Mapping[str, A
                 f"{path}: its weights do not match its config ({name}: the config builds "
                 f"{tuple(tensor.shape)}, the checkpoint holds {found})"
             )
-    extra = sorted(set(weights) - set(expected))
+    extra = sorted(k for k in set(weights) - set(expected) if k.startswith("net."))
     if extra:
         raise InputError(
             f"{path}: its weights do not match its config (unexpected weights: {extra[0]})"
@@ -377,8 +396,7 @@ def load_model(
     config_data = {**dict(extras.get("config", {})), "plugins": trusted}
     try:
         config = ExperimentConfig.model_validate(config_data)
-        with torch.device("meta"):  # no memory: the weights are checked before a real build
-            skeleton = HyperRegistration(config)
+        free = build_objective(config).free_space
     except (ValidationError, RegzooError) as exc:
         untrusted = [p for p in stored if p not in trusted]
         if untrusted:
@@ -388,7 +406,7 @@ def load_model(
                 f"pass --plugin {untrusted[0]} (Python: load_model(..., plugins=[...]))"
             ) from None
         raise InputError(f"{path}: its stored config is invalid: {exc}") from None
-    _check_shapes(path, skeleton, state.get("state_dict", {}))
+    _check_shapes(path, _network_skeleton(config, len(free)), state.get("state_dict", {}))
     model = HyperRegistration(config)
     if extras.get("free_parameters") not in (None, model.space.names):
         raise InputError(
