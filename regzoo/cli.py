@@ -78,10 +78,21 @@ def _cmd_train(args: argparse.Namespace) -> int:
     from regzoo.train import train
 
     overrides = list(args.set)
-    if args.resume:
-        overrides.append(f"run_dir={args.resume}")
-    config = load_config(args.config, overrides)
+    if args.resume:  # the run continues as it was configured, changed only by explicit --set
+        from regzoo.runs import resume_config
+
+        if args.overwrite:
+            raise InputError("give --resume or --overwrite, not both")
+        config, notes = resume_config(args.config, args.resume, overrides)
+        for line in notes:
+            print(line, file=sys.stderr)
+    else:
+        config = load_config(args.config, overrides)
     checkpoint = train(config, resume=args.resume is not None, overwrite=args.overwrite)
+    if args.resume:
+        from regzoo.runs import record_resume
+
+        record_resume(args.resume, notes)
     print(f"checkpoint: {checkpoint}")
     return 0
 
@@ -199,7 +210,13 @@ def _cmd_register(args: argparse.Namespace) -> int:
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
     from regzoo.data.learn2reg import Learn2RegDataset
-    from regzoo.evaluation import evaluate_displacements, evaluate_model, summarize, write_report
+    from regzoo.evaluation import (
+        check_dimension,
+        evaluate_displacements,
+        evaluate_model,
+        summarize,
+        write_report,
+    )
 
     if (args.model is None) == (args.disp_dir is None):
         raise InputError("give exactly one of --model or --disp-dir")
@@ -207,6 +224,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         raise InputError("--refine needs --model (it refines the model's own fields)")
     if Path(args.out).is_dir():
         raise InputError(f"--out {args.out} is a folder; give the JSON report's file name")
+    from regzoo.evaluation import report_paths
+    from regzoo.io import check_output_files
+
+    check_output_files(report_paths(args.out))  # before any work: never over a user's file
     if args.model:
         from regzoo.model import load_model
 
@@ -214,6 +235,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         params = model.objective.resolve(parse_params(args.param))
         window = tuple(model.config.data.intensity_window)
         dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
+        check_dimension(model, dataset)
         options = _refine_options(args)
         rows = evaluate_model(model, dataset, params, refine=args.refine, refine_options=options)
         extra = {"model": str(args.model), "params": params, "refine": args.refine, **options}
@@ -232,7 +254,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from regzoo.data.learn2reg import Learn2RegDataset
-    from regzoo.evaluation import check_metric, compare_refinement
+    from regzoo.evaluation import check_dimension, check_metric, compare_refinement
     from regzoo.explore.command import explore_command
 
     if args.refine_grid and not args.refine:
@@ -247,6 +269,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     grid = parse_grid(args.grid)
     window = tuple(model.config.data.intensity_window)
     dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
+    check_dimension(model, dataset)
     if args.metric:
         check_metric(args.metric, dataset[0])
     result = sweep(
@@ -356,6 +379,17 @@ def _int_at_least(minimum: int) -> Callable[[str], int]:
         return value
 
     return parse
+
+
+def _fraction(text: str) -> float:
+    """argparse type: a number in ``[0, 1]`` (``nan`` is refused, not ignored)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also false for nan
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
+    return value
 
 
 def _add_refine_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
@@ -565,7 +599,7 @@ def build_parser() -> argparse.ArgumentParser:
     )
     p.add_argument(
         "--max-folding",
-        type=float,
+        type=_fraction,
         metavar="FRACTION",
         help="only settings whose mean folded-voxel fraction is at most this may be chosen "
         "(e.g. 0: invertible results only)",

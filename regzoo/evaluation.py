@@ -7,6 +7,8 @@ by any other tool (:func:`evaluate_displacements`, Learn2Reg naming
 
 from __future__ import annotations
 
+import csv
+import io
 import json
 import time
 from collections.abc import Callable, Iterable, Mapping
@@ -19,7 +21,8 @@ from tqdm.auto import tqdm
 
 from regzoo._errors import InputError, MissingFileError
 from regzoo.data.learn2reg import Learn2RegDataset
-from regzoo.io import atomic_write_text, read_displacement, write_csv
+from regzoo.inference import check_finite_field
+from regzoo.io import REPORT_MARKER, output_files, read_displacement
 from regzoo.metrics import dice, folding_fraction, sdlogj, target_registration_error
 from regzoo.model import HyperRegistration
 from regzoo.refine import RefineTrace
@@ -27,6 +30,7 @@ from regzoo.refine import refine as refine_output
 from regzoo.spatial import warp_labels
 
 __all__ = [
+    "check_dimension",
     "check_metric",
     "compare_refinement",
     "evaluate_displacements",
@@ -34,6 +38,7 @@ __all__ = [
     "evaluate_model",
     "evaluate_predictor",
     "item_labels",
+    "report_paths",
     "score_pair",
     "summarize",
     "write_report",
@@ -56,6 +61,23 @@ METRIC_NEEDS = {
     "dice_labels": ("moving_labels", "label maps (labelsTr/)"),
     "tre_mm": ("moving_keypoints", "keypoints (keypointsTr/)"),
 }
+
+
+def check_dimension(model: HyperRegistration, dataset: Learn2RegDataset) -> None:
+    """Check that ``dataset``'s images have the model's dimension (2D or 3D), before any work.
+
+    Raises:
+        InputError: naming the data set's first image and both dimensions.
+    """
+    if not len(dataset):
+        return
+    item = dataset[0]
+    ndim = item["fixed"].ndim - 1
+    if ndim != model.ndim:
+        raise InputError(
+            f"the model registers {model.ndim}D images, but the data set's images are {ndim}D "
+            f"({item['fixed_path']}: {tuple(item['fixed'].shape[1:])}); use a {ndim}D model"
+        )
 
 
 def check_metric(metric: str, item: Mapping[str, Any]) -> None:
@@ -111,6 +133,7 @@ def evaluate_predictor(
     for item in tqdm(dataset, desc="evaluate", disable=not progress):
         start = time.perf_counter()
         displacement = predict(item)
+        check_finite_field(displacement, None, f"pair {item['fixed_id']} / {item['moving_id']}")
         if displacement.is_cuda:  # GPU work is asynchronous: wait for it before timing
             torch.cuda.synchronize(displacement.device)
         seconds = time.perf_counter() - start
@@ -250,13 +273,44 @@ def summarize(rows: Iterable[Mapping[str, Any]]) -> dict[str, float]:
     return summary
 
 
-def write_report(rows: list[dict[str, Any]], path: str | Path, **extra: Any) -> tuple[Path, Path]:
-    """Write ``path`` (JSON: per-pair rows, mean, extra fields) and the same rows as CSV.
-
-    Both files are written to temporary names and renamed into place.
-    """
+def report_paths(path: str | Path) -> tuple[Path, Path]:
+    """The JSON report and its CSV for ``--out``: ``r.json`` -> (``r.json``, ``r.csv``);
+    ``r.csv`` -> (``r.json``, ``r.csv``)."""
     path = Path(path)
-    path.parent.mkdir(parents=True, exist_ok=True)
-    report = {**extra, "mean": summarize(rows), "pairs": rows}
-    csv_path = write_csv(rows, path.with_suffix(".csv"))
-    return atomic_write_text(json.dumps(report, indent=2, allow_nan=False), path), csv_path
+    if path.suffix.lower() == ".csv":
+        return path.with_suffix(".json"), path
+    return path, path.with_suffix(".csv")
+
+
+def _csv_text(rows: list[dict[str, Any]]) -> str:
+    columns = list(dict.fromkeys(key for row in rows for key in row))
+    buffer = io.StringIO()
+    writer = csv.DictWriter(buffer, fieldnames=columns)
+    writer.writeheader()
+    writer.writerows(rows)
+    return buffer.getvalue()
+
+
+def write_report(rows: list[dict[str, Any]], path: str | Path, **extra: Any) -> tuple[Path, Path]:
+    """Write the JSON report (per-pair rows, mean, extra fields) and the same rows as CSV.
+
+    The two are one output set (:func:`regzoo.io.output_files`): both are composed first,
+    written to temporary files beside their targets and renamed together, and an existing
+    report is replaced only when regzoo wrote it. ``path`` names either file
+    (:func:`report_paths`).
+
+    Raises:
+        OutputExistsError: a file of the set exists and regzoo did not write it.
+        InputError: a non-finite value in the rows (nothing is written).
+    """
+    json_path, csv_path = report_paths(path)
+    report = {REPORT_MARKER: "evaluate", **extra, "mean": summarize(rows), "pairs": rows}
+    try:
+        text = json.dumps(report, indent=2, allow_nan=False)
+    except ValueError:
+        raise InputError(
+            "the report holds NaN or infinite values (a non-finite displacement?); "
+            "nothing was written"
+        ) from None
+    output_files({json_path: text, csv_path: _csv_text(rows)})
+    return json_path, csv_path

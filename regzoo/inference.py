@@ -236,6 +236,27 @@ def read_labels(
     return torch.from_numpy(np.rint(volume.data).astype(np.int64))[None, None].to(model.device)
 
 
+def check_finite_field(
+    displacement: torch.Tensor, params: Mapping[str, float] | None = None, where: str = ""
+) -> None:
+    """Refuse a displacement holding NaN or infinite values: no command writes, scores or
+    ranks one (a model whose weights are finite can still produce it after a diverged run).
+
+    Raises:
+        InputError: naming the parameters and the pair (``where``).
+    """
+    finite = torch.isfinite(displacement)
+    if bool(finite.all()):
+        return
+    share = 1.0 - float(finite.float().mean())
+    setting = ", ".join(f"{k}={v:.4g}" for k, v in (params or {}).items())
+    raise InputError(
+        f"the model produced a displacement with {share:.1%} NaN or infinite values"
+        f"{' at ' + setting if setting else ''}{' on ' + where if where else ''}: its weights "
+        "are broken (the training diverged?); nothing was written"
+    )
+
+
 def build_result(
     displacement: torch.Tensor,
     moving: torch.Tensor,
@@ -251,6 +272,7 @@ def build_result(
         params: the free parameter values (full names) that produced the field.
         affine: the fixed image's affine.
     """
+    check_finite_field(displacement, params)
     with torch.no_grad():
         warped = warp(moving[None, None].to(displacement.device), displacement)[0, 0]
         det = jacobian_determinant(displacement)[0]
@@ -309,14 +331,34 @@ def save_result(
     for name, label in labels.items():
         warped = warp(label.tensor()[None, None], result.displacement[None], mode="nearest")
         path = folder / f"warped_{name}.nii.gz"
-        written.append(write_nifti(warped[0, 0].round().to(torch.int16), result.affine, path))
+        values = warped[0, 0].round().to(torch.float64).numpy()
+        written.append(write_nifti(values.astype(_label_dtype(values)), result.affine, path))
     return written
+
+
+def _label_dtype(values: np.ndarray) -> type:
+    """The smallest integer type that holds every label (uint16 40000 stays 40000)."""
+    low, high = (float(values.min()), float(values.max())) if values.size else (0.0, 0.0)
+    for dtype in (np.uint8, np.int16, np.uint16, np.int32, np.uint32, np.int64):
+        info = np.iinfo(dtype)
+        if info.min <= low and high <= info.max:
+            return dtype
+    return np.float64
 
 
 def segmentation_names(paths: Sequence[str | Path]) -> dict[str, str | Path]:
     """Name each moving segmentation by its file name without extensions, the ``<name>`` of the
     ``warped_<name>.nii.gz`` that :func:`write_result` writes for it."""
-    return {Path(p).name.split(".")[0]: p for p in paths}
+    names: dict[str, str | Path] = {}
+    for path in paths:
+        name = Path(path).name.split(".")[0]
+        if name in names:
+            raise InputError(
+                f"--moving-seg {names[name]} and {path} would both be written as "
+                f"warped_{name}.nii.gz; give files with different names"
+            )
+        names[name] = path
+    return names
 
 
 def write_result(

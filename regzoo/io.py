@@ -15,7 +15,9 @@ from __future__ import annotations
 
 import contextlib
 import csv
+import errno
 import gzip
+import json
 import os
 import shutil
 import tempfile
@@ -35,20 +37,30 @@ from regzoo._errors import InputError, MissingFileError, OutputExistsError, Regz
 __all__ = [
     "MAX_VOXELS",
     "OUTPUT_MARKER",
+    "REPORT_MARKER",
     "Grid",
     "OutputError",
     "Volume",
     "atomic_path",
+    "atomic_save",
     "atomic_write_text",
+    "check_affine",
+    "check_output_files",
+    "check_output_folder",
     "check_same_grid",
+    "clean_stale_staging",
     "displacement_from_itk",
     "displacement_to_itk",
+    "make_folder",
     "max_voxels",
+    "output_files",
     "output_folder",
     "read_displacement",
     "read_volume",
     "resample_like",
+    "resolve_output",
     "same_grid",
+    "staging_folder",
     "write_csv",
     "write_displacement",
     "write_itk_displacement",
@@ -77,9 +89,10 @@ def max_voxels() -> int:
     text = os.environ.get("REGZOO_MAX_VOXELS")
     if text is None:
         return MAX_VOXELS
-    if not text.strip().isdigit() or int(text) < 1:
+    digits = text.strip()
+    if not (digits.isascii() and digits.isdigit()) or int(digits) < 1:
         raise InputError(f"REGZOO_MAX_VOXELS must be a positive integer, got {text!r}")
-    return int(text)
+    return int(digits)
 
 
 @dataclass(frozen=True)
@@ -192,6 +205,31 @@ def _read_array(path: Path, image: Any, budget: int | None) -> np.ndarray:
     return data
 
 
+def check_affine(affine: np.ndarray, path: str | Path, ndim: int = 3) -> None:
+    """Check that a voxel -> mm affine is finite and invertible (a zero or singular affine
+    makes every millimetre measure meaningless).
+
+    Raises:
+        InputError: naming the file and the affine's voxel -> mm block.
+    """
+    block = np.asarray(affine, dtype=np.float64)[:3, :3]
+    scale = float(np.abs(block).max()) if np.isfinite(block).all() else 0.0
+    if scale == 0.0 or abs(float(np.linalg.det(block))) <= (1e-6 * scale) ** 3:
+        rows = "; ".join(" ".join(f"{v:.4g}" for v in row) for row in block)
+        raise InputError(
+            f"{path}: its affine (voxel -> mm) is singular or not finite ([{rows}]): the "
+            "header's geometry is broken; fix its sform/qform (e.g. with nibabel) first"
+        )
+
+
+def _check_axes(shape: tuple[int, ...], path: Path) -> None:
+    if min(shape) < 2:
+        raise InputError(
+            f"{path}: shape {shape} has an axis of one voxel; registration needs at least 2 "
+            "voxels along every axis (a 2D image is stored as (X, Y) or (X, Y, 1))"
+        )
+
+
 def read_volume(path: str | Path, *, what: str = "image", budget: int | None = None) -> Volume:
     """Read a 2D or 3D NIfTI volume as float32 with its affine.
 
@@ -207,8 +245,11 @@ def read_volume(path: str | Path, *, what: str = "image", budget: int | None = N
         InputError: not NIfTI, truncated, over the budget, not 2D/3D, or NaN/inf values.
     """
     path, image = _open(path, what)
+    check_affine(image.affine, path)
     data = _read_array(path, image, budget)
-    return Volume(data.reshape(_spatial_shape(data.shape, path)), np.asarray(image.affine), path)
+    shape = _spatial_shape(data.shape, path)
+    _check_axes(shape, path)
+    return Volume(data.reshape(shape), np.asarray(image.affine), path)
 
 
 LPS_FROM_RAS = np.array([-1.0, -1.0, 1.0])
@@ -260,6 +301,7 @@ def read_displacement(path: str | Path, *, budget: int | None = None) -> Volume:
             number of spatial dimensions.
     """
     path, image = _open(path, "displacement")
+    check_affine(image.affine, path)
     data = _read_array(path, image, budget)
     if _is_itk_field(image, data.shape):
         vectors = data[:, :, :, 0]
@@ -268,7 +310,13 @@ def read_displacement(path: str | Path, *, budget: int | None = None) -> Volume:
         vectors = rearrange(vectors, "... d -> d ...")
         if vectors.shape[0] != vectors.ndim - 1:
             raise InputError(f"{path}: an ITK displacement of shape {data.shape} is not 2D/3D")
-        return Volume(displacement_from_itk(vectors, image.affine), image.affine, path)
+        return _bounded(Volume(displacement_from_itk(vectors, image.affine), image.affine, path))
+    if image.header.get_intent()[0] == "vector":
+        raise InputError(
+            f"{path}: a vector-intent field of shape {data.shape} is ambiguous: ITK fields "
+            "(vectors in LPS mm) are stored as (X, Y, Z, 1, 3), Learn2Reg fields (voxels) as "
+            "(X, Y, Z, 3) without an intent; rewrite it in one of these layouts"
+        )
     if data.ndim == 5 and data.shape[3] == 1:  # NIfTI vector layout (X, Y, Z, 1, 3), voxels
         data = data[:, :, :, 0]
     elif data.ndim == 4 and data.shape[2] == 1 and data.shape[3] == 2:  # 2D (X, Y, 1, 2)
@@ -277,7 +325,23 @@ def read_displacement(path: str | Path, *, budget: int | None = None) -> Volume:
         raise InputError(
             f"{path}: expected a displacement of shape (X, Y, 2) or (X, Y, Z, 3), got {data.shape}"
         )
-    return Volume(np.ascontiguousarray(rearrange(data, "... d -> d ...")), image.affine, path)
+    field = np.ascontiguousarray(rearrange(data, "... d -> d ..."))
+    return _bounded(Volume(field, image.affine, path))
+
+
+MAX_DISPLACEMENT = 1000.0
+"""Largest displacement read, in multiples of the grid's largest size (beyond: not a field)."""
+
+
+def _bounded(field: Volume) -> Volume:
+    limit = MAX_DISPLACEMENT * max(field.shape[1:])
+    largest = float(np.abs(field.data).max()) if field.data.size else 0.0
+    if not largest <= limit:
+        raise InputError(
+            f"{field.path}: displacements up to {largest:.3g} voxels, over {MAX_DISPLACEMENT:g} "
+            f"times the grid's size ({limit:.3g}): not a displacement field in voxels"
+        )
+    return field
 
 
 def same_grid(reference: Grid, other: Grid, *, tolerance: float = 1e-3) -> bool:
@@ -327,11 +391,37 @@ def _partial(path: Path) -> Path:
     return path.with_name(f".{path.name}.partial")
 
 
+def _fsync(path: Path) -> None:
+    """Flush a written file (or a folder's entries) to the disk."""
+    flags = os.O_RDONLY | getattr(os, "O_DIRECTORY", 0) if path.is_dir() else os.O_RDONLY
+    try:
+        fd = os.open(path, flags)
+    except OSError:
+        return  # a folder that cannot be opened (some platforms): the rename is still atomic
+    try:
+        os.fsync(fd)
+    except OSError as exc:
+        if exc.errno not in (errno.EINVAL, errno.EBADF):  # not supported there, nothing to do
+            raise
+    finally:
+        os.close(fd)
+
+
+def _os_error(path: Path, exc: OSError) -> OutputError:
+    reason = exc.strerror or str(exc)
+    if exc.errno == errno.ENOSPC:
+        reason = "no space left on the device"
+    return OutputError(f"cannot write {path}: {reason}")
+
+
 @contextlib.contextmanager
 def atomic_path(path: str | Path) -> Iterator[Path]:
     """Yield a temporary path beside ``path`` to write to; rename it into place on success.
 
-    On failure the temporary file is removed and ``path`` is left as it was.
+    The temporary file lies in the target's own folder (so the final rename never copies
+    across file systems), is flushed to the disk (``fsync``) and then renamed with
+    ``os.replace``: a kill or a full disk leaves the previous file or the new one, never a
+    truncated one. On failure the temporary file is removed and ``path`` is left as it was.
 
     Raises:
         OutputError: if the file cannot be written (the message names it).
@@ -340,16 +430,50 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
     tmp = _partial(path)
     try:
         yield tmp
+        _fsync(tmp)
         os.replace(tmp, path)
+        _fsync(path.parent)
     except RegzooError:
         tmp.unlink(missing_ok=True)
         raise
     except OSError as exc:
         tmp.unlink(missing_ok=True)
-        raise OutputError(f"cannot write {path}: {exc.strerror or exc}") from None
+        raise _os_error(path, exc) from None
     except BaseException:
         tmp.unlink(missing_ok=True)
         raise
+
+
+def atomic_save(obj: Any, path: str | Path) -> Path:
+    """``torch.save(obj)`` to ``path`` atomically: a temporary file in the same folder, flushed
+    and ``fsync``-ed, then ``os.replace``-d over ``path`` (what checkpoints are written with).
+
+    Raises:
+        OutputError: the file cannot be written (a full disk: the previous file is kept).
+    """
+    path = Path(path)
+    try:
+        path.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_staging(path)  # the temporary file of a run killed while writing
+        fd, name = tempfile.mkstemp(prefix=_staging_name(path), dir=path.parent)
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+    tmp = Path(name)
+    try:
+        with os.fdopen(fd, "wb") as handle:
+            torch.save(obj, handle)
+            handle.flush()
+            os.fsync(handle.fileno())
+        os.chmod(tmp, 0o666 & ~_umask())
+        os.replace(tmp, path)
+        _fsync(path.parent)
+    except OSError as exc:
+        tmp.unlink(missing_ok=True)
+        raise _os_error(path, exc) from None
+    except BaseException:
+        tmp.unlink(missing_ok=True)
+        raise
+    return path
 
 
 def atomic_write_text(text: str, path: str | Path) -> Path:
@@ -421,24 +545,121 @@ def write_displacement(
     return write_nifti(np.ascontiguousarray(rearrange(data, "d ... -> ... d")), affine, path)
 
 
-@contextlib.contextmanager
-def output_folder(target: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
-    """Build an output set in a staging folder beside ``target``, then swap it into place.
+def _umask() -> int:
+    """The process's umask (read without changing it where the system allows)."""
+    try:
+        for line in Path("/proc/self/status").read_text().splitlines():
+            if line.startswith("Umask:"):
+                return int(line.split()[1], 8)
+    except (OSError, ValueError):
+        pass
+    mask = os.umask(0o022)
+    os.umask(mask)
+    return mask
 
-    A killed or failed command leaves the previous set (or none), never a mix of old and new
-    files. Only folders that regzoo wrote (they hold :data:`OUTPUT_MARKER`) or empty ones are
-    replaced; anything else is refused, so ``--out`` can never delete a user's files.
 
-    Args:
-        target: the output folder.
-        overwrite: replace a previous regzoo output set (``False``: refuse).
+def make_folder(path: str | Path) -> Path:
+    """Create ``path`` (and its parents) with the modes the umask gives, like ``mkdir -p``.
 
     Raises:
-        OutputExistsError: ``target`` exists and is not an empty folder or a previous
-            regzoo output (or ``overwrite`` is false).
+        OutputError: the folder cannot be created (a file is in the way, no permission).
+    """
+    path = Path(path)
+    try:
+        path.mkdir(parents=True, exist_ok=True)
+    except OSError as exc:
+        raise _os_error(path, exc) from None
+    return path
+
+
+_STAGING = ".regzoo-staging-"
+
+
+def _pid_alive(pid: int) -> bool:
+    if pid == os.getpid():
+        return True
+    try:
+        os.kill(pid, 0)
+    except ProcessLookupError:
+        return False
+    except OSError:  # exists, owned by someone else
+        return True
+    return True
+
+
+def clean_stale_staging(target: str | Path) -> list[Path]:
+    """Remove the staging folders and files a killed regzoo process left beside ``target``
+    (``.NAME.regzoo-staging-PID-*`` whose process no longer runs); returns what was removed."""
+    target = Path(target)
+    removed = []
+    prefix = f".{target.name}{_STAGING}"
+    try:
+        entries = list(target.parent.iterdir())
+    except OSError:
+        return removed
+    for entry in entries:
+        if not entry.name.startswith(prefix):
+            continue
+        pid_text = entry.name[len(prefix) :].split("-", 1)[0]
+        if not pid_text.isdigit() or _pid_alive(int(pid_text)):
+            continue
+        if entry.is_dir() and not entry.is_symlink():
+            shutil.rmtree(entry, ignore_errors=True)
+        else:
+            entry.unlink(missing_ok=True)
+        removed.append(entry)
+    return removed
+
+
+def _staging_name(target: Path, kind: str = "") -> str:
+    return f".{target.name}{_STAGING}{os.getpid()}-{kind}"
+
+
+def staging_folder(target: str | Path, *, mode: int | None = None) -> Path:
+    """A new hidden staging folder beside ``target`` to build an output in, then rename into
+    place: its mode is ``mode`` (default: what the umask gives a new folder, not 0700), and
+    the staging folders of killed runs into the same place are removed first.
+
+    Raises:
         OutputError: the parent folder cannot be written.
     """
     target = Path(target)
+    try:
+        target.parent.mkdir(parents=True, exist_ok=True)
+        clean_stale_staging(target)
+        staging = Path(tempfile.mkdtemp(prefix=_staging_name(target), dir=target.parent))
+        os.chmod(staging, 0o777 & ~_umask() if mode is None else mode)
+    except OSError as exc:
+        raise _os_error(target, exc) from None
+    return staging
+
+
+def resolve_output(target: str | Path) -> Path:
+    """The path an output is written to: a symlink the user gave is followed (the results land
+    where it points and the link stays).
+
+    Raises:
+        OutputError: a dangling symlink.
+    """
+    target = Path(target)
+    if target.is_symlink():
+        resolved = Path(os.path.realpath(target))
+        if not resolved.exists():
+            raise OutputError(f"output {target} is a symlink to {resolved}, which does not exist")
+        return resolved
+    return target
+
+
+def check_output_folder(target: str | Path, *, overwrite: bool = True) -> Path:
+    """Check that :func:`output_folder` may write ``target`` (new, empty, or a regzoo output
+    set); returns the folder it writes (a symlink followed).
+
+    Raises:
+        OutputExistsError: ``target`` is a file or a folder regzoo did not write (or a regzoo
+            output set and ``overwrite`` is false).
+        OutputError: a dangling symlink.
+    """
+    target = resolve_output(target)
     if target.exists():
         if not target.is_dir():
             raise OutputExistsError(f"output {target} exists and is not a folder")
@@ -450,21 +671,41 @@ def output_folder(target: str | Path, *, overwrite: bool = True) -> Iterator[Pat
                 f"output folder {target} {reason}; choose a new or empty folder"
                 + ("" if not ours else " or pass --overwrite")
             )
-    try:
-        target.parent.mkdir(parents=True, exist_ok=True)
-        staging = Path(tempfile.mkdtemp(prefix=f".{target.name}-", dir=target.parent))
-    except OSError as exc:
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
+    return target
+
+
+@contextlib.contextmanager
+def output_folder(target: str | Path, *, overwrite: bool = True) -> Iterator[Path]:
+    """Build an output set in a staging folder beside ``target``, then swap it into place.
+
+    A killed or failed command leaves the previous set (or none), never a mix of old and new
+    files. Only folders that regzoo wrote (they hold :data:`OUTPUT_MARKER`) or empty ones are
+    replaced; anything else is refused, so ``--out`` can never delete a user's files. A
+    symlinked ``target`` is written through (the link stays); a replaced folder keeps its mode
+    and a new one gets the umask's; staging folders left by a killed run are removed.
+
+    Args:
+        target: the output folder.
+        overwrite: replace a previous regzoo output set (``False``: refuse).
+
+    Raises:
+        OutputExistsError: ``target`` exists and is not an empty folder or a previous
+            regzoo output (or ``overwrite`` is false).
+        OutputError: the parent folder cannot be written.
+    """
+    target = check_output_folder(target, overwrite=overwrite)
+    mode = target.stat().st_mode & 0o7777 if target.exists() else 0o777 & ~_umask()
+    staging = staging_folder(target, mode=mode)
     try:
         yield staging
-        (staging / OUTPUT_MARKER).write_text(
-            "written by regzoo; the folder is replaced as a whole\n"
-        )
+        atomic_write_text("written by regzoo; the folder is replaced as a whole\n",
+                          staging / OUTPUT_MARKER)  # fmt: skip
         old = None
         if target.exists():
-            old = target.with_name(f".{target.name}-old-{os.getpid()}")
-            target.rename(old)
+            old = Path(tempfile.mkdtemp(prefix=_staging_name(target, "old"), dir=target.parent))
+            target.rename(old / "set")
         staging.rename(target)
+        _fsync(target.parent)
         if old is not None:
             shutil.rmtree(old, ignore_errors=True)
     except RegzooError:
@@ -472,7 +713,82 @@ def output_folder(target: str | Path, *, overwrite: bool = True) -> Iterator[Pat
         raise
     except OSError as exc:
         shutil.rmtree(staging, ignore_errors=True)
-        raise OutputError(f"cannot write {target}: {exc.strerror or exc}") from None
+        raise _os_error(target, exc) from None
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
         raise
+
+
+REPORT_MARKER = "regzoo_report"
+"""Key of a JSON report regzoo wrote (only such a report, and its CSV, is ever replaced)."""
+
+
+def _is_regzoo_report(path: Path) -> bool:
+    try:
+        data = json.loads(path.read_text())
+    except (OSError, ValueError):
+        return False
+    return isinstance(data, dict) and REPORT_MARKER in data
+
+
+def check_output_files(paths: Sequence[str | Path]) -> list[Path]:
+    """Check that a set of output files (its JSON report first) may be written: each is new,
+    or the report is one regzoo wrote; returns the paths (symlinks followed).
+
+    Raises:
+        OutputExistsError: a file of the set exists and regzoo did not write it, or a folder.
+        InputError: two of the paths are the same file.
+    """
+    resolved = [resolve_output(p) for p in paths]
+    if len({os.path.abspath(p) for p in resolved}) != len(resolved):
+        raise InputError(f"the output files {', '.join(map(str, paths))} must differ")
+    head = resolved[0]
+    ours = head.is_file() and _is_regzoo_report(head)
+    for path in resolved:
+        if path.is_dir():
+            raise OutputExistsError(f"output {path} is a folder; give a file name")
+        if path.exists() and not ours:
+            raise OutputExistsError(
+                f"output {path} exists and is not a regzoo report; choose a new file name "
+                "(regzoo only replaces reports it wrote)"
+            )
+    return resolved
+
+
+def output_files(contents: Mapping[str | Path, str]) -> list[Path]:
+    """Write a set of text files together: each to a temporary file beside it, all flushed,
+    then all renamed into place (a full disk or a failure leaves every old file as it was).
+
+    The first file is the set's JSON report; an existing one is replaced only when regzoo wrote
+    it (it holds :data:`REPORT_MARKER`), and the other files only together with it.
+
+    Raises:
+        OutputExistsError: a file of the set exists and regzoo did not write it.
+        OutputError: the files cannot be written (the message names the file).
+    """
+    paths = check_output_files(list(contents))
+    head = paths[0]
+    make_folder(head.parent)
+    staged: list[Path] = []
+    try:
+        for path, text in zip(paths, contents.values(), strict=True):
+            clean_stale_staging(path)
+            fd, name = tempfile.mkstemp(prefix=_staging_name(path), dir=path.parent)
+            staged.append(Path(name))
+            with os.fdopen(fd, "w") as handle:
+                handle.write(text)
+                handle.flush()
+                os.fsync(handle.fileno())
+            os.chmod(name, 0o666 & ~_umask())
+        for tmp, path in zip(reversed(staged), reversed(paths), strict=True):
+            os.replace(tmp, path)  # the report last: a reader sees it with its CSV
+        _fsync(head.parent)
+    except OSError as exc:
+        for tmp in staged:
+            tmp.unlink(missing_ok=True)
+        raise _os_error(head, exc) from None
+    except BaseException:
+        for tmp in staged:
+            tmp.unlink(missing_ok=True)
+        raise
+    return paths

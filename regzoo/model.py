@@ -16,6 +16,7 @@ from regzoo.config import ExperimentConfig
 from regzoo.metrics import dice, target_registration_error
 from regzoo.nets import RegistrationNet, RegistrationOutput
 from regzoo.objective import LossTerms, build_objective
+from regzoo.registry import load_plugins
 from regzoo.spatial import Spacing, warp, warp_labels
 
 __all__ = [
@@ -248,7 +249,7 @@ class HyperRegistration(L.LightningModule):
         ahead = self._lookahead(batch, values, output) if self.config.lookahead.steps else None
         loss = self._log_terms("train", terms, values.shape[0], ahead)
         if not bool(torch.isfinite(loss)):
-            if self.config.trainer.nonfinite == "skip":
+            if self.config.trainer.nonfinite == "skip" and self._skip("loss"):
                 return None
             raise NonFiniteLossError(
                 f"the training loss is {loss.item()} at step {self.global_step} with the drawn "
@@ -270,13 +271,27 @@ class HyperRegistration(L.LightningModule):
             if p.grad is not None and not bool(torch.isfinite(p.grad).all())
         ]
         if not bad:
+            self._skipped = 0
             return
-        if self.config.trainer.nonfinite == "skip":
+        if self.config.trainer.nonfinite == "skip" and self._skip(f"gradient ({bad[0]})"):
             optimizer.zero_grad(set_to_none=True)
             return
         raise NonFiniteLossError(
             f"non-finite gradients at step {self.global_step} (first: {bad[0]}); lower "
             f"optimizer.lr (now {self.config.optimizer.lr:g}) or set trainer.gradient_clip_val"
+        )
+
+    def _skip(self, what: str) -> bool:
+        """Count a skipped step; past :data:`MAX_CONSECUTIVE_SKIPS` in a row training stops
+        (the weights no longer produce finite values: skipping would end with useless ones)."""
+        self._skipped = getattr(self, "_skipped", 0) + 1
+        if self._skipped <= MAX_CONSECUTIVE_SKIPS:
+            return True
+        raise NonFiniteLossError(
+            f"{self._skipped} consecutive steps skipped for a non-finite {what} at step "
+            f"{self.global_step} (trainer.nonfinite: skip allows {MAX_CONSECUTIVE_SKIPS}): the "
+            f"training diverged; lower optimizer.lr (now {self.config.optimizer.lr:g}) or set "
+            "trainer.gradient_clip_val"
         )
 
     def _describe(self, values: torch.Tensor) -> str:
@@ -375,6 +390,7 @@ class HyperRegistration(L.LightningModule):
             "plugins": [plugin_reference(p) for p in self.config.plugins],
             "free_parameters": self.space.names,
             "sampler_state": self._generator.get_state(),
+            "config_digest": config_digest(self.config),
         }
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -406,6 +422,22 @@ def learning_rate_factor(step: int, schedule: str, warmup_steps: int, total_step
     return 0.5 * (1.0 + math.cos(math.pi * progress))
 
 
+MAX_CONSECUTIVE_SKIPS = 20
+"""Steps in a row that ``trainer.nonfinite: skip`` may skip before training stops."""
+
+
+def config_digest(config: ExperimentConfig) -> str:
+    """A digest of what defines a model's weights (network, terms, similarity), stored in
+    checkpoints so that a config edited after training is recognised."""
+    import hashlib
+    import json
+
+    data = config.model_dump(mode="json")
+    fixed = {k: data.get(k) for k in ("model", "regularizers", "similarity", "weighting",
+                                       "regularize")}  # fmt: skip
+    return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
+
+
 def plugin_reference(spec: str) -> str:
     """A plugin as stored in checkpoints: ``.py`` files as absolute paths, modules as named."""
     return str(Path(spec).resolve()) if spec.endswith(".py") else spec
@@ -423,6 +455,43 @@ def _read_checkpoint(path: Path, map_location: str | torch.device) -> dict[str, 
     if not isinstance(state, dict) or not isinstance(state.get(CHECKPOINT_KEY), dict):
         raise InputError(f"{path}: not a regzoo checkpoint (no '{CHECKPOINT_KEY}' entry)")
     return state
+
+
+def _network_skeleton(config: ExperimentConfig, num_params: int) -> dict[str, torch.Tensor]:
+    """The network's weights as ``HyperRegistration`` names them, built on PyTorch's ``meta``
+    device (shapes without memory: a config asking for a huge network costs nothing)."""
+    model = config.model
+    with torch.device("meta"):
+        net = RegistrationNet(
+            model.ndim,
+            enc=model.enc,
+            dec=model.dec,
+            num_params=num_params if model.hyper else 0,
+            hyper_units=model.hyper_units,
+            int_steps=model.int_steps,
+            int_downsize=model.int_downsize,
+            hyper_init_share=model.hyper_init_share,
+        )
+    return {f"net.{k}": v for k, v in net.state_dict().items()}
+
+
+def _check_shapes(
+    path: Path, expected: Mapping[str, torch.Tensor], weights: Mapping[str, Any]
+) -> None:
+    """The checkpoint's network weights have the names and shapes its config's network has."""
+    for name, tensor in expected.items():
+        stored = weights.get(name)
+        if not torch.is_tensor(stored) or tuple(stored.shape) != tuple(tensor.shape):
+            found = tuple(stored.shape) if torch.is_tensor(stored) else "missing"
+            raise InputError(
+                f"{path}: its weights do not match its config ({name}: the config builds "
+                f"{tuple(tensor.shape)}, the checkpoint holds {found})"
+            )
+    extra = sorted(k for k in set(weights) - set(expected) if k.startswith("net."))
+    if extra:
+        raise InputError(
+            f"{path}: its weights do not match its config (unexpected weights: {extra[0]})"
+        )
 
 
 def load_model(
@@ -455,10 +524,11 @@ def load_model(
     extras = state[CHECKPOINT_KEY]
     stored = [str(p) for p in extras.get("plugins", [])]
     trusted = [plugin_reference(p) for p in plugins]
+    load_plugins(trusted)  # a plugin the caller names that fails is reported as such
     config_data = {**dict(extras.get("config", {})), "plugins": trusted}
     try:
         config = ExperimentConfig.model_validate(config_data)
-        model = HyperRegistration(config)
+        free = build_objective(config).free_space
     except (ValidationError, RegzooError) as exc:
         untrusted = [p for p in stored if p not in trusted]
         if untrusted:
@@ -468,10 +538,18 @@ def load_model(
                 f"pass --plugin {untrusted[0]} (Python: load_model(..., plugins=[...]))"
             ) from None
         raise InputError(f"{path}: its stored config is invalid: {exc}") from None
+    _check_shapes(path, _network_skeleton(config, len(free)), state.get("state_dict", {}))
+    model = HyperRegistration(config)
     if extras.get("free_parameters") not in (None, model.space.names):
         raise InputError(
             f"{path}: its weights were trained for the free parameters "
             f"{extras['free_parameters']}, but its config gives {model.space.names}"
+        )
+    digest = extras.get("config_digest")
+    if digest is not None and digest != config_digest(config):
+        raise InputError(
+            f"{path}: its weights were trained for another model than its stored config "
+            "describes (the config's network, terms or similarity were changed after training)"
         )
     weights = state.get("state_dict", {})
     bad = [

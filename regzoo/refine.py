@@ -25,6 +25,7 @@ change per iteration falls below ``tol``; :class:`RefineTrace` records how many 
 
 from __future__ import annotations
 
+import threading
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
@@ -33,7 +34,7 @@ import torch
 import torch.nn.functional as F
 from tqdm.auto import tqdm
 
-from regzoo._errors import InputError
+from regzoo._errors import InputError, RegzooError
 from regzoo.lung_similarity import DescriptorSimilarity
 from regzoo.nets import RegistrationOutput
 from regzoo.objective import Objective
@@ -43,7 +44,11 @@ from regzoo.spatial import Spacing, check_image, integrate_velocity, resize_flow
 if TYPE_CHECKING:
     from regzoo.model import HyperRegistration
 
-__all__ = ["RefineOptions", "RefineTrace", "refine", "refine_field"]
+__all__ = ["RefineCancelledError", "RefineOptions", "RefineTrace", "refine", "refine_field"]
+
+
+class RefineCancelledError(RegzooError):
+    """A refinement stopped because its :class:`RefineTrace` was cancelled."""
 
 
 @dataclass(frozen=True)
@@ -135,10 +140,14 @@ class RefineTrace:
     more after the last step of each pyramid level (so the last entry is the final objective).
     Entries of coarse levels are objectives on the coarse images. ``iterations`` holds the
     iterations (objective evaluations for L-BFGS) each level ran, coarsest first: fewer than
-    its budget when it stopped early (``tol``)."""
+    its budget when it stopped early (``tol``).
+
+    Setting ``stop`` (from another thread) cancels the refinement at its next iteration: it
+    raises :class:`RefineCancelledError`."""
 
     objective: list[float] = field(default_factory=list)
     iterations: list[int] = field(default_factory=list)
+    stop: threading.Event = field(default_factory=threading.Event)
 
     @property
     def total_iterations(self) -> int:
@@ -293,6 +302,8 @@ def _optimize_level(
     history: list[float] = []
 
     def closure() -> torch.Tensor:
+        if trace.stop.is_set():
+            raise RefineCancelledError("the refinement was cancelled")
         optimizer.zero_grad(set_to_none=True)
         loss = evaluate()
         loss.backward()

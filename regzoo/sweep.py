@@ -14,6 +14,7 @@ from tqdm.auto import tqdm
 from regzoo._errors import InputError, UnknownNameError, unknown_name_message
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.evaluation import item_labels, score_pair, summarize
+from regzoo.inference import check_finite_field
 from regzoo.model import HyperRegistration
 from regzoo.refine import refine
 from regzoo.spatial import warp
@@ -185,6 +186,10 @@ class SweepResult:
 
 
 @torch.no_grad()
+def _pair_name(item: Mapping[str, Any]) -> str:
+    return f"pair {item['fixed_id']} / {item['moving_id']}"
+
+
 def sweep(
     model: HyperRegistration,
     dataset: Learn2RegDataset,
@@ -258,6 +263,7 @@ def sweep(
                 for offset in range(n):
                     index = start + offset
                     row = dict(zip(names, combos[index], strict=True))
+                    check_finite_field(fields[offset], row, _pair_name(item))
                     row.update(fixed_id=item["fixed_id"], moving_id=item["moving_id"])
                     row.update(score_pair(item, fields[offset]))
                     per_setting[index].append(row)

@@ -2,7 +2,7 @@
 
 from __future__ import annotations
 
-import shutil
+import contextlib
 from pathlib import Path
 
 import lightning as L
@@ -20,11 +20,17 @@ from regzoo.data.datamodule import (
     with_label_names,
 )
 from regzoo.model import HyperRegistration
+from regzoo.runs import (
+    RUN_CONTENTS,
+    AtomicCheckpointIO,
+    check_checkpoint,
+    check_replaceable,
+    mark_run,
+    remove_run,
+    run_lock,
+)
 
 __all__ = ["RUN_CONTENTS", "prepare_run_dir", "train"]
-
-RUN_CONTENTS = ("config.yaml", "checkpoints", "tensorboard")
-"""What ``train`` writes in a run directory (all that ``overwrite`` removes)."""
 
 # sections that define the model's weights: a resumed run must not change them
 _FIXED_ON_RESUME = ("model", "regularizers", "similarity", "weighting", "regularize", "plugins")
@@ -34,14 +40,28 @@ def _checkpoint(run_dir: Path) -> Path:
     return run_dir / "checkpoints" / "last.ckpt"
 
 
-def prepare_run_dir(config: ExperimentConfig, *, resume: bool, overwrite: bool) -> Path | None:
+def prepare_run_dir(
+    config: ExperimentConfig,
+    *,
+    resume: bool,
+    overwrite: bool,
+    model: HyperRegistration | None = None,
+) -> Path | None:
     """Check the run directory before anything is written; return the checkpoint to resume.
 
+    Args:
+        config: the run's config.
+        resume: continue the run in ``config.run_dir``.
+        overwrite: replace the run in ``config.run_dir`` (only a run regzoo wrote).
+        model: when resuming, the checkpoint is read and checked against this model.
+
     Raises:
-        InputError: ``resume`` and ``overwrite`` together, or a resumed config that changes
-            the model (its network, terms, similarity or plugins).
+        InputError: ``resume`` and ``overwrite`` together, a resumed config that changes
+            the model (its network, terms, similarity or plugins), or a checkpoint to resume
+            that is unreadable, truncated, another model's or holds NaN weights.
         MissingFileError: ``resume`` without ``run_dir/checkpoints/last.ckpt``.
-        OutputExistsError: ``run_dir`` already holds a run and neither flag is given.
+        OutputExistsError: ``run_dir`` already holds a run and neither flag is given, or
+            ``overwrite`` names a folder of files regzoo did not write.
     """
     if resume and overwrite:
         raise InputError("give --resume or --overwrite, not both")
@@ -59,6 +79,8 @@ def prepare_run_dir(config: ExperimentConfig, *, resume: bool, overwrite: bool) 
                 f"cannot resume {run_dir}: the config changes {', '.join(changed)} "
                 "(start a new run_dir instead)"
             )
+        if model is not None:
+            check_checkpoint(last, model)
         return last
     existing = [name for name in RUN_CONTENTS if (run_dir / name).exists()]
     if existing and not overwrite:
@@ -66,6 +88,8 @@ def prepare_run_dir(config: ExperimentConfig, *, resume: bool, overwrite: bool) 
             f"run_dir {run_dir} already holds a run ({', '.join(existing)}): pass "
             f"--resume to continue it or --overwrite to start again"
         )
+    if overwrite:
+        check_replaceable(run_dir)
     return None
 
 
@@ -99,7 +123,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
     # started: only rank zero checks and prepares the run directory
     launcher_rank = rank_zero_only.rank
     if launcher_rank == 0:
-        resume_from = prepare_run_dir(config, resume=resume, overwrite=overwrite)
+        resume_from = prepare_run_dir(config, resume=resume, overwrite=overwrite, model=model)
     else:
         resume_from = _checkpoint(Path(config.run_dir)) if resume else None
         overwrite = False
@@ -109,14 +133,24 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
     datamodule = RegistrationDataModule(config.data, labels=model.objective.needs_labels)
     datamodule.setup("fit")  # a bad dataset JSON is reported before the run_dir is written
     run_dir = Path(config.run_dir)
-    if overwrite:
-        for name in RUN_CONTENTS:
-            target = run_dir / name
-            shutil.rmtree(target) if target.is_dir() else target.unlink(missing_ok=True)
+    with run_lock(run_dir) if launcher_rank == 0 else contextlib.nullcontext():
+        if overwrite:
+            remove_run(run_dir)
+        if launcher_rank == 0:
+            mark_run(run_dir)
+            dump_config(config, run_dir / "config.yaml")
+        return _fit(config, model, datamodule, run_dir, resume_from)
+
+
+def _fit(
+    config: ExperimentConfig,
+    model: HyperRegistration,
+    datamodule: RegistrationDataModule,
+    run_dir: Path,
+    resume_from: Path | None,
+) -> Path:
     checkpoints = run_dir / "checkpoints"
     checkpoints.mkdir(parents=True, exist_ok=True)
-    if launcher_rank == 0:
-        dump_config(config, run_dir / "config.yaml")
 
     t = config.trainer
     guard = DivergenceGuard() if t.divergence_guard else None
@@ -140,6 +174,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
         enable_model_summary=False,
         num_sanity_val_steps=0,
         default_root_dir=run_dir,
+        plugins=[AtomicCheckpointIO()],  # a temporary file beside the target, never $TMPDIR
         logger=TensorBoardLogger(save_dir=run_dir, name="tensorboard", version=""),
         callbacks=[
             *([TQDMProgressBar(refresh_rate=5)] if t.progress_bar else []),
@@ -151,6 +186,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
                 save_last=True,
                 save_top_k=0,
                 every_n_train_steps=t.checkpoint_every_n_steps,
+                enable_version_counter=False,  # always last.ckpt, never a stale one beside it
             ),
         ],
     )
@@ -161,10 +197,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
         weights_only=True,
     )
     last = _checkpoint(run_dir)
-    partial = checkpoints / "last.ckpt.partial"
-    trainer.save_checkpoint(partial)
-    if trainer.is_global_zero:
-        partial.replace(last)
+    trainer.save_checkpoint(last)  # atomically (AtomicCheckpointIO), by rank zero
     if guard is not None and guard.diverged is not None:
         raise TrainingDivergedError(f"{guard.diverged}; {last} holds the restored weights")
     return last

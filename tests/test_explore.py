@@ -119,7 +119,13 @@ def test_saved_refined_result_is_what_register_writes(session, tiny_phantom, tmp
     session.update({"mu": 0.2, "lam": 0.4})
     job = RefineJob(session, 3)
     job.wait(120)
-    assert job.status() == {"running": False, "fraction": 1.0, "steps": 3, "error": None}
+    assert job.status() == {
+        "running": False,
+        "fraction": 1.0,
+        "steps": 3,
+        "error": None,
+        "cancelled": False,
+    }
     assert session.refined == 3
     written = session.save()
     command = session.register_command().split()
@@ -157,7 +163,10 @@ def client(session):
 
     from regzoo.explore.app import create_app
 
-    return TestClient(create_app(session, refine_steps=3), base_url="http://127.0.0.1:8765")
+    app = create_app(session, refine_steps=3)
+    return TestClient(
+        app, base_url="http://127.0.0.1:8765", headers={"X-Regzoo-Token": app.state.token}
+    )
 
 
 def test_page_has_one_slider_per_free_parameter(client, session):
@@ -203,6 +212,8 @@ def test_api_refuses_bad_requests(client):
         assert response.status_code == status
         return response.json()["error"]
 
+    json_type = {"content-type": "application/json"}
+
     assert "out of range" in error(client.post("/api/update", json={"params": {"mu": 1e9}}), 400)
     assert "unknown free parameter" in error(
         client.post("/api/update", json={"params": {"nu": 1}}), 400
@@ -212,10 +223,14 @@ def test_api_refuses_bad_requests(client):
     )
     assert "three integers" in error(client.post("/api/update", json={"slices": [1, 2]}), 400)
     huge = b'{"params": {"mu": 1' + b"0" * 400 + b"}}"
-    assert "must be finite" in error(client.post("/api/update", content=huge), 400)
-    assert "not JSON" in error(client.post("/api/update", content=b"{"), 400)
+    assert "must be finite" in error(
+        client.post("/api/update", content=huge, headers=json_type), 400
+    )
+    assert "not JSON" in error(client.post("/api/update", content=b"{", headers=json_type), 400)
     assert "'steps'" in error(client.post("/api/refine", json={"steps": 0}), 400)
-    assert "too large" in error(client.post("/api/update", content=b" " * 70_000), 413)
+    assert "too large" in error(
+        client.post("/api/update", content=b" " * 70_000, headers=json_type), 413
+    )
     assert client.get("/api/update").status_code == 405
     assert client.get("/", headers={"host": "attacker.example"}).status_code == 400
     # a second request while refining is refused, not queued behind the refinement
@@ -298,3 +313,143 @@ def test_explore_serves_the_page_on_the_given_port(tiny_checkpoint, tiny_phantom
 def test_session_refuses_2d_images_with_a_message(model):
     with pytest.raises(ValueError, match="three orthogonal planes of 3D images"):
         ExploreSession(model, torch.zeros(32, 32), torch.zeros(32, 32))
+
+
+# -- a web page on the same machine cannot drive the API ---------------------------------------
+STATE_CHANGING = ("/api/update", "/api/refine", "/api/refine/cancel", "/api/save")
+
+
+def test_cross_site_requests_to_every_state_changing_endpoint_are_refused(client, session):
+    token = client.headers["X-Regzoo-Token"]
+    foreign = "http://attacker.example"
+    body = json.dumps({"params": {"mu": 0.5}, "steps": 10_000})
+    for path in STATE_CHANGING:
+        # what any page can send without a preflight: text/plain, its own Origin, no token
+        simple = client.post(
+            path,
+            content=body,
+            headers={"content-type": "text/plain", "origin": foreign, "X-Regzoo-Token": ""},
+        )
+        assert simple.status_code == 403, (path, simple.text)
+        # even with the token (it cannot read it) a foreign Origin is refused
+        with_token = client.post(path, content=body, headers={"origin": foreign,
+                                 "content-type": "application/json"})  # fmt: skip
+        assert with_token.status_code == 403 and "cross-site" in with_token.json()["error"]
+        no_token = client.post(path, content=body, headers={
+            "content-type": "application/json", "X-Regzoo-Token": "guess"})  # fmt: skip
+        assert no_token.status_code == 403 and "X-Regzoo-Token" in no_token.json()["error"]
+        plain = client.post(path, content=body, headers={"content-type": "text/plain"})
+        assert plain.status_code == 415, path
+        form = client.post(path, data={"params": "x"})
+        assert form.status_code == 415, path
+    assert not session.out.exists()  # nothing was saved
+    assert client.get("/api/refine").json()["running"] is False  # nothing was started
+    assert session.refined == 0
+    # the page served here carries the token its script sends
+    assert f'content="{token}"' in client.get("/").text
+    same_origin = {"origin": "http://127.0.0.1:8765"}
+    assert client.post("/api/update", json={}, headers=same_origin).status_code == 200
+
+
+def test_ipv6_loopback_keeps_the_host_guard(session):
+    from starlette.testclient import TestClient
+
+    from regzoo.explore.app import create_app
+    from regzoo.explore.command import allowed_hosts
+
+    assert allowed_hosts("::1") == allowed_hosts("127.0.0.1") != ["*"]
+    assert allowed_hosts("[::1]") != ["*"] and allowed_hosts("0.0.0.0") == ["*"]
+    client = TestClient(create_app(session, allowed_hosts=allowed_hosts("::1")),
+                        base_url="http://[::1]:8765")  # fmt: skip
+    assert client.get("/").status_code == 200
+    assert client.get("/api/state").status_code == 200
+    for host in ("attacker.example", "attacker.example:8765", "[::2]:8765"):
+        assert client.get("/", headers={"host": host}).status_code == 400, host
+        assert client.get("/api/state", headers={"host": host}).status_code == 400, host
+
+
+def _asgi_post(app, headers, chunks):
+    """POST to an ASGI app, feeding ``chunks``; returns (status, chunks the app pulled)."""
+    import asyncio
+
+    pulled = 0
+    status = {}
+
+    async def receive():
+        nonlocal pulled
+        if pulled >= len(chunks):
+            return {"type": "http.disconnect"}
+        pulled += 1
+        return {"type": "http.request", "body": chunks[pulled - 1],
+                "more_body": pulled < len(chunks)}  # fmt: skip
+
+    async def send(message):
+        if message["type"] == "http.response.start":
+            status["code"] = message["status"]
+
+    scope = {
+        "type": "http", "asgi": {"version": "3.0"}, "http_version": "1.1", "method": "POST",
+        "scheme": "http", "path": "/api/update", "raw_path": b"/api/update", "query_string": b"",
+        "root_path": "", "server": ("127.0.0.1", 8765), "client": ("127.0.0.1", 5000),
+        "headers": [(k.encode(), v.encode()) for k, v in headers.items()],
+    }  # fmt: skip
+    asyncio.run(app(scope, receive, send))
+    return status["code"], pulled
+
+
+def test_body_size_limit_is_enforced_before_reading(session):
+    from regzoo.explore.app import create_app
+
+    app = create_app(session, token="t0ken")
+    headers = {"host": "127.0.0.1:8765", "content-type": "application/json",
+               "x-regzoo-token": "t0ken"}  # fmt: skip
+    chunks = [b" " * 2**20] * 400  # 400 MB
+    assert _asgi_post(app, {**headers, "content-length": str(400 * 2**20)}, chunks) == (413, 0)
+    code, pulled = _asgi_post(app, headers, chunks)  # no length announced: stop at the limit
+    assert code == 413 and pulled == 1
+    assert _asgi_post(app, headers, [b"{", b"}"]) == (200, 2)
+
+
+def test_deeply_nested_json_is_a_400(client):
+    nested = b"[" * 100_000 + b"]" * 100_000
+    for body in (nested[:60_000], b'{"params": ' + b"[" * 30_000 + b"]" * 30_000 + b"}"):
+        response = client.post("/api/update", content=body,
+                               headers={"content-type": "application/json"})  # fmt: skip
+        assert response.status_code in (400, 413), response.text
+        assert "error" in response.json()
+    deep = b"[" * 20_000 + b"]" * 20_000
+    response = client.post("/api/update", content=deep,
+                           headers={"content-type": "application/json"})  # fmt: skip
+    assert response.status_code == 400 and "nested too deeply" in response.json()["error"]
+
+
+def test_a_refinement_can_be_cancelled(client, session):
+    started = client.post("/api/refine", json={"steps": 10_000})
+    assert started.status_code == 202
+    assert client.post("/api/update", json={}).status_code == 409
+    cancelled = client.post("/api/refine/cancel", json={})
+    assert cancelled.status_code == 200
+    assert cancelled.json()["running"] is False and cancelled.json()["cancelled"] is True
+    assert client.get("/api/refine").json()["cancelled"] is True
+    view = client.post("/api/update", json={})
+    assert view.status_code == 200 and view.json()["refined"] == 0  # the network's field
+
+
+def test_save_folder_of_user_files_is_refused_at_start_up(model, tiny_phantom, tmp_path):
+    fixed, moving, *_ = pair(tiny_phantom)
+    (tmp_path / "mine").mkdir()
+    (tmp_path / "mine" / "notes.txt").write_text("precious")
+    with pytest.raises(FileExistsError, match="is not a regzoo output folder"):
+        ExploreSession(model, fixed, moving, out=tmp_path / "mine")
+    assert (tmp_path / "mine" / "notes.txt").read_text() == "precious"
+
+
+def test_segmentation_on_another_grid_is_refused(model, tiny_phantom, tmp_path):
+    fixed, moving, _, moving_seg = pair(tiny_phantom)
+    image = nib.load(moving_seg)
+    shifted = image.affine.copy()
+    shifted[:3, 3] += 40.0
+    other = tmp_path / "seg_elsewhere.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj), shifted), other)
+    with pytest.raises(ValueError, match="images on different grids"):
+        ExploreSession(model, fixed, moving, moving_seg=other)

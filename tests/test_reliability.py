@@ -15,7 +15,7 @@ import subprocess
 import sys
 import time
 from collections.abc import Callable
-from dataclasses import dataclass
+from dataclasses import dataclass, field
 from pathlib import Path
 
 import nibabel as nib
@@ -39,6 +39,32 @@ class Workspace:
     data: Path
     checkpoint: Path
     tmp: Path
+    env: dict[str, str] = field(default_factory=dict)
+    cleanup: list[Callable[[], None]] = field(default_factory=list)
+    keep: dict[Path, bytes] = field(default_factory=dict)
+
+    def user_file(self, path: Path, content: bytes = b"precious") -> Path:
+        """A file of the user's that no command may change or delete."""
+        path.parent.mkdir(parents=True, exist_ok=True)
+        path.write_bytes(content)
+        self.keep[path] = content
+        return path
+
+    def run_copy(self) -> Path:
+        """A copy of the trained run (config.yaml, checkpoints/last.ckpt) to resume."""
+        run = self.tmp / "run"
+        shutil.copytree(self.checkpoint.parents[1], run)
+        return run
+
+    def resume(self, *extra: str) -> list[str]:
+        args = ["train", str(QUICKSTART), "--resume", str(self.tmp / "run")]
+        for item in [*tiny_overrides(self.data, self.tmp / "run"), *extra]:
+            args += ["--set", item]
+        return args
+
+    def evaluate(self, out: Path, *extra: str, data: Path | None = None) -> list[str]:
+        return ["evaluate", "--model", str(self.checkpoint), "--data", str(data or self.data),
+                "--out", str(out), *extra]  # fmt: skip
 
     @property
     def fixed(self) -> Path:
@@ -237,18 +263,258 @@ CASES = [
 ]  # fmt: skip
 
 
+# -- round two: never delete or overwrite what regzoo did not write ----------------------------
+def _overwrite_user_run(ws: Workspace) -> list[str]:
+    run = ws.tmp / "run"
+    ws.user_file(run / "checkpoints" / "best_other_project.pt")
+    ws.user_file(run / "tensorboard" / "events.other")
+    ws.user_file(run / "config.yaml", b"lr: 0.1\n")
+    return [*ws.train(), "--overwrite"]
+
+
+def _evaluate_over_manifest(ws: Workspace) -> list[str]:
+    data = ws.copy_data()
+    manifest = data / "PhantomCT_dataset.json"
+    ws.keep[manifest] = manifest.read_bytes()
+    return ws.evaluate(manifest, data=data)
+
+
+def _evaluate_over_user_json(ws: Workspace) -> list[str]:
+    ws.user_file(ws.tmp / "mine.json", b'{"thesis": 1}')
+    ws.user_file(ws.tmp / "mine.csv", b"a,b\n1,2\n")
+    return ws.evaluate(ws.tmp / "mine.csv")
+
+
+def _locked_run(ws: Workspace) -> list[str]:
+    import fcntl
+
+    run = ws.tmp / "run"
+    run.mkdir()
+    fd = os.open(run / ".regzoo-lock", os.O_RDWR | os.O_CREAT)
+    fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)  # another train holds the run directory
+    os.write(fd, b"4242")
+    ws.cleanup.append(lambda: os.close(fd))
+    return [*ws.train(), "--overwrite"]
+
+
+def _tampered_last(ws: Workspace, tamper: Callable[[Path], None]) -> list[str]:
+    run = ws.run_copy()
+    tamper(run / "checkpoints" / "last.ckpt")
+    return ws.resume()
+
+
+def _truncate(path: Path) -> None:
+    path.write_bytes(path.read_bytes()[: path.stat().st_size // 3])
+
+
+class _Payload:
+    def __reduce__(self):
+        return (print, ("a pickle payload ran",))
+
+
+def _pickle_payload(path: Path) -> None:
+    import pickle
+
+    path.write_bytes(pickle.dumps({"state_dict": _Payload()}))
+
+
+def _other_weights(path: Path) -> None:
+    state = torch.load(path, weights_only=True)
+    name = "net.flow.bias_head.bias"
+    state["state_dict"][name] = torch.zeros(7)
+    torch.save(state, path)
+
+
+def _nan_last(path: Path) -> None:
+    state = torch.load(path, weights_only=True)
+    first = next(iter(state["state_dict"]))
+    state["state_dict"][first] = torch.full_like(state["state_dict"][first], float("nan"))
+    torch.save(state, path)
+
+
+def _resume_changes_lr(ws: Workspace) -> list[str]:
+    ws.run_copy()
+    return ws.resume("optimizer.lr=0.5")
+
+
+def _same_seg_names(ws: Workspace) -> list[str]:
+    mask = ws.data / "masksTr" / "PhantomCT_0003_0001.nii.gz"
+    (ws.tmp / "a").mkdir()
+    shutil.copy(mask, ws.tmp / "a" / mask.name)
+    return ws.register("--moving-seg", str(mask), "--moving-seg", str(ws.tmp / "a" / mask.name))
+
+
+def _empty_keypoints(ws: Workspace) -> list[str]:
+    data = ws.copy_data()
+    (data / "keypointsTr" / "PhantomCT_0003_0001.csv").write_text("")
+    return ws.evaluate(ws.tmp / "out" / "r.json", data=data)
+
+
+def _missing_keypoints(ws: Workspace) -> list[str]:
+    data = ws.copy_data()
+    (data / "keypointsTr" / "PhantomCT_0003_0001.csv").unlink()
+    return ws.evaluate(ws.tmp / "out" / "r.json", data=data)
+
+
+def _image(ws: Workspace, name: str, data: np.ndarray, affine: np.ndarray, intent=None) -> Path:
+    path = ws.tmp / name
+    image = nib.Nifti1Image(data, np.eye(4))
+    image.header.set_sform(affine, code=2)
+    image.header.set_qform(None, code=0)
+    image._affine = None  # keep the header's (broken) geometry as written
+    if intent:
+        image.header.set_intent(intent)
+    nib.save(image, path)
+    return path
+
+
+def _thin(ws: Workspace) -> list[str]:
+    image = nib.load(ws.fixed)
+    thin = ws.tmp / "thin.nii.gz"
+    nib.save(nib.Nifti1Image(np.asarray(image.dataobj)[:1], image.affine), thin)
+    return ws.register(fixed=thin, moving=thin)
+
+
+def _affine_case(ws: Workspace, singular: bool) -> list[str]:
+    image = nib.load(ws.fixed)
+    affine = image.affine.copy() if singular else np.zeros((4, 4))
+    if singular:
+        affine[:3, 2] = affine[:3, 1]
+    broken = _image(ws, "broken_affine.nii.gz", np.asarray(image.dataobj), affine)
+    return ws.register(fixed=broken, moving=broken)
+
+
+def _data_2d(ws: Workspace) -> list[str]:
+    from regzoo.data.phantom import write_phantom_dataset
+
+    data = write_phantom_dataset(ws.tmp / "d2", n=2, val=1, shape=(16, 16), progress=False)
+    return ["sweep", "--model", str(ws.checkpoint), "--data", str(data), "--grid", "mu=0.1,1",
+            "--out", str(ws.tmp / "out")]  # fmt: skip
+
+
+def _disp_dir(ws: Workspace, field: np.ndarray, affine=None, intent=None) -> list[str]:
+    folder = ws.tmp / "fields"
+    folder.mkdir()
+    grid = nib.load(ws.fixed).affine
+    _image(ws, "fields/disp_0003_0003.nii.gz", field.astype(np.float32),
+           grid if affine is None else affine, intent)  # fmt: skip
+    return ["evaluate", "--disp-dir", str(folder), "--data", str(ws.data), "--out",
+            str(ws.tmp / "out" / "r.json")]  # fmt: skip
+
+
+def _itk_singular(ws: Workspace) -> list[str]:
+    affine = nib.load(ws.fixed).affine.copy()
+    affine[:3, 0] = 0.0
+    return _disp_dir(ws, np.zeros((32, 32, 32, 1, 3)), affine, "vector")
+
+
+def _big_network(ws: Workspace) -> list[str]:
+    checkpoint = ws.tmp / "big.ckpt"
+    state = torch.load(ws.checkpoint, weights_only=True)
+    state["regzoo"]["config"]["model"]["enc"] = [4096, 4096, 4096, 4096]
+    torch.save(state, checkpoint)
+    return [*ws.register()[:2], str(checkpoint), *ws.register()[3:]]
+
+
+def _edited_config(ws: Workspace) -> list[str]:
+    checkpoint = ws.tmp / "edited.ckpt"
+    state = torch.load(ws.checkpoint, weights_only=True)
+    state["regzoo"]["config"]["model"]["int_steps"] += 3  # the same weight shapes
+    torch.save(state, checkpoint)
+    return [*ws.register()[:2], str(checkpoint), *ws.register()[3:]]
+
+
+def _nan_field(ws: Workspace) -> list[str]:
+    checkpoint = ws.tmp / "overflowing.ckpt"
+    state = torch.load(ws.checkpoint, weights_only=True)
+    for name in ("net.flow.bias_head.bias", "net.flow.weight_head.bias"):
+        state["state_dict"][name] = torch.full_like(state["state_dict"][name], 3e38)
+    torch.save(state, checkpoint)
+    return ["sweep", "--model", str(checkpoint), "--data", str(ws.data), "--grid", "mu=0.1,1",
+            "--out", str(ws.tmp / "out")]  # fmt: skip
+
+
+def _bad_plugin(ws: Workspace) -> list[str]:
+    plugin = ws.tmp / "broken_plugin.py"
+    plugin.write_text("raise RuntimeError('typo in my plugin')\n")
+    return ws.register("--plugin", str(plugin))
+
+
+def _env(ws: Workspace, name: str, value: str) -> Workspace:
+    ws.env[name] = value
+    return ws
+
+
+CASES_ROUND_TWO = [
+    Case("train --overwrite over a folder of the user's files", _overwrite_user_run,
+         "is not a regzoo run directory", leaves=()),
+    Case("evaluate --out naming the data set's manifest", _evaluate_over_manifest,
+         "is not a regzoo report"),
+    Case("evaluate --out over the user's JSON and CSV", _evaluate_over_user_json,
+         "is not a regzoo report"),
+    Case("train into a run_dir another train is using", _locked_run,
+         "is in use by another regzoo train", leaves=()),
+    Case("--resume of a truncated last.ckpt", lambda ws: _tampered_last(ws, _truncate),
+         "the file is truncated, corrupt or not a checkpoint", leaves=()),
+    Case("--resume of a pickle payload", lambda ws: _tampered_last(ws, _pickle_payload),
+         "the file is truncated, corrupt or not a checkpoint", leaves=()),
+    Case("--resume of another config's weights", lambda ws: _tampered_last(ws, _other_weights),
+         "its weights do not match the run's config", leaves=()),
+    Case("--resume of a last.ckpt with NaN weights", lambda ws: _tampered_last(ws, _nan_last),
+         "hold NaN or infinite values", leaves=()),
+    Case("--resume with a changed optimizer.lr", _resume_changes_lr,
+         "which a resumed run keeps", leaves=()),
+    Case("two --moving-seg files with the same name", _same_seg_names, "would both be written"),
+    Case("an empty keypoint CSV", _empty_keypoints, "holds no keypoints"),
+    Case("a missing moving keypoint CSV", _missing_keypoints, "keypoints not found"),
+    Case("a 1-voxel-thick image", _thin, "has an axis of one voxel"),
+    Case("a zero affine", lambda ws: _affine_case(ws, False), "is singular or not finite"),
+    Case("a singular affine", lambda ws: _affine_case(ws, True), "is singular or not finite"),
+    Case("sweep a 3D model over a 2D data set", _data_2d, "but the data set's images are 2D"),
+    Case("REGZOO_MAX_VOXELS=²", lambda ws: _env(ws, "REGZOO_MAX_VOXELS", "²").register(),
+         "REGZOO_MAX_VOXELS must be a positive integer"),
+    Case("a --disp-dir field of 1e30", lambda ws: _disp_dir(ws, np.full((32, 32, 32, 3), 1e30)),
+         "not a displacement field in voxels"),
+    Case("an ITK field with a singular affine", _itk_singular, "is singular or not finite"),
+    Case("a vector-intent (X,Y,Z,3) field", lambda ws: _disp_dir(
+         ws, np.zeros((32, 32, 32, 3)), intent="vector"), "is ambiguous"),
+    Case("a checkpoint asking for a 4096-channel network", _big_network,
+         "its weights do not match its config"),
+    Case("a checkpoint whose config was edited after training", _edited_config,
+         "were trained for another model"),
+    Case("a model that produces a NaN field", _nan_field, "NaN or infinite values at"),
+    Case("a --plugin that fails to load", _bad_plugin, "broken_plugin.py' failed to load"),
+    Case("regzoo phantom --n 100000000", lambda ws: ["phantom", str(ws.tmp / "out"), "--n",
+         "100000000"], "need 2 <= n <= 10000"),
+    Case("regzoo phantom --shape 100000 100000 100000", lambda ws: ["phantom",
+         str(ws.tmp / "out"), "--shape", "100000", "100000", "100000"], "voxels"),
+    Case("sweep --max-folding nan", lambda ws: ["sweep", "--model", str(ws.checkpoint), "--data",
+         str(ws.data), "--grid", "mu=0.1,1", "--max-folding", "nan", "--out",
+         str(ws.tmp / "out")], "must be a fraction in [0, 1]"),
+]  # fmt: skip
+CASES += CASES_ROUND_TWO
+
+
 @pytest.fixture(scope="module")
 def workspace_files(tiny_phantom, tiny_checkpoint):
     return tiny_phantom, tiny_checkpoint
 
 
 @pytest.mark.parametrize("case", CASES, ids=[c.name for c in CASES])
-def test_bad_input_gets_one_clear_message(case, workspace_files, tmp_path, capsys):
+def test_bad_input_gets_one_clear_message(case, workspace_files, tmp_path, capsys, monkeypatch):
     data, checkpoint = workspace_files
     ws = Workspace(data, checkpoint, tmp_path)
     args = case.build(ws)
+    for name, value in ws.env.items():
+        monkeypatch.setenv(name, value)
     before = set(tmp_path.rglob("*"))
-    code = main(args)
+    try:
+        code = main(args)
+    except SystemExit as exc:  # argparse's own checks
+        code = exc.code
+    finally:
+        for release in ws.cleanup:
+            release()
     err = capsys.readouterr().err.strip()
     assert code == 2, err
     errors = [line for line in err.splitlines() if "error:" in line]
@@ -258,6 +524,10 @@ def test_bad_input_gets_one_clear_message(case, workspace_files, tmp_path, capsy
         created = {p for p in (tmp_path / name).rglob("*")} - before
         assert not created and (not (tmp_path / name).exists() or tmp_path / name in before)
     assert not [p for p in tmp_path.rglob("*partial*")]
+    assert not [p for p in tmp_path.rglob(".*regzoo-staging*")]  # no staging folder left
+    for path, content in ws.keep.items():  # no user file deleted or changed
+        assert path.read_bytes() == content, path
+    assert "a pickle payload ran" not in capsys.readouterr().out
 
 
 def test_docs_table_lists_every_case_with_its_message():

@@ -10,6 +10,7 @@ from __future__ import annotations
 
 import json
 import re
+import warnings
 from collections.abc import Sequence
 from pathlib import Path
 from typing import Any, Literal
@@ -129,9 +130,13 @@ def load_keypoints(path: str | Path, shape: tuple[int, ...] | None = None) -> np
     """
     path = Path(path)
     try:
-        points = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
+        with warnings.catch_warnings():  # an empty file is reported below, not warned about
+            warnings.simplefilter("ignore", UserWarning)
+            points = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
     except ValueError as exc:
         raise InputError(f"{path}: not a CSV of numbers, one keypoint per row ({exc})") from None
+    if not points.size:
+        raise InputError(f"{path}: holds no keypoints (an empty file); remove it or fill it")
     if points.size and not np.isfinite(points).all():
         raise InputError(f"{path}: keypoints contain NaN or infinite values")
     if shape is not None and points.size:
@@ -249,6 +254,19 @@ class Learn2RegDataset(Dataset):
             if key in fixed and key in moving:
                 item[f"fixed_{key}"] = fixed[key]
                 item[f"moving_{key}"] = moving[key]
+        if ("keypoints" in fixed) != ("keypoints" in moving):  # TRE would be dropped silently
+            lacking = moving_path if "keypoints" in fixed else fixed_path
+            csv = str(lacking).replace("imagesTr", "keypointsTr").replace(".nii.gz", ".csv")
+            raise MissingFileError(
+                f"keypoints not found: {csv} (the other image of the pair has keypoints; TRE "
+                "needs both)"
+            )
+        if "keypoints" in item and item["fixed_keypoints"].shape != item["moving_keypoints"].shape:
+            raise InputError(
+                f"{fixed_path} and {moving_path}: their keypoint files hold "
+                f"{item['fixed_keypoints'].shape[0]} and {item['moving_keypoints'].shape[0]} "
+                "points; TRE pairs them row by row"
+            )
         if self.labels:
             if "labels" not in fixed:
                 sibling = str(fixed_path).replace("imagesTr", "labelsTr")

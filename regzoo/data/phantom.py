@@ -19,7 +19,6 @@ from __future__ import annotations
 import json
 import math
 import shutil
-import tempfile
 from collections.abc import Sequence
 from dataclasses import dataclass
 from pathlib import Path
@@ -29,7 +28,7 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from regzoo._errors import InputError, OutputExistsError
-from regzoo.io import write_nifti
+from regzoo.io import max_voxels, staging_folder, write_nifti
 
 __all__ = [
     "MOTIONS",
@@ -432,6 +431,10 @@ def default_validation_cases(n: int) -> int:
     return max(1, n // 4)
 
 
+MAX_CASES = 10_000
+"""Most cases ``write_phantom_dataset`` writes (``regzoo phantom --n``)."""
+
+
 def write_phantom_dataset(
     root: str | Path,
     *,
@@ -467,8 +470,16 @@ def write_phantom_dataset(
         raise InputError(
             f"write_phantom_dataset(): 'motion' must be one of {MOTIONS}, got {motion!r}"
         )
-    root.parent.mkdir(parents=True, exist_ok=True)
-    staging = Path(tempfile.mkdtemp(prefix=f".{root.name}-", dir=root.parent))
+    if not 2 <= n <= MAX_CASES:
+        raise InputError(f"write_phantom_dataset(): need 2 <= n <= {MAX_CASES}, got n={n}")
+    voxels = float(np.prod([float(v) for v in shape]))
+    if len(shape) not in (2, 3) or min(shape) < 16 or voxels > max_voxels():
+        raise InputError(
+            f"write_phantom_dataset(): the shape {tuple(shape)} must have 2 or 3 sizes of at "
+            f"least 16 and at most {max_voxels():.3g} voxels (REGZOO_MAX_VOXELS), got "
+            f"{voxels:.3g}"
+        )
+    staging = staging_folder(root)  # beside root, umask modes; what a killed run left is gone
     try:
         for sub in ("imagesTr", "masksTr", "labelsTr", "keypointsTr", "gtdispTr"):
             (staging / sub).mkdir()

@@ -9,10 +9,17 @@ Routes (nothing else is served; no path and no code comes from the browser):
   network forward, skipped when the parameters did not change) and return the view;
 - ``POST /api/refine`` ``{"params": {...}, "steps": N}``: move to ``params`` and start
   refining that setting in the background; ``GET /api/refine``: its progress;
+- ``POST /api/refine/cancel``: stop a running refinement (the setting stays unrefined);
 - ``POST /api/save`` ``{"params": {...}}``: write the result at ``params`` (the refined one if
   the setting was refined) into the folder given on the command line.
 
 Requests that would change the registration while a refinement runs are answered ``409``.
+
+No other web page can drive the API: every request must name this server in its ``Host``
+header (on loopback: a DNS-rebinding guard), and every ``POST`` must carry the session's token
+(``X-Regzoo-Token``, which only the page served here knows), an ``application/json`` body of at
+most :data:`MAX_BODY` bytes, and no ``Origin`` but this server's. A cross-site form or
+``text/plain`` request (the kinds a page can send without a CORS preflight) is refused.
 """
 
 from __future__ import annotations
@@ -20,6 +27,7 @@ from __future__ import annotations
 import html
 import json
 import math
+import secrets
 from collections.abc import Awaitable, Callable, Sequence
 from importlib.resources import files
 from pathlib import Path
@@ -28,8 +36,6 @@ from typing import Any
 import torch
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
-from starlette.middleware import Middleware
-from starlette.middleware.trustedhost import TrustedHostMiddleware
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
 from starlette.routing import Route
@@ -37,10 +43,14 @@ from starlette.routing import Route
 from regzoo.explore.session import ExploreSession, RefineJob
 from regzoo.params import ParamSpace, ParamSpec
 
-__all__ = ["LOOPBACK_HOSTS", "create_app", "render_page"]
+__all__ = ["LOOPBACK_HOSTS", "TOKEN_HEADER", "create_app", "host_name", "render_page"]
 
-LOOPBACK_HOSTS = ("127.0.0.1", "localhost")
-"""Host names the page answers to when served on loopback (a DNS-rebinding guard)."""
+LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
+"""Loopback addresses: on these the page answers only to these ``Host`` names (a DNS-rebinding
+guard); the one list ``--host`` is compared with."""
+
+TOKEN_HEADER = "X-Regzoo-Token"
+"""Header carrying the session's token on every state-changing request."""
 
 SLIDER_STEPS = 1000
 """Positions of a parameter slider, evenly spaced on the parameter's own scale."""
@@ -68,7 +78,23 @@ def _slider_position(spec: ParamSpec, value: float) -> int:
     return round(float(unit[0, 0]) * SLIDER_STEPS)
 
 
-def render_page(session: ExploreSession, *, refine_steps: int = 30) -> str:
+def host_name(header: str | None) -> str | None:
+    """The host of a ``Host`` header or ``--host`` value, lower case, without port or IPv6
+    brackets (``"[::1]:8765"`` -> ``"::1"``); ``None`` when malformed."""
+    if not header:
+        return None
+    header = header.strip().lower()
+    if header.startswith("["):
+        end = header.find("]")
+        if end < 0 or (header[end + 1 :] and not header[end + 1 :].startswith(":")):
+            return None
+        return header[1:end]
+    if header.count(":") > 1:  # a bare IPv6 address (``--host ::1``)
+        return header
+    return header.split(":", 1)[0]
+
+
+def render_page(session: ExploreSession, *, refine_steps: int = 30, token: str = "") -> str:
     """The page's HTML: one range input per free parameter (log-spaced where the parameter's
     scale is log; the value is shown in the parameter's own units), three slice-position
     controls, the overlay switches, the refine and save buttons and the readouts."""
@@ -118,6 +144,7 @@ def render_page(session: ExploreSession, *, refine_steps: int = 30) -> str:
         "{{refine_steps}}": str(refine_steps),
         "{{shape}}": html.escape(" x ".join(str(n) for n in session.shape)),
         "{{out}}": html.escape(str(session.out) if session.out else "off (no --out)"),
+        "{{token}}": html.escape(token),
     }
     page = _asset("index.html")
     for key, value in replacements.items():
@@ -125,16 +152,48 @@ def render_page(session: ExploreSession, *, refine_steps: int = 30) -> str:
     return page
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
-    body = await request.body()
-    if len(body) > MAX_BODY:
+def _check_post(request: Request, token: str) -> None:
+    """Refuse a state-changing request that another web page could have sent."""
+    origin = request.headers.get("origin")
+    if origin is not None:
+        host = request.headers.get("host", "")
+        if origin.lower() not in (f"http://{host.lower()}", f"https://{host.lower()}"):
+            raise _RequestError(f"cross-site request refused (Origin {origin})", 403)
+    if not secrets.compare_digest(request.headers.get(TOKEN_HEADER.lower(), ""), token):
+        raise _RequestError(
+            f"missing or wrong {TOKEN_HEADER} header (only the explorer's page may change it)",
+            403,
+        )
+    kind = request.headers.get("content-type", "").split(";", 1)[0].strip().lower()
+    if kind != "application/json":
+        raise _RequestError(f"the request body must be application/json, got {kind!r}", 415)
+
+
+async def _read_body(request: Request) -> bytes:
+    """The body, refused with 413 as soon as it exceeds :data:`MAX_BODY` (by its announced
+    ``Content-Length`` before anything is read, else while it streams in)."""
+    length = request.headers.get("content-length")
+    if length is not None and (not length.strip().isdigit() or int(length) > MAX_BODY):
         raise _RequestError("request body too large", 413)
+    chunks, size = [], 0
+    async for chunk in request.stream():
+        size += len(chunk)
+        if size > MAX_BODY:
+            raise _RequestError("request body too large", 413)
+        chunks.append(chunk)
+    return b"".join(chunks)
+
+
+async def _json_body(request: Request) -> dict[str, Any]:
+    body = await _read_body(request)
     if not body:
         return {}
     try:
         data = json.loads(body)
     except json.JSONDecodeError as exc:
         raise _RequestError(f"request body is not JSON: {exc}") from exc
+    except RecursionError:
+        raise _RequestError("request body is nested too deeply") from None
     if not isinstance(data, dict):
         raise _RequestError("request body must be a JSON object")
     return data
@@ -203,6 +262,7 @@ def create_app(
     *,
     refine_steps: int = 30,
     allowed_hosts: Sequence[str] = LOOPBACK_HOSTS,
+    token: str | None = None,
 ) -> Starlette:
     """The explorer's web application for one session.
 
@@ -212,8 +272,16 @@ def create_app(
         allowed_hosts: ``Host`` header values the app answers (``["*"]``: any); the loopback
             names by default, which stops other web pages from reaching the API through DNS
             rebinding.
+        token: the session's token (:data:`TOKEN_HEADER`; random by default). The page
+            carries it; the app keeps it in ``app.state.token``.
     """
     state: dict[str, RefineJob | None] = {"job": None}
+    token = token or secrets.token_urlsafe(24)
+    hosts = {h for h in (host_name(a) if a != "*" else "*" for a in allowed_hosts) if h}
+
+    def check_host(request: Request) -> None:
+        if "*" not in hosts and host_name(request.headers.get("host")) not in hosts:
+            raise _RequestError("Invalid host header", 400)
 
     def refining() -> bool:
         job = state["job"]
@@ -224,10 +292,18 @@ def create_app(
             raise _RequestError("a refinement is running; wait for it to finish", 409)
 
     async def page(request: Request) -> Response:
-        return HTMLResponse(render_page(session, refine_steps=refine_steps))
+        try:
+            check_host(request)
+        except _RequestError as exc:
+            return Response(str(exc), status_code=exc.status, media_type="text/plain")
+        return HTMLResponse(render_page(session, refine_steps=refine_steps, token=token))
 
     def asset(name: str) -> Endpoint:
         async def serve(request: Request) -> Response:
+            try:
+                check_host(request)
+            except _RequestError as exc:
+                return Response(str(exc), status_code=exc.status, media_type="text/plain")
             return Response(_asset(name), media_type=ASSETS[name])
 
         return serve
@@ -275,7 +351,17 @@ def create_app(
     async def api_refine_status(request: Request) -> Response:
         job = state["job"]
         if job is None:
-            return JSONResponse({"running": False, "fraction": 0.0, "steps": 0, "error": None})
+            return JSONResponse(
+                {"running": False, "fraction": 0.0, "steps": 0, "error": None, "cancelled": False}
+            )
+        return JSONResponse(job.status())
+
+    async def api_refine_cancel(request: Request) -> Response:
+        await _json_body(request)
+        job = state["job"]
+        if job is None or not job.running:
+            return JSONResponse({"running": False, "cancelled": False})
+        await run_in_threadpool(job.cancel)
         return JSONResponse(job.status())
 
     async def api_save(request: Request) -> Response:
@@ -297,14 +383,31 @@ def create_app(
             }
         )
 
+    def get(endpoint: Endpoint) -> Endpoint:
+        async def checked(request: Request) -> Response:
+            check_host(request)
+            return await endpoint(request)
+
+        return _api(checked)
+
+    def post(endpoint: Endpoint) -> Endpoint:
+        async def checked(request: Request) -> Response:
+            check_host(request)
+            _check_post(request, token)
+            return await endpoint(request)
+
+        return _api(checked)
+
     routes = [
         Route("/", page),
         *(Route(f"/{name}", asset(name)) for name in ASSETS),
-        Route("/api/state", _api(api_state)),
-        Route("/api/update", _api(api_update), methods=["POST"]),
-        Route("/api/refine", _api(api_refine_start), methods=["POST"]),
-        Route("/api/refine", _api(api_refine_status), methods=["GET"]),
-        Route("/api/save", _api(api_save), methods=["POST"]),
+        Route("/api/state", get(api_state)),
+        Route("/api/update", post(api_update), methods=["POST"]),
+        Route("/api/refine", post(api_refine_start), methods=["POST"]),
+        Route("/api/refine", get(api_refine_status), methods=["GET"]),
+        Route("/api/refine/cancel", post(api_refine_cancel), methods=["POST"]),
+        Route("/api/save", post(api_save), methods=["POST"]),
     ]
-    middleware = [Middleware(TrustedHostMiddleware, allowed_hosts=list(allowed_hosts))]
-    return Starlette(routes=routes, middleware=middleware)
+    app = Starlette(routes=routes)
+    app.state.token = token
+    return app

@@ -123,9 +123,9 @@ def require_web() -> None:
 def allowed_hosts(host: str) -> list[str]:
     """``Host`` header values to answer for a server on ``host``: the loopback names on
     loopback (a DNS-rebinding guard), any name when the user chose another address."""
-    from regzoo.explore.app import LOOPBACK_HOSTS
+    from regzoo.explore.app import LOOPBACK_HOSTS, host_name
 
-    return list(LOOPBACK_HOSTS) if host in LOOPBACK_HOSTS else ["*"]
+    return list(LOOPBACK_HOSTS) if host_name(host) in LOOPBACK_HOSTS else ["*"]
 
 
 def run(args: argparse.Namespace) -> int:
@@ -162,7 +162,7 @@ def run(args: argparse.Namespace) -> int:
         session, refine_steps=args.refine_steps, allowed_hosts=allowed_hosts(args.host)
     )
     server = ExplorerServer(app, args.host, args.port)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if allowed_hosts(args.host) == ["*"]:
         print(
             f"warning: listening on {args.host}: anyone who can reach it can use the explorer",
             file=sys.stderr,

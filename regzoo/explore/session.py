@@ -37,10 +37,11 @@ from regzoo.inference import (
     segmentation_names,
     write_result,
 )
+from regzoo.io import check_output_folder, check_same_grid
 from regzoo.metrics import dice, jacobian_scores
 from regzoo.model import HyperRegistration
 from regzoo.nets import RegistrationOutput
-from regzoo.refine import RefineTrace, refine
+from regzoo.refine import RefineCancelledError, RefineTrace, refine
 from regzoo.spatial import warp
 
 __all__ = ["ExploreSession", "RefineJob"]
@@ -100,7 +101,10 @@ class ExploreSession:
         self.sources = {"fixed": fixed, "moving": moving, "moving_seg": moving_seg}
         self.checkpoint = checkpoint
         self.out = Path(out) if out is not None else None
+        if self.out is not None:  # a folder of the user's files is refused now, not at save
+            check_output_folder(self.out)
         fixed_v, moving_v, _ = read_pair(fixed, moving)  # one grid, or a message naming both
+        self._grid = fixed_v.grid
         if fixed_v.ndim != 3:
             raise InputError(
                 f"explore shows three orthogonal planes of 3D images; {fixed_v.grid.describe()} "
@@ -144,7 +148,10 @@ class ExploreSession:
     ) -> torch.Tensor | None:
         if source is None:
             return None
-        volume = read_image(source, what=name).tensor()
+        image = read_image(source, what=name)
+        if isinstance(source, str | Path):  # a file has a grid: it must be the fixed image's
+            check_same_grid(self._grid, image.grid)
+        volume = image.tensor()
         self._check_shape(name, volume)
         return volume
 
@@ -368,6 +375,7 @@ class RefineJob:
             raise InputError(f"explore: refine steps must be >= 1, got {steps}")
         self.steps = steps
         self.error: str | None = None
+        self.cancelled = False
         self._trace = RefineTrace()
         self._total = steps + REFINE_LEVELS
         self._thread = threading.Thread(target=self._run, args=(session,), daemon=True)
@@ -376,8 +384,16 @@ class RefineJob:
     def _run(self, session: ExploreSession) -> None:
         try:
             session.refine(self.steps, self._trace)
+        except RefineCancelledError:
+            self.cancelled = True
         except Exception as exc:  # reported to the page, never lost in a thread
             self.error = f"{type(exc).__name__}: {exc}"
+
+    def cancel(self, timeout: float | None = 30.0) -> None:
+        """Stop the refinement at its next iteration and wait for it (the session keeps the
+        unrefined result of its setting)."""
+        self._trace.stop.set()
+        self._thread.join(timeout)
 
     @property
     def running(self) -> bool:
@@ -396,10 +412,11 @@ class RefineJob:
         self._thread.join(timeout)
 
     def status(self) -> dict[str, Any]:
-        """``{"running", "fraction", "steps", "error"}`` for the page."""
+        """``{"running", "fraction", "steps", "error", "cancelled"}`` for the page."""
         return {
             "running": self.running,
             "fraction": self.fraction,
             "steps": self.steps,
             "error": self.error,
+            "cancelled": self.cancelled,
         }

@@ -45,10 +45,12 @@
   const fmt = (v, digits = 4) => (v === 0 ? "0" : Number(v).toPrecision(digits));
 
   // -- talking to the server --------------------------------------------------------------
+  const token = document.querySelector('meta[name="regzoo-token"]').content;
+
   async function call(url, body) {
     const init = body === undefined ? {} : {
       method: "POST",
-      headers: { "Content-Type": "application/json" },
+      headers: { "Content-Type": "application/json", "X-Regzoo-Token": token },
       body: JSON.stringify(body),
     };
     const response = await fetch(url, init);
@@ -233,6 +235,8 @@
   async function refine() {
     const steps = Number($("refine-steps").value);
     setBusy(true);
+    $("cancel").hidden = false;
+    $("cancel").disabled = false;
     status(`refining (${steps} iterations)...`);
     $("refine-progress").value = 0;
     try {
@@ -243,12 +247,14 @@
         $("refine-progress").value = job.fraction;
         if (job.running) continue;
         if (job.error) throw new Error(job.error);
+        if (job.cancelled) { status("refinement cancelled"); return; }
         break;
       }
       status(`refined: ${steps} iterations`);
     } catch (error) {
       status(error.message, true);
     } finally {
+      $("cancel").hidden = true;
       setBusy(false);
       requestUpdate();
     }
@@ -287,6 +293,7 @@
   $("show-grid").addEventListener("change", draw);
   $("show-contours").addEventListener("change", draw);
   $("refine").addEventListener("click", refine);
+  $("cancel").addEventListener("click", () => call("/api/refine/cancel", {}).catch(() => {}));
   $("save").addEventListener("click", save);
 
   call("/api/state")
