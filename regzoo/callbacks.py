@@ -54,6 +54,12 @@ class DivergenceGuard(L.Callback):
     def _snapshot(pl_module: L.LightningModule) -> dict[str, torch.Tensor]:
         return {k: v.detach().to("cpu", copy=True) for k, v in pl_module.state_dict().items()}
 
+    def on_train_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
+        """Keep the starting weights: a run that diverges before its first validation goes
+        back to them (never to weights that were not validated)."""
+        if self.best_weights is None:
+            self.best_weights, self.best_step = self._snapshot(pl_module), trainer.global_step
+
     def on_validation_epoch_start(self, trainer: L.Trainer, pl_module: L.LightningModule) -> None:
         """Keep the weights being validated (the average, under weight averaging)."""
         if not trainer.sanity_checking and self.diverged is None:
@@ -107,7 +113,7 @@ class DivergenceGuard(L.Callback):
             improved = objective is not None and objective <= self.best.get("objective", math.inf)
         if objective is not None:
             self.best["objective"] = min(objective, self.best.get("objective", math.inf))
-        if improved or self.best_weights is None:
+        if improved or not self.best:
             if dice_value is not None:
                 self.best["dice"] = max(dice_value, self.best.get("dice", -math.inf))
             self.best_step = step
@@ -152,6 +158,7 @@ class ImageLogger(L.Callback):
         step = trainer.global_step
         if (
             not isinstance(outputs, Mapping)
+            or "values" not in outputs  # a skipped step (trainer.nonfinite: skip)
             or experiment is None
             or not hasattr(experiment, "add_image")
             or step % self.every_n_steps

@@ -25,7 +25,15 @@ def tiny_overrides(data_root: Path, run_dir: Path, steps: int = 2) -> list[str]:
         "data.batch_size=1",
         "data.num_workers=0",
         "logging.image_every_n_steps=1",
+        "sampling.curriculum_steps=0",  # the whole range from the first step
     ]
+
+
+FOUR_DECADES = [
+    "regularizers.0.params.lam={low: 0.01, high: 100.0, scale: log}",
+    "regularizers.0.params.mu={low: 0.01, high: 100.0, scale: log}",
+]
+"""The linear-elastic term's declared range, for models that tests sweep over four decades."""
 
 
 @pytest.fixture(scope="session")
@@ -44,11 +52,12 @@ def tiny_phantom_2d(tmp_path_factory) -> Path:
 
 @pytest.fixture(scope="session")
 def tiny_checkpoint(tiny_phantom, tmp_path_factory) -> Path:
-    """The quickstart config trained for 2 steps on the tiny phantom."""
+    """The quickstart config, over the declared four decades, trained for 2 steps on the tiny
+    phantom."""
     from regzoo.train import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "quickstart"
-    config = load_config(QUICKSTART, tiny_overrides(tiny_phantom, run_dir))
+    config = load_config(QUICKSTART, [*tiny_overrides(tiny_phantom, run_dir), *FOUR_DECADES])
     return train(config)
 
 

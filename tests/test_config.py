@@ -144,8 +144,8 @@ def test_physical_domain_and_log_ranges_are_checked():
     quickstart = resolve(ROOT / "configs/quickstart.yaml")
     for name in ("linear_elastic.lam", "linear_elastic.mu"):
         spec = quickstart.free_space[name]
-        assert (spec.low, spec.high, spec.scale) == (0.01, 100.0, "log")
-    assert quickstart.resolve({"lam": 0.01, "mu": 100}) == {
-        "linear_elastic.lam": 0.01,
-        "linear_elastic.mu": 100.0,
+        assert (spec.low, spec.high, spec.scale) == (0.1, 10.0, "log")
+    assert quickstart.resolve({"lam": 0.1, "mu": 10}) == {
+        "linear_elastic.lam": 0.1,
+        "linear_elastic.mu": 10.0,
     }

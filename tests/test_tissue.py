@@ -41,7 +41,16 @@ MU_PER_LABEL = {
 
 # -- energies accept maps -----------------------------------------------------------------------
 def test_builtin_energies_with_parameters_accept_maps():
-    assert set(SPATIAL) == {"linear_elastic", "total_variation", "jacobian"}
+    assert set(SPATIAL) == {
+        "linear_elastic",
+        "total_variation",
+        "jacobian",
+        "hyperelastic",
+        "st_venant_kirchhoff",
+        "neo_hookean",
+        "rigidity",
+        "sliding",
+    }
 
 
 @pytest.mark.parametrize("name", SPATIAL)
