@@ -102,9 +102,10 @@ def test_output_folders_keep_symlinks_and_modes_and_clean_up_killed_runs(tmp_pat
         real.mkdir(parents=True)
         link = tmp_path / "link"
         link.symlink_to(real)
-        dead = tmp_path / ".link.regzoo-staging-999999999-x"  # a killed run's staging folder
+        # staging folders lie beside the folder the link points to
+        dead = real.parent / ".results.regzoo-staging-999999999-x"  # a killed run's
         dead.mkdir()
-        live = tmp_path / f".link.regzoo-staging-{os.getppid()}-y"  # a running one's: kept
+        live = real.parent / f".results.regzoo-staging-{os.getppid()}-y"  # a running one's
         live.mkdir()
         with output_folder(link) as staging:
             (staging / "a").write_text("1")
