@@ -41,6 +41,7 @@ class ImageLogger(L.Callback):
         step = trainer.global_step
         if (
             not isinstance(outputs, Mapping)
+            or "values" not in outputs  # a skipped step (trainer.nonfinite: skip)
             or experiment is None
             or not hasattr(experiment, "add_image")
             or step % self.every_n_steps
