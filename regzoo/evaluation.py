@@ -105,7 +105,9 @@ def score_pair(item: Mapping[str, Any], displacement: torch.Tensor) -> dict[str,
             warped = warp_labels(item[f"moving_{key}"][None], displacement[None])[0, 0]
             scores = dice(warped, item[f"fixed_{key}"][0])
             row[out] = float(np.mean(list(scores.values()))) if scores else None
-    if "fixed_keypoints" in item:
+    if "fixed_keypoints" in item and not len(item["fixed_keypoints"]):
+        row["tre_mm"] = row["tre_initial_mm"] = None  # no keypoints: undefined for this pair
+    elif "fixed_keypoints" in item:
         fixed_kp, moving_kp = item["fixed_keypoints"], item["moving_keypoints"]
         spacing = item["spacing"]
         row["tre_mm"] = float(

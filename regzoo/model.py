@@ -282,13 +282,19 @@ class HyperRegistration(L.LightningModule):
         )
 
     def _skip(self, what: str) -> bool:
-        """Count a skipped step; past :data:`MAX_CONSECUTIVE_SKIPS` in a row training stops
-        (the weights no longer produce finite values: skipping would end with useless ones)."""
+        """Count a skipped step; past :data:`MAX_CONSECUTIVE_SKIPS` in a row, or more than that
+        many making over a quarter of all steps, training stops (the weights no longer produce
+        finite values: skipping on would end with useless ones)."""
         self._skipped = getattr(self, "_skipped", 0) + 1
-        if self._skipped <= MAX_CONSECUTIVE_SKIPS:
+        self._skipped_total = getattr(self, "_skipped_total", 0) + 1
+        steps = self._skipped_total + self.global_step
+        if self._skipped <= MAX_CONSECUTIVE_SKIPS and not (
+            self._skipped_total > MAX_CONSECUTIVE_SKIPS and self._skipped_total > steps / 4
+        ):
             return True
         raise NonFiniteLossError(
-            f"{self._skipped} consecutive steps skipped for a non-finite {what} at step "
+            f"{self._skipped} consecutive and {self._skipped_total} steps in all skipped for a "
+            f"non-finite {what} at step "
             f"{self.global_step} (trainer.nonfinite: skip allows {MAX_CONSECUTIVE_SKIPS}): the "
             f"training diverged; lower optimizer.lr (now {self.config.optimizer.lr:g}) or set "
             "trainer.gradient_clip_val"

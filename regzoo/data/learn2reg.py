@@ -135,8 +135,8 @@ def load_keypoints(path: str | Path, shape: tuple[int, ...] | None = None) -> np
             points = np.loadtxt(path, delimiter=",", dtype=np.float32, ndmin=2)
     except ValueError as exc:
         raise InputError(f"{path}: not a CSV of numbers, one keypoint per row ({exc})") from None
-    if not points.size:
-        raise InputError(f"{path}: holds no keypoints (an empty file); remove it or fill it")
+    if not points.size:  # no keypoints (the phantom writes such files for tiny 2D images)
+        return np.zeros((0, len(shape) if shape is not None else 3), dtype=np.float32)
     if points.size and not np.isfinite(points).all():
         raise InputError(f"{path}: keypoints contain NaN or infinite values")
     if shape is not None and points.size:
@@ -261,7 +261,9 @@ class Learn2RegDataset(Dataset):
                 f"keypoints not found: {csv} (the other image of the pair has keypoints; TRE "
                 "needs both)"
             )
-        if "keypoints" in item and item["fixed_keypoints"].shape != item["moving_keypoints"].shape:
+        if "fixed_keypoints" in item and (
+            item["fixed_keypoints"].shape != item["moving_keypoints"].shape
+        ):
             raise InputError(
                 f"{fixed_path} and {moving_path}: their keypoint files hold "
                 f"{item['fixed_keypoints'].shape[0]} and {item['moving_keypoints'].shape[0]} "
