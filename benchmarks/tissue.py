@@ -39,6 +39,7 @@ def overrides(args: argparse.Namespace, data: Path, run_dir: Path) -> list[str]:
         f"data.root={data}",
         f"run_dir={run_dir}",
         f"trainer.max_steps={args.steps}",
+        f"sampling.curriculum_steps={args.steps}",
         "trainer.max_epochs=null",
         "trainer.progress_bar=false",
         "trainer.check_val_every_n_epoch=null",
@@ -104,7 +105,7 @@ def main() -> None:
         shape = [args.shape] * 3
         write_phantom_dataset(data, n=args.n, val=4, shape=shape, seed=0, motion="tissue")
     models = {
-        "global": (ROOT / "configs/quickstart.yaml", {"lam": (0.01, 100.0), "mu": (0.01, 100.0)}),
+        "global": (ROOT / "configs/quickstart.yaml", {"lam": (0.1, 10.0), "mu": (0.1, 10.0)}),
         "per_label": (
             ROOT / "configs/phantom_tissue_elastic.yaml",
             {"mu@lung": (0.01, 100.0), "mu@bone": (0.01, 100.0)},
