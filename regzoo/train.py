@@ -115,6 +115,9 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
         TrainingDivergedError: the validation collapsed (``trainer.divergence_guard``);
             ``last.ckpt`` then holds the weights of the best validation, not the diverged ones.
     """
+    # seeded before anything random is built (the network's initial weights, the parameter
+    # sampler, the data order): two runs of one config give bit-identical checkpoints on CPU
+    L.seed_everything(config.seed, workers=True, verbose=False)
     # per-label parameters take their label names from the dataset JSON (built first if a
     # phantom is configured) unless the config maps them in data.labels
     config = with_label_names(config, progress=config.trainer.progress_bar)
@@ -127,7 +130,6 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
     else:
         resume_from = _checkpoint(Path(config.run_dir)) if resume else None
         overwrite = False
-    L.seed_everything(config.seed, workers=True, verbose=False)
     ensure_dataset(config.data, progress=config.trainer.progress_bar)
     check_label_names(config)
     datamodule = RegistrationDataModule(config.data, labels=model.objective.needs_labels)
