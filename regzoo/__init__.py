@@ -70,4 +70,3 @@ __all__ = [
     "train",
     "write_phantom_dataset",
 ]
-

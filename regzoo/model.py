@@ -22,6 +22,7 @@ from regzoo.spatial import Spacing, warp, warp_labels
 __all__ = [
     "HyperRegistration",
     "NonFiniteLossError",
+    "build_network",
     "learning_rate_factor",
     "load_model",
     "plugin_reference",
@@ -59,18 +60,7 @@ class HyperRegistration(L.LightningModule):
         self.save_hyperparameters({"config": config.model_dump(mode="json")})
         self.objective = build_objective(config)
         self.space = self.objective.free_space
-        model = config.model
-        self.net = RegistrationNet(
-            model.ndim,
-            enc=model.enc,
-            dec=model.dec,
-            num_params=len(self.space) if model.hyper else 0,
-            hyper_units=model.hyper_units,
-            int_steps=model.int_steps,
-            int_downsize=model.int_downsize,
-            hyper_init_share=model.hyper_init_share,
-            conditioning=model.conditioning,
-        )
+        self.net = build_network(config, len(self.space))
         self._generator = torch.Generator().manual_seed(config.seed)
 
     @property
@@ -466,19 +456,26 @@ def _read_checkpoint(path: Path, map_location: str | torch.device) -> dict[str, 
 def _network_skeleton(config: ExperimentConfig, num_params: int) -> dict[str, torch.Tensor]:
     """The network's weights as ``HyperRegistration`` names them, built on PyTorch's ``meta``
     device (shapes without memory: a config asking for a huge network costs nothing)."""
-    model = config.model
     with torch.device("meta"):
-        net = RegistrationNet(
-            model.ndim,
-            enc=model.enc,
-            dec=model.dec,
-            num_params=num_params if model.hyper else 0,
-            hyper_units=model.hyper_units,
-            int_steps=model.int_steps,
-            int_downsize=model.int_downsize,
-            hyper_init_share=model.hyper_init_share,
-        )
+        net = build_network(config, num_params)
     return {f"net.{k}": v for k, v in net.state_dict().items()}
+
+
+def build_network(config: ExperimentConfig, num_params: int) -> RegistrationNet:
+    """The registration network ``config.model`` describes, conditioned on ``num_params`` free
+    parameters (none when ``model.hyper`` is false)."""
+    model = config.model
+    return RegistrationNet(
+        model.ndim,
+        enc=model.enc,
+        dec=model.dec,
+        num_params=num_params if model.hyper else 0,
+        hyper_units=model.hyper_units,
+        int_steps=model.int_steps,
+        int_downsize=model.int_downsize,
+        hyper_init_share=model.hyper_init_share,
+        conditioning=model.conditioning,
+    )
 
 
 def _check_shapes(

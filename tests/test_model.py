@@ -227,3 +227,20 @@ def test_weight_averaging_saves_and_validates_the_average(tiny_phantom, tmp_path
     model = load_model(checkpoint)  # the average is the model
     for name, value in model.state_dict().items():
         assert torch.equal(value, averaged[name])
+
+
+@pytest.mark.parametrize("conditioning", ["film", "weights"])
+def test_each_conditioning_trains_saves_and_reloads(conditioning, tiny_phantom, tmp_path):
+    from regzoo.train import train
+
+    overrides = [
+        *tiny_overrides(tiny_phantom, tmp_path / "run"),
+        f"model.conditioning={conditioning}",
+    ]
+    checkpoint = train(load_config(QUICKSTART, overrides))
+    model = load_model(checkpoint)  # its weights' shapes are checked against its config
+    assert model.config.model.conditioning == conditioning
+    images = torch.rand(1, 1, 32, 32, 32)
+    with torch.no_grad():
+        out = model(images, images, {"lam": 0.1, "mu": 10}).displacement
+    assert out.shape == (1, 3, 32, 32, 32) and bool(torch.isfinite(out).all())
