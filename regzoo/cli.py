@@ -606,8 +606,8 @@ def build_parser() -> argparse.ArgumentParser:
     p.add_argument(
         "--criterion",
         metavar="NAME",
-        help="choose by this label-free criterion instead of a metric (regzoo criteria lists "
-        "them; see docs/choosing.md)",
+        help="choose by this label-free criterion instead of a metric: invertible_fit, "
+        "discrepancy, lcurve, inverse_consistency or a plugin's (docs/choosing.md)",
     )
     _add_max_folding_argument(p)
     p.add_argument(

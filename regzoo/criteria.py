@@ -215,16 +215,15 @@ class LCurve(Criterion):
         front = ~beaten.any(axis=1)
         scores = np.full(n, np.inf)
         index = np.flatnonzero(front)
-        if len(index) <= 2:  # no corner: take the front point closest to the utopia point
-            x, y = _unit(rough[index]), _unit(sim[index])
-            scores[index] = np.hypot(x, y)
-            return scores
         x, y = _unit(rough[index]), _unit(sim[index])
         order = np.argsort(x)
         (x0, y0), (x1, y1) = (x[order[0]], y[order[0]]), (x[order[-1]], y[order[-1]])
+        chord = np.hypot(x1 - x0, y1 - y0)
+        if len(index) <= 2 or chord == 0:  # no corner: the front point nearest the utopia point
+            scores[index] = np.hypot(x, y)
+            return scores
         # signed distance below the chord from the smoothest to the best-matching end
-        distance = ((x1 - x0) * (y - y0) - (y1 - y0) * (x - x0)) / np.hypot(x1 - x0, y1 - y0)
-        scores[index] = distance
+        scores[index] = ((x1 - x0) * (y - y0) - (y1 - y0) * (x - x0)) / chord
         return scores
 
 

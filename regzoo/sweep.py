@@ -314,7 +314,7 @@ def sweep(
                 if backward:
                     reverse = _register(
                         model, pair[1], pair[0], chunk, refine_steps, item, "moving"
-                    )
+                    ).displacement
                 measures = label_free_measures(model.objective.similarity, *pair, fields, reverse)
                 for offset in range(n):
                     index = start + offset
