@@ -76,6 +76,37 @@ def evaluate_criteria(result: SweepResult) -> list[dict[str, Any]]:
     return out
 
 
+def _run(
+    model_path: str, data: str, grid: dict[str, Any], args: argparse.Namespace
+) -> tuple[SweepResult, float]:
+    """Sweep the case's validation pairs in both directions; the result and its seconds."""
+    model = load_model(model_path).eval()
+    window = tuple(model.config.data.intensity_window)
+    dataset = Learn2RegDataset(data, args.split, intensity_window=window, annotations=True)
+    items = [dataset[i] for i in range(len(dataset))]
+    if args.pairs:
+        items = items[: args.pairs]
+    start = time.perf_counter()
+    result = sweep(
+        model,
+        items,  # type: ignore[arg-type]
+        grid,
+        batch_size=args.batch_size,
+        refine_steps=args.refine,
+        max_folding=0.0,
+        backward=True,
+    )
+    return result, time.perf_counter() - start
+
+
+def _stored(case: dict[str, Any]) -> tuple[SweepResult, float]:
+    """A stored case's sweep (names and axes read back from its settings if not stored)."""
+    names = case.get("names") or [k for k in case["settings"][0] if "." in k]
+    axes = case.get("axes") or [sorted({s[n] for s in case["settings"]}) for n in names]
+    result = SweepResult(names, axes, case["rows"], case["settings"], max_folding=0.0)
+    return result, case["seconds"]
+
+
 def main() -> None:
     parser = argparse.ArgumentParser(description=__doc__.splitlines()[0])
     parser.add_argument("--case", action="append", required=True, metavar="NAME=MODEL@DATA")
@@ -85,6 +116,11 @@ def main() -> None:
     parser.add_argument("--pairs", type=int, default=0, help="use the first N pairs (0: all)")
     parser.add_argument("--batch-size", type=int, default=9)
     parser.add_argument("--threads", type=int, default=1)
+    parser.add_argument(
+        "--reuse",
+        metavar="JSON",
+        help="judge the sweeps stored in a previous run's choice.json again (no registration)",
+    )
     parser.add_argument("--out", required=True)
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
@@ -106,29 +142,19 @@ def main() -> None:
     for case in args.case:
         name, _, rest = case.partition("=")
         model_path, _, data = rest.partition("@")
-        model = load_model(model_path).eval()
-        window = tuple(model.config.data.intensity_window)
-        dataset = Learn2RegDataset(data, args.split, intensity_window=window, annotations=True)
-        items = [dataset[i] for i in range(len(dataset))]
-        if args.pairs:
-            items = items[: args.pairs]
-        start = time.perf_counter()
-        result = sweep(
-            model,
-            items,  # type: ignore[arg-type]
-            grid,
-            batch_size=args.batch_size,
-            refine_steps=args.refine,
-            max_folding=0.0,
-            backward=True,
-        )
-        seconds = time.perf_counter() - start
+        if args.reuse:
+            result, seconds = _stored(json.loads(Path(args.reuse).read_text())["cases"][name])
+        else:
+            result, seconds = _run(model_path, data, grid, args)
+        pairs = len({_pair_key(r) for r in result.rows})
         rows = evaluate_criteria(result)
         oracle = min(result.settings, key=lambda s: s["tre_mm"])
         report["cases"][name] = {
             "model": model_path,
             "data": data,
-            "pairs": len(items),
+            "pairs": pairs,
+            "names": result.names,
+            "axes": result.axes,
             "seconds": seconds,
             "oracle": oracle,
             "criteria": rows,
@@ -137,7 +163,7 @@ def main() -> None:
         }
         lines += [
             "",
-            f"## {name} ({len(items)} pairs, {len(result.settings)} settings, {seconds:.0f} s)",
+            f"## {name} ({pairs} pairs, {len(result.settings)} settings, {seconds:.0f} s)",
             "",
             f"TRE oracle: {_params(oracle, result.names)}, TRE {oracle['tre_mm']:.2f} mm, "
             f"folded {oracle['folding_fraction']:.2%}",

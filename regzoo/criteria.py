@@ -229,32 +229,34 @@ class LCurve(Criterion):
 
 @criterion("inverse_consistency")
 class InverseConsistency(Criterion):
-    """Best image similarity among the settings whose forward and backward registrations are
-    inverse to each other, up to a tolerance.
+    """The setting whose forward and backward registrations are closest to inverse to each
+    other, relative to how far they move.
 
     ``inverse_consistency`` is the mean of ``|u_f(x) + u_b(x + u_f(x))|`` (voxels), the gap
     left by composing the forward field with the field of the reversed pair at the same
-    setting; a setting qualifies when the gap is at most ``tolerance`` times its mean
-    displacement. Needs the sweep to register every pair in both directions.
+    setting; the score is that gap divided by the mean displacement. Soft settings fit noise
+    that the reversed pair does not share, stiff ones stop short differently in each direction;
+    both leave a larger relative gap. A setting whose fields hardly move (mean displacement
+    below ``min_displacement`` voxels) says nothing about consistency and is never chosen.
+    Needs the sweep to register every pair in both directions.
 
     Args:
-        tolerance: largest gap relative to the mean displacement (default 0.1).
+        min_displacement: smallest mean displacement (voxels) of a setting that can be chosen.
     """
 
-    requires = ("similarity", "inverse_consistency", "displacement_mean")
+    requires = ("inverse_consistency", "displacement_mean")
 
-    def __init__(self, tolerance: float = 0.1) -> None:
-        if tolerance <= 0:
-            raise InputError(f"InverseConsistency: tolerance must be positive, got {tolerance}")
-        self.tolerance = tolerance
+    def __init__(self, min_displacement: float = 1e-2) -> None:
+        if min_displacement < 0:
+            raise InputError(
+                f"InverseConsistency: min_displacement must be >= 0, got {min_displacement}"
+            )
+        self.min_displacement = min_displacement
 
     def score(self, table: ChoiceTable) -> np.ndarray:
-        gap = table.column("inverse_consistency")
-        size = np.maximum(table.column("displacement_mean"), 1e-6)
-        qualifies = gap <= self.tolerance * size
-        if not qualifies.any():  # nothing consistent enough: the most consistent one
-            return gap / size
-        return np.where(qualifies, table.column("similarity"), np.inf)
+        gap, size = table.column("inverse_consistency"), table.column("displacement_mean")
+        moves = size > self.min_displacement
+        return np.where(moves, gap / np.where(moves, size, 1.0), np.inf)
 
 
 @torch.no_grad()
