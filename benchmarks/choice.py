@@ -4,7 +4,8 @@ per pair.
 Each ``--case NAME=MODEL@DATA`` is swept over ``--grid`` on its validation pairs (with
 ``--refine N``: an exact sweep, every setting refined N iterations; pairs registered in both
 directions for ``inverse_consistency``). For every registered criterion, and the label-based
-``dice`` for reference, the script reports the setting chosen for the data set with its TRE,
+``dice`` for reference (``dice_unlimited``: Dice with no folding limit, the old default), the
+script reports the setting chosen for the data set with its TRE,
 Dice and folding, and the regret against the TRE oracle (chosen TRE / best TRE on the same
 grid); per pair, each criterion chooses from that pair's rows alone and the regret is averaged
 over pairs. The oracle is the TRE-best setting over the whole grid, folding or not. Writes
@@ -17,6 +18,7 @@ over pairs. The oracle is the TRE-best setting over the whole grid, folding or n
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import json
 import time
 from pathlib import Path
@@ -47,12 +49,15 @@ def evaluate_criteria(result: SweepResult) -> list[dict[str, Any]]:
     for row in result.rows:
         key = _pair_key(row)
         pair_oracle[key] = min(pair_oracle.get(key, np.inf), row["tre_mm"])
-    judges: list[str] = [m for m in ("dice",) if m in result.settings[0]]
+    judges: list[str] = ["dice", "dice_unlimited"] if "dice" in result.settings[0] else []
     judges += criteria.available()
+    free = dataclasses.replace(result, max_folding=None)
     out = []
     for name in judges:
         try:
-            if name in ("dice", "tre_mm"):
+            if name == "dice_unlimited":  # the old default: Dice with no folding limit
+                chosen, per_pair = free.best("dice"), free.best_per_pair("dice")
+            elif name == "dice":
                 chosen, per_pair = result.best(name), result.best_per_pair(name)
             else:
                 chosen, per_pair = result.choose(name), result.choose_per_pair(name)
