@@ -171,7 +171,7 @@ def main() -> None:
             f"## {name} ({pairs} pairs, {len(result.settings)} settings, {seconds:.0f} s)",
             "",
             f"TRE oracle: {_params(oracle, result.names)}, TRE {oracle['tre_mm']:.2f} mm, "
-            f"folded {oracle['folding_fraction']:.2%}",
+            f"folded {oracle['folding_fraction']:.3%}",
             "",
             "| criterion | data-set choice | TRE (mm) | Dice | folded | regret | "
             "per-pair regret (mean / max) |",
@@ -184,7 +184,7 @@ def main() -> None:
             dice = "-" if r["dice"] is None else f"{r['dice']:.4f}"
             lines.append(
                 f"| {r['criterion']} | {_params(r['setting'], result.names)} | "
-                f"{r['tre_mm']:.2f} | {dice} | {r['folding_fraction']:.2%} | "
+                f"{r['tre_mm']:.2f} | {dice} | {r['folding_fraction']:.3%} | "
                 f"{r['regret']:.3f} | {r['per_pair_regret']:.3f} / "
                 f"{r['per_pair_regret_max']:.3f} |"
             )
