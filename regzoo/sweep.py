@@ -179,17 +179,22 @@ class SweepResult:
     def _criterion_order(
         self, criterion: str | Criterion, entries: Sequence[dict[str, Any]]
     ) -> list[int]:
-        """Indices of ``entries`` from the criterion's choice to its last: eligible entries
-        (folding at most ``max_folding``) first, then the criterion's score, then less folding."""
+        """Indices of ``entries`` from the criterion's choice to its last. The criterion judges
+        the eligible entries (folding at most ``max_folding``) among themselves, which rank
+        first by its score, then by less folding; the others follow, least folding first."""
         judge = get_criterion(criterion)() if isinstance(criterion, str) else criterion
-        scores = judge(ChoiceTable(self.names, entries))
         limit = self.max_folding
 
-        def key(i: int) -> tuple[bool, float, float]:
-            folded = entries[i].get("folding_fraction", 0.0)
-            return limit is not None and folded > limit, scores[i], folded
+        def folded(i: int) -> float:
+            return entries[i].get("folding_fraction", 0.0)
 
-        return sorted(range(len(entries)), key=key)
+        eligible = [i for i in range(len(entries)) if limit is None or folded(i) <= limit]
+        rest = [i for i in range(len(entries)) if i not in set(eligible)]
+        if not eligible:  # nothing allowed: the criterion judges all (the caller raises)
+            eligible, rest = rest, []
+        scores = judge(ChoiceTable(self.names, [entries[i] for i in eligible]))
+        ranked = sorted(range(len(eligible)), key=lambda k: (scores[k], folded(eligible[k])))
+        return [eligible[k] for k in ranked] + sorted(rest, key=folded)
 
     def choose(self, criterion: str | Criterion) -> dict[str, Any]:
         """The setting a label-free criterion (:mod:`regzoo.criteria`) picks for the data set,
