@@ -174,6 +174,10 @@ def test_folding_limit_and_every_criterion_in_the_report(tmp_path):
     assert result.best("dice")["mu"] == 1.0
     assert result.choose("invertible_fit")["mu"] == 1.0
     assert [r["mu"] for r in result.choose_per_pair("invertible_fit")] == [1.0, 1.0]
+    # the criterion judges the allowed settings among themselves: the folding one's larger
+    # similarity gain does not set the discrepancy threshold
+    assert result.choose("discrepancy")["mu"] == 1.0
+    assert result.choose("lcurve")["mu"] in (1.0, 10.0)
     choices = result.choices()
     assert {"dice", "tre_mm", "invertible_fit", "discrepancy", "lcurve"} <= set(choices)
     assert "inverse_consistency" not in choices  # its measure was not taken
