@@ -29,7 +29,7 @@ from regzoo.model import HyperRegistration, load_model  # isort: skip
 from regzoo.data.learn2reg import Learn2RegDataset  # isort: skip
 from regzoo.data.phantom import write_phantom_dataset  # isort: skip
 from regzoo.refine import refine, refine_field  # isort: skip
-from regzoo.inference import RegistrationResult, register  # isort: skip
+from regzoo.inference import RegistrationResult, choose_parameters, register  # isort: skip
 from regzoo.evaluation import evaluate_displacements, evaluate_model  # isort: skip
 from regzoo.sweep import optimize_parameters, sweep  # isort: skip
 from regzoo.train import train  # isort: skip
@@ -53,6 +53,7 @@ __all__ = [
     "RegzooError",
     "Similarity",
     "UnknownNameError",
+    "choose_parameters",
     "evaluate_displacements",
     "evaluate_model",
     "load_config",

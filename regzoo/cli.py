@@ -157,13 +157,22 @@ def _cmd_register(args: argparse.Namespace) -> int:
         save_result,
         segmentation_names,
     )
-    from regzoo.io import output_folder
+    from regzoo.io import atomic_write_text, output_folder
     from regzoo.model import load_model
     from regzoo.report import overlay_figure
 
     params = parse_params(args.param)
+    if (args.choose is None) != (not args.grid):
+        raise InputError("--choose NAME and --grid NAME=START:STOP:COUNT go together")
+    if args.choose and args.param:
+        raise InputError("--choose picks the parameters: give fixed values as --grid NAME=VALUE")
+    if args.refine_grid and not args.choose:
+        raise InputError("--refine-grid needs --choose (it refines every setting of the grid)")
     model = load_model(args.model, plugins=args.plugin)
     model.objective.resolve(params)  # every input is checked before any work or output
+    choice = None
+    if args.choose:
+        params, choice = _choose(model, args)
     fixed, moving, segs = read_pair(
         args.fixed,
         args.moving,
@@ -185,6 +194,9 @@ def _cmd_register(args: argparse.Namespace) -> int:
     out = Path(args.out)
     with output_folder(out) as staging:
         names = [p.name for p in save_result(result, staging, segmentations=segs)]
+        if choice is not None:
+            atomic_write_text(json.dumps(choice, indent=2), staging / "choice.json")
+            names.append("choice.json")
         if args.figure:
             default = model.objective.resolve({})
             settings = [(_title(result.params), params), (f"defaults ({_title(default)})", {})]
@@ -206,6 +218,35 @@ def _cmd_register(args: argparse.Namespace) -> int:
     for name in names:
         print(f"wrote {out / name}")
     return 0
+
+
+def _choose(model: object, args: argparse.Namespace) -> tuple[dict[str, float], dict]:
+    """``register --choose``: the parameters a label-free criterion picks for the pair over
+    ``--grid``, and the record written to choice.json."""
+    from regzoo.inference import choose_parameters
+    from regzoo.sweep import parse_grid
+
+    chosen, result = choose_parameters(
+        model,  # type: ignore[arg-type]
+        args.fixed,
+        args.moving,
+        parse_grid(args.grid),
+        args.choose,
+        refine_grid=args.refine if args.refine_grid else 0,
+        max_folding=args.max_folding,
+        resample=args.resample,
+        fixed_labels=args.fixed_labels,
+    )
+    print(f"{args.choose} chose {_title(chosen)} out of {len(result.settings)} settings")
+    record = {
+        "criterion": args.choose,
+        "params": chosen,
+        "grid": dict(zip(result.names, result.axes, strict=True)),
+        "refine_grid": args.refine if args.refine_grid else 0,
+        "max_folding": args.max_folding,
+        "settings": result.rows,
+    }
+    return chosen, record
 
 
 def _cmd_evaluate(args: argparse.Namespace) -> int:
@@ -272,6 +313,11 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     check_dimension(model, dataset)
     if args.metric:
         check_metric(args.metric, dataset[0])
+    if args.metric and args.criterion:
+        raise InputError("give --metric or --criterion, not both")
+    from regzoo.criteria import needs_backward
+
+    backward = needs_backward(args.criterion)
     result = sweep(
         model,
         dataset,
@@ -279,6 +325,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         refine_steps=args.refine if args.refine_grid else 0,
         max_folding=args.max_folding,
+        backward=backward,
     )
     # an exact sweep also scores the grid by the network alone (one forward per setting), so
     # the report can say whether the network's ranking agrees with the refined one
@@ -294,7 +341,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     )
     out = Path(args.out)
     metric = args.metric or result.default_metric()
-    best = result.best(metric)
+    best = result.choose(args.criterion) if args.criterion else result.best(metric)
     comparison = None
     if args.refine:
         chosen = {n: best[n] for n in result.names}
@@ -303,7 +350,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         figure = explore = None
         if args.figure:
             ranked = result.ranked(metric)
-            pick = [{n: r[n] for n in result.names} for r in (ranked[0], ranked[-1])]
+            pick = [{n: r[n] for n in result.names} for r in (best, ranked[-1])]
             first = dataset[0]
             fixed, moving, masks = read_pair(
                 first["fixed_path"],
@@ -339,6 +386,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             result,
             staging,
             metric=metric,
+            criterion=args.criterion,
             optimized=optimized,
             comparison=comparison,
             refine_steps=args.refine,
@@ -349,15 +397,27 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
             data=str(args.data),
         )
     summary = out / "summary.md"
+    score = f"{metric} = {best[metric]:.4f}" if metric in best else "no labels"
     print(
         "best parameters for the data set: "
         + _title({n: best[n] for n in result.names})
-        + f" ({metric} = {best[metric]:.4f})"
+        + f" ({args.criterion or metric}; {score})"
     )
     for method, scores in (comparison or {}).items():
         print(f"{method:>9}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
     print(f"report: {summary}")
     return 0
+
+
+def _fraction(text: str) -> float:
+    """argparse type: a number in [0, 1]."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}") from None
+    if not 0.0 <= value <= 1.0:
+        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {value}")
+    return value
 
 
 def _cmd_explore(args: argparse.Namespace) -> int:
@@ -440,6 +500,17 @@ def _refine_options(args: argparse.Namespace) -> dict[str, object]:
             raise InputError("--refine-tol must be >= 0")
         options["tol"] = args.refine_tol
     return options
+
+
+def _add_max_folding_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-folding",
+        type=_fraction,
+        default=0.0,
+        metavar="FRACTION",
+        help="only settings whose mean folded-voxel fraction is at most this may be chosen "
+        "(default 0: invertible results only; 1: no limit)",
+    )
 
 
 def _add_plugin_argument(p: argparse.ArgumentParser, text: str) -> None:
@@ -544,6 +615,25 @@ def build_parser() -> argparse.ArgumentParser:
         metavar="NIFTI",
         help="moving mask or label map to warp (nearest neighbour; repeatable)",
     )
+    p.add_argument(
+        "--choose",
+        metavar="CRITERION",
+        help="choose the parameters for this pair over --grid with a label-free criterion "
+        "(docs/choosing.md); choice.json records the choice and every setting's measures",
+    )
+    p.add_argument(
+        "--grid",
+        action="append",
+        default=[],
+        metavar="NAME=START:STOP:COUNT",
+        help="with --choose: the settings to choose from (repeatable, or NAME=V1,V2,...)",
+    )
+    p.add_argument(
+        "--refine-grid",
+        action="store_true",
+        help="with --choose: refine every setting (--refine N iterations) before judging it",
+    )
+    _add_max_folding_argument(p)
     _add_refine_argument(p, "refine the network's field for N iterations under its objective")
     _add_refine_options(p)
     p.add_argument("--out", required=True, help="output folder")
@@ -598,12 +688,12 @@ def build_parser() -> argparse.ArgumentParser:
         p, "refine the best setting on every pair; report identity / network / refined"
     )
     p.add_argument(
-        "--max-folding",
-        type=_fraction,
-        metavar="FRACTION",
-        help="only settings whose mean folded-voxel fraction is at most this may be chosen "
-        "(e.g. 0: invertible results only)",
+        "--criterion",
+        metavar="NAME",
+        help="choose by this label-free criterion instead of a metric: invertible_fit, "
+        "discrepancy, lcurve, inverse_consistency or a plugin's (docs/choosing.md)",
     )
+    _add_max_folding_argument(p)
     p.add_argument(
         "--refine-grid",
         action="store_true",

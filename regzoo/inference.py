@@ -31,6 +31,7 @@ from regzoo.spatial import jacobian_determinant, warp
 __all__ = [
     "RegistrationResult",
     "build_result",
+    "choose_parameters",
     "read_image",
     "read_labels",
     "read_pair",
@@ -209,6 +210,80 @@ def register(
         maps = model.objective.parameter_maps(model.objective.to_tensor(resolved), labels.cpu())
         result.parameter_maps = {name: value[0, 0] for name, value in maps.items()}
     return result
+
+
+def choose_parameters(
+    model: HyperRegistration,
+    fixed: ImageLike,
+    moving: ImageLike,
+    grid: Mapping[str, Any],
+    criterion: str,
+    *,
+    refine_grid: int = 0,
+    max_folding: float | None = 0.0,
+    resample: bool = False,
+    fixed_labels: ImageLike | None = None,
+    batch_size: int = 8,
+) -> tuple[dict[str, float], Any]:
+    """Choose the parameters for one pair without labels: register it at every setting of
+    ``grid`` and let a label-free criterion (:mod:`regzoo.criteria`) pick.
+
+    Args:
+        model: a trained model.
+        fixed: the fixed image (as for :func:`register`).
+        moving: the moving image.
+        grid: parameter name -> values or :class:`regzoo.sweep.GridRange`
+            (:func:`regzoo.sweep.parse_grid`).
+        criterion: a registered criterion's name (``regzoo.criteria.available()``).
+        refine_grid: refine every setting this many iterations before judging it (0: the
+            network's fields).
+        max_folding: only settings whose folded-voxel fraction is at most this may be chosen
+            (``None``: no limit).
+        resample: resample ``moving`` onto the fixed grid when the grids differ.
+        fixed_labels: the fixed image's label map, for models with per-label parameters.
+        batch_size: settings per forward pass.
+
+    Returns:
+        ``(params, sweep)``: the chosen values of the grid's parameters (full names) and the
+        :class:`regzoo.sweep.SweepResult` of the pair, whose rows hold every setting's measures.
+
+    Raises:
+        UnknownNameError: an unknown criterion or parameter name.
+        InputError: as :func:`register`, or when every setting folds more than ``max_folding``.
+    """
+    from regzoo.criteria import needs_backward
+    from regzoo.sweep import sweep
+
+    backward = needs_backward(criterion)  # an unknown name fails before any work
+    fixed_v, moving_v, _ = read_pair(fixed, moving, resample=resample)
+    if fixed_v.ndim != model.ndim:
+        raise InputError(
+            f"the model registers {model.ndim}D images, got {fixed_v.ndim}D "
+            f"({fixed_v.grid.describe()})"
+        )
+    window = model.config.data.intensity_window
+    labels = read_labels(model, fixed_v, fixed_labels, needed=refine_grid > 0)
+    item: dict[str, Any] = {
+        "fixed": normalize_intensity(fixed_v.tensor(), window)[None],
+        "moving": normalize_intensity(moving_v.tensor(), window)[None],
+        "fixed_id": "fixed",
+        "moving_id": "moving",
+        "spacing": torch.tensor(fixed_v.spacing, dtype=torch.float32),
+    }
+    if labels is not None:
+        item["fixed_labels"] = labels[0].cpu()
+    result = sweep(
+        model,
+        [item],  # type: ignore[arg-type]
+        grid,
+        batch_size=batch_size,
+        refine_steps=refine_grid,
+        max_folding=max_folding,
+        backward=backward,
+        progress=False,
+    )
+    chosen = result.choose(criterion)
+    return {n: float(chosen[n]) for n in result.names}, result
 
 
 def read_labels(

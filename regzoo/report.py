@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import dataclasses
 import json
 from collections.abc import Mapping, Sequence
 from pathlib import Path
@@ -94,11 +95,58 @@ def _agreement(exact: SweepResult, network: SweepResult, metric: str) -> dict[st
     }
 
 
+def _choice_lines(
+    result: SweepResult, best: Mapping[str, Any], ranking: str, criterion: str | None
+) -> tuple[list[str], dict[str, Any]]:
+    """The report's lines on what each criterion picks and on the folding limit, and the
+    same as JSON."""
+
+    def pick(sweep: SweepResult) -> dict[str, Any]:
+        return sweep.choose(criterion) if criterion else sweep.best(ranking)
+
+    lines: list[str] = []
+    payload: dict[str, Any] = {}
+    if result.max_folding is not None:
+        free = pick(dataclasses.replace(result, max_folding=None))
+        if any(free[n] != best[n] for n in result.names):
+            payload["unconstrained_best"] = free
+            lines += [
+                "",
+                f"Without the folding limit {ranking} would choose "
+                f"**{_fmt(free, result.names)}**, whose field folds "
+                f"{free.get('folding_fraction', 0.0):.2%} of the voxels; the limit "
+                f"(at most {result.max_folding:g}) removed it.",
+            ]
+    choices = result.choices()
+    payload["choices"] = choices
+    metrics = [m for m in ("tre_mm", "dice", "dice_labels") if m in best]
+    lines += [
+        "",
+        "## What each criterion would choose",
+        "",
+        "Label-based criteria (dice, tre_mm) need masks or landmarks; the others see only the "
+        "images and the fields (docs/choosing.md). Each choice is scored by every measured "
+        "metric.",
+        "",
+        "| criterion | chosen setting | " + " | ".join(metrics) + " | folded voxels |",
+        "|---|---|" + "---|" * len(metrics) + "---|",
+    ]
+    for name, setting in choices.items():
+        mark = " (used)" if name == ranking else ""
+        lines.append(
+            f"| {name}{mark} | {_fmt(setting, result.names)} | "
+            + "".join(f"{_cell(setting, m)} | " for m in metrics)
+            + f"{_cell(setting, 'folding_fraction', '.2%')} |"
+        )
+    return lines, payload
+
+
 def write_sweep_report(
     result: SweepResult,
     out_dir: str | Path,
     *,
     metric: str,
+    criterion: str | None = None,
     optimized: Sequence[dict[str, Any]] = (),
     comparison: Mapping[str, Mapping[str, float]] | None = None,
     refine_steps: int = 0,
@@ -117,17 +165,31 @@ def write_sweep_report(
     same grid scored by the network alone when ``result`` is an exact sweep (every setting
     refined), adds the two choices side by side and how many grid steps apart they are: whether
     the network's own ranking of parameters agrees with the physics.
+
+    ``criterion`` names a label-free criterion (:mod:`regzoo.criteria`) that chooses the best
+    setting instead of ``metric``, which then only fills the tables. The summary shows what
+    every applicable criterion would choose, and, under a folding limit, the setting the limit
+    removed.
     """
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
-    best = result.best(metric)
-    per_pair = result.best_per_pair(metric)
+    if criterion:
+        best = result.choose(criterion)
+        per_pair = result.choose_per_pair(criterion)
+    else:
+        best = result.best(metric)
+        per_pair = result.best_per_pair(metric)
+    ranking = criterion or metric
+    choice_lines, choice_payload = _choice_lines(result, best, ranking, criterion)
     write_csv(result.rows, out / "metrics.csv")
     write_csv(result.settings, out / "settings.csv")
     heatmap = plot_sweep(result, out / "heatmap.png") if len(result.names) <= 2 else None
     payload = {
         **meta,
         "metric": metric,
+        "criterion": ranking,
+        "max_folding": result.max_folding,
+        **choice_payload,
         "names": result.names,
         "axes": result.axes,
         "best": best,
@@ -146,7 +208,7 @@ def write_sweep_report(
         "",
         f"- model: `{meta.get('model', '?')}`",
         f"- data: `{meta.get('data', '?')}` ({len(per_pair)} pairs, {len(result.settings)} settings)",
-        f"- criterion: mean `{metric}`"
+        (f"- criterion: label-free `{criterion}`" if criterion else f"- criterion: mean `{metric}`")
         + (
             ""
             if result.max_folding is None
@@ -160,13 +222,14 @@ def write_sweep_report(
         "| metric | value |",
         "|---|---|",
         *[f"| {k} | {v:.4f} |" for k, v in best.items() if k not in result.names],
+        *choice_lines,
         "",
         "## Best parameters per pair",
         "",
         "| fixed | moving | parameters | " + metric + " |",
         "|---|---|---|---|",
         *[
-            f"| {r['fixed_id']} | {r['moving_id']} | {_fmt(r, result.names)} | {r[metric]:.4f} |"
+            f"| {r['fixed_id']} | {r['moving_id']} | {_fmt(r, result.names)} | {_cell(r, metric)} |"
             for r in per_pair
         ],
     ]

@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -12,6 +13,9 @@ import torch
 from tqdm.auto import tqdm
 
 from regzoo._errors import InputError, UnknownNameError, unknown_name_message
+from regzoo.criteria import MEASURES, ChoiceTable, Criterion, label_free_measures
+from regzoo.criteria import available as available_criteria
+from regzoo.criteria import get as get_criterion
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.evaluation import item_labels, score_pair, summarize
 from regzoo.inference import check_finite_field
@@ -158,7 +162,8 @@ class SweepResult:
         best = self.ranked(metric)[0]
         if self._order(metric)(best)[0]:
             raise InputError(
-                f"no setting keeps the folded-voxel fraction at or below {self.max_folding}"
+                f"no setting keeps the folded-voxel fraction at or below {self.max_folding} "
+                "(raise max_folding, --max-folding on the command line, to allow some folding)"
             )
         return best
 
@@ -171,6 +176,65 @@ class SweepResult:
             if key not in best or order(row) < order(best[key]):
                 best[key] = row
         return list(best.values())
+
+    def _criterion_order(
+        self, criterion: str | Criterion, entries: Sequence[dict[str, Any]]
+    ) -> list[int]:
+        """Indices of ``entries`` from the criterion's choice to its last. The criterion judges
+        the eligible entries (folding at most ``max_folding``) among themselves, which rank
+        first by its score, then by less folding; the others follow, least folding first."""
+        judge = get_criterion(criterion)() if isinstance(criterion, str) else criterion
+        limit = self.max_folding
+
+        def folded(i: int) -> float:
+            return entries[i].get("folding_fraction", 0.0)
+
+        eligible = [i for i in range(len(entries)) if limit is None or folded(i) <= limit]
+        rest = [i for i in range(len(entries)) if i not in set(eligible)]
+        if not eligible:  # nothing allowed: the criterion judges all (the caller raises)
+            eligible, rest = rest, []
+        scores = judge(ChoiceTable(self.names, [entries[i] for i in eligible]))
+        ranked = sorted(range(len(eligible)), key=lambda k: (scores[k], folded(eligible[k])))
+        return [eligible[k] for k in ranked] + sorted(rest, key=folded)
+
+    def choose(self, criterion: str | Criterion) -> dict[str, Any]:
+        """The setting a label-free criterion (:mod:`regzoo.criteria`) picks for the data set,
+        from the settings' mean measures, among those within ``max_folding``.
+
+        Raises:
+            UnknownNameError: an unknown criterion name.
+            InputError: the sweep lacks a measure the criterion needs, or every setting folds
+                more than ``max_folding``.
+        """
+        chosen = self.settings[self._criterion_order(criterion, self.settings)[0]]
+        if self.max_folding is not None and chosen.get("folding_fraction", 0.0) > self.max_folding:
+            self.best("folding_fraction")  # raises the message about max_folding
+        return chosen
+
+    def choose_per_pair(self, criterion: str | Criterion) -> list[dict[str, Any]]:
+        """For each pair, the row the criterion picks from that pair's rows alone."""
+        pairs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for row in self.rows:
+            pairs.setdefault((row["fixed_id"], row["moving_id"]), []).append(row)
+        return [rows[self._criterion_order(criterion, rows)[0]] for rows in pairs.values()]
+
+    def choices(self) -> dict[str, dict[str, Any]]:
+        """What every applicable criterion picks for the data set: the label-based metrics
+        the sweep measured (``dice``, ``dice_labels``, ``tre_mm``), then each registered
+        label-free criterion whose measures the sweep took. Criteria that cannot choose
+        (every setting folds beyond ``max_folding``) are left out."""
+        picks: dict[str, dict[str, Any]] = {}
+        first = self.settings[0] if self.settings else {}
+        for metric in ("dice", "dice_labels", "tre_mm"):
+            if metric in first:
+                with contextlib.suppress(InputError):
+                    picks[metric] = self.best(metric)
+        for name in available_criteria():
+            judge = get_criterion(name)
+            if all(k in first for k in judge.requires):
+                with contextlib.suppress(InputError):
+                    picks[name] = self.choose(name)
+        return picks
 
     def grid_steps(self, a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, int]:
         """How many grid steps apart two settings of this sweep are, per swept parameter."""
@@ -198,6 +262,7 @@ def sweep(
     batch_size: int = 8,
     refine_steps: int = 0,
     max_folding: float | None = None,
+    backward: bool = False,
     progress: bool = True,
 ) -> SweepResult:
     """Evaluate every grid point on every pair, batching settings through the hypernetwork.
@@ -212,6 +277,11 @@ def sweep(
     optimisation reaches instead of by the network's estimate. ``max_folding`` restricts the
     best setting to those whose folded-voxel fraction stays at or below it (see
     :class:`SweepResult`).
+
+    Every row also holds the label-free measures of :func:`regzoo.criteria.label_free_measures`
+    (the model's similarity, roughness, ...) that the criteria of :mod:`regzoo.criteria` choose
+    from; ``backward=True`` registers every pair the other way round too (twice the cost) for
+    ``inverse_consistency``.
 
     Raises:
         KeyError: unknown or ambiguous parameter names.
@@ -248,28 +318,25 @@ def sweep(
                 n = chunk.shape[0]
                 shape = (n, *fixed.shape[1:])
                 pair = fixed.expand(shape), moving.expand(shape)
-                output = model(*pair, chunk)
-                if refine_steps:
-                    output = refine(
-                        model,
-                        *pair,
-                        chunk,
-                        steps=refine_steps,
-                        init=output,
-                        spacing=item.get("spacing"),
-                        labels=item_labels(item),
-                    )
+                output = _register(model, *pair, chunk, refine_steps, item, "fixed")
                 fields = output.displacement
+                reverse = None
+                if backward:
+                    reverse = _register(
+                        model, pair[1], pair[0], chunk, refine_steps, item, "moving"
+                    ).displacement
+                measures = label_free_measures(model.objective.similarity, *pair, fields, reverse)
                 for offset in range(n):
                     index = start + offset
                     row = dict(zip(names, combos[index], strict=True))
                     check_finite_field(fields[offset], row, _pair_name(item))
                     row.update(fixed_id=item["fixed_id"], moving_id=item["moving_id"])
                     row.update(score_pair(item, fields[offset]))
+                    row.update(measures[offset])
                     per_setting[index].append(row)
                 bar.update(n)
     settings = [
-        {**dict(zip(names, combo, strict=True)), **summarize(rows)}
+        {**dict(zip(names, combo, strict=True)), **summarize(rows), **_mean_measures(rows)}
         for combo, rows in zip(combos, per_setting, strict=True)
     ]
     rows = [row for rows in per_setting for row in rows]
@@ -282,6 +349,43 @@ def sweep(
         scales=scales,
         max_folding=max_folding,
     )
+
+
+def _register(
+    model: HyperRegistration,
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    values: torch.Tensor,
+    refine_steps: int,
+    item: Mapping[str, Any],
+    side: str,
+) -> Any:
+    """The network's output for a batch of settings, refined when ``refine_steps > 0``;
+    ``side`` names the item's image that is fixed here (for its label map)."""
+    output = model(fixed, moving, values)
+    if not refine_steps:
+        return output
+    labels = item.get(f"{side}_labels")
+    return refine(
+        model,
+        fixed,
+        moving,
+        values,
+        steps=refine_steps,
+        init=output,
+        spacing=item.get("spacing"),
+        labels=None if labels is None else labels[None],
+    )
+
+
+def _mean_measures(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Mean of each label-free measure over the rows that have it."""
+    means = {}
+    for key in MEASURES:
+        values = [r[key] for r in rows if key in r]
+        if values:
+            means[key] = float(np.mean(values))
+    return means
 
 
 def _soft_dice(warped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
