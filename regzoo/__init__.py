@@ -3,13 +3,10 @@
 A hypernetwork conditions a VoxelMorph-style registration network on the parameters of any
 registered regularizer, so one trained model lets you choose those parameters at test time.
 
-The light core (parameters, registries, regularizers, similarities, spatial operations) is
-imported eagerly; the training and test-time API (``load_model``, ``register``, ``sweep``,
-...) is imported on first use, so ``import regzoo`` stays fast.
+Every public name is imported here, explicitly (as torchio and timm do): ``regzoo.refine``,
+``regzoo.sweep`` and ``regzoo.train`` are the functions, whichever submodules were imported
+before (the submodules stay importable by their full names, ``from regzoo.refine import ...``).
 """
-
-from importlib import import_module
-from typing import Any
 
 from regzoo import regularizers
 from regzoo._errors import (
@@ -25,25 +22,19 @@ from regzoo.registry import Registry, load_plugin, load_plugins
 from regzoo.regularizers import Regularizer, regularizer
 from regzoo.similarity import SIMILARITIES, Similarity, similarity
 
-__version__ = "0.1.0"
+# the training and test-time API; each function is bound AFTER its module is imported, so the
+# name is the function, not the submodule of the same name
+from regzoo.config import ExperimentConfig, load_config  # isort: skip
+from regzoo.model import HyperRegistration, load_model  # isort: skip
+from regzoo.data.learn2reg import Learn2RegDataset  # isort: skip
+from regzoo.data.phantom import write_phantom_dataset  # isort: skip
+from regzoo.refine import refine, refine_field  # isort: skip
+from regzoo.inference import RegistrationResult, register  # isort: skip
+from regzoo.evaluation import evaluate_displacements, evaluate_model  # isort: skip
+from regzoo.sweep import optimize_parameters, sweep  # isort: skip
+from regzoo.train import train  # isort: skip
 
-_LAZY = {
-    "ExperimentConfig": "regzoo.config",
-    "load_config": "regzoo.config",
-    "HyperRegistration": "regzoo.model",
-    "load_model": "regzoo.model",
-    "train": "regzoo.train",
-    "register": "regzoo.inference",
-    "RegistrationResult": "regzoo.inference",
-    "refine": "regzoo.refine",
-    "refine_field": "regzoo.refine",
-    "evaluate_model": "regzoo.evaluation",
-    "evaluate_displacements": "regzoo.evaluation",
-    "sweep": "regzoo.sweep",
-    "optimize_parameters": "regzoo.sweep",
-    "write_phantom_dataset": "regzoo.data.phantom",
-    "Learn2RegDataset": "regzoo.data.learn2reg",
-}
+__version__ = "0.1.0"
 
 __all__ = [
     "SIMILARITIES",
@@ -80,11 +71,3 @@ __all__ = [
     "write_phantom_dataset",
 ]
 
-
-def __getattr__(name: str) -> Any:
-    """Import the heavier parts of the API on first access."""
-    if name in _LAZY:
-        value = getattr(import_module(_LAZY[name]), name)
-        globals()[name] = value
-        return value
-    raise AttributeError(f"module 'regzoo' has no attribute {name!r}")

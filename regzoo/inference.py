@@ -5,6 +5,7 @@ from __future__ import annotations
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
+from typing import Any
 
 import numpy as np
 import torch
@@ -23,12 +24,15 @@ from regzoo.io import (
     write_nifti,
 )
 from regzoo.model import HyperRegistration
+from regzoo.objective import LossTerms
 from regzoo.refine import refine as refine_output
+from regzoo.refine import result_objective
 from regzoo.spatial import jacobian_determinant, warp
 
 __all__ = [
     "RegistrationResult",
     "build_result",
+    "objective_readout",
     "read_image",
     "read_labels",
     "read_pair",
@@ -54,6 +58,9 @@ class RegistrationResult:
         affine: the fixed image's affine (identity for tensors).
         parameter_maps: the spatial maps ``(*spatial)`` of per-label parameters by full name
             (``linear_elastic.mu``), when the fixed image's label map was given.
+        objective: the model's own objective of the result (:func:`objective_readout`:
+            ``objective``, ``similarity`` and each term's ``energies``), as refinement
+            minimises it; ``None`` for a per-label model without the fixed label map.
     """
 
     displacement: torch.Tensor
@@ -62,6 +69,18 @@ class RegistrationResult:
     params: dict[str, float]
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
     parameter_maps: dict[str, torch.Tensor] = field(default_factory=dict)
+    objective: dict[str, Any] | None = None
+
+
+def objective_readout(terms: LossTerms, index: int = 0) -> dict[str, Any]:
+    """One sample's objective as plain numbers: ``{"objective", "similarity", "energies"}``
+    (each term's energy without its weight), what ``register``, the sweep and the explorer
+    report."""
+    return {
+        "objective": float(terms.total[index]),
+        "similarity": float(terms.similarity[index]),
+        "energies": {name: float(e[index]) for name, e in terms.energies.items()},
+    }
 
 
 def read_image(image: ImageLike, *, what: str = "image") -> Volume:
@@ -179,7 +198,7 @@ def register(
     f = normalize_intensity(fixed_v.tensor(), window)[None, None].to(device)
     m = normalize_intensity(moving_t, window)[None, None].to(device)
     if refine:
-        displacement = refine_output(
+        output = refine_output(
             model,
             f,
             m,
@@ -188,11 +207,16 @@ def register(
             progress=progress,
             spacing=fixed_v.spacing,
             labels=labels,
-        ).displacement
+        )
     else:
         with torch.no_grad():
-            displacement = model(f, m, resolved).displacement
-    result = build_result(displacement, moving_t, resolved, fixed_v.affine)
+            output = model(f, m, resolved)
+    result = build_result(output.displacement, moving_t, resolved, fixed_v.affine)
+    if labels is not None or not model.objective.needs_labels:
+        terms = result_objective(
+            model, f, m, output, resolved, spacing=fixed_v.spacing, labels=labels
+        )
+        result.objective = objective_readout(terms)
     if labels is not None:
         maps = model.objective.parameter_maps(model.objective.to_tensor(resolved), labels.cpu())
         result.parameter_maps = {name: value[0, 0] for name, value in maps.items()}
@@ -216,7 +240,7 @@ def read_labels(
         if needed:
             raise InputError(
                 "the model has per-label parameters: refinement needs the fixed image's label "
-                "map (register: --fixed-labels PATH)"
+                "map (register and explore: --fixed-labels PATH)"
             )
         return None
     volume = read_image(labels, what="fixed label map")

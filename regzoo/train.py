@@ -89,6 +89,9 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
         OutputExistsError, MissingFileError, InputError: see :func:`prepare_run_dir`.
         NonFiniteLossError: the loss or a gradient became NaN/inf (``trainer.nonfinite``).
     """
+    # seeded before anything random is built (the network's initial weights, the parameter
+    # sampler, the data order): two runs of one config give bit-identical checkpoints on CPU
+    L.seed_everything(config.seed, workers=True, verbose=False)
     # per-label parameters take their label names from the dataset JSON (built first if a
     # phantom is configured) unless the config maps them in data.labels
     config = with_label_names(config, progress=config.trainer.progress_bar)
@@ -101,7 +104,6 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
     else:
         resume_from = _checkpoint(Path(config.run_dir)) if resume else None
         overwrite = False
-    L.seed_everything(config.seed, workers=True, verbose=False)
     ensure_dataset(config.data, progress=config.trainer.progress_bar)
     check_label_names(config)
     datamodule = RegistrationDataModule(config.data, labels=model.objective.needs_labels)
@@ -152,8 +154,9 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
         weights_only=True,
     )
     last = _checkpoint(run_dir)
-    partial = checkpoints / "last.ckpt.partial"
-    trainer.save_checkpoint(partial)
-    if trainer.is_global_zero:
-        partial.replace(last)
+    every = t.checkpoint_every_n_steps
+    if not (every and trainer.global_step % every == 0 and last.is_file()):
+        # the last step's state, unless ModelCheckpoint just wrote it; Lightning's own save
+        # is atomic (the file is written whole, then moved into place)
+        trainer.save_checkpoint(last, weights_only=False)
     return last
