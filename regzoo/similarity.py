@@ -13,8 +13,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from regzoo.registry import Registry
-from regzoo.regularizers.base import NoOptions
+from regzoo.registry import NoOptions, Registry
 from regzoo.spatial import check_image
 
 __all__ = ["LNCC", "MSE", "SIMILARITIES", "Similarity", "box_filter", "similarity"]

@@ -8,8 +8,8 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+import regzoo.regularizers.functional as functional
 from regzoo.params import ParamSpace, ParamSpec
-from regzoo.regularizers import functional
 from regzoo.regularizers.base import Regularizer, regularizer
 from regzoo.spatial import Spacing
 
@@ -92,6 +92,7 @@ class BendingEnergy(Regularizer):
     """
 
     quadratic: ClassVar[bool] = True
+    derivative_order: ClassVar[int | None] = 2  # R(u; s h) = R(u; h) / s^2
 
     def energy(self, u: torch.Tensor, params: Params, spacing: Spacing) -> torch.Tensor:
         return functional.bending_energy(u, spacing)
@@ -105,6 +106,7 @@ class Curvature(Regularizer):
     """
 
     quadratic: ClassVar[bool] = True
+    derivative_order: ClassVar[int | None] = 2  # R(u; s h) = R(u; h) / s^2
 
     def energy(self, u: torch.Tensor, params: Params, spacing: Spacing) -> torch.Tensor:
         return functional.curvature_energy(u, spacing)
