@@ -47,7 +47,7 @@ class HyperRegistration(L.LightningModule):
         self.config = config
         self.save_hyperparameters({"config": config.model_dump(mode="json")})
         self.objective = build_objective(config)
-        self.space = self.objective.free_space
+        self.space = self.objective.space
         model = config.model
         self.net = RegistrationNet(
             model.ndim,
@@ -153,7 +153,7 @@ class HyperRegistration(L.LightningModule):
         return terms, output, warped
 
     def _log_terms(self, stage: str, terms: LossTerms, batch_size: int) -> torch.Tensor:
-        loss = terms.training.mean()
+        loss = terms.training_loss.mean()
         logged = {
             f"{stage}/loss": loss,
             f"{stage}/objective": terms.total.mean(),
@@ -282,6 +282,7 @@ class HyperRegistration(L.LightningModule):
         if trainer is None or trainer.world_size == 1:
             return state[None]
         gathered = self.all_gather(state.to(self.device))
+        assert isinstance(gathered, torch.Tensor)
         return gathered.reshape(trainer.world_size, -1).cpu()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:

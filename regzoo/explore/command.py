@@ -96,13 +96,18 @@ def explore_command(
     *,
     fixed_seg: str | Path | None = None,
     moving_seg: str | Path | None = None,
+    fixed_labels: str | Path | None = None,
     params: Mapping[str, float] | None = None,
 ) -> str:
     """The shell-quoted ``regzoo explore`` command for one pair, starting at ``params`` (what
     a sweep report prints to open its best setting in the explorer)."""
     words = ["regzoo", "explore", "--model", str(model), "--fixed", str(fixed)]
     words += ["--moving", str(moving)]
-    for flag, path in (("--fixed-seg", fixed_seg), ("--moving-seg", moving_seg)):
+    for flag, path in (
+        ("--fixed-seg", fixed_seg),
+        ("--moving-seg", moving_seg),
+        ("--fixed-labels", fixed_labels),
+    ):
         if path is not None:
             words += [flag, str(path)]
     for name, value in (params or {}).items():
@@ -117,6 +122,7 @@ def require_web() -> None:
         RegzooError: naming the missing package and the command that installs the extra.
     """
     try:
+        import jinja2  # noqa: F401
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:
@@ -146,7 +152,7 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--refine-steps must be at least 1, got {args.refine_steps}")
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be in [0, 65535], got {args.port}")
-    from regzoo.explore.app import create_app
+    from regzoo.explore.app import LOOPBACK_HOSTS, create_app
     from regzoo.explore.server import ExplorerServer
     from regzoo.explore.session import ExploreSession
     from regzoo.model import load_model
@@ -169,7 +175,7 @@ def run(args: argparse.Namespace) -> int:
         session, refine_steps=args.refine_steps, allowed_hosts=allowed_hosts(args.host)
     )
     server = ExplorerServer(app, args.host, args.port)
-    if args.host not in ("127.0.0.1", "localhost", "::1"):
+    if args.host not in LOOPBACK_HOSTS:
         print(
             f"warning: listening on {args.host}: anyone who can reach it can use the explorer",
             file=sys.stderr,
