@@ -42,7 +42,7 @@ from regzoo.inference import (
 from regzoo.metrics import dice, jacobian_scores
 from regzoo.model import HyperRegistration
 from regzoo.nets import RegistrationOutput
-from regzoo.refine import RefineTrace, refine, result_objective
+from regzoo.refine import RefineTrace, check_steps, refine, result_objective
 from regzoo.spatial import warp
 
 __all__ = ["ExploreSession", "RefineJob"]
@@ -211,8 +211,7 @@ class ExploreSession:
             steps: instance-optimisation iterations (``>= 1``).
             trace: receives the objective per iteration (progress: see :class:`RefineJob`).
         """
-        if steps < 1:
-            raise InputError(f"explore: refine steps must be >= 1, got {steps}")
+        check_steps(steps, minimum=1, what="explore: refine steps")
         with self._lock:
             started = time.perf_counter()
             params = self._current.params
@@ -404,9 +403,7 @@ class RefineJob:
     """
 
     def __init__(self, session: ExploreSession, steps: int) -> None:
-        if steps < 1:
-            raise InputError(f"explore: refine steps must be >= 1, got {steps}")
-        self.steps = steps
+        self.steps = check_steps(steps, minimum=1, what="explore: refine steps")
         self.error: str | None = None
         self._trace = RefineTrace()
         self._total = steps + REFINE_LEVELS
