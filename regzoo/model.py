@@ -14,7 +14,8 @@ from regzoo._errors import InputError, MissingFileError, PluginError, RegzooErro
 from regzoo.config import ExperimentConfig
 from regzoo.metrics import dice
 from regzoo.nets import RegistrationNet, RegistrationOutput
-from regzoo.objective import LossTerms, build_objective
+from regzoo.objective import LossTerms
+from regzoo.resolve import build_objective
 from regzoo.spatial import Spacing, warp, warp_labels
 
 __all__ = ["HyperRegistration", "NonFiniteLossError", "load_model", "plugin_reference"]

@@ -3,7 +3,7 @@ import torch
 
 from regzoo.config import load_config
 from regzoo.model import HyperRegistration, load_model
-from regzoo.objective import build_objective
+from regzoo.resolve import build_objective
 from regzoo.testing import random_smooth_field
 
 SMALL = {

@@ -15,8 +15,9 @@ from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.inference import register
 from regzoo.metrics import folding_fraction, target_registration_error
 from regzoo.model import load_model
-from regzoo.objective import Objective, build_term
+from regzoo.objective import Objective
 from regzoo.refine import RefineOptions, RefineTrace, refine, refine_field
+from regzoo.resolve import build_term
 from regzoo.similarity import MSE
 from regzoo.spatial import integrate_velocity, warp
 
