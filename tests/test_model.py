@@ -7,19 +7,20 @@ from regzoo.model import HyperRegistration, load_model
 from regzoo.objective import build_objective
 from regzoo.testing import random_smooth_field
 
-SMALL = {
-    "model": {"enc": [4, 8], "dec": [8, 8, 4], "hyper_units": [8]},
-    "trainer": {"max_steps": 1},
-    "regularizers": [
-        {
-            "name": "linear_elastic",
-            "params": {
-                "lam": {"low": 0.01, "high": 1, "scale": "log"},
-                "mu": {"low": 0.01, "high": 1, "scale": "log"},
-            },
-        }
-    ],
-}
+
+def _elastic_config(high: float) -> dict:
+    """The small network with lam, mu free in [0.01, high] on a log scale."""
+    bounds = {"low": 0.01, "high": high, "scale": "log"}
+    term = {"name": "linear_elastic", "params": {"lam": bounds, "mu": bounds}}
+    return {
+        "model": {"enc": [4, 8], "dec": [8, 8, 4], "hyper_units": [8]},
+        "trainer": {"max_steps": 1},
+        "regularizers": [term],
+    }
+
+
+SMALL = _elastic_config(1)
+WIDE = _elastic_config(100)
 
 
 def test_each_sample_uses_its_own_parameters():
@@ -130,20 +131,6 @@ def test_log_ranges_survive_the_checkpoint_and_span_four_decades(tiny_checkpoint
     assert not torch.allclose(soft, stiff)
     with pytest.raises(ValueError, match="out of range"):
         model(images, images, {"lam": 1000.0})
-
-
-WIDE = {
-    **SMALL,
-    "regularizers": [
-        {
-            "name": "linear_elastic",
-            "params": {
-                "lam": {"low": 0.01, "high": 100, "scale": "log"},
-                "mu": {"low": 0.01, "high": 100, "scale": "log"},
-            },
-        }
-    ],
-}
 
 
 def test_the_range_curriculum_widens_from_the_defaults():
