@@ -62,6 +62,8 @@ VARIANTS: dict[str, list[str]] = {
     "four_decades": FOUR_DECADES,
     "full_res": ["model.int_downsize=1"],
     "ema": ["optimizer.ema_steps=60"],
+    "multiscale": ["similarity.scales=[1, 2, 4]"],
+    "plain_multiscale": ["model.hyper=false", "similarity.scales=[1, 2, 4]"],
     "previous": [  # the quickstart before this change
         "model.conditioning=weights",
         "weighting=additive",
@@ -125,7 +127,7 @@ def regzoo_variant(
 ) -> tuple[list[dict[str, Any]], Path]:
     """Train a regzoo config variant; its validation curve read from its TensorBoard log."""
     overrides = list(VARIANTS[name])
-    if name == "plain":
+    if "model.hyper=false" in overrides:
         overrides += [f"regularizers.0.params.{k}={v}" for k, v in params.items()]
     run_dir = Path(args.out) / name
     n_train = len(Learn2RegDataset(args.data, "train"))

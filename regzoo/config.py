@@ -12,7 +12,7 @@ from __future__ import annotations
 import copy
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any, Literal
+from typing import Annotated, Any, Literal
 
 import yaml
 from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
@@ -229,6 +229,12 @@ class SimilarityConfig(StrictModel):
 
     name: str = "lncc"
     options: dict[str, Any] = Field(default_factory=lambda: {"window": 9})
+    scales: list[Annotated[int, Field(ge=1)]] = Field(
+        default_factory=lambda: [1],
+        min_length=1,
+        description="image pyramid the similarity is averaged over: pooling factors, e.g. "
+        "[1, 2, 4] (the image, half and quarter size); [1] is the bare similarity",
+    )
 
 
 class OptimizerConfig(StrictModel):

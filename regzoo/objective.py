@@ -22,7 +22,7 @@ from regzoo._errors import InputError, PluginError, UnknownNameError, unknown_na
 from regzoo.params import ParamSpace, ParamSpec
 from regzoo.registry import load_plugins
 from regzoo.regularizers import REGULARIZERS, Regularizer
-from regzoo.similarity import SIMILARITIES, Similarity
+from regzoo.similarity import SIMILARITIES, MultiScale, Similarity
 from regzoo.spatial import Spacing
 
 if TYPE_CHECKING:
@@ -439,6 +439,8 @@ def build_objective(config: ExperimentConfig) -> Objective:
         raise fail("plugins", exc) from None
     try:
         similarity = SIMILARITIES.get(config.similarity.name)(**config.similarity.options)
+        if config.similarity.scales != [1]:
+            similarity = MultiScale(similarity, config.similarity.scales)
     except (KeyError, ValueError, ValidationError) as exc:
         raise fail("similarity", exc) from None
     terms = []

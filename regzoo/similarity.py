@@ -6,6 +6,7 @@ through the entry-point group ``regzoo.similarities`` or :func:`similarity`.
 
 from __future__ import annotations
 
+from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
@@ -17,7 +18,15 @@ from regzoo.registry import Registry
 from regzoo.regularizers.base import NoOptions
 from regzoo.spatial import check_image
 
-__all__ = ["LNCC", "MSE", "SIMILARITIES", "Similarity", "box_filter", "similarity"]
+__all__ = [
+    "LNCC",
+    "MSE",
+    "SIMILARITIES",
+    "MultiScale",
+    "Similarity",
+    "box_filter",
+    "similarity",
+]
 
 
 class Similarity(nn.Module):
@@ -178,6 +187,45 @@ class MSE(Similarity):
 
     def loss(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
         return (fixed - warped).pow(2).flatten(1).mean(dim=1)
+
+
+class MultiScale(Similarity):
+    """A similarity averaged over an image pyramid: ``mean_s sim(P_s F, P_s W)``.
+
+    ``P_s`` averages blocks of ``s^D`` voxels (the image at ``1/s`` of its size; scale 1 is the
+    image itself). A windowed loss such as LNCC sees a window ``s`` times wider at scale ``s``,
+    so the loss has a gradient towards displacements larger than its window: the coarse terms
+    pull large motion into place early in training, the fine term keeps the detail (the
+    multi-resolution losses of LapIRN and of lung-CT networks). At the optimum (identical
+    images) every term is at its own optimum, so the minimiser is the single-scale one's.
+
+    Configured as ``similarity.scales`` (``[1]``, the default, is the bare similarity).
+
+    Args:
+        base: the similarity evaluated at each scale.
+        scales: pooling factors, each a positive integer.
+    """
+
+    def __init__(self, base: Similarity, scales: Sequence[int]) -> None:
+        super().__init__()
+        if not scales or any(int(s) != s or s < 1 for s in scales):
+            raise ValueError(f"MultiScale: scales must be positive integers, got {list(scales)}")
+        self.base = base
+        self.scales = tuple(int(s) for s in scales)
+
+    def loss(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        total = fixed.new_zeros(fixed.shape[0])
+        for scale in self.scales:
+            total = total + self.base(_pool(fixed, scale), _pool(warped, scale))
+        return total / len(self.scales)
+
+
+def _pool(image: torch.Tensor, factor: int) -> torch.Tensor:
+    """Average blocks of ``factor^D`` voxels (partial blocks at the far border averaged too)."""
+    if factor == 1:
+        return image
+    pool = F.avg_pool2d if image.ndim == 4 else F.avg_pool3d
+    return pool(image, factor, ceil_mode=True)
 
 
 # registers mind_ssc, ngf and mi (after the base class and the registry above exist)
