@@ -18,8 +18,9 @@ Variants (``--variants``):
   variant's overrides from :data:`VARIANTS` (``plain``: the backbone without the
   hypernetwork at the fixed setting ``--param``; ``film``: the quickstart itself; ``weights``:
   generated weights instead of FiLM; ``previous``: the quickstart before FiLM, the
-  normalised weighting, the range curriculum and the cosine schedule; the rest change one
-  choice). A hyper variant's parameter defaults are set to ``--param``, so it is validated
+  normalised weighting, the range curriculum, the cosine schedule and the multi-scale
+  similarity; ``single_scale``: the quickstart with the bare LNCC, ``similarity.scales=[1]``;
+  the rest change one choice). A hyper variant's parameter defaults are set to ``--param``, so it is validated
   there (and its range curriculum starts there).
 
     python benchmarks/network.py --data data/phantom --out runs/network --steps 600 \\
@@ -62,10 +63,11 @@ VARIANTS: dict[str, list[str]] = {
     "four_decades": FOUR_DECADES,
     "full_res": ["model.int_downsize=1"],
     "ema": ["optimizer.ema_steps=60"],
-    "multiscale": ["similarity.scales=[1, 2, 4]"],
-    "plain_multiscale": ["model.hyper=false", "similarity.scales=[1, 2, 4]"],
-    "previous": [  # the quickstart before this change
+    "single_scale": ["similarity.scales=[1]"],
+    "plain_single_scale": ["model.hyper=false", "similarity.scales=[1]"],
+    "previous": [  # the quickstart before issue 19
         "model.conditioning=weights",
+        "similarity.scales=[1]",
         "weighting=additive",
         "sampling.curriculum_steps=0",
         "optimizer.schedule=constant",

@@ -51,3 +51,35 @@ def test_mse_and_registry():
         MSE()(a, torch.ones(2, 1, 4, 5))
     with pytest.raises(KeyError, match="did you mean 'lncc'"):
         SIMILARITIES.get("lnc")
+
+
+@pytest.mark.parametrize("shape", [(16, 12), (8, 12, 10)])
+def test_multiscale_averages_the_similarity_over_pooled_images(shape):
+    from regzoo.similarity import MultiScale
+
+    fixed, warped = textured(shape), textured(shape, seed=1)
+    assert torch.equal(MultiScale(MSE(), [1])(fixed, warped), MSE()(fixed, warped))
+    # images constant on 2^D blocks pool to their block values: MSE unchanged at scale 2
+    blocky = [F.interpolate(x, scale_factor=2, mode="nearest") for x in (fixed, warped)]
+    expected = MSE()(fixed, warped)
+    assert torch.allclose(MultiScale(MSE(), [1, 2])(*blocky), expected, atol=1e-6)
+    # a multi-scale LNCC keeps the optimum of its terms and its shape (B,)
+    both = torch.cat([fixed, warped])
+    value = MultiScale(LNCC(window=3), [1, 2, 4])(both, both)
+    assert value.shape == (2,) and torch.allclose(value, torch.full((2,), -1.0), atol=2e-2)
+
+
+def test_multiscale_rejects_bad_scales_and_is_configured_by_scales():
+    from regzoo.config import ConfigError, load_config
+    from regzoo.objective import build_objective
+    from regzoo.similarity import MultiScale
+
+    with pytest.raises(ValueError, match="scales must be positive integers"):
+        MultiScale(MSE(), [0])
+    base = {"regularizers": [{"name": "linear_elastic"}], "trainer": {"max_steps": 5}}
+    assert isinstance(build_objective(load_config(base)).similarity, LNCC)
+    config = load_config({**base, "similarity": {"name": "lncc", "scales": [1, 2, 4]}})
+    similarity = build_objective(config).similarity
+    assert isinstance(similarity, MultiScale) and similarity.scales == (1, 2, 4)
+    with pytest.raises(ConfigError, match="similarity.scales"):
+        load_config({**base, "similarity": {"scales": [0]}})
