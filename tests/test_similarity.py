@@ -81,5 +81,5 @@ def test_multiscale_rejects_bad_scales_and_is_configured_by_scales():
     config = load_config({**base, "similarity": {"name": "lncc", "scales": [1, 2, 4]}})
     similarity = build_objective(config).similarity
     assert isinstance(similarity, MultiScale) and similarity.scales == (1, 2, 4)
-    with pytest.raises(ConfigError, match="similarity.scales"):
+    with pytest.raises(ConfigError, match=r"similarity\.scales"):
         load_config({**base, "similarity": {"scales": [0]}})
