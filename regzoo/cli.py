@@ -215,6 +215,13 @@ def _cmd_register(args: argparse.Namespace) -> int:
     print(f"parameters: {_title(result.params)}")
     if args.refine:
         print(f"refinement: {result.refine_iterations} of {args.refine} iterations ran")
+    if result.objective is not None:
+        readout = result.objective
+        energies = ", ".join(f"{k} {v:.6g}" for k, v in readout["energies"].items())
+        print(
+            f"objective: {readout['objective']:.6g} (similarity {readout['similarity']:.6g}"
+            f"{'; energies: ' + energies if energies else ''})"
+        )
     for name in names:
         print(f"wrote {out / name}")
     return 0

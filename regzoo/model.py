@@ -385,15 +385,40 @@ class HyperRegistration(L.LightningModule):
             "config": self.config.model_dump(mode="json"),
             "plugins": [plugin_reference(p) for p in self.config.plugins],
             "free_parameters": self.space.names,
-            "sampler_state": self._generator.get_state(),
+            "sampler_states": self._sampler_states(),
             "config_digest": config_digest(self.config),
         }
 
+    def _sampler_states(self) -> torch.Tensor:
+        """Every rank's sampler state ``(world_size, N)``: under DDP each process draws its own
+        stream, and the checkpoint (written by rank zero) must hold all of them. Every rank
+        runs this hook when Lightning saves, so the gather is collective."""
+        state = self._generator.get_state()
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return state[None]
+        gathered = self.all_gather(state.to(self.device))
+        return gathered.reshape(trainer.world_size, -1).cpu()
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the parameter sampler's state when training resumes."""
-        state = checkpoint.get(CHECKPOINT_KEY, {}).get("sampler_state")
-        if state is not None:
-            self._generator.set_state(state.cpu())
+        """Restore this rank's parameter sampler state when training resumes.
+
+        A checkpoint written by as many processes holds each rank's own state. Resumed on
+        another number of processes, rank ``r`` is seeded from ``(seed, r, step)`` instead:
+        every rank still draws its own parameters, never rank zero's.
+        """
+        extras = checkpoint.get(CHECKPOINT_KEY, {})
+        states = extras.get("sampler_states")
+        if states is None and extras.get("sampler_state") is not None:
+            states = extras["sampler_state"][None]  # a checkpoint of one process
+        trainer = self._trainer
+        world = trainer.world_size if trainer is not None else 1
+        rank = self.global_rank
+        if states is not None and len(states) == world:
+            self._generator.set_state(states[rank].to("cpu", torch.uint8).clone())
+        else:
+            step = int(checkpoint.get("global_step", 0))
+            self._generator.manual_seed(hash((self.config.seed, rank, step)) & (2**63 - 1))
 
 
 def learning_rate_factor(step: int, schedule: str, warmup_steps: int, total_steps: int) -> float:

@@ -334,7 +334,7 @@ class Objective(nn.Module):
             raise InputError(
                 f"term '{term.label}' has per-label parameters "
                 f"({', '.join(k for m in term.maps.values() for k in m.labels)}): it needs the "
-                "fixed image's label map (labelsTr; register: --fixed-labels)"
+                "fixed image's label map (labelsTr; register and explore: --fixed-labels)"
             )
         for name, label_map in term.maps.items():
             params[name] = label_map.build(params, labels, like)

@@ -37,14 +37,22 @@ from tqdm.auto import tqdm
 from regzoo._errors import InputError, RegzooError
 from regzoo.lung_similarity import DescriptorSimilarity
 from regzoo.nets import RegistrationOutput
-from regzoo.objective import Objective
+from regzoo.objective import LossTerms, Objective
 from regzoo.similarity import SIMILARITIES, Similarity
 from regzoo.spatial import Spacing, check_image, integrate_velocity, resize_flow, warp
 
 if TYPE_CHECKING:
     from regzoo.model import HyperRegistration
 
-__all__ = ["RefineCancelledError", "RefineOptions", "RefineTrace", "refine", "refine_field"]
+__all__ = [
+    "RefineCancelledError",
+    "RefineOptions",
+    "RefineTrace",
+    "field_objective",
+    "refine",
+    "refine_field",
+    "result_objective",
+]
 
 
 class RefineCancelledError(RegzooError):
@@ -153,6 +161,85 @@ class RefineTrace:
     def total_iterations(self) -> int:
         """Iterations run over every level."""
         return sum(self.iterations)
+
+
+def field_objective(
+    objective: Objective,
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    displacement: torch.Tensor,
+    field: torch.Tensor,
+    values: torch.Tensor,
+    spacing: Spacing = None,
+    labels: torch.Tensor | None = None,
+) -> LossTerms:
+    """The objective of one field: ``moving`` warped by ``displacement`` against ``fixed``,
+    plus every term's energy of ``field`` (the displacement, or the velocity it integrates).
+
+    The one place where a result's objective is computed: :func:`result_objective`
+    (register, the sweep, the explorer) reads it out, and refinement minimises the same sum
+    (:meth:`~regzoo.objective.Objective.combine`; it evaluates the similarity itself, to
+    reuse descriptors or to refine under another similarity).
+
+    Args:
+        objective: the similarity and regularizer terms (e.g. ``model.objective``).
+        fixed: fixed images ``(B, 1, *spatial)``, as the objective expects them.
+        moving: moving images, same shape.
+        displacement: ``(B, D, *spatial)`` in voxels.
+        field: the field the energies see (``displacement``, or the velocity).
+        values: the free parameters ``(B, P)`` in the order of ``objective.free_space``.
+        spacing: voxel spacing the energies use (``None``: voxel units).
+        labels: the fixed image's label map, for per-label parameters.
+    """
+    return objective(fixed, warp(moving, displacement), field, values, spacing, labels)
+
+
+def result_objective(
+    model: HyperRegistration,
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    output: RegistrationOutput,
+    params: Mapping[str, float] | torch.Tensor | None = None,
+    *,
+    spacing: Spacing = None,
+    labels: torch.Tensor | None = None,
+) -> LossTerms:
+    """The model's own objective of a registration result, exactly as refinement minimises it.
+
+    The energies see the field the model regularises (``regularize: velocity`` or the
+    displacement), in the units it was trained in (``spacing`` in mm, through
+    :meth:`~regzoo.model.HyperRegistration.energy_spacing`), with the parameter maps of
+    per-label parameters built from ``labels``.
+
+    Args:
+        model: the trained model.
+        fixed: normalised fixed images ``(B, 1, *spatial)`` (as the network sees them).
+        moving: normalised moving images, same shape.
+        output: the network's (or refinement's) output for them.
+        params: free parameters by name (defaults fill the rest), or values ``(B, P)``.
+        spacing: the images' voxel spacing in mm.
+        labels: the fixed image's integer label map ``(B or 1, 1, *spatial)``.
+
+    Returns:
+        Per-sample ``total`` (the objective), ``similarity`` and ``energies`` ``(B,)``.
+
+    Raises:
+        InputError: a model with per-label parameters and no ``labels``.
+    """
+    values = model.parameter_tensor(params, fixed.shape[0])
+    velocity = model.config.regularize == "velocity" and output.velocity is not None
+    field = output.velocity if velocity else output.displacement
+    with torch.no_grad():
+        return field_objective(
+            model.objective,
+            fixed,
+            moving,
+            output.displacement,
+            field,
+            values,
+            model.energy_spacing(spacing),
+            labels,
+        )
 
 
 def refine_field(

@@ -199,7 +199,12 @@ def _fit(
         weights_only=True,
     )
     last = _checkpoint(run_dir)
-    trainer.save_checkpoint(last)  # atomically (AtomicCheckpointIO), by rank zero
+    every = t.checkpoint_every_n_steps
+    diverged = guard is not None and guard.diverged is not None
+    if diverged or not (every and trainer.global_step % every == 0 and last.is_file()):
+        # the last step's state (or the guard's restored weights), unless ModelCheckpoint just
+        # wrote it; atomically (AtomicCheckpointIO), by rank zero
+        trainer.save_checkpoint(last, weights_only=False)
     if guard is not None and guard.diverged is not None:
         raise TrainingDivergedError(f"{guard.diverged}; {last} holds the restored weights")
     return last

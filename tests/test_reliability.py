@@ -623,8 +623,8 @@ def test_resume_continues_a_killed_run(tiny_phantom, tmp_path):
     assert resumed.returncode == 0, resumed.stderr[-2000:]
     final = torch.load(last, weights_only=True)
     assert final["global_step"] == steps
-    sampler = final["regzoo"]["sampler_state"]
-    assert not torch.equal(sampler, state["regzoo"]["sampler_state"])  # the draws went on
+    sampler = final["regzoo"]["sampler_states"]
+    assert not torch.equal(sampler, state["regzoo"]["sampler_states"])  # the draws went on
     events = list((run_dir / "tensorboard").glob("events.out.tfevents.*"))
     assert len(events) >= 2  # the same log folder, continued by the resumed process
 

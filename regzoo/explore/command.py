@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="moving mask or label map, warped with the image (contours; Dice; saved)",
     )
     parser.add_argument(
+        "--fixed-labels",
+        metavar="NIFTI",
+        help="the fixed image's label map, for a model with per-label parameters (its "
+        "objective, refinement and parameter maps; as in `regzoo register`)",
+    )
+    parser.add_argument(
         "--param",
         action="append",
         default=[],
@@ -154,6 +160,7 @@ def run(args: argparse.Namespace) -> int:
         args.moving,
         fixed_seg=args.fixed_seg,
         moving_seg=args.moving_seg,
+        fixed_labels=args.fixed_labels,
         out=args.out,
         params=params,
         checkpoint=args.model,
