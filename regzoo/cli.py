@@ -8,12 +8,9 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
 
 from regzoo._errors import InputError, RegzooError
-
-if TYPE_CHECKING:
-    pass
+from regzoo.params import parse_params
 
 __all__ = ["build_parser", "main", "parse_params"]
 
@@ -109,27 +106,6 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     )
     print(f"phantom dataset: {root}")
     return 0
-
-
-def parse_params(items: Sequence[str]) -> dict[str, float]:
-    """Parse ``NAME=NUMBER`` items (``--param``) into a mapping.
-
-    Raises:
-        ValueError: for an item that is not ``NAME=NUMBER`` or a name given twice.
-    """
-    params: dict[str, float] = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        try:
-            value = float(text)
-        except ValueError:
-            sep = ""
-        if not sep or not name:
-            raise InputError(f"--param {item!r} must look like NAME=NUMBER")
-        if name in params:
-            raise InputError(f"--param {name} given twice")
-        params[name] = value
-    return params
 
 
 def _sibling_masks(image_path: str) -> dict[str, str]:

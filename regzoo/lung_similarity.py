@@ -1,6 +1,7 @@
 """The similarities lung-CT registration is won with: MIND-SSC, NGF and Parzen mutual information.
 
-Registered in :data:`regzoo.similarity.SIMILARITIES` as ``mind_ssc``, ``ngf`` and ``mi``; each
+Registered in :data:`regzoo.similarity.SIMILARITIES` as ``mind_ssc``, ``ngf`` and ``mi`` (the
+package imports this module, so they are there whatever one imports from regzoo); each
 works in 2D and 3D, is a loss (lower is better) and passes
 :func:`regzoo.testing.check_similarity_properties`.
 

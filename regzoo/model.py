@@ -254,15 +254,21 @@ class HyperRegistration(L.LightningModule):
         }
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Never let a non-finite gradient into the weights (error, or skip by config)."""
+        """Never let a non-finite gradient into the weights (error, or skip by config).
+
+        One fused reduction over every gradient (``torch._foreach_norm``: a NaN or infinite
+        entry makes its tensor's norm non-finite) and one host-device sync per step; the
+        offending tensor is looked up only when there is one.
+        """
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):
+            self._skipped = 0
+            return
         bad = [
             name
             for name, p in self.named_parameters()
             if p.grad is not None and not bool(torch.isfinite(p.grad).all())
-        ]
-        if not bad:
-            self._skipped = 0
-            return
+        ] or ["(a gradient norm overflowed)"]
         if self.config.trainer.nonfinite == "skip" and self._skip(f"gradient ({bad[0]})"):
             optimizer.zero_grad(set_to_none=True)
             return

@@ -20,7 +20,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from regzoo._errors import InputError, UnknownNameError
 
-__all__ = ["ParamSpace", "ParamSpec"]
+__all__ = ["ParamSpace", "ParamSpec", "parse_params"]
 
 
 class ParamSpec(BaseModel):
@@ -379,3 +379,24 @@ class ParamSpace(BaseModel):
     def describe(self) -> list[dict[str, float | str]]:
         """JSON-ready description: one dict per parameter."""
         return [s.model_dump() for s in self.specs]
+
+
+def parse_params(items: Sequence[str]) -> dict[str, float]:
+    """Parse ``NAME=NUMBER`` items (``--param``) into a mapping.
+
+    Raises:
+        ValueError: for an item that is not ``NAME=NUMBER`` or a name given twice.
+    """
+    params: dict[str, float] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        try:
+            value = float(text)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise InputError(f"--param {item!r} must look like NAME=NUMBER")
+        if name in params:
+            raise InputError(f"--param {name} given twice")
+        params[name] = value
+    return params

@@ -7,6 +7,7 @@ from regzoo.objective import build_objective
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+QUICKSTART_PATH = ROOT / "configs" / "quickstart.yaml"
 BASE = {"regularizers": [{"name": "linear_elastic"}], "trainer": {"max_steps": 5}}
 
 
@@ -149,3 +150,43 @@ def test_physical_domain_and_log_ranges_are_checked():
         "linear_elastic.lam": 0.1,
         "linear_elastic.mu": 10.0,
     }
+
+
+def test_overrides_follow_the_fields_declared_type(tmp_path):
+    # text fields keep the text where YAML would read a boolean or a number
+    config = load_config(
+        QUICKSTART_PATH,
+        ["name=yes", "run_dir=2024", "data.root=123", "trainer.accelerator=no"],
+    )
+    assert config.name == "yes"
+    assert config.run_dir == Path("2024")
+    assert config.data.root == Path("123")
+    assert config.trainer.accelerator == "no"
+    # numbers, booleans, null and lists still parse as YAML where the field takes them
+    config = load_config(
+        QUICKSTART_PATH,
+        [
+            "seed=3",
+            "trainer.progress_bar=no",
+            "trainer.max_epochs=null",
+            "trainer.devices=2",
+            "model.enc=[8, 8]",
+            "regularizers.0.params.lam=0.5",
+        ],
+    )
+    assert config.seed == 3 and config.trainer.progress_bar is False
+    assert config.trainer.max_epochs is None and config.trainer.devices == 2
+    assert config.model.enc == [8, 8]
+    assert config.regularizers[0].params["lam"] == 0.5
+    # a value the field cannot take is still reported at its key
+    with pytest.raises(ConfigError, match="seed"):
+        load_config(QUICKSTART_PATH, ["seed=yes"])
+
+
+def test_resume_of_a_folder_named_like_a_number(tmp_path, capsys, monkeypatch):
+    from regzoo.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    # the run folder "2024" is looked up as a folder (and is missing), not refused as a number
+    assert main(["train", str(QUICKSTART_PATH), "--resume", "2024"]) == 2
+    assert "nothing to resume: 2024/checkpoints/last.ckpt" in capsys.readouterr().err

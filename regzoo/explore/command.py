@@ -146,11 +146,11 @@ def run(args: argparse.Namespace) -> int:
         raise InputError(f"--refine-steps must be at least 1, got {args.refine_steps}")
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be in [0, 65535], got {args.port}")
-    from regzoo.cli import parse_params
     from regzoo.explore.app import create_app
     from regzoo.explore.server import ExplorerServer
     from regzoo.explore.session import ExploreSession
     from regzoo.model import load_model
+    from regzoo.params import parse_params
 
     params = parse_params(args.param)
     model = load_model(args.model, plugins=args.plugin)
