@@ -87,7 +87,7 @@ def main() -> None:
     if model is None and "network" in args.starts:
         parser.error("--starts network needs --model")
     params = objective.resolve(parse_params(args.param))
-    values = objective.free_space.to_tensor(params, batch=1)
+    values = objective.space.to_tensor(params, batch=1)
     dataset = Learn2RegDataset(
         args.data,
         args.split,

@@ -8,6 +8,7 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
+from typing import Any
 
 from regzoo._errors import InputError, RegzooError
 from regzoo.params import parse_params
@@ -23,7 +24,7 @@ def _cmd_regularizers(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():  # failed plugins are reported below, once each
         warnings.simplefilter("ignore", RuntimeWarning)
         names = regularizers.available()
-    entries = []
+    entries: list[dict[str, Any]] = []
     domains = {}
     for name in names:
         cls = regularizers.get(name)
@@ -110,14 +111,18 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 
 def _sibling_masks(image_path: str) -> dict[str, str]:
     """``{"mask": path}`` of a Learn2Reg image's mask in masksTr/, when it exists."""
-    mask = image_path.replace("imagesTr", "masksTr")
-    return {"mask": mask} if mask != image_path and Path(mask).is_file() else {}
+    from regzoo.data.learn2reg import sibling_path
+
+    mask = sibling_path(image_path, "masksTr")
+    return {"mask": str(mask)} if mask is not None and mask.is_file() else {}
 
 
 def _sibling_labels(image_path: str) -> str | None:
     """The path of a Learn2Reg image's label map in labelsTr/, when it exists."""
-    labels = image_path.replace("imagesTr", "labelsTr")
-    return labels if labels != image_path and Path(labels).is_file() else None
+    from regzoo.data.learn2reg import sibling_path
+
+    labels = sibling_path(image_path, "labelsTr")
+    return str(labels) if labels is not None and labels.is_file() else None
 
 
 def _title(params: dict[str, float]) -> str:
@@ -165,7 +170,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         progress=args.refine > 0,
         fixed_labels=labels,
         refine_options=_refine_options(args),
-        **params,
+        **params,  # type: ignore[arg-type]  # parameter names, never register's options
     )
     out = Path(args.out)
     with output_folder(out) as staging:
@@ -257,7 +262,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         model = load_model(args.model, plugins=args.plugin)
         params = model.objective.resolve(parse_params(args.param))
-        window = tuple(model.config.data.intensity_window)
+        window = model.config.data.intensity_window
         dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
         check_dimension(model, dataset)
         options = _refine_options(args)
@@ -291,7 +296,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 
     model = load_model(args.model, plugins=args.plugin)
     grid = parse_grid(args.grid)
-    window = tuple(model.config.data.intensity_window)
+    window = model.config.data.intensity_window
     dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
     check_dimension(model, dataset)
     if args.metric:
@@ -363,6 +368,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
                 first["moving_path"],
                 fixed_seg=_sibling_masks(first["fixed_path"]).get("mask"),
                 moving_seg=_sibling_masks(first["moving_path"]).get("mask"),
+                fixed_labels=_sibling_labels(first["fixed_path"]),
                 params=pick[0],
             )
         write_sweep_report(

@@ -91,7 +91,7 @@ def check_metric(metric: str, item: Mapping[str, Any]) -> None:
         raise InputError(f"metric '{metric}' needs {needs}, which this data set does not have")
 
 
-def score_pair(item: Mapping[str, Any], displacement: torch.Tensor) -> dict[str, float]:
+def score_pair(item: Mapping[str, Any], displacement: torch.Tensor) -> dict[str, float | None]:
     """Metrics of one displacement ``(D, *spatial)`` for a dataset item (with annotations).
 
     Dice uses the lung masks (``dice``) and label maps when present (``dice_labels``, mean

@@ -105,7 +105,7 @@ def read_image(image: ImageLike, *, what: str = "image") -> Volume:
         raise InputError(f"expected a 2D or 3D {what}, got shape {tuple(data.shape)}")
     if not bool(torch.isfinite(data).all()):
         raise InputError(f"{what} contains NaN or infinite values")
-    return Volume(data.numpy(), np.eye(4), label=what)
+    return Volume(data.numpy(), np.eye(4), name=what)
 
 
 def read_pair(
@@ -143,7 +143,7 @@ def read_pair(
     return (
         fixed_v,
         resample_like(moving_v, fixed_v),
-        {name: resample_like(seg, fixed_v, label=True) for name, seg in segs.items()},
+        {name: resample_like(seg, fixed_v, nearest=True) for name, seg in segs.items()},
     )
 
 

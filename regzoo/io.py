@@ -130,13 +130,13 @@ class Volume:
         data: the voxels, float32, ``(*spatial)``.
         affine: ``4 x 4`` voxel -> RAS millimetre matrix (NIfTI convention).
         path: the file it came from (``None`` for arrays).
-        label: what to call an array without a file in messages (``"fixed image"``).
+        name: what to call an array without a file in messages (``"fixed image"``).
     """
 
     data: np.ndarray
     affine: np.ndarray
     path: Path | None = None
-    label: str = "array"
+    name: str = "array"
 
     @property
     def shape(self) -> tuple[int, ...]:
@@ -151,7 +151,7 @@ class Volume:
     @property
     def grid(self) -> Grid:
         """The volume's :class:`Grid` (named ``folder/file`` after its file)."""
-        name = f"{self.path.parent.name}/{self.path.name}" if self.path else self.label
+        name = f"{self.path.parent.name}/{self.path.name}" if self.path else self.name
         return Grid(self.shape, self.affine, name)
 
     @property
@@ -366,13 +366,13 @@ def check_same_grid(reference: Grid, other: Grid, *, tolerance: float = 1e-3) ->
         )
 
 
-def resample_like(volume: Volume, reference: Volume, *, label: bool = False) -> Volume:
+def resample_like(volume: Volume, reference: Volume, *, nearest: bool = False) -> Volume:
     """Resample ``volume`` onto ``reference``'s grid (torchio; nearest for label maps).
 
     Args:
         volume: the volume to move.
         reference: the grid to move it onto.
-        label: nearest-neighbour (label maps, masks) instead of linear interpolation.
+        nearest: nearest-neighbour (label maps, masks) instead of linear interpolation.
     """
     import torchio as tio
 
@@ -380,7 +380,7 @@ def resample_like(volume: Volume, reference: Volume, *, label: bool = False) -> 
         data = vol.tensor().reshape(1, *vol.shape, *([1] * (3 - vol.ndim)))
         return kind(tensor=data.clone(), affine=vol.affine)
 
-    kind = tio.LabelMap if label else tio.ScalarImage
+    kind = tio.LabelMap if nearest else tio.ScalarImage
     target = image(reference, tio.ScalarImage)
     moved = tio.Resample(target, image_interpolation="linear")(image(volume, kind))
     data = moved.data[0].numpy().astype(np.float32).reshape(reference.shape)

@@ -59,7 +59,7 @@ class HyperRegistration(L.LightningModule):
         self.config = config
         self.save_hyperparameters({"config": config.model_dump(mode="json")})
         self.objective = build_objective(config)
-        self.space = self.objective.free_space
+        self.space = self.objective.space
         self.net = build_network(config, len(self.space))
         self._generator = torch.Generator().manual_seed(config.seed)
 
@@ -203,7 +203,7 @@ class HyperRegistration(L.LightningModule):
     def _log_terms(
         self, stage: str, terms: LossTerms, batch_size: int, lookahead: torch.Tensor | None = None
     ) -> torch.Tensor:
-        loss = terms.training.mean()
+        loss = terms.training_loss.mean()
         if lookahead is not None:
             loss = loss + lookahead.mean()
             self.log(f"{stage}/lookahead", lookahead.mean(), batch_size=batch_size)
@@ -404,6 +404,7 @@ class HyperRegistration(L.LightningModule):
         if trainer is None or trainer.world_size == 1:
             return state[None]
         gathered = self.all_gather(state.to(self.device))
+        assert isinstance(gathered, torch.Tensor)
         return gathered.reshape(trainer.world_size, -1).cpu()
 
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
@@ -562,7 +563,7 @@ def load_model(
     config_data = {**dict(extras.get("config", {})), "plugins": trusted}
     try:
         config = ExperimentConfig.model_validate(config_data)
-        free = build_objective(config).free_space
+        free = build_objective(config).space
     except (ValidationError, RegzooError) as exc:
         untrusted = [p for p in stored if p not in trusted]
         if untrusted:

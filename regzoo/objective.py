@@ -79,7 +79,7 @@ class Term:
     ``maps[p]`` that turns their values into a spatial map.
     """
 
-    label: str
+    name: str
     regularizer: Regularizer
     specs: dict[str, ParamSpec]
     maps: dict[str, LabelMap] = field(default_factory=dict)
@@ -94,7 +94,7 @@ class LossTerms:
         similarity: the similarity loss.
         energies: each term's energy (without its weight).
         normalizer: a detached positive factor per sample; training minimises
-            ``total / normalizer`` (see :attr:`training`), which has the same minimiser per
+            ``total / normalizer`` (see :attr:`training_loss`), which has the same minimiser per
             sample but a gradient of comparable size for soft and stiff samples.
     """
 
@@ -104,45 +104,21 @@ class LossTerms:
     normalizer: torch.Tensor
 
     @property
-    def training(self) -> torch.Tensor:
+    def training_loss(self) -> torch.Tensor:
         """The per-sample training loss ``total / normalizer`` ``(B,)``."""
         return self.total / self.normalizer
 
 
 def _configured_spec(base: ParamSpec, value: float | ParamRange | None) -> ParamSpec:
+    """A declared spec as a config sets it: unchanged, fixed to a number, or given a range."""
     if value is None:
         return base
     if isinstance(value, int | float):
         return base.fixed(float(value))
-    base.check_domain(value.low)
-    base.check_domain(value.high)
-    scale = value.scale or base.scale
-    if scale == "log" and value.low <= 0:
-        hint = "" if value.scale else f" ('{base.name}' is declared on a log scale)"
-        raise InputError(
-            f"parameter '{base.name}': a log-scale range needs low > 0, got "
-            f"[{value.low:g}, {value.high:g}]{hint}; give a positive low or scale: linear"
-        )
-    if value.default is not None:
-        default = value.default
-    elif value.low <= base.default <= value.high and base.name != "alpha":
-        default = base.default
-    else:
-        mid = ParamSpace.of(
-            ParamSpec(
-                name=base.name, low=value.low, high=value.high, default=value.low, scale=scale
-            )
-        ).denormalize(torch.tensor([0.5], dtype=torch.float64))
-        default = float(mid[0])
-    return ParamSpec(
-        name=base.name,
-        low=value.low,
-        high=value.high,
-        default=default,
-        scale=scale,
-        domain=base.domain,
-        description=base.description,
-    )
+    spec = base.override(low=value.low, high=value.high, default=value.default, scale=value.scale)
+    if value.default is None and base.name == "alpha":
+        return spec.override(default=spec.middle)  # a free weight starts mid-range, not at 1
+    return spec
 
 
 def build_term(config: TermConfig, labels: Mapping[str, int] | None = None) -> Term:
@@ -211,7 +187,7 @@ class Objective(nn.Module):
     Args:
         similarity: the similarity loss.
         terms: configured regularizer terms.
-        weighting: ``"additive"`` or ``"hypermorph"``.
+        weighting: ``"additive"``, ``"hypermorph"`` or ``"normalized"``.
     """
 
     def __init__(self, similarity: Similarity, terms: Sequence[Term], weighting: str = "additive"):
@@ -222,9 +198,9 @@ class Objective(nn.Module):
         if weighting not in WEIGHTINGS:
             raise InputError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         self.weighting = weighting
-        self.free_space = ParamSpace(
+        self.space = ParamSpace(
             specs=tuple(
-                spec.renamed(f"{term.label}.{name}")
+                spec.renamed(f"{term.name}.{name}")
                 for term in self.terms
                 for name, spec in term.specs.items()
                 if not spec.is_fixed
@@ -234,7 +210,7 @@ class Objective(nn.Module):
     def fixed_values(self) -> dict[str, float]:
         """Every fixed parameter, as ``term.param -> value``."""
         return {
-            f"{term.label}.{name}": spec.default
+            f"{term.name}.{name}": spec.default
             for term in self.terms
             for name, spec in term.specs.items()
             if spec.is_fixed
@@ -251,7 +227,7 @@ class Objective(nn.Module):
         Raises:
             KeyError: unknown or ambiguous name.
         """
-        names = self.free_space.names
+        names = self.space.names
         if key in names:
             return key
         matches = [n for n in names if n.split(".", 1)[1] == key]
@@ -280,11 +256,11 @@ class Objective(nn.Module):
             if name in canonical:
                 raise InputError(f"parameter '{name}' given twice (as '{given[name]}' and '{key}')")
             canonical[name], given[name] = value, key
-        return self.free_space.validate(canonical)
+        return self.space.validate(canonical)
 
     def to_tensor(self, values: Mapping[str, float] | None = None, batch: int = 1) -> torch.Tensor:
         """Resolve ``values`` and return them as ``(batch, P)``."""
-        return self.free_space.to_tensor(self.resolve(values), batch=batch)
+        return self.space.to_tensor(self.resolve(values), batch=batch)
 
     def term_params(
         self, values: torch.Tensor, labels: torch.Tensor | None = None
@@ -297,12 +273,12 @@ class Objective(nn.Module):
         Raises:
             InputError: if a term has per-label parameters and ``labels`` is missing.
         """
-        free = self.free_space.to_dict(values)
+        free = self.space.to_dict(values)
         return [
             self._with_maps(
                 term,
                 {
-                    name: (spec.default if spec.is_fixed else free[f"{term.label}.{name}"])
+                    name: (spec.default if spec.is_fixed else free[f"{term.name}.{name}"])
                     for name, spec in term.specs.items()
                 },
                 labels,
@@ -315,7 +291,7 @@ class Objective(nn.Module):
         """The spatial parameter maps ``(B, 1, *spatial)`` of the per-label parameters, by full
         name (``linear_elastic.mu``), for free values ``(B, P)`` and a label map."""
         return {
-            f"{term.label}.{name}": params[name]
+            f"{term.name}.{name}": torch.as_tensor(params[name])
             for term, params in zip(self.terms, self.term_params(values, labels), strict=True)
             for name in term.maps
         }
@@ -332,7 +308,7 @@ class Objective(nn.Module):
             return params
         if labels is None:
             raise InputError(
-                f"term '{term.label}' has per-label parameters "
+                f"term '{term.name}' has per-label parameters "
                 f"({', '.join(k for m in term.maps.values() for k in m.labels)}): it needs the "
                 "fixed image's label map (labelsTr; register and explore: --fixed-labels)"
             )
@@ -378,7 +354,7 @@ class Objective(nn.Module):
             # the term's own specs (config bounds, possibly wider than the declared ones) were
             # validated when the objective was built, so the energy is called directly
             energy = term.regularizer.energy(field, params, spacing)
-            energies[term.label] = energy
+            energies[term.name] = energy
             weighted = weighted + alpha * energy
             weight_sum = weight_sum + alpha
             if self.weighting == "normalized":
@@ -443,9 +419,9 @@ def build_objective(config: ExperimentConfig) -> Objective:
             similarity = MultiScale(similarity, config.similarity.scales)
     except (KeyError, ValueError, ValidationError) as exc:
         raise fail("similarity", exc) from None
-    terms = []
+    terms: list[Term] = []
     for index, term in enumerate(config.regularizers):
-        if term.name in (t.label for t in terms):
+        if term.name in (t.name for t in terms):
             raise fail(
                 f"regularizers.{index}.name", ValueError(f"term '{term.name}' appears twice")
             )
@@ -456,14 +432,14 @@ def build_objective(config: ExperimentConfig) -> Objective:
     if config.weighting == "hypermorph" and len(terms) != 1:
         raise fail("weighting", ValueError("'hypermorph' needs exactly one regularizer term"))
     objective = Objective(similarity, terms, config.weighting)
-    free = len(objective.free_space)
+    free = len(objective.space)
     if not config.model.hyper and free:
         raise fail(
             "model.hyper",
             ValueError(
                 "false trains a plain VoxelMorph with fixed parameters: give every parameter "
                 f"(and alpha) a number instead of a {{low, high}} range (free: "
-                f"{', '.join(objective.free_space.names)})"
+                f"{', '.join(objective.space.names)})"
             ),
         )
     if config.model.hyper and free == 0:

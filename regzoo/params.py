@@ -11,6 +11,7 @@ tensor ``(B, P)`` in the order of the space.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal
@@ -103,24 +104,45 @@ class ParamSpec(BaseModel):
         default: float | None = None,
         scale: Literal["linear", "log"] | None = None,
     ) -> ParamSpec:
-        """Return a copy with new bounds; the default is clamped into them unless given.
+        """Return a copy with new bounds (and scale); the one way a range is configured.
+
+        Unless given, the default stays where it is when it lies inside the new bounds, and
+        moves to their :attr:`middle` (on the new scale) otherwise.
 
         Raises:
-            ValueError: if the new bounds are inconsistent.
+            ValueError: if the new bounds are inconsistent, leave the physical domain, or put a
+                bound <= 0 on a log scale (naming an inherited log scale).
         """
         new_low = self.low if low is None else float(low)
         new_high = self.high if high is None else float(high)
-        if default is None:
-            default = min(max(self.default, new_low), new_high)
-        return ParamSpec(
+        new_scale = scale or self.scale
+        for bound in (new_low, new_high):
+            self.check_domain(bound)
+        if new_scale == "log" and new_low <= 0:
+            hint = "" if scale else f" ('{self.name}' is declared on a log scale)"
+            raise InputError(
+                f"parameter '{self.name}': a log-scale range needs low > 0, got "
+                f"[{new_low:g}, {new_high:g}]{hint}; give a positive low or scale: linear"
+            )
+        if default is None and new_low <= self.default <= new_high:
+            default = self.default
+        spec = ParamSpec(
             name=self.name,
             low=new_low,
             high=new_high,
-            default=float(default),
-            scale=scale or self.scale,
+            default=new_low if default is None else float(default),
+            scale=new_scale,
             domain=self.domain,
             description=self.description,
         )
+        return spec if default is not None else spec.override(default=spec.middle)
+
+    @property
+    def middle(self) -> float:
+        """The middle of ``[low, high]`` on the parameter's scale (geometric for log)."""
+        if self.scale == "log":
+            return math.sqrt(self.low * self.high)
+        return (self.low + self.high) / 2
 
     def fixed(self, value: float) -> ParamSpec:
         """Return a copy fixed to ``value`` (``low == high == default == value``).
@@ -340,12 +362,34 @@ class ParamSpace(BaseModel):
             unit = torch.where(snap, ends, unit)
         return self.denormalize(unit).to(device) if device is not None else self.denormalize(unit)
 
-    def grid(self, steps: int | Sequence[int]) -> torch.Tensor:
-        """Regular grid ``(prod(steps), P)`` over the space, on each parameter's scale.
+    def grid(
+        self,
+        steps: int | Sequence[int] | Mapping[str, Sequence[float]],
+        *,
+        values: Mapping[str, float] | None = None,
+    ) -> torch.Tensor:
+        """Regular grid ``(N, P)`` over the space: every combination, the first axis varying
+        slowest (as :func:`itertools.product`; for explicit axes, in the mapping's order).
 
         Args:
-            steps: points per parameter (one int for all, or one per parameter).
+            steps: points per parameter, evenly on each parameter's scale over ``[low, high]``
+                (one int for all, or one per parameter); or explicit axes, ``name -> values``
+                (each checked against the bounds), the other parameters held at ``values``.
+            values: the parameters off the axes (defaults where not given).
+
+        Raises:
+            ValueError: a step count per parameter that does not match, or an axis value
+                outside its parameter's bounds.
+            KeyError: an axis of an unknown parameter.
         """
+        if isinstance(steps, Mapping):
+            held = self.validate(values)
+            axes = {name: [self[name].check(v) for v in steps[name]] for name in steps}
+            rows = []
+            for combo in itertools.product(*axes.values()):
+                row = {**held, **dict(zip(axes, combo, strict=True))}
+                rows.append([row[name] for name in self.names])
+            return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), len(self))
         if isinstance(steps, int):
             steps = [steps] * len(self)
         if len(steps) != len(self):

@@ -187,7 +187,7 @@ def field_objective(
         moving: moving images, same shape.
         displacement: ``(B, D, *spatial)`` in voxels.
         field: the field the energies see (``displacement``, or the velocity).
-        values: the free parameters ``(B, P)`` in the order of ``objective.free_space``.
+        values: the free parameters ``(B, P)`` in the order of ``objective.space``.
         spacing: voxel spacing the energies use (``None``: voxel units).
         labels: the fixed image's label map, for per-label parameters.
     """
@@ -227,8 +227,9 @@ def result_objective(
         InputError: a model with per-label parameters and no ``labels``.
     """
     values = model.parameter_tensor(params, fixed.shape[0])
-    velocity = model.config.regularize == "velocity" and output.velocity is not None
-    field = output.velocity if velocity else output.displacement
+    field = output.displacement
+    if model.config.regularize == "velocity" and output.velocity is not None:
+        field = output.velocity
     with torch.no_grad():
         return field_objective(
             model.objective,
@@ -263,7 +264,7 @@ def refine_field(
         moving: moving images, same shape.
         init: the starting field ``(B, D, *spatial)`` in voxels: the displacement, or the
             velocity when ``options.int_steps > 0``.
-        values: the free parameters ``(B, P)`` in the order of ``objective.free_space``.
+        values: the free parameters ``(B, P)`` in the order of ``objective.space``.
         options: steps, learning rate, grid and integration.
         spacing: voxel spacing passed to the energies (``None``: voxel units).
         trace: if given, receives the objective before and after every step.
@@ -290,10 +291,10 @@ def refine_field(
             f"refine_field(): 'init' must have shape {(fixed.shape[0], ndim, *size)}, "
             f"got {tuple(init.shape)}"
         )
-    if values.shape != (fixed.shape[0], len(objective.free_space)):
+    if values.shape != (fixed.shape[0], len(objective.space)):
         raise InputError(
             f"refine_field(): 'values' must have shape "
-            f"{(fixed.shape[0], len(objective.free_space))}, got {tuple(values.shape)}"
+            f"{(fixed.shape[0], len(objective.space))}, got {tuple(values.shape)}"
         )
     fixed, moving, values = fixed.detach(), moving.detach(), values.detach()
     per_level = options.steps_per_level()

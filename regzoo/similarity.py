@@ -142,6 +142,7 @@ class LNCC(Similarity):
     """
 
     Options = LNCCOptions
+    options: LNCCOptions
     bounds = (-1.0, 0.0)
 
     @property

@@ -79,8 +79,8 @@ def parse_grid(specs: Sequence[str]) -> dict[str, GridAxis]:
         try:
             if ":" in text:
                 start, stop, count = text.split(":")
-                axis: GridAxis = GridRange(float(start), float(stop), int(count))
-                size = axis.count
+                size = int(count)
+                axis: GridAxis = GridRange(float(start), float(stop), size)
             else:
                 axis = [float(v) for v in text.split(",")]
                 size = len(axis)
@@ -298,15 +298,8 @@ def sweep(
         if isinstance(axis, GridRange):
             axis = spec.spaced(axis.start, axis.stop, axis.count)
         axes.append([spec.check(v) for v in axis])
-    combos = list(itertools.product(*axes))
-    base = model.objective.resolve({})
-    vectors = torch.tensor(
-        [
-            [dict(base, **dict(zip(names, combo, strict=True)))[n] for n in model.space.names]
-            for combo in combos
-        ],
-        dtype=torch.float32,
-    )
+    combos = list(itertools.product(*axes))  # the settings' labels, in the grid's order
+    vectors = model.space.grid(dict(zip(names, axes, strict=True)))
     per_setting: list[list[dict[str, Any]]] = [[] for _ in combos]
     device = model.device
     total = len(dataset) * len(combos)
@@ -340,7 +333,7 @@ def sweep(
         for combo, rows in zip(combos, per_setting, strict=True)
     ]
     rows = [row for rows in per_setting for row in rows]
-    scales = [model.space[n].scale for n in names]
+    scales: list[str] = [model.space[n].scale for n in names]
     return SweepResult(
         names=names,
         axes=axes,
@@ -470,6 +463,7 @@ def optimize_parameters(
                 value = model.objective(fixed, warped, field, values, spacing, labels).total.mean()
             optimizer.zero_grad()
             value.backward()
+            assert unit.grad is not None
             unit.grad = torch.where(trainable, unit.grad, torch.zeros_like(unit.grad))
             optimizer.step()
             with torch.no_grad():

@@ -115,7 +115,7 @@ def test_normalized_weighting_is_the_convex_form_for_a_stiffness():
     assert torch.allclose(terms.normalizer, 1 + k, rtol=1e-4)
     energy = terms.energies["linear_elastic"]
     assert torch.allclose(terms.total, terms.similarity + energy)
-    assert torch.allclose(terms.training, (terms.similarity + energy) / (1 + k), rtol=1e-5)
+    assert torch.allclose(terms.training_loss, (terms.similarity + energy) / (1 + k), rtol=1e-5)
     assert not terms.normalizer.requires_grad
 
 

@@ -96,13 +96,18 @@ def explore_command(
     *,
     fixed_seg: str | Path | None = None,
     moving_seg: str | Path | None = None,
+    fixed_labels: str | Path | None = None,
     params: Mapping[str, float] | None = None,
 ) -> str:
     """The shell-quoted ``regzoo explore`` command for one pair, starting at ``params`` (what
     a sweep report prints to open its best setting in the explorer)."""
     words = ["regzoo", "explore", "--model", str(model), "--fixed", str(fixed)]
     words += ["--moving", str(moving)]
-    for flag, path in (("--fixed-seg", fixed_seg), ("--moving-seg", moving_seg)):
+    for flag, path in (
+        ("--fixed-seg", fixed_seg),
+        ("--moving-seg", moving_seg),
+        ("--fixed-labels", fixed_labels),
+    ):
         if path is not None:
             words += [flag, str(path)]
     for name, value in (params or {}).items():
@@ -117,6 +122,7 @@ def require_web() -> None:
         RegzooError: naming the missing package and the command that installs the extra.
     """
     try:
+        import jinja2  # noqa: F401
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:

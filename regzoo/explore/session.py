@@ -180,7 +180,7 @@ class ExploreSession:
                 "scale": spec.scale,
                 "description": spec.description,
             }
-            for spec in self.model.objective.free_space
+            for spec in self.model.objective.space
         ]
 
     @property
@@ -312,6 +312,7 @@ class ExploreSession:
         with self._lock:
             result = self._current.result
         source = self.sources["moving_seg"]
+        segs: Mapping[str, Any]
         if isinstance(source, str | Path):
             segs = segmentation_names([source])
         else:

@@ -98,7 +98,7 @@ class Regularizer(nn.Module):
         resolved: dict[str, float | torch.Tensor] = {
             spec.name: spec.check_domain(floats.get(spec.name, spec.default)) for spec in self.space
         }
-        shapes = [(batch,)]
+        shapes: list[tuple[int, ...]] = [(batch,)]
         if self.spatial_params and spatial is not None:
             shapes.append((batch, 1, *spatial))
         for name, value in params.items():

@@ -186,6 +186,7 @@ class JacobianPenalty(Regularizer):
     quadratic: ClassVar[bool] = False
     spatial_params: ClassVar[bool] = True
     Options = JacobianOptions
+    options: JacobianOptions
 
     def energy(self, u: torch.Tensor, params: Params, spacing: Spacing) -> torch.Tensor:
         return functional.jacobian_energy(

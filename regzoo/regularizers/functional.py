@@ -12,6 +12,7 @@ units (``u_k * spacing_k``) and derivatives are taken per physical unit.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 
@@ -111,7 +112,7 @@ def _uniform(value: Param) -> Param:
     Spatially constant parameters then take the same (fused) path as per-sample ones, so a
     constant map gives exactly the scalar energy.
     """
-    if not is_map(value):
+    if not isinstance(value, torch.Tensor) or not is_map(value):
         return value
     flat = value.flatten(1)
     return flat[:, 0] if bool((flat == flat[:, :1]).all()) else value
@@ -127,6 +128,15 @@ def domain_mean(density: torch.Tensor) -> torch.Tensor:
 # per-sample parameters applied to per-sample means), so forward and backward touch a fraction
 # of the memory of the textbook forms built on regzoo.spatial.gradient / hessian (the tests'
 # reference). Spatial parameter maps weight the pointwise density instead.
+
+
+def _sum(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The sum of tensors, as ``sum()`` computes it (typed: never the integer 0)."""
+    iterator = iter(terms)
+    total = next(iterator)
+    for term in iterator:
+        total = total + term
+    return total
 
 
 def _mean_square(t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -152,7 +162,7 @@ def diffusion_energy(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
     """Diffusion: ``mean_x sum_ij (d_i u_j)^2 = mean |grad u|^2``."""
     check_field(u, "diffusion_energy")
     ndim = u.shape[1]
-    return sum(_mean_square(d, ndim) for d in differences(to_physical(u, spacing), spacing))
+    return _sum(_mean_square(d, ndim) for d in differences(to_physical(u, spacing), spacing))
 
 
 def linear_elastic_energy(
@@ -170,15 +180,18 @@ def linear_elastic_energy(
     ndim = len(d)
     diagonal = [d[i][i] for i in range(ndim)]
     off_diagonal = [d[j][i] + d[i][j] for i in range(ndim) for j in range(i + 1, ndim)]
-    divergence = sum(diagonal)
+    divergence = _sum(diagonal)
     if is_map(lam) or is_map(mu):
         # sum_ij (d_i u_j + d_j u_i)^2 = 4 sum_i (d_i u_i)^2 + 2 sum_{i<j} (d_i u_j + d_j u_i)^2
-        shear = 4 * sum(t.square() for t in diagonal) + 2 * sum(t.square() for t in off_diagonal)
+        shear = 4 * _sum(t.square() for t in diagonal) + 2 * _sum(
+            t.square() for t in off_diagonal
+        )
         mu_t = per_sample(mu, shear, "mu", "linear_elastic_energy")
         lam_t = per_sample(lam, shear, "lam", "linear_elastic_energy")
         return domain_mean(mu_t / 4 * shear + lam_t / 2 * divergence.square())
-    shear = 4 * sum(_mean_square(t, ndim) for t in diagonal)
-    shear = shear + 2 * sum(_mean_square(t, ndim) for t in off_diagonal)
+    shear = 4 * _sum(_mean_square(t, ndim) for t in diagonal)
+    if off_diagonal:
+        shear = shear + 2 * _sum(_mean_square(t, ndim) for t in off_diagonal)
     mu_t = per_sample(mu, shear, "mu", "linear_elastic_energy")
     lam_t = per_sample(lam, shear, "lam", "linear_elastic_energy")
     return mu_t / 4 * shear + lam_t / 2 * _mean_square(divergence, ndim)
@@ -190,7 +203,7 @@ def bending_energy(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
     ndim = u.shape[1]
     second = _second_differences(to_physical(u, spacing), spacing)
     # d_i d_j = d_j d_i: each mixed derivative counts twice
-    return sum((1 if i == j else 2) * _mean_square(h, ndim) for (i, j), h in second.items())
+    return _sum((1 if i == j else 2) * _mean_square(h, ndim) for (i, j), h in second.items())
 
 
 def curvature_energy(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
@@ -216,7 +229,7 @@ def total_variation_energy(
     ``eps`` may be a map (read at the forward differences' points).
     """
     check_field(u, "total_variation_energy")
-    squared = sum(d.square().sum(dim=1) for d in differences(to_physical(u, spacing), spacing))
+    squared = _sum(d.square().sum(dim=1) for d in differences(to_physical(u, spacing), spacing))
     eps_t = per_sample(eps, squared, "eps", "total_variation_energy")
     tiny = torch.finfo(squared.dtype).tiny
     root = torch.sqrt((squared + eps_t**2).clamp_min(tiny))
