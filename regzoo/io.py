@@ -388,7 +388,11 @@ def resample_like(volume: Volume, reference: Volume, *, nearest: bool = False) -
 
 
 def _partial(path: Path) -> Path:
-    return path.with_name(f".{path.name}.partial")
+    """The temporary beside ``path``, with its suffixes (``.disp.partial.nii.gz``): writers
+    that pick the format from the suffix, as nibabel does, write it directly."""
+    suffixes = "".join(path.suffixes)
+    stem = path.name.removesuffix(suffixes) if suffixes else path.name
+    return path.with_name(f".{stem}.partial{suffixes}")
 
 
 def _fsync(path: Path) -> None:
@@ -507,10 +511,7 @@ def write_nifti(array: torch.Tensor | np.ndarray, affine: np.ndarray, path: str 
 def _save_image(image: nib.Nifti1Image, path: str | Path) -> Path:
     path = Path(path)
     with atomic_path(path) as tmp:
-        # nibabel picks the format from the suffix: keep the .nii.gz ending on the temporary
-        staged = tmp.with_name(tmp.name + "".join(path.suffixes))
-        nib.save(image, str(staged))
-        os.replace(staged, tmp)
+        nib.save(image, str(tmp))  # the temporary keeps the .nii.gz ending nibabel reads
     return path
 
 

@@ -303,8 +303,12 @@ class ParamSpace(BaseModel):
             lo, hi = (math.log(s.low), math.log(s.high)) if s.scale == "log" else (s.low, s.high)
             lows.append(lo)
             highs.append(hi)
-        kwargs = {"dtype": like.dtype, "device": like.device} if like is not None else {}
-        return torch.tensor(lows, **kwargs), torch.tensor(highs, **kwargs)
+        dtype = like.dtype if like is not None else None
+        device = like.device if like is not None else None
+        return (
+            torch.tensor(lows, dtype=dtype, device=device),
+            torch.tensor(highs, dtype=dtype, device=device),
+        )
 
     def _log_mask(self, like: torch.Tensor) -> torch.Tensor:
         return torch.tensor(
@@ -328,9 +332,8 @@ class ParamSpace(BaseModel):
         transformed = lows + unit * (highs - lows)
         values = torch.where(self._log_mask(unit), torch.exp(transformed), transformed)
         # exp(log(high)) may round past high in float32: the ends map exactly onto the bounds
-        kwargs = {"dtype": values.dtype, "device": values.device}
-        floor = torch.tensor([s.low for s in self.specs], **kwargs)
-        ceiling = torch.tensor([s.high for s in self.specs], **kwargs)
+        floor = torch.tensor([s.low for s in self.specs], dtype=values.dtype, device=values.device)
+        ceiling = torch.tensor([s.high for s in self.specs], dtype=values.dtype, device=values.device)
         inside = (unit >= 0) & (unit <= 1)
         return torch.where(inside, torch.minimum(torch.maximum(values, floor), ceiling), values)
 
@@ -384,10 +387,10 @@ class ParamSpace(BaseModel):
         """
         if isinstance(steps, Mapping):
             held = self.validate(values)
-            axes = {name: [self[name].check(v) for v in steps[name]] for name in steps}
+            columns = {name: [self[name].check(v) for v in steps[name]] for name in steps}
             rows = []
-            for combo in itertools.product(*axes.values()):
-                row = {**held, **dict(zip(axes, combo, strict=True))}
+            for combo in itertools.product(*columns.values()):
+                row = {**held, **dict(zip(columns, combo, strict=True))}
                 rows.append([row[name] for name in self.names])
             return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), len(self))
         if isinstance(steps, int):

@@ -48,6 +48,7 @@ __all__ = [
     "RefineCancelledError",
     "RefineOptions",
     "RefineTrace",
+    "check_steps",
     "field_objective",
     "refine",
     "refine_field",
@@ -57,6 +58,18 @@ __all__ = [
 
 class RefineCancelledError(RegzooError):
     """A refinement stopped because its :class:`RefineTrace` was cancelled."""
+
+
+def check_steps(steps: int, *, minimum: int = 0, what: str = "refine: steps") -> int:
+    """The one check of a refinement's iteration count (``refine``, ``register --refine``, the
+    explorer's refine button and ``--refine-steps``).
+
+    Raises:
+        InputError: naming ``what``, for a count that is not an integer ``>= minimum``.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < minimum:
+        raise InputError(f"{what} must be an integer >= {minimum}, got {steps!r}")
+    return steps
 
 
 @dataclass(frozen=True)
@@ -103,8 +116,7 @@ class RefineOptions:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise InputError(f"refine: steps must be >= 0, got {self.steps}")
+        check_steps(self.steps)
         if not self.lr > 0:
             raise InputError(f"refine: lr must be > 0, got {self.lr}")
         if self.levels < 1:

@@ -62,6 +62,20 @@ def tiny_checkpoint(tiny_phantom, tmp_path_factory) -> Path:
 
 
 @pytest.fixture
+def no_shrinking():
+    """Report hypothesis's first failing example instead of shrinking it (fast tests of the
+    checks themselves)."""
+    hypothesis = pytest.importorskip("hypothesis")
+    hypothesis.settings.register_profile(
+        "regzoo-no-shrink", phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate]
+    )
+    previous = hypothesis.settings.get_current_profile_name()
+    hypothesis.settings.load_profile("regzoo-no-shrink")
+    yield
+    hypothesis.settings.load_profile(previous)
+
+
+@pytest.fixture
 def clean_registries():
     """Only the built-in regularizers and similarities during a test, and afterwards exactly
     the registrations from before it: what a test's code registers does not leak."""

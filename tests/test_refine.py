@@ -98,7 +98,7 @@ def test_refine_rejects_bad_input(plugin_objective):
         refine_field(plugin_objective, fixed, moving, torch.zeros(1, 3, 32, 32), values)
     with pytest.raises(ValueError, match="'values' must have shape"):
         refine_field(plugin_objective, fixed, moving, torch.zeros(1, 2, 32, 32), values[:, :0])
-    with pytest.raises(ValueError, match="steps must be >= 0"):
+    with pytest.raises(ValueError, match="steps must be an integer >= 0"):
         RefineOptions(steps=-1)
     with pytest.raises(ValueError, match="needs int_steps > 0"):
         RefineOptions(regularize="velocity")

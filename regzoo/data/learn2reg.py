@@ -186,7 +186,8 @@ class Learn2RegDataset(Dataset):
         annotations: also load masks, labels and keypoints.
         labels: load the label maps (labelsTr) even without ``annotations`` (training with
             per-label parameters); a fixed image without one is an error.
-        cache: keep loaded volumes in memory.
+        cache: keep loaded volumes in memory (off by default, as ``data.cache`` in a config:
+            a pass over a split reads every pair once anyway).
     """
 
     def __init__(
@@ -197,7 +198,7 @@ class Learn2RegDataset(Dataset):
         intensity_window: tuple[float, float] = (-1000.0, 500.0),
         annotations: bool = False,
         labels: bool = False,
-        cache: bool = True,
+        cache: bool = False,
     ) -> None:
         self.root, manifest = read_manifest(root)
         if split not in SPLIT_KEYS:

@@ -148,8 +148,9 @@ def run(args: argparse.Namespace) -> int:
         InputError: invalid images, parameters or options.
     """
     require_web()
-    if args.refine_steps < 1:
-        raise InputError(f"--refine-steps must be at least 1, got {args.refine_steps}")
+    from regzoo.refine import check_steps
+
+    check_steps(args.refine_steps, minimum=1, what="--refine-steps")
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be in [0, 65535], got {args.port}")
     from regzoo.explore.app import create_app

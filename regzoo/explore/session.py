@@ -43,7 +43,7 @@ from regzoo.io import check_output_folder, check_same_grid
 from regzoo.metrics import dice, jacobian_scores
 from regzoo.model import HyperRegistration
 from regzoo.nets import RegistrationOutput
-from regzoo.refine import RefineCancelledError, RefineTrace, refine, result_objective
+from regzoo.refine import RefineCancelledError, RefineTrace, check_steps, refine, result_objective
 from regzoo.spatial import warp
 
 __all__ = ["ExploreSession", "RefineJob"]
@@ -218,8 +218,7 @@ class ExploreSession:
             steps: instance-optimisation iterations (``>= 1``).
             trace: receives the objective per iteration (progress: see :class:`RefineJob`).
         """
-        if steps < 1:
-            raise InputError(f"explore: refine steps must be >= 1, got {steps}")
+        check_steps(steps, minimum=1, what="explore: refine steps")
         with self._lock:
             started = time.perf_counter()
             params = self._current.params
@@ -411,9 +410,7 @@ class RefineJob:
     """
 
     def __init__(self, session: ExploreSession, steps: int) -> None:
-        if steps < 1:
-            raise InputError(f"explore: refine steps must be >= 1, got {steps}")
-        self.steps = steps
+        self.steps = check_steps(steps, minimum=1, what="explore: refine steps")
         self.error: str | None = None
         self.cancelled = False
         self._trace = RefineTrace()
