@@ -23,7 +23,7 @@ from regzoo._errors import InputError, MissingFileError
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.inference import check_finite_field
 from regzoo.io import REPORT_MARKER, output_files, read_displacement
-from regzoo.metrics import dice, folding_fraction, sdlogj, target_registration_error
+from regzoo.metrics import dice, jacobian_scores, target_registration_error
 from regzoo.model import HyperRegistration
 from regzoo.refine import RefineTrace
 from regzoo.refine import refine as refine_output
@@ -118,8 +118,7 @@ def score_pair(item: Mapping[str, Any], displacement: torch.Tensor) -> dict[str,
                 fixed_kp, moving_kp, torch.zeros_like(displacement), spacing
             ).mean()
         )
-    row["sdlogj"] = sdlogj(displacement)
-    row["folding_fraction"] = folding_fraction(displacement)
+    row.update(jacobian_scores(displacement))  # one Jacobian for both scores
     return row
 
 

@@ -242,7 +242,9 @@ def test_api_refuses_bad_requests(client):
     assert "steps: Input should be greater than or equal to 1" in error(
         client.post("/api/refine", json={"steps": 0}), 400
     )
-    assert "extra" in error(client.post("/api/save", json={"parms": {}}), 400)
+    assert "parms: Extra inputs are not permitted" in error(
+        client.post("/api/save", json={"parms": {}}), 400
+    )
     assert "too large" in error(
         client.post("/api/update", content=b" " * 70_000, headers=json_type), 413
     )
@@ -511,7 +513,7 @@ def test_a_per_label_model_opens_with_the_fixed_label_map(tiny_phantom, tmp_path
     from regzoo._errors import InputError
     from regzoo.inference import register
 
-    per_label = {"per_label": {"lung": {"low": 0.1, "high": 10.0, "scale": "log"}}}
+    per_label = {"per_label": {"lung": {"low": 2.0, "high": 50.0, "scale": "log"}}}
     model = _model(
         [{"name": "linear_elastic", "params": {"mu": per_label}}],
         data={"labels": {"lung": 1}},
