@@ -39,8 +39,8 @@ from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.evaluation import item_labels, score_pair, summarize
 from regzoo.model import load_model
 from regzoo.nets import RegistrationOutput
-from regzoo.objective import build_objective
 from regzoo.refine import RefineOptions, RefineTrace, refine_field
+from regzoo.resolve import build_objective
 from regzoo.similarity import SIMILARITIES, Similarity
 
 

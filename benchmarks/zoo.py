@@ -38,8 +38,8 @@ from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.data.phantom import write_phantom_dataset
 from regzoo.evaluation import item_labels, score_pair
 from regzoo.metrics import target_registration_error
-from regzoo.objective import build_objective
 from regzoo.refine import RefineOptions, refine_field
+from regzoo.resolve import build_objective
 from regzoo.spatial import jacobian_determinant
 
 DECADES = [0.01, 0.1, 1.0, 10.0, 100.0]

@@ -2,7 +2,7 @@
 
 A pure schema: every section forbids unknown keys and names close matches, and values are
 checked for type, range and consistency between sections. Nothing here loads a plugin or builds
-a component: :func:`regzoo.objective.build_objective` resolves the plugins, the similarity and
+a component: :func:`regzoo.resolve.build_objective` resolves the plugins, the similarity and
 every regularizer term (names, options, parameter ranges) once, and reports problems as
 :class:`ConfigError` at their key.
 """

@@ -15,8 +15,9 @@ from regzoo._errors import InputError, MissingFileError, PluginError, RegzooErro
 from regzoo.config import ExperimentConfig
 from regzoo.metrics import dice, target_registration_error
 from regzoo.nets import RegistrationNet, RegistrationOutput
-from regzoo.objective import LossTerms, build_objective
+from regzoo.objective import LossTerms
 from regzoo.registry import load_plugins
+from regzoo.resolve import build_objective
 from regzoo.spatial import Spacing, warp, warp_labels
 
 __all__ = [

@@ -3,7 +3,7 @@ from pathlib import Path
 import pytest
 
 from regzoo.config import ConfigError, apply_overrides, load_config
-from regzoo.objective import build_objective
+from regzoo.resolve import build_objective
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
@@ -114,7 +114,7 @@ def test_broken_plugin_in_config(tmp_path):
 
 
 def test_free_parameter_space_of_paper_configs():
-    from regzoo.objective import build_objective
+    from regzoo.resolve import build_objective
 
     hyper = build_objective(load_config(ROOT / "configs/paper/hyperelastic_lam5_mu1.yaml"))
     assert hyper.space.names == ["linear_elastic.lam", "linear_elastic.mu"]

@@ -4,7 +4,7 @@ from conftest import QUICKSTART, tiny_overrides
 
 from regzoo.config import load_config
 from regzoo.model import HyperRegistration, load_model
-from regzoo.objective import build_objective
+from regzoo.resolve import build_objective
 from regzoo.testing import random_smooth_field
 
 

@@ -17,8 +17,9 @@ from regzoo.inference import register
 from regzoo.lung_similarity import MINDSSC
 from regzoo.metrics import folding_fraction, target_registration_error
 from regzoo.model import load_model
-from regzoo.objective import Objective, build_objective, build_term
+from regzoo.objective import Objective
 from regzoo.refine import RefineOptions, RefineTrace, refine, refine_field
+from regzoo.resolve import build_objective, build_term
 from regzoo.similarity import LNCC, MSE
 from regzoo.spatial import integrate_velocity, warp
 

@@ -13,8 +13,8 @@ from regzoo.cli import main
 from regzoo.config import ConfigError, load_config
 from regzoo.data.learn2reg import Learn2RegDataset, read_label_names
 from regzoo.data.phantom import TISSUE_LABELS, generate_case, write_phantom_dataset
-from regzoo.objective import build_objective
 from regzoo.regularizers import functional
+from regzoo.resolve import build_objective
 from regzoo.spatial import gradient
 from regzoo.testing import constant_maps, random_smooth_field
 
