@@ -307,17 +307,6 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
     return 0
 
 
-def _fraction(text: str) -> float:
-    """argparse type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {value}")
-    return value
-
-
 def _cmd_explore(args: argparse.Namespace) -> int:
     from regzoo.explore.command import run
 

@@ -21,10 +21,9 @@ from tqdm.auto import tqdm
 
 from regzoo._errors import InputError, MissingFileError
 from regzoo.data.learn2reg import Learn2RegDataset
-from regzoo.inference import check_finite_field
 from regzoo.io import REPORT_MARKER, output_files, read_displacement
 from regzoo.metrics import dice, jacobian_scores, target_registration_error
-from regzoo.model import HyperRegistration
+from regzoo.model import HyperRegistration, check_finite_field
 from regzoo.refine import RefineTrace
 from regzoo.refine import refine as refine_output
 from regzoo.spatial import warp_labels

@@ -23,7 +23,7 @@ from regzoo.io import (
     write_itk_displacement,
     write_nifti,
 )
-from regzoo.model import HyperRegistration
+from regzoo.model import HyperRegistration, check_finite_field
 from regzoo.objective import LossTerms
 from regzoo.refine import RefineTrace, result_objective
 from regzoo.refine import refine as refine_output
@@ -331,27 +331,6 @@ def read_labels(
     volume = read_image(labels, what="fixed label map")
     check_same_grid(fixed.grid, volume.grid)
     return torch.from_numpy(np.rint(volume.data).astype(np.int64))[None, None].to(model.device)
-
-
-def check_finite_field(
-    displacement: torch.Tensor, params: Mapping[str, float] | None = None, where: str = ""
-) -> None:
-    """Refuse a displacement holding NaN or infinite values: no command writes, scores or
-    ranks one (a model whose weights are finite can still produce it after a diverged run).
-
-    Raises:
-        InputError: naming the parameters and the pair (``where``).
-    """
-    finite = torch.isfinite(displacement)
-    if bool(finite.all()):
-        return
-    share = 1.0 - float(finite.float().mean())
-    setting = ", ".join(f"{k}={v:.4g}" for k, v in (params or {}).items())
-    raise InputError(
-        f"the model produced a displacement with {share:.1%} NaN or infinite values"
-        f"{' at ' + setting if setting else ''}{' on ' + where if where else ''}: its weights "
-        "are broken (the training diverged?); nothing was written"
-    )
 
 
 def build_result(

@@ -149,6 +149,8 @@ class MINDSSC(DescriptorSimilarity):
     """
 
     Options = MINDOptions
+
+    options: MINDOptions
     bounds = (0.0, 1.0)
 
     @property
@@ -212,6 +214,8 @@ class NGF(Similarity):
     """
 
     Options = NGFOptions
+
+    options: NGFOptions
     bounds = (0.0, 1.0)
 
     @property
@@ -285,6 +289,8 @@ class MI(Similarity):
     """
 
     Options = MIOptions
+
+    options: MIOptions
     bounds = (-math.log(256), 0.0)  # bins <= 256
 
     @property

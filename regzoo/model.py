@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from pydantic import ValidationError
 
 from regzoo._errors import InputError, MissingFileError, PluginError, RegzooError
@@ -24,6 +25,7 @@ __all__ = [
     "HyperRegistration",
     "NonFiniteLossError",
     "build_network",
+    "check_finite_field",
     "learning_rate_factor",
     "load_model",
     "plugin_reference",
@@ -339,7 +341,8 @@ class HyperRegistration(L.LightningModule):
         The conditioning path is the hypernetwork's MLP, the FiLM layers and, for generated
         weights, the heads' weight matrices (their biases hold the parameter-independent
         kernels: the backbone)."""
-        conditioning, backbone = [], []
+        conditioning: list[torch.nn.Parameter] = []
+        backbone: list[torch.nn.Parameter] = []
         for name, parameter in self.named_parameters():
             is_conditioning = (
                 name.startswith("net.hypernet.") or "film." in name or name.endswith("_head.weight")
@@ -351,7 +354,7 @@ class HyperRegistration(L.LightningModule):
             groups.append({"params": conditioning, "lr": self.config.optimizer.lr * scale})
         return groups
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         """Adam (or AdamW) with the configured learning rate and schedule, fused where torch
         supports it (not with gradient clipping under mixed precision, which Lightning refuses).
 
@@ -465,6 +468,27 @@ def config_digest(config: ExperimentConfig) -> str:
     fixed = {k: data.get(k) for k in ("model", "regularizers", "similarity", "weighting",
                                        "regularize")}  # fmt: skip
     return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_finite_field(
+    displacement: torch.Tensor, params: Mapping[str, float] | None = None, where: str = ""
+) -> None:
+    """Refuse a displacement holding NaN or infinite values: no command writes, scores or
+    ranks one (a model whose weights are finite can still produce it after a diverged run).
+
+    Raises:
+        InputError: naming the parameters and the pair (``where``).
+    """
+    finite = torch.isfinite(displacement)
+    if bool(finite.all()):
+        return
+    share = 1.0 - float(finite.float().mean())
+    setting = ", ".join(f"{k}={v:.4g}" for k, v in (params or {}).items())
+    raise InputError(
+        f"the model produced a displacement with {share:.1%} NaN or infinite values"
+        f"{' at ' + setting if setting else ''}{' on ' + where if where else ''}: its weights "
+        "are broken (the training diverged?); nothing was written"
+    )
 
 
 def plugin_reference(spec: str) -> str:

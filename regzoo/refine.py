@@ -421,7 +421,7 @@ def _optimize_level(
                 tolerance_change=options.tol,
                 line_search_fn="strong_wolfe",
             )
-            optimizer.step(closure)
+            optimizer.step(closure)  # type: ignore[arg-type]  # LBFGS takes the loss tensor
         else:
             optimizer = torch.optim.Adam([unknown], lr=options.lr)
             for _ in range(steps):

@@ -18,8 +18,7 @@ from regzoo.criteria import available as available_criteria
 from regzoo.criteria import get as get_criterion
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.evaluation import item_labels, score_pair, summarize
-from regzoo.inference import check_finite_field
-from regzoo.model import HyperRegistration
+from regzoo.model import HyperRegistration, check_finite_field
 from regzoo.refine import field_objective, refine, result_objective
 from regzoo.spatial import warp
 

@@ -207,7 +207,7 @@ def clean_stale_staging(target: str | Path) -> list[Path]:
     """Remove the staging folders and files a killed regzoo process left beside ``target``
     (``.NAME.regzoo-staging-PID-*`` whose process no longer runs); returns what was removed."""
     target = Path(target)
-    removed = []
+    removed: list[Path] = []
     prefix = f".{target.name}{_STAGING}"
     try:
         entries = list(target.parent.iterdir())

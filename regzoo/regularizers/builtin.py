@@ -261,6 +261,7 @@ class Hyperelastic(Regularizer):
     quadratic: ClassVar[bool] = False
     spatial_params: ClassVar[bool] = True
     Options = MinDetOptions
+    options: MinDetOptions
 
     def energy(self, u: torch.Tensor, params: Params, spacing: Spacing) -> torch.Tensor:
         return functional.hyperelastic_energy(
@@ -313,6 +314,7 @@ class NeoHookean(Regularizer):
     quadratic: ClassVar[bool] = False
     spatial_params: ClassVar[bool] = True
     Options = MinDetOptions
+    options: MinDetOptions
 
     def energy(self, u: torch.Tensor, params: Params, spacing: Spacing) -> torch.Tensor:
         return functional.neo_hookean_energy(
@@ -406,6 +408,7 @@ class Sliding(Regularizer):
     quadratic: ClassVar[bool] = True
     spatial_params: ClassVar[bool] = True
     Options = SlidingOptions
+    options: SlidingOptions
 
     def energy(self, u: torch.Tensor, params: Params, spacing: Spacing) -> torch.Tensor:
         return functional.sliding_energy(

@@ -323,7 +323,7 @@ def _right_cauchy_green(F: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]
     C: list[list[torch.Tensor]] = [[None] * ndim for _ in range(ndim)]  # type: ignore[list-item]
     for i in range(ndim):
         for j in range(i, ndim):
-            C[i][j] = sum(F[k][i] * F[k][j] for k in range(ndim))
+            C[i][j] = _sum(F[k][i] * F[k][j] for k in range(ndim))
             C[j][i] = C[i][j]
     return C
 
@@ -384,11 +384,11 @@ def hyperelastic_energy(
     caller = "hyperelastic_energy"
     F = deformation_gradient(u, spacing)
     ndim = len(F)
-    stretch = sum(
+    stretch = _sum(
         (F[j][i] - 1 if i == j else F[j][i]).square() for j in range(ndim) for i in range(ndim)
     )
     cof = _cofactor(F)
-    faces = sum((sum(cof[a][i].square() for a in range(ndim)) - 1).square() for i in range(ndim))
+    faces = _sum((_sum(cof[a][i].square() for a in range(ndim)) - 1).square() for i in range(ndim))
     total = _weighted_mean(stretch / 2, length, "length", caller)
     total = total + _weighted_mean(faces / 2, area, "area", caller)
     return total + _weighted_mean(
@@ -411,8 +411,8 @@ def st_venant_kirchhoff_energy(
     C = _right_cauchy_green(deformation_gradient(u, spacing))
     ndim = len(C)
     E = [[(C[i][j] - 1 if i == j else C[i][j]) / 2 for j in range(ndim)] for i in range(ndim)]
-    trace = sum(E[i][i] for i in range(ndim))
-    squared = sum(E[i][j].square() for i in range(ndim) for j in range(ndim))
+    trace = _sum(E[i][i] for i in range(ndim))
+    squared = _sum(E[i][j].square() for i in range(ndim) for j in range(ndim))
     caller = "st_venant_kirchhoff_energy"
     return _weighted_mean(trace.square() / 2, lam, "lam", caller) + _weighted_mean(
         squared, mu, "mu", caller
@@ -434,7 +434,7 @@ def neo_hookean_energy(
     lam, mu = _uniform(lam), _uniform(mu)
     F = deformation_gradient(u, spacing)
     ndim = len(F)
-    invariant = sum(F[j][i].square() for j in range(ndim) for i in range(ndim)) - ndim
+    invariant = _sum(F[j][i].square() for j in range(ndim) for i in range(ndim)) - ndim
     det = _determinant(F)
     clamped = det.clamp_min(min_det)
     log_det = torch.log(clamped)
@@ -474,12 +474,12 @@ def rigidity_energy(
     F = deformation_gradient(u, spacing)
     ndim = len(F)
     C = _right_cauchy_green(F)
-    orthonormal = sum(
+    orthonormal = _sum(
         (C[i][j] - 1 if i == j else C[i][j]).square() for i in range(ndim) for j in range(ndim)
     )
     proper = (_determinant(F) - 1).square()
     second = _second_differences(physical, spacing)
-    affine = sum(h.square().sum(dim=1) for h in second.values())
+    affine = _sum(h.square().sum(dim=1) for h in second.values())
 
     def term(density: torch.Tensor, value: Param, name: str) -> torch.Tensor:
         value = _uniform(value)
@@ -512,7 +512,7 @@ def _smooth(region: torch.Tensor, sigma: float) -> torch.Tensor:
         pad[2 * (ndim - 1 - axis)] = pad[2 * (ndim - 1 - axis) + 1] = radius
         padded = torch.nn.functional.pad(out, pad, mode="replicate")
         size = out.shape[2 + axis]
-        out = sum(
+        out = _sum(
             float(kernel[k]) * padded.narrow(2 + axis, k, size) for k in range(2 * radius + 1)
         )
     return out
@@ -530,10 +530,10 @@ def interface_normals(
     ndim = region.ndim - 2
     smooth = _smooth(region.detach(), sigma)[:, 0]
     step = spacing_tensor(spacing, ndim, smooth)
-    grads = torch.gradient(smooth, dim=tuple(range(1, ndim + 1)))
+    grads = list(torch.gradient(smooth, dim=tuple(range(1, ndim + 1))))
     if step is not None:
         grads = [g / step[axis] for axis, g in enumerate(grads)]
-    norm = torch.sqrt(sum(g.square() for g in grads))
+    norm = torch.sqrt(_sum(g.square() for g in grads))
     scale = torch.where(norm > 0, 1 / norm.clamp_min(torch.finfo(norm.dtype).tiny), 0.0)
     return [g * scale for g in grads]
 
@@ -568,14 +568,14 @@ def sliding_energy(
     region, slip = _uniform(region), _uniform(slip)
     ndim = u.shape[1]
     diffs = differences(to_physical(u, spacing), spacing)
-    if not is_map(region):
-        return sum(_mean_square(d, ndim) for d in diffs)
+    if not isinstance(region, torch.Tensor) or not is_map(region):
+        return _sum(_mean_square(d, ndim) for d in diffs)
     caller = "sliding_energy"
     region = region.to(dtype=u.dtype, device=u.device)
     normals = interface_normals(region, spacing, sigma=sigma)
     sizes = diffs[0].shape[2:]
     labels = region[:, 0]
-    total = 0.0
+    total = u.new_zeros(u.shape[0])
     for axis, d in enumerate(diffs):
         here = labels
         for a, n in enumerate(sizes):
@@ -593,7 +593,7 @@ def sliding_energy(
                 end = end.narrow(1 + a, int(a == axis), n)
             normal.append((start + end) / 2)
         square = d.square().sum(dim=1)
-        along = sum(normal[k] * d[:, k] for k in range(ndim)).square()
+        along = _sum(normal[k] * d[:, k] for k in range(ndim)).square()
         slip_t = per_sample(slip, square, "slip", caller)
         total = total + domain_mean(square - crossing * slip_t * (square - along))
     return total
