@@ -45,12 +45,22 @@ class OutputError(RegzooError, OSError):
     """An output could not be written (unwritable folder, a file where a folder is needed)."""
 
 
-def _partial(path: Path) -> Path:
-    """The temporary beside ``path``, with its suffixes (``.disp.partial.nii.gz``): writers
-    that pick the format from the suffix, as nibabel does, write it directly."""
-    suffixes = "".join(path.suffixes)
-    stem = path.name.removesuffix(suffixes) if suffixes else path.name
-    return path.with_name(f".{stem}.partial{suffixes}")
+def _staged_file(path: Path) -> Path:
+    """A new empty temporary file beside ``path``, the one form every atomic write stages in:
+    ``.NAME.regzoo-staging-PID-*`` with ``path``'s suffixes (writers that pick the format from
+    the suffix, as nibabel does, write it directly), with the mode the umask gives; the staged
+    files of killed runs into the same place are removed first.
+
+    Raises:
+        OSError: the folder cannot be written.
+    """
+    clean_stale_staging(path)
+    fd, name = tempfile.mkstemp(
+        prefix=_staging_name(path), suffix="".join(path.suffixes), dir=path.parent
+    )
+    os.close(fd)
+    os.chmod(name, 0o666 & ~_umask())
+    return Path(name)
 
 
 def _fsync(path: Path) -> None:
@@ -89,7 +99,10 @@ def atomic_path(path: str | Path) -> Iterator[Path]:
         OutputError: if the file cannot be written (the message names it).
     """
     path = Path(path)
-    tmp = _partial(path)
+    try:
+        tmp = _staged_file(path)
+    except OSError as exc:
+        raise _os_error(path, exc) from None
     try:
         yield tmp
         _fsync(tmp)
@@ -113,28 +126,9 @@ def atomic_save(obj: Any, path: str | Path) -> Path:
     Raises:
         OutputError: the file cannot be written (a full disk: the previous file is kept).
     """
-    path = Path(path)
-    try:
-        path.parent.mkdir(parents=True, exist_ok=True)
-        clean_stale_staging(path)  # the temporary file of a run killed while writing
-        fd, name = tempfile.mkstemp(prefix=_staging_name(path), dir=path.parent)
-    except OSError as exc:
-        raise _os_error(path, exc) from None
-    tmp = Path(name)
-    try:
-        with os.fdopen(fd, "wb") as handle:
-            torch.save(obj, handle)
-            handle.flush()
-            os.fsync(handle.fileno())
-        os.chmod(tmp, 0o666 & ~_umask())
-        os.replace(tmp, path)
-        _fsync(path.parent)
-    except OSError as exc:
-        tmp.unlink(missing_ok=True)
-        raise _os_error(path, exc) from None
-    except BaseException:
-        tmp.unlink(missing_ok=True)
-        raise
+    path = make_folder(Path(path).parent) / Path(path).name
+    with atomic_path(path) as tmp, tmp.open("wb") as handle:
+        torch.save(obj, handle)
     return path
 
 
@@ -388,14 +382,11 @@ def output_files(contents: Mapping[str | Path, str]) -> list[Path]:
     staged: list[Path] = []
     try:
         for path, text in zip(paths, contents.values(), strict=True):
-            clean_stale_staging(path)
-            fd, name = tempfile.mkstemp(prefix=_staging_name(path), dir=path.parent)
-            staged.append(Path(name))
-            with os.fdopen(fd, "w") as handle:
+            staged.append(_staged_file(path))
+            with staged[-1].open("w") as handle:
                 handle.write(text)
                 handle.flush()
                 os.fsync(handle.fileno())
-            os.chmod(name, 0o666 & ~_umask())
         for tmp, path in zip(reversed(staged), reversed(paths), strict=True):
             os.replace(tmp, path)  # the report last: a reader sees it with its CSV
         _fsync(head.parent)
