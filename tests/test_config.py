@@ -189,4 +189,4 @@ def test_resume_of_a_folder_named_like_a_number(tmp_path, capsys, monkeypatch):
     monkeypatch.chdir(tmp_path)
     # the run folder "2024" is looked up as a folder (and is missing), not refused as a number
     assert main(["train", str(QUICKSTART_PATH), "--resume", "2024"]) == 2
-    assert "nothing to resume: 2024/checkpoints/last.ckpt" in capsys.readouterr().err
+    assert "nothing to resume: 2024/" in capsys.readouterr().err
