@@ -77,13 +77,14 @@ def no_shrinking():
 
 @pytest.fixture
 def clean_registries():
-    """Only the built-in regularizers and similarities during a test, and afterwards exactly
-    the registrations from before it: what a test's code registers does not leak."""
+    """Only the built-in regularizers, similarities and criteria during a test, and afterwards
+    exactly the registrations from before it: what a test's code registers does not leak."""
+    from regzoo.criteria import CRITERIA
     from regzoo.regularizers import REGULARIZERS
     from regzoo.similarity import SIMILARITIES
 
     saved = []
-    for registry in (REGULARIZERS, SIMILARITIES):
+    for registry in (REGULARIZERS, SIMILARITIES, CRITERIA):
         registry.available()  # entry points discovered now, not during the test
         saved.append((registry, dict(registry._items), dict(registry._failed)))
         registry._items = {
