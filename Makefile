@@ -17,6 +17,7 @@ install: $(STAMP)
 
 lint: install
 	$(BIN)/ruff check regzoo tests benchmarks plugins docs
+	$(BIN)/mypy
 
 test: install lint
 	$(BIN)/pytest -q

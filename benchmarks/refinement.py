@@ -39,8 +39,8 @@ from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.evaluation import item_labels, score_pair, summarize
 from regzoo.model import load_model
 from regzoo.nets import RegistrationOutput
-from regzoo.objective import build_objective
 from regzoo.refine import RefineOptions, RefineTrace, refine_field
+from regzoo.resolve import build_objective
 from regzoo.similarity import SIMILARITIES, Similarity
 
 
@@ -87,7 +87,7 @@ def main() -> None:
     if model is None and "network" in args.starts:
         parser.error("--starts network needs --model")
     params = objective.resolve(parse_params(args.param))
-    values = objective.free_space.to_tensor(params, batch=1)
+    values = objective.space.to_tensor(params, batch=1)
     dataset = Learn2RegDataset(
         args.data,
         args.split,

@@ -136,7 +136,7 @@ def build_regzoo(
         with autocast:
             terms, _, _ = model._loss(batch, values)
         optimizer.zero_grad(set_to_none=True)
-        terms.training.mean().backward()
+        terms.training_loss.mean().backward()
         optimizer.step()
 
     @torch.no_grad()

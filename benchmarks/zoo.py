@@ -38,8 +38,8 @@ from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.data.phantom import write_phantom_dataset
 from regzoo.evaluation import item_labels, score_pair
 from regzoo.metrics import target_registration_error
-from regzoo.objective import build_objective
 from regzoo.refine import RefineOptions, refine_field
+from regzoo.resolve import build_objective
 from regzoo.spatial import jacobian_determinant
 
 DECADES = [0.01, 0.1, 1.0, 10.0, 100.0]
@@ -134,15 +134,8 @@ def exact_sweep(name: str, dataset: Learn2RegDataset, args: argparse.Namespace) 
     terms, grid = ZOO[name]
     objective = objective_for(terms)
     names = list(grid)
-    combos = list(itertools.product(*grid.values()))
-    base = objective.resolve({})
-    values = torch.tensor(
-        [
-            [dict(base, **dict(zip(names, c, strict=True)))[n] for n in objective.free_space.names]
-            for c in combos
-        ],
-        dtype=torch.float32,
-    )
+    combos = list(itertools.product(*grid.values()))  # the settings, in the grid's order
+    values = objective.space.grid(grid)
     options = RefineOptions(
         steps=args.steps, lr=args.lr, grid_downsize=args.grid_downsize, levels=3
     )

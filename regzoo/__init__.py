@@ -8,7 +8,10 @@ Every public name is imported here, explicitly (as torchio and timm do): ``regzo
 before (the submodules stay importable by their full names, ``from regzoo.refine import ...``).
 """
 
-from regzoo import regularizers
+from regzoo import (
+    lung_similarity,  # noqa: F401  (registers the similarities mind_ssc, ngf, mi)
+    regularizers,
+)
 from regzoo._errors import (
     InputError,
     MissingFileError,

@@ -164,7 +164,8 @@ class ImageLogger(L.Callback):
             or step % self.every_n_steps
         ):
             return
-        for i, name in enumerate(pl_module.space.names):
+        space = getattr(pl_module, "space", None)  # the model's free ParamSpace
+        for i, name in enumerate(space.names if space is not None else []):
             experiment.add_histogram(f"params/{name}", outputs["values"][:, i], step)
         panels = {"fixed": batch["fixed"], "moving": batch["moving"], "warped": outputs["warped"]}
         for title, image in panels.items():

@@ -8,12 +8,10 @@ import sys
 import warnings
 from collections.abc import Callable, Sequence
 from pathlib import Path
-from typing import TYPE_CHECKING
+from typing import Any
 
 from regzoo._errors import InputError, RegzooError
-
-if TYPE_CHECKING:
-    pass
+from regzoo.params import parse_params
 
 __all__ = ["build_parser", "main", "parse_params"]
 
@@ -26,7 +24,7 @@ def _cmd_regularizers(args: argparse.Namespace) -> int:
     with warnings.catch_warnings():  # failed plugins are reported below, once each
         warnings.simplefilter("ignore", RuntimeWarning)
         names = regularizers.available()
-    entries = []
+    entries: list[dict[str, Any]] = []
     domains = {}
     for name in names:
         cls = regularizers.get(name)
@@ -111,43 +109,6 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
     return 0
 
 
-def parse_params(items: Sequence[str]) -> dict[str, float]:
-    """Parse ``NAME=NUMBER`` items (``--param``) into a mapping.
-
-    Raises:
-        ValueError: for an item that is not ``NAME=NUMBER`` or a name given twice.
-    """
-    params: dict[str, float] = {}
-    for item in items:
-        name, sep, text = item.partition("=")
-        try:
-            value = float(text)
-        except ValueError:
-            sep = ""
-        if not sep or not name:
-            raise InputError(f"--param {item!r} must look like NAME=NUMBER")
-        if name in params:
-            raise InputError(f"--param {name} given twice")
-        params[name] = value
-    return params
-
-
-def _sibling_masks(image_path: str) -> dict[str, str]:
-    """``{"mask": path}`` of a Learn2Reg image's mask in masksTr/, when it exists."""
-    mask = image_path.replace("imagesTr", "masksTr")
-    return {"mask": mask} if mask != image_path and Path(mask).is_file() else {}
-
-
-def _sibling_labels(image_path: str) -> str | None:
-    """The path of a Learn2Reg image's label map in labelsTr/, when it exists."""
-    labels = image_path.replace("imagesTr", "labelsTr")
-    return labels if labels != image_path and Path(labels).is_file() else None
-
-
-def _title(params: dict[str, float]) -> str:
-    return ", ".join(f"{k.split('.', 1)[1]}={v:.3g}" for k, v in params.items())
-
-
 def _cmd_register(args: argparse.Namespace) -> int:
     from regzoo.inference import (
         read_image,
@@ -160,6 +121,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     from regzoo.io import atomic_write_text, output_folder
     from regzoo.model import load_model
     from regzoo.report import overlay_figure
+    from regzoo.study import parameter_title
 
     params = parse_params(args.param)
     if (args.choose is None) != (not args.grid):
@@ -189,7 +151,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         progress=args.refine > 0,
         fixed_labels=labels,
         refine_options=_refine_options(args),
-        **params,
+        **params,  # type: ignore[arg-type]  # parameter names, never register's options
     )
     out = Path(args.out)
     with output_folder(out) as staging:
@@ -199,7 +161,10 @@ def _cmd_register(args: argparse.Namespace) -> int:
             names.append("choice.json")
         if args.figure:
             default = model.objective.resolve({})
-            settings = [(_title(result.params), params), (f"defaults ({_title(default)})", {})]
+            settings = [
+                (parameter_title(result.params), params),
+                (f"defaults ({parameter_title(default)})", {}),
+            ]
             mask = next(iter(segs.values()), None)
             overlay_figure(
                 model,
@@ -212,9 +177,16 @@ def _cmd_register(args: argparse.Namespace) -> int:
                 refine=args.refine,
             )
             names.append("figure.png")
-    print(f"parameters: {_title(result.params)}")
+    print(f"parameters: {parameter_title(result.params)}")
     if args.refine:
         print(f"refinement: {result.refine_iterations} of {args.refine} iterations ran")
+    if result.objective is not None:
+        readout = result.objective
+        energies = ", ".join(f"{k} {v:.6g}" for k, v in readout["energies"].items())
+        print(
+            f"objective: {readout['objective']:.6g} (similarity {readout['similarity']:.6g}"
+            f"{'; energies: ' + energies if energies else ''})"
+        )
     for name in names:
         print(f"wrote {out / name}")
     return 0
@@ -224,6 +196,7 @@ def _choose(model: object, args: argparse.Namespace) -> tuple[dict[str, float], 
     """``register --choose``: the parameters a label-free criterion picks for the pair over
     ``--grid``, and the record written to choice.json."""
     from regzoo.inference import choose_parameters
+    from regzoo.study import parameter_title
     from regzoo.sweep import parse_grid
 
     chosen, result = choose_parameters(
@@ -237,7 +210,7 @@ def _choose(model: object, args: argparse.Namespace) -> tuple[dict[str, float], 
         resample=args.resample,
         fixed_labels=args.fixed_labels,
     )
-    print(f"{args.choose} chose {_title(chosen)} out of {len(result.settings)} settings")
+    print(f"{args.choose} chose {parameter_title(chosen)} out of {len(result.settings)} settings")
     record = {
         "criterion": args.choose,
         "params": chosen,
@@ -274,7 +247,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
         model = load_model(args.model, plugins=args.plugin)
         params = model.objective.resolve(parse_params(args.param))
-        window = tuple(model.config.data.intensity_window)
+        window = model.config.data.intensity_window
         dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
         check_dimension(model, dataset)
         options = _refine_options(args)
@@ -295,129 +268,43 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
     from regzoo.data.learn2reg import Learn2RegDataset
-    from regzoo.evaluation import check_dimension, check_metric, compare_refinement
-    from regzoo.explore.command import explore_command
+    from regzoo.model import load_model
+    from regzoo.study import parameter_title, run_sweep_study
+    from regzoo.sweep import parse_grid
 
     if args.refine_grid and not args.refine:
         raise InputError("--refine-grid needs --refine N (the iterations per setting)")
-    from regzoo.inference import read_image, read_pair
-    from regzoo.io import output_folder
-    from regzoo.model import load_model
-    from regzoo.report import overlay_figure, write_sweep_report
-    from regzoo.sweep import optimize_dataset, parse_grid, sweep
-
     model = load_model(args.model, plugins=args.plugin)
-    grid = parse_grid(args.grid)
-    window = tuple(model.config.data.intensity_window)
+    window = model.config.data.intensity_window
     dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
-    check_dimension(model, dataset)
-    if args.metric:
-        check_metric(args.metric, dataset[0])
-    if args.metric and args.criterion:
-        raise InputError("give --metric or --criterion, not both")
-    from regzoo.criteria import needs_backward
-
-    backward = needs_backward(args.criterion)
-    result = sweep(
+    study = run_sweep_study(
         model,
         dataset,
-        grid,
+        parse_grid(args.grid),
+        args.out,
+        metric=args.metric,
         batch_size=args.batch_size,
-        refine_steps=args.refine if args.refine_grid else 0,
+        refine=args.refine,
+        refine_grid=args.refine_grid,
         max_folding=args.max_folding,
-        backward=backward,
+        criterion=args.criterion,
+        optimize=args.optimize,
+        optimize_steps=args.optimize_steps,
+        figure=args.figure,
+        checkpoint=args.model,
+        data=args.data,
     )
-    # an exact sweep also scores the grid by the network alone (one forward per setting), so
-    # the report can say whether the network's ranking agrees with the refined one
-    network = (
-        sweep(model, dataset, grid, batch_size=args.batch_size, max_folding=args.max_folding)
-        if args.refine_grid
-        else None
-    )
-    optimized = (
-        optimize_dataset(model, dataset, names=result.names, steps=args.optimize_steps)
-        if args.optimize
-        else []
-    )
-    out = Path(args.out)
-    metric = args.metric or result.default_metric()
-    best = result.choose(args.criterion) if args.criterion else result.best(metric)
-    comparison = None
-    if args.refine:
-        chosen = {n: best[n] for n in result.names}
-        comparison = compare_refinement(model, dataset, chosen, refine=args.refine)
-    with output_folder(out) as staging:
-        figure = explore = None
-        if args.figure:
-            ranked = result.ranked(metric)
-            pick = [{n: r[n] for n in result.names} for r in (best, ranked[-1])]
-            first = dataset[0]
-            fixed, moving, masks = read_pair(
-                first["fixed_path"],
-                first["moving_path"],
-                segmentations=_sibling_masks(first["moving_path"]),
-            )
-            figure = overlay_figure(
-                model,
-                fixed,
-                moving,
-                [(f"best: {_title(pick[0])}", pick[0]), (f"worst: {_title(pick[1])}", pick[1])],
-                staging / "overlay.png",
-                moving_mask=masks.get("mask"),
-                fixed_mask=next(
-                    (
-                        read_image(m, what="mask")
-                        for m in _sibling_masks(first["fixed_path"]).values()
-                    ),
-                    None,
-                ),
-                fixed_labels=_sibling_labels(first["fixed_path"]),
-                refine=args.refine if args.refine_grid else 0,
-            )
-            explore = explore_command(
-                args.model,
-                first["fixed_path"],
-                first["moving_path"],
-                fixed_seg=_sibling_masks(first["fixed_path"]).get("mask"),
-                moving_seg=_sibling_masks(first["moving_path"]).get("mask"),
-                params=pick[0],
-            )
-        write_sweep_report(
-            result,
-            staging,
-            metric=metric,
-            criterion=args.criterion,
-            optimized=optimized,
-            comparison=comparison,
-            refine_steps=args.refine,
-            figure=figure,
-            explore=explore,
-            network=network,
-            model=str(args.model),
-            data=str(args.data),
-        )
-    summary = out / "summary.md"
-    score = f"{metric} = {best[metric]:.4f}" if metric in best else "no labels"
+    best = study.best
+    score = f"{study.metric} = {best[study.metric]:.4f}" if study.metric in best else "no labels"
     print(
         "best parameters for the data set: "
-        + _title({n: best[n] for n in result.names})
-        + f" ({args.criterion or metric}; {score})"
+        + parameter_title({n: best[n] for n in study.result.names})
+        + f" ({study.criterion or study.metric}; {score})"
     )
-    for method, scores in (comparison or {}).items():
+    for method, scores in (study.comparison or {}).items():
         print(f"{method:>9}: " + ", ".join(f"{k} {v:.4g}" for k, v in scores.items()))
-    print(f"report: {summary}")
+    print(f"report: {study.summary}")
     return 0
-
-
-def _fraction(text: str) -> float:
-    """argparse type: a number in [0, 1]."""
-    try:
-        value = float(text)
-    except ValueError:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {text!r}") from None
-    if not 0.0 <= value <= 1.0:
-        raise argparse.ArgumentTypeError(f"expected a fraction in [0, 1], got {value}")
-    return value
 
 
 def _cmd_explore(args: argparse.Namespace) -> int:

@@ -2,7 +2,7 @@
 
 A pure schema: every section forbids unknown keys and names close matches, and values are
 checked for type, range and consistency between sections. Nothing here loads a plugin or builds
-a component: :func:`regzoo.objective.build_objective` resolves the plugins, the similarity and
+a component: :func:`regzoo.resolve.build_objective` resolves the plugins, the similarity and
 every regularizer term (names, options, parameter ranges) once, and reports problems as
 :class:`ConfigError` at their key.
 """
@@ -10,12 +10,14 @@ every regularizer term (names, options, parameter ranges) once, and reports prob
 from __future__ import annotations
 
 import copy
+import types
+import typing
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Annotated, Any, Literal
 
 import yaml
-from pydantic import BaseModel, ConfigDict, Field, ValidationError, model_validator
+from pydantic import BaseModel, ConfigDict, Field, TypeAdapter, ValidationError, model_validator
 
 from regzoo._errors import InputError, MissingFileError, RegzooError, unknown_name_message
 from regzoo.io import atomic_write_text
@@ -432,20 +434,86 @@ def _parse_value(text: str) -> Any:
     return yaml.safe_load(text) if text.strip() else ""
 
 
-def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str, Any]:
+def _members(annotation: Any) -> list[Any]:
+    """The members of a union annotation (``X | None`` -> ``[X, None]``), or ``[annotation]``."""
+    if typing.get_origin(annotation) in (typing.Union, types.UnionType):
+        return list(typing.get_args(annotation))
+    return [annotation]
+
+
+def _field_type(schema: type[BaseModel], parts: Sequence[str]) -> Any:
+    """The declared type of the field at a dotted path of ``schema`` (``None``: not found).
+
+    Sections (pydantic models), list items (an integer part) and dict values are followed; a
+    union of sections (``PhantomConfig | None``) follows its model member.
+    """
+    annotation: Any = schema
+    for part in parts:
+        models = [m for m in _members(annotation) if isinstance(m, type)]
+        section = next((m for m in models if issubclass(m, BaseModel)), None)
+        if section is not None:
+            field = section.model_fields.get(part)
+            if field is None:
+                return None
+            annotation = field.annotation
+            continue
+        containers = [m for m in _members(annotation) if typing.get_origin(m) in (list, dict)]
+        if not containers:
+            return None
+        container = containers[0]
+        args = typing.get_args(container)
+        if typing.get_origin(container) is list and part.isdigit() and args:
+            annotation = args[0]
+        elif typing.get_origin(container) is dict and len(args) == 2:
+            annotation = args[1]
+        else:
+            return None
+    return annotation
+
+
+def _override_value(raw: str, annotation: Any) -> Any:
+    """An override's value for a field of type ``annotation``: the YAML reading of ``raw``
+    (numbers, lists, null...) when the field accepts it, else ``raw`` itself when the field
+    accepts text (``--set name=yes`` is the name "yes", ``run_dir=2024`` the folder "2024")."""
+    value = _parse_value(raw)
+    if annotation is None or isinstance(value, str):
+        return value
+    adapter: TypeAdapter[Any] = TypeAdapter(annotation)
+    try:
+        adapter.validate_python(value)
+    except ValidationError:
+        try:
+            adapter.validate_python(raw)
+        except ValidationError:
+            return value  # the full validation reports the field's error
+        return raw
+    return value
+
+
+def apply_overrides(
+    data: dict[str, Any],
+    overrides: Sequence[str],
+    *,
+    schema: type[BaseModel] | None = None,
+) -> dict[str, Any]:
     """Return a copy of ``data`` with ``dotted.key=value`` overrides applied.
 
-    Integer path parts index lists (``regularizers.0.alpha=0.5``); values are parsed as YAML.
+    Integer path parts index lists (``regularizers.0.alpha=0.5``). Values are parsed as YAML,
+    then checked against the field's declared type in ``schema`` (``ExperimentConfig`` by
+    default): a text field keeps the text as given (``name=yes``, ``run_dir=2024``) where the
+    YAML reading (a boolean, a number) is not of its type.
 
     Raises:
         ConfigError: for a malformed override or a path through a non-container.
     """
+    schema = ExperimentConfig if schema is None else schema
     result = copy.deepcopy(data)
     for item in overrides:
         key, sep, raw = item.partition("=")
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like dotted.key=value")
         parts = key.split(".")
+        value = _override_value(raw, _field_type(schema, parts))
         node: Any = result
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
@@ -456,12 +524,12 @@ def apply_overrides(data: dict[str, Any], overrides: Sequence[str]) -> dict[str,
                     )
                 index = int(part)
                 if last:
-                    node[index] = _parse_value(raw)
+                    node[index] = value
                 else:
                     node = node[index]
             elif isinstance(node, dict):
                 if last:
-                    node[part] = _parse_value(raw)
+                    node[part] = value
                 else:
                     node = node.setdefault(part, {})
             else:

@@ -21,10 +21,9 @@ from tqdm.auto import tqdm
 
 from regzoo._errors import InputError, MissingFileError
 from regzoo.data.learn2reg import Learn2RegDataset
-from regzoo.inference import check_finite_field
 from regzoo.io import REPORT_MARKER, output_files, read_displacement
-from regzoo.metrics import dice, folding_fraction, sdlogj, target_registration_error
-from regzoo.model import HyperRegistration
+from regzoo.metrics import dice, jacobian_scores, target_registration_error
+from regzoo.model import HyperRegistration, check_finite_field
 from regzoo.refine import RefineTrace
 from regzoo.refine import refine as refine_output
 from regzoo.spatial import warp_labels
@@ -91,7 +90,7 @@ def check_metric(metric: str, item: Mapping[str, Any]) -> None:
         raise InputError(f"metric '{metric}' needs {needs}, which this data set does not have")
 
 
-def score_pair(item: Mapping[str, Any], displacement: torch.Tensor) -> dict[str, float]:
+def score_pair(item: Mapping[str, Any], displacement: torch.Tensor) -> dict[str, float | None]:
     """Metrics of one displacement ``(D, *spatial)`` for a dataset item (with annotations).
 
     Dice uses the lung masks (``dice``) and label maps when present (``dice_labels``, mean
@@ -118,8 +117,7 @@ def score_pair(item: Mapping[str, Any], displacement: torch.Tensor) -> dict[str,
                 fixed_kp, moving_kp, torch.zeros_like(displacement), spacing
             ).mean()
         )
-    row["sdlogj"] = sdlogj(displacement)
-    row["folding_fraction"] = folding_fraction(displacement)
+    row.update(jacobian_scores(displacement))  # one Jacobian for both scores
     return row
 
 

@@ -23,8 +23,9 @@ from regzoo.io import (
     write_itk_displacement,
     write_nifti,
 )
-from regzoo.model import HyperRegistration
-from regzoo.refine import RefineTrace
+from regzoo.model import HyperRegistration, check_finite_field
+from regzoo.objective import LossTerms
+from regzoo.refine import RefineTrace, result_objective
 from regzoo.refine import refine as refine_output
 from regzoo.spatial import jacobian_determinant, warp
 
@@ -32,6 +33,7 @@ __all__ = [
     "RegistrationResult",
     "build_result",
     "choose_parameters",
+    "objective_readout",
     "read_image",
     "read_labels",
     "read_pair",
@@ -59,6 +61,9 @@ class RegistrationResult:
             (``linear_elastic.mu``), when the fixed image's label map was given.
         refine_iterations: the refinement iterations that ran (fewer than asked when it
             stopped early), 0 without refinement.
+        objective: the model's own objective of the result (:func:`objective_readout`:
+            ``objective``, ``similarity`` and each term's ``energies``), as refinement
+            minimises it; ``None`` for a per-label model without the fixed label map.
     """
 
     displacement: torch.Tensor
@@ -68,6 +73,18 @@ class RegistrationResult:
     affine: np.ndarray = field(default_factory=lambda: np.eye(4))
     parameter_maps: dict[str, torch.Tensor] = field(default_factory=dict)
     refine_iterations: int = 0
+    objective: dict[str, Any] | None = None
+
+
+def objective_readout(terms: LossTerms, index: int = 0) -> dict[str, Any]:
+    """One sample's objective as plain numbers: ``{"objective", "similarity", "energies"}``
+    (each term's energy without its weight), what ``register``, the sweep and the explorer
+    report."""
+    return {
+        "objective": float(terms.total[index]),
+        "similarity": float(terms.similarity[index]),
+        "energies": {name: float(e[index]) for name, e in terms.energies.items()},
+    }
 
 
 def read_image(image: ImageLike, *, what: str = "image") -> Volume:
@@ -88,7 +105,7 @@ def read_image(image: ImageLike, *, what: str = "image") -> Volume:
         raise InputError(f"expected a 2D or 3D {what}, got shape {tuple(data.shape)}")
     if not bool(torch.isfinite(data).all()):
         raise InputError(f"{what} contains NaN or infinite values")
-    return Volume(data.numpy(), np.eye(4), label=what)
+    return Volume(data.numpy(), np.eye(4), name=what)
 
 
 def read_pair(
@@ -126,7 +143,7 @@ def read_pair(
     return (
         fixed_v,
         resample_like(moving_v, fixed_v),
-        {name: resample_like(seg, fixed_v, label=True) for name, seg in segs.items()},
+        {name: resample_like(seg, fixed_v, nearest=True) for name, seg in segs.items()},
     )
 
 
@@ -189,7 +206,7 @@ def register(
     m = normalize_intensity(moving_t, window)[None, None].to(device)
     trace = RefineTrace()
     if refine:
-        displacement = refine_output(
+        output = refine_output(
             model,
             f,
             m,
@@ -200,12 +217,17 @@ def register(
             labels=labels,
             trace=trace,
             **(refine_options or {}),
-        ).displacement
+        )
     else:
         with torch.no_grad():
-            displacement = model(f, m, resolved).displacement
-    result = build_result(displacement, moving_t, resolved, fixed_v.affine)
+            output = model(f, m, resolved)
+    result = build_result(output.displacement, moving_t, resolved, fixed_v.affine)
     result.refine_iterations = trace.total_iterations
+    if labels is not None or not model.objective.needs_labels:
+        terms = result_objective(
+            model, f, m, output, resolved, spacing=fixed_v.spacing, labels=labels
+        )
+        result.objective = objective_readout(terms)
     if labels is not None:
         maps = model.objective.parameter_maps(model.objective.to_tensor(resolved), labels.cpu())
         result.parameter_maps = {name: value[0, 0] for name, value in maps.items()}
@@ -303,33 +325,12 @@ def read_labels(
         if needed:
             raise InputError(
                 "the model has per-label parameters: refinement needs the fixed image's label "
-                "map (register: --fixed-labels PATH)"
+                "map (register and explore: --fixed-labels PATH)"
             )
         return None
     volume = read_image(labels, what="fixed label map")
     check_same_grid(fixed.grid, volume.grid)
     return torch.from_numpy(np.rint(volume.data).astype(np.int64))[None, None].to(model.device)
-
-
-def check_finite_field(
-    displacement: torch.Tensor, params: Mapping[str, float] | None = None, where: str = ""
-) -> None:
-    """Refuse a displacement holding NaN or infinite values: no command writes, scores or
-    ranks one (a model whose weights are finite can still produce it after a diverged run).
-
-    Raises:
-        InputError: naming the parameters and the pair (``where``).
-    """
-    finite = torch.isfinite(displacement)
-    if bool(finite.all()):
-        return
-    share = 1.0 - float(finite.float().mean())
-    setting = ", ".join(f"{k}={v:.4g}" for k, v in (params or {}).items())
-    raise InputError(
-        f"the model produced a displacement with {share:.1%} NaN or infinite values"
-        f"{' at ' + setting if setting else ''}{' on ' + where if where else ''}: its weights "
-        "are broken (the training diverged?); nothing was written"
-    )
 
 
 def build_result(

@@ -1,6 +1,7 @@
 """The similarities lung-CT registration is won with: MIND-SSC, NGF and Parzen mutual information.
 
-Registered in :data:`regzoo.similarity.SIMILARITIES` as ``mind_ssc``, ``ngf`` and ``mi``; each
+Registered in :data:`regzoo.similarity.SIMILARITIES` as ``mind_ssc``, ``ngf`` and ``mi`` (the
+package imports this module, so they are there whatever one imports from regzoo); each
 works in 2D and 3D, is a loss (lower is better) and passes
 :func:`regzoo.testing.check_similarity_properties`.
 
@@ -148,6 +149,8 @@ class MINDSSC(DescriptorSimilarity):
     """
 
     Options = MINDOptions
+
+    options: MINDOptions
     bounds = (0.0, 1.0)
 
     @property
@@ -211,6 +214,8 @@ class NGF(Similarity):
     """
 
     Options = NGFOptions
+
+    options: NGFOptions
     bounds = (0.0, 1.0)
 
     @property
@@ -284,6 +289,8 @@ class MI(Similarity):
     """
 
     Options = MIOptions
+
+    options: MIOptions
     bounds = (-math.log(256), 0.0)  # bins <= 256
 
     @property

@@ -9,20 +9,23 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from pydantic import ValidationError
 
 from regzoo._errors import InputError, MissingFileError, PluginError, RegzooError
 from regzoo.config import ExperimentConfig
 from regzoo.metrics import dice, target_registration_error
 from regzoo.nets import RegistrationNet, RegistrationOutput
-from regzoo.objective import LossTerms, build_objective
+from regzoo.objective import LossTerms
 from regzoo.registry import load_plugins
+from regzoo.resolve import build_objective
 from regzoo.spatial import Spacing, warp, warp_labels
 
 __all__ = [
     "HyperRegistration",
     "NonFiniteLossError",
     "build_network",
+    "check_finite_field",
     "learning_rate_factor",
     "load_model",
     "plugin_reference",
@@ -59,7 +62,7 @@ class HyperRegistration(L.LightningModule):
         self.config = config
         self.save_hyperparameters({"config": config.model_dump(mode="json")})
         self.objective = build_objective(config)
-        self.space = self.objective.free_space
+        self.space = self.objective.space
         self.net = build_network(config, len(self.space))
         self._generator = torch.Generator().manual_seed(config.seed)
 
@@ -203,7 +206,7 @@ class HyperRegistration(L.LightningModule):
     def _log_terms(
         self, stage: str, terms: LossTerms, batch_size: int, lookahead: torch.Tensor | None = None
     ) -> torch.Tensor:
-        loss = terms.training.mean()
+        loss = terms.training_loss.mean()
         if lookahead is not None:
             loss = loss + lookahead.mean()
             self.log(f"{stage}/lookahead", lookahead.mean(), batch_size=batch_size)
@@ -254,15 +257,21 @@ class HyperRegistration(L.LightningModule):
         }
 
     def on_before_optimizer_step(self, optimizer: torch.optim.Optimizer) -> None:
-        """Never let a non-finite gradient into the weights (error, or skip by config)."""
+        """Never let a non-finite gradient into the weights (error, or skip by config).
+
+        One fused reduction over every gradient (``torch._foreach_norm``: a NaN or infinite
+        entry makes its tensor's norm non-finite) and one host-device sync per step; the
+        offending tensor is looked up only when there is one.
+        """
+        grads = [p.grad for p in self.parameters() if p.grad is not None]
+        if not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):
+            self._skipped = 0
+            return
         bad = [
             name
             for name, p in self.named_parameters()
             if p.grad is not None and not bool(torch.isfinite(p.grad).all())
-        ]
-        if not bad:
-            self._skipped = 0
-            return
+        ] or ["(a gradient norm overflowed)"]
         if self.config.trainer.nonfinite == "skip" and self._skip(f"gradient ({bad[0]})"):
             optimizer.zero_grad(set_to_none=True)
             return
@@ -332,7 +341,8 @@ class HyperRegistration(L.LightningModule):
         The conditioning path is the hypernetwork's MLP, the FiLM layers and, for generated
         weights, the heads' weight matrices (their biases hold the parameter-independent
         kernels: the backbone)."""
-        conditioning, backbone = [], []
+        conditioning: list[torch.nn.Parameter] = []
+        backbone: list[torch.nn.Parameter] = []
         for name, parameter in self.named_parameters():
             is_conditioning = (
                 name.startswith("net.hypernet.") or "film." in name or name.endswith("_head.weight")
@@ -344,7 +354,7 @@ class HyperRegistration(L.LightningModule):
             groups.append({"params": conditioning, "lr": self.config.optimizer.lr * scale})
         return groups
 
-    def configure_optimizers(self) -> dict[str, Any]:
+    def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
         """Adam (or AdamW) with the configured learning rate and schedule, fused where torch
         supports it (not with gradient clipping under mixed precision, which Lightning refuses).
 
@@ -385,15 +395,41 @@ class HyperRegistration(L.LightningModule):
             "config": self.config.model_dump(mode="json"),
             "plugins": [plugin_reference(p) for p in self.config.plugins],
             "free_parameters": self.space.names,
-            "sampler_state": self._generator.get_state(),
+            "sampler_states": self._sampler_states(),
             "config_digest": config_digest(self.config),
         }
 
+    def _sampler_states(self) -> torch.Tensor:
+        """Every rank's sampler state ``(world_size, N)``: under DDP each process draws its own
+        stream, and the checkpoint (written by rank zero) must hold all of them. Every rank
+        runs this hook when Lightning saves, so the gather is collective."""
+        state = self._generator.get_state()
+        trainer = self._trainer
+        if trainer is None or trainer.world_size == 1:
+            return state[None]
+        gathered = self.all_gather(state.to(self.device))
+        assert isinstance(gathered, torch.Tensor)
+        return gathered.reshape(trainer.world_size, -1).cpu()
+
     def on_load_checkpoint(self, checkpoint: dict[str, Any]) -> None:
-        """Restore the parameter sampler's state when training resumes."""
-        state = checkpoint.get(CHECKPOINT_KEY, {}).get("sampler_state")
-        if state is not None:
-            self._generator.set_state(state.cpu())
+        """Restore this rank's parameter sampler state when training resumes.
+
+        A checkpoint written by as many processes holds each rank's own state. Resumed on
+        another number of processes, rank ``r`` is seeded from ``(seed, r, step)`` instead:
+        every rank still draws its own parameters, never rank zero's.
+        """
+        extras = checkpoint.get(CHECKPOINT_KEY, {})
+        states = extras.get("sampler_states")
+        if states is None and extras.get("sampler_state") is not None:
+            states = extras["sampler_state"][None]  # a checkpoint of one process
+        trainer = self._trainer
+        world = trainer.world_size if trainer is not None else 1
+        rank = self.global_rank
+        if states is not None and len(states) == world:
+            self._generator.set_state(states[rank].to("cpu", torch.uint8).clone())
+        else:
+            step = int(checkpoint.get("global_step", 0))
+            self._generator.manual_seed(hash((self.config.seed, rank, step)) & (2**63 - 1))
 
 
 def learning_rate_factor(step: int, schedule: str, warmup_steps: int, total_steps: int) -> float:
@@ -432,6 +468,27 @@ def config_digest(config: ExperimentConfig) -> str:
     fixed = {k: data.get(k) for k in ("model", "regularizers", "similarity", "weighting",
                                        "regularize")}  # fmt: skip
     return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
+
+
+def check_finite_field(
+    displacement: torch.Tensor, params: Mapping[str, float] | None = None, where: str = ""
+) -> None:
+    """Refuse a displacement holding NaN or infinite values: no command writes, scores or
+    ranks one (a model whose weights are finite can still produce it after a diverged run).
+
+    Raises:
+        InputError: naming the parameters and the pair (``where``).
+    """
+    finite = torch.isfinite(displacement)
+    if bool(finite.all()):
+        return
+    share = 1.0 - float(finite.float().mean())
+    setting = ", ".join(f"{k}={v:.4g}" for k, v in (params or {}).items())
+    raise InputError(
+        f"the model produced a displacement with {share:.1%} NaN or infinite values"
+        f"{' at ' + setting if setting else ''}{' on ' + where if where else ''}: its weights "
+        "are broken (the training diverged?); nothing was written"
+    )
 
 
 def plugin_reference(spec: str) -> str:
@@ -531,7 +588,7 @@ def load_model(
     config_data = {**dict(extras.get("config", {})), "plugins": trusted}
     try:
         config = ExperimentConfig.model_validate(config_data)
-        free = build_objective(config).free_space
+        free = build_objective(config).space
     except (ValidationError, RegzooError) as exc:
         untrusted = [p for p in stored if p not in trusted]
         if untrusted:

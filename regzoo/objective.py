@@ -5,35 +5,27 @@ weight ``alpha``) that a config leaves free, named ``term.param`` (e.g. ``linear
 in term order. A parameter given per tissue label contributes one entry per label,
 ``term.param@label`` (e.g. ``linear_elastic.mu@lung``), and reaches its regularizer as a spatial
 map ``(B, 1, *spatial)`` built from the fixed image's label map. Fixed parameters are constants
-of the objective. No code here branches on a regularizer's name.
+of the objective. No code here branches on a regularizer's name, and nothing here reads a
+config: :func:`regzoo.resolve.build_objective` builds an objective from one.
 """
 
 from __future__ import annotations
 
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
 
 import torch
-from pydantic import ValidationError
 from torch import nn
 
-from regzoo._errors import InputError, PluginError, UnknownNameError, unknown_name_message
+from regzoo._errors import InputError, UnknownNameError, unknown_name_message
 from regzoo.params import ParamSpace, ParamSpec
-from regzoo.registry import load_plugins
-from regzoo.regularizers import REGULARIZERS, Regularizer
-from regzoo.similarity import SIMILARITIES, MultiScale, Similarity
+from regzoo.regularizers import Regularizer
+from regzoo.similarity import Similarity
 from regzoo.spatial import Spacing
 
-if TYPE_CHECKING:
-    from regzoo.config import ExperimentConfig, ParamRange, TermConfig
-
-__all__ = ["LabelMap", "LossTerms", "Objective", "Term", "build_objective", "build_term"]
+__all__ = ["LabelMap", "LossTerms", "Objective", "Term"]
 
 WEIGHTINGS = ("additive", "hypermorph", "normalized")
-ALPHA = ParamSpec(
-    name="alpha", low=0.0, high=1.0, default=1.0, domain=(0.0, None), description="term weight"
-)
 
 
 @dataclass(frozen=True)
@@ -79,7 +71,7 @@ class Term:
     ``maps[p]`` that turns their values into a spatial map.
     """
 
-    label: str
+    name: str
     regularizer: Regularizer
     specs: dict[str, ParamSpec]
     maps: dict[str, LabelMap] = field(default_factory=dict)
@@ -94,7 +86,7 @@ class LossTerms:
         similarity: the similarity loss.
         energies: each term's energy (without its weight).
         normalizer: a detached positive factor per sample; training minimises
-            ``total / normalizer`` (see :attr:`training`), which has the same minimiser per
+            ``total / normalizer`` (see :attr:`training_loss`), which has the same minimiser per
             sample but a gradient of comparable size for soft and stiff samples.
     """
 
@@ -104,94 +96,9 @@ class LossTerms:
     normalizer: torch.Tensor
 
     @property
-    def training(self) -> torch.Tensor:
+    def training_loss(self) -> torch.Tensor:
         """The per-sample training loss ``total / normalizer`` ``(B,)``."""
         return self.total / self.normalizer
-
-
-def _configured_spec(base: ParamSpec, value: float | ParamRange | None) -> ParamSpec:
-    if value is None:
-        return base
-    if isinstance(value, int | float):
-        return base.fixed(float(value))
-    base.check_domain(value.low)
-    base.check_domain(value.high)
-    scale = value.scale or base.scale
-    if scale == "log" and value.low <= 0:
-        hint = "" if value.scale else f" ('{base.name}' is declared on a log scale)"
-        raise InputError(
-            f"parameter '{base.name}': a log-scale range needs low > 0, got "
-            f"[{value.low:g}, {value.high:g}]{hint}; give a positive low or scale: linear"
-        )
-    if value.default is not None:
-        default = value.default
-    elif value.low <= base.default <= value.high and base.name != "alpha":
-        default = base.default
-    else:
-        mid = ParamSpace.of(
-            ParamSpec(
-                name=base.name, low=value.low, high=value.high, default=value.low, scale=scale
-            )
-        ).denormalize(torch.tensor([0.5], dtype=torch.float64))
-        default = float(mid[0])
-    return ParamSpec(
-        name=base.name,
-        low=value.low,
-        high=value.high,
-        default=default,
-        scale=scale,
-        domain=base.domain,
-        description=base.description,
-    )
-
-
-def build_term(config: TermConfig, labels: Mapping[str, int] | None = None) -> Term:
-    """Instantiate one term's regularizer and resolve its parameter specs.
-
-    Args:
-        config: the term's config.
-        labels: label name -> value in the label maps, for per-label parameters.
-
-    Raises:
-        UnknownNameError: unknown regularizer, parameter or label name (close matches named).
-        InputError: invalid ranges (outside the parameter's domain, log scale with low <= 0),
-            or a per-label parameter of a regularizer that does not accept spatial maps.
-        pydantic.ValidationError: invalid options for the regularizer's ``Options`` model.
-    """
-    from regzoo.config import PerLabel
-
-    cls = REGULARIZERS.get(config.name)
-    unknown = [k for k in config.params if k not in cls.space.names]
-    if unknown:
-        raise UnknownNameError(unknown_name_message("parameter", unknown[0], cls.space.names))
-    specs: dict[str, ParamSpec] = {}
-    maps: dict[str, LabelMap] = {}
-    for spec in cls.space:
-        value = config.params.get(spec.name)
-        if not isinstance(value, PerLabel):
-            specs[spec.name] = _configured_spec(spec, value)
-            continue
-        if not cls.spatial_params:
-            raise InputError(
-                f"parameter '{spec.name}' is given per_label, but the regularizer "
-                f"'{config.name}' does not accept spatial parameter maps"
-            )
-        if labels is None:
-            raise InputError(
-                f"parameter '{spec.name}' is given per_label: the label names need their values "
-                "(data.labels, or a 'labels' mapping in the dataset JSON)"
-            )
-        keys = {}
-        for name, entry in value.per_label.items():
-            if name not in labels:
-                raise UnknownNameError(unknown_name_message("label", name, list(labels)))
-            key = f"{spec.name}@{name}"
-            specs[key] = _configured_spec(spec, entry).renamed(key)
-            keys[key] = int(labels[name])
-        background = spec.default if value.background is None else value.background
-        maps[spec.name] = LabelMap(keys, spec.check_domain(background))
-    specs["alpha"] = _configured_spec(ALPHA, config.alpha)
-    return Term(config.name, cls(**config.options), specs, maps)
 
 
 class Objective(nn.Module):
@@ -211,7 +118,7 @@ class Objective(nn.Module):
     Args:
         similarity: the similarity loss.
         terms: configured regularizer terms.
-        weighting: ``"additive"`` or ``"hypermorph"``.
+        weighting: ``"additive"``, ``"hypermorph"`` or ``"normalized"``.
     """
 
     def __init__(self, similarity: Similarity, terms: Sequence[Term], weighting: str = "additive"):
@@ -222,9 +129,9 @@ class Objective(nn.Module):
         if weighting not in WEIGHTINGS:
             raise InputError(f"weighting must be one of {WEIGHTINGS}, got {weighting!r}")
         self.weighting = weighting
-        self.free_space = ParamSpace(
+        self.space = ParamSpace(
             specs=tuple(
-                spec.renamed(f"{term.label}.{name}")
+                spec.renamed(f"{term.name}.{name}")
                 for term in self.terms
                 for name, spec in term.specs.items()
                 if not spec.is_fixed
@@ -234,7 +141,7 @@ class Objective(nn.Module):
     def fixed_values(self) -> dict[str, float]:
         """Every fixed parameter, as ``term.param -> value``."""
         return {
-            f"{term.label}.{name}": spec.default
+            f"{term.name}.{name}": spec.default
             for term in self.terms
             for name, spec in term.specs.items()
             if spec.is_fixed
@@ -251,7 +158,7 @@ class Objective(nn.Module):
         Raises:
             KeyError: unknown or ambiguous name.
         """
-        names = self.free_space.names
+        names = self.space.names
         if key in names:
             return key
         matches = [n for n in names if n.split(".", 1)[1] == key]
@@ -280,11 +187,11 @@ class Objective(nn.Module):
             if name in canonical:
                 raise InputError(f"parameter '{name}' given twice (as '{given[name]}' and '{key}')")
             canonical[name], given[name] = value, key
-        return self.free_space.validate(canonical)
+        return self.space.validate(canonical)
 
     def to_tensor(self, values: Mapping[str, float] | None = None, batch: int = 1) -> torch.Tensor:
         """Resolve ``values`` and return them as ``(batch, P)``."""
-        return self.free_space.to_tensor(self.resolve(values), batch=batch)
+        return self.space.to_tensor(self.resolve(values), batch=batch)
 
     def term_params(
         self, values: torch.Tensor, labels: torch.Tensor | None = None
@@ -297,12 +204,12 @@ class Objective(nn.Module):
         Raises:
             InputError: if a term has per-label parameters and ``labels`` is missing.
         """
-        free = self.free_space.to_dict(values)
+        free = self.space.to_dict(values)
         return [
             self._with_maps(
                 term,
                 {
-                    name: (spec.default if spec.is_fixed else free[f"{term.label}.{name}"])
+                    name: (spec.default if spec.is_fixed else free[f"{term.name}.{name}"])
                     for name, spec in term.specs.items()
                 },
                 labels,
@@ -315,7 +222,7 @@ class Objective(nn.Module):
         """The spatial parameter maps ``(B, 1, *spatial)`` of the per-label parameters, by full
         name (``linear_elastic.mu``), for free values ``(B, P)`` and a label map."""
         return {
-            f"{term.label}.{name}": params[name]
+            f"{term.name}.{name}": torch.as_tensor(params[name])
             for term, params in zip(self.terms, self.term_params(values, labels), strict=True)
             for name in term.maps
         }
@@ -332,9 +239,9 @@ class Objective(nn.Module):
             return params
         if labels is None:
             raise InputError(
-                f"term '{term.label}' has per-label parameters "
+                f"term '{term.name}' has per-label parameters "
                 f"({', '.join(k for m in term.maps.values() for k in m.labels)}): it needs the "
-                "fixed image's label map (labelsTr; register: --fixed-labels)"
+                "fixed image's label map (labelsTr; register and explore: --fixed-labels)"
             )
         for name, label_map in term.maps.items():
             params[name] = label_map.build(params, labels, like)
@@ -378,7 +285,7 @@ class Objective(nn.Module):
             # the term's own specs (config bounds, possibly wider than the declared ones) were
             # validated when the objective was built, so the energy is called directly
             energy = term.regularizer.energy(field, params, spacing)
-            energies[term.label] = energy
+            energies[term.name] = energy
             weighted = weighted + alpha * energy
             weight_sum = weight_sum + alpha
             if self.weighting == "normalized":
@@ -410,68 +317,3 @@ class Objective(nn.Module):
         alpha = defaults.pop("alpha")
         with torch.no_grad():
             return alpha * term.regularizer.energy(field, defaults, spacing)
-
-
-def build_objective(config: ExperimentConfig) -> Objective:
-    """Resolve a config's components once: plugins, similarity, terms and the free space.
-
-    This is where a config's names and options meet the registries (``config.py`` is a pure
-    schema): plugins are loaded, the similarity and each regularizer are built with their
-    options, parameter ranges are checked against their domains, and the free space is checked
-    against ``model.hyper``.
-
-    Raises:
-        ConfigError: naming the key of each problem (``regularizers.0.params``...).
-    """
-    from regzoo.config import ConfigError, config_error_text
-
-    def fail(key: str, exc: BaseException) -> ConfigError:
-        message = exc.args[0] if exc.args else str(exc)
-        if isinstance(exc, ValidationError):
-            message = "invalid options: " + "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
-            )
-        return ConfigError(config_error_text([f"{key}: {message}"]))
-
-    try:
-        load_plugins(config.plugins)
-    except PluginError as exc:
-        raise fail("plugins", exc) from None
-    try:
-        similarity = SIMILARITIES.get(config.similarity.name)(**config.similarity.options)
-        if config.similarity.scales != [1]:
-            similarity = MultiScale(similarity, config.similarity.scales)
-    except (KeyError, ValueError, ValidationError) as exc:
-        raise fail("similarity", exc) from None
-    terms = []
-    for index, term in enumerate(config.regularizers):
-        if term.name in (t.label for t in terms):
-            raise fail(
-                f"regularizers.{index}.name", ValueError(f"term '{term.name}' appears twice")
-            )
-        try:
-            terms.append(build_term(term, config.data.labels))
-        except (KeyError, ValueError, ValidationError) as exc:
-            raise fail(f"regularizers.{index}", exc) from None
-    if config.weighting == "hypermorph" and len(terms) != 1:
-        raise fail("weighting", ValueError("'hypermorph' needs exactly one regularizer term"))
-    objective = Objective(similarity, terms, config.weighting)
-    free = len(objective.free_space)
-    if not config.model.hyper and free:
-        raise fail(
-            "model.hyper",
-            ValueError(
-                "false trains a plain VoxelMorph with fixed parameters: give every parameter "
-                f"(and alpha) a number instead of a {{low, high}} range (free: "
-                f"{', '.join(objective.free_space.names)})"
-            ),
-        )
-    if config.model.hyper and free == 0:
-        raise fail(
-            "model.hyper",
-            ValueError(
-                "true but every parameter is fixed: free one (give it {low, high}) or set "
-                "model.hyper=false"
-            ),
-        )
-    return objective

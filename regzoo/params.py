@@ -11,6 +11,7 @@ tensor ``(B, P)`` in the order of the space.
 
 from __future__ import annotations
 
+import itertools
 import math
 from collections.abc import Iterator, Mapping, Sequence
 from typing import Literal
@@ -20,7 +21,7 @@ from pydantic import BaseModel, ConfigDict, model_validator
 
 from regzoo._errors import InputError, UnknownNameError
 
-__all__ = ["ParamSpace", "ParamSpec"]
+__all__ = ["ParamSpace", "ParamSpec", "parse_params"]
 
 
 class ParamSpec(BaseModel):
@@ -103,24 +104,45 @@ class ParamSpec(BaseModel):
         default: float | None = None,
         scale: Literal["linear", "log"] | None = None,
     ) -> ParamSpec:
-        """Return a copy with new bounds; the default is clamped into them unless given.
+        """Return a copy with new bounds (and scale); the one way a range is configured.
+
+        Unless given, the default stays where it is when it lies inside the new bounds, and
+        moves to their :attr:`middle` (on the new scale) otherwise.
 
         Raises:
-            ValueError: if the new bounds are inconsistent.
+            ValueError: if the new bounds are inconsistent, leave the physical domain, or put a
+                bound <= 0 on a log scale (naming an inherited log scale).
         """
         new_low = self.low if low is None else float(low)
         new_high = self.high if high is None else float(high)
-        if default is None:
-            default = min(max(self.default, new_low), new_high)
-        return ParamSpec(
+        new_scale = scale or self.scale
+        for bound in (new_low, new_high):
+            self.check_domain(bound)
+        if new_scale == "log" and new_low <= 0:
+            hint = "" if scale else f" ('{self.name}' is declared on a log scale)"
+            raise InputError(
+                f"parameter '{self.name}': a log-scale range needs low > 0, got "
+                f"[{new_low:g}, {new_high:g}]{hint}; give a positive low or scale: linear"
+            )
+        if default is None and new_low <= self.default <= new_high:
+            default = self.default
+        spec = ParamSpec(
             name=self.name,
             low=new_low,
             high=new_high,
-            default=float(default),
-            scale=scale or self.scale,
+            default=new_low if default is None else float(default),
+            scale=new_scale,
             domain=self.domain,
             description=self.description,
         )
+        return spec if default is not None else spec.override(default=spec.middle)
+
+    @property
+    def middle(self) -> float:
+        """The middle of ``[low, high]`` on the parameter's scale (geometric for log)."""
+        if self.scale == "log":
+            return math.sqrt(self.low * self.high)
+        return (self.low + self.high) / 2
 
     def fixed(self, value: float) -> ParamSpec:
         """Return a copy fixed to ``value`` (``low == high == default == value``).
@@ -281,8 +303,12 @@ class ParamSpace(BaseModel):
             lo, hi = (math.log(s.low), math.log(s.high)) if s.scale == "log" else (s.low, s.high)
             lows.append(lo)
             highs.append(hi)
-        kwargs = {"dtype": like.dtype, "device": like.device} if like is not None else {}
-        return torch.tensor(lows, **kwargs), torch.tensor(highs, **kwargs)
+        dtype = like.dtype if like is not None else None
+        device = like.device if like is not None else None
+        return (
+            torch.tensor(lows, dtype=dtype, device=device),
+            torch.tensor(highs, dtype=dtype, device=device),
+        )
 
     def _log_mask(self, like: torch.Tensor) -> torch.Tensor:
         return torch.tensor(
@@ -306,9 +332,8 @@ class ParamSpace(BaseModel):
         transformed = lows + unit * (highs - lows)
         values = torch.where(self._log_mask(unit), torch.exp(transformed), transformed)
         # exp(log(high)) may round past high in float32: the ends map exactly onto the bounds
-        kwargs = {"dtype": values.dtype, "device": values.device}
-        floor = torch.tensor([s.low for s in self.specs], **kwargs)
-        ceiling = torch.tensor([s.high for s in self.specs], **kwargs)
+        floor = torch.tensor([s.low for s in self.specs], dtype=values.dtype, device=values.device)
+        ceiling = torch.tensor([s.high for s in self.specs], dtype=values.dtype, device=values.device)
         inside = (unit >= 0) & (unit <= 1)
         return torch.where(inside, torch.minimum(torch.maximum(values, floor), ceiling), values)
 
@@ -340,12 +365,34 @@ class ParamSpace(BaseModel):
             unit = torch.where(snap, ends, unit)
         return self.denormalize(unit).to(device) if device is not None else self.denormalize(unit)
 
-    def grid(self, steps: int | Sequence[int]) -> torch.Tensor:
-        """Regular grid ``(prod(steps), P)`` over the space, on each parameter's scale.
+    def grid(
+        self,
+        steps: int | Sequence[int] | Mapping[str, Sequence[float]],
+        *,
+        values: Mapping[str, float] | None = None,
+    ) -> torch.Tensor:
+        """Regular grid ``(N, P)`` over the space: every combination, the first axis varying
+        slowest (as :func:`itertools.product`; for explicit axes, in the mapping's order).
 
         Args:
-            steps: points per parameter (one int for all, or one per parameter).
+            steps: points per parameter, evenly on each parameter's scale over ``[low, high]``
+                (one int for all, or one per parameter); or explicit axes, ``name -> values``
+                (each checked against the bounds), the other parameters held at ``values``.
+            values: the parameters off the axes (defaults where not given).
+
+        Raises:
+            ValueError: a step count per parameter that does not match, or an axis value
+                outside its parameter's bounds.
+            KeyError: an axis of an unknown parameter.
         """
+        if isinstance(steps, Mapping):
+            held = self.validate(values)
+            columns = {name: [self[name].check(v) for v in steps[name]] for name in steps}
+            rows = []
+            for combo in itertools.product(*columns.values()):
+                row = {**held, **dict(zip(columns, combo, strict=True))}
+                rows.append([row[name] for name in self.names])
+            return torch.tensor(rows, dtype=torch.float32).reshape(len(rows), len(self))
         if isinstance(steps, int):
             steps = [steps] * len(self)
         if len(steps) != len(self):
@@ -379,3 +426,24 @@ class ParamSpace(BaseModel):
     def describe(self) -> list[dict[str, float | str]]:
         """JSON-ready description: one dict per parameter."""
         return [s.model_dump() for s in self.specs]
+
+
+def parse_params(items: Sequence[str]) -> dict[str, float]:
+    """Parse ``NAME=NUMBER`` items (``--param``) into a mapping.
+
+    Raises:
+        ValueError: for an item that is not ``NAME=NUMBER`` or a name given twice.
+    """
+    params: dict[str, float] = {}
+    for item in items:
+        name, sep, text = item.partition("=")
+        try:
+            value = float(text)
+        except ValueError:
+            sep = ""
+        if not sep or not name:
+            raise InputError(f"--param {item!r} must look like NAME=NUMBER")
+        if name in params:
+            raise InputError(f"--param {name} given twice")
+        params[name] = value
+    return params

@@ -37,18 +37,39 @@ from tqdm.auto import tqdm
 from regzoo._errors import InputError, RegzooError
 from regzoo.lung_similarity import DescriptorSimilarity
 from regzoo.nets import RegistrationOutput
-from regzoo.objective import Objective
+from regzoo.objective import LossTerms, Objective
 from regzoo.similarity import SIMILARITIES, Similarity
 from regzoo.spatial import Spacing, check_image, integrate_velocity, resize_flow, warp
 
 if TYPE_CHECKING:
     from regzoo.model import HyperRegistration
 
-__all__ = ["RefineCancelledError", "RefineOptions", "RefineTrace", "refine", "refine_field"]
+__all__ = [
+    "RefineCancelledError",
+    "RefineOptions",
+    "RefineTrace",
+    "check_steps",
+    "field_objective",
+    "refine",
+    "refine_field",
+    "result_objective",
+]
 
 
 class RefineCancelledError(RegzooError):
     """A refinement stopped because its :class:`RefineTrace` was cancelled."""
+
+
+def check_steps(steps: int, *, minimum: int = 0, what: str = "refine: steps") -> int:
+    """The one check of a refinement's iteration count (``refine``, ``register --refine``, the
+    explorer's refine button and ``--refine-steps``).
+
+    Raises:
+        InputError: naming ``what``, for a count that is not an integer ``>= minimum``.
+    """
+    if isinstance(steps, bool) or not isinstance(steps, int) or steps < minimum:
+        raise InputError(f"{what} must be an integer >= {minimum}, got {steps!r}")
+    return steps
 
 
 @dataclass(frozen=True)
@@ -95,8 +116,7 @@ class RefineOptions:
     progress: bool = False
 
     def __post_init__(self) -> None:
-        if self.steps < 0:
-            raise InputError(f"refine: steps must be >= 0, got {self.steps}")
+        check_steps(self.steps)
         if not self.lr > 0:
             raise InputError(f"refine: lr must be > 0, got {self.lr}")
         if self.levels < 1:
@@ -155,6 +175,86 @@ class RefineTrace:
         return sum(self.iterations)
 
 
+def field_objective(
+    objective: Objective,
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    displacement: torch.Tensor,
+    field: torch.Tensor,
+    values: torch.Tensor,
+    spacing: Spacing = None,
+    labels: torch.Tensor | None = None,
+) -> LossTerms:
+    """The objective of one field: ``moving`` warped by ``displacement`` against ``fixed``,
+    plus every term's energy of ``field`` (the displacement, or the velocity it integrates).
+
+    The one place where a result's objective is computed: :func:`result_objective`
+    (register, the sweep, the explorer) reads it out, and refinement minimises the same sum
+    (:meth:`~regzoo.objective.Objective.combine`; it evaluates the similarity itself, to
+    reuse descriptors or to refine under another similarity).
+
+    Args:
+        objective: the similarity and regularizer terms (e.g. ``model.objective``).
+        fixed: fixed images ``(B, 1, *spatial)``, as the objective expects them.
+        moving: moving images, same shape.
+        displacement: ``(B, D, *spatial)`` in voxels.
+        field: the field the energies see (``displacement``, or the velocity).
+        values: the free parameters ``(B, P)`` in the order of ``objective.space``.
+        spacing: voxel spacing the energies use (``None``: voxel units).
+        labels: the fixed image's label map, for per-label parameters.
+    """
+    return objective(fixed, warp(moving, displacement), field, values, spacing, labels)
+
+
+def result_objective(
+    model: HyperRegistration,
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    output: RegistrationOutput,
+    params: Mapping[str, float] | torch.Tensor | None = None,
+    *,
+    spacing: Spacing = None,
+    labels: torch.Tensor | None = None,
+) -> LossTerms:
+    """The model's own objective of a registration result, exactly as refinement minimises it.
+
+    The energies see the field the model regularises (``regularize: velocity`` or the
+    displacement), in the units it was trained in (``spacing`` in mm, through
+    :meth:`~regzoo.model.HyperRegistration.energy_spacing`), with the parameter maps of
+    per-label parameters built from ``labels``.
+
+    Args:
+        model: the trained model.
+        fixed: normalised fixed images ``(B, 1, *spatial)`` (as the network sees them).
+        moving: normalised moving images, same shape.
+        output: the network's (or refinement's) output for them.
+        params: free parameters by name (defaults fill the rest), or values ``(B, P)``.
+        spacing: the images' voxel spacing in mm.
+        labels: the fixed image's integer label map ``(B or 1, 1, *spatial)``.
+
+    Returns:
+        Per-sample ``total`` (the objective), ``similarity`` and ``energies`` ``(B,)``.
+
+    Raises:
+        InputError: a model with per-label parameters and no ``labels``.
+    """
+    values = model.parameter_tensor(params, fixed.shape[0])
+    field = output.displacement
+    if model.config.regularize == "velocity" and output.velocity is not None:
+        field = output.velocity
+    with torch.no_grad():
+        return field_objective(
+            model.objective,
+            fixed,
+            moving,
+            output.displacement,
+            field,
+            values,
+            model.energy_spacing(spacing),
+            labels,
+        )
+
+
 def refine_field(
     objective: Objective,
     fixed: torch.Tensor,
@@ -176,7 +276,7 @@ def refine_field(
         moving: moving images, same shape.
         init: the starting field ``(B, D, *spatial)`` in voxels: the displacement, or the
             velocity when ``options.int_steps > 0``.
-        values: the free parameters ``(B, P)`` in the order of ``objective.free_space``.
+        values: the free parameters ``(B, P)`` in the order of ``objective.space``.
         options: steps, learning rate, grid and integration.
         spacing: voxel spacing passed to the energies (``None``: voxel units).
         trace: if given, receives the objective before and after every step.
@@ -203,10 +303,10 @@ def refine_field(
             f"refine_field(): 'init' must have shape {(fixed.shape[0], ndim, *size)}, "
             f"got {tuple(init.shape)}"
         )
-    if values.shape != (fixed.shape[0], len(objective.free_space)):
+    if values.shape != (fixed.shape[0], len(objective.space)):
         raise InputError(
             f"refine_field(): 'values' must have shape "
-            f"{(fixed.shape[0], len(objective.free_space))}, got {tuple(values.shape)}"
+            f"{(fixed.shape[0], len(objective.space))}, got {tuple(values.shape)}"
         )
     fixed, moving, values = fixed.detach(), moving.detach(), values.detach()
     per_level = options.steps_per_level()
@@ -321,7 +421,7 @@ def _optimize_level(
                 tolerance_change=options.tol,
                 line_search_fn="strong_wolfe",
             )
-            optimizer.step(closure)
+            optimizer.step(closure)  # type: ignore[arg-type]  # LBFGS takes the loss tensor
         else:
             optimizer = torch.optim.Adam([unknown], lr=options.lr)
             for _ in range(steps):

@@ -22,6 +22,8 @@ from collections.abc import Callable, Iterable
 from pathlib import Path
 from typing import Generic, TypeVar
 
+from pydantic import BaseModel, ConfigDict
+
 from regzoo._errors import (
     InputError,
     MissingFileError,
@@ -30,9 +32,16 @@ from regzoo._errors import (
     unknown_name_message,
 )
 
-__all__ = ["Registry", "load_plugin", "load_plugins"]
+__all__ = ["NoOptions", "Registry", "load_plugin", "load_plugins"]
 
 T = TypeVar("T")
+
+
+class NoOptions(BaseModel):
+    """Options model of a component that takes no options (the default ``Options`` of
+    regularizers and similarities)."""
+
+    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Registry(Generic[T]):

@@ -39,7 +39,14 @@ def overlay_figure(
     """
     panels = []
     for title, params in settings:
-        result = register(model, fixed, moving, refine=refine, fixed_labels=fixed_labels, **params)
+        result = register(
+            model,
+            fixed,
+            moving,
+            refine=refine,
+            fixed_labels=fixed_labels,
+            **params,  # type: ignore[arg-type]  # parameter names, never register's options
+        )
         warped_mask = None
         if moving_mask is not None:
             warped_mask = warp(
@@ -62,7 +69,7 @@ def overlay_figure(
         out,
         fixed_mask=None if fixed_mask is None else fixed_mask.tensor(),
         moving_mask=None if moving_mask is None else moving_mask.tensor(),
-        window=tuple(model.config.data.intensity_window),
+        window=model.config.data.intensity_window,
     )
 
 

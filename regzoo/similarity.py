@@ -14,8 +14,7 @@ import torch.nn.functional as F
 from pydantic import BaseModel, ConfigDict, Field
 from torch import nn
 
-from regzoo.registry import Registry
-from regzoo.regularizers.base import NoOptions
+from regzoo.registry import NoOptions, Registry
 from regzoo.spatial import check_image
 
 __all__ = [
@@ -143,6 +142,7 @@ class LNCC(Similarity):
     """
 
     Options = LNCCOptions
+    options: LNCCOptions
     bounds = (-1.0, 0.0)
 
     @property
@@ -226,7 +226,3 @@ def _pool(image: torch.Tensor, factor: int) -> torch.Tensor:
         return image
     pool = F.avg_pool2d if image.ndim == 4 else F.avg_pool3d
     return pool(image, factor, ceil_mode=True)
-
-
-# registers mind_ssc, ngf and mi (after the base class and the registry above exist)
-from regzoo import lung_similarity  # noqa: E402, F401

@@ -18,9 +18,8 @@ from regzoo.criteria import available as available_criteria
 from regzoo.criteria import get as get_criterion
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.evaluation import item_labels, score_pair, summarize
-from regzoo.inference import check_finite_field
-from regzoo.model import HyperRegistration
-from regzoo.refine import refine
+from regzoo.model import HyperRegistration, check_finite_field
+from regzoo.refine import field_objective, refine, result_objective
 from regzoo.spatial import warp
 
 __all__ = [
@@ -79,8 +78,8 @@ def parse_grid(specs: Sequence[str]) -> dict[str, GridAxis]:
         try:
             if ":" in text:
                 start, stop, count = text.split(":")
-                axis: GridAxis = GridRange(float(start), float(stop), int(count))
-                size = axis.count
+                size = int(count)
+                axis: GridAxis = GridRange(float(start), float(stop), size)
             else:
                 axis = [float(v) for v in text.split(",")]
                 size = len(axis)
@@ -298,15 +297,8 @@ def sweep(
         if isinstance(axis, GridRange):
             axis = spec.spaced(axis.start, axis.stop, axis.count)
         axes.append([spec.check(v) for v in axis])
-    combos = list(itertools.product(*axes))
-    base = model.objective.resolve({})
-    vectors = torch.tensor(
-        [
-            [dict(base, **dict(zip(names, combo, strict=True)))[n] for n in model.space.names]
-            for combo in combos
-        ],
-        dtype=torch.float32,
-    )
+    combos = list(itertools.product(*axes))  # the settings' labels, in the grid's order
+    vectors = model.space.grid(dict(zip(names, axes, strict=True)))
     per_setting: list[list[dict[str, Any]]] = [[] for _ in combos]
     device = model.device
     total = len(dataset) * len(combos)
@@ -326,21 +318,35 @@ def sweep(
                         model, pair[1], pair[0], chunk, refine_steps, item, "moving"
                     ).displacement
                 measures = label_free_measures(model.objective.similarity, *pair, fields, reverse)
+                labels = item_labels(item)
+                objective = None
+                if labels is not None or not model.objective.needs_labels:
+                    # the model's own objective of each setting's field, as register reports it
+                    objective = result_objective(
+                        model, *pair, output, chunk, spacing=item.get("spacing"), labels=labels
+                    ).total
                 for offset in range(n):
                     index = start + offset
-                    row = dict(zip(names, combos[index], strict=True))
+                    row: dict[str, Any] = dict(zip(names, combos[index], strict=True))
                     check_finite_field(fields[offset], row, _pair_name(item))
                     row.update(fixed_id=item["fixed_id"], moving_id=item["moving_id"])
                     row.update(score_pair(item, fields[offset]))
                     row.update(measures[offset])
+                    if objective is not None:
+                        row["objective"] = float(objective[offset])
                     per_setting[index].append(row)
                 bar.update(n)
     settings = [
-        {**dict(zip(names, combo, strict=True)), **summarize(rows), **_mean_measures(rows)}
+        {
+            **dict(zip(names, combo, strict=True)),
+            **summarize(rows),
+            **_mean_measures(rows),
+            **_mean_objective(rows),
+        }
         for combo, rows in zip(combos, per_setting, strict=True)
     ]
     rows = [row for rows in per_setting for row in rows]
-    scales = [model.space[n].scale for n in names]
+    scales: list[str] = [model.space[n].scale for n in names]
     return SweepResult(
         names=names,
         axes=axes,
@@ -386,6 +392,12 @@ def _mean_measures(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
         if values:
             means[key] = float(np.mean(values))
     return means
+
+
+def _mean_objective(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """``{"objective": mean}`` over the pairs, when every pair has its objective."""
+    values = [row["objective"] for row in rows if "objective" in row]
+    return {"objective": float(np.mean(values))} if values and len(values) == len(rows) else {}
 
 
 def _soft_dice(warped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
@@ -459,17 +471,22 @@ def optimize_parameters(
             if criterion == "dice":
                 value = 1.0 - _soft_dice(warp(source, output.displacement), target)
             else:
-                warped = warp(moving, output.displacement)
-                field = (
-                    output.velocity
-                    if model.config.regularize == "velocity"
-                    else output.displacement
-                )
-                labels = item_labels(item)
-                spacing = model.energy_spacing(item.get("spacing"))
-                value = model.objective(fixed, warped, field, values, spacing, labels).total.mean()
+                field = output.displacement
+                if model.config.regularize == "velocity" and output.velocity is not None:
+                    field = output.velocity
+                value = field_objective(
+                    model.objective,
+                    fixed,
+                    moving,
+                    output.displacement,
+                    field,
+                    values,
+                    model.energy_spacing(item.get("spacing")),
+                    item_labels(item),
+                ).total.mean()
             optimizer.zero_grad()
             value.backward()
+            assert unit.grad is not None
             unit.grad = torch.where(trainable, unit.grad, torch.zeros_like(unit.grad))
             optimizer.step()
             with torch.no_grad():

@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import contextlib
 from pathlib import Path
+from typing import Any, cast
 
 import lightning as L
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
@@ -124,7 +125,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
     model = HyperRegistration(config)  # resolves plugins and terms: errors before any output
     # under DDP, Lightning re-launches this command for the other ranks once rank zero has
     # started: only rank zero checks and prepares the run directory
-    launcher_rank = rank_zero_only.rank
+    launcher_rank: int = getattr(rank_zero_only, "rank", 0)
     if launcher_rank == 0:
         resume_from = prepare_run_dir(config, resume=resume, overwrite=overwrite, model=model)
     else:
@@ -167,7 +168,7 @@ def _fit(
         devices=t.devices,
         num_nodes=t.num_nodes,
         strategy=t.strategy,
-        precision=t.precision,
+        precision=cast(Any, t.precision),  # a str the config validated; Lightning checks it
         log_every_n_steps=t.log_every_n_steps,
         check_val_every_n_epoch=t.check_val_every_n_epoch,
         limit_val_batches=t.limit_val_batches,
@@ -199,7 +200,12 @@ def _fit(
         weights_only=True,
     )
     last = _checkpoint(run_dir)
-    trainer.save_checkpoint(last)  # atomically (AtomicCheckpointIO), by rank zero
+    every = t.checkpoint_every_n_steps
+    diverged = guard is not None and guard.diverged is not None
+    if diverged or not (every and trainer.global_step % every == 0 and last.is_file()):
+        # the last step's state (or the guard's restored weights), unless ModelCheckpoint just
+        # wrote it; atomically (AtomicCheckpointIO), by rank zero
+        trainer.save_checkpoint(last, weights_only=False)
     if guard is not None and guard.diverged is not None:
         raise TrainingDivergedError(f"{guard.diverged}; {last} holds the restored weights")
     return last

@@ -2,8 +2,8 @@
 
 Lightning's DDP launcher re-executes this script once per extra rank, so every process
 installs the probes, then runs the real CLI (``regzoo.cli.main``). Each rank records the
-parameter vectors it drew, the cases it trained on, its step count and its weights before and
-after training into ``$REGZOO_DDP_PROBE/rank<r>.pt``.
+parameter vectors it drew, the cases it trained on, its step count, its weights and its parameter
+sampler's state before and after training into ``$REGZOO_DDP_PROBE/rank<r>.pt``.
 """
 
 from __future__ import annotations
@@ -38,7 +38,12 @@ def training_step(self: HyperRegistration, batch, batch_idx: int) -> torch.Tenso
 
 
 def on_train_start(self: HyperRegistration) -> None:
-    self._probe = {"draws": [], "cases": [], "initial": _weights(self)}
+    self._probe = {
+        "draws": [],
+        "cases": [],
+        "initial": _weights(self),
+        "sampler_start": self._generator.get_state(),
+    }
 
 
 def on_train_end(self: HyperRegistration) -> None:
@@ -47,6 +52,7 @@ def on_train_end(self: HyperRegistration) -> None:
         world_size=self.trainer.world_size,
         global_step=self.global_step,
         final=_weights(self),
+        sampler_end=self._generator.get_state(),
         backend=str(torch.distributed.get_backend()) if torch.distributed.is_initialized() else "",
     )
     torch.save(self._probe, OUT / f"rank{self.global_rank}.pt")

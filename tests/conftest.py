@@ -61,6 +61,40 @@ def tiny_checkpoint(tiny_phantom, tmp_path_factory) -> Path:
     return train(config)
 
 
+@pytest.fixture
+def no_shrinking():
+    """Report hypothesis's first failing example instead of shrinking it (fast tests of the
+    checks themselves)."""
+    hypothesis = pytest.importorskip("hypothesis")
+    hypothesis.settings.register_profile(
+        "regzoo-no-shrink", phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate]
+    )
+    previous = hypothesis.settings.get_current_profile_name()
+    hypothesis.settings.load_profile("regzoo-no-shrink")
+    yield
+    hypothesis.settings.load_profile(previous)
+
+
+@pytest.fixture
+def clean_registries():
+    """Only the built-in regularizers, similarities and criteria during a test, and afterwards
+    exactly the registrations from before it: what a test's code registers does not leak."""
+    from regzoo.criteria import CRITERIA
+    from regzoo.regularizers import REGULARIZERS
+    from regzoo.similarity import SIMILARITIES
+
+    saved = []
+    for registry in (REGULARIZERS, SIMILARITIES, CRITERIA):
+        registry.available()  # entry points discovered now, not during the test
+        saved.append((registry, dict(registry._items), dict(registry._failed)))
+        registry._items = {
+            k: v for k, v in registry._items.items() if v.__module__.startswith("regzoo.")
+        }
+    yield
+    for registry, items, failed in saved:
+        registry._items, registry._failed = items, failed
+
+
 def pytest_addoption(parser: pytest.Parser) -> None:
     """``--soak-calls N``: register calls in the soak test (tests/test_soak.py)."""
     parser.addoption(

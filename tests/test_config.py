@@ -3,10 +3,11 @@ from pathlib import Path
 import pytest
 
 from regzoo.config import ConfigError, apply_overrides, load_config
-from regzoo.objective import build_objective
+from regzoo.resolve import build_objective
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
+QUICKSTART_PATH = ROOT / "configs" / "quickstart.yaml"
 BASE = {"regularizers": [{"name": "linear_elastic"}], "trainer": {"max_steps": 5}}
 
 
@@ -80,7 +81,7 @@ def test_component_errors():
             "regularizers": [{"name": "linear_elastic", "params": {"lam": 0.1, "mu": 0.1}}],
         }
     )
-    assert plain.free_space.names == []
+    assert plain.space.names == []
     with pytest.raises(ConfigError, match="every parameter is fixed"):
         resolve({**BASE, "regularizers": [{"name": "diffusion"}]})
     with pytest.raises(ConfigError, match="appears twice"):
@@ -113,17 +114,17 @@ def test_broken_plugin_in_config(tmp_path):
 
 
 def test_free_parameter_space_of_paper_configs():
-    from regzoo.objective import build_objective
+    from regzoo.resolve import build_objective
 
     hyper = build_objective(load_config(ROOT / "configs/paper/hyperelastic_lam5_mu1.yaml"))
-    assert hyper.free_space.names == ["linear_elastic.lam", "linear_elastic.mu"]
-    assert hyper.free_space["linear_elastic.lam"].high == 5.0
+    assert hyper.space.names == ["linear_elastic.lam", "linear_elastic.mu"]
+    assert hyper.space["linear_elastic.lam"].high == 5.0
     assert hyper.fixed_values() == {"linear_elastic.alpha": 1.0}
     fixed = build_objective(load_config(ROOT / "configs/paper/elastic_laifook_x1.yaml"))
-    assert fixed.free_space.names == ["linear_elastic.alpha"]
+    assert fixed.space.names == ["linear_elastic.alpha"]
     assert fixed.fixed_values()["linear_elastic.lam"] == pytest.approx(45.33)
     diffusion = build_objective(load_config(ROOT / "configs/paper/hypermorph_diffusion.yaml"))
-    assert diffusion.free_space.names == ["diffusion.alpha"]
+    assert diffusion.space.names == ["diffusion.alpha"]
     assert diffusion.canonical_name("alpha") == "diffusion.alpha"
     with pytest.raises(KeyError, match="was fixed during training"):
         fixed.canonical_name("mu")
@@ -143,9 +144,49 @@ def test_physical_domain_and_log_ranges_are_checked():
         resolve({**BASE, "regularizers": [{"name": "diffusion", "alpha": -2.0}]})
     quickstart = resolve(ROOT / "configs/quickstart.yaml")
     for name in ("linear_elastic.lam", "linear_elastic.mu"):
-        spec = quickstart.free_space[name]
+        spec = quickstart.space[name]
         assert (spec.low, spec.high, spec.scale) == (0.1, 10.0, "log")
     assert quickstart.resolve({"lam": 0.1, "mu": 10}) == {
         "linear_elastic.lam": 0.1,
         "linear_elastic.mu": 10.0,
     }
+
+
+def test_overrides_follow_the_fields_declared_type(tmp_path):
+    # text fields keep the text where YAML would read a boolean or a number
+    config = load_config(
+        QUICKSTART_PATH,
+        ["name=yes", "run_dir=2024", "data.root=123", "trainer.accelerator=no"],
+    )
+    assert config.name == "yes"
+    assert config.run_dir == Path("2024")
+    assert config.data.root == Path("123")
+    assert config.trainer.accelerator == "no"
+    # numbers, booleans, null and lists still parse as YAML where the field takes them
+    config = load_config(
+        QUICKSTART_PATH,
+        [
+            "seed=3",
+            "trainer.progress_bar=no",
+            "trainer.max_epochs=null",
+            "trainer.devices=2",
+            "model.enc=[8, 8]",
+            "regularizers.0.params.lam=0.5",
+        ],
+    )
+    assert config.seed == 3 and config.trainer.progress_bar is False
+    assert config.trainer.max_epochs is None and config.trainer.devices == 2
+    assert config.model.enc == [8, 8]
+    assert config.regularizers[0].params["lam"] == 0.5
+    # a value the field cannot take is still reported at its key
+    with pytest.raises(ConfigError, match="seed"):
+        load_config(QUICKSTART_PATH, ["seed=abc"])
+
+
+def test_resume_of_a_folder_named_like_a_number(tmp_path, capsys, monkeypatch):
+    from regzoo.cli import main
+
+    monkeypatch.chdir(tmp_path)
+    # the run folder "2024" is looked up as a folder (and is missing), not refused as a number
+    assert main(["train", str(QUICKSTART_PATH), "--resume", "2024"]) == 2
+    assert "nothing to resume: 2024/" in capsys.readouterr().err

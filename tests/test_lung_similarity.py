@@ -16,7 +16,7 @@ from regzoo.lung_similarity import (
     normalized_gradient,
     ssc_offsets,
 )
-from regzoo.objective import build_objective
+from regzoo.resolve import build_objective
 from regzoo.similarity import SIMILARITIES
 from regzoo.testing import check_similarity_properties
 

@@ -4,7 +4,7 @@ from conftest import QUICKSTART, tiny_overrides
 
 from regzoo.config import load_config
 from regzoo.model import HyperRegistration, load_model
-from regzoo.objective import build_objective
+from regzoo.resolve import build_objective
 from regzoo.testing import random_smooth_field
 
 
@@ -115,7 +115,7 @@ def test_normalized_weighting_is_the_convex_form_for_a_stiffness():
     assert torch.allclose(terms.normalizer, 1 + k, rtol=1e-4)
     energy = terms.energies["linear_elastic"]
     assert torch.allclose(terms.total, terms.similarity + energy)
-    assert torch.allclose(terms.training, (terms.similarity + energy) / (1 + k), rtol=1e-5)
+    assert torch.allclose(terms.training_loss, (terms.similarity + energy) / (1 + k), rtol=1e-5)
     assert not terms.normalizer.requires_grad
 
 
@@ -231,3 +231,28 @@ def test_each_conditioning_trains_saves_and_reloads(conditioning, tiny_phantom, 
     with torch.no_grad():
         out = model(images, images, {"lam": 0.1, "mu": 10}).displacement
     assert out.shape == (1, 3, 32, 32, 32) and bool(torch.isfinite(out).all())
+
+
+def test_the_gradient_check_syncs_once_per_step(monkeypatch):
+    from regzoo.model import NonFiniteLossError
+
+    model = HyperRegistration(load_config(SMALL))
+    params = list(model.parameters())
+    assert len(params) > 10
+    for p in params:
+        p.grad = torch.ones_like(p)
+    syncs = []
+    to_bool = torch.Tensor.__bool__
+
+    def counting(self):
+        syncs.append(self)
+        return to_bool(self)
+
+    monkeypatch.setattr(torch.Tensor, "__bool__", counting)
+    model.on_before_optimizer_step(None)
+    assert len(syncs) == 1  # one fused reduction, not one sync per parameter tensor
+    monkeypatch.undo()
+    name, bad = list(model.named_parameters())[3]
+    bad.grad[(0,) * bad.grad.ndim] = float("nan")
+    with pytest.raises(NonFiniteLossError, match=f"first: {name}"):
+        model.on_before_optimizer_step(None)

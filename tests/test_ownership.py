@@ -64,7 +64,7 @@ def test_a_full_disk_leaves_the_report_and_its_csv_as_they_were(tmp_path, monkey
             _no_space()
         real_fsync(fd)
 
-    monkeypatch.setattr("regzoo.io.os.fsync", fsync_then_full)
+    monkeypatch.setattr("regzoo.io.outputs.os.fsync", fsync_then_full)
     rows[0]["dice"] = 0.9
     with pytest.raises(OutputError, match="no space left on the device"):
         write_report(rows, tmp_path / "r.json", data="d")
@@ -76,7 +76,7 @@ def test_a_full_disk_while_building_an_output_set_keeps_the_previous_set(tmp_pat
     target = tmp_path / "out"
     with output_folder(target) as staging:
         (staging / "disp.nii.gz").write_text("old")
-    monkeypatch.setattr("regzoo.io.os.fsync", _no_space)
+    monkeypatch.setattr("regzoo.io.outputs.os.fsync", _no_space)
     from regzoo.io import atomic_write_text
 
     with pytest.raises(OutputError, match="no space left"), output_folder(target) as staging:
@@ -150,10 +150,10 @@ def test_a_full_disk_during_a_checkpoint_keeps_the_last_good_one(tmp_path, monke
         handle.write(b"PK\x03\x04 half a checkpoint")
         _no_space()
 
-    monkeypatch.setattr("regzoo.io.torch.save", half_then_full)
+    monkeypatch.setattr("regzoo.io.outputs.torch.save", half_then_full)
     with pytest.raises(OutputError, match="no space left"):
         AtomicCheckpointIO().save_checkpoint({"global_step": 3}, last)
-    monkeypatch.setattr("regzoo.io.torch.save", real_save)
+    monkeypatch.setattr("regzoo.io.outputs.torch.save", real_save)
     assert torch.load(last, weights_only=True) == {"global_step": 2}
     assert [p.name for p in last.parent.iterdir()] == ["last.ckpt"]
 

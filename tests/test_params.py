@@ -49,6 +49,17 @@ def test_grid(space):
     assert torch.allclose(grid[:, 1].unique(), torch.tensor([1e-4, 1e-1]))
     with pytest.raises(ValueError, match="expected 2 step counts"):
         space.grid([3])
+    # explicit axes (what a sweep asks for), in the given order, the rest held at defaults
+    axes = space.grid({"eps": [1e-3, 1e-2], "lam": [0.0, 4.0, 5.0]})
+    assert axes.shape == (6, 2)
+    assert axes[:3, 1].tolist() == pytest.approx([1e-3] * 3)  # the first axis varies slowest
+    assert axes[:3, 0].tolist() == [0.0, 4.0, 5.0]
+    assert space.grid({"lam": [2.0]}).tolist() == [[2.0, pytest.approx(1e-3)]]
+    assert space.grid({"lam": [2.0]}, values={"eps": 0.05})[0, 1] == pytest.approx(0.05)
+    with pytest.raises(ValueError, match="out of range"):
+        space.grid({"lam": [6.0]})
+    with pytest.raises(KeyError, match="no parameter 'mu'"):
+        space.grid({"mu": [1.0]})
 
 
 def test_validate_names_parameter_and_bounds(space):
@@ -75,7 +86,10 @@ def test_spec_errors_and_overrides():
     wider = spec.override(high=5.0)
     assert (wider.low, wider.high, wider.default) == (0.0, 5.0, 0.8)
     narrower = spec.override(high=0.5)
-    assert narrower.default == 0.5
+    assert narrower.default == 0.25  # outside the new range: its middle
+    assert spec.override(low=1.0, high=100.0, scale="log").default == pytest.approx(10.0)
+    with pytest.raises(ValueError, match="declared on a log scale"):
+        ParamSpec(name="k", low=1.0, high=2.0, default=1.0, scale="log").override(low=0.0)
     fixed = spec.fixed(45.33)
     assert fixed.is_fixed and fixed.default == 45.33
 

@@ -14,8 +14,8 @@ from regzoo import regularizers
 from regzoo.cli import main
 from regzoo.config import PerLabel, TermConfig, load_config
 from regzoo.model import load_model
-from regzoo.objective import build_term
 from regzoo.regularizers import functional as Fn
+from regzoo.resolve import build_term
 from regzoo.spatial import identity_grid
 from regzoo.testing import random_smooth_field
 from regzoo.train import train

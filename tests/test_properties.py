@@ -48,18 +48,6 @@ def test_declarations_of_the_builtins():
 # --- the checks catch what they claim to catch --------------------------------------------
 
 
-@pytest.fixture
-def no_shrinking():
-    """Report the first failing example instead of shrinking it (keeps these tests fast)."""
-    hypothesis.settings.register_profile(
-        "regzoo-no-shrink", phases=[hypothesis.Phase.explicit, hypothesis.Phase.generate]
-    )
-    previous = hypothesis.settings.get_current_profile_name()
-    hypothesis.settings.load_profile("regzoo-no-shrink")
-    yield
-    hypothesis.settings.load_profile(previous)
-
-
 class TwoHomogeneous(Regularizer):
     """``max_x |grad u|^2``: ``R(c u) = c^2 R(u)``, but not a quadratic form."""
 

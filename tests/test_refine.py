@@ -17,8 +17,9 @@ from regzoo.inference import register
 from regzoo.lung_similarity import MINDSSC
 from regzoo.metrics import folding_fraction, target_registration_error
 from regzoo.model import load_model
-from regzoo.objective import Objective, build_objective, build_term
+from regzoo.objective import Objective
 from regzoo.refine import RefineOptions, RefineTrace, refine, refine_field
+from regzoo.resolve import build_objective, build_term
 from regzoo.similarity import LNCC, MSE
 from regzoo.spatial import integrate_velocity, warp
 
@@ -98,7 +99,7 @@ def test_refine_rejects_bad_input(plugin_objective):
         refine_field(plugin_objective, fixed, moving, torch.zeros(1, 3, 32, 32), values)
     with pytest.raises(ValueError, match="'values' must have shape"):
         refine_field(plugin_objective, fixed, moving, torch.zeros(1, 2, 32, 32), values[:, :0])
-    with pytest.raises(ValueError, match="steps must be >= 0"):
+    with pytest.raises(ValueError, match="steps must be an integer >= 0"):
         RefineOptions(steps=-1)
     with pytest.raises(ValueError, match="needs int_steps > 0"):
         RefineOptions(regularize="velocity")

@@ -13,8 +13,8 @@ from regzoo.cli import main
 from regzoo.config import ConfigError, load_config
 from regzoo.data.learn2reg import Learn2RegDataset, read_label_names
 from regzoo.data.phantom import TISSUE_LABELS, generate_case, write_phantom_dataset
-from regzoo.objective import build_objective
 from regzoo.regularizers import functional
+from regzoo.resolve import build_objective
 from regzoo.spatial import gradient
 from regzoo.testing import constant_maps, random_smooth_field
 
@@ -122,7 +122,7 @@ def test_map_crop_offsets_and_shape_errors():
 # -- per-label parameters in configs ------------------------------------------------------------
 def test_per_label_parameters_become_free_parameters_and_maps():
     objective = build_objective(load_config(per_label_config(MU_PER_LABEL)))
-    assert objective.free_space.names == [
+    assert objective.space.names == [
         "linear_elastic.lam",
         "linear_elastic.mu@lung",
         "linear_elastic.mu@bone",
@@ -174,7 +174,7 @@ def test_fixed_per_label_values_and_default_background():
     config = per_label_config({"mu": {"per_label": {"lung": 0.1, "bone": 10.0}}})
     objective = build_objective(load_config(config))
     assert "linear_elastic.mu@lung" in objective.fixed_values()
-    assert objective.free_space.names == ["linear_elastic.lam"]
+    assert objective.space.names == ["linear_elastic.lam"]
     labels = torch.tensor([0, 1, 3]).view(1, 1, 3, 1)
     maps = objective.parameter_maps(objective.to_tensor({}), labels)
     assert maps["linear_elastic.mu"].flatten().tolist() == pytest.approx([1.0, 0.1, 10.0])

@@ -11,7 +11,7 @@ from __future__ import annotations
 import json
 import re
 import warnings
-from collections.abc import Sequence
+from collections.abc import Iterator, Sequence
 from pathlib import Path
 from typing import Any, Literal
 
@@ -29,7 +29,22 @@ __all__ = [
     "normalize_intensity",
     "read_label_names",
     "read_manifest",
+    "sibling_path",
 ]
+
+IMAGES = "imagesTr"
+
+
+def sibling_path(image: str | Path, folder: str, *, suffix: str = ".nii.gz") -> Path | None:
+    """A Learn2Reg image's annotation in another folder of its dataset:
+    ``imagesTr/X.nii.gz`` -> ``<folder>/X<suffix>`` (``masksTr``, ``labelsTr``,
+    ``keypointsTr`` with ``.csv``). ``None`` for an image outside an ``imagesTr`` folder.
+    Whether the file exists is the caller's question."""
+    path = Path(image)
+    if path.parent.name != IMAGES or not path.name.endswith(".nii.gz"):
+        return None
+    return path.parent.parent / folder / (path.name.removesuffix(".nii.gz") + suffix)
+
 
 Split = Literal["train", "val", "test"]
 SPLIT_KEYS = {
@@ -171,7 +186,8 @@ class Learn2RegDataset(Dataset):
         annotations: also load masks, labels and keypoints.
         labels: load the label maps (labelsTr) even without ``annotations`` (training with
             per-label parameters); a fixed image without one is an error.
-        cache: keep loaded volumes in memory.
+        cache: keep loaded volumes in memory (off by default, as ``data.cache`` in a config:
+            a pass over a split reads every pair once anyway).
     """
 
     def __init__(
@@ -182,7 +198,7 @@ class Learn2RegDataset(Dataset):
         intensity_window: tuple[float, float] = (-1000.0, 500.0),
         annotations: bool = False,
         labels: bool = False,
-        cache: bool = True,
+        cache: bool = False,
     ) -> None:
         self.root, manifest = read_manifest(root)
         if split not in SPLIT_KEYS:
@@ -224,18 +240,20 @@ class Learn2RegDataset(Dataset):
         if self.annotations or self.labels:
             wanted.append(("labels", "labelsTr"))
         for key, folder in wanted:
-            sibling = Path(str(path).replace("imagesTr", folder))
-            if sibling != path and sibling.is_file():
+            sibling = sibling_path(path, folder)
+            if sibling is not None and sibling.is_file():
                 annotation = read_volume(sibling, what=key)
                 check_same_grid(volume.grid, annotation.grid)
                 item[key] = torch.from_numpy(np.rint(annotation.data)[None].astype(np.int64))
         if self.annotations:
-            keypoints = Path(
-                str(path).replace("imagesTr", "keypointsTr").replace(".nii.gz", ".csv")
-            )
-            if keypoints != path and keypoints.is_file():
+            keypoints = sibling_path(path, "keypointsTr", suffix=".csv")
+            if keypoints is not None and keypoints.is_file():
                 item["keypoints"] = torch.from_numpy(load_keypoints(keypoints, volume.shape))
         return item
+
+    def __iter__(self) -> Iterator[dict[str, Any]]:
+        """The items in order (the pairs of the split)."""
+        return (self[index] for index in range(len(self)))
 
     def __getitem__(self, index: int) -> dict[str, Any]:
         fixed_path, moving_path = self.pairs[index]
@@ -256,7 +274,7 @@ class Learn2RegDataset(Dataset):
                 item[f"moving_{key}"] = moving[key]
         if ("keypoints" in fixed) != ("keypoints" in moving):  # TRE would be dropped silently
             lacking = moving_path if "keypoints" in fixed else fixed_path
-            csv = str(lacking).replace("imagesTr", "keypointsTr").replace(".nii.gz", ".csv")
+            csv = sibling_path(lacking, "keypointsTr", suffix=".csv") or lacking
             raise MissingFileError(
                 f"keypoints not found: {csv} (the other image of the pair has keypoints; TRE "
                 "needs both)"
@@ -271,7 +289,7 @@ class Learn2RegDataset(Dataset):
             )
         if self.labels:
             if "labels" not in fixed:
-                sibling = str(fixed_path).replace("imagesTr", "labelsTr")
+                sibling = sibling_path(fixed_path, "labelsTr") or fixed_path
                 raise MissingFileError(
                     f"label map not found: {sibling} (the fixed image's labels, needed by "
                     "per-label parameters)"

@@ -3,7 +3,8 @@
 Routes (nothing else is served; no path and no code comes from the browser):
 
 - ``GET /``: the page, with one range input per free parameter;
-- ``GET /explore.js``, ``GET /explore.css``: its script and style (package data);
+- ``GET /static/explore.js``, ``GET /static/explore.css``: its script and style (package
+  data);
 - ``GET /api/state``: the parameters, image shape and what the session can do;
 - ``POST /api/update`` ``{"params": {name: value}, "slices": [i, j, k]}``: re-register (one
   network forward, skipped when the parameters did not change) and return the view;
@@ -14,6 +15,11 @@ Routes (nothing else is served; no path and no code comes from the browser):
   the setting was refined) into the folder given on the command line.
 
 Requests that would change the registration while a refinement runs are answered ``409``.
+Request bodies are validated by pydantic models; a refused request or a user error (an
+unknown parameter, a value outside the trained range: :class:`~regzoo.RegzooError`) is
+answered ``400`` with ``{"error": message}``. Anything else is a bug: it is not dressed up as
+a user error, and Starlette answers ``500`` and logs its traceback. The script and style are
+served by Starlette's ``StaticFiles`` from the package, the page is a Jinja template.
 
 No other web page can drive the API: every request must name this server in its ``Host``
 header (on loopback: a DNS-rebinding guard), and every ``POST`` must carry the session's token
@@ -24,26 +30,38 @@ most :data:`MAX_BODY` bytes, and no ``Origin`` but this server's. A cross-site f
 
 from __future__ import annotations
 
-import html
-import json
-import math
 import secrets
 from collections.abc import Awaitable, Callable, Sequence
-from importlib.resources import files
+from functools import cache
 from pathlib import Path
-from typing import Any
+from typing import Annotated, Any, TypeVar
 
+import jinja2
 import torch
+from pydantic import BaseModel, ConfigDict, Field, StrictInt, ValidationError
 from starlette.applications import Starlette
 from starlette.concurrency import run_in_threadpool
 from starlette.requests import Request
 from starlette.responses import HTMLResponse, JSONResponse, Response
-from starlette.routing import Route
+from starlette.routing import Mount, Route
+from starlette.staticfiles import StaticFiles
+from starlette.types import ASGIApp, Receive, Scope, Send
 
+from regzoo._errors import RegzooError
 from regzoo.explore.session import ExploreSession, RefineJob
 from regzoo.params import ParamSpace, ParamSpec
 
-__all__ = ["LOOPBACK_HOSTS", "TOKEN_HEADER", "create_app", "host_name", "render_page"]
+__all__ = [
+    "LOOPBACK_HOSTS",
+    "TOKEN_HEADER",
+    "CancelRequest",
+    "RefineRequest",
+    "SaveRequest",
+    "UpdateRequest",
+    "create_app",
+    "host_name",
+    "render_page",
+]
 
 LOOPBACK_HOSTS = ("127.0.0.1", "localhost", "::1")
 """Loopback addresses: on these the page answers only to these ``Host`` names (a DNS-rebinding
@@ -57,10 +75,46 @@ SLIDER_STEPS = 1000
 
 MAX_BODY = 64 * 1024
 MAX_REFINE_STEPS = 10_000
-ASSETS = {"explore.js": "text/javascript", "explore.css": "text/css"}
+
+Number = Annotated[float, Field(strict=True, allow_inf_nan=False)]
 
 
-class _RequestError(ValueError):
+class _Request(BaseModel):
+    model_config = ConfigDict(extra="forbid")
+
+    params: dict[str, Number] | None = Field(
+        None, description="free parameter values by short or full name (defaults fill the rest)"
+    )
+
+
+class UpdateRequest(_Request):
+    """``POST /api/update``: move to ``params`` and show the planes through ``slices``."""
+
+    slices: tuple[StrictInt, StrictInt, StrictInt] | None = Field(
+        None, description="the voxel (i, j, k) the three planes pass through"
+    )
+
+
+class RefineRequest(_Request):
+    """``POST /api/refine``: move to ``params`` and refine for ``steps`` iterations."""
+
+    steps: Annotated[int, Field(strict=True, ge=1, le=MAX_REFINE_STEPS)] | None = None
+
+
+class SaveRequest(_Request):
+    """``POST /api/save``: write the result at ``params``."""
+
+
+class CancelRequest(BaseModel):
+    """``POST /api/refine/cancel``: an empty object (or no body)."""
+
+    model_config = ConfigDict(extra="forbid")
+
+
+_Body = TypeVar("_Body", bound=BaseModel)
+
+
+class _RequestError(Exception):
     """A request the API refuses, with the status code to answer."""
 
     def __init__(self, message: str, status: int = 400) -> None:
@@ -68,8 +122,14 @@ class _RequestError(ValueError):
         self.status = status
 
 
-def _asset(name: str) -> str:
-    return (files("regzoo.explore") / "static" / name).read_text(encoding="utf-8")
+@cache
+def _templates() -> jinja2.Environment:
+    """The page templates (package data), compiled once, every value HTML-escaped."""
+    return jinja2.Environment(
+        loader=jinja2.PackageLoader("regzoo.explore", "templates"),
+        autoescape=True,
+        undefined=jinja2.StrictUndefined,
+    )
 
 
 def _slider_position(spec: ParamSpec, value: float) -> int:
@@ -99,57 +159,29 @@ def render_page(session: ExploreSession, *, refine_steps: int = 30, token: str =
     scale is log; the value is shown in the parameter's own units), three slice-position
     controls, the overlay switches, the refine and save buttons and the readouts."""
     current = session.params
-    rows = []
-    specs = session.model.objective.free_space
-    for i, (p, spec) in enumerate(zip(session.parameters(), specs, strict=True)):
-        value = current[p["name"]]
-        attrs = {
-            "type": "range",
-            "class": "param",
-            "id": f"param-{i}",
-            "min": "0",
-            "max": str(SLIDER_STEPS),
-            "step": "1",
-            "value": str(_slider_position(spec, value)),
-            "data-name": p["name"],
-            "data-low": repr(p["low"]),
-            "data-high": repr(p["high"]),
-            "data-scale": p["scale"],
+    specs = session.model.objective.space
+    parameters = [
+        {
+            **p,
+            "value": current[p["name"]],
+            "position": _slider_position(spec, current[p["name"]]),
+            "low_repr": repr(p["low"]),
+            "high_repr": repr(p["high"]),
         }
-        slider = "<input " + " ".join(f'{k}="{html.escape(v)}"' for k, v in attrs.items()) + ">"
-        rows.append(
-            '<div class="control">'
-            f'<label for="param-{i}"><b>{html.escape(p["short"])}</b> '
-            f'<span class="muted">{html.escape(p["description"])}</span></label>'
-            f'<div class="row">{slider}'
-            f'<input type="number" class="value" data-for="param-{i}" '
-            f'value="{value:.4g}" step="any" aria-label="{html.escape(p["name"])}"></div>'
-            f'<div class="muted small">{html.escape(p["name"])}: [{p["low"]:g}, {p["high"]:g}],'
-            f" {html.escape(p['scale'])} scale</div></div>"
+        for p, spec in zip(session.parameters(), specs, strict=True)
+    ]
+    return (
+        _templates()
+        .get_template("index.html")
+        .render(
+            parameters=parameters,
+            shape=list(session.shape),
+            slider_steps=SLIDER_STEPS,
+            refine_steps=refine_steps,
+            out=str(session.out) if session.out else "off (no --out)",
+            token=token,
         )
-    if not rows:
-        rows.append('<p class="muted">This model has no free parameters.</p>')
-    slices = []
-    for axis, n in enumerate(session.shape):
-        slices.append(
-            '<div class="row"><label class="axis" for="slice-{a}">axis {a}</label>'
-            '<input type="range" class="slice" id="slice-{a}" data-axis="{a}" min="0" '
-            'max="{m}" step="1" value="{v}"><output id="slice-{a}-value">{v}</output></div>'.format(
-                a=axis, m=n - 1, v=n // 2
-            )
-        )
-    replacements = {
-        "{{parameters}}": "\n".join(rows),
-        "{{slices}}": "\n".join(slices),
-        "{{refine_steps}}": str(refine_steps),
-        "{{shape}}": html.escape(" x ".join(str(n) for n in session.shape)),
-        "{{out}}": html.escape(str(session.out) if session.out else "off (no --out)"),
-        "{{token}}": html.escape(token),
-    }
-    page = _asset("index.html")
-    for key, value in replacements.items():
-        page = page.replace(key, value)
-    return page
+    )
 
 
 def _check_post(request: Request, token: str) -> None:
@@ -184,75 +216,33 @@ async def _read_body(request: Request) -> bytes:
     return b"".join(chunks)
 
 
-async def _json_body(request: Request) -> dict[str, Any]:
+async def _body(request: Request, model: type[_Body]) -> _Body:
+    """The request's JSON body validated by ``model`` (an empty body: every field unset)."""
     body = await _read_body(request)
-    if not body:
-        return {}
     try:
-        data = json.loads(body)
-    except json.JSONDecodeError as exc:
-        raise _RequestError(f"request body is not JSON: {exc}") from exc
-    except RecursionError:
-        raise _RequestError("request body is nested too deeply") from None
-    if not isinstance(data, dict):
-        raise _RequestError("request body must be a JSON object")
-    return data
-
-
-def _params(data: dict[str, Any]) -> dict[str, float] | None:
-    params = data.get("params")
-    if params is None:
-        return None
-    if not isinstance(params, dict):
-        raise _RequestError("'params' must be an object {name: number}")
-    checked = {}
-    for name, value in params.items():
-        if isinstance(value, bool) or not isinstance(value, int | float):
-            raise _RequestError(f"parameter '{name}' must be a number, got {value!r}")
-        number = float(value) if isinstance(value, float) or abs(value) < 2**63 else math.inf
-        if not math.isfinite(number):
-            raise _RequestError(f"parameter '{name}' must be finite")
-        checked[str(name)] = number
-    return checked
-
-
-def _slices(data: dict[str, Any]) -> list[int] | None:
-    slices = data.get("slices")
-    if slices is None:
-        return None
-    if (
-        not isinstance(slices, list)
-        or len(slices) != 3
-        or not all(isinstance(i, int) and not isinstance(i, bool) for i in slices)
-    ):
-        raise _RequestError("'slices' must be three integers [i, j, k]")
-    return slices
-
-
-def _steps(data: dict[str, Any], default: int) -> int:
-    steps = data.get("steps", default)
-    if isinstance(steps, bool) or not isinstance(steps, int):
-        raise _RequestError(f"'steps' must be an integer, got {steps!r}")
-    if not 1 <= steps <= MAX_REFINE_STEPS:
-        raise _RequestError(f"'steps' must be in [1, {MAX_REFINE_STEPS}], got {steps}")
-    return steps
+        return model.model_validate_json(body or b"{}")
+    except ValidationError as exc:
+        problems = "; ".join(
+            f"{'.'.join(map(str, e['loc'])) or 'body'}: {e['msg']}" for e in exc.errors()
+        )
+        raise _RequestError(f"invalid request: {problems}") from None
 
 
 Endpoint = Callable[[Request], Awaitable[Response]]
 
 
 def _api(endpoint: Endpoint) -> Endpoint:
-    """Answer refused requests and invalid parameters with ``{"error": message}``."""
+    """Answer refused requests and user errors with ``{"error": message}``; a bug keeps its
+    traceback (Starlette answers 500)."""
 
     async def wrapped(request: Request) -> Response:
         try:
             return await endpoint(request)
         except _RequestError as exc:
             return JSONResponse({"error": str(exc)}, status_code=exc.status)
-        except KeyError as exc:
-            return JSONResponse({"error": str(exc.args[0]) if exc.args else "unknown name"}, 400)
-        except ValueError as exc:
-            return JSONResponse({"error": str(exc)}, status_code=400)
+        except RegzooError as exc:
+            message = exc.args[0] if exc.args else str(exc)
+            return JSONResponse({"error": str(message)}, status_code=400)
 
     return wrapped
 
@@ -298,13 +288,19 @@ def create_app(
             return Response(str(exc), status_code=exc.status, media_type="text/plain")
         return HTMLResponse(render_page(session, refine_steps=refine_steps, token=token))
 
-    def asset(name: str) -> Endpoint:
-        async def serve(request: Request) -> Response:
+    static = StaticFiles(packages=[("regzoo.explore", "static")])
+
+    def host_checked(files: StaticFiles) -> ASGIApp:
+        """The script and style, answered only to a request naming this server."""
+
+        async def serve(scope: Scope, receive: Receive, send: Send) -> None:
             try:
-                check_host(request)
+                check_host(Request(scope))
             except _RequestError as exc:
-                return Response(str(exc), status_code=exc.status, media_type="text/plain")
-            return Response(_asset(name), media_type=ASSETS[name])
+                response = Response(str(exc), status_code=exc.status, media_type="text/plain")
+                await response(scope, receive, send)
+                return
+            await files(scope, receive, send)
 
         return serve
 
@@ -326,8 +322,8 @@ def create_app(
         )
 
     async def api_update(request: Request) -> Response:
-        data = await _json_body(request)
-        params, slices = _params(data), _slices(data)
+        update = await _body(request, UpdateRequest)
+        params, slices = update.params, update.slices
         refuse_while_refining()
 
         def work() -> dict[str, Any]:
@@ -338,8 +334,8 @@ def create_app(
         return JSONResponse(await run_in_threadpool(work))
 
     async def api_refine_start(request: Request) -> Response:
-        data = await _json_body(request)
-        params, steps = _params(data), _steps(data, refine_steps)
+        refine = await _body(request, RefineRequest)
+        params, steps = refine.params, refine.steps or refine_steps
         refuse_while_refining()
         if params is not None:
             await run_in_threadpool(session.update, params)
@@ -357,7 +353,7 @@ def create_app(
         return JSONResponse(job.status())
 
     async def api_refine_cancel(request: Request) -> Response:
-        await _json_body(request)
+        await _body(request, CancelRequest)
         job = state["job"]
         if job is None or not job.running:
             return JSONResponse({"running": False, "cancelled": False})
@@ -365,7 +361,7 @@ def create_app(
         return JSONResponse(job.status())
 
     async def api_save(request: Request) -> Response:
-        params = _params(await _json_body(request))
+        params = (await _body(request, SaveRequest)).params
         refuse_while_refining()
 
         def work() -> list[Path]:
@@ -400,7 +396,7 @@ def create_app(
 
     routes = [
         Route("/", page),
-        *(Route(f"/{name}", asset(name)) for name in ASSETS),
+        Mount("/static", app=host_checked(static), name="static"),
         Route("/api/state", get(api_state)),
         Route("/api/update", post(api_update), methods=["POST"]),
         Route("/api/refine", post(api_refine_start), methods=["POST"]),

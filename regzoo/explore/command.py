@@ -43,6 +43,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="moving mask or label map, warped with the image (contours; Dice; saved)",
     )
     parser.add_argument(
+        "--fixed-labels",
+        metavar="NIFTI",
+        help="the fixed image's label map, for a model with per-label parameters (its "
+        "objective, refinement and parameter maps; as in `regzoo register`)",
+    )
+    parser.add_argument(
         "--param",
         action="append",
         default=[],
@@ -90,13 +96,18 @@ def explore_command(
     *,
     fixed_seg: str | Path | None = None,
     moving_seg: str | Path | None = None,
+    fixed_labels: str | Path | None = None,
     params: Mapping[str, float] | None = None,
 ) -> str:
     """The shell-quoted ``regzoo explore`` command for one pair, starting at ``params`` (what
     a sweep report prints to open its best setting in the explorer)."""
     words = ["regzoo", "explore", "--model", str(model), "--fixed", str(fixed)]
     words += ["--moving", str(moving)]
-    for flag, path in (("--fixed-seg", fixed_seg), ("--moving-seg", moving_seg)):
+    for flag, path in (
+        ("--fixed-seg", fixed_seg),
+        ("--moving-seg", moving_seg),
+        ("--fixed-labels", fixed_labels),
+    ):
         if path is not None:
             words += [flag, str(path)]
     for name, value in (params or {}).items():
@@ -111,6 +122,7 @@ def require_web() -> None:
         RegzooError: naming the missing package and the command that installs the extra.
     """
     try:
+        import jinja2  # noqa: F401
         import starlette  # noqa: F401
         import uvicorn  # noqa: F401
     except ImportError as exc:
@@ -136,15 +148,16 @@ def run(args: argparse.Namespace) -> int:
         InputError: invalid images, parameters or options.
     """
     require_web()
-    if args.refine_steps < 1:
-        raise InputError(f"--refine-steps must be at least 1, got {args.refine_steps}")
+    from regzoo.refine import check_steps
+
+    check_steps(args.refine_steps, minimum=1, what="--refine-steps")
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be in [0, 65535], got {args.port}")
-    from regzoo.cli import parse_params
     from regzoo.explore.app import create_app
     from regzoo.explore.server import ExplorerServer
     from regzoo.explore.session import ExploreSession
     from regzoo.model import load_model
+    from regzoo.params import parse_params
 
     params = parse_params(args.param)
     model = load_model(args.model, plugins=args.plugin)
@@ -154,6 +167,7 @@ def run(args: argparse.Namespace) -> int:
         args.moving,
         fixed_seg=args.fixed_seg,
         moving_seg=args.moving_seg,
+        fixed_labels=args.fixed_labels,
         out=args.out,
         params=params,
         checkpoint=args.model,

@@ -32,7 +32,9 @@ from regzoo.explore.render import (
 from regzoo.inference import (
     RegistrationResult,
     build_result,
+    objective_readout,
     read_image,
+    read_labels,
     read_pair,
     segmentation_names,
     write_result,
@@ -41,7 +43,7 @@ from regzoo.io import check_output_folder, check_same_grid
 from regzoo.metrics import dice, jacobian_scores
 from regzoo.model import HyperRegistration
 from regzoo.nets import RegistrationOutput
-from regzoo.refine import RefineCancelledError, RefineTrace, refine
+from regzoo.refine import RefineCancelledError, RefineTrace, check_steps, refine, result_objective
 from regzoo.spatial import warp
 
 __all__ = ["ExploreSession", "RefineJob"]
@@ -75,6 +77,8 @@ class ExploreSession:
         fixed_seg: optional fixed mask or label map (contours, Dice).
         moving_seg: optional moving mask or label map, warped with the image (contours, Dice,
             and ``warped_<name>.nii.gz`` on save).
+        fixed_labels: the fixed image's label map, for a model with per-label parameters (its
+            objective, refinement and parameter maps need it; as ``register --fixed-labels``).
         out: the folder that "save" writes to (``None``: saving is off).
         params: the starting parameters (short or full names; defaults fill the rest).
         checkpoint: the model's checkpoint file, named in :meth:`register_command`.
@@ -93,12 +97,18 @@ class ExploreSession:
         *,
         fixed_seg: str | Path | torch.Tensor | None = None,
         moving_seg: str | Path | torch.Tensor | None = None,
+        fixed_labels: str | Path | torch.Tensor | None = None,
         out: str | Path | None = None,
         params: Mapping[str, float] | None = None,
         checkpoint: str | Path | None = None,
     ) -> None:
         self.model = model
-        self.sources = {"fixed": fixed, "moving": moving, "moving_seg": moving_seg}
+        self.sources = {
+            "fixed": fixed,
+            "moving": moving,
+            "moving_seg": moving_seg,
+            "fixed_labels": fixed_labels,
+        }
         self.checkpoint = checkpoint
         self.out = Path(out) if out is not None else None
         if self.out is not None:  # a folder of the user's files is refused now, not at save
@@ -120,6 +130,8 @@ class ExploreSession:
         self.fixed_seg = self._segmentation("fixed_seg", fixed_seg)
         self.moving_seg = self._segmentation("moving_seg", moving_seg)
         self.spacing = list(fixed_v.spacing)
+        # per-label models: the label map the objective, refinement and parameter maps need
+        self.labels = read_labels(model, fixed_v, fixed_labels, needed=True)
         self._fixed_volumes = {"fixed": fixed_t.numpy()}
         if self.fixed_seg is not None:
             self._fixed_volumes["fixed_seg"] = self.fixed_seg.numpy()
@@ -168,7 +180,7 @@ class ExploreSession:
                 "scale": spec.scale,
                 "description": spec.description,
             }
-            for spec in self.model.objective.free_space
+            for spec in self.model.objective.space
         ]
 
     @property
@@ -206,8 +218,7 @@ class ExploreSession:
             steps: instance-optimisation iterations (``>= 1``).
             trace: receives the objective per iteration (progress: see :class:`RefineJob`).
         """
-        if steps < 1:
-            raise InputError(f"explore: refine steps must be >= 1, got {steps}")
+        check_steps(steps, minimum=1, what="explore: refine steps")
         with self._lock:
             started = time.perf_counter()
             params = self._current.params
@@ -220,6 +231,7 @@ class ExploreSession:
                 levels=REFINE_LEVELS,
                 trace=trace,
                 spacing=self.spacing,
+                labels=self.labels,
             )
             self._current = self._score(params, output, started, refined=steps)
 
@@ -231,9 +243,11 @@ class ExploreSession:
                 volume; ``None``: the centre).
 
         Returns:
-            ``{"params", "refined", "readout", "slices", "shape", "spacing", "planes"}``; each
-            plane holds ``fixed``, ``warped``, ``difference`` and ``jacobian`` byte images,
-            the ``grid`` nodes and, when given, ``fixed_seg`` / ``warped_seg`` label images.
+            ``{"params", "refined", "readout", "maps", "slices", "shape", "spacing",
+            "planes"}``; each plane holds ``fixed``, ``warped``, ``difference`` and
+            ``jacobian`` byte images, the ``grid`` nodes and, when given, ``fixed_seg`` /
+            ``warped_seg`` label images and one ``map:<term.param>`` image per parameter map
+            (a per-label model with the fixed label map), whose value range ``maps`` gives.
         """
         current = self._current
         index = self._clip_slices(slices)
@@ -244,13 +258,23 @@ class ExploreSession:
         for axis, position in enumerate(index):
             entry: dict[str, Any] = {"axis": axis, "index": position}
             for name, volume in volumes.items():
-                entry[name] = encode_plane(self._bytes(name, plane(volume, axis, position)))
+                cut = plane(volume, axis, position)
+                if name.startswith("map:"):
+                    low, high = float(volume.min()), float(volume.max())
+                    entry[name] = encode_plane(scale_to_uint8(cut, low, max(high, low + 1e-12)))
+                else:
+                    entry[name] = encode_plane(self._bytes(name, cut))
             entry["grid"] = deformation_grid(displacement, axis, position, step)
             planes.append(entry)
         return {
             "params": dict(current.params),
             "refined": current.refined,
             "readout": dict(current.readout),
+            "maps": {
+                name.split(":", 1)[1]: [float(volume.min()), float(volume.max())]
+                for name, volume in volumes.items()
+                if name.startswith("map:")
+            },
             "slices": index,
             "shape": list(self.shape),
             "spacing": self.spacing,
@@ -287,6 +311,7 @@ class ExploreSession:
         with self._lock:
             result = self._current.result
         source = self.sources["moving_seg"]
+        segs: Mapping[str, Any]
         if isinstance(source, str | Path):
             segs = segmentation_names([source])
         else:
@@ -308,6 +333,8 @@ class ExploreSession:
             words += ["--param", f"{name}={value:.6g}"]
         if isinstance(self.sources["moving_seg"], str | Path):
             words += ["--moving-seg", str(self.sources["moving_seg"])]
+        if isinstance(self.sources["fixed_labels"], str | Path):
+            words += ["--fixed-labels", str(self.sources["fixed_labels"])]
         if current.refined:
             words += ["--refine", str(current.refined)]
         words += ["--out", str(self.out) if self.out is not None else "DIR"]
@@ -332,20 +359,32 @@ class ExploreSession:
         began (the readout's ``seconds``)."""
         result = build_result(output.displacement, self.moving, params, self.affine)
         readout: dict[str, Any] = jacobian_scores(result.displacement)
-        velocity = self.model.config.regularize == "velocity" and output.velocity is not None
-        field = output.velocity if velocity else output.displacement
-        values = self.model.parameter_tensor(params, 1)
+        # the model's own objective, in its units and with its label maps: what refinement
+        # minimises and `regzoo register` reports (one function computes it for all of them)
+        terms = result_objective(
+            self.model,
+            self._fixed_n,
+            self._moving_n,
+            output,
+            params,
+            spacing=self.spacing,
+            labels=self.labels,
+        )
+        readout.update(objective_readout(terms))
         with torch.inference_mode():
             warped_n = warp(self._moving_n, output.displacement)
-            terms = self.model.objective(self._fixed_n, warped_n, field, values)
-        readout["similarity"] = float(terms.similarity[0])
-        readout["energies"] = {label: float(e[0]) for label, e in terms.energies.items()}
-        readout["objective"] = float(terms.total[0])
         volumes = {
             "warped": result.warped.numpy(),
             "difference": (warped_n - self._fixed_n)[0, 0].cpu().numpy(),
             "jacobian": result.jacobian_determinant.numpy(),
         }
+        if self.labels is not None:
+            maps = self.model.objective.parameter_maps(
+                self.model.parameter_tensor(params, 1), self.labels
+            )
+            result.parameter_maps = {name: value[0, 0].cpu() for name, value in maps.items()}
+            for name, value in result.parameter_maps.items():
+                volumes[f"map:{name}"] = value.numpy()
         readout["dice"] = None
         if self.moving_seg is not None:
             warped_seg = warp(
@@ -371,9 +410,7 @@ class RefineJob:
     """
 
     def __init__(self, session: ExploreSession, steps: int) -> None:
-        if steps < 1:
-            raise InputError(f"explore: refine steps must be >= 1, got {steps}")
-        self.steps = steps
+        self.steps = check_steps(steps, minimum=1, what="explore: refine steps")
         self.error: str | None = None
         self.cancelled = False
         self._trace = RefineTrace()

@@ -6,24 +6,18 @@ from collections.abc import Mapping
 from typing import ClassVar
 
 import torch
-from pydantic import BaseModel, ConfigDict
+from pydantic import BaseModel
 from torch import nn
 
 from regzoo._errors import InputError
 from regzoo.params import ParamSpace
-from regzoo.registry import Registry
+from regzoo.registry import NoOptions, Registry
 from regzoo.spatial import Spacing, check_field
 
 __all__ = ["NoOptions", "Regularizer", "RegularizerParams", "regularizer"]
 
 RegularizerParams = Mapping[str, float | torch.Tensor]
 RESERVED_NAMES = frozenset({"alpha"})
-
-
-class NoOptions(BaseModel):
-    """Options model of a component that takes no options."""
-
-    model_config = ConfigDict(extra="forbid", frozen=True)
 
 
 class Regularizer(nn.Module):
@@ -35,6 +29,11 @@ class Regularizer(nn.Module):
       for parameter-free energies such as diffusion);
     - ``quadratic``: set True to declare ``R(c u) = c^2 R(u)`` for every ``c`` (a quadratic
       form in ``u``); off by default, and checked by :mod:`regzoo.testing` when declared;
+    - ``derivative_order``: the order of the spatial derivatives of the field in the energy
+      density, which fixes its units: rescaling the voxel spacing by ``s`` leaves a
+      first-order energy (the default, ``1``) unchanged and scales a second-order quadratic
+      one (``2``) by ``1/s^2``; checked by :mod:`regzoo.testing`. ``None`` declares no such
+      scaling (e.g. a sum of first- and second-order terms);
     - ``nonnegative``: ``R >= 0`` for every field and every parameter value in the physical
       domain (the default; set False for an energy that may be negative);
     - ``spatial_params``: set True when :meth:`energy` accepts a parameter as a spatial map
@@ -51,6 +50,7 @@ class Regularizer(nn.Module):
 
     space: ClassVar[ParamSpace] = ParamSpace()
     quadratic: ClassVar[bool] = False
+    derivative_order: ClassVar[int | None] = 1
     nonnegative: ClassVar[bool] = True
     spatial_params: ClassVar[bool] = False
     Options: ClassVar[type[BaseModel]] = NoOptions
@@ -98,7 +98,7 @@ class Regularizer(nn.Module):
         resolved: dict[str, float | torch.Tensor] = {
             spec.name: spec.check_domain(floats.get(spec.name, spec.default)) for spec in self.space
         }
-        shapes = [(batch,)]
+        shapes: list[tuple[int, ...]] = [(batch,)]
         if self.spatial_params and spatial is not None:
             shapes.append((batch, 1, *spatial))
         for name, value in params.items():

@@ -8,8 +8,8 @@ from typing import ClassVar
 import torch
 from pydantic import BaseModel, ConfigDict, Field
 
+import regzoo.regularizers.functional as functional
 from regzoo.params import ParamSpace, ParamSpec
-from regzoo.regularizers import functional
 from regzoo.regularizers.base import Regularizer, regularizer
 from regzoo.spatial import Spacing
 
@@ -97,6 +97,7 @@ class BendingEnergy(Regularizer):
     """
 
     quadratic: ClassVar[bool] = True
+    derivative_order: ClassVar[int | None] = 2  # R(u; s h) = R(u; h) / s^2
 
     def energy(self, u: torch.Tensor, params: Params, spacing: Spacing) -> torch.Tensor:
         return functional.bending_energy(u, spacing)
@@ -110,6 +111,7 @@ class Curvature(Regularizer):
     """
 
     quadratic: ClassVar[bool] = True
+    derivative_order: ClassVar[int | None] = 2  # R(u; s h) = R(u; h) / s^2
 
     def energy(self, u: torch.Tensor, params: Params, spacing: Spacing) -> torch.Tensor:
         return functional.curvature_energy(u, spacing)
@@ -184,6 +186,7 @@ class JacobianPenalty(Regularizer):
     quadratic: ClassVar[bool] = False
     spatial_params: ClassVar[bool] = True
     Options = JacobianOptions
+    options: JacobianOptions
 
     def energy(self, u: torch.Tensor, params: Params, spacing: Spacing) -> torch.Tensor:
         return functional.jacobian_energy(
@@ -258,6 +261,7 @@ class Hyperelastic(Regularizer):
     quadratic: ClassVar[bool] = False
     spatial_params: ClassVar[bool] = True
     Options = MinDetOptions
+    options: MinDetOptions
 
     def energy(self, u: torch.Tensor, params: Params, spacing: Spacing) -> torch.Tensor:
         return functional.hyperelastic_energy(
@@ -310,6 +314,7 @@ class NeoHookean(Regularizer):
     quadratic: ClassVar[bool] = False
     spatial_params: ClassVar[bool] = True
     Options = MinDetOptions
+    options: MinDetOptions
 
     def energy(self, u: torch.Tensor, params: Params, spacing: Spacing) -> torch.Tensor:
         return functional.neo_hookean_energy(
@@ -339,6 +344,8 @@ class RigidityPenalty(Regularizer):
         _stiffness("properness", "weight of the properness condition (det F = 1)"),
     )
     quadratic: ClassVar[bool] = False
+    # second (linearity) and first (orthonormality, properness) derivatives: no one scaling
+    derivative_order: ClassVar[int | None] = None
     spatial_params: ClassVar[bool] = True
 
     def energy(self, u: torch.Tensor, params: Params, spacing: Spacing) -> torch.Tensor:
@@ -401,6 +408,7 @@ class Sliding(Regularizer):
     quadratic: ClassVar[bool] = True
     spatial_params: ClassVar[bool] = True
     Options = SlidingOptions
+    options: SlidingOptions
 
     def energy(self, u: torch.Tensor, params: Params, spacing: Spacing) -> torch.Tensor:
         return functional.sliding_energy(

@@ -12,6 +12,7 @@ units (``u_k * spacing_k``) and derivatives are taken per physical unit.
 from __future__ import annotations
 
 import math
+from collections.abc import Iterable
 
 import torch
 
@@ -111,7 +112,7 @@ def _uniform(value: Param) -> Param:
     Spatially constant parameters then take the same (fused) path as per-sample ones, so a
     constant map gives exactly the scalar energy.
     """
-    if not is_map(value):
+    if not isinstance(value, torch.Tensor) or not is_map(value):
         return value
     flat = value.flatten(1)
     return flat[:, 0] if bool((flat == flat[:, :1]).all()) else value
@@ -127,6 +128,15 @@ def domain_mean(density: torch.Tensor) -> torch.Tensor:
 # per-sample parameters applied to per-sample means), so forward and backward touch a fraction
 # of the memory of the textbook forms built on regzoo.spatial.gradient / hessian (the tests'
 # reference). Spatial parameter maps weight the pointwise density instead.
+
+
+def _sum(terms: Iterable[torch.Tensor]) -> torch.Tensor:
+    """The sum of tensors, as ``sum()`` computes it (typed: never the integer 0)."""
+    iterator = iter(terms)
+    total = next(iterator)
+    for term in iterator:
+        total = total + term
+    return total
 
 
 def _mean_square(t: torch.Tensor, ndim: int) -> torch.Tensor:
@@ -152,7 +162,7 @@ def diffusion_energy(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
     """Diffusion: ``mean_x sum_ij (d_i u_j)^2 = mean |grad u|^2``."""
     check_field(u, "diffusion_energy")
     ndim = u.shape[1]
-    return sum(_mean_square(d, ndim) for d in differences(to_physical(u, spacing), spacing))
+    return _sum(_mean_square(d, ndim) for d in differences(to_physical(u, spacing), spacing))
 
 
 def linear_elastic_energy(
@@ -170,15 +180,18 @@ def linear_elastic_energy(
     ndim = len(d)
     diagonal = [d[i][i] for i in range(ndim)]
     off_diagonal = [d[j][i] + d[i][j] for i in range(ndim) for j in range(i + 1, ndim)]
-    divergence = sum(diagonal)
+    divergence = _sum(diagonal)
     if is_map(lam) or is_map(mu):
         # sum_ij (d_i u_j + d_j u_i)^2 = 4 sum_i (d_i u_i)^2 + 2 sum_{i<j} (d_i u_j + d_j u_i)^2
-        shear = 4 * sum(t.square() for t in diagonal) + 2 * sum(t.square() for t in off_diagonal)
+        shear = 4 * _sum(t.square() for t in diagonal) + 2 * _sum(
+            t.square() for t in off_diagonal
+        )
         mu_t = per_sample(mu, shear, "mu", "linear_elastic_energy")
         lam_t = per_sample(lam, shear, "lam", "linear_elastic_energy")
         return domain_mean(mu_t / 4 * shear + lam_t / 2 * divergence.square())
-    shear = 4 * sum(_mean_square(t, ndim) for t in diagonal)
-    shear = shear + 2 * sum(_mean_square(t, ndim) for t in off_diagonal)
+    shear = 4 * _sum(_mean_square(t, ndim) for t in diagonal)
+    if off_diagonal:
+        shear = shear + 2 * _sum(_mean_square(t, ndim) for t in off_diagonal)
     mu_t = per_sample(mu, shear, "mu", "linear_elastic_energy")
     lam_t = per_sample(lam, shear, "lam", "linear_elastic_energy")
     return mu_t / 4 * shear + lam_t / 2 * _mean_square(divergence, ndim)
@@ -190,7 +203,7 @@ def bending_energy(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
     ndim = u.shape[1]
     second = _second_differences(to_physical(u, spacing), spacing)
     # d_i d_j = d_j d_i: each mixed derivative counts twice
-    return sum((1 if i == j else 2) * _mean_square(h, ndim) for (i, j), h in second.items())
+    return _sum((1 if i == j else 2) * _mean_square(h, ndim) for (i, j), h in second.items())
 
 
 def curvature_energy(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
@@ -216,7 +229,7 @@ def total_variation_energy(
     ``eps`` may be a map (read at the forward differences' points).
     """
     check_field(u, "total_variation_energy")
-    squared = sum(d.square().sum(dim=1) for d in differences(to_physical(u, spacing), spacing))
+    squared = _sum(d.square().sum(dim=1) for d in differences(to_physical(u, spacing), spacing))
     eps_t = per_sample(eps, squared, "eps", "total_variation_energy")
     tiny = torch.finfo(squared.dtype).tiny
     root = torch.sqrt((squared + eps_t**2).clamp_min(tiny))
@@ -310,7 +323,7 @@ def _right_cauchy_green(F: list[list[torch.Tensor]]) -> list[list[torch.Tensor]]
     C: list[list[torch.Tensor]] = [[None] * ndim for _ in range(ndim)]  # type: ignore[list-item]
     for i in range(ndim):
         for j in range(i, ndim):
-            C[i][j] = sum(F[k][i] * F[k][j] for k in range(ndim))
+            C[i][j] = _sum(F[k][i] * F[k][j] for k in range(ndim))
             C[j][i] = C[i][j]
     return C
 
@@ -371,11 +384,11 @@ def hyperelastic_energy(
     caller = "hyperelastic_energy"
     F = deformation_gradient(u, spacing)
     ndim = len(F)
-    stretch = sum(
+    stretch = _sum(
         (F[j][i] - 1 if i == j else F[j][i]).square() for j in range(ndim) for i in range(ndim)
     )
     cof = _cofactor(F)
-    faces = sum((sum(cof[a][i].square() for a in range(ndim)) - 1).square() for i in range(ndim))
+    faces = _sum((_sum(cof[a][i].square() for a in range(ndim)) - 1).square() for i in range(ndim))
     total = _weighted_mean(stretch / 2, length, "length", caller)
     total = total + _weighted_mean(faces / 2, area, "area", caller)
     return total + _weighted_mean(
@@ -398,8 +411,8 @@ def st_venant_kirchhoff_energy(
     C = _right_cauchy_green(deformation_gradient(u, spacing))
     ndim = len(C)
     E = [[(C[i][j] - 1 if i == j else C[i][j]) / 2 for j in range(ndim)] for i in range(ndim)]
-    trace = sum(E[i][i] for i in range(ndim))
-    squared = sum(E[i][j].square() for i in range(ndim) for j in range(ndim))
+    trace = _sum(E[i][i] for i in range(ndim))
+    squared = _sum(E[i][j].square() for i in range(ndim) for j in range(ndim))
     caller = "st_venant_kirchhoff_energy"
     return _weighted_mean(trace.square() / 2, lam, "lam", caller) + _weighted_mean(
         squared, mu, "mu", caller
@@ -421,7 +434,7 @@ def neo_hookean_energy(
     lam, mu = _uniform(lam), _uniform(mu)
     F = deformation_gradient(u, spacing)
     ndim = len(F)
-    invariant = sum(F[j][i].square() for j in range(ndim) for i in range(ndim)) - ndim
+    invariant = _sum(F[j][i].square() for j in range(ndim) for i in range(ndim)) - ndim
     det = _determinant(F)
     clamped = det.clamp_min(min_det)
     log_det = torch.log(clamped)
@@ -461,12 +474,12 @@ def rigidity_energy(
     F = deformation_gradient(u, spacing)
     ndim = len(F)
     C = _right_cauchy_green(F)
-    orthonormal = sum(
+    orthonormal = _sum(
         (C[i][j] - 1 if i == j else C[i][j]).square() for i in range(ndim) for j in range(ndim)
     )
     proper = (_determinant(F) - 1).square()
     second = _second_differences(physical, spacing)
-    affine = sum(h.square().sum(dim=1) for h in second.values())
+    affine = _sum(h.square().sum(dim=1) for h in second.values())
 
     def term(density: torch.Tensor, value: Param, name: str) -> torch.Tensor:
         value = _uniform(value)
@@ -499,7 +512,7 @@ def _smooth(region: torch.Tensor, sigma: float) -> torch.Tensor:
         pad[2 * (ndim - 1 - axis)] = pad[2 * (ndim - 1 - axis) + 1] = radius
         padded = torch.nn.functional.pad(out, pad, mode="replicate")
         size = out.shape[2 + axis]
-        out = sum(
+        out = _sum(
             float(kernel[k]) * padded.narrow(2 + axis, k, size) for k in range(2 * radius + 1)
         )
     return out
@@ -517,10 +530,10 @@ def interface_normals(
     ndim = region.ndim - 2
     smooth = _smooth(region.detach(), sigma)[:, 0]
     step = spacing_tensor(spacing, ndim, smooth)
-    grads = torch.gradient(smooth, dim=tuple(range(1, ndim + 1)))
+    grads = list(torch.gradient(smooth, dim=tuple(range(1, ndim + 1))))
     if step is not None:
         grads = [g / step[axis] for axis, g in enumerate(grads)]
-    norm = torch.sqrt(sum(g.square() for g in grads))
+    norm = torch.sqrt(_sum(g.square() for g in grads))
     scale = torch.where(norm > 0, 1 / norm.clamp_min(torch.finfo(norm.dtype).tiny), 0.0)
     return [g * scale for g in grads]
 
@@ -555,14 +568,14 @@ def sliding_energy(
     region, slip = _uniform(region), _uniform(slip)
     ndim = u.shape[1]
     diffs = differences(to_physical(u, spacing), spacing)
-    if not is_map(region):
-        return sum(_mean_square(d, ndim) for d in diffs)
+    if not isinstance(region, torch.Tensor) or not is_map(region):
+        return _sum(_mean_square(d, ndim) for d in diffs)
     caller = "sliding_energy"
     region = region.to(dtype=u.dtype, device=u.device)
     normals = interface_normals(region, spacing, sigma=sigma)
     sizes = diffs[0].shape[2:]
     labels = region[:, 0]
-    total = 0.0
+    total = u.new_zeros(u.shape[0])
     for axis, d in enumerate(diffs):
         here = labels
         for a, n in enumerate(sizes):
@@ -580,7 +593,7 @@ def sliding_energy(
                 end = end.narrow(1 + a, int(a == axis), n)
             normal.append((start + end) / 2)
         square = d.square().sum(dim=1)
-        along = sum(normal[k] * d[:, k] for k in range(ndim)).square()
+        along = _sum(normal[k] * d[:, k] for k in range(ndim)).square()
         slip_t = per_sample(slip, square, "slip", caller)
         total = total + domain_mean(square - crossing * slip_t * (square - along))
     return total

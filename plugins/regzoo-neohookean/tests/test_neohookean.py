@@ -18,8 +18,9 @@ from regzoo.testing import (
 )
 
 
+# --8<-- [start:contract]
 def test_regzoo_contract(regularizer_contract):
-    # the fixture comes from regzoo's pytest plugin (regzoo.testing)
+    # the fixture comes from regzoo's pytest plugin (regzoo.testing.plugin; see conftest.py)
     regularizer_contract(NeoHookean)
 
 
@@ -29,8 +30,12 @@ def test_contract_by_import():
 
 def test_regzoo_properties():
     # random fields (zero to folding) and parameters over the physical domain, 2D and 3D:
-    # finite values and gradients, R >= 0, R(u + c) = R(u); quadratic = False skips c^2
+    # finite values and gradients, R >= 0, R(u + c) = R(u), an energy per mm (first order:
+    # unchanged when the spacing is rescaled); quadratic = False skips c^2
     check_regularizer_properties(NeoHookean, max_examples=15)
+
+
+# --8<-- [end:contract]
 
 
 def _rotation(theta, ndim):

@@ -208,13 +208,41 @@
     ctx.stroke();
   }
 
+  // one more row per parameter map (a per-label model given the fixed label map)
+  function mapRows() {
+    const names = Object.keys(view.maps || {});
+    for (const name of names) {
+      const id = `map:${name}`;
+      if ($(`${id}-0`)) continue;
+      const row = document.createElement("tr");
+      const th = document.createElement("th");
+      th.id = `${id}-title`;
+      row.append(th);
+      for (let axis = 0; axis < 3; axis++) {
+        const td = document.createElement("td");
+        const canvas = document.createElement("canvas");
+        canvas.id = `${id}-${axis}`;
+        td.append(canvas);
+        row.append(td);
+      }
+      $("view-rows").append(row);
+    }
+    for (const name of names) {
+      const [low, high] = view.maps[name];
+      $(`map:${name}-title`).textContent = `${name} (${fmt(low)} to ${fmt(high)})`;
+    }
+    return names.map((name) => `map:${name}`);
+  }
+
   function draw() {
     if (!view) return;
     const showGrid = $("show-grid").checked;
     const showContours = $("show-contours").checked;
+    const rows = [...ROWS, ...mapRows()];
     for (const plane of view.planes) {
-      for (const row of ROWS) {
-        const { ctx, s } = paint($(`${row}-${plane.axis}`), plane[row], TABLES[TABLE_OF[row]], plane.axis);
+      for (const row of rows) {
+        const table = TABLES[TABLE_OF[row] || "gray"];
+        const { ctx, s } = paint($(`${row}-${plane.axis}`), plane[row], table, plane.axis);
         if (showContours && (row === "fixed" || row === "warped")) {
           if (plane.fixed_seg) contour(ctx, plane.fixed_seg, s, "#ff3030");
           if (row === "warped" && plane.warped_seg) contour(ctx, plane.warped_seg, s, "#ffdd00");

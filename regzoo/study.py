@@ -1,0 +1,193 @@
+"""The sweep study that ``regzoo sweep`` runs: sweep the grid (an exact sweep also scores it
+by the network alone, so the report says whether the network's choice agrees), choose the best
+setting by a metric or a label-free criterion, optionally optimise the parameters per pair and
+compare the network with refinement at the best setting, draw the best and worst settings and
+write the report, as one output set.
+
+The command line only parses its options and prints :class:`SweepStudy`'s summary.
+"""
+
+from __future__ import annotations
+
+from collections.abc import Mapping
+from dataclasses import dataclass, field
+from pathlib import Path
+from typing import Any
+
+from regzoo._errors import InputError
+from regzoo.criteria import needs_backward
+from regzoo.data.learn2reg import Learn2RegDataset, sibling_path
+from regzoo.evaluation import check_dimension, check_metric, compare_refinement
+from regzoo.explore.command import explore_command
+from regzoo.inference import read_image, read_pair
+from regzoo.io import output_folder
+from regzoo.model import HyperRegistration
+from regzoo.report import overlay_figure, write_sweep_report
+from regzoo.sweep import GridAxis, SweepResult, optimize_dataset, sweep
+
+__all__ = ["SweepStudy", "parameter_title", "run_sweep_study"]
+
+
+def parameter_title(params: Mapping[str, float]) -> str:
+    """``lam=0.1, mu=1`` from full parameter names (what figures and summaries show)."""
+    return ", ".join(f"{k.split('.', 1)[-1]}={v:.3g}" for k, v in params.items())
+
+
+def _existing(image: str | Path, folder: str) -> str | None:
+    """A Learn2Reg image's annotation in ``folder`` (``masksTr``, ``labelsTr``), if it exists."""
+    path = sibling_path(image, folder)
+    return str(path) if path is not None and path.is_file() else None
+
+
+@dataclass
+class SweepStudy:
+    """What :func:`run_sweep_study` found and wrote.
+
+    Attributes:
+        result: the sweep over the grid.
+        metric: the metric the report ranks by (and the best setting was chosen by, unless
+            ``criterion`` chose it).
+        criterion: the label-free criterion that chose the best setting (``None``: ``metric``).
+        best: the best setting's row (parameters and mean metrics).
+        comparison: network vs refined scores at the best setting (``refine > 0``).
+        summary: the report's ``summary.md``.
+    """
+
+    result: SweepResult
+    metric: str
+    best: dict[str, Any]
+    summary: Path
+    comparison: dict[str, dict[str, float]] | None = field(default=None)
+    criterion: str | None = None
+
+
+def run_sweep_study(
+    model: HyperRegistration,
+    dataset: Learn2RegDataset,
+    grid: Mapping[str, GridAxis],
+    out: str | Path,
+    *,
+    metric: str | None = None,
+    criterion: str | None = None,
+    batch_size: int = 8,
+    refine: int = 0,
+    refine_grid: bool = False,
+    max_folding: float | None = None,
+    optimize: bool = False,
+    optimize_steps: int = 30,
+    figure: bool = False,
+    checkpoint: str | Path | None = None,
+    data: str | Path | None = None,
+) -> SweepStudy:
+    """Sweep ``grid`` on ``dataset`` and write the report into ``out`` (one output set).
+
+    Args:
+        model: a trained model.
+        dataset: the pairs, with annotations (masks, label maps, keypoints) where present.
+        grid: parameter axes (:func:`regzoo.sweep.parse_grid`).
+        out: the report folder (replaced whole).
+        metric: the metric that chooses the best setting (default: the result's own).
+        criterion: choose the best setting by this label-free criterion
+            (:mod:`regzoo.criteria`) instead of a metric.
+        batch_size: settings per network forward.
+        refine: refinement iterations of the comparison at the best setting (0: none).
+        refine_grid: refine every setting (an exact sweep), not only the best one; the grid
+            is then also scored by the network alone (one forward per setting), and the report
+            says whether the network's ranking agrees with the refined one.
+        max_folding: the best setting's highest folded-voxel fraction.
+        optimize: also optimise the parameters per pair through the hypernetwork.
+        optimize_steps: its iterations.
+        figure: draw the best and worst settings on the first pair and print the
+            ``regzoo explore`` command of the best one.
+        checkpoint: the model's file, named in the report and the explore command.
+        data: the data set's folder, named in the report.
+
+    Raises:
+        InputError: ``refine_grid`` without ``refine``, a data set of another dimension than
+            the model's, a metric the data cannot give, or a metric and a criterion together.
+    """
+    if refine_grid and not refine:
+        raise InputError("--refine-grid needs --refine N (the iterations per setting)")
+    check_dimension(model, dataset)
+    if metric:
+        check_metric(metric, dataset[0])
+    if metric and criterion:
+        raise InputError("give --metric or --criterion, not both")
+    result = sweep(
+        model,
+        dataset,
+        grid,
+        batch_size=batch_size,
+        refine_steps=refine if refine_grid else 0,
+        max_folding=max_folding,
+        backward=needs_backward(criterion),
+    )
+    network = (
+        sweep(model, dataset, grid, batch_size=batch_size, max_folding=max_folding)
+        if refine_grid
+        else None
+    )
+    optimized = (
+        optimize_dataset(model, dataset, names=result.names, steps=optimize_steps)
+        if optimize
+        else []
+    )
+    metric = metric or result.default_metric()
+    best = result.choose(criterion) if criterion else result.best(metric)
+    comparison = None
+    if refine:
+        chosen = {n: best[n] for n in result.names}
+        comparison = compare_refinement(model, dataset, chosen, refine=refine)
+    out = Path(out)
+    with output_folder(out) as staging:
+        overlay = explore = None
+        if figure:
+            ranked = result.ranked(metric)
+            pick = [{n: r[n] for n in result.names} for r in (best, ranked[-1])]
+            first = dataset[0]
+            fixed_mask = _existing(first["fixed_path"], "masksTr")
+            moving_mask = _existing(first["moving_path"], "masksTr")
+            fixed_labels = _existing(first["fixed_path"], "labelsTr")
+            fixed, moving, masks = read_pair(
+                first["fixed_path"],
+                first["moving_path"],
+                segmentations={"mask": moving_mask} if moving_mask else {},
+            )
+            overlay = overlay_figure(
+                model,
+                fixed,
+                moving,
+                [
+                    (f"best: {parameter_title(pick[0])}", pick[0]),
+                    (f"worst: {parameter_title(pick[1])}", pick[1]),
+                ],
+                staging / "overlay.png",
+                moving_mask=masks.get("mask"),
+                fixed_mask=read_image(fixed_mask, what="mask") if fixed_mask else None,
+                fixed_labels=fixed_labels,
+                refine=refine if refine_grid else 0,
+            )
+            explore = explore_command(
+                checkpoint if checkpoint is not None else "MODEL.ckpt",
+                first["fixed_path"],
+                first["moving_path"],
+                fixed_seg=fixed_mask,
+                moving_seg=moving_mask,
+                fixed_labels=fixed_labels,
+                params=pick[0],
+            )
+        write_sweep_report(
+            result,
+            staging,
+            metric=metric,
+            criterion=criterion,
+            optimized=optimized,
+            comparison=comparison,
+            refine_steps=refine,
+            figure=overlay,
+            explore=explore,
+            network=network,
+            model=str(checkpoint),
+            data=str(data),
+        )
+    return SweepStudy(result, metric, best, out / "summary.md", comparison, criterion)
