@@ -41,7 +41,8 @@ def test_registered_and_usable_in_a_config(tmp_path):
     assert {"mind_ssc", "ngf", "mi"} <= set(SIMILARITIES.available())
     for name in ("mind_ssc", "ngf", "mi"):
         config = load_config(
-            "configs/quickstart.yaml", [f"similarity.name={name}", "similarity.options={}"]
+            "configs/quickstart.yaml",
+            [f"similarity.name={name}", "similarity.options={}", "similarity.scales=[1]"],
         )
         assert type(build_objective(config).similarity).registered_name == name
 

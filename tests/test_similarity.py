@@ -71,7 +71,7 @@ def test_multiscale_averages_the_similarity_over_pooled_images(shape):
 
 def test_multiscale_rejects_bad_scales_and_is_configured_by_scales():
     from regzoo.config import ConfigError, load_config
-    from regzoo.objective import build_objective
+    from regzoo.resolve import build_objective
     from regzoo.similarity import MultiScale
 
     with pytest.raises(ValueError, match="scales must be positive integers"):
