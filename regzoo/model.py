@@ -156,13 +156,20 @@ class HyperRegistration(L.LightningModule):
             values = self.space.denormalize(unit)
         return values.to(self.device)
 
+    def regularized_field(self, output: RegistrationOutput) -> torch.Tensor:
+        """The field the objective's energies see: the stationary velocity with
+        ``regularize: velocity`` (when the output has one), else the displacement."""
+        if self.config.regularize == "velocity" and output.velocity is not None:
+            return output.velocity
+        return output.displacement
+
     def _loss(self, batch: Mapping[str, Any], values: torch.Tensor) -> tuple[LossTerms, Any, Any]:
         fixed, moving = batch["fixed"], batch["moving"]
         output = self.net(
             fixed, moving, self.space.normalize(values) if self.net.num_params else None
         )
         warped = warp(moving, output.displacement)
-        field = output.velocity if self.config.regularize == "velocity" else output.displacement
+        field = self.regularized_field(output)
         spacing = self.energy_spacing(batch.get("spacing"))
         labels = batch.get("fixed_labels") if self.objective.needs_labels else None
         terms = self.objective(fixed, warped, field, values, spacing, labels)

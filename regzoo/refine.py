@@ -239,16 +239,13 @@ def result_objective(
         InputError: a model with per-label parameters and no ``labels``.
     """
     values = model.parameter_tensor(params, fixed.shape[0])
-    field = output.displacement
-    if model.config.regularize == "velocity" and output.velocity is not None:
-        field = output.velocity
     with torch.no_grad():
         return field_objective(
             model.objective,
             fixed,
             moving,
             output.displacement,
-            field,
+            model.regularized_field(output),
             values,
             model.energy_spacing(spacing),
             labels,

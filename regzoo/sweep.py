@@ -471,15 +471,12 @@ def optimize_parameters(
             if criterion == "dice":
                 value = 1.0 - _soft_dice(warp(source, output.displacement), target)
             else:
-                field = output.displacement
-                if model.config.regularize == "velocity" and output.velocity is not None:
-                    field = output.velocity
                 value = field_objective(
                     model.objective,
                     fixed,
                     moving,
                     output.displacement,
-                    field,
+                    model.regularized_field(output),
                     values,
                     model.energy_spacing(item.get("spacing")),
                     item_labels(item),
