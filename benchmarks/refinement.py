@@ -7,9 +7,9 @@ for the warm start) in wall and in CPU time (all threads: on a busy machine the 
 ``--threads 1`` is what an idle core would take). The first row is the start alone. Options that take several values are
 crossed:
 
-- ``--similarity``: the refinement similarity (``model``: the training one; ``mind_ssc``,
-  ``ngf``, ``mi``, ``lncc``, ``mse``), with ``--sim-weight`` its factor (``mind_ssc*10``: this
-  similarity with the factor 10 only; ``mind_ssc:dilation=1*10``: with options);
+- ``--similarity``: refinement similarities as :func:`regzoo.similarity.parse_similarity` reads
+  them (``model``: the training one; ``mind_ssc``, ``10*mind_ssc``, ``ngf:eta=0.05``,
+  ``model + 0.75*ngf``);
 - ``--grid-downsize``, ``--levels``, ``--split`` (shares per level, coarsest first, e.g.
   ``1:1:2``), ``--steps``, ``--lr``, ``--optimizer`` (adam, lbfgs), ``--tol`` (early stopping);
 - ``--starts``: the network's field, or zero.
@@ -21,7 +21,7 @@ fields (``--starts zero``). Run with the project's environment::
         --data data/phantom --param lam=1 --param mu=1
     .venv/bin/python benchmarks/refinement.py --config configs/quickstart.yaml \\
         --data data/phantom --param lam=1 --param mu=1 --starts zero \\
-        --similarity model mind_ssc --sim-weight 1 10 --steps 30 60 --tol 0 1e-3
+        --similarity model 'mind_ssc' '10*mind_ssc' --steps 30 60 --tol 0 1e-3
 """
 
 from __future__ import annotations
@@ -41,16 +41,7 @@ from regzoo.model import load_model
 from regzoo.nets import RegistrationOutput
 from regzoo.refine import RefineOptions, RefineTrace, refine_field
 from regzoo.resolve import build_objective
-from regzoo.similarity import SIMILARITIES, Similarity
-
-
-def _similarity(text: str) -> Similarity | None:
-    """``name[:key=value,...]`` as a similarity (``model``: ``None``, the objective's)."""
-    name, _, given = text.partition(":")
-    if name in ("model", "-"):
-        return None
-    options = dict(item.split("=") for item in given.split(",") if item)
-    return SIMILARITIES.get(name)(**{k: json.loads(v) for k, v in options.items()})
+from regzoo.similarity import parse_similarity
 
 
 def _split(text: str) -> tuple[float, ...] | None:
@@ -67,7 +58,6 @@ def main() -> None:
     parser.add_argument("--split", default="val")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--similarity", nargs="+", default=["model"])
-    parser.add_argument("--sim-weight", type=float, nargs="+", default=[1.0])
     parser.add_argument("--grid-downsize", type=int, nargs="+", default=[2])
     parser.add_argument("--steps", type=int, nargs="+", default=[30, 60])
     parser.add_argument("--lr", type=float, nargs="+", default=[0.1])
@@ -108,7 +98,6 @@ def main() -> None:
     grid = itertools.product(
         args.starts,
         args.similarity,
-        args.sim_weight,
         args.grid_downsize,
         args.levels,
         args.level_split,
@@ -117,16 +106,11 @@ def main() -> None:
         args.lr,
         args.tol,
     )
-    variants = [(start, "-", 0.0, 0, 0, "-", "-", 0, 0.0, 0.0) for start in args.starts]
-    variants += [
-        (v[0], v[1].split("*")[0], float(v[1].split("*")[1]), *v[3:]) if "*" in v[1] else v
-        for v in grid
-        if (v[4] == 1 or _split(v[5]) is None or len(_split(v[5])) == v[4])
-        and ("*" not in v[1] or v[2] == args.sim_weight[0])
-    ]
+    variants = [(start, "-", 0, 0, "-", "-", 0, 0.0, 0.0) for start in args.starts]
+    variants += [v for v in grid if v[3] == 1 or _split(v[4]) is None or len(_split(v[4])) == v[3]]
     table = []
-    for start, sim_name, weight, grid_ds, levels, split, optimizer, steps, lr, tol in variants:
-        sim = _similarity(sim_name)
+    for start, sim_name, grid_ds, levels, split, optimizer, steps, lr, tol in variants:
+        sim = parse_similarity(sim_name, trained=objective.similarity) if steps else None
         rows = []
         for item in items:
             fixed, moving = item["fixed"][None], item["moving"][None]
@@ -148,7 +132,6 @@ def main() -> None:
                     split=_split(split) if levels > 1 else None,
                     optimizer=optimizer,
                     tol=tol,
-                    similarity_weight=weight,
                     int_steps=int_steps,
                     regularize=config.regularize,
                 )
@@ -175,7 +158,6 @@ def main() -> None:
         record = {
             "start": start,
             "similarity": sim_name,
-            "sim_weight": weight,
             "grid_downsize": grid_ds,
             "levels": levels,
             "split": split,
@@ -187,7 +169,7 @@ def main() -> None:
         }
         print(json.dumps(record), flush=True)
         table.append(
-            f"| {start} | {sim_name} | {weight:g} | {grid_ds or '-'} | {levels or '-'} | {split} "
+            f"| {start} | {sim_name} | {grid_ds or '-'} | {levels or '-'} | {split} "
             f"| {optimizer} | {steps} | {lr:g} | {tol:g} | {s['iterations']:.1f} "
             f"| {s['tre_mm']:.2f} | {s.get('dice', 0):.4f} | {s['sdlogj']:.3f} "
             f"| {s['folding_fraction']:.2%} | {s['seconds']:.2f} | {s['cpu_seconds']:.2f} |"
@@ -195,10 +177,10 @@ def main() -> None:
     source_name = args.model or args.config
     print(f"\n{source_name}, {len(items)} {args.split} pairs, parameters {params}\n")
     print(
-        "| start | similarity | weight | grid | levels | split | optimizer | steps | lr | tol "
+        "| start | similarity | grid | levels | split | optimizer | steps | lr | tol "
         "| iterations run | TRE mm | Dice | SDlogJ | folded | s/pair | CPU s/pair |"
     )
-    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
+    print("|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|---|")
     print("\n".join(table))
 
 

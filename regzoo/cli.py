@@ -349,16 +349,11 @@ def _add_refine_options(parser: argparse.ArgumentParser) -> None:
     """How --refine optimises: its similarity and when it stops (register, evaluate)."""
     parser.add_argument(
         "--refine-similarity",
-        metavar="NAME",
-        help="refine under this registered similarity (e.g. mind_ssc, ngf, mi) instead of the "
-        "training one; the regularizer terms stay the model's",
-    )
-    parser.add_argument(
-        "--refine-similarity-weight",
-        type=float,
-        default=1.0,
-        metavar="W",
-        help="factor of the similarity in the refined objective (default 1)",
+        metavar="SPEC",
+        help="refine under this similarity instead of the training one: a registered name "
+        "(mind_ssc, ngf, mi...), weighted terms joined by '+' ('10*mind_ssc', "
+        "'model + 0.75*ngf'; 'model' is the training similarity) and options after ':' "
+        "('ngf:eta=0.05'); the regularizer terms stay the model's",
     )
     parser.add_argument(
         "--refine-tol",
@@ -372,16 +367,13 @@ def _add_refine_options(parser: argparse.ArgumentParser) -> None:
 
 def _refine_options(args: argparse.Namespace) -> dict[str, object]:
     """The keyword arguments of regzoo.refine.refine that _add_refine_options collects."""
-    from regzoo.similarity import SIMILARITIES
+    from regzoo.similarity import MSE, parse_similarity
 
     options: dict[str, object] = {}
     if args.refine_similarity:
-        SIMILARITIES.get(args.refine_similarity)  # an unknown name fails before any work
+        # names, weights and options fail before any work (MSE stands in for the model's own)
+        parse_similarity(args.refine_similarity, trained=MSE())
         options["similarity"] = args.refine_similarity
-    if args.refine_similarity_weight != 1.0:
-        if not args.refine_similarity_weight > 0:
-            raise InputError("--refine-similarity-weight must be > 0")
-        options["similarity_weight"] = args.refine_similarity_weight
     if args.refine_tol:
         if args.refine_tol < 0:
             raise InputError("--refine-tol must be >= 0")

@@ -26,7 +26,7 @@ change per iteration falls below ``tol``; :class:`RefineTrace` records how many 
 from __future__ import annotations
 
 import threading
-from collections.abc import Mapping, Sequence
+from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
 from typing import TYPE_CHECKING
 
@@ -38,7 +38,7 @@ from regzoo._errors import InputError, RegzooError
 from regzoo.lung_similarity import DescriptorSimilarity
 from regzoo.nets import RegistrationOutput
 from regzoo.objective import LossTerms, Objective
-from regzoo.similarity import SIMILARITIES, Similarity
+from regzoo.similarity import Similarity, WeightedSum, parse_similarity
 from regzoo.spatial import Spacing, check_image, integrate_velocity, resize_flow, warp
 
 if TYPE_CHECKING:
@@ -97,8 +97,6 @@ class RefineOptions:
             iteration, averaged over the last ``window`` iterations,
             ``(J_{k-w} - J_k) / (w |J_k|)``, falls below ``tol`` (0: always run every step).
         window: iterations the relative change is averaged over.
-        similarity_weight: factor of the similarity in the objective (for a refinement
-            similarity whose scale differs from the training one's).
         progress: show a progress bar.
     """
 
@@ -112,7 +110,6 @@ class RefineOptions:
     optimizer: str = "adam"
     tol: float = 0.0
     window: int = 5
-    similarity_weight: float = 1.0
     progress: bool = False
 
     def __post_init__(self) -> None:
@@ -142,8 +139,6 @@ class RefineOptions:
             raise InputError(f"refine: tol must be >= 0, got {self.tol}")
         if self.window < 1:
             raise InputError(f"refine: window must be >= 1, got {self.window}")
-        if not self.similarity_weight > 0:
-            raise InputError(f"refine: similarity_weight must be > 0, got {self.similarity_weight}")
 
     def steps_per_level(self) -> list[int]:
         """The iteration budget of each level, coarsest first (summing to :attr:`steps`)."""
@@ -375,25 +370,13 @@ def _optimize_level(
     size = fixed.shape[2:]
     coarse_size = [max(2, -(-n // options.grid_downsize)) for n in size]
     unknown = resize_flow(field, coarse_size).clone().requires_grad_(True)
-    if isinstance(similarity, DescriptorSimilarity):
-        # descriptors once per pair and level; the moving image's are warped
-        with torch.no_grad():
-            fixed_features = similarity.features(fixed)
-            moving_features = similarity.features(moving)
-
-        def compare(displacement: torch.Tensor) -> torch.Tensor:
-            return similarity.compare(fixed_features, warp(moving_features, displacement))
-    else:
-
-        def compare(displacement: torch.Tensor) -> torch.Tensor:
-            return similarity(fixed, warp(moving, displacement))
+    compare = _comparator(similarity, fixed, moving)
 
     def evaluate() -> torch.Tensor:
         full = resize_flow(unknown, size)
         displacement = integrate_velocity(full, options.int_steps) if options.int_steps else full
         regularized = full if options.regularize == "velocity" else displacement
-        sim = options.similarity_weight * compare(displacement)
-        terms = objective.combine(sim, regularized, values, spacing, labels)
+        terms = objective.combine(compare(displacement), regularized, values, spacing, labels)
         return terms.total.sum() / fixed.shape[0]
 
     history: list[float] = []
@@ -433,6 +416,38 @@ def _optimize_level(
     return resize_flow(unknown.detach(), size)
 
 
+def _comparator(
+    similarity: Similarity, fixed: torch.Tensor, moving: torch.Tensor
+) -> Callable[[torch.Tensor], torch.Tensor]:
+    """``displacement -> similarity(fixed, moving warped by it)`` for one pair and level.
+
+    A :class:`DescriptorSimilarity` term's descriptors are computed here, once, and the moving
+    image's descriptors are warped (as deeds and ConvexAdam do); the other terms of a
+    :class:`WeightedSum` share one warped image.
+    """
+    terms = similarity.items() if isinstance(similarity, WeightedSum) else [(1.0, similarity)]
+    on_image = [(w, t) for w, t in terms if not isinstance(t, DescriptorSimilarity)]
+    on_descriptors = []
+    with torch.no_grad():
+        for weight, term in terms:
+            if isinstance(term, DescriptorSimilarity):
+                on_descriptors.append((weight, term, term.features(fixed), term.features(moving)))
+
+    def compare(displacement: torch.Tensor) -> torch.Tensor:
+        total = fixed.new_zeros(fixed.shape[0])
+        if on_image:
+            warped = warp(moving, displacement)
+            for weight, term in on_image:
+                total = total + weight * term(fixed, warped)
+        for weight, term, fixed_features, moving_features in on_descriptors:
+            total = total + weight * term.compare(
+                fixed_features, warp(moving_features, displacement)
+            )
+        return total
+
+    return compare
+
+
 def _converged(history: Sequence[float], tol: float, window: int) -> bool:
     """Whether the relative change per iteration over the last ``window`` iterations,
     ``(J_{k-w} - J_k) / (w |J_k|)``, is below ``tol`` (never with ``tol == 0``)."""
@@ -459,7 +474,6 @@ def refine(
     spacing: Spacing = None,
     labels: torch.Tensor | None = None,
     similarity: Similarity | str | None = None,
-    similarity_weight: float = 1.0,
     tol: float = 0.0,
     optimizer: str = "adam",
     split: Sequence[float] | None = None,
@@ -488,10 +502,10 @@ def refine(
             was trained that way (``energy_units: mm``, :meth:`HyperRegistration.energy_spacing`).
         labels: the fixed image's integer label map ``(B or 1, 1, *spatial)``; needed when
             the model has per-label parameters.
-        similarity: refine under this similarity (an instance or a registered name with
-            default options, e.g. ``"mind_ssc"``) instead of the training one; the regularizer
-            terms stay the model's.
-        similarity_weight: factor of the similarity in the refined objective.
+        similarity: refine under this similarity instead of the training one: an instance,
+            or a text for :func:`~regzoo.similarity.parse_similarity` (``"10*mind_ssc"``;
+            ``"model + 0.75*ngf"``, where ``model`` is the training similarity); the
+            regularizer terms stay the model's.
         tol: early stopping on the objective's relative change per iteration (0: off); the
             iterations that ran are in ``trace.iterations``.
         optimizer: ``"adam"`` or ``"lbfgs"``.
@@ -517,11 +531,10 @@ def refine(
         split=None if split is None else tuple(split),
         optimizer=optimizer,
         tol=tol,
-        similarity_weight=similarity_weight,
         progress=progress,
     )
     if isinstance(similarity, str):
-        similarity = SIMILARITIES.get(similarity)()
+        similarity = parse_similarity(similarity, trained=model.objective.similarity)
     start = init.velocity if diffeomorphic and init.velocity is not None else init.displacement
     return refine_field(
         model.objective,

@@ -6,14 +6,17 @@ through the entry-point group ``regzoo.similarities`` or :func:`similarity`.
 
 from __future__ import annotations
 
+import json
+import re
 from collections.abc import Sequence
 from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field
+from pydantic import BaseModel, ConfigDict, Field, ValidationError
 from torch import nn
 
+from regzoo._errors import InputError
 from regzoo.registry import NoOptions, Registry
 from regzoo.spatial import check_image
 
@@ -23,7 +26,9 @@ __all__ = [
     "SIMILARITIES",
     "MultiScale",
     "Similarity",
+    "WeightedSum",
     "box_filter",
+    "parse_similarity",
     "similarity",
 ]
 
@@ -226,3 +231,115 @@ def _pool(image: torch.Tensor, factor: int) -> torch.Tensor:
         return image
     pool = F.avg_pool2d if image.ndim == 4 else F.avg_pool3d
     return pool(image, factor, ceil_mode=True)
+
+
+class WeightedSum(Similarity):
+    """A weighted sum of similarities: ``sum_i w_i sim_i(F, W)``.
+
+    Several measures at once, as ANTs takes several ``--metric`` with weights: e.g. LNCC for
+    the contrast of organ boundaries plus NGF for the vessels' edges, whose minimisers differ
+    (docs/results.md, "Toward the limit"). Nested sums are flattened; refinement
+    (:func:`regzoo.refine.refine_field`) computes a :class:`~regzoo.lung_similarity.
+    DescriptorSimilarity` term's descriptors once per pair and warps the image once for the
+    other terms. Written on the command line as ``model + 0.75*ngf``
+    (:func:`parse_similarity`).
+
+    Args:
+        terms: ``(weight, similarity)`` pairs, each weight finite and positive.
+    """
+
+    def __init__(self, terms: Sequence[tuple[float, Similarity]]) -> None:
+        super().__init__()
+        flat: list[tuple[float, Similarity]] = []
+        for weight, term in terms:
+            if not (isinstance(weight, int | float) and 0 < weight < float("inf")):
+                raise InputError(f"WeightedSum: weights must be finite and > 0, got {weight!r}")
+            if not isinstance(term, Similarity):
+                raise InputError(f"WeightedSum: terms must be similarities, got {term!r}")
+            if isinstance(term, WeightedSum):
+                flat.extend((weight * w, t) for w, t in term.items())
+            else:
+                flat.append((float(weight), term))
+        if not flat:
+            raise InputError("WeightedSum: needs at least one term")
+        self.weights = tuple(w for w, _ in flat)
+        self.terms = nn.ModuleList(t for _, t in flat)
+
+    def items(self) -> list[tuple[float, Similarity]]:
+        """The ``(weight, similarity)`` pairs, flattened."""
+        return list(zip(self.weights, self.terms, strict=True))  # type: ignore[arg-type]
+
+    @property
+    def radius(self) -> int | None:
+        """The widest term's radius (``None`` if any term is global)."""
+        radii = [t.radius for t in self.terms]  # type: ignore[union-attr]
+        return None if any(r is None for r in radii) else max(radii)  # type: ignore[type-var]
+
+    def loss(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        total = fixed.new_zeros(fixed.shape[0])
+        for weight, term in self.items():
+            total = total + weight * term(fixed, warped)
+        return total
+
+
+_OPTION_SEPARATOR = re.compile(r",(?![^\[]*\])")  # commas outside [...]
+TRAINED = "model"
+"""The name that stands for a model's own (training) similarity in :func:`parse_similarity`."""
+
+
+def parse_similarity(spec: str, trained: Similarity | None = None) -> Similarity:
+    """Build a similarity from a text such as ``mind_ssc``, ``10*mind_ssc`` or ``model + 0.75*ngf``.
+
+    Grammar: terms joined by ``+``; each term ``[WEIGHT*]NAME[:KEY=VALUE,...]``, where ``NAME``
+    is a registered similarity built with the given options (values read as JSON: ``window=5``,
+    ``scales=[1, 2]``) or ``model``, the model's own similarity (``trained``). A single term of
+    weight 1 is that similarity itself; anything else a :class:`WeightedSum`. Nothing in the
+    text is evaluated as code.
+
+    Raises:
+        InputError: a malformed text, a weight that is not a positive number, bad options, or
+            ``model`` without ``trained``.
+        UnknownNameError: an unregistered name (close matches are named).
+    """
+    terms: list[tuple[float, Similarity]] = []
+    for text in spec.split("+"):
+        weight_text, _, named = text.strip().rpartition("*")
+        name, _, given = named.strip().partition(":")
+        name = name.strip()
+        try:
+            weight = float(weight_text) if weight_text.strip() else 1.0
+        except ValueError:
+            weight = float("nan")
+        if not name or not 0 < weight < float("inf"):
+            raise InputError(
+                f"similarity {spec!r}: each term is [WEIGHT*]NAME[:KEY=VALUE,...] with a "
+                f"positive WEIGHT, got {text.strip()!r}"
+            )
+        if name == TRAINED:
+            if trained is None or given:
+                raise InputError(
+                    f"similarity {spec!r}: '{TRAINED}' (the model's similarity) takes no options "
+                    "and needs a model"
+                )
+            terms.append((weight, trained))
+            continue
+        cls = SIMILARITIES.get(name)
+        options: dict[str, object] = {}
+        for item in filter(None, (part.strip() for part in _OPTION_SEPARATOR.split(given))):
+            key, sep, value = item.partition("=")
+            if not sep:
+                raise InputError(f"similarity {spec!r}: option {item!r} is not KEY=VALUE")
+            try:
+                options[key.strip()] = json.loads(value)
+            except json.JSONDecodeError:
+                options[key.strip()] = value.strip()
+        try:
+            terms.append((weight, cls(**options)))
+        except ValidationError as exc:
+            raise InputError(
+                f"similarity {spec!r}: {name}: {exc.errors()[0]['msg']} "
+                f"({'.'.join(map(str, exc.errors()[0]['loc']))})"
+            ) from None
+    if len(terms) == 1 and terms[0][0] == 1.0:
+        return terms[0][1]
+    return WeightedSum(terms)

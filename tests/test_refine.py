@@ -20,7 +20,7 @@ from regzoo.model import load_model
 from regzoo.objective import Objective
 from regzoo.refine import RefineOptions, RefineTrace, refine, refine_field
 from regzoo.resolve import build_objective, build_term
-from regzoo.similarity import LNCC, MSE
+from regzoo.similarity import LNCC, MSE, WeightedSum
 from regzoo.spatial import integrate_velocity, warp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -204,9 +204,16 @@ def test_refine_under_another_similarity_warps_precomputed_descriptors(plugin_ob
     init = torch.zeros(1, 2, 32, 32)
     mind = MINDSSC()
     trace = RefineTrace()
-    options = RefineOptions(steps=40, lr=0.2, grid_downsize=1, levels=2, similarity_weight=10.0)
+    options = RefineOptions(steps=40, lr=0.2, grid_downsize=1, levels=2)
     out = refine_field(
-        plugin_objective, fixed, moving, init, values, options, trace=trace, similarity=mind
+        plugin_objective,
+        fixed,
+        moving,
+        init,
+        values,
+        options,
+        trace=trace,
+        similarity=WeightedSum([(10.0, mind)]),
     )
     # the first entry: the descriptors of the moving image warped by zero are its descriptors
     energy = plugin_objective.combine(torch.zeros(1), init, values).total
@@ -267,15 +274,19 @@ def test_lbfgs_and_the_pyramid_split(plugin_objective):
 def test_refine_similarity_from_the_cli_in_3d(tiny_checkpoint, tiny_phantom, tmp_path, capsys):
     report = tmp_path / "r.json"
     args = ["evaluate", "--data", str(tiny_phantom), "--model", str(tiny_checkpoint)]
-    args += ["--refine", "12", "--refine-similarity", "mind_ssc", "--refine-tol", "1e-2"]
-    assert main([*args, "--refine-similarity-weight", "5", "--out", str(report)]) == 0
+    args += ["--refine", "12", "--refine-tol", "1e-2"]
+    spec = "model + 5*mind_ssc"
+    assert main([*args, "--refine-similarity", spec, "--out", str(report)]) == 0
     saved = json.loads(report.read_text())
-    assert saved["similarity"] == "mind_ssc" and saved["similarity_weight"] == 5.0
+    assert saved["similarity"] == spec
     assert 1 <= saved["pairs"][0]["refine_iterations"] <= 12
     assert "refine_iterations" in saved["mean"]
-    code = main([*args[:-2], "--refine-similarity", "mind", "--out", str(report)])
+    code = main([*args, "--refine-similarity", "mind", "--out", str(report)])
     assert code == 2
     assert "did you mean 'mind_ssc'" in capsys.readouterr().err
+    code = main([*args, "--refine-similarity", "model + -2*ngf", "--out", str(report)])
+    assert code == 2
+    assert "positive WEIGHT" in capsys.readouterr().err
 
 
 def test_the_chosen_configuration_on_the_2d_phantom(tiny_phantom_2d):

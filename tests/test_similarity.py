@@ -83,3 +83,51 @@ def test_multiscale_rejects_bad_scales_and_is_configured_by_scales():
     assert isinstance(similarity, MultiScale) and similarity.scales == (1, 2, 4)
     with pytest.raises(ConfigError, match=r"similarity\.scales"):
         load_config({**base, "similarity": {"scales": [0]}})
+
+
+@pytest.mark.parametrize("shape", [(24, 20), (12, 10, 8)])
+def test_weighted_sum_is_the_weighted_sum_of_its_terms(shape):
+    from regzoo.lung_similarity import NGF
+    from regzoo.similarity import WeightedSum
+
+    fixed, warped = textured(shape), textured(shape, seed=1)
+    lncc, ngf = LNCC(window=5), NGF()
+    both = WeightedSum([(1.0, lncc), (0.5, WeightedSum([(3.0, ngf)]))])  # nested: flattened
+    assert both.items() == [(1.0, lncc), (1.5, ngf)]
+    expected = lncc(fixed, warped) + 1.5 * ngf(fixed, warped)
+    assert torch.allclose(both(fixed, warped), expected)
+    assert both.radius == 2  # the widest term's (LNCC 5: 2, NGF: 1)
+    for bad in ([], [(0.0, lncc)], [(float("inf"), lncc)], [(1.0, "lncc")]):
+        with pytest.raises(ValueError, match="WeightedSum"):
+            WeightedSum(bad)
+
+
+def test_parse_similarity_reads_names_weights_options_and_the_model():
+    from regzoo._errors import InputError, UnknownNameError
+    from regzoo.lung_similarity import MINDSSC, NGF
+    from regzoo.similarity import MultiScale, WeightedSum, parse_similarity
+
+    trained = MultiScale(LNCC(), [1, 2])
+    assert isinstance(parse_similarity("mind_ssc"), MINDSSC)
+    assert parse_similarity("model", trained=trained) is trained
+    ten = parse_similarity(" 10 * mind_ssc ")
+    assert isinstance(ten, WeightedSum) and ten.items()[0][0] == 10.0
+    combined = parse_similarity("model + 0.75*ngf:eta=0.05", trained=trained)
+    assert isinstance(combined, WeightedSum)
+    (w1, s1), (w2, s2) = combined.items()
+    assert (w1, s1, w2) == (1.0, trained, 0.75)
+    assert isinstance(s2, NGF) and s2.options.eta == 0.05
+    assert parse_similarity("lncc:window=5").options.window == 5
+    for bad, message in [
+        ("", "each term is"),
+        ("x*ngf", "positive WEIGHT"),
+        ("-1*ngf", "positive WEIGHT"),
+        ("ngf + ", "each term is"),
+        ("ngf:eta", "not KEY=VALUE"),
+        ("ngf:eta=-1", "greater than 0"),
+        ("model", "needs a model"),
+    ]:
+        with pytest.raises(InputError, match=message):
+            parse_similarity(bad)
+    with pytest.raises(UnknownNameError, match="did you mean 'mind_ssc'"):
+        parse_similarity("model + mind", trained=trained)
