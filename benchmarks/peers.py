@@ -30,7 +30,7 @@ Methods:
 The table (also in ``OUT/peers.md``) gives mean TRE (mm), Dice (masks), SDlogJ, folding fraction,
 seconds per pair, and TRE and seconds as ratios to ANTs SyN; one JSON line per method is printed
 and written to ``OUT/peers.jsonl``. Seconds: ANTs' ``registration`` call only (images already
-read); the networks' forward pass (``register`` for regzoo: it reads the two NIfTI files too),
+read); the networks' forward pass (``register`` for regzoo, images already read too),
 after one untimed warm-up call; MONAI's training time is reported apart, per step. Everything
 runs on the CPU with ``--threads`` threads (torch and ITK alike).
 
@@ -51,12 +51,13 @@ import json
 import math
 import os
 import random
+import re
 import tempfile
 import time
 import warnings
 from collections.abc import Callable, Iterator, Mapping, Sequence
 from dataclasses import dataclass, field
-from functools import cache
+from functools import cache, partial
 from pathlib import Path
 from types import ModuleType
 from typing import Any
@@ -68,11 +69,13 @@ from _common import device_name
 
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.evaluation import evaluate_displacements, summarize, write_report
-from regzoo.io import write_displacement
+from regzoo.io import read_volume, write_displacement
 
 WINDOW = (-1000.0, 500.0)  # HU window mapped to [0, 1] for the networks trained here
 ANTS = "ants_syn"
-METHODS = ("identity", ANTS, "monai_voxelmorph", "regzoo", "regzoo_refined", "regzoo_refined_mind")
+CONVEX_ADAM = "convex_adam"
+REFINED = "regzoo_refined"
+METHODS = ("identity", ANTS, CONVEX_ADAM, "monai_voxelmorph", "regzoo", REFINED)
 BENCH_HINT = "pip install -e .[bench]"
 
 Item = Mapping[str, Any]
@@ -225,6 +228,49 @@ def ants_runner(args: argparse.Namespace) -> Runner:
     )
 
 
+# ---------------------------------------------------------------------------------- ConvexAdam
+
+CONVEX_ADAM_SPACING_MM = 1.75  # the Learn2Reg LungCT spacing the package's defaults are set for
+
+
+def convex_adam_runner(args: argparse.Namespace) -> Runner:
+    """ConvexAdam (Siebert, Hansen, Heinrich 2021; the ``convexadam`` package): MIND-SSC
+    features, a coupled convex discrete optimisation on a coarse grid, then Adam with diffusion
+    regularisation, on the raw images, ``args.threads`` torch threads.
+
+    The package's defaults (control grid 6 voxels, search radius 4 grid steps: +-42 mm at
+    1.75 mm voxels) are kept in millimetres: both grids scale with the data's voxel size
+    (at 5.25 mm: grid 2, radius 4). Its displacement ``(X, Y, Z, 3)`` is in voxels on the fixed
+    grid, the Learn2Reg convention that regzoo shares.
+    """
+    import_bench("SimpleITK")
+    module = import_bench("convexAdam.convex_adam_MIND")
+
+    def predict(item: Item) -> tuple[np.ndarray, float]:
+        fixed = nib.load(item["fixed_path"])
+        moving = nib.load(item["moving_path"])
+        spacing = float(np.mean(fixed.header.get_zooms()[:3]))
+        grid = max(1, round(6 * CONVEX_ADAM_SPACING_MM / spacing))
+        adam_grid = max(1, round(2 * CONVEX_ADAM_SPACING_MM / spacing))
+        images = [
+            torch.from_numpy(np.asarray(v.dataobj, dtype=np.float32)) for v in (fixed, moving)
+        ]
+        with warnings.catch_warnings():
+            warnings.simplefilter("ignore")
+            disp, seconds = timed(
+                lambda: module.convex_adam_pt(
+                    *images,
+                    grid_sp=grid,
+                    grid_sp_adam=adam_grid,
+                    device=torch.device("cpu"),
+                    dtype=torch.float32,
+                )
+            )
+        return np.moveaxis(np.asarray(disp, dtype=np.float32), -1, 0), seconds
+
+    return Runner(predict, {"threads": args.threads}, warmup=True)
+
+
 # --------------------------------------------------------------------------------------- MONAI
 
 
@@ -330,31 +376,48 @@ def regzoo_runner(
         options["refine_options"] = refine_options
 
     def predict(item: Item) -> tuple[np.ndarray, float]:
-        result, seconds = timed(
-            lambda: register(model, item["fixed_path"], item["moving_path"], **options, **params)
-        )
+        # images read before the clock starts, as for ANTs
+        fixed, moving = read_volume(item["fixed_path"]), read_volume(item["moving_path"])
+        result, seconds = timed(lambda: register(model, fixed, moving, **options, **params))
         return result.displacement.numpy(), seconds
 
     extra = {"model": args.model, "params": model.objective.resolve(params), "refine": refine}
     return Runner(predict, {**extra, **(refine_options or {})}, warmup=True)
 
 
-def regzoo_refined_runner(args: argparse.Namespace) -> Runner:
-    """``regzoo`` followed by ``--refine`` iterations of instance optimisation."""
-    return regzoo_runner(args, refine=args.refine)
+def refined_variants(args: argparse.Namespace) -> dict[str, tuple[int, str]]:
+    """``regzoo_refined`` as one method per (``--refine`` iterations, ``--refine-similarity``):
+    folder name -> (iterations, similarity text)."""
+    return {
+        f"regzoo_refined_{steps}" + ("" if spec == "model" else "_" + slug(spec)): (steps, spec)
+        for spec in args.refine_similarity
+        for steps in args.refine
+    }
+
+
+def slug(text: str) -> str:
+    """A folder-safe name for a similarity text (``model + 0.5*ngf`` -> ``model_0.5ngf``)."""
+    return re.sub(r"_+", "_", re.sub(r"[^A-Za-z0-9.]+", "_", text.replace("*", ""))).strip("_")
+
+
+def regzoo_refined_runner(args: argparse.Namespace, steps: int, spec: str) -> Runner:
+    """``regzoo`` followed by ``steps`` iterations of instance optimisation under ``spec``."""
+    options: dict[str, Any] = {}
+    if spec != "model":
+        options["similarity"] = spec
+    if args.refine_split:
+        options["split"] = [float(share) for share in args.refine_split.split(":")]
+    runner = regzoo_runner(args, refine=steps, refine_options=options)
+    runner.extra["similarity"] = spec
+    return runner
 
 
 RUNNERS: dict[str, Callable[[argparse.Namespace], Runner]] = {
     "identity": identity_runner,
     ANTS: ants_runner,
+    CONVEX_ADAM: convex_adam_runner,
     "monai_voxelmorph": monai_runner,
     "regzoo": regzoo_runner,
-    "regzoo_refined": regzoo_refined_runner,
-    "regzoo_refined_mind": lambda args: regzoo_runner(
-        args,
-        refine=args.refine,
-        refine_options={"similarity": "mind_ssc", "similarity_weight": args.mind_weight},
-    ),
 }
 
 
@@ -363,12 +426,12 @@ RUNNERS: dict[str, Callable[[argparse.Namespace], Runner]] = {
 
 def unavailable(name: str, args: argparse.Namespace) -> str | None:
     """Why ``name`` cannot run here, or ``None``."""
-    needs = {ANTS: "ants", "monai_voxelmorph": "monai"}
+    needs = {ANTS: "ants", CONVEX_ADAM: "convexAdam", "monai_voxelmorph": "monai"}
     if name in needs and importlib.util.find_spec(needs[name]) is None:
         return f"{needs[name]} is not installed ({BENCH_HINT})"
     if name.startswith("regzoo") and not args.model:
         return "no --model given"
-    if name.startswith("regzoo_refined") and not args.refine:
+    if name == REFINED and not args.refine:
         return "no --refine given"
     return None
 
@@ -465,6 +528,54 @@ def markdown_table(rows: dict[str, dict[str, Any]]) -> str:
     return "\n".join(lines)
 
 
+def frontier_figure(rows: dict[str, dict[str, Any]], path: Path) -> None:
+    """TRE against seconds per pair for every method (log time axis): the accuracy-time
+    frontier. ``regzoo_refined`` methods of one similarity are joined in order of iterations."""
+    import matplotlib
+
+    matplotlib.use("Agg")
+    import matplotlib.pyplot as plt
+
+    fig, ax = plt.subplots(figsize=(7, 4.5), dpi=120)
+    curves: dict[str, list[tuple[float, float, int]]] = {}
+    for name, row in rows.items():
+        seconds, tre = row.get("seconds_per_pair"), row.get("tre_mm")
+        if not (seconds and tre and math.isfinite(seconds) and math.isfinite(tre)):
+            continue  # the identity (no time) or a method without keypoints
+        if name.startswith(REFINED):
+            curves.setdefault(row.get("similarity", "model"), []).append(
+                (seconds, tre, row.get("refine", 0))
+            )
+            continue
+        marker = "*" if name == ANTS else "o"
+        ax.scatter(seconds, tre, marker=marker, s=140 if name == ANTS else 50, zorder=3)
+        ax.annotate(name, (seconds, tre), textcoords="offset points", xytext=(6, 4), fontsize=8)
+    for spec, points in curves.items():
+        points.sort()
+        ax.plot(
+            *zip(*[(t, e) for t, e, _ in points], strict=True),
+            "o-",
+            label=f"regzoo + refine ({spec})",
+        )
+        for seconds, tre, steps in points:
+            ax.annotate(
+                str(steps), (seconds, tre), textcoords="offset points", xytext=(4, -10), fontsize=7
+            )
+    if ANTS in rows and math.isfinite(rows[ANTS].get("tre_mm", math.nan)):
+        ants = rows[ANTS]
+        ax.axhline(0.45 * ants["tre_mm"], color="grey", lw=0.8, ls=":", label="0.45 x ANTs' TRE")
+        ax.axvline(ants["seconds_per_pair"], color="grey", lw=0.8, ls="--", label="ANTs' time")
+    ax.set_xscale("log")
+    ax.set_xlabel("seconds per pair (CPU)")
+    ax.set_ylabel("mean TRE (mm)")
+    ax.set_title("accuracy against time, one run (numbers: refinement iterations)")
+    ax.grid(alpha=0.3, which="both")
+    ax.legend(fontsize=8)
+    fig.tight_layout()
+    fig.savefig(path)
+    plt.close(fig)
+
+
 def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     """Command-line options."""
     parser = argparse.ArgumentParser(
@@ -483,9 +594,23 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument("--monai-reg-weight", type=float, default=1.0)
     parser.add_argument("--model", help="regzoo checkpoint (the regzoo methods need it)")
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
-    parser.add_argument("--refine", type=int, default=0, help="regzoo_refined iterations")
     parser.add_argument(
-        "--mind-weight", type=float, default=10.0, help="regzoo_refined_mind's MIND-SSC weight"
+        "--refine",
+        type=int,
+        nargs="+",
+        default=[],
+        help="regzoo_refined iterations: one method per value (and per --refine-similarity)",
+    )
+    parser.add_argument(
+        "--refine-similarity",
+        nargs="+",
+        default=["model"],
+        metavar="SPEC",
+        help="regzoo_refined similarities as regzoo.similarity.parse_similarity reads them "
+        "('model': the training one; 'model + ngf'; '10*mind_ssc')",
+    )
+    parser.add_argument(
+        "--refine-split", metavar="A:B:C", help="iterations per pyramid level, coarsest first"
     )
     parser.add_argument("--threads", type=int, default=2, help="CPU threads (torch and ITK)")
     parser.add_argument(
@@ -510,6 +635,15 @@ def main(argv: Sequence[str] | None = None) -> None:
     print(f"{len(items)} {args.split} pairs of {args.data}; {device_name(torch.device('cpu'))}")
     rows: dict[str, dict[str, Any]] = {}
     reused = {n.strip() for n in (args.reuse or "").split(",") if n.strip()}
+    variants = refined_variants(args)
+    runners: dict[str, Callable[[argparse.Namespace], Runner]] = {
+        **RUNNERS,
+        **{
+            name: partial(regzoo_refined_runner, steps=n, spec=spec)
+            for name, (n, spec) in variants.items()
+        },
+    }
+    methods = [m for name in methods for m in (variants if name == REFINED else [name])]
     for name in [*sorted(reused - set(methods)), *methods]:
         saved = out / name / "row.json"
         if name in reused:
@@ -519,7 +653,7 @@ def main(argv: Sequence[str] | None = None) -> None:
             print(f"{name}: reused from {saved}")
             continue
         seed_everything(args.seed)
-        runner = RUNNERS[name](args)
+        runner = runners[name](args)
         seconds = run_method(runner, items, out / name)
         rows[name] = {
             **score(args, out / name),
@@ -537,6 +671,7 @@ def main(argv: Sequence[str] | None = None) -> None:
         for name, row in rows.items()
     ]
     (out / "peers.md").write_text(table + "\n")
+    frontier_figure(rows, out / "frontier.png")
     (out / "peers.jsonl").write_text("\n".join(lines) + "\n")
     print(f"\n{table}\n")
     print("\n".join(lines))

@@ -252,7 +252,8 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
         check_dimension(model, dataset)
         options = _refine_options(args)
         rows = evaluate_model(model, dataset, params, refine=args.refine, refine_options=options)
-        extra = {"model": str(args.model), "params": params, "refine": args.refine, **options}
+        extra = {"model": str(args.model), "params": params, "refine": args.refine}
+        extra["refine_options"] = options
     else:
         dataset = Learn2RegDataset(args.data, args.split, annotations=True)
         rows = evaluate_displacements(dataset, args.disp_dir)
@@ -356,6 +357,12 @@ def _add_refine_options(parser: argparse.ArgumentParser) -> None:
         "('ngf:eta=0.05'); the regularizer terms stay the model's",
     )
     parser.add_argument(
+        "--refine-split",
+        metavar="A:B:C",
+        help="share of the iterations per pyramid level, coarsest first (default: equal; "
+        "1:1:2 spends half on the full resolution)",
+    )
+    parser.add_argument(
         "--refine-tol",
         type=float,
         default=0.0,
@@ -367,6 +374,7 @@ def _add_refine_options(parser: argparse.ArgumentParser) -> None:
 
 def _refine_options(args: argparse.Namespace) -> dict[str, object]:
     """The keyword arguments of regzoo.refine.refine that _add_refine_options collects."""
+    from regzoo.refine import RefineOptions
     from regzoo.similarity import MSE, parse_similarity
 
     options: dict[str, object] = {}
@@ -374,6 +382,13 @@ def _refine_options(args: argparse.Namespace) -> dict[str, object]:
         # names, weights and options fail before any work (MSE stands in for the model's own)
         parse_similarity(args.refine_similarity, trained=MSE())
         options["similarity"] = args.refine_similarity
+    if args.refine_split:
+        try:
+            split = [float(share) for share in args.refine_split.split(":")]
+        except ValueError:
+            split = []
+        RefineOptions(split=tuple(split))  # one message for bad shares (3 levels, as refine's)
+        options["split"] = split
     if args.refine_tol:
         if args.refine_tol < 0:
             raise InputError("--refine-tol must be >= 0")

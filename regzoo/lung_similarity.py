@@ -21,6 +21,7 @@ works in 2D and 3D, is a loss (lower is better) and passes
 from __future__ import annotations
 
 import math
+from collections.abc import Callable
 
 import torch
 import torch.nn.functional as F
@@ -60,6 +61,17 @@ class DescriptorSimilarity(Similarity):
 
     def loss(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
         return self.compare(self.features(fixed), self.features(warped))
+
+    def bind_fixed(self, fixed: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The fixed image's descriptors computed once."""
+        self.check_pair(fixed, fixed)
+        descriptors = self.features(fixed)
+
+        def loss(warped: torch.Tensor) -> torch.Tensor:
+            self.check_pair(fixed, warped)
+            return self.compare(descriptors, self.features(warped))
+
+        return loss
 
 
 # -- MIND-SSC --------------------------------------------------------------------------------
@@ -224,10 +236,22 @@ class NGF(Similarity):
         return 1
 
     def loss(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        return self._against(normalized_gradient(fixed, self.options.eta, self.options.eps), warped)
+
+    def bind_fixed(self, fixed: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The fixed image's normalised gradient computed once."""
+        self.check_pair(fixed, fixed)
+        normalized = normalized_gradient(fixed, self.options.eta, self.options.eps)
+
+        def loss(warped: torch.Tensor) -> torch.Tensor:
+            self.check_pair(fixed, warped)
+            return self._against(normalized, warped)
+
+        return loss
+
+    def _against(self, fixed_normalized: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
         o = self.options
-        cosine = (
-            normalized_gradient(fixed, o.eta, o.eps) * normalized_gradient(warped, o.eta, o.eps)
-        ).sum(dim=1)
+        cosine = (fixed_normalized * normalized_gradient(warped, o.eta, o.eps)).sum(dim=1)
         return 1 - cosine.pow(2).flatten(1).mean(dim=1)
 
 

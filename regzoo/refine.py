@@ -127,7 +127,7 @@ class RefineOptions:
         if self.regularize == "velocity" and self.int_steps == 0:
             raise InputError("refine: regularize='velocity' needs int_steps > 0")
         if self.split is not None and (
-            len(self.split) != self.levels or not all(w > 0 for w in self.split)
+            len(self.split) != self.levels or not all(0 < w < float("inf") for w in self.split)
         ):
             raise InputError(
                 f"refine: split must give {self.levels} positive shares (one per level), "
@@ -423,10 +423,13 @@ def _comparator(
 
     A :class:`DescriptorSimilarity` term's descriptors are computed here, once, and the moving
     image's descriptors are warped (as deeds and ConvexAdam do); the other terms of a
-    :class:`WeightedSum` share one warped image.
+    :class:`WeightedSum` share one warped image and are bound to the fixed image once
+    (:meth:`Similarity.bind_fixed`).
     """
     terms = similarity.items() if isinstance(similarity, WeightedSum) else [(1.0, similarity)]
-    on_image = [(w, t) for w, t in terms if not isinstance(t, DescriptorSimilarity)]
+    on_image = [
+        (w, t.bind_fixed(fixed)) for w, t in terms if not isinstance(t, DescriptorSimilarity)
+    ]
     on_descriptors = []
     with torch.no_grad():
         for weight, term in terms:
@@ -438,7 +441,7 @@ def _comparator(
         if on_image:
             warped = warp(moving, displacement)
             for weight, term in on_image:
-                total = total + weight * term(fixed, warped)
+                total = total + weight * term(warped)
         for weight, term, fixed_features, moving_features in on_descriptors:
             total = total + weight * term.compare(
                 fixed_features, warp(moving_features, displacement)

@@ -8,7 +8,8 @@ from __future__ import annotations
 
 import json
 import re
-from collections.abc import Sequence
+from collections.abc import Callable, Sequence
+from functools import partial
 from typing import ClassVar
 
 import torch
@@ -70,6 +71,15 @@ class Similarity(nn.Module):
 
     def forward(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
         """Loss per batch element ``(B,)`` between two images ``(B, C, *spatial)``."""
+        self.check_pair(fixed, warped)
+        return self.loss(fixed, warped)
+
+    def check_pair(self, fixed: torch.Tensor, warped: torch.Tensor) -> None:
+        """Refuse anything but two images ``(B, C, *spatial)`` of one channel count and size.
+
+        Raises:
+            ValueError: naming the similarity and both shapes.
+        """
         name = type(self).__name__
         check_image(fixed, name, name="fixed")
         check_image(warped, name, name="warped")
@@ -77,11 +87,20 @@ class Similarity(nn.Module):
             raise ValueError(
                 f"{name}: 'fixed' {tuple(fixed.shape)} and 'warped' {tuple(warped.shape)} differ"
             )
-        return self.loss(fixed, warped)
 
     def loss(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
         """Compute the loss ``(B,)``; inputs are already checked."""
         raise NotImplementedError
+
+    def bind_fixed(self, fixed: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The loss as a function of the warped image alone: ``bind_fixed(F)(W) == sim(F, W)``.
+
+        Whatever depends on the fixed image only (LNCC's local means and variances, NGF's
+        normalised gradients) is computed here, once: refinement
+        (:func:`regzoo.refine.refine_field`) evaluates the loss against one fixed image on every
+        iteration. The default recomputes everything; subclasses may override it.
+        """
+        return partial(self.forward, fixed)
 
 
 def _check_similarity(cls: type) -> None:
@@ -156,22 +175,41 @@ class LNCC(Similarity):
         return self.options.window // 2
 
     def loss(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
+        return self._against(self._fixed_statistics(fixed), warped)
+
+    def bind_fixed(self, fixed: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The fixed image's centring, local means and variances computed once."""
+        self.check_pair(fixed, fixed)
+        statistics = self._fixed_statistics(fixed)
+
+        def loss(warped: torch.Tensor) -> torch.Tensor:
+            self.check_pair(fixed, warped)
+            return self._against(statistics, warped)
+
+        return loss
+
+    def _fixed_statistics(self, fixed: torch.Tensor) -> tuple[torch.Tensor, ...]:
+        """``(F - mean F, window support, local mean of F, local variance of F)``."""
         window = self.options.window
-        spatial = tuple(range(2, fixed.ndim))
         # centred on each image's mean first: the loss is offset invariant, and raw intensities
         # (-1000 HU) would otherwise cancel catastrophically in E[x^2] - E[x]^2 in float32
-        fixed = fixed - fixed.mean(dim=spatial, keepdim=True)
-        warped = warped - warped.mean(dim=spatial, keepdim=True)
+        fixed = fixed - fixed.mean(dim=tuple(range(2, fixed.ndim)), keepdim=True)
         # average over the in-domain part of each window: no zero-padding bias at the border
         support = box_filter(torch.ones_like(fixed[:1, :1]), window)
-        # one image at a time, not the five stacked: temporaries of one image's size are
-        # recycled by the allocator, five-image ones are fresh pages (page faults) on every call
+        mf = box_filter(fixed, window) / support
+        var_f = (box_filter(fixed * fixed, window) / support - mf * mf).clamp_min(0)
+        return fixed, support, mf, var_f
+
+    def _against(self, statistics: tuple[torch.Tensor, ...], warped: torch.Tensor) -> torch.Tensor:
+        fixed, support, mf, var_f = statistics
+        window = self.options.window
+        warped = warped - warped.mean(dim=tuple(range(2, warped.ndim)), keepdim=True)
+        # one image at a time, not the three stacked: temporaries of one image's size are
+        # recycled by the allocator, stacked ones are fresh pages (page faults) on every call
         # (3x less CPU time for forward + backward at 128^3, docs/benchmarks.md)
-        mf, mw, mff, mww, mfw = (
-            box_filter(x, window) / support
-            for x in (fixed, warped, fixed * fixed, warped * warped, fixed * warped)
+        mw, mww, mfw = (
+            box_filter(x, window) / support for x in (warped, warped * warped, fixed * warped)
         )
-        var_f = (mff - mf * mf).clamp_min(0)
         var_w = (mww - mw * mw).clamp_min(0)
         cov = mfw - mf * mw
         product = var_f * var_w
@@ -219,10 +257,17 @@ class MultiScale(Similarity):
         self.scales = tuple(int(s) for s in scales)
 
     def loss(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
-        total = fixed.new_zeros(fixed.shape[0])
-        for scale in self.scales:
-            total = total + self.base(_pool(fixed, scale), _pool(warped, scale))
-        return total / len(self.scales)
+        return self.bind_fixed(fixed)(warped)
+
+    def bind_fixed(self, fixed: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """The base similarity bound to each pooled fixed image, once."""
+        bound = [(scale, self.base.bind_fixed(_pool(fixed, scale))) for scale in self.scales]
+
+        def loss(warped: torch.Tensor) -> torch.Tensor:
+            total = sum(term(_pool(warped, scale)) for scale, term in bound)
+            return total / len(bound)  # type: ignore[return-value]
+
+        return loss
 
 
 def _pool(image: torch.Tensor, factor: int) -> torch.Tensor:
@@ -272,14 +317,20 @@ class WeightedSum(Similarity):
     @property
     def radius(self) -> int | None:
         """The widest term's radius (``None`` if any term is global)."""
-        radii = [t.radius for t in self.terms]  # type: ignore[union-attr]
-        return None if any(r is None for r in radii) else max(radii)  # type: ignore[type-var]
+        radii = [term.radius for _, term in self.items()]
+        return None if None in radii else max(r for r in radii if r is not None)
 
     def loss(self, fixed: torch.Tensor, warped: torch.Tensor) -> torch.Tensor:
-        total = fixed.new_zeros(fixed.shape[0])
-        for weight, term in self.items():
-            total = total + weight * term(fixed, warped)
-        return total
+        return self.bind_fixed(fixed)(warped)
+
+    def bind_fixed(self, fixed: torch.Tensor) -> Callable[[torch.Tensor], torch.Tensor]:
+        """Each term bound to the fixed image, once."""
+        bound = [(weight, term.bind_fixed(fixed)) for weight, term in self.items()]
+
+        def loss(warped: torch.Tensor) -> torch.Tensor:
+            return sum(weight * term(warped) for weight, term in bound)  # type: ignore[return-value]
+
+        return loss
 
 
 _OPTION_SEPARATOR = re.compile(r",(?![^\[]*\])")  # commas outside [...]

@@ -20,14 +20,16 @@ from regzoo.model import load_model
 from regzoo.objective import Objective
 from regzoo.refine import RefineOptions, RefineTrace, refine, refine_field
 from regzoo.resolve import build_objective, build_term
-from regzoo.similarity import LNCC, MSE, WeightedSum
+from regzoo.similarity import LNCC, MSE, WeightedSum, parse_similarity
 from regzoo.spatial import integrate_velocity, warp
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE_PLUGIN = ROOT / "plugins" / "file_plugin_example" / "directional_diffusion.py"
-# the refinement configuration of docs/results.md ("Toward the limit": MIND-SSC at weight 10
-# from zero fields; its 60-iteration row), refined from zero
-CHOSEN = {"steps": 60, "lr": 0.1, "grid_downsize": 2, "levels": 3, "similarity_weight": 10.0}
+# the refinement configuration of docs/results.md ("Toward the limit"): 30 iterations, half of
+# them at full resolution, under the training similarity plus NGF, at lam = mu = 1
+CHOSEN = {"steps": 30, "lr": 0.1, "grid_downsize": 2, "levels": 3, "split": (1.0, 1.0, 2.0)}
+CHOSEN_SIMILARITY = "model + ngf"
+CHOSEN_PARAMS = {"lam": 1.0, "mu": 1.0}
 
 
 def blob_pair(shift: float, size: int = 32) -> tuple[torch.Tensor, torch.Tensor]:
@@ -276,9 +278,10 @@ def test_refine_similarity_from_the_cli_in_3d(tiny_checkpoint, tiny_phantom, tmp
     args = ["evaluate", "--data", str(tiny_phantom), "--model", str(tiny_checkpoint)]
     args += ["--refine", "12", "--refine-tol", "1e-2"]
     spec = "model + 5*mind_ssc"
-    assert main([*args, "--refine-similarity", spec, "--out", str(report)]) == 0
+    good = [*args, "--refine-similarity", spec, "--refine-split", "1:1:2"]
+    assert main([*good, "--out", str(report)]) == 0
     saved = json.loads(report.read_text())
-    assert saved["similarity"] == spec
+    assert saved["refine_options"] == {"similarity": spec, "split": [1.0, 1.0, 2.0], "tol": 0.01}
     assert 1 <= saved["pairs"][0]["refine_iterations"] <= 12
     assert "refine_iterations" in saved["mean"]
     code = main([*args, "--refine-similarity", "mind", "--out", str(report)])
@@ -287,13 +290,17 @@ def test_refine_similarity_from_the_cli_in_3d(tiny_checkpoint, tiny_phantom, tmp
     code = main([*args, "--refine-similarity", "model + -2*ngf", "--out", str(report)])
     assert code == 2
     assert "positive WEIGHT" in capsys.readouterr().err
+    code = main([*args, "--refine-split", "1:x:2", "--out", str(report)])
+    assert code == 2
+    assert "split must give 3 positive shares" in capsys.readouterr().err
+    assert json.loads(report.read_text())["refine_options"]["similarity"] == spec  # untouched
 
 
 def test_the_chosen_configuration_on_the_2d_phantom(tiny_phantom_2d):
-    """The configuration of docs/results.md (MIND-SSC refinement, zero start) in 2D, with
-    the quickstart's linear elastic terms (the plugin regularizer: the test above)."""
+    """The configuration of docs/results.md in 2D, from a zero field, with the quickstart's
+    objective (multi-scale LNCC and linear elasticity in mm) plus NGF."""
     objective = build_objective(load_config(ROOT / "configs" / "quickstart.yaml"))
-    values = objective.to_tensor({"lam": 1.0, "mu": 1.0})
+    values = objective.to_tensor(CHOSEN_PARAMS)
     item = Learn2RegDataset(
         tiny_phantom_2d, "val", intensity_window=(-1000, 500), annotations=True
     )[0]
@@ -308,7 +315,7 @@ def test_the_chosen_configuration_on_the_2d_phantom(tiny_phantom_2d):
         RefineOptions(**CHOSEN),
         spacing=torch.as_tensor(item["spacing"], dtype=torch.float32),
         trace=trace,
-        similarity=MINDSSC(),
+        similarity=parse_similarity(CHOSEN_SIMILARITY, trained=objective.similarity),
     )
     before = target_registration_error(
         item["fixed_keypoints"],
@@ -321,4 +328,44 @@ def test_the_chosen_configuration_on_the_2d_phantom(tiny_phantom_2d):
     ).mean()
     assert float(after) < 0.5 * float(before)
     assert folding_fraction(out.displacement[0]) == 0.0
-    assert trace.total_iterations <= CHOSEN["steps"]
+    assert trace.iterations == [7, 7, 16]
+
+
+def test_the_chosen_configuration_with_a_plugin_regularizer(plugin_objective):
+    """The same similarity and schedule with the file plugin's regularizer (2D): the refined
+    field moves the blob back, lowers the full-resolution objective and folds no voxel."""
+    fixed, moving = blob_pair(shift=3.0)
+    (plugin_term,) = plugin_objective.terms
+    term = build_term(
+        TermConfig(
+            name=plugin_term.name,
+            alpha=0.1,
+            params={"axial_weight": {"low": 0.01, "high": 1}},
+        )
+    )
+    objective = Objective(LNCC(window=5), [term])
+    values = objective.to_tensor({"axial_weight": 0.1})
+    similarity = parse_similarity(CHOSEN_SIMILARITY, trained=objective.similarity)
+    trace = RefineTrace()
+    zero = torch.zeros(1, 2, 32, 32)
+    out = refine_field(
+        objective,
+        fixed,
+        moving,
+        zero,
+        values,
+        RefineOptions(**CHOSEN),
+        trace=trace,
+        similarity=similarity,
+    )
+
+    def full_objective(field: torch.Tensor) -> float:
+        sim = similarity(fixed, warp(moving, field))  # LNCC + NGF
+        return float(objective.combine(sim, field, values).total)
+
+    assert full_objective(out.displacement) < full_objective(zero) - 0.01
+    assert float(out.displacement[0, 0, 16, 16]) == pytest.approx(3.0, abs=0.3)
+    assert folding_fraction(out.displacement[0]) == 0.0
+    assert trace.iterations == [7, 7, 16]
+    # the last entry of the trace is that objective at the final field
+    assert trace.objective[-1] == pytest.approx(full_objective(out.displacement), rel=1e-4)

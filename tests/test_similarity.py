@@ -131,3 +131,25 @@ def test_parse_similarity_reads_names_weights_options_and_the_model():
             parse_similarity(bad)
     with pytest.raises(UnknownNameError, match="did you mean 'mind_ssc'"):
         parse_similarity("model + mind", trained=trained)
+
+
+@pytest.mark.parametrize("shape", [(24, 20), (12, 10, 8)])
+@pytest.mark.parametrize("name", ["lncc", "mse", "mind_ssc", "ngf", "mi", "multiscale", "sum"])
+def test_bind_fixed_gives_the_loss_and_its_gradient(name, shape):
+    from regzoo.similarity import MultiScale, parse_similarity
+
+    similarity = {
+        "multiscale": lambda: MultiScale(LNCC(window=5), [1, 2]),
+        "sum": lambda: parse_similarity("lncc:window=5 + 0.5*ngf + 2*mind_ssc"),
+    }.get(name, lambda: SIMILARITIES.get(name)())()
+    fixed = textured(shape)
+    warped = (textured(shape, seed=1) * 0.5 + fixed).requires_grad_(True)
+    expected = similarity(fixed, warped)
+    (grad,) = torch.autograd.grad(expected.sum(), warped)
+    bound = similarity.bind_fixed(fixed)
+    value = bound(warped)
+    (bound_grad,) = torch.autograd.grad(value.sum(), warped)
+    assert torch.allclose(value, expected, atol=1e-6)
+    assert torch.allclose(bound_grad, grad, atol=1e-6)
+    with pytest.raises(ValueError, match="differ"):
+        bound(warped[..., 1:])
