@@ -12,7 +12,9 @@ crossed:
   ``model + 0.75*ngf``);
 - ``--grid-downsize``, ``--levels``, ``--split`` (shares per level, coarsest first, e.g.
   ``1:1:2``), ``--steps``, ``--lr``, ``--optimizer`` (adam, lbfgs), ``--tol`` (early stopping);
-- ``--starts``: the network's field, or zero.
+- ``--starts``: the network's field, zero, or ``truth``: the phantom's true displacement
+  (``gtdispTr/``), which measures how far each objective's minimiser lies from the truth (a
+  perfect objective would leave it in place).
 
 Without a checkpoint, ``--config`` builds the objective from a config and refines from zero
 fields (``--starts zero``). Run with the project's environment::
@@ -30,6 +32,7 @@ import argparse
 import itertools
 import json
 import time
+from pathlib import Path
 
 import torch
 
@@ -37,6 +40,7 @@ from regzoo.cli import parse_params
 from regzoo.config import load_config
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.evaluation import item_labels, score_pair, summarize
+from regzoo.io import read_displacement
 from regzoo.model import load_model
 from regzoo.nets import RegistrationOutput
 from regzoo.refine import RefineOptions, RefineTrace, refine_field
@@ -119,6 +123,10 @@ def main() -> None:
                 with torch.no_grad():
                     out = model(fixed, moving, values)
                 init = out.velocity if int_steps and out.velocity is not None else out.displacement
+            elif start == "truth":  # the phantom's true displacement: where the objective drifts
+                truth = Path(args.data) / "gtdispTr" / f"PhantomCT_{item['fixed_id']}.nii.gz"
+                out = RegistrationOutput(read_displacement(truth).tensor()[None])
+                init = out.displacement
             else:
                 out = RegistrationOutput(torch.zeros(1, fixed.ndim - 2, *fixed.shape[2:]))
                 init = out.displacement

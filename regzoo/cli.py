@@ -287,6 +287,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         refine=args.refine,
         refine_grid=args.refine_grid,
+        refine_options=_refine_options(args),
         max_folding=args.max_folding,
         criterion=args.criterion,
         optimize=args.optimize,
@@ -594,6 +595,7 @@ def build_parser() -> argparse.ArgumentParser:
         help="refine every grid setting before scoring it (an exact sweep, --refine N "
         "iterations each): rank settings by what refinement reaches, not by the network",
     )
+    _add_refine_options(p)
     p.add_argument(
         "--figure",
         action="store_true",

@@ -212,9 +212,11 @@ def compare_refinement(
     params: Mapping[str, float] | None = None,
     *,
     refine: int = 30,
+    refine_options: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Mean metrics of identity, the network and the refined network at ``params``.
+    """Mean metrics of identity, the network and the refined network at ``params``
+    (``refine_options``: further keyword arguments of :func:`regzoo.refine.refine`).
 
     Returns:
         ``{"identity": {...}, "network": {...}, "refined": {...}}``, each as from
@@ -224,7 +226,14 @@ def compare_refinement(
         "identity": summarize(evaluate_identity(dataset, progress=progress)),
         "network": summarize(evaluate_model(model, dataset, params, progress=progress)),
         "refined": summarize(
-            evaluate_model(model, dataset, params, refine=refine, progress=progress)
+            evaluate_model(
+                model,
+                dataset,
+                params,
+                refine=refine,
+                refine_options=refine_options,
+                progress=progress,
+            )
         ),
     }
 

@@ -29,10 +29,12 @@ def overlay_figure(
     fixed_mask: Volume | None = None,
     fixed_labels: Volume | str | Path | None = None,
     refine: int = 0,
+    refine_options: Mapping[str, Any] | None = None,
 ) -> Path:
     """Figure of one pair registered at several settings ``[(title, params), ...]``.
 
-    Each setting is registered by the network and then refined ``refine`` iterations; each row
+    Each setting is registered by the network and then refined ``refine`` iterations (with the
+    keyword arguments ``refine_options`` of :func:`regzoo.refine.refine`); each row
     shows the warped image (with the warped mask's contour), the deformation grid, the
     Jacobian determinant and, given the fixed label map of a model with per-label parameters,
     the parameter maps (:func:`regzoo.viz.plot_registration`).
@@ -44,6 +46,7 @@ def overlay_figure(
             fixed,
             moving,
             refine=refine,
+            refine_options=dict(refine_options or {}),
             fixed_labels=fixed_labels,
             **params,  # type: ignore[arg-type]  # parameter names, never register's options
         )
@@ -157,6 +160,7 @@ def write_sweep_report(
     optimized: Sequence[dict[str, Any]] = (),
     comparison: Mapping[str, Mapping[str, float]] | None = None,
     refine_steps: int = 0,
+    refine_options: Mapping[str, Any] | None = None,
     figure: Path | None = None,
     explore: str | None = None,
     network: SweepResult | None = None,
@@ -204,6 +208,7 @@ def write_sweep_report(
         "optimized_per_pair": list(optimized),
         "comparison": dict(comparison or {}),
         "refine_steps": refine_steps,
+        "refine_options": dict(refine_options or {}),
         "settings": result.settings,
     }
     agreement = _agreement(result, network, metric) if network is not None else None
@@ -243,7 +248,9 @@ def write_sweep_report(
     if comparison:
         lines += [
             "",
-            f"## At the best setting: identity, network, refined ({refine_steps} iterations)",
+            f"## At the best setting: identity, network, refined ({refine_steps} iterations"
+            + "".join(f", {k} {v}" for k, v in (refine_options or {}).items())
+            + ")",
             "",
             "| method | TRE (mm) | Dice | SDlogJ | folded voxels | seconds per pair |",
             "|---|---|---|---|---|---|",

@@ -72,6 +72,7 @@ def run_sweep_study(
     batch_size: int = 8,
     refine: int = 0,
     refine_grid: bool = False,
+    refine_options: Mapping[str, Any] | None = None,
     max_folding: float | None = None,
     optimize: bool = False,
     optimize_steps: int = 30,
@@ -94,6 +95,8 @@ def run_sweep_study(
         refine_grid: refine every setting (an exact sweep), not only the best one; the grid
             is then also scored by the network alone (one forward per setting), and the report
             says whether the network's ranking agrees with the refined one.
+        refine_options: further keyword arguments of :func:`regzoo.refine.refine` for every
+            refinement of the study (``similarity``, ``split``, ``tol``...).
         max_folding: the best setting's highest folded-voxel fraction.
         optimize: also optimise the parameters per pair through the hypernetwork.
         optimize_steps: its iterations.
@@ -119,6 +122,7 @@ def run_sweep_study(
         grid,
         batch_size=batch_size,
         refine_steps=refine if refine_grid else 0,
+        refine_options=refine_options,
         max_folding=max_folding,
         backward=needs_backward(criterion),
     )
@@ -137,7 +141,9 @@ def run_sweep_study(
     comparison = None
     if refine:
         chosen = {n: best[n] for n in result.names}
-        comparison = compare_refinement(model, dataset, chosen, refine=refine)
+        comparison = compare_refinement(
+            model, dataset, chosen, refine=refine, refine_options=refine_options
+        )
     out = Path(out)
     with output_folder(out) as staging:
         overlay = explore = None
@@ -166,6 +172,7 @@ def run_sweep_study(
                 fixed_mask=read_image(fixed_mask, what="mask") if fixed_mask else None,
                 fixed_labels=fixed_labels,
                 refine=refine if refine_grid else 0,
+                refine_options=refine_options,
             )
             explore = explore_command(
                 checkpoint if checkpoint is not None else "MODEL.ckpt",
@@ -184,6 +191,7 @@ def run_sweep_study(
             optimized=optimized,
             comparison=comparison,
             refine_steps=refine,
+            refine_options=refine_options,
             figure=overlay,
             explore=explore,
             network=network,

@@ -260,6 +260,7 @@ def sweep(
     *,
     batch_size: int = 8,
     refine_steps: int = 0,
+    refine_options: Mapping[str, Any] | None = None,
     max_folding: float | None = None,
     backward: bool = False,
     progress: bool = True,
@@ -273,7 +274,8 @@ def sweep(
     With ``refine_steps > 0`` every setting's field is refined under the model's objective
     before it is scored (:func:`regzoo.refine.refine`, the batch of settings at once): an exact
     sweep, about ``refine_steps`` times the cost, that ranks the settings by what instance
-    optimisation reaches instead of by the network's estimate. ``max_folding`` restricts the
+    optimisation reaches instead of by the network's estimate; ``refine_options`` are further
+    keyword arguments of :func:`~regzoo.refine.refine` (``similarity``, ``split``, ``tol``...). ``max_folding`` restricts the
     best setting to those whose folded-voxel fraction stays at or below it (see
     :class:`SweepResult`).
 
@@ -297,6 +299,7 @@ def sweep(
         if isinstance(axis, GridRange):
             axis = spec.spaced(axis.start, axis.stop, axis.count)
         axes.append([spec.check(v) for v in axis])
+    refine = {**(refine_options or {}), "steps": refine_steps} if refine_steps else None
     combos = list(itertools.product(*axes))  # the settings' labels, in the grid's order
     vectors = model.space.grid(dict(zip(names, axes, strict=True)))
     per_setting: list[list[dict[str, Any]]] = [[] for _ in combos]
@@ -310,12 +313,12 @@ def sweep(
                 n = chunk.shape[0]
                 shape = (n, *fixed.shape[1:])
                 pair = fixed.expand(shape), moving.expand(shape)
-                output = _register(model, *pair, chunk, refine_steps, item, "fixed")
+                output = _register(model, *pair, chunk, refine, item, "fixed")
                 fields = output.displacement
                 reverse = None
                 if backward:
                     reverse = _register(
-                        model, pair[1], pair[0], chunk, refine_steps, item, "moving"
+                        model, pair[1], pair[0], chunk, refine, item, "moving"
                     ).displacement
                 measures = label_free_measures(model.objective.similarity, *pair, fields, reverse)
                 labels = item_labels(item)
@@ -362,14 +365,15 @@ def _register(
     fixed: torch.Tensor,
     moving: torch.Tensor,
     values: torch.Tensor,
-    refine_steps: int,
+    refine_options: Mapping[str, Any] | None,
     item: Mapping[str, Any],
     side: str,
 ) -> Any:
-    """The network's output for a batch of settings, refined when ``refine_steps > 0``;
+    """The network's output for a batch of settings, refined with the keyword arguments
+    ``refine_options`` of :func:`~regzoo.refine.refine` when given (``steps`` > 0);
     ``side`` names the item's image that is fixed here (for its label map)."""
     output = model(fixed, moving, values)
-    if not refine_steps:
+    if not refine_options:
         return output
     labels = item.get(f"{side}_labels")
     return refine(
@@ -377,10 +381,10 @@ def _register(
         fixed,
         moving,
         values,
-        steps=refine_steps,
         init=output,
         spacing=item.get("spacing"),
         labels=None if labels is None else labels[None],
+        **refine_options,
     )
 
 

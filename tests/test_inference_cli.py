@@ -303,3 +303,19 @@ def test_exact_sweep_report_sets_the_network_choice_beside_the_exact_one(
     assert side["exact_at_network_choice"]["linear_elastic.mu"] == network_choice
     assert side["network_at_exact_choice"]["linear_elastic.mu"] == exact_choice
     assert "The network's own sweep next to the exact sweep" in (out / "summary.md").read_text()
+
+
+def test_exact_sweep_refines_under_the_refine_options(tiny_checkpoint, tiny_phantom, tmp_path):
+    extra = ["--grid", "mu=0.1,1", "--refine", "3", "--refine-grid", "--metric", "tre_mm"]
+    plain, other = tmp_path / "plain", tmp_path / "ngf"
+    assert main(sweep_args(tiny_checkpoint, tiny_phantom, plain, *extra)) == 0
+    options = ["--refine-similarity", "model + ngf", "--refine-split", "1:1:1"]
+    assert main(sweep_args(tiny_checkpoint, tiny_phantom, other, *extra, *options)) == 0
+    report = json.loads((other / "sweep.json").read_text())
+    assert report["refine_options"] == {"similarity": "model + ngf", "split": [1.0, 1.0, 1.0]}
+    assert json.loads((plain / "sweep.json").read_text())["refine_options"] == {}
+    # the same settings, refined under another objective: other fields, other scores
+    before = [r["tre_mm"] for r in json.loads((plain / "sweep.json").read_text())["settings"]]
+    after = [r["tre_mm"] for r in report["settings"]]
+    assert before != after
+    assert "similarity model + ngf" in (other / "summary.md").read_text()
