@@ -20,24 +20,26 @@ Methods:
   steps on the data set's training pairs (LNCC, window 9, + ``--monai-reg-weight`` x
   ``DiffusionLoss``; batch 1, Adam), then run on the pairs. Its ``ddf`` is already in
   regzoo's convention (checked at start-up against ``regzoo.spatial.warp``).
-* ``regzoo`` / ``regzoo_refined``: ``regzoo.inference.register`` with ``--model`` at the
-  ``--param`` values, without / with ``--refine`` iterations of instance optimisation.
-* ``regzoo_refined_mind``: the same refinement under MIND-SSC (weight ``--mind-weight``, 10 by
-  default) instead of the training similarity, with the model's regularizer terms
-  (docs/results.md, issue 23). No registry package provides deeds; ``convexadam`` (PyPI) does
-  ConvexAdam but is not wired in here.
+* ``convex_adam``: ConvexAdam (Siebert, Hansen, Heinrich 2021; the ``convexadam`` package):
+  MIND-SSC features, coupled convex discrete optimisation, Adam; its Learn2Reg LungCT defaults
+  kept in millimetres. No registry package provides deeds.
+* ``regzoo``: ``regzoo.inference.register`` with ``--model`` at the ``--param`` values.
+* ``regzoo_refined``: the same followed by instance optimisation, one method per value of
+  ``--refine`` (iterations) and of ``--refine-similarity`` (``model``: the training
+  similarity; ``'model + ngf'``, ``'10*mind_ssc'``: see ``regzoo.similarity.parse_similarity``),
+  with the pyramid split ``--refine-split``; folders ``regzoo_refined_<N>[_<similarity>]``.
 
 The table (also in ``OUT/peers.md``) gives mean TRE (mm), Dice (masks), SDlogJ, folding fraction,
 seconds per pair, and TRE and seconds as ratios to ANTs SyN; one JSON line per method is printed
-and written to ``OUT/peers.jsonl``. Seconds: ANTs' ``registration`` call only (images already
+and written to ``OUT/peers.jsonl``; ``OUT/frontier.png`` plots TRE against seconds per pair. Seconds: ANTs' ``registration`` call only (images already
 read); the networks' forward pass (``register`` for regzoo, images already read too),
 after one untimed warm-up call; MONAI's training time is reported apart, per step. Everything
 runs on the CPU with ``--threads`` threads (torch and ITK alike).
 
-    pip install -e .[bench]   # antspyx, monai
+    pip install -e .[bench]   # antspyx, convexadam, monai
     python benchmarks/peers.py --data data/phantom --out runs/peers \\
-        --model runs/quickstart/checkpoints/last.ckpt --param lam=0.08 --param mu=0.03 \\
-        --refine 50 --steps 500
+        --model runs/quickstart/checkpoints/last.ckpt --param lam=1 --param mu=1 \\
+        --refine 10 20 30 --refine-similarity model 'model + ngf' --refine-split 1:1:2
 """
 
 from __future__ import annotations
@@ -547,8 +549,9 @@ def frontier_figure(rows: dict[str, dict[str, Any]], path: Path) -> None:
                 (seconds, tre, row.get("refine", 0))
             )
             continue
-        marker = "*" if name == ANTS else "o"
-        ax.scatter(seconds, tre, marker=marker, s=140 if name == ANTS else 50, zorder=3)
+        ants = name == ANTS
+        color, marker, size = ("tab:red", "*", 160) if ants else ("black", "D", 40)
+        ax.scatter(seconds, tre, color=color, marker=marker, s=size, zorder=3)
         ax.annotate(name, (seconds, tre), textcoords="offset points", xytext=(6, 4), fontsize=8)
     for spec, points in curves.items():
         points.sort()
@@ -562,9 +565,11 @@ def frontier_figure(rows: dict[str, dict[str, Any]], path: Path) -> None:
                 str(steps), (seconds, tre), textcoords="offset points", xytext=(4, -10), fontsize=7
             )
     if ANTS in rows and math.isfinite(rows[ANTS].get("tre_mm", math.nan)):
-        ants = rows[ANTS]
-        ax.axhline(0.45 * ants["tre_mm"], color="grey", lw=0.8, ls=":", label="0.45 x ANTs' TRE")
-        ax.axvline(ants["seconds_per_pair"], color="grey", lw=0.8, ls="--", label="ANTs' time")
+        reference = rows[ANTS]
+        ax.axhline(
+            0.45 * reference["tre_mm"], color="grey", lw=0.8, ls=":", label="0.45 x ANTs' TRE"
+        )
+        ax.axvline(reference["seconds_per_pair"], color="grey", lw=0.8, ls="--", label="ANTs' time")
     ax.set_xscale("log")
     ax.set_xlabel("seconds per pair (CPU)")
     ax.set_ylabel("mean TRE (mm)")

@@ -7,7 +7,9 @@ seconds (all threads; on a busy machine CPU time with ``--threads 1`` is what an
 take). For a descriptor similarity (MIND-SSC) one more row gives what refinement pays per
 iteration: the moving descriptors (computed once) warped by a displacement and compared, with
 the gradient with respect to the displacement; the ``warp`` row is the same for the image alone
-(what every other similarity adds to its cost in refinement). Run nice'd::
+(what every other similarity adds to its cost in refinement). The "fixed image bound once"
+rows time ``Similarity.bind_fixed``'s function (what refinement evaluates: LNCC's and NGF's
+fixed-image statistics computed once per pair and level). Run nice'd::
 
     nice -n 19 .venv/bin/python benchmarks/similarity_cost.py --sizes 64 128 --threads 1
 """
@@ -69,6 +71,13 @@ def main() -> None:
                 sim(fixed, warped).sum().backward()
 
             cases.append((name, forward_backward))
+            bound = sim.bind_fixed(fixed)
+
+            def bound_forward_backward(bound=bound, moving=moving) -> None:
+                warped = moving.clone().requires_grad_(True)
+                bound(warped).sum().backward()
+
+            cases.append((f"{name} (refinement: fixed image bound once)", bound_forward_backward))
             if isinstance(sim, DescriptorSimilarity):
                 fixed_features, moving_features = sim.features(fixed), sim.features(moving)
 
