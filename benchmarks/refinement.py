@@ -12,7 +12,10 @@ crossed:
   ``model + 0.75*ngf``);
 - ``--grid-downsize``, ``--levels``, ``--split`` (shares per level, coarsest first, e.g.
   ``1:1:2``), ``--steps``, ``--lr``, ``--optimizer`` (adam, lbfgs), ``--tol`` (early stopping);
-- ``--starts``: the network's field, zero, or ``truth``: the phantom's true displacement
+- ``--starts``: the network's field, zero, ``discrete`` (:func:`regzoo.discrete.
+  discrete_displacement`: a MIND-SSC correlation volume searched on blocks of
+  ``--discrete-grid`` voxels within ``--discrete-radius`` blocks, then coupled convex
+  optimisation, as ConvexAdam starts; its time is included), or ``truth``: the phantom's true displacement
   (``gtdispTr/``), which measures how far each objective's minimiser lies from the truth (a
   perfect objective would leave it in place).
 
@@ -39,6 +42,7 @@ import torch
 from regzoo.cli import parse_params
 from regzoo.config import load_config
 from regzoo.data.learn2reg import Learn2RegDataset
+from regzoo.discrete import discrete_displacement
 from regzoo.evaluation import item_labels, score_pair, summarize
 from regzoo.io import read_displacement
 from regzoo.model import load_model
@@ -70,6 +74,10 @@ def main() -> None:
     parser.add_argument("--optimizer", nargs="+", default=["adam"])
     parser.add_argument("--tol", type=float, nargs="+", default=[0.0])
     parser.add_argument("--starts", nargs="+", default=["network", "zero"])
+    parser.add_argument("--discrete-grid", type=int, default=4, help="discrete start: block side")
+    parser.add_argument(
+        "--discrete-radius", type=int, default=4, help="discrete start: search radius (blocks)"
+    )
     parser.add_argument("--threads", type=int, default=2)
     parser.add_argument("--limit", type=int, help="only the first N pairs")
     args = parser.parse_args()
@@ -123,6 +131,13 @@ def main() -> None:
                 with torch.no_grad():
                     out = model(fixed, moving, values)
                 init = out.velocity if int_steps and out.velocity is not None else out.displacement
+            elif start == "discrete":  # ConvexAdam's first stage: search, then coupled convex
+                out = RegistrationOutput(
+                    discrete_displacement(
+                        fixed, moving, grid=args.discrete_grid, radius=args.discrete_radius
+                    )
+                )
+                init = out.displacement
             elif start == "truth":  # the phantom's true displacement: where the objective drifts
                 truth = Path(args.data) / "gtdispTr" / f"PhantomCT_{item['fixed_id']}.nii.gz"
                 out = RegistrationOutput(read_displacement(truth).tensor()[None])
