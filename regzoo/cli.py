@@ -312,7 +312,7 @@ def _cmd_sweep(args: argparse.Namespace) -> int:
 def _cmd_explore(args: argparse.Namespace) -> int:
     from regzoo.explore.command import run
 
-    return run(args)
+    return run(args, refine_options=_refine_options(args))
 
 
 def _int_at_least(minimum: int) -> Callable[[str], int]:
@@ -610,6 +610,7 @@ def build_parser() -> argparse.ArgumentParser:
         "explore", help="browser page: slide the parameters, watch the registration change"
     )
     add_explore_arguments(p)
+    _add_refine_options(p)
     p.set_defaults(func=_cmd_explore)
     return parser
 

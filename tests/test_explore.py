@@ -557,3 +557,21 @@ def test_a_bug_inside_the_api_is_not_answered_as_a_user_error(session, monkeypat
         TestClient(app, base_url=url, headers=token).post(
             "/api/update", json={"params": {"mu": 1.0}}
         )
+
+
+def test_the_refine_button_takes_the_refine_options(model, tiny_phantom, tiny_checkpoint, tmp_path):
+    fixed, moving, _, _ = pair(tiny_phantom)
+    options = {"similarity": "model + ngf", "split": [1.0, 1.0, 2.0]}
+    plain = ExploreSession(model, fixed, moving, checkpoint=tiny_checkpoint)
+    combined = ExploreSession(
+        model, fixed, moving, checkpoint=tiny_checkpoint, refine_options=options
+    )
+    for explored in (plain, combined):
+        explored.update({"mu": 0.2, "lam": 0.4})
+        explored.refine(4)
+    command = combined.register_command()
+    assert "--refine-similarity 'model + ngf' --refine-split 1:1:2" in command
+    assert "--refine-similarity" not in plain.register_command()
+    # another objective was minimised: another field
+    fields = [s._current.result.displacement for s in (plain, combined)]
+    assert not torch.allclose(*fields)

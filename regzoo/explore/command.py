@@ -11,6 +11,7 @@ import shlex
 import sys
 from collections.abc import Mapping
 from pathlib import Path
+from typing import Any
 
 from regzoo._errors import InputError, RegzooError
 
@@ -140,8 +141,11 @@ def allowed_hosts(host: str) -> list[str]:
     return list(LOOPBACK_HOSTS) if host_name(host) in LOOPBACK_HOSTS else ["*"]
 
 
-def run(args: argparse.Namespace) -> int:
+def run(args: argparse.Namespace, refine_options: Mapping[str, Any] | None = None) -> int:
     """Run ``regzoo explore``: load the model and images, print the URL, serve until Ctrl+C.
+
+    ``refine_options`` are the refine button's keyword arguments of
+    :func:`regzoo.refine.refine` (``regzoo explore --refine-similarity ...``).
 
     Raises:
         RegzooError: without the ``explore`` extra, or when the port cannot be bound.
@@ -171,6 +175,7 @@ def run(args: argparse.Namespace) -> int:
         out=args.out,
         params=params,
         checkpoint=args.model,
+        refine_options=refine_options,
     )
     app = create_app(
         session, refine_steps=args.refine_steps, allowed_hosts=allowed_hosts(args.host)

@@ -56,6 +56,18 @@ GRID_NODES = 16
 """About this many deformation-grid lines along each side of a plane."""
 
 
+def refine_flags(options: Mapping[str, Any]) -> list[str]:
+    """``regzoo register``'s ``--refine-...`` flags for :func:`regzoo.refine.refine` options."""
+    flags = []
+    if "similarity" in options:
+        flags += ["--refine-similarity", str(options["similarity"])]
+    if "split" in options:
+        flags += ["--refine-split", ":".join(f"{float(share):g}" for share in options["split"])]
+    if options.get("tol"):
+        flags += ["--refine-tol", f"{float(options['tol']):g}"]
+    return flags
+
+
 @dataclass
 class _Current:
     """The registration shown now and what the page needs from it."""
@@ -82,6 +94,8 @@ class ExploreSession:
         out: the folder that "save" writes to (``None``: saving is off).
         params: the starting parameters (short or full names; defaults fill the rest).
         checkpoint: the model's checkpoint file, named in :meth:`register_command`.
+        refine_options: further keyword arguments of :func:`regzoo.refine.refine` for the
+            refine button (``similarity``, ``split``, ``tol``; as ``register --refine-...``).
 
     Raises:
         ValueError: images of different shapes, or parameters outside the trained range.
@@ -101,8 +115,10 @@ class ExploreSession:
         out: str | Path | None = None,
         params: Mapping[str, float] | None = None,
         checkpoint: str | Path | None = None,
+        refine_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model
+        self.refine_options = dict(refine_options or {})
         self.sources = {
             "fixed": fixed,
             "moving": moving,
@@ -232,6 +248,7 @@ class ExploreSession:
                 trace=trace,
                 spacing=self.spacing,
                 labels=self.labels,
+                **self.refine_options,
             )
             self._current = self._score(params, output, started, refined=steps)
 
@@ -337,6 +354,7 @@ class ExploreSession:
             words += ["--fixed-labels", str(self.sources["fixed_labels"])]
         if current.refined:
             words += ["--refine", str(current.refined)]
+            words += refine_flags(self.refine_options)
         words += ["--out", str(self.out) if self.out is not None else "DIR"]
         return shlex.join(words)
 
