@@ -626,7 +626,19 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     parser.add_argument(
         "--seed", type=int, default=1, help="seed of every method (ANTs needs it nonzero)"
     )
-    return parser.parse_args(argv)
+    args = parser.parse_args(argv)
+    from regzoo.refine import RefineOptions
+    from regzoo.similarity import MSE, parse_similarity
+
+    try:  # before any method runs: a typo must not cost an ANTs run
+        for spec in args.refine_similarity:
+            if spec != "model":
+                parse_similarity(spec, trained=MSE())
+        if args.refine_split:
+            RefineOptions(split=tuple(float(x) for x in args.refine_split.split(":")))
+    except (ValueError, KeyError) as exc:  # InputError, UnknownNameError, bad numbers
+        parser.error(str(exc.args[0]))
+    return args
 
 
 def main(argv: Sequence[str] | None = None) -> None:

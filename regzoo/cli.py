@@ -130,11 +130,12 @@ def _cmd_register(args: argparse.Namespace) -> int:
         raise InputError("--choose picks the parameters: give fixed values as --grid NAME=VALUE")
     if args.refine_grid and not args.choose:
         raise InputError("--refine-grid needs --choose (it refines every setting of the grid)")
+    refine_options = _refine_options(args)
     model = load_model(args.model, plugins=args.plugin)
     model.objective.resolve(params)  # every input is checked before any work or output
     choice = None
     if args.choose:
-        params, choice = _choose(model, args)
+        params, choice = _choose(model, args, refine_options)
     fixed, moving, segs = read_pair(
         args.fixed,
         args.moving,
@@ -150,7 +151,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         refine=args.refine,
         progress=args.refine > 0,
         fixed_labels=labels,
-        refine_options=_refine_options(args),
+        refine_options=refine_options,
         **params,  # type: ignore[arg-type]  # parameter names, never register's options
     )
     out = Path(args.out)
@@ -175,6 +176,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
                 moving_mask=mask,
                 fixed_labels=labels,
                 refine=args.refine,
+                refine_options=refine_options,
             )
             names.append("figure.png")
     print(f"parameters: {parameter_title(result.params)}")
@@ -192,9 +194,12 @@ def _cmd_register(args: argparse.Namespace) -> int:
     return 0
 
 
-def _choose(model: object, args: argparse.Namespace) -> tuple[dict[str, float], dict]:
+def _choose(
+    model: object, args: argparse.Namespace, refine_options: dict[str, object]
+) -> tuple[dict[str, float], dict]:
     """``register --choose``: the parameters a label-free criterion picks for the pair over
-    ``--grid``, and the record written to choice.json."""
+    ``--grid`` (each setting refined with ``refine_options`` under ``--refine-grid``), and the
+    record written to choice.json."""
     from regzoo.inference import choose_parameters
     from regzoo.study import parameter_title
     from regzoo.sweep import parse_grid
@@ -206,6 +211,7 @@ def _choose(model: object, args: argparse.Namespace) -> tuple[dict[str, float], 
         parse_grid(args.grid),
         args.choose,
         refine_grid=args.refine if args.refine_grid else 0,
+        refine_options=refine_options,
         max_folding=args.max_folding,
         resample=args.resample,
         fixed_labels=args.fixed_labels,

@@ -17,8 +17,10 @@ for any :class:`~regzoo.lung_similarity.DescriptorSimilarity`, in 2D and 3D:
 
 It pays where the start is far from the answer: without a trained network, or for motion
 larger than the network's capture range. Refinement then starts from it
-(``refine(..., init=RegistrationOutput(displacement))``); on the phantom the network's field
-is as good a start (docs/results.md, issue 23).
+(``refine(..., init=RegistrationOutput(displacement))``; a diffeomorphic model refines a
+velocity and starts from this displacement as its velocity, the small-deformation
+approximation); on the phantom the network's field is the better start (docs/results.md,
+issue 23).
 """
 
 from __future__ import annotations
@@ -101,8 +103,12 @@ def discrete_displacement(
         cost = _correlation_volume(fixed_features, moving_features, radius, offsets)
         soft = _smooth(_displacement_of(cost.argmin(dim=1), offsets))
         for theta in coupling:
-            # (B, N, *coarse): the squared distance of each candidate to the smoothed field
-            distance = (offsets.view(1, -1, ndim, *[1] * ndim) - soft[:, None]).pow(2).sum(2)
+            # (B, N, *coarse): |d - v|^2 = |d|^2 - 2 d.v + |v|^2, without a (B, N, D, ...) temporary
+            distance = (
+                offsets.pow(2).sum(1).view(1, -1, *[1] * ndim)
+                - 2 * torch.einsum("nd,bd...->bn...", offsets, soft)
+                + soft.pow(2).sum(1, keepdim=True)
+            )
             soft = _smooth(_displacement_of((cost + theta * distance).argmin(dim=1), offsets))
         coarse_voxels = soft * grid  # in voxels of the image
         return _upsample(coarse_voxels, fixed.shape[2:], grid)
@@ -130,10 +136,13 @@ def _displacement_of(choice: torch.Tensor, offsets: torch.Tensor) -> torch.Tenso
 
 
 def _upsample(field: torch.Tensor, size: Sequence[int], grid: int) -> torch.Tensor:
-    """A coarse-grid field on the image grid, linear, in image voxels: block ``i``'s centre
-    ``grid * i + (grid - 1) / 2`` is where ``align_corners=False`` puts coarse voxel ``i``
-    when the image size is a multiple of ``grid`` (off by under a block otherwise)."""
+    """A coarse-grid field on the image grid, linear, in image voxels: scaling by ``grid``
+    with ``align_corners=False`` puts coarse voxel ``i`` at its block's centre
+    ``grid * i + (grid - 1) / 2``; the last, partial blocks are cropped to ``size``."""
     if grid == 1:
         return field
     mode = "bilinear" if field.ndim == 4 else "trilinear"
-    return F.interpolate(field, size=list(size), mode=mode, align_corners=False)
+    full = F.interpolate(field, scale_factor=grid, mode=mode, align_corners=False)
+    for axis, n in enumerate(size):
+        full = full.narrow(2 + axis, 0, n)
+    return full

@@ -177,7 +177,7 @@ def register(
         fixed_labels: the fixed image's label map (on its grid), for a model with per-label
             parameters: refinement needs it, and the result then holds the parameter maps.
         refine_options: further keyword arguments of :func:`regzoo.refine.refine`
-            (``similarity``, ``similarity_weight``, ``tol``, ``optimizer``, ``split``...).
+            (``similarity``, ``split``, ``tol``, ``optimizer``...).
         **params: free parameter values by short (``mu``, ``mu@lung``) or full
             (``linear_elastic.mu``) name; the rest take the space's defaults.
 
@@ -242,6 +242,7 @@ def choose_parameters(
     criterion: str,
     *,
     refine_grid: int = 0,
+    refine_options: Mapping[str, Any] | None = None,
     max_folding: float | None = 0.0,
     resample: bool = False,
     fixed_labels: ImageLike | None = None,
@@ -259,6 +260,8 @@ def choose_parameters(
         criterion: a registered criterion's name (``regzoo.criteria.available()``).
         refine_grid: refine every setting this many iterations before judging it (0: the
             network's fields).
+        refine_options: further keyword arguments of :func:`regzoo.refine.refine` for those
+            refinements (``similarity``, ``split``, ``tol``).
         max_folding: only settings whose folded-voxel fraction is at most this may be chosen
             (``None``: no limit).
         resample: resample ``moving`` onto the fixed grid when the grids differ.
@@ -300,6 +303,7 @@ def choose_parameters(
         grid,
         batch_size=batch_size,
         refine_steps=refine_grid,
+        refine_options=refine_options,
         max_folding=max_folding,
         backward=backward,
         progress=False,

@@ -208,7 +208,12 @@ def write_sweep_report(
         "optimized_per_pair": list(optimized),
         "comparison": dict(comparison or {}),
         "refine_steps": refine_steps,
-        "refine_options": dict(refine_options or {}),
+        "refine_options": {  # a Similarity instance (API) is named by its class
+            key: value
+            if isinstance(value, str | int | float | list | tuple)
+            else type(value).__name__
+            for key, value in (refine_options or {}).items()
+        },
         "settings": result.settings,
     }
     agreement = _agreement(result, network, metric) if network is not None else None

@@ -14,7 +14,7 @@ from typing import ClassVar
 
 import torch
 import torch.nn.functional as F
-from pydantic import BaseModel, ConfigDict, Field, ValidationError
+from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_validator
 from torch import nn
 
 from regzoo._errors import InputError
@@ -149,6 +149,13 @@ class LNCCOptions(BaseModel):
     eps: float = Field(
         1e-8, gt=0, description="stabiliser added to the product of the local variances"
     )
+
+    @field_validator("window")
+    @classmethod
+    def _odd(cls, window: int) -> int:
+        if window % 2 == 0:
+            raise ValueError(f"the window must be odd (centred on its voxel), got {window}")
+        return window
 
 
 @similarity("lncc")
@@ -333,19 +340,37 @@ class WeightedSum(Similarity):
         return loss
 
 
-_OPTION_SEPARATOR = re.compile(r",(?![^\[]*\])")  # commas outside [...]
 TRAINED = "model"
 """The name that stands for a model's own (training) similarity in :func:`parse_similarity`."""
+
+_TERM = re.compile(
+    r"\s*(?:(?P<weight>[^*:]+?)\s*\*)?\s*(?P<name>[A-Za-z_][\w.-]*)\s*(?::(?P<options>.*))?"
+)
+
+
+def _split_outside_brackets(text: str, separator: str) -> list[str]:
+    """``text`` split at ``separator`` where it is outside ``[...]`` and, for ``+``, not the
+    sign of a number's exponent (``1e+3``)."""
+    parts, depth, start = [], 0, 0
+    for index, char in enumerate(text):
+        depth += {"[": 1, "]": -1}.get(char, 0)
+        exponent = separator == "+" and index >= 2 and text[index - 1] in "eE"
+        exponent = exponent and text[index - 2].isdigit()
+        if char == separator and depth == 0 and not exponent:
+            parts.append(text[start:index])
+            start = index + 1
+    return [*parts, text[start:]]
 
 
 def parse_similarity(spec: str, trained: Similarity | None = None) -> Similarity:
     """Build a similarity from a text such as ``mind_ssc``, ``10*mind_ssc`` or ``model + 0.75*ngf``.
 
     Grammar: terms joined by ``+``; each term ``[WEIGHT*]NAME[:KEY=VALUE,...]``, where ``NAME``
-    is a registered similarity built with the given options (values read as JSON: ``window=5``,
-    ``scales=[1, 2]``) or ``model``, the model's own similarity (``trained``). A single term of
-    weight 1 is that similarity itself; anything else a :class:`WeightedSum`. Nothing in the
-    text is evaluated as code.
+    is a registered similarity built with the given options (values read as JSON:
+    ``lncc:window=5``, ``ngf:eta=0.05,eps=1e-9``; lists in brackets) or ``model``, the model's
+    own similarity (``trained``). ``WEIGHT`` is a positive number (``0.5``, ``1e-3``). A single
+    term of weight 1 is that similarity itself; anything else a :class:`WeightedSum`. Nothing in
+    the text is evaluated as code.
 
     Raises:
         InputError: a malformed text, a weight that is not a positive number, bad options, or
@@ -353,21 +378,20 @@ def parse_similarity(spec: str, trained: Similarity | None = None) -> Similarity
         UnknownNameError: an unregistered name (close matches are named).
     """
     terms: list[tuple[float, Similarity]] = []
-    for text in spec.split("+"):
-        weight_text, _, named = text.strip().rpartition("*")
-        name, _, given = named.strip().partition(":")
-        name = name.strip()
+    for text in _split_outside_brackets(spec, "+"):
+        match = _TERM.fullmatch(text)
         try:
-            weight = float(weight_text) if weight_text.strip() else 1.0
+            weight = float(match["weight"]) if match and match["weight"] else 1.0
         except ValueError:
             weight = float("nan")
-        if not name or not 0 < weight < float("inf"):
+        if match is None or not 0 < weight < float("inf"):
             raise InputError(
                 f"similarity {spec!r}: each term is [WEIGHT*]NAME[:KEY=VALUE,...] with a "
                 f"positive WEIGHT, got {text.strip()!r}"
             )
+        name, given = match["name"], match["options"] or ""
         if name == TRAINED:
-            if trained is None or given:
+            if trained is None or given.strip():
                 raise InputError(
                     f"similarity {spec!r}: '{TRAINED}' (the model's similarity) takes no options "
                     "and needs a model"
@@ -376,7 +400,7 @@ def parse_similarity(spec: str, trained: Similarity | None = None) -> Similarity
             continue
         cls = SIMILARITIES.get(name)
         options: dict[str, object] = {}
-        for item in filter(None, (part.strip() for part in _OPTION_SEPARATOR.split(given))):
+        for item in filter(None, (p.strip() for p in _split_outside_brackets(given, ","))):
             key, sep, value = item.partition("=")
             if not sep:
                 raise InputError(f"similarity {spec!r}: option {item!r} is not KEY=VALUE")

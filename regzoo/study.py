@@ -182,6 +182,7 @@ def run_sweep_study(
                 moving_seg=moving_mask,
                 fixed_labels=fixed_labels,
                 params=pick[0],
+                refine_options=refine_options,
             )
         write_sweep_report(
             result,

@@ -299,7 +299,7 @@ def sweep(
         if isinstance(axis, GridRange):
             axis = spec.spaced(axis.start, axis.stop, axis.count)
         axes.append([spec.check(v) for v in axis])
-    refine = {**(refine_options or {}), "steps": refine_steps} if refine_steps else None
+    refine_kwargs = {**(refine_options or {}), "steps": refine_steps} if refine_steps else None
     combos = list(itertools.product(*axes))  # the settings' labels, in the grid's order
     vectors = model.space.grid(dict(zip(names, axes, strict=True)))
     per_setting: list[list[dict[str, Any]]] = [[] for _ in combos]
@@ -313,12 +313,12 @@ def sweep(
                 n = chunk.shape[0]
                 shape = (n, *fixed.shape[1:])
                 pair = fixed.expand(shape), moving.expand(shape)
-                output = _register(model, *pair, chunk, refine, item, "fixed")
+                output = _register(model, *pair, chunk, refine_kwargs, item, "fixed")
                 fields = output.displacement
                 reverse = None
                 if backward:
                     reverse = _register(
-                        model, pair[1], pair[0], chunk, refine, item, "moving"
+                        model, pair[1], pair[0], chunk, refine_kwargs, item, "moving"
                     ).displacement
                 measures = label_free_measures(model.objective.similarity, *pair, fields, reverse)
                 labels = item_labels(item)

@@ -66,3 +66,17 @@ def test_bad_options_are_refused(kwargs, message):
         discrete_displacement(image, image, **kwargs)
     with pytest.raises(InputError, match="must have the same shape"):
         discrete_displacement(image, image[..., :8])
+
+
+def test_sizes_that_are_not_multiples_of_the_block_stay_aligned():
+    """A constant displacement is constant after upsampling, and the block centres land where
+    they belong, whatever the image size."""
+    from regzoo.discrete import _upsample
+
+    coarse = torch.arange(13, dtype=torch.float32).view(1, 1, 13).expand(1, 2, 13)
+    coarse = coarse[..., None].expand(1, 2, 13, 13).contiguous()  # value = block index (axis 0)
+    up = _upsample(coarse, (50, 50), 4)
+    assert up.shape == (1, 2, 50, 50)
+    # block i's centre 4 i + 1.5 lies halfway between voxels 4 i + 1 and 4 i + 2
+    for i in (2, 6, 11):
+        assert float(up[0, 0, 4 * i + 1 : 4 * i + 3, 7].mean()) == pytest.approx(i, abs=1e-5)

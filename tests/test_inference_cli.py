@@ -319,3 +319,36 @@ def test_exact_sweep_refines_under_the_refine_options(tiny_checkpoint, tiny_phan
     after = [r["tre_mm"] for r in report["settings"]]
     assert before != after
     assert "similarity model + ngf" in (other / "summary.md").read_text()
+
+
+def test_register_choose_refines_the_grid_under_the_refine_options(
+    tiny_checkpoint, tiny_phantom, tmp_path
+):
+    from regzoo.inference import choose_parameters
+    from regzoo.model import load_model
+
+    model = load_model(tiny_checkpoint)
+    fixed, moving, _ = pair_paths(tiny_phantom)
+    grid = {"mu": [0.1, 1.0]}
+    rows = [
+        choose_parameters(
+            model,
+            fixed,
+            moving,
+            grid,
+            "discrepancy",
+            refine_grid=3,
+            refine_options=options,
+            max_folding=None,
+        )[1].rows
+        for options in (None, {"similarity": "model + ngf", "split": [1.0, 1.0, 1.0]})
+    ]
+    assert [r["similarity"] for r in rows[0]] != [r["similarity"] for r in rows[1]]
+    out = tmp_path / "chosen"
+    args = ["register", "--model", str(tiny_checkpoint), "--fixed", str(fixed)]
+    args += ["--moving", str(moving), "--choose", "discrepancy", "--grid", "mu=0.1,1"]
+    args += ["--refine", "2", "--refine-grid", "--refine-similarity", "model + ngf"]
+    assert main([*args, "--figure", "--out", str(out)]) == 0
+    assert (out / "figure.png").is_file() and (out / "choice.json").is_file()
+    bad = main([*args[:-2], "--refine-similarity", "nfg", "--out", str(tmp_path / "never")])
+    assert bad == 2 and not (tmp_path / "never").exists()

@@ -118,6 +118,9 @@ def test_parse_similarity_reads_names_weights_options_and_the_model():
     assert (w1, s1, w2) == (1.0, trained, 0.75)
     assert isinstance(s2, NGF) and s2.options.eta == 0.05
     assert parse_similarity("lncc:window=5").options.window == 5
+    small = parse_similarity("1e-3*ngf:eta=1e+2,eps=1e-9 + 2e+0 * mse")
+    assert [w for w, _ in small.items()] == [1e-3, 2.0]
+    assert small.items()[0][1].options.eta == 100.0
     for bad, message in [
         ("", "each term is"),
         ("x*ngf", "positive WEIGHT"),
@@ -126,6 +129,8 @@ def test_parse_similarity_reads_names_weights_options_and_the_model():
         ("ngf:eta", "not KEY=VALUE"),
         ("ngf:eta=-1", "greater than 0"),
         ("model", "needs a model"),
+        ("lncc:window=4", "window must be odd"),
+        ("lncc:window=5*2", "valid integer"),
     ]:
         with pytest.raises(InputError, match=message):
             parse_similarity(bad)

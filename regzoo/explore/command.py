@@ -99,9 +99,11 @@ def explore_command(
     moving_seg: str | Path | None = None,
     fixed_labels: str | Path | None = None,
     params: Mapping[str, float] | None = None,
+    refine_options: Mapping[str, Any] | None = None,
 ) -> str:
     """The shell-quoted ``regzoo explore`` command for one pair, starting at ``params`` (what
-    a sweep report prints to open its best setting in the explorer)."""
+    a sweep report prints to open its best setting in the explorer), its refine button set to
+    ``refine_options`` (:func:`refine_flags`)."""
     words = ["regzoo", "explore", "--model", str(model), "--fixed", str(fixed)]
     words += ["--moving", str(moving)]
     for flag, path in (
@@ -113,7 +115,21 @@ def explore_command(
             words += [flag, str(path)]
     for name, value in (params or {}).items():
         words += ["--param", f"{name}={value:.6g}"]
+    words += refine_flags(refine_options or {})
     return shlex.join(words)
+
+
+def refine_flags(options: Mapping[str, Any]) -> list[str]:
+    """``regzoo register``'s ``--refine-...`` flags for :func:`regzoo.refine.refine` options."""
+    flags = []
+    if "similarity" in options:  # a text; a Similarity instance has none to repeat
+        similarity = options["similarity"]
+        flags += ["--refine-similarity", similarity if isinstance(similarity, str) else "..."]
+    if "split" in options:
+        flags += ["--refine-split", ":".join(f"{float(share):g}" for share in options["split"])]
+    if options.get("tol"):
+        flags += ["--refine-tol", f"{float(options['tol']):g}"]
+    return flags
 
 
 def require_web() -> None:

@@ -22,6 +22,7 @@ import torch
 
 from regzoo._errors import InputError
 from regzoo.data.learn2reg import normalize_intensity
+from regzoo.explore.command import refine_flags
 from regzoo.explore.render import (
     deformation_grid,
     encode_plane,
@@ -54,18 +55,6 @@ same as ``regzoo register --refine N``, so a saved refined result is reproducibl
 
 GRID_NODES = 16
 """About this many deformation-grid lines along each side of a plane."""
-
-
-def refine_flags(options: Mapping[str, Any]) -> list[str]:
-    """``regzoo register``'s ``--refine-...`` flags for :func:`regzoo.refine.refine` options."""
-    flags = []
-    if "similarity" in options:
-        flags += ["--refine-similarity", str(options["similarity"])]
-    if "split" in options:
-        flags += ["--refine-split", ":".join(f"{float(share):g}" for share in options["split"])]
-    if options.get("tol"):
-        flags += ["--refine-tol", f"{float(options['tol']):g}"]
-    return flags
 
 
 @dataclass
