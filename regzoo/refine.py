@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -52,6 +52,7 @@ __all__ = [
     "field_objective",
     "refine",
     "refine_field",
+    "refine_flags",
     "result_objective",
 ]
 
@@ -551,3 +552,17 @@ def refine(
         labels=labels,
         similarity=similarity,
     )
+
+
+def refine_flags(options: Mapping[str, Any]) -> list[str]:
+    """The ``--refine-...`` flags of ``regzoo register`` / ``explore`` that repeat the keyword
+    arguments ``options`` of :func:`refine` (``similarity``, ``split``, ``tol``)."""
+    flags = []
+    if "similarity" in options:  # a text; a Similarity instance has none to repeat
+        similarity = options["similarity"]
+        flags += ["--refine-similarity", similarity if isinstance(similarity, str) else "..."]
+    if "split" in options:
+        flags += ["--refine-split", ":".join(f"{float(share):g}" for share in options["split"])]
+    if options.get("tol"):
+        flags += ["--refine-tol", f"{float(options['tol']):g}"]
+    return flags

@@ -115,21 +115,10 @@ def explore_command(
             words += [flag, str(path)]
     for name, value in (params or {}).items():
         words += ["--param", f"{name}={value:.6g}"]
+    from regzoo.refine import refine_flags
+
     words += refine_flags(refine_options or {})
     return shlex.join(words)
-
-
-def refine_flags(options: Mapping[str, Any]) -> list[str]:
-    """``regzoo register``'s ``--refine-...`` flags for :func:`regzoo.refine.refine` options."""
-    flags = []
-    if "similarity" in options:  # a text; a Similarity instance has none to repeat
-        similarity = options["similarity"]
-        flags += ["--refine-similarity", similarity if isinstance(similarity, str) else "..."]
-    if "split" in options:
-        flags += ["--refine-split", ":".join(f"{float(share):g}" for share in options["split"])]
-    if options.get("tol"):
-        flags += ["--refine-tol", f"{float(options['tol']):g}"]
-    return flags
 
 
 def require_web() -> None:

@@ -22,7 +22,6 @@ import torch
 
 from regzoo._errors import InputError
 from regzoo.data.learn2reg import normalize_intensity
-from regzoo.explore.command import refine_flags
 from regzoo.explore.render import (
     deformation_grid,
     encode_plane,
@@ -44,7 +43,14 @@ from regzoo.io import check_output_folder, check_same_grid
 from regzoo.metrics import dice, jacobian_scores
 from regzoo.model import HyperRegistration
 from regzoo.nets import RegistrationOutput
-from regzoo.refine import RefineCancelledError, RefineTrace, check_steps, refine, result_objective
+from regzoo.refine import (
+    RefineCancelledError,
+    RefineTrace,
+    check_steps,
+    refine,
+    refine_flags,
+    result_objective,
+)
 from regzoo.spatial import warp
 
 __all__ = ["ExploreSession", "RefineJob"]
