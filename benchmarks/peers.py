@@ -72,6 +72,7 @@ from _common import device_name
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.evaluation import evaluate_displacements, summarize, write_report
 from regzoo.io import read_volume, write_displacement
+from regzoo.refine import refine_options_from_flags
 
 WINDOW = (-1000.0, 500.0)  # HU window mapped to [0, 1] for the networks trained here
 ANTS = "ants_syn"
@@ -404,14 +405,8 @@ def slug(text: str) -> str:
 
 def regzoo_refined_runner(args: argparse.Namespace, steps: int, spec: str) -> Runner:
     """``regzoo`` followed by ``steps`` iterations of instance optimisation under ``spec``."""
-    options: dict[str, Any] = {}
-    if spec != "model":
-        options["similarity"] = spec
-    if args.refine_split:
-        options["split"] = [float(share) for share in args.refine_split.split(":")]
-    runner = regzoo_runner(args, refine=steps, refine_options=options)
-    runner.extra["similarity"] = spec
-    return runner
+    options = refine_options_from_flags(spec, args.refine_split)
+    return regzoo_runner(args, refine=steps, refine_options=options)
 
 
 RUNNERS: dict[str, Callable[[argparse.Namespace], Runner]] = {
@@ -627,16 +622,10 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
         "--seed", type=int, default=1, help="seed of every method (ANTs needs it nonzero)"
     )
     args = parser.parse_args(argv)
-    from regzoo.refine import RefineOptions
-    from regzoo.similarity import MSE, parse_similarity
-
     try:  # before any method runs: a typo must not cost an ANTs run
         for spec in args.refine_similarity:
-            if spec != "model":
-                parse_similarity(spec, trained=MSE())
-        if args.refine_split:
-            RefineOptions(split=tuple(float(x) for x in args.refine_split.split(":")))
-    except (ValueError, KeyError) as exc:  # InputError, UnknownNameError, bad numbers
+            refine_options_from_flags(spec, args.refine_split)
+    except (ValueError, KeyError) as exc:  # InputError, UnknownNameError
         parser.error(str(exc.args[0]))
     return args
 

@@ -381,26 +381,9 @@ def _add_refine_options(parser: argparse.ArgumentParser) -> None:
 
 def _refine_options(args: argparse.Namespace) -> dict[str, object]:
     """The keyword arguments of regzoo.refine.refine that _add_refine_options collects."""
-    from regzoo.refine import RefineOptions
-    from regzoo.similarity import MSE, parse_similarity
+    from regzoo.refine import refine_options_from_flags
 
-    options: dict[str, object] = {}
-    if args.refine_similarity:
-        # names, weights and options fail before any work (MSE stands in for the model's own)
-        parse_similarity(args.refine_similarity, trained=MSE())
-        options["similarity"] = args.refine_similarity
-    if args.refine_split:
-        try:
-            split = [float(share) for share in args.refine_split.split(":")]
-        except ValueError:
-            split = []
-        RefineOptions(split=tuple(split))  # one message for bad shares (3 levels, as refine's)
-        options["split"] = split
-    if args.refine_tol:
-        if args.refine_tol < 0:
-            raise InputError("--refine-tol must be >= 0")
-        options["tol"] = args.refine_tol
-    return options
+    return refine_options_from_flags(args.refine_similarity, args.refine_split, args.refine_tol)
 
 
 def _add_max_folding_argument(parser: argparse.ArgumentParser) -> None:

@@ -38,7 +38,7 @@ from regzoo._errors import InputError, RegzooError
 from regzoo.lung_similarity import DescriptorSimilarity
 from regzoo.nets import RegistrationOutput
 from regzoo.objective import LossTerms, Objective
-from regzoo.similarity import Similarity, WeightedSum, parse_similarity
+from regzoo.similarity import MSE, Similarity, WeightedSum, parse_similarity
 from regzoo.spatial import Spacing, check_image, integrate_velocity, resize_flow, warp
 
 if TYPE_CHECKING:
@@ -53,6 +53,7 @@ __all__ = [
     "refine",
     "refine_field",
     "refine_flags",
+    "refine_options_from_flags",
     "result_objective",
 ]
 
@@ -552,6 +553,36 @@ def refine(
         labels=labels,
         similarity=similarity,
     )
+
+
+def refine_options_from_flags(
+    similarity: str | None = None, split: str | None = None, tol: float = 0.0
+) -> dict[str, Any]:
+    """The keyword arguments of :func:`refine` that ``--refine-similarity SPEC``,
+    ``--refine-split A:B:C`` and ``--refine-tol TOL`` spell (the inverse of
+    :func:`refine_flags`), checked now so that a typo fails before any work.
+
+    Raises:
+        InputError: a malformed similarity text, split or tolerance.
+        UnknownNameError: an unregistered similarity name.
+    """
+    options: dict[str, Any] = {}
+    if similarity:
+        # names, weights and options checked (MSE stands in for the model's own similarity)
+        parse_similarity(similarity, trained=MSE())
+        options["similarity"] = similarity
+    if split:
+        try:
+            shares = [float(share) for share in split.split(":")]
+        except ValueError:
+            shares = []
+        RefineOptions(split=tuple(shares))  # one message for bad shares (3 levels, as refine's)
+        options["split"] = shares
+    if tol:
+        if tol < 0:
+            raise InputError(f"refine: tol must be >= 0, got {tol}")
+        options["tol"] = tol
+    return options
 
 
 def refine_flags(options: Mapping[str, Any]) -> list[str]:

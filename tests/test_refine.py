@@ -369,3 +369,27 @@ def test_the_chosen_configuration_with_a_plugin_regularizer(plugin_objective):
     assert trace.iterations == [7, 7, 16]
     # the last entry of the trace is that objective at the final field
     assert trace.objective[-1] == pytest.approx(full_objective(out.displacement), rel=1e-4)
+
+
+def test_refine_options_from_flags_and_back():
+    from regzoo.refine import refine_flags, refine_options_from_flags
+
+    options = refine_options_from_flags("model + 0.5*ngf", "1:1:2", 1e-3)
+    assert options == {"similarity": "model + 0.5*ngf", "split": [1.0, 1.0, 2.0], "tol": 1e-3}
+    assert refine_flags(options) == [
+        "--refine-similarity",
+        "model + 0.5*ngf",
+        "--refine-split",
+        "1:1:2",
+        "--refine-tol",
+        "0.001",
+    ]
+    assert refine_options_from_flags() == {}
+    for kwargs, message in [
+        ({"similarity": "ngf +"}, "each term is"),
+        ({"split": "1:2"}, "3 positive shares"),
+        ({"split": "a:b:c"}, "3 positive shares"),
+        ({"tol": -1.0}, "tol must be >= 0"),
+    ]:
+        with pytest.raises(ValueError, match=message):
+            refine_options_from_flags(**kwargs)
