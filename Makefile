@@ -5,7 +5,7 @@ VENV ?= .venv
 BIN := $(VENV)/bin
 STAMP := $(VENV)/.regzoo-installed
 
-.PHONY: install test lint docs demo clean
+.PHONY: install test lint docs demo clean dist wheel-check
 
 $(STAMP): pyproject.toml
 	test -x $(BIN)/python || $(PYTHON) -m venv $(VENV)
@@ -22,6 +22,15 @@ lint: install
 test: install lint
 	$(BIN)/pytest -q
 	site=$$(mktemp -d) && $(BIN)/mkdocs build --strict --quiet --site-dir $$site && rm -rf $$site
+	.ci/wheel-check $(BIN)/python
+
+# the wheel and sdist that users install (dist/)
+dist: install
+	$(BIN)/python -m build --no-isolation --sdist --wheel --outdir dist .
+
+# build the wheel, install it into a fresh venv outside the checkout, run the CLI from there
+wheel-check: install
+	.ci/wheel-check $(BIN)/python
 
 docs: install
 	$(BIN)/mkdocs build --strict
