@@ -429,9 +429,55 @@ def config_error_text(problems: Sequence[str]) -> str:
     return "invalid config:\n" + "\n".join(f"  {p}" for p in problems)
 
 
-def _parse_value(text: str) -> Any:
-    """Parse an override value as YAML (numbers, lists, null, strings); never evaluates code."""
-    return yaml.safe_load(text) if text.strip() else ""
+class _UniqueKeyLoader(yaml.SafeLoader):
+    """YAML's safe loader, refusing a key given twice in one mapping (YAML itself lets the last
+    one win silently: a second ``regularizers:`` block would replace the first)."""
+
+    def construct_mapping(self, node: yaml.MappingNode, deep: bool = False) -> dict[Any, Any]:
+        seen: set[Any] = set()
+        for key_node, _ in node.value:
+            key = self.construct_object(key_node, deep=deep)
+            if key in seen:
+                raise yaml.constructor.ConstructorError(
+                    None, None, f"key {key!r} appears twice in one mapping", key_node.start_mark
+                )
+            seen.add(key)
+        return super().construct_mapping(node, deep=deep)
+
+
+def read_yaml(text: str) -> Any:
+    """Parse YAML text safely (no code, no custom tags), refusing duplicate keys.
+
+    Raises:
+        yaml.YAMLError: malformed text or a key given twice in one mapping.
+    """
+    return yaml.load(text, Loader=_UniqueKeyLoader)
+
+
+def _parse_value(key: str, text: str) -> Any:
+    """Parse an override value as YAML (numbers, lists, null, strings); never evaluates code.
+
+    Raises:
+        ConfigError: one line naming the key, for text that is not YAML.
+    """
+    if not text.strip():
+        return ""
+    try:
+        return read_yaml(text)
+    except yaml.YAMLError as exc:
+        raise ConfigError(
+            f"invalid config: --set {key}: {text!r} is not a value YAML can read "
+            f"({_yaml_problem(exc)})"
+        ) from None
+
+
+def _yaml_problem(exc: yaml.YAMLError) -> str:
+    """One line for a YAML error: ``line N: problem`` (without PyYAML's source excerpt)."""
+    problem = getattr(exc, "problem", None)
+    if problem is None:
+        return " ".join(str(exc).split())
+    mark = getattr(exc, "problem_mark", None)
+    return f"line {mark.line + 1}: {problem}" if mark is not None else str(problem)
 
 
 def _members(annotation: Any) -> list[Any]:
@@ -471,11 +517,11 @@ def _field_type(schema: type[BaseModel], parts: Sequence[str]) -> Any:
     return annotation
 
 
-def _override_value(raw: str, annotation: Any) -> Any:
+def _override_value(key: str, raw: str, annotation: Any) -> Any:
     """An override's value for a field of type ``annotation``: the YAML reading of ``raw``
     (numbers, lists, null...) when the field accepts it, else ``raw`` itself when the field
     accepts text (``--set name=yes`` is the name "yes", ``run_dir=2024`` the folder "2024")."""
-    value = _parse_value(raw)
+    value = _parse_value(key, raw)
     if annotation is None or isinstance(value, str):
         return value
     adapter: TypeAdapter[Any] = TypeAdapter(annotation)
@@ -513,7 +559,7 @@ def apply_overrides(
         if not sep or not key:
             raise ConfigError(f"override {item!r} must look like dotted.key=value")
         parts = key.split(".")
-        value = _override_value(raw, _field_type(schema, parts))
+        value = _override_value(key, raw, _field_type(schema, parts))
         node: Any = result
         for i, part in enumerate(parts):
             last = i == len(parts) - 1
@@ -553,9 +599,9 @@ def load_config(
         if not path.is_file():
             raise MissingFileError(f"config file not found: {path}")
         try:
-            data = yaml.safe_load(path.read_text()) or {}
+            data = read_yaml(path.read_text()) or {}
         except yaml.YAMLError as exc:
-            raise ConfigError(f"{path}: not valid YAML: {exc}") from exc
+            raise ConfigError(f"invalid config: {path}: {_yaml_problem(exc)}") from None
         if not isinstance(data, dict):
             raise ConfigError(f"{path}: a config must be a mapping, got {type(data).__name__}")
     data = apply_overrides(data, overrides)

@@ -20,7 +20,7 @@ import sys
 import warnings
 from collections.abc import Callable, Iterable
 from pathlib import Path
-from typing import Generic, TypeVar
+from typing import Generic, NamedTuple, TypeVar
 
 from pydantic import BaseModel, ConfigDict
 
@@ -32,9 +32,16 @@ from regzoo._errors import (
     unknown_name_message,
 )
 
-__all__ = ["NoOptions", "Registry", "load_plugin", "load_plugins"]
+__all__ = ["NoOptions", "PluginOrigin", "Registry", "load_plugin", "load_plugins"]
 
 T = TypeVar("T")
+
+
+class PluginOrigin(NamedTuple):
+    """The installed distribution that provides a plugin (recorded in checkpoints)."""
+
+    distribution: str
+    version: str
 
 
 class NoOptions(BaseModel):
@@ -50,8 +57,11 @@ class Registry(Generic[T]):
     Args:
         kind: what the registry holds, used in messages (e.g. ``"regularizer"``).
         group: entry-point group scanned for third-party registrations; each entry point
-            names a class (``name = package.module:Class``) whose import registers it, or the
-            class itself is registered under the entry point's name.
+            names a class (``name = package.module:Class``). One name per class: a class
+            decorated with ``@regularizer("x")`` (or ``@similarity``...) registers as ``x``
+            and its entry point must be named ``x`` too; an undecorated class registers under
+            the entry point's name. An entry point named like a built-in is not loaded: one
+            warning and a :attr:`failed` entry (the built-in stays).
         contract: the contract registered objects must satisfy, stated for documentation and
             checked by ``check`` at registration.
         check: optional callable validating a class at registration (raise to reject).
@@ -73,6 +83,7 @@ class Registry(Generic[T]):
         self._check = check
         self._items: dict[str, type[T]] = {}
         self._failed: dict[str, str] = {}
+        self._origins: dict[str, PluginOrigin] = {}
         self._discovered = False
 
     def register(self, name: str) -> Callable[[type[T]], type[T]]:
@@ -143,21 +154,71 @@ class Registry(Generic[T]):
             return
         self._discovered = True
         for entry_point in importlib.metadata.entry_points(group=self.group):
-            if entry_point.name in self._items and not refresh:
+            name = entry_point.name
+            existing = self._items.get(name)
+            if existing is not None and existing.__module__.split(".")[0] == "regzoo":
+                self._fail(
+                    name,
+                    f"{self.kind} plugin '{name}' ({entry_point.value}) was not loaded: "
+                    f"'{name}' is a built-in {self.kind}; give the entry point (and the "
+                    f"class's @{self.kind} name) another name",
+                )
+                continue
+            if existing is not None and not refresh:
                 continue
             try:
                 obj = entry_point.load()
-                if isinstance(obj, type) and entry_point.name not in self._items:
-                    self.add(entry_point.name, obj)
+                self._register_entry_point(name, obj)
             except Exception as exc:  # a broken plugin must not break discovery
-                message = (
-                    f"{self.kind} plugin '{entry_point.name}' ({entry_point.value}) failed to "
-                    f"load: {type(exc).__name__}: {exc}"
+                self._fail(
+                    name,
+                    f"{self.kind} plugin '{name}' ({entry_point.value}) failed to "
+                    f"load: {type(exc).__name__}: {exc}",
                 )
-                self._failed[entry_point.name] = message
-                warnings.warn(message, RuntimeWarning, stacklevel=2)
             else:
-                self._failed.pop(entry_point.name, None)
+                self._failed.pop(name, None)
+                dist = entry_point.dist
+                if dist is not None and isinstance(obj, type):
+                    self._origins[getattr(obj, "registered_name", name)] = PluginOrigin(
+                        dist.name, dist.version
+                    )
+
+    def _register_entry_point(self, name: str, obj: object) -> None:
+        """Register what an entry point names, under ONE name: the class's own ``@``-decorator
+        name when it has one (the entry point's name must then be the same), else the entry
+        point's name."""
+        if not isinstance(obj, type):
+            raise InputError(f"the entry point names {obj!r}, not a class")
+        decorated = getattr(obj, "registered_name", None)
+        if decorated is None:
+            self.add(name, obj)
+        elif decorated != name:
+            raise InputError(
+                f"{obj.__module__}.{obj.__qualname__} registers itself as '{decorated}'; "
+                f"name the entry point '{decorated}' too (one name per {self.kind})"
+            )
+
+    def _fail(self, name: str, message: str) -> None:
+        self._failed[name] = message
+        warnings.warn(message, RuntimeWarning, stacklevel=3)
+
+    def origin(self, name: str) -> PluginOrigin | None:
+        """The installed distribution that provides ``name`` (``None``: a built-in, or a plugin
+        loaded from a file or module that no distribution owns).
+
+        Checkpoints record it, so a model whose plugin is missing names the package to install.
+        """
+        self.discover()
+        cls = self._items.get(name)
+        if cls is None or cls.__module__.split(".")[0] == "regzoo":
+            return None
+        if name in self._origins:
+            return self._origins[name]
+        top = cls.__module__.split(".")[0]
+        dists = importlib.metadata.packages_distributions().get(top, [])
+        if not dists:
+            return None
+        return PluginOrigin(dists[0], importlib.metadata.version(dists[0]))
 
 
 def load_plugin(spec: str) -> None:

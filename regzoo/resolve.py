@@ -107,12 +107,14 @@ def build_objective(config: ExperimentConfig) -> Objective:
     from regzoo.config import ConfigError, config_error_text
 
     def fail(key: str, exc: BaseException) -> ConfigError:
-        message = exc.args[0] if exc.args else str(exc)
-        if isinstance(exc, ValidationError):
-            message = "invalid options: " + "; ".join(
-                f"{'.'.join(map(str, e['loc']))}: {e['msg']}" for e in exc.errors()
-            )
-        return ConfigError(config_error_text([f"{key}: {message}"]))
+        if not isinstance(exc, ValidationError):
+            message = exc.args[0] if exc.args else str(exc)
+            return ConfigError(config_error_text([f"{key}: {message}"]))
+        problems = []
+        for error in exc.errors():  # an options model's field, or the whole model (no loc)
+            where = ".".join([key, "options", *map(str, error["loc"])]) if error["loc"] else key
+            problems.append(f"{where}: {error['msg'].removeprefix('Value error, ')}")
+        return ConfigError(config_error_text(problems))
 
     try:
         load_plugins(config.plugins)

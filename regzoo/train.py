@@ -30,6 +30,7 @@ from regzoo.runs import (
     remove_run,
     run_lock,
 )
+from regzoo.trainer_check import check_trainer
 
 __all__ = ["RUN_CONTENTS", "prepare_run_dir", "train"]
 
@@ -110,7 +111,8 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
         overwrite: replace a previous run in ``config.run_dir``.
 
     Raises:
-        ConfigError: the config's components do not resolve.
+        ConfigError: the config's components do not resolve, or Lightning or this machine
+            cannot run its ``trainer`` options (:func:`regzoo.trainer_check.check_trainer`).
         OutputExistsError, MissingFileError, InputError: see :func:`prepare_run_dir`.
         NonFiniteLossError: the loss or a gradient became NaN/inf (``trainer.nonfinite``).
         TrainingDivergedError: the validation collapsed (``trainer.divergence_guard``);
@@ -119,6 +121,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
     # seeded before anything random is built (the network's initial weights, the parameter
     # sampler, the data order): two runs of one config give bit-identical checkpoints on CPU
     L.seed_everything(config.seed, workers=True, verbose=False)
+    check_trainer(config.trainer)  # what Lightning and this machine accept, before any output
     # per-label parameters take their label names from the dataset JSON (built first if a
     # phantom is configured) unless the config maps them in data.labels
     config = with_label_names(config, progress=config.trainer.progress_bar)

@@ -29,9 +29,11 @@ PLUGIN_SOURCE = textwrap.dedent(
 def clean_registry():
     """Forget plugin registrations made by a test."""
     registry = regularizers.REGULARIZERS
-    items, failed, discovered = dict(registry._items), dict(registry._failed), registry._discovered
+    saved = (dict(registry._items), dict(registry._failed), dict(registry._origins))
+    discovered = registry._discovered
     yield registry
-    registry._items, registry._failed, registry._discovered = items, failed, discovered
+    registry._items, registry._failed, registry._origins = saved
+    registry._discovered = discovered
 
 
 def test_register_from_a_plugin_file(tmp_path, clean_registry):
@@ -100,3 +102,51 @@ def test_duplicate_names_and_bad_classes_are_rejected():
 
     with pytest.raises(ValueError, match="reserved"):
         regularizers.regularizer("reserved_thing")(Reserved)
+
+
+def _install_entry_points(tmp_path, monkeypatch, module: str, source: str, lines: str) -> None:
+    """A fake installed distribution ``ep-plugin`` 0.1 with ``module`` and entry points."""
+    (tmp_path / f"{module}.py").write_text(source)
+    dist = tmp_path / "ep_plugin-0.1.dist-info"
+    dist.mkdir()
+    (dist / "METADATA").write_text("Metadata-Version: 2.1\nName: ep-plugin\nVersion: 0.1\n")
+    (dist / "entry_points.txt").write_text(f"[regzoo.regularizers]\n{lines}\n")
+    monkeypatch.syspath_prepend(str(tmp_path))
+    importlib.invalidate_caches()
+
+
+def test_an_entry_point_named_like_a_built_in_is_one_warning_and_a_failed_entry(
+    tmp_path, monkeypatch, clean_registry
+):
+    source = PLUGIN_SOURCE.format(name="diffusion_clash_unused")
+    _install_entry_points(tmp_path, monkeypatch, "clash_mod", source, "diffusion = clash_mod:Scaled")
+    with pytest.warns(RuntimeWarning, match="'diffusion' is a built-in regularizer") as record:
+        clean_registry.discover(refresh=True)
+    assert len([w for w in record if "diffusion" in str(w.message)]) == 1
+    assert "diffusion" in clean_registry.failed
+    assert regularizers.get("diffusion").__module__.startswith("regzoo.")  # the built-in stays
+    assert "clash_mod" not in sys.modules  # never imported
+
+
+def test_one_name_per_regularizer_entry_point_and_decorator(tmp_path, monkeypatch, clean_registry):
+    source = PLUGIN_SOURCE.format(name="scaled_by_decorator")
+    _install_entry_points(
+        tmp_path, monkeypatch, "two_names_mod", source, "other_name = two_names_mod:Scaled"
+    )
+    with pytest.warns(RuntimeWarning, match="registers itself as 'scaled_by_decorator'"):
+        clean_registry.discover(refresh=True)
+    assert "other_name" not in regularizers.available()
+    with pytest.raises(PluginError, match="name the entry point 'scaled_by_decorator'"):
+        regularizers.get("other_name")
+    sys.modules.pop("two_names_mod", None)
+
+
+def test_the_distribution_of_an_entry_point_plugin_is_known(tmp_path, monkeypatch, clean_registry):
+    source = PLUGIN_SOURCE.format(name="scaled_from_dist")
+    _install_entry_points(
+        tmp_path, monkeypatch, "dist_mod", source, "scaled_from_dist = dist_mod:Scaled"
+    )
+    clean_registry.discover(refresh=True)
+    assert clean_registry.origin("scaled_from_dist") == ("ep-plugin", "0.1")
+    assert clean_registry.origin("linear_elastic") is None  # built-ins have no origin
+    sys.modules.pop("dist_mod", None)
