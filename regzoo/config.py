@@ -65,7 +65,7 @@ class ParamRange(StrictModel):
 
     low: float
     high: float
-    scale: Literal["linear", "log"] | None = Field(
+    scale: Literal["linear", "log", "periodic"] | None = Field(
         None, description="sampling scale; defaults to the regularizer's declared scale"
     )
     default: float | None = Field(

@@ -34,7 +34,11 @@ class ParamSpec(BaseModel):
         default: value used when none is given; must lie within the bounds.
         scale: ``"linear"`` samples and normalises uniformly in the value, ``"log"`` in its
             logarithm (requires ``low > 0``). Parameters whose useful values span decades
-            (stiffnesses, weights) belong on the log scale.
+            (stiffnesses, weights) belong on the log scale. ``"periodic"`` is a direction-like
+            parameter (an angle) whose range ``[low, high)`` is one period: ``high`` is the
+            same setting as ``low``, any value is wrapped into the range, grids over the whole
+            period do not repeat the end, and the networks see it as a point on the circle
+            (:meth:`ParamSpace.features`), so the two ends condition them identically.
         domain: the physically valid interval ``(min, max)`` (``None``: unbounded on that
             side), e.g. ``(0.0, None)`` for a stiffness. Unlike ``[low, high]``, the default
             training range that a config may move, the domain is a hard limit: a range or
@@ -53,7 +57,7 @@ class ParamSpec(BaseModel):
     low: float
     high: float
     default: float
-    scale: Literal["linear", "log"] = "linear"
+    scale: Literal["linear", "log", "periodic"] = "linear"
     domain: tuple[float | None, float | None] = (None, None)
     description: str = ""
 
@@ -82,7 +86,23 @@ class ParamSpec(BaseModel):
             raise InputError(
                 f"parameter '{self.name}': log scale needs low > 0, got low={self.low}"
             )
+        if self.scale == "periodic" and self.low == self.high:
+            raise InputError(
+                f"parameter '{self.name}': a periodic range [low, high) is one period and "
+                f"needs low < high, got {self.low:g}"
+            )
         return self
+
+    @property
+    def period(self) -> float:
+        """``high - low`` for a periodic parameter (``inf`` for the others)."""
+        return self.high - self.low if self.scale == "periodic" else math.inf
+
+    def wrap(self, value: float) -> float:
+        """``value`` moved by whole periods into ``[low, high)`` (unchanged unless periodic)."""
+        if self.scale != "periodic":
+            return value
+        return self.low + math.fmod(math.fmod(value - self.low, self.period) + self.period, self.period)
 
     def domain_text(self) -> str:
         """The domain as an interval, e.g. ``[0, inf)``."""
@@ -102,7 +122,7 @@ class ParamSpec(BaseModel):
         low: float | None = None,
         high: float | None = None,
         default: float | None = None,
-        scale: Literal["linear", "log"] | None = None,
+        scale: Literal["linear", "log", "periodic"] | None = None,
     ) -> ParamSpec:
         """Return a copy with new bounds (and scale); the one way a range is configured.
 
@@ -173,7 +193,10 @@ class ParamSpec(BaseModel):
             raise InputError(f"parameter '{self.name}': a grid needs count >= 1, got {count}")
         if count == 1:
             return [float(start)]
-        if self.scale == "log":
+        if self.scale == "periodic" and math.isclose(abs(stop - start), self.period):
+            # a whole turn: the end is the start again, so it is not repeated
+            values = torch.linspace(start, stop, count + 1, dtype=torch.float64)[:-1]
+        elif self.scale == "log":
             if start <= 0 or stop <= 0:
                 raise InputError(
                     f"parameter '{self.name}' is on a log scale: grid ends must be > 0, "
@@ -207,12 +230,16 @@ class ParamSpec(BaseModel):
     def check(self, value: float) -> float:
         """Return ``value`` as a float, or raise a ``ValueError`` naming the bounds.
 
+        A periodic parameter takes any finite value, wrapped into ``[low, high)``.
+
         Raises:
             ValueError: if the value is not finite or lies outside ``[low, high]``.
         """
         value = float(value)
         if not math.isfinite(value):
             raise InputError(f"parameter '{self.name}' must be finite, got {value}")
+        if self.scale == "periodic":
+            return self.wrap(value)
         tolerance = 1e-9 * max(1.0, abs(self.low), abs(self.high))
         if value < self.low - tolerance or value > self.high + tolerance:
             raise InputError(
@@ -225,7 +252,10 @@ class ParamSpace(BaseModel):
     """An ordered set of :class:`ParamSpec` with sampling, normalisation and grids.
 
     Normalised coordinates lie in ``[0, 1]^P`` and are linear in the value (``scale="linear"``)
-    or in its logarithm (``scale="log"``). Fixed parameters (``low == high``) normalise to 0.
+    or in its logarithm (``scale="log"``); a periodic parameter's coordinate is its phase in
+    ``[0, 1)``. Fixed parameters (``low == high``) normalise to 0. The networks are conditioned
+    on :meth:`features`: the normalised coordinates, each periodic one as ``(cos, sin)`` of its
+    phase (``feature_size`` numbers in all).
 
     Examples:
         >>> space = ParamSpace.of(
@@ -310,27 +340,56 @@ class ParamSpace(BaseModel):
             torch.tensor(highs, dtype=dtype, device=device),
         )
 
-    def _log_mask(self, like: torch.Tensor) -> torch.Tensor:
+    def _scale_mask(self, like: torch.Tensor, scale: str) -> torch.Tensor:
         return torch.tensor(
-            [s.scale == "log" for s in self.specs], dtype=torch.bool, device=like.device
+            [s.scale == scale for s in self.specs], dtype=torch.bool, device=like.device
         )
+
+    @property
+    def feature_size(self) -> int:
+        """How many numbers :meth:`features` gives per vector: one per parameter, two per
+        periodic one."""
+        return sum(2 if s.scale == "periodic" else 1 for s in self.specs)
+
+    def features(self, values: torch.Tensor) -> torch.Tensor:
+        """What the networks are conditioned on: ``(..., P)`` values to ``(..., feature_size)``.
+
+        Each parameter's normalised coordinate (:meth:`normalize`), a periodic one replaced by
+        ``(cos, sin)`` of its phase mapped to ``[0, 1]`` (so both ends of its period, the same
+        setting, give the same features). Without periodic parameters this is
+        :meth:`normalize`.
+        """
+        unit = self.normalize(values)
+        if self.feature_size == len(self):
+            return unit
+        columns = []
+        for i, spec in enumerate(self.specs):
+            if spec.scale == "periodic":
+                angle = 2 * math.pi * unit[..., i]
+                columns += [(1 + torch.cos(angle)) / 2, (1 + torch.sin(angle)) / 2]
+            else:
+                columns.append(unit[..., i])
+        return torch.stack(columns, dim=-1)
 
     def normalize(self, values: torch.Tensor) -> torch.Tensor:
         """Map values ``(..., P)`` to ``[0, 1]^P`` on each parameter's scale."""
         self._check_last_dim(values, "normalize")
         lows, highs = self._bounds(values)
-        log_mask = self._log_mask(values)
+        log_mask = self._scale_mask(values, "log")
         transformed = torch.where(log_mask, torch.log(values.clamp_min(1e-30)), values)
         span = highs - lows
         safe_span = torch.where(span > 0, span, torch.ones_like(span))
-        return torch.where(span > 0, (transformed - lows) / safe_span, torch.zeros_like(values))
+        unit = torch.where(span > 0, (transformed - lows) / safe_span, torch.zeros_like(values))
+        return torch.where(self._scale_mask(values, "periodic"), torch.remainder(unit, 1.0), unit)
 
     def denormalize(self, unit: torch.Tensor) -> torch.Tensor:
         """Inverse of :meth:`normalize`: map ``[0, 1]^P`` coordinates ``(..., P)`` to values."""
         self._check_last_dim(unit, "denormalize")
         lows, highs = self._bounds(unit)
+        periodic = self._scale_mask(unit, "periodic")
+        unit = torch.where(periodic, torch.remainder(unit, 1.0), unit)
         transformed = lows + unit * (highs - lows)
-        values = torch.where(self._log_mask(unit), torch.exp(transformed), transformed)
+        values = torch.where(self._scale_mask(unit, "log"), torch.exp(transformed), transformed)
         # exp(log(high)) may round past high in float32: the ends map exactly onto the bounds
         floor = torch.tensor([s.low for s in self.specs], dtype=values.dtype, device=values.device)
         ceiling = torch.tensor([s.high for s in self.specs], dtype=values.dtype, device=values.device)
@@ -351,7 +410,8 @@ class ParamSpace(BaseModel):
             n: number of vectors.
             generator: random generator used for every draw (reproducible sampling).
             endpoint_rate: probability that a coordinate is snapped to its lower or upper bound
-                (HyperMorph's oversampling of the range ends, which keeps the extremes trained).
+                (HyperMorph's oversampling of the range ends, which keeps the extremes trained;
+                a periodic parameter has no ends and is never snapped).
             device: device of the result.
         """
         if not 0.0 <= endpoint_rate <= 1.0:
@@ -361,6 +421,7 @@ class ParamSpace(BaseModel):
         unit = torch.rand(n, len(self), generator=generator)
         if endpoint_rate > 0:
             snap = torch.rand(n, len(self), generator=generator) < endpoint_rate
+            snap &= ~self._scale_mask(unit, "periodic")
             ends = (torch.rand(n, len(self), generator=generator) < 0.5).to(unit.dtype)
             unit = torch.where(snap, ends, unit)
         return self.denormalize(unit).to(device) if device is not None else self.denormalize(unit)
@@ -376,7 +437,8 @@ class ParamSpace(BaseModel):
 
         Args:
             steps: points per parameter, evenly on each parameter's scale over ``[low, high]``
-                (one int for all, or one per parameter); or explicit axes, ``name -> values``
+                (``[low, high)`` for a periodic one: its end is its start) (one int for all,
+                or one per parameter); or explicit axes, ``name -> values``
                 (each checked against the bounds), the other parameters held at ``values``.
             values: the parameters off the axes (defaults where not given).
 
@@ -401,7 +463,12 @@ class ParamSpace(BaseModel):
             )
         if len(self) == 0:
             return torch.zeros(1, 0)
-        axes = [torch.linspace(0.0, 1.0, int(k)) if k > 1 else torch.zeros(1) for k in steps]
+        axes = [
+            torch.linspace(0.0, 1.0, int(k) + 1)[:-1]
+            if spec.scale == "periodic"
+            else torch.linspace(0.0, 1.0, int(k)) if k > 1 else torch.zeros(1)
+            for spec, k in zip(self.specs, steps, strict=True)
+        ]
         unit = torch.cartesian_prod(*axes).reshape(-1, len(self))
         return self.denormalize(unit)
 

@@ -141,3 +141,49 @@ def test_four_decade_log_range_round_trips():
     # log-uniform sampling: each decade gets a quarter of the draws
     draws = space.sample(4000, torch.Generator().manual_seed(1))[:, 0]
     assert ((draws > 0.1) & (draws < 1.0)).float().mean().item() == pytest.approx(0.25, abs=0.03)
+
+
+ANGLE = ParamSpec(
+    name="theta", low=0.0, high=2 * math.pi, default=0.0, scale="periodic", description="angle"
+)
+
+
+def test_a_periodic_parameter_wraps_values_into_one_period():
+    assert ANGLE.period == pytest.approx(2 * math.pi)
+    assert ANGLE.check(2 * math.pi + 0.5) == pytest.approx(0.5)
+    assert ANGLE.check(-0.5) == pytest.approx(2 * math.pi - 0.5)
+    assert ANGLE.check(2 * math.pi) == pytest.approx(0.0)
+    with pytest.raises(ValueError, match="must be finite"):
+        ANGLE.check(math.inf)
+    with pytest.raises(ValueError, match="needs low < high"):
+        ParamSpec(name="theta", low=1.0, high=1.0, default=1.0, scale="periodic")
+
+
+def test_a_periodic_grid_does_not_repeat_its_end():
+    space = ParamSpace.of(ANGLE)
+    grid = space.grid(4)[:, 0]
+    assert torch.allclose(grid, torch.tensor([0.0, 0.5, 1.0, 1.5]) * math.pi, atol=1e-6)
+    assert ANGLE.spaced(0.0, 2 * math.pi, 4) == pytest.approx([0, math.pi / 2, math.pi, 1.5 * math.pi])
+    assert ANGLE.spaced(0.0, 1.0, 3) == pytest.approx([0.0, 0.5, 1.0])  # not a whole turn
+
+
+def test_periodic_features_are_a_point_on_the_circle():
+    space = ParamSpace.of(ParamSpec(name="mu", low=0.1, high=10, default=1, scale="log"), ANGLE)
+    assert space.feature_size == 3
+    values = torch.tensor([[1.0, 0.0], [1.0, 2 * math.pi - 1e-6], [1.0, math.pi / 2]])
+    features = space.features(values)
+    assert features.shape == (3, 3)
+    assert torch.allclose(features[0], features[1], atol=1e-5)  # both ends: one setting
+    assert torch.allclose(features[2], torch.tensor([0.5, 0.5, 1.0]), atol=1e-6)
+    assert ((features >= 0) & (features <= 1)).all()
+    # without periodic parameters the features are the normalised coordinates
+    plain = ParamSpace.of(space["mu"])
+    assert torch.equal(plain.features(values[:, :1]), plain.normalize(values[:, :1]))
+
+
+def test_periodic_sampling_never_snaps_to_an_end_and_round_trips():
+    space = ParamSpace.of(ANGLE)
+    draws = space.sample(2000, torch.Generator().manual_seed(0), endpoint_rate=0.5)
+    assert (draws[:, 0] == 0).sum() == 0
+    assert ((draws >= 0) & (draws < 2 * math.pi)).all()
+    assert torch.allclose(space.denormalize(space.normalize(draws)), draws, atol=1e-5)
