@@ -221,7 +221,7 @@ def _breathing(
     flow over unit time is the breathing motion."""
     lungs = tissue == CHEST_LABELS["lung"]
     union = _member(labels, source.ids(*_CAVITY))
-    steps = max(1, round(8.0 / float(spacing.min())))
+    steps = max(1, round(20.0 / float(spacing.min())))  # bridges the fat between organs
     cavity = ndimage.binary_fill_holes(ndimage.binary_closing(union, iterations=steps) | union)
     cavity &= (tissue != CHEST_LABELS["bone"]) & (tissue != 0)
     u = np.zeros(grid.shape, dtype=np.float32)
