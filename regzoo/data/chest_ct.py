@@ -53,7 +53,7 @@ phantom's (:data:`regzoo.data.phantom.TISSUE_LABELS`)."""
 FIELD_OF_VIEW_MM = 310.0
 """The default field of view per axis (64 voxels of 4.84 mm)."""
 
-# TotalSegmentator structures (name prefixes) of each group
+# TotalSegmentator structures (name prefixes) of each group; _CAVITY moves with breathing
 _LUNG = ("lung_",)
 _BONE = ("rib_", "vertebrae_", "sternum", "costal_cartilages", "scapula_", "clavicula_",
          "humerus_", "sacrum", "hip_", "femur_", "skull")  # fmt: skip
@@ -62,7 +62,6 @@ _LIVER = ("liver",)
 _CAVITY = (*_LUNG, *_HEART, "superior_vena_cava", "inferior_vena_cava", "liver", "spleen",
            "stomach", "gallbladder", "pancreas", "duodenum", "kidney_", "adrenal_gland_",
            "portal_vein_and_splenic_vein", "small_bowel", "colon")  # fmt: skip
-"""What moves with breathing (slides along the static wall around it)."""
 
 
 def default_spacing(shape: Sequence[int]) -> tuple[float, ...]:
@@ -195,7 +194,10 @@ def _sample(
 
 
 def _tissue_labels(source: ChestCTSource, image: np.ndarray, labels: np.ndarray) -> np.ndarray:
-    body = image > -400
+    parts, count = ndimage.label(image > -400)
+    if count > 1:  # the body is the largest part (not the CT table)
+        parts = np.where(parts == np.argmax(np.bincount(parts.ravel())[1:]) + 1, parts, 0)
+    body = parts > 0
     for z in range(body.shape[2]):  # the body is open at the ends: fill holes per axial slice
         body[:, :, z] = ndimage.binary_fill_holes(body[:, :, z])
     tissue = np.where(body, CHEST_LABELS["soft_tissue"], 0).astype(np.uint8)
