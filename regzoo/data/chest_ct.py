@@ -285,7 +285,7 @@ def chest_ct_case(
 ) -> PhantomCase:
     """One real-anatomy exhale/inhale pair, deterministic for ``(seed, case)``.
 
-    ``shape`` (3 sizes, axes x right-left, y posterior-anterior, z caudal-cranial) and
+    ``shape`` (3 sizes; array axis 0 points to the patient's right, 1 anterior, 2 cranial) and
     ``spacing`` in mm (default :func:`default_spacing`). ``prepared`` is the source prepared for this
     spacing (computed when not given; :func:`write_chest_ct_dataset` prepares it once).
     ``noise=False`` leaves out the image noise (the random draws stay the same).
