@@ -23,7 +23,7 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from regzoo._errors import InputError, OutputExistsError
-from regzoo.io import atomic_save, make_folder
+from regzoo.io import atomic_save, atomic_write_text, make_folder
 
 __all__ = [
     "LOCK_NAME",
@@ -81,10 +81,40 @@ def _legacy_run(run_dir: Path) -> bool:
     ):
         return False
     tensorboard = run_dir / "tensorboard"
-    return not tensorboard.exists() or all(
+    if tensorboard.exists() and not all(
         p.name.startswith("events.out.tfevents.") or p.name == "hparams.yaml"
         for p in tensorboard.iterdir()
-    )
+    ):
+        return False
+    return _is_regzoo_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+
+
+def _is_regzoo_checkpoint(path: Path) -> bool:
+    """Proof that a legacy run is regzoo's: its ``last.ckpt`` opens (``weights_only``) as a
+    regzoo checkpoint (a regular file, not a link, holding the regzoo config)."""
+    from regzoo.model import CHECKPOINT_KEY
+
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # any unreadable file is simply not proof
+        return False
+    return isinstance(state, Mapping) and isinstance(state.get(CHECKPOINT_KEY), Mapping)
+
+
+_MARKER_TEXT = "written by regzoo train; train --overwrite may replace this run\n"
+
+
+def _marked(run_dir: Path) -> bool:
+    """The folder's marker says it is a regzoo run (a regular file with regzoo's text)."""
+    marker = run_dir / RUN_MARKER
+    if marker.is_symlink() or not marker.is_file():
+        return False
+    try:
+        return marker.read_text(errors="replace").startswith("written by regzoo train")
+    except OSError:
+        return False
 
 
 def check_replaceable(run_dir: str | Path) -> None:
@@ -100,7 +130,7 @@ def check_replaceable(run_dir: str | Path) -> None:
     if not run_dir.is_dir():
         raise OutputExistsError(f"run_dir {run_dir} exists and is not a folder")
     entries = {p.name for p in run_dir.iterdir()} - _OURS
-    if not entries or (run_dir / RUN_MARKER).is_file() or _legacy_run(run_dir):
+    if not entries or _marked(run_dir) or _legacy_run(run_dir):
         return
     raise OutputExistsError(
         f"run_dir {run_dir} is not a regzoo run directory (it holds "
@@ -125,9 +155,8 @@ def remove_run(run_dir: str | Path) -> None:
 def mark_run(run_dir: str | Path) -> None:
     """Create ``run_dir`` (umask modes) and mark it as a regzoo run directory."""
     run_dir = make_folder(run_dir)
-    marker = run_dir / RUN_MARKER
-    if not marker.is_file():
-        marker.write_text("written by regzoo train; train --overwrite may replace this run\n")
+    if not _marked(run_dir):
+        atomic_write_text(_MARKER_TEXT, run_dir / RUN_MARKER)
 
 
 @contextlib.contextmanager
@@ -144,7 +173,15 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
         yield
         return
     path = run_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:  # never through a link: the lock is truncated, and must not truncate a user's file
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as exc:
+        if not path.is_symlink():
+            raise OutputExistsError(f"cannot open the lock {path}: {exc.strerror}") from None
+        raise OutputExistsError(
+            f"run_dir {run_dir}: its lock file {LOCK_NAME} is a symlink (regzoo never writes "
+            "through it); remove the link and run again"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
