@@ -334,7 +334,57 @@ def read_labels(
         return None
     volume = read_image(labels, what="fixed label map")
     check_same_grid(fixed.grid, volume.grid)
-    return torch.from_numpy(np.rint(volume.data).astype(np.int64))[None, None].to(model.device)
+    values = check_label_values(model, volume.data, labels)
+    return torch.from_numpy(values)[None, None].to(model.device)
+
+
+def known_labels(model: HyperRegistration) -> dict[int, str]:
+    """The label values a model knows: its per-label parameters' labels, the dataset's label
+    names it was trained with (``data.labels``) and 0 (background)."""
+    known: dict[int, str] = {0: "background"}
+    for name, value in (model.config.data.labels or {}).items():
+        known[int(value)] = name
+    for term in model.objective.terms:
+        for label_map in term.maps.values():
+            for key, value in label_map.labels.items():
+                known.setdefault(int(value), key.split("@", 1)[-1])
+    return known
+
+
+def check_label_values(model: HyperRegistration, data: Any, source: Any) -> np.ndarray:
+    """A label map's values as ``int64``, after checking it is one: finite, integer-valued,
+    and holding only labels the model knows (:func:`known_labels`), so that an image given as
+    labels (a CT) is refused instead of making every per-label region empty.
+
+    Raises:
+        InputError: non-integer or non-finite values, or labels the model does not know
+            (named, with the ones it knows).
+    """
+    array = np.asarray(data)
+    name = source if isinstance(source, str | Path) else "the label map"
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise InputError(f"label map {name} holds NaN or infinite values; give integer labels")
+        fractional = array[array != np.rint(array)]
+        if fractional.size:
+            raise InputError(
+                f"label map {name} is not a label map: it holds non-integer values (e.g. "
+                f"{float(fractional.flat[0]):g}); give the integer tissue labels, not an image"
+            )
+    values = np.rint(array).astype(np.int64) if array.dtype.kind == "f" else array.astype(np.int64)
+    known = known_labels(model)
+    present = np.unique(values)
+    unknown = [int(v) for v in present if int(v) not in known]
+    if unknown:
+        shown = ", ".join(map(str, unknown[:5])) + (
+            f", ... ({len(unknown)} values)" if len(unknown) > 5 else ""
+        )
+        names = ", ".join(f"{v}={n}" for v, n in sorted(known.items()))
+        raise InputError(
+            f"label map {name} holds labels the model does not know ({shown}); it knows {names} "
+            "(is it an image rather than a label map?)"
+        )
+    return values
 
 
 def build_result(
