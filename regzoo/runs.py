@@ -22,7 +22,8 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from regzoo._errors import InputError, OutputExistsError
+from regzoo._errors import InputError, OutputExistsError, checkpoint_read_reason
+from regzoo.fingerprint import add_fingerprint, check_fingerprint
 from regzoo.io import atomic_save, atomic_write_text, make_folder
 
 __all__ = [
@@ -32,6 +33,7 @@ __all__ = [
     "AtomicCheckpointIO",
     "check_checkpoint",
     "check_replaceable",
+    "continue_with_lr",
     "mark_run",
     "record_resume",
     "remove_run",
@@ -49,11 +51,14 @@ RESUMABLE = (
     "trainer.devices",
     "trainer.num_nodes",
     "trainer.strategy",
+    "trainer.gradient_clip_val",
+    "optimizer.lr",
     "data.num_workers",
     "data.root",
     "logging.",
 )
-"""Settings a resumed run may change, each only with an explicit ``--set`` (recorded)."""
+"""Settings a resumed run may change, each only with an explicit ``--set`` (recorded): among
+them what a divergence stop advises (a lower ``optimizer.lr``, ``trainer.gradient_clip_val``)."""
 
 _MODEL_SECTIONS = ("model", "regularizers", "similarity", "weighting", "regularize", "plugins")
 
@@ -218,6 +223,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         the previous checkpoint is kept)."""
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options")
+        from regzoo.model import CHECKPOINT_KEY
+
+        add_fingerprint(checkpoint, CHECKPOINT_KEY)  # checked when the checkpoint is loaded
         atomic_save(checkpoint, Path(path))
 
 
@@ -315,10 +323,9 @@ def check_checkpoint(path: str | Path, model: torch.nn.Module) -> dict[str, Any]
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise InputError(
             f"cannot resume from {path}: the file is truncated, corrupt or not a checkpoint "
-            f"({type(exc).__name__}: {first}); {hint}"
+            f"({checkpoint_read_reason(exc)}); {hint}"
         ) from None
     if not isinstance(state, Mapping) or not isinstance(state.get(CHECKPOINT_KEY), Mapping):
         raise InputError(f"cannot resume from {path}: not a regzoo checkpoint; {hint}")
@@ -346,4 +353,30 @@ def check_checkpoint(path: str | Path, model: torch.nn.Module) -> dict[str, Any]
             f"cannot resume from {path}: {len(bad)} weight tensors hold NaN or infinite values "
             f"(first: {bad[0]}); the training diverged; {hint}"
         )
+    check_fingerprint(path, state[CHECKPOINT_KEY], weights)
     return dict(state)
+
+
+def continue_with_lr(checkpoint: dict[str, Any], lr: float) -> None:
+    """Make a resumed run continue with the learning rate ``lr`` (``--resume --set
+    optimizer.lr=...``, what a divergence stop advises): the restored optimizer and scheduler
+    states, written with the run's earlier rate, are rescaled by ``lr / earlier`` (the
+    schedule's shape and the per-group factors stay)."""
+    from regzoo.model import CHECKPOINT_KEY
+
+    extras = checkpoint.get(CHECKPOINT_KEY)
+    earlier = None
+    if isinstance(extras, Mapping):
+        earlier = extras.get("config", {}).get("optimizer", {}).get("lr")
+    if not isinstance(earlier, int | float) or not earlier > 0 or earlier == lr:
+        return
+    ratio = lr / earlier
+    for state in checkpoint.get("optimizer_states", []):
+        for group in state.get("param_groups", []):
+            for key in ("lr", "initial_lr"):
+                if isinstance(group.get(key), int | float):
+                    group[key] *= ratio
+    for scheduler in checkpoint.get("lr_schedulers", []):
+        for key in ("base_lrs", "_last_lr"):
+            if isinstance(scheduler.get(key), list):
+                scheduler[key] = [v * ratio for v in scheduler[key]]

@@ -26,6 +26,7 @@ from conftest import QUICKSTART, tiny_overrides
 
 from regzoo.cli import main
 from regzoo.config import load_config
+from regzoo.fingerprint import add_fingerprint
 from regzoo.io import OUTPUT_MARKER, output_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -429,6 +430,7 @@ def _nan_field(ws: Workspace) -> list[str]:
     state = torch.load(ws.checkpoint, weights_only=True)
     for name in ("net.flow.bias", "net.flow.weight"):  # the flow layer overflows
         state["state_dict"][name] = torch.full_like(state["state_dict"][name], 3e38)
+    add_fingerprint(state, "regzoo")  # a model that overflows as trained, not foreign weights
     torch.save(state, checkpoint)
     return ["sweep", "--model", str(checkpoint), "--data", str(ws.data), "--grid", "mu=0.1,1",
             "--out", str(ws.tmp / "out")]  # fmt: skip
