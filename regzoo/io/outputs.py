@@ -207,12 +207,19 @@ def clean_stale_staging(target: str | Path) -> list[Path]:
         entries = list(target.parent.iterdir())
     except OSError:
         return removed
+    # a run killed between moving the previous set aside and moving the new one in: the
+    # previous set goes back into place first (it is never deleted as litter)
+    entries.sort(key=lambda e: "-old" not in e.name)
     for entry in entries:
         if not entry.name.startswith(prefix):
             continue
-        pid_text = entry.name[len(prefix) :].split("-", 1)[0]
+        pid_text, _, kind = entry.name[len(prefix) :].partition("-")
         if not pid_text.isdigit() or _pid_alive(int(pid_text)):
             continue
+        previous = entry / "set"
+        if kind.startswith("old") and previous.is_dir() and not os.path.lexists(target):
+            with contextlib.suppress(OSError):
+                previous.rename(target)
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
@@ -270,6 +277,7 @@ def check_output_folder(target: str | Path, *, overwrite: bool = True) -> Path:
         OutputError: a dangling symlink.
     """
     target = resolve_output(target)
+    clean_stale_staging(target)  # a set a killed run had moved aside is back in place first
     if target.exists():
         if not target.is_dir():
             raise OutputExistsError(f"output {target} exists and is not a folder")
