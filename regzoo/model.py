@@ -431,9 +431,9 @@ class HyperRegistration(L.LightningModule):
         another number of processes, rank ``r`` is seeded from ``(seed, r, step)`` instead:
         every rank still draws its own parameters, never rank zero's.
         """
-        from regzoo.runs import continue_with_lr
+        from regzoo.resuming import continue_with_lr
 
-        continue_with_lr(checkpoint, self.config.optimizer.lr)  # --resume --set optimizer.lr=
+        continue_with_lr(checkpoint, self.config.optimizer.lr, CHECKPOINT_KEY)  # --set lr=
         extras = checkpoint.get(CHECKPOINT_KEY, {})
         states = extras.get("sampler_states")
         if states is None and extras.get("sampler_state") is not None:

@@ -33,7 +33,6 @@ __all__ = [
     "AtomicCheckpointIO",
     "check_checkpoint",
     "check_replaceable",
-    "continue_with_lr",
     "mark_run",
     "record_resume",
     "remove_run",
@@ -355,28 +354,3 @@ def check_checkpoint(path: str | Path, model: torch.nn.Module) -> dict[str, Any]
         )
     check_fingerprint(path, state[CHECKPOINT_KEY], weights)
     return dict(state)
-
-
-def continue_with_lr(checkpoint: dict[str, Any], lr: float) -> None:
-    """Make a resumed run continue with the learning rate ``lr`` (``--resume --set
-    optimizer.lr=...``, what a divergence stop advises): the restored optimizer and scheduler
-    states, written with the run's earlier rate, are rescaled by ``lr / earlier`` (the
-    schedule's shape and the per-group factors stay)."""
-    from regzoo.model import CHECKPOINT_KEY
-
-    extras = checkpoint.get(CHECKPOINT_KEY)
-    earlier = None
-    if isinstance(extras, Mapping):
-        earlier = extras.get("config", {}).get("optimizer", {}).get("lr")
-    if not isinstance(earlier, int | float) or not earlier > 0 or earlier == lr:
-        return
-    ratio = lr / earlier
-    for state in checkpoint.get("optimizer_states", []):
-        for group in state.get("param_groups", []):
-            for key in ("lr", "initial_lr"):
-                if isinstance(group.get(key), int | float):
-                    group[key] *= ratio
-    for scheduler in checkpoint.get("lr_schedulers", []):
-        for key in ("base_lrs", "_last_lr"):
-            if isinstance(scheduler.get(key), list):
-                scheduler[key] = [v * ratio for v in scheduler[key]]
