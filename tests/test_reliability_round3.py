@@ -197,6 +197,22 @@ def test_5_ipv6_spellings_and_bad_allow_host_names():
         allowed_hosts("127.0.0.1", ["*"])
 
 
+def test_5_a_wildcard_bind_prints_a_url_the_guard_answers():
+    pytest.importorskip("uvicorn")
+    from starlette.applications import Starlette
+
+    from regzoo.explore.app import host_name
+    from regzoo.explore.command import allowed_hosts
+    from regzoo.explore.server import ExplorerServer
+
+    server = ExplorerServer(Starlette(), "0.0.0.0", 0)
+    try:
+        assert server.url.startswith("http://127.0.0.1:")
+        assert host_name(server.url.split("/")[2]) in allowed_hosts("0.0.0.0")
+    finally:
+        server.socket.close()
+
+
 # -- 3. label maps ------------------------------------------------------------------------------
 def test_6_a_ct_given_as_labels_is_refused(tiny_phantom, tmp_path):
     from regzoo._errors import InputError
