@@ -142,7 +142,7 @@ class RefineOptions:
         if self.optimizer not in ("adam", "lbfgs"):
             raise InputError(f"refine: optimizer must be 'adam' or 'lbfgs', got {self.optimizer!r}")
         if not 0 <= self.tol < float("inf"):
-            raise InputError(f"refine: tol must be a finite number >= 0, got {self.tol}")
+            raise InputError(f"refine: tol must be >= 0 and finite, got {self.tol}")
         if self.window < 1:
             raise InputError(f"refine: window must be >= 1, got {self.window}")
 
@@ -585,7 +585,7 @@ def refine_options_from_flags(
         options["split"] = shares
     if tol != 0.0:  # NaN included: refused, never dropped
         if not 0 <= tol < float("inf"):
-            raise InputError(f"--refine-tol must be a finite number >= 0, got {tol}")
+            raise InputError(f"--refine-tol: tol must be >= 0 and finite, got {tol}")
         options["tol"] = tol
     return options
 

@@ -231,7 +231,7 @@ def test_6_a_ct_given_as_labels_is_refused(tiny_phantom, tmp_path):
     ct = nib.load(fixed_path)
     integer_ct = tmp_path / "ct_int16.nii.gz"  # the CT stored as integers (HU)
     nib.save(nib.Nifti1Image(np.rint(ct.get_fdata()).astype(np.int16), ct.affine), integer_ct)
-    with pytest.raises(InputError, match="labels the model does not know"):
+    with pytest.raises(InputError, match=r"not a label map|none of the labels"):
         read_labels(model, fixed, integer_ct, needed=True)
     labels = tiny_phantom / "labelsTr" / "PhantomCT_0003_0000.nii.gz"
     assert read_labels(model, fixed, labels, needed=True) is not None  # the real label map
@@ -240,8 +240,12 @@ def test_6_a_ct_given_as_labels_is_refused(tiny_phantom, tmp_path):
     big[0, 0, 0] = 40000
     unknown = tmp_path / "unknown.nii.gz"
     nib.save(nib.Nifti1Image(big, image.affine), unknown)
-    with pytest.raises(InputError, match=r"\(40000\)"):
-        read_labels(model, fixed, unknown, needed=True)
+    with pytest.warns(RuntimeWarning, match=r"does not know \(40000\)"):
+        read_labels(model, fixed, unknown, needed=True)  # named; it takes the background value
+    no_lung = tmp_path / "no_lung.nii.gz"
+    nib.save(nib.Nifti1Image(np.where(big == 1, 2, big).astype(np.uint8), image.affine), no_lung)
+    with pytest.raises(InputError, match="none of the labels"):
+        read_labels(model, fixed, no_lung, needed=True)  # the sliding region would be empty
     fractional = tmp_path / "fractional.nii.gz"
     nib.save(nib.Nifti1Image(big.astype(np.float32) * 0.5 + 0.25, image.affine), fractional)
     with pytest.raises(InputError, match="non-integer"):
@@ -258,7 +262,7 @@ def test_6_a_ct_given_as_labels_is_refused(tiny_phantom, tmp_path):
         (["--refine-similarity", "lncc:window=100001"], "larger than the image"),
         (["--refine-similarity", "lncc:window=" + "[" * 50_000 + "]" * 50_000], "characters"),
         (["--refine-similarity", "mind_ssc:radius=" + "[" * 100 + "]" * 100], "nests brackets"),
-        (["--refine-tol", "nan"], "--refine-tol must be a finite number"),
+        (["--refine-tol", "nan"], "tol must be >= 0 and finite"),
         (["--refine-split", "1e308:1e308:1e308"], "finite sum"),
     ],
     ids=[
@@ -288,10 +292,10 @@ def test_8_sweep_and_evaluate_refuse_a_nan_tolerance_first(
 ):
     sweep = ["sweep", "--model", str(tiny_checkpoint), "--data", str(tiny_phantom), "--grid",
              "mu=0.1,1", "--refine", "2", "--refine-tol", "nan", "--out", str(tmp_path / "s")]  # fmt: skip
-    _one_line(capsys, main(sweep), "--refine-tol must be a finite number")
+    _one_line(capsys, main(sweep), "tol must be >= 0 and finite")
     evaluate = ["evaluate", "--model", str(tiny_checkpoint), "--data", str(tiny_phantom),
                 "--refine", "2", "--refine-tol", "nan", "--out", str(tmp_path / "e.json")]  # fmt: skip
-    _one_line(capsys, main(evaluate), "--refine-tol must be a finite number")
+    _one_line(capsys, main(evaluate), "tol must be >= 0 and finite")
     assert not any(tmp_path.iterdir())
 
 
