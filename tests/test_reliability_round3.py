@@ -393,6 +393,24 @@ def test_next_choose_refuses_a_folder_of_user_files_before_computing(
     assert (out / "thesis.tex").read_text() == "mine\n"
 
 
+def test_next_sweep_refuses_a_folder_of_user_files_before_computing(
+    tiny_phantom, tiny_checkpoint, tmp_path, capsys, monkeypatch
+):
+    import regzoo.study
+
+    def never(*args, **kwargs):
+        raise AssertionError("the sweep computed before refusing the folder")
+
+    monkeypatch.setattr(regzoo.study, "sweep", never)
+    out = tmp_path / "mine"
+    out.mkdir()
+    (out / "thesis.tex").write_text("mine\n")
+    code = main(["sweep", "--model", str(tiny_checkpoint), "--data", str(tiny_phantom), "--grid",
+                 "mu=0.1,1", "--out", str(out)])  # fmt: skip
+    _one_line(capsys, code, "is not a regzoo output folder")
+    assert (out / "thesis.tex").read_text() == "mine\n"
+
+
 def test_next_a_phantom_of_200000_slices_is_refused(tmp_path, capsys):
     code = main(["phantom", str(tmp_path / "p"), "--shape", "16", "16", "200000"])
     _one_line(capsys, code, "16 to 1024")
