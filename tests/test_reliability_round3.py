@@ -126,6 +126,13 @@ def test_2_an_output_set_replaces_only_the_files_it_wrote(tmp_path):
     with pytest.raises(OutputExistsError, match=r"user\.csv"), output_folder(target) as staging:
         (staging / "a.txt").write_text("4")
     assert (target / "a.txt").read_text() == "3" and (target / "user.csv").read_text() == "mine"
+    # a file the user adds while a set is being built is found before the swap
+    fresh = tmp_path / "fresh"
+    fresh.mkdir()
+    with pytest.raises(OutputExistsError, match="not a regzoo output"), output_folder(fresh) as st:
+        (st / "a.txt").write_text("5")
+        (fresh / "added.txt").write_text("mine")
+    assert sorted(p.name for p in fresh.iterdir()) == ["added.txt"]
     # an older marker that lists nothing cannot prove which files are regzoo's
     (target / "user.csv").unlink()
     (target / ".regzoo-output").write_text("written by regzoo; the folder is replaced as a whole\n")

@@ -360,8 +360,7 @@ def output_folder(target: str | Path, *, overwrite: bool = True) -> Iterator[Pat
         marker = {"regzoo_output": "written by regzoo; only the files listed here are replaced",
                   "files": files}  # fmt: skip
         atomic_write_text(json.dumps(marker, indent=1) + "\n", staging / OUTPUT_MARKER)
-        if target.exists() and (target / OUTPUT_MARKER).is_file():
-            _check_only_ours(target)  # again: a file the user added while this set was built
+        check_output_folder(target, overwrite=overwrite)  # again: files added meanwhile
         old = None
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=_staging_name(target, "old"), dir=target.parent))
