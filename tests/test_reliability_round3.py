@@ -129,9 +129,14 @@ def test_2_an_output_set_replaces_only_the_files_it_wrote(tmp_path):
     # a file the user adds while a set is being built is found before the swap
     fresh = tmp_path / "fresh"
     fresh.mkdir()
-    with pytest.raises(OutputExistsError, match="not a regzoo output"), output_folder(fresh) as st:
-        (st / "a.txt").write_text("5")
-        (fresh / "added.txt").write_text("mine")
+
+    def add_while_building() -> None:
+        with output_folder(fresh) as staging:
+            (staging / "a.txt").write_text("5")
+            (fresh / "added.txt").write_text("mine")
+
+    with pytest.raises(OutputExistsError, match="not a regzoo output"):
+        add_while_building()
     assert sorted(p.name for p in fresh.iterdir()) == ["added.txt"]
     # an older marker that lists nothing cannot prove which files are regzoo's
     (target / "user.csv").unlink()
