@@ -18,6 +18,7 @@ __all__ = [
     "PluginError",
     "RegzooError",
     "UnknownNameError",
+    "checkpoint_read_reason",
     "unknown_name_message",
 ]
 
@@ -55,3 +56,17 @@ def unknown_name_message(kind: str, name: str, known: Iterable[str]) -> str:
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
     hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
     return f"unknown {kind} '{name}'{hint} Available: {', '.join(known) or '(none)'}"
+
+
+def checkpoint_read_reason(exc: BaseException) -> str:
+    """Why ``torch.load(weights_only=True)`` could not read a file, in a few words: never
+    torch's advice to retry with ``weights_only=False`` (which would run any code the file
+    holds)."""
+    text = str(exc).strip()
+    if "weights_only" in text or "Weights only load failed" in text:
+        return (
+            "not a PyTorch checkpoint, or one holding objects other than weights, which regzoo "
+            "never unpickles"
+        )
+    first = (text.splitlines() or [""])[0][:200]
+    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__

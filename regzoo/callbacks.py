@@ -102,7 +102,8 @@ class DivergenceGuard(L.Callback):
                 restored = "there is no earlier validation to restore"
             self.diverged = (
                 f"training diverged at step {step}: {reason}; {restored} and training "
-                "stopped (lower optimizer.lr or set trainer.gradient_clip_val)"
+                "stopped (continue with a lower rate: train --resume --set optimizer.lr=..., or "
+                "--set trainer.gradient_clip_val=...)"
             )
             trainer.should_stop = True
             return

@@ -150,7 +150,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
         save_result,
         segmentation_names,
     )
-    from regzoo.io import atomic_write_text, output_folder
+    from regzoo.io import atomic_write_text, check_output_folder, output_folder
     from regzoo.model import load_model
     from regzoo.report import overlay_figure
     from regzoo.study import parameter_title
@@ -163,6 +163,7 @@ def _cmd_register(args: argparse.Namespace) -> int:
     if args.refine_grid and not args.choose:
         raise InputError("--refine-grid needs --choose (it refines every setting of the grid)")
     refine_options = _refine_options(args)
+    check_output_folder(args.out)  # a folder of the user's files is refused before any work
     model = load_model(args.model, plugins=args.plugin)
     model.objective.resolve(params)  # every input is checked before any work or output
     choice = None

@@ -150,8 +150,10 @@ class PhantomConfig(StrictModel):
     def _check_split(self) -> PhantomConfig:
         if self.val >= self.n:
             raise InputError(f"phantom.val={self.val} must be smaller than phantom.n={self.n}")
-        if min(self.shape) < 16:
-            raise InputError(f"phantom.shape must be at least 16 per axis, got {self.shape}")
+        if not 16 <= min(self.shape) <= max(self.shape) <= 1024:
+            raise InputError(
+                f"phantom.shape must be 16 to 1024 per axis (MAX_PHANTOM_SIDE), got {self.shape}"
+            )
         return self
 
 

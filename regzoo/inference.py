@@ -334,7 +334,89 @@ def read_labels(
         return None
     volume = read_image(labels, what="fixed label map")
     check_same_grid(fixed.grid, volume.grid)
-    return torch.from_numpy(np.rint(volume.data).astype(np.int64))[None, None].to(model.device)
+    values = check_label_values(model, volume.data, labels)
+    return torch.from_numpy(values)[None, None].to(model.device)
+
+
+MAX_LABELS = 256
+"""Most distinct values a label map may hold (an image given as labels holds thousands)."""
+
+
+def known_labels(model: HyperRegistration) -> dict[int, str]:
+    """The label values a model knows: its per-label parameters' labels, the dataset's label
+    names it was trained with (``data.labels``) and 0 (background)."""
+    known: dict[int, str] = {0: "background"}
+    for name, value in (model.config.data.labels or {}).items():
+        known[int(value)] = name
+    for term in model.objective.terms:
+        for label_map in term.maps.values():
+            for key, value in label_map.labels.items():
+                known.setdefault(int(value), key.split("@", 1)[-1])
+    return known
+
+
+def check_label_values(model: HyperRegistration, data: Any, source: Any) -> np.ndarray:
+    """A label map's values as ``int64``, after checking it is one, so that an image given as
+    labels (a CT) is refused instead of silently making every per-label region empty.
+
+    A label map is finite, integer-valued and non-negative, has at most :data:`MAX_LABELS`
+    distinct values, and holds at least one label of the model's per-label parameters. Labels
+    the model does not know (:func:`known_labels`) take the background value; they are named
+    in a ``RuntimeWarning``.
+
+    Raises:
+        InputError: non-integer, non-finite or negative values, too many distinct values, or
+            none of the labels the per-label parameters name (each case naming the file).
+    """
+    import warnings
+
+    array = np.asarray(data)
+    name = source if isinstance(source, str | Path) else "the label map"
+    hint = "give the integer tissue labels, not an image"
+    if array.dtype.kind == "f":
+        if not np.isfinite(array).all():
+            raise InputError(f"label map {name} holds NaN or infinite values; {hint}")
+        fractional = array[array != np.rint(array)]
+        if fractional.size:
+            raise InputError(
+                f"label map {name} is not a label map: it holds non-integer values (e.g. "
+                f"{float(fractional.flat[0]):g}); {hint}"
+            )
+    values = np.rint(array).astype(np.int64) if array.dtype.kind == "f" else array.astype(np.int64)
+    present = [int(v) for v in np.unique(values)]
+    if present and present[0] < 0:
+        raise InputError(
+            f"label map {name} is not a label map: it holds negative values (e.g. {present[0]}); "
+            f"{hint}"
+        )
+    if len(present) > MAX_LABELS:
+        raise InputError(
+            f"label map {name} is not a label map: it holds {len(present)} distinct values (at "
+            f"most {MAX_LABELS}); {hint}"
+        )
+    known = known_labels(model)
+    wanted = {
+        int(value): key.split("@", 1)[-1]
+        for term in model.objective.terms
+        for label_map in term.maps.values()
+        for key, value in label_map.labels.items()
+    }
+    if wanted and not set(wanted) & set(present):
+        raise InputError(
+            f"label map {name} holds none of the labels the model's per-label parameters name "
+            f"({', '.join(f'{n}={v}' for v, n in sorted(wanted.items()))}): every per-label "
+            f"region would be empty; {hint}"
+        )
+    unknown = [v for v in present if v not in known]
+    if unknown:
+        shown = ", ".join(map(str, unknown[:5])) + (", ..." if len(unknown) > 5 else "")
+        warnings.warn(
+            f"label map {name} holds labels the model does not know ({shown}): they take the "
+            "background value",
+            RuntimeWarning,
+            stacklevel=2,
+        )
+    return values
 
 
 def build_result(

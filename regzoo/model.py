@@ -12,7 +12,13 @@ import torch
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 from pydantic import ValidationError
 
-from regzoo._errors import InputError, MissingFileError, PluginError, RegzooError
+from regzoo._errors import (
+    InputError,
+    MissingFileError,
+    PluginError,
+    RegzooError,
+    checkpoint_read_reason,
+)
 from regzoo.config import ExperimentConfig
 from regzoo.metrics import dice, target_registration_error
 from regzoo.nets import RegistrationNet, RegistrationOutput
@@ -425,6 +431,9 @@ class HyperRegistration(L.LightningModule):
         another number of processes, rank ``r`` is seeded from ``(seed, r, step)`` instead:
         every rank still draws its own parameters, never rank zero's.
         """
+        from regzoo.resuming import continue_with_lr
+
+        continue_with_lr(checkpoint, self.config.optimizer.lr, CHECKPOINT_KEY)  # --set lr=
         extras = checkpoint.get(CHECKPOINT_KEY, {})
         states = extras.get("sampler_states")
         if states is None and extras.get("sampler_state") is not None:
@@ -510,7 +519,7 @@ def _read_checkpoint(path: Path, map_location: str | torch.device) -> dict[str, 
         state = torch.load(path, map_location=map_location, weights_only=True)
     except Exception as exc:
         raise InputError(
-            f"{path}: cannot be read as a checkpoint ({type(exc).__name__}: {exc})"
+            f"{path}: cannot be read as a checkpoint ({checkpoint_read_reason(exc)})"
         ) from None
     if not isinstance(state, dict) or not isinstance(state.get(CHECKPOINT_KEY), dict):
         raise InputError(f"{path}: not a regzoo checkpoint (no '{CHECKPOINT_KEY}' entry)")
@@ -586,6 +595,8 @@ def load_model(
         PluginError: if the model needs a plugin stored in the checkpoint that the caller did
             not name.
     """
+    from regzoo.fingerprint import check_fingerprint
+
     path = Path(checkpoint)
     state = _read_checkpoint(path, map_location)
     extras = state[CHECKPOINT_KEY]
@@ -627,6 +638,7 @@ def load_model(
             f"{path}: {len(bad)} weight tensors hold NaN or infinite values (first: {bad[0]}); "
             "the training diverged"
         )
+    check_fingerprint(path, extras, weights)  # foreign weights of the same shapes are refused
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:

@@ -35,6 +35,7 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from regzoo._errors import InputError, RegzooError
+from regzoo.bounds import check_fits_image
 from regzoo.lung_similarity import DescriptorSimilarity
 from regzoo.nets import RegistrationOutput
 from regzoo.objective import LossTerms, Objective
@@ -116,7 +117,7 @@ class RefineOptions:
 
     def __post_init__(self) -> None:
         check_steps(self.steps)
-        if not self.lr > 0:
+        if not 0 < self.lr < float("inf"):
             raise InputError(f"refine: lr must be > 0, got {self.lr}")
         if self.levels < 1:
             raise InputError(f"refine: levels must be >= 1, got {self.levels}")
@@ -129,16 +130,19 @@ class RefineOptions:
         if self.regularize == "velocity" and self.int_steps == 0:
             raise InputError("refine: regularize='velocity' needs int_steps > 0")
         if self.split is not None and (
-            len(self.split) != self.levels or not all(0 < w < float("inf") for w in self.split)
+            len(self.split) != self.levels
+            or not all(0 < w < float("inf") for w in self.split)
+            or not sum(self.split) < float("inf")
         ):
             raise InputError(
-                f"refine: split must give {self.levels} positive shares (one per level), "
+                f"refine: split must give {self.levels} positive shares (one per level, "
+                "finite, with a finite sum), "
                 f"got {self.split}"
             )
         if self.optimizer not in ("adam", "lbfgs"):
             raise InputError(f"refine: optimizer must be 'adam' or 'lbfgs', got {self.optimizer!r}")
-        if self.tol < 0:
-            raise InputError(f"refine: tol must be >= 0, got {self.tol}")
+        if not 0 <= self.tol < float("inf"):
+            raise InputError(f"refine: tol must be >= 0 and finite, got {self.tol}")
         if self.window < 1:
             raise InputError(f"refine: window must be >= 1, got {self.window}")
 
@@ -520,6 +524,9 @@ def refine(
         >>> output = regzoo.refine(model, fixed, moving, {"lam": 1.0, "mu": 1.0}, steps=30)
         >>> output.displacement.shape  # (B, 3, X, Y, Z)
     """
+    if isinstance(similarity, str):
+        similarity = parse_similarity(similarity, trained=model.objective.similarity)
+    check_fits_image(similarity, fixed.shape[2:], "refine: similarity")  # before any work
     values = model.parameter_tensor(params, fixed.shape[0])
     if init is None:
         with torch.no_grad():
@@ -538,8 +545,6 @@ def refine(
         tol=tol,
         progress=progress,
     )
-    if isinstance(similarity, str):
-        similarity = parse_similarity(similarity, trained=model.objective.similarity)
     start = init.velocity if diffeomorphic and init.velocity is not None else init.displacement
     return refine_field(
         model.objective,
@@ -578,9 +583,9 @@ def refine_options_from_flags(
             shares = []
         RefineOptions(split=tuple(shares))  # one message for bad shares (3 levels, as refine's)
         options["split"] = shares
-    if tol:
-        if tol < 0:
-            raise InputError(f"refine: tol must be >= 0, got {tol}")
+    if tol != 0.0:  # NaN included: refused, never dropped
+        if not 0 <= tol < float("inf"):
+            raise InputError(f"--refine-tol: tol must be >= 0 and finite, got {tol}")
         options["tol"] = tol
     return options
 

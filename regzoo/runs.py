@@ -22,8 +22,9 @@ from typing import Any
 import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
-from regzoo._errors import InputError, OutputExistsError
-from regzoo.io import atomic_save, make_folder
+from regzoo._errors import InputError, OutputExistsError, checkpoint_read_reason
+from regzoo.fingerprint import add_fingerprint, check_fingerprint
+from regzoo.io import atomic_save, atomic_write_text, make_folder
 
 __all__ = [
     "LOCK_NAME",
@@ -49,11 +50,14 @@ RESUMABLE = (
     "trainer.devices",
     "trainer.num_nodes",
     "trainer.strategy",
+    "trainer.gradient_clip_val",
+    "optimizer.lr",
     "data.num_workers",
     "data.root",
     "logging.",
 )
-"""Settings a resumed run may change, each only with an explicit ``--set`` (recorded)."""
+"""Settings a resumed run may change, each only with an explicit ``--set`` (recorded): among
+them what a divergence stop advises (a lower ``optimizer.lr``, ``trainer.gradient_clip_val``)."""
 
 _MODEL_SECTIONS = ("model", "regularizers", "similarity", "weighting", "regularize", "plugins")
 
@@ -81,10 +85,40 @@ def _legacy_run(run_dir: Path) -> bool:
     ):
         return False
     tensorboard = run_dir / "tensorboard"
-    return not tensorboard.exists() or all(
+    if tensorboard.exists() and not all(
         p.name.startswith("events.out.tfevents.") or p.name == "hparams.yaml"
         for p in tensorboard.iterdir()
-    )
+    ):
+        return False
+    return _is_regzoo_checkpoint(run_dir / "checkpoints" / "last.ckpt")
+
+
+def _is_regzoo_checkpoint(path: Path) -> bool:
+    """Proof that a legacy run is regzoo's: its ``last.ckpt`` opens (``weights_only``) as a
+    regzoo checkpoint (a regular file, not a link, holding the regzoo config)."""
+    from regzoo.model import CHECKPOINT_KEY
+
+    if path.is_symlink() or not path.is_file():
+        return False
+    try:
+        state = torch.load(path, map_location="cpu", weights_only=True)
+    except Exception:  # any unreadable file is simply not proof
+        return False
+    return isinstance(state, Mapping) and isinstance(state.get(CHECKPOINT_KEY), Mapping)
+
+
+_MARKER_TEXT = "written by regzoo train; train --overwrite may replace this run\n"
+
+
+def _marked(run_dir: Path) -> bool:
+    """The folder's marker says it is a regzoo run (a regular file with regzoo's text)."""
+    marker = run_dir / RUN_MARKER
+    if marker.is_symlink() or not marker.is_file():
+        return False
+    try:
+        return marker.read_text(errors="replace").startswith("written by regzoo train")
+    except OSError:
+        return False
 
 
 def check_replaceable(run_dir: str | Path) -> None:
@@ -100,7 +134,7 @@ def check_replaceable(run_dir: str | Path) -> None:
     if not run_dir.is_dir():
         raise OutputExistsError(f"run_dir {run_dir} exists and is not a folder")
     entries = {p.name for p in run_dir.iterdir()} - _OURS
-    if not entries or (run_dir / RUN_MARKER).is_file() or _legacy_run(run_dir):
+    if not entries or _marked(run_dir) or _legacy_run(run_dir):
         return
     raise OutputExistsError(
         f"run_dir {run_dir} is not a regzoo run directory (it holds "
@@ -125,9 +159,8 @@ def remove_run(run_dir: str | Path) -> None:
 def mark_run(run_dir: str | Path) -> None:
     """Create ``run_dir`` (umask modes) and mark it as a regzoo run directory."""
     run_dir = make_folder(run_dir)
-    marker = run_dir / RUN_MARKER
-    if not marker.is_file():
-        marker.write_text("written by regzoo train; train --overwrite may replace this run\n")
+    if not _marked(run_dir):
+        atomic_write_text(_MARKER_TEXT, run_dir / RUN_MARKER)
 
 
 @contextlib.contextmanager
@@ -144,7 +177,15 @@ def run_lock(run_dir: str | Path) -> Iterator[None]:
         yield
         return
     path = run_dir / LOCK_NAME
-    fd = os.open(path, os.O_RDWR | os.O_CREAT, 0o666)
+    try:  # never through a link: the lock is truncated, and must not truncate a user's file
+        fd = os.open(path, os.O_RDWR | os.O_CREAT | getattr(os, "O_NOFOLLOW", 0), 0o666)
+    except OSError as exc:
+        if not path.is_symlink():
+            raise OutputExistsError(f"cannot open the lock {path}: {exc.strerror}") from None
+        raise OutputExistsError(
+            f"run_dir {run_dir}: its lock file {LOCK_NAME} is a symlink (regzoo never writes "
+            "through it); remove the link and run again"
+        ) from None
     try:
         try:
             fcntl.flock(fd, fcntl.LOCK_EX | fcntl.LOCK_NB)
@@ -181,6 +222,9 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         the previous checkpoint is kept)."""
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options")
+        from regzoo.model import CHECKPOINT_KEY
+
+        add_fingerprint(checkpoint, CHECKPOINT_KEY)  # checked when the checkpoint is loaded
         atomic_save(checkpoint, Path(path))
 
 
@@ -278,10 +322,9 @@ def check_checkpoint(path: str | Path, model: torch.nn.Module) -> dict[str, Any]
     try:
         state = torch.load(path, map_location="cpu", weights_only=True)
     except Exception as exc:
-        first = (str(exc).strip().splitlines() or [""])[0][:200]
         raise InputError(
             f"cannot resume from {path}: the file is truncated, corrupt or not a checkpoint "
-            f"({type(exc).__name__}: {first}); {hint}"
+            f"({checkpoint_read_reason(exc)}); {hint}"
         ) from None
     if not isinstance(state, Mapping) or not isinstance(state.get(CHECKPOINT_KEY), Mapping):
         raise InputError(f"cannot resume from {path}: not a regzoo checkpoint; {hint}")
@@ -309,4 +352,5 @@ def check_checkpoint(path: str | Path, model: torch.nn.Module) -> dict[str, Any]
             f"cannot resume from {path}: {len(bad)} weight tensors hold NaN or infinite values "
             f"(first: {bad[0]}); the training diverged; {hint}"
         )
+    check_fingerprint(path, state[CHECKPOINT_KEY], weights)
     return dict(state)

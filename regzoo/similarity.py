@@ -6,7 +6,6 @@ through the entry-point group ``regzoo.similarities`` or :func:`similarity`.
 
 from __future__ import annotations
 
-import json
 import re
 from collections.abc import Callable, Sequence
 from functools import partial
@@ -18,6 +17,7 @@ from pydantic import BaseModel, ConfigDict, Field, ValidationError, field_valida
 from torch import nn
 
 from regzoo._errors import InputError
+from regzoo.bounds import check_option_text, option_value
 from regzoo.registry import NoOptions, Registry
 from regzoo.spatial import check_image
 
@@ -377,6 +377,7 @@ def parse_similarity(spec: str, trained: Similarity | None = None) -> Similarity
             ``model`` without ``trained``.
         UnknownNameError: an unregistered name (close matches are named).
     """
+    check_option_text(spec, "similarity")  # bounded length and bracket depth, first
     terms: list[tuple[float, Similarity]] = []
     for text in _split_outside_brackets(spec, "+"):
         match = _TERM.fullmatch(text)
@@ -404,10 +405,7 @@ def parse_similarity(spec: str, trained: Similarity | None = None) -> Similarity
             key, sep, value = item.partition("=")
             if not sep:
                 raise InputError(f"similarity {spec!r}: option {item!r} is not KEY=VALUE")
-            try:
-                options[key.strip()] = json.loads(value)
-            except json.JSONDecodeError:
-                options[key.strip()] = value.strip()
+            options[key.strip()] = option_value(value, f"similarity {spec!r}: {key.strip()}")
         try:
             terms.append((weight, cls(**options)))
         except ValidationError as exc:

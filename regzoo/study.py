@@ -20,7 +20,7 @@ from regzoo.data.learn2reg import Learn2RegDataset, sibling_path
 from regzoo.evaluation import check_dimension, check_metric, compare_refinement
 from regzoo.explore.command import explore_command
 from regzoo.inference import read_image, read_pair
-from regzoo.io import output_folder
+from regzoo.io import check_output_folder, output_folder
 from regzoo.model import HyperRegistration
 from regzoo.report import overlay_figure, write_sweep_report
 from regzoo.sweep import GridAxis, SweepResult, optimize_dataset, sweep
@@ -111,6 +111,7 @@ def run_sweep_study(
     """
     if refine_grid and not refine:
         raise InputError("--refine-grid needs --refine N (the iterations per setting)")
+    check_output_folder(out)  # a folder of the user's files is refused before any work
     check_dimension(model, dataset)
     if metric:
         check_metric(metric, dataset[0])

@@ -10,10 +10,11 @@ import lightning as L
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
+from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from regzoo._errors import InputError, MissingFileError, OutputExistsError
 from regzoo.callbacks import DivergenceGuard, ImageLogger, TrainingDivergedError
-from regzoo.config import ExperimentConfig, dump_config
+from regzoo.config import ConfigError, ExperimentConfig, dump_config
 from regzoo.data.datamodule import (
     RegistrationDataModule,
     check_label_names,
@@ -22,7 +23,9 @@ from regzoo.data.datamodule import (
 )
 from regzoo.model import HyperRegistration
 from regzoo.runs import (
+    LOCK_NAME,
     RUN_CONTENTS,
+    RUN_MARKER,
     AtomicCheckpointIO,
     check_checkpoint,
     check_replaceable,
@@ -32,7 +35,7 @@ from regzoo.runs import (
 )
 from regzoo.trainer_check import check_trainer
 
-__all__ = ["RUN_CONTENTS", "prepare_run_dir", "train"]
+__all__ = ["RUN_CONTENTS", "check_trainer", "prepare_run_dir", "train"]
 
 # sections that define the model's weights: a resumed run must not change them
 _FIXED_ON_RESUME = ("model", "regularizers", "similarity", "weighting", "regularize", "plugins")
@@ -129,6 +132,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
     # under DDP, Lightning re-launches this command for the other ranks once rank zero has
     # started: only rank zero checks and prepares the run directory
     launcher_rank: int = getattr(rank_zero_only, "rank", 0)
+    check_trainer(config)  # an accelerator the machine lacks: refused before any output
     if launcher_rank == 0:
         resume_from = prepare_run_dir(config, resume=resume, overwrite=overwrite, model=model)
     else:
@@ -139,13 +143,67 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
     datamodule = RegistrationDataModule(config.data, labels=model.objective.needs_labels)
     datamodule.setup("fit")  # a bad dataset JSON is reported before the run_dir is written
     run_dir = Path(config.run_dir)
-    with run_lock(run_dir) if launcher_rank == 0 else contextlib.nullcontext():
-        if overwrite:
-            remove_run(run_dir)
-        if launcher_rank == 0:
-            mark_run(run_dir)
-            dump_config(config, run_dir / "config.yaml")
-        return _fit(config, model, datamodule, run_dir, resume_from)
+    # a run that fails before its first checkpoint leaves no half-made run_dir behind
+    fresh = launcher_rank == 0 and not resume and not _holds_anything(run_dir)
+    existed = run_dir.exists()
+    try:
+        with run_lock(run_dir) if launcher_rank == 0 else contextlib.nullcontext():
+            if overwrite:
+                remove_run(run_dir)
+            if launcher_rank == 0:
+                mark_run(run_dir)
+                dump_config(config, run_dir / "config.yaml")
+            return _fit(config, model, datamodule, run_dir, resume_from)
+    except BaseException:
+        if fresh and not _checkpoint(run_dir).is_file():
+            _remove_unfinished(run_dir, keep_folder=existed)
+        raise
+
+
+def _holds_anything(run_dir: Path) -> bool:
+    """``run_dir`` exists and holds something (a file of the user's, or a run)."""
+    try:
+        return any(run_dir.iterdir())
+    except OSError:
+        return False
+
+
+def _remove_unfinished(run_dir: Path, *, keep_folder: bool) -> None:
+    """Remove what a new run wrote before it failed without a checkpoint: its files, and the
+    folder itself when the run made it."""
+    remove_run(run_dir)
+    for name in (RUN_MARKER, LOCK_NAME):
+        (run_dir / name).unlink(missing_ok=True)
+    if not keep_folder:
+        with contextlib.suppress(OSError):
+            run_dir.rmdir()
+
+
+def check_trainer(config: ExperimentConfig) -> None:
+    """Check that Lightning accepts ``config.trainer``'s accelerator, devices, strategy and
+    precision on this machine (``trainer.accelerator=gpu`` without a GPU), before anything
+    is written.
+
+    Raises:
+        ConfigError: one line naming the setting and Lightning's reason.
+    """
+    from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector
+
+    t = config.trainer
+    try:
+        _AcceleratorConnector(
+            accelerator=t.accelerator,
+            devices=t.devices,
+            num_nodes=t.num_nodes,
+            strategy=t.strategy,
+            precision=cast(Any, t.precision),
+        )
+    except (ValueError, RuntimeError, TypeError, ImportError, MisconfigurationException) as exc:
+        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
+        raise ConfigError(
+            f"invalid config: trainer (accelerator={t.accelerator}, devices={t.devices}, "
+            f"strategy={t.strategy}) cannot run on this machine: {reason}"
+        ) from None
 
 
 def _fit(

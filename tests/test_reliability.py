@@ -26,6 +26,7 @@ from conftest import QUICKSTART, tiny_overrides
 
 from regzoo.cli import main
 from regzoo.config import load_config
+from regzoo.fingerprint import add_fingerprint
 from regzoo.io import OUTPUT_MARKER, output_folder
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -332,9 +333,9 @@ def _nan_last(path: Path) -> None:
     torch.save(state, path)
 
 
-def _resume_changes_lr(ws: Workspace) -> list[str]:
+def _resume_changes_optimizer(ws: Workspace) -> list[str]:
     ws.run_copy()
-    return ws.resume("optimizer.lr=0.5")
+    return ws.resume("optimizer.weight_decay=0.5")  # optimizer.lr may change: see round 3
 
 
 def _same_seg_names(ws: Workspace) -> list[str]:
@@ -429,6 +430,7 @@ def _nan_field(ws: Workspace) -> list[str]:
     state = torch.load(ws.checkpoint, weights_only=True)
     for name in ("net.flow.bias", "net.flow.weight"):  # the flow layer overflows
         state["state_dict"][name] = torch.full_like(state["state_dict"][name], 3e38)
+    add_fingerprint(state, "regzoo")  # a model that overflows as trained, not foreign weights
     torch.save(state, checkpoint)
     return ["sweep", "--model", str(checkpoint), "--data", str(ws.data), "--grid", "mu=0.1,1",
             "--out", str(ws.tmp / "out")]  # fmt: skip
@@ -462,7 +464,7 @@ CASES_ROUND_TWO = [
          "its weights do not match the run's config", leaves=()),
     Case("--resume of a last.ckpt with NaN weights", lambda ws: _tampered_last(ws, _nan_last),
          "hold NaN or infinite values", leaves=()),
-    Case("--resume with a changed optimizer.lr", _resume_changes_lr,
+    Case("--resume with a changed optimizer.weight_decay", _resume_changes_optimizer,
          "which a resumed run keeps", leaves=()),
     Case("two --moving-seg files with the same name", _same_seg_names, "would both be written"),
     Case("an empty keypoint CSV beside a full one", _empty_keypoints,

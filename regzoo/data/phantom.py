@@ -31,6 +31,7 @@ from regzoo._errors import InputError, OutputExistsError
 from regzoo.io import max_voxels, staging_folder, write_nifti
 
 __all__ = [
+    "MAX_PHANTOM_SIDE",
     "MOTIONS",
     "TISSUE_LABELS",
     "PhantomCase",
@@ -86,6 +87,11 @@ class _Anatomy:
     branch_points: np.ndarray
     lung_texture: np.ndarray
     tissue_texture: np.ndarray
+
+
+MAX_PHANTOM_SIDE = 1024
+"""Largest size of the phantom along any axis (a 16x16x200000 body is no thorax, and its
+generation would run for hours)."""
 
 
 def _normalised(coords: np.ndarray, shape: Sequence[int]) -> np.ndarray:
@@ -473,11 +479,16 @@ def write_phantom_dataset(
     if not 2 <= n <= MAX_CASES:
         raise InputError(f"write_phantom_dataset(): need 2 <= n <= {MAX_CASES}, got n={n}")
     voxels = float(np.prod([float(v) for v in shape]))
-    if len(shape) not in (2, 3) or min(shape) < 16 or voxels > max_voxels():
+    if (
+        len(shape) not in (2, 3)
+        or min(shape) < 16
+        or max(shape) > MAX_PHANTOM_SIDE
+        or voxels > max_voxels()
+    ):
         raise InputError(
-            f"write_phantom_dataset(): the shape {tuple(shape)} must have 2 or 3 sizes of at "
-            f"least 16 and at most {max_voxels():.3g} voxels (REGZOO_MAX_VOXELS), got "
-            f"{voxels:.3g}"
+            f"write_phantom_dataset(): the shape {tuple(shape)} must have 2 or 3 sizes from 16 "
+            f"to {MAX_PHANTOM_SIDE} and at most {max_voxels():.3g} voxels (REGZOO_MAX_VOXELS), "
+            f"got {voxels:.3g}"
         )
     staging = staging_folder(root)  # beside root, umask modes; what a killed run left is gone
     try:

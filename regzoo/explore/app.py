@@ -22,7 +22,8 @@ a user error, and Starlette answers ``500`` and logs its traceback. The script a
 served by Starlette's ``StaticFiles`` from the package, the page is a Jinja template.
 
 No other web page can drive the API: every request must name this server in its ``Host``
-header (on loopback: a DNS-rebinding guard), and every ``POST`` must carry the session's token
+header (a DNS-rebinding guard that holds on every bind address; only the names given with
+``--allow-host`` widen it), and every ``POST`` must carry the session's token
 (``X-Regzoo-Token``, which only the page served here knows), an ``application/json`` body of at
 most :data:`MAX_BODY` bytes, and no ``Origin`` but this server's. A cross-site form or
 ``text/plain`` request (the kinds a page can send without a CORS preflight) is refused.
@@ -148,10 +149,23 @@ def host_name(header: str | None) -> str | None:
         end = header.find("]")
         if end < 0 or (header[end + 1 :] and not header[end + 1 :].startswith(":")):
             return None
-        return header[1:end]
+        return _canonical(header[1:end])
     if header.count(":") > 1:  # a bare IPv6 address (``--host ::1``)
-        return header
-    return header.split(":", 1)[0]
+        return _canonical(header)
+    return _canonical(header.split(":", 1)[0])
+
+
+def _canonical(host: str) -> str:
+    """An IP address in its one spelling (``0:0:0:0:0:0:0:1`` -> ``::1``, an IPv4-mapped
+    IPv6 address -> the IPv4 one); a name as given."""
+    import ipaddress
+
+    try:
+        address = ipaddress.ip_address(host)
+    except ValueError:
+        return host
+    mapped = getattr(address, "ipv4_mapped", None)
+    return str(mapped if mapped is not None else address)
 
 
 def render_page(session: ExploreSession, *, refine_steps: int = 30, token: str = "") -> str:
@@ -259,18 +273,18 @@ def create_app(
     Args:
         session: the pair, model and current registration.
         refine_steps: the refine button's default iterations.
-        allowed_hosts: ``Host`` header values the app answers (``["*"]``: any); the loopback
-            names by default, which stops other web pages from reaching the API through DNS
-            rebinding.
+        allowed_hosts: ``Host`` header values the app answers (IP addresses in any spelling);
+            the loopback names by default, which stops other web pages from reaching the API
+            through DNS rebinding. There is no wildcard: the guard holds on every address.
         token: the session's token (:data:`TOKEN_HEADER`; random by default). The page
             carries it; the app keeps it in ``app.state.token``.
     """
     state: dict[str, RefineJob | None] = {"job": None}
     token = token or secrets.token_urlsafe(24)
-    hosts = {h for h in (host_name(a) if a != "*" else "*" for a in allowed_hosts) if h}
+    hosts = {h for h in map(host_name, allowed_hosts) if h}
 
     def check_host(request: Request) -> None:
-        if "*" not in hosts and host_name(request.headers.get("host")) not in hosts:
+        if host_name(request.headers.get("host")) not in hosts:
             raise _RequestError("Invalid host header", 400)
 
     def refining() -> bool:

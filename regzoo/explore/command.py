@@ -9,7 +9,7 @@ from __future__ import annotations
 import argparse
 import shlex
 import sys
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
@@ -83,6 +83,14 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         help="address to listen on (default: %(default)s, this machine only)",
     )
     parser.add_argument(
+        "--allow-host",
+        action="append",
+        default=[],
+        metavar="NAME",
+        help="also answer requests whose Host header is NAME (repeatable; e.g. this machine's "
+        "network name when --host 0.0.0.0): every other name is refused, on every address",
+    )
+    parser.add_argument(
         "--port",
         type=int,
         default=DEFAULT_PORT,
@@ -138,12 +146,47 @@ def require_web() -> None:
         ) from None
 
 
-def allowed_hosts(host: str) -> list[str]:
-    """``Host`` header values to answer for a server on ``host``: the loopback names on
-    loopback (a DNS-rebinding guard), any name when the user chose another address."""
+def allowed_hosts(host: str, allow: Sequence[str] = ()) -> list[str]:
+    """``Host`` header values to answer for a server on ``host`` (a DNS-rebinding guard that
+    holds on every address): the loopback names, ``host`` itself unless it is a wildcard
+    (``0.0.0.0``, ``::``), and the names ``allow`` (``--allow-host``) adds; never any name.
+
+    Raises:
+        InputError: an ``allow`` entry that is not a host name or address.
+    """
+    import ipaddress
+
     from regzoo.explore.app import LOOPBACK_HOSTS, host_name
 
-    return list(LOOPBACK_HOSTS) if host_name(host) in LOOPBACK_HOSTS else ["*"]
+    names = list(LOOPBACK_HOSTS)
+    bound = host_name(host)
+    if bound:
+        try:
+            wildcard = ipaddress.ip_address(bound).is_unspecified
+        except ValueError:
+            wildcard = False
+        if not wildcard and bound not in names:
+            names.append(bound)
+    for name in allow:
+        canonical = host_name(name)
+        if not canonical or canonical == "*" or any(c in canonical for c in "*/ \t@?#"):
+            raise InputError(f"--allow-host {name!r} is not a host name or address")
+        if canonical not in names:
+            names.append(canonical)
+    return names
+
+
+def _loopback(host: str) -> bool:
+    """``host`` is a loopback address or ``localhost``."""
+    import ipaddress
+
+    from regzoo.explore.app import host_name
+
+    name = host_name(host) or ""
+    try:
+        return ipaddress.ip_address(name).is_loopback
+    except ValueError:
+        return name == "localhost"
 
 
 def run(args: argparse.Namespace, refine_options: Mapping[str, Any] | None = None) -> int:
@@ -162,6 +205,7 @@ def run(args: argparse.Namespace, refine_options: Mapping[str, Any] | None = Non
     check_steps(args.refine_steps, minimum=1, what="--refine-steps")
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be in [0, 65535], got {args.port}")
+    hosts = allowed_hosts(args.host, getattr(args, "allow_host", []))
     from regzoo.explore.app import create_app
     from regzoo.explore.server import ExplorerServer
     from regzoo.explore.session import ExploreSession
@@ -182,13 +226,12 @@ def run(args: argparse.Namespace, refine_options: Mapping[str, Any] | None = Non
         checkpoint=args.model,
         refine_options=refine_options,
     )
-    app = create_app(
-        session, refine_steps=args.refine_steps, allowed_hosts=allowed_hosts(args.host)
-    )
+    app = create_app(session, refine_steps=args.refine_steps, allowed_hosts=hosts)
     server = ExplorerServer(app, args.host, args.port)
-    if allowed_hosts(args.host) == ["*"]:
+    if not _loopback(args.host):
         print(
-            f"warning: listening on {args.host}: anyone who can reach it can use the explorer",
+            f"warning: listening on {args.host}: anyone who can reach it can use the explorer "
+            f"(it answers only the Host names {', '.join(hosts)}; add one with --allow-host)",
             file=sys.stderr,
         )
     print(f"regzoo explore: open {server.url} (Ctrl+C stops)", flush=True)

@@ -3,6 +3,7 @@ with the port the system chose for ``--port 0``, is known and printed first)."""
 
 from __future__ import annotations
 
+import contextlib
 import socket
 import threading
 import time
@@ -46,8 +47,15 @@ class ExplorerServer:
 
     @property
     def url(self) -> str:
-        """The page's address, e.g. ``http://127.0.0.1:8765/``."""
-        host = f"[{self.host}]" if ":" in self.host else self.host
+        """The page's address, e.g. ``http://127.0.0.1:8765/`` (on a wildcard address such as
+        ``0.0.0.0``, this machine's loopback one: a name the Host guard answers)."""
+        import ipaddress
+
+        host = self.host
+        with contextlib.suppress(ValueError):
+            if ipaddress.ip_address(host).is_unspecified:
+                host = "::1" if ":" in host else "127.0.0.1"
+        host = f"[{host}]" if ":" in host else host
         return f"http://{host}:{self.port}/"
 
     def run(self) -> None:

@@ -207,12 +207,19 @@ def clean_stale_staging(target: str | Path) -> list[Path]:
         entries = list(target.parent.iterdir())
     except OSError:
         return removed
+    # a run killed between moving the previous set aside and moving the new one in: the
+    # previous set goes back into place first (it is never deleted as litter)
+    entries.sort(key=lambda e: "-old" not in e.name)
     for entry in entries:
         if not entry.name.startswith(prefix):
             continue
-        pid_text = entry.name[len(prefix) :].split("-", 1)[0]
+        pid_text, _, kind = entry.name[len(prefix) :].partition("-")
         if not pid_text.isdigit() or _pid_alive(int(pid_text)):
             continue
+        previous = entry / "set"
+        if kind.startswith("old") and previous.is_dir() and not os.path.lexists(target):
+            with contextlib.suppress(OSError):
+                previous.rename(target)
         if entry.is_dir() and not entry.is_symlink():
             shutil.rmtree(entry, ignore_errors=True)
         else:
@@ -270,10 +277,11 @@ def check_output_folder(target: str | Path, *, overwrite: bool = True) -> Path:
         OutputError: a dangling symlink.
     """
     target = resolve_output(target)
+    clean_stale_staging(target)  # a set a killed run had moved aside is back in place first
     if target.exists():
         if not target.is_dir():
             raise OutputExistsError(f"output {target} exists and is not a folder")
-        ours = (target / OUTPUT_MARKER).is_file()
+        ours = (target / OUTPUT_MARKER).is_file() and not (target / OUTPUT_MARKER).is_symlink()
         empty = not any(target.iterdir())
         if not (empty or (ours and overwrite)):
             reason = "is not a regzoo output folder" if not ours else "exists"
@@ -281,7 +289,47 @@ def check_output_folder(target: str | Path, *, overwrite: bool = True) -> Path:
                 f"output folder {target} {reason}; choose a new or empty folder"
                 + ("" if not ours else " or pass --overwrite")
             )
+        if ours and not empty:
+            _check_only_ours(target)
     return target
+
+
+def _tree(folder: Path) -> set[str]:
+    """Every file and folder under ``folder`` as a relative POSIX path (links not followed)."""
+    found: set[str] = set()
+    for root, dirs, files in os.walk(folder):
+        base = Path(root).relative_to(folder)
+        found.update((base / name).as_posix() for name in [*dirs, *files])
+    return found
+
+
+def _written_files(folder: Path) -> set[str] | None:
+    """The files an output set's marker lists (``None``: an older marker that lists none)."""
+    try:
+        data = json.loads((folder / OUTPUT_MARKER).read_text())
+    except (OSError, ValueError):
+        return None
+    files = data.get("files") if isinstance(data, dict) else None
+    if not isinstance(files, list) or not all(isinstance(f, str) for f in files):
+        return None
+    return set(files)
+
+
+def _check_only_ours(target: Path) -> None:
+    """Refuse to replace an output set whose folder holds files its marker does not list."""
+    written = _written_files(target)
+    if written is None:
+        raise OutputExistsError(
+            f"output folder {target} was written by an older regzoo whose marker does not list "
+            "its files, so it cannot be replaced safely; remove it or choose a new folder"
+        )
+    others = sorted(_tree(target) - written - {OUTPUT_MARKER})
+    if others:
+        raise OutputExistsError(
+            f"output folder {target} holds files regzoo did not write "
+            f"({', '.join(others[:4])}{', ...' if len(others) > 4 else ''}); move them away "
+            "or choose a new folder"
+        )
 
 
 @contextlib.contextmanager
@@ -308,8 +356,11 @@ def output_folder(target: str | Path, *, overwrite: bool = True) -> Iterator[Pat
     staging = staging_folder(target, mode=mode)
     try:
         yield staging
-        atomic_write_text("written by regzoo; the folder is replaced as a whole\n",
-                          staging / OUTPUT_MARKER)  # fmt: skip
+        files = sorted(_tree(staging) - {OUTPUT_MARKER})
+        marker = {"regzoo_output": "written by regzoo; only the files listed here are replaced",
+                  "files": files}  # fmt: skip
+        atomic_write_text(json.dumps(marker, indent=1) + "\n", staging / OUTPUT_MARKER)
+        check_output_folder(target, overwrite=overwrite)  # again: files added meanwhile
         old = None
         if target.exists():
             old = Path(tempfile.mkdtemp(prefix=_staging_name(target, "old"), dir=target.parent))
@@ -354,6 +405,12 @@ def check_output_files(paths: Sequence[str | Path]) -> list[Path]:
         raise InputError(f"the output files {', '.join(map(str, paths))} must differ")
     head = resolved[0]
     ours = head.is_file() and _is_regzoo_report(head)
+    for given, path in zip(paths[1:], resolved[1:], strict=True):
+        if Path(given).is_symlink():  # a companion is never written through a link
+            raise OutputExistsError(
+                f"output {given} is a symlink (to {path}); regzoo does not write a report's "
+                "companion file through a link: remove the link or choose a new file name"
+            )
     for path in resolved:
         if path.is_dir():
             raise OutputExistsError(f"output {path} is a folder; give a file name")
