@@ -10,11 +10,10 @@ import lightning as L
 from lightning.pytorch.callbacks import EMAWeightAveraging, ModelCheckpoint, TQDMProgressBar
 from lightning.pytorch.loggers import TensorBoardLogger
 from lightning.pytorch.utilities import rank_zero_only
-from lightning.pytorch.utilities.exceptions import MisconfigurationException
 
 from regzoo._errors import InputError, MissingFileError, OutputExistsError
 from regzoo.callbacks import DivergenceGuard, ImageLogger, TrainingDivergedError
-from regzoo.config import ConfigError, ExperimentConfig, dump_config
+from regzoo.config import ExperimentConfig, dump_config
 from regzoo.data.datamodule import (
     RegistrationDataModule,
     check_label_names,
@@ -35,7 +34,7 @@ from regzoo.runs import (
 )
 from regzoo.trainer_check import check_trainer
 
-__all__ = ["RUN_CONTENTS", "check_trainer", "prepare_run_dir", "train"]
+__all__ = ["RUN_CONTENTS", "prepare_run_dir", "train"]
 
 # sections that define the model's weights: a resumed run must not change them
 _FIXED_ON_RESUME = ("model", "regularizers", "similarity", "weighting", "regularize", "plugins")
@@ -132,7 +131,6 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
     # under DDP, Lightning re-launches this command for the other ranks once rank zero has
     # started: only rank zero checks and prepares the run directory
     launcher_rank: int = getattr(rank_zero_only, "rank", 0)
-    check_trainer(config)  # an accelerator the machine lacks: refused before any output
     if launcher_rank == 0:
         resume_from = prepare_run_dir(config, resume=resume, overwrite=overwrite, model=model)
     else:
@@ -177,33 +175,6 @@ def _remove_unfinished(run_dir: Path, *, keep_folder: bool) -> None:
     if not keep_folder:
         with contextlib.suppress(OSError):
             run_dir.rmdir()
-
-
-def check_trainer(config: ExperimentConfig) -> None:
-    """Check that Lightning accepts ``config.trainer``'s accelerator, devices, strategy and
-    precision on this machine (``trainer.accelerator=gpu`` without a GPU), before anything
-    is written.
-
-    Raises:
-        ConfigError: one line naming the setting and Lightning's reason.
-    """
-    from lightning.pytorch.trainer.connectors.accelerator_connector import _AcceleratorConnector
-
-    t = config.trainer
-    try:
-        _AcceleratorConnector(
-            accelerator=t.accelerator,
-            devices=t.devices,
-            num_nodes=t.num_nodes,
-            strategy=t.strategy,
-            precision=cast(Any, t.precision),
-        )
-    except (ValueError, RuntimeError, TypeError, ImportError, MisconfigurationException) as exc:
-        reason = (str(exc).strip().splitlines() or [type(exc).__name__])[0]
-        raise ConfigError(
-            f"invalid config: trainer (accelerator={t.accelerator}, devices={t.devices}, "
-            f"strategy={t.strategy}) cannot run on this machine: {reason}"
-        ) from None
 
 
 def _fit(

@@ -336,7 +336,7 @@ def test_9_foreign_same_shape_weights_are_refused_and_old_checkpoints_load(
 def test_next_a_gpu_accelerator_on_a_cpu_machine_writes_nothing(tiny_phantom, tmp_path, capsys):
     run = tmp_path / "run"
     code = main(_train(tiny_phantom, run, "trainer.accelerator=gpu"))
-    _one_line(capsys, code, "cannot run on this machine")
+    _one_line(capsys, code, "trainer.accelerator: this machine cannot run")
     assert not run.exists()
     assert main(_train(tiny_phantom, run, steps=1)) == 0  # no "already holds a run"
 
