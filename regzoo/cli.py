@@ -73,7 +73,7 @@ def _cmd_regularizers(args: argparse.Namespace) -> int:
 
 def _cmd_train(args: argparse.Namespace) -> int:
     from regzoo.config import load_config
-    from regzoo.train import train
+    from regzoo.training import train
 
     overrides = list(args.set)
     if args.resume:  # the run continues as it was configured, changed only by explicit --set
@@ -110,6 +110,7 @@ def _cmd_phantom(args: argparse.Namespace) -> int:
 
 
 def _cmd_register(args: argparse.Namespace) -> int:
+    from regzoo.checkpoint import load_model
     from regzoo.inference import (
         read_image,
         read_labels,
@@ -119,7 +120,6 @@ def _cmd_register(args: argparse.Namespace) -> int:
         segmentation_names,
     )
     from regzoo.io import atomic_write_text, output_folder
-    from regzoo.model import load_model
     from regzoo.report import overlay_figure
     from regzoo.study import parameter_title
 
@@ -202,7 +202,7 @@ def _choose(
     record written to choice.json."""
     from regzoo.inference import choose_parameters
     from regzoo.study import parameter_title
-    from regzoo.sweep import parse_grid
+    from regzoo.sweeping import parse_grid
 
     chosen, result = choose_parameters(
         model,  # type: ignore[arg-type]
@@ -249,7 +249,7 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
     check_output_files(report_paths(args.out))  # before any work: never over a user's file
     if args.model:
-        from regzoo.model import load_model
+        from regzoo.checkpoint import load_model
 
         model = load_model(args.model, plugins=args.plugin)
         params = model.objective.resolve(parse_params(args.param))
@@ -274,10 +274,10 @@ def _cmd_evaluate(args: argparse.Namespace) -> int:
 
 
 def _cmd_sweep(args: argparse.Namespace) -> int:
+    from regzoo.checkpoint import load_model
     from regzoo.data.learn2reg import Learn2RegDataset
-    from regzoo.model import load_model
     from regzoo.study import parameter_title, run_sweep_study
-    from regzoo.sweep import parse_grid
+    from regzoo.sweeping import parse_grid
 
     if args.refine_grid and not args.refine:
         raise InputError("--refine-grid needs --refine N (the iterations per setting)")
@@ -380,8 +380,8 @@ def _add_refine_options(parser: argparse.ArgumentParser) -> None:
 
 
 def _refine_options(args: argparse.Namespace) -> dict[str, object]:
-    """The keyword arguments of regzoo.refine.refine that _add_refine_options collects."""
-    from regzoo.refine import refine_options_from_flags
+    """The keyword arguments of regzoo.refinement.refine that _add_refine_options collects."""
+    from regzoo.refinement import refine_options_from_flags
 
     return refine_options_from_flags(args.refine_similarity, args.refine_split, args.refine_tol)
 

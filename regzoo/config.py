@@ -286,7 +286,7 @@ class LookaheadConfig(StrictModel):
     """Train the network towards the field that refinement reaches from its own prediction.
 
     Every training step refines the network's field for ``steps`` iterations under the
-    sample's own objective (:func:`regzoo.refine.refine_field`, warm-started from the
+    sample's own objective (:func:`regzoo.refinement.refine_field`, warm-started from the
     prediction, detached) and adds ``weight`` times the mean squared distance to that field, in
     voxels, to the sample's loss: the network learns to jump to where instance optimisation
     goes (amortised optimisation). Refinement's Adam steps have the same size for soft and stiff

@@ -45,7 +45,7 @@ class DescriptorSimilarity(Similarity):
 
     Subclasses implement :meth:`features` (a function of one image) and may override
     :meth:`compare` (the mean squared difference of the descriptors by default). Refinement
-    (:func:`regzoo.refine.refine_field`) then computes the fixed and moving descriptors once per
+    (:func:`regzoo.refinement.refine_field`) then computes the fixed and moving descriptors once per
     image pair and pyramid level and warps the moving descriptors, instead of recomputing them
     on every warped image (as deeds and ConvexAdam do); training calls the loss on the warped
     image, like any similarity.

@@ -97,7 +97,7 @@ class Similarity(nn.Module):
 
         Whatever depends on the fixed image only (LNCC's local means and variances, NGF's
         normalised gradients) is computed here, once: refinement
-        (:func:`regzoo.refine.refine_field`) evaluates the loss against one fixed image on every
+        (:func:`regzoo.refinement.refine_field`) evaluates the loss against one fixed image on every
         iteration. The default recomputes everything; subclasses may override it.
         """
         return partial(self.forward, fixed)
@@ -291,7 +291,7 @@ class WeightedSum(Similarity):
     Several measures at once, as ANTs takes several ``--metric`` with weights: e.g. LNCC for
     the contrast of organ boundaries plus NGF for the vessels' edges, whose minimisers differ
     (docs/results.md, "Toward the limit"). Nested sums are flattened; refinement
-    (:func:`regzoo.refine.refine_field`) computes a :class:`~regzoo.lung_similarity.
+    (:func:`regzoo.refinement.refine_field`) computes a :class:`~regzoo.lung_similarity.
     DescriptorSimilarity` term's descriptors once per pair and warps the image once for the
     other terms. Written on the command line as ``model + 0.75*ngf``
     (:func:`parse_similarity`).

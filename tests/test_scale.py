@@ -4,11 +4,12 @@ import pytest
 import torch
 from conftest import QUICKSTART, tiny_overrides
 
+from regzoo.checkpoint import load_model
 from regzoo.config import ConfigError, load_config
 from regzoo.data.datamodule import RegistrationDataModule
-from regzoo.model import HyperRegistration, load_model
+from regzoo.lightning_module import HyperRegistration
 from regzoo.nets import RegistrationNet
-from regzoo.train import train
+from regzoo.training import train
 
 TINY_NET = ["model.enc=[4]", "model.dec=[4, 4]", "model.hyper_units=[4]"]
 

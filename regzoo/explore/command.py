@@ -115,7 +115,7 @@ def explore_command(
             words += [flag, str(path)]
     for name, value in (params or {}).items():
         words += ["--param", f"{name}={value:.6g}"]
-    from regzoo.refine import refine_flags
+    from regzoo.refinement import refine_flags
 
     words += refine_flags(refine_options or {})
     return shlex.join(words)
@@ -150,22 +150,22 @@ def run(args: argparse.Namespace, refine_options: Mapping[str, Any] | None = Non
     """Run ``regzoo explore``: load the model and images, print the URL, serve until Ctrl+C.
 
     ``refine_options`` are the refine button's keyword arguments of
-    :func:`regzoo.refine.refine` (``regzoo explore --refine-similarity ...``).
+    :func:`regzoo.refinement.refine` (``regzoo explore --refine-similarity ...``).
 
     Raises:
         RegzooError: without the ``explore`` extra, or when the port cannot be bound.
         InputError: invalid images, parameters or options.
     """
     require_web()
-    from regzoo.refine import check_steps
+    from regzoo.refinement import check_steps
 
     check_steps(args.refine_steps, minimum=1, what="--refine-steps")
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be in [0, 65535], got {args.port}")
+    from regzoo.checkpoint import load_model
     from regzoo.explore.app import create_app
     from regzoo.explore.server import ExplorerServer
     from regzoo.explore.session import ExploreSession
-    from regzoo.model import load_model
     from regzoo.params import parse_params
 
     params = parse_params(args.param)
