@@ -15,10 +15,7 @@ import sys
 import types
 from typing import Any
 
-from regzoo import (
-    lung_similarity,  # noqa: F401  (registers the similarities mind_ssc, ngf, mi)
-    regularizers,
-)
+from regzoo import regularizers
 from regzoo._errors import (
     InputError,
     MissingFileError,

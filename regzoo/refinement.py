@@ -17,7 +17,7 @@ Diffeomorphic models (``int_steps > 0``) refine the stationary velocity and inte
 scaling and squaring, so the result stays invertible.
 
 Refinement may minimise another similarity than the one the network was trained with (e.g.
-MIND-SSC, :mod:`regzoo.lung_similarity`), with the same regularizer terms; a descriptor
+MIND-SSC, :mod:`regzoo.similarity.descriptor`), with the same regularizer terms; a descriptor
 similarity's descriptors are computed once per image pair and level and the moving image's
 descriptors are warped. With ``tol > 0`` each level stops early once the objective's relative
 change per iteration falls below ``tol``; :class:`RefineTrace` records how many iterations ran.
@@ -35,11 +35,10 @@ import torch.nn.functional as F
 from tqdm.auto import tqdm
 
 from regzoo._errors import InputError, RegzooError
-from regzoo.lung_similarity import DescriptorSimilarity
 from regzoo.nets import RegistrationOutput
 from regzoo.objective import Objective
 from regzoo.registration_model import field_objective, result_objective
-from regzoo.similarity import MSE, Similarity, WeightedSum, parse_similarity
+from regzoo.similarity import MSE, DescriptorSimilarity, Similarity, WeightedSum, parse_similarity
 from regzoo.spatial import Spacing, check_image, integrate_velocity, resize_flow, warp
 
 if TYPE_CHECKING:

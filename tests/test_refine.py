@@ -15,12 +15,11 @@ from regzoo.cli import main
 from regzoo.config import TermConfig, load_config
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.inference import register
-from regzoo.lung_similarity import MINDSSC
 from regzoo.metrics import folding_fraction, target_registration_error
 from regzoo.objective import Objective
 from regzoo.refinement import RefineOptions, RefineTrace, refine, refine_field
 from regzoo.resolve import build_objective, build_term
-from regzoo.similarity import LNCC, MSE, WeightedSum, parse_similarity
+from regzoo.similarity import LNCC, MINDSSC, MSE, WeightedSum, parse_similarity
 from regzoo.spatial import integrate_velocity, warp
 
 ROOT = Path(__file__).resolve().parents[1]
