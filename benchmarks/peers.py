@@ -69,10 +69,10 @@ import numpy as np
 import torch
 from _common import device_name
 
+from regzoo.cli.refine_flags import refine_options_from_flags
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.evaluation import evaluate_displacements, summarize, write_report
 from regzoo.io import read_volume, write_displacement
-from regzoo.refinement import refine_options_from_flags
 
 WINDOW = (-1000.0, 500.0)  # HU window mapped to [0, 1] for the networks trained here
 ANTS = "ants_syn"

@@ -2,4 +2,4 @@
 
 from regzoo._deprecation import deprecated_module
 
-deprecated_module(__name__, "regzoo.refinement")
+deprecated_module(__name__, "regzoo.refinement", "regzoo.cli.refine_flags")

@@ -28,7 +28,7 @@ from __future__ import annotations
 import threading
 from collections.abc import Callable, Mapping, Sequence
 from dataclasses import dataclass, field
-from typing import TYPE_CHECKING, Any
+from typing import TYPE_CHECKING
 
 import torch
 import torch.nn.functional as F
@@ -38,7 +38,7 @@ from regzoo._errors import InputError, RegzooError
 from regzoo.nets import RegistrationOutput
 from regzoo.objective import Objective
 from regzoo.registration_model import field_objective, result_objective
-from regzoo.similarity import MSE, DescriptorSimilarity, Similarity, WeightedSum, parse_similarity
+from regzoo.similarity import DescriptorSimilarity, Similarity, WeightedSum, parse_similarity
 from regzoo.spatial import Spacing, check_image, integrate_velocity, resize_flow, warp
 
 if TYPE_CHECKING:
@@ -52,8 +52,6 @@ __all__ = [
     "field_objective",
     "refine",
     "refine_field",
-    "refine_flags",
-    "refine_options_from_flags",
     "result_objective",
 ]
 
@@ -476,47 +474,3 @@ def refine(
         labels=labels,
         similarity=similarity,
     )
-
-
-def refine_options_from_flags(
-    similarity: str | None = None, split: str | None = None, tol: float = 0.0
-) -> dict[str, Any]:
-    """The keyword arguments of :func:`refine` that ``--refine-similarity SPEC``,
-    ``--refine-split A:B:C`` and ``--refine-tol TOL`` spell (the inverse of
-    :func:`refine_flags`), checked now so that a typo fails before any work.
-
-    Raises:
-        InputError: a malformed similarity text, split or tolerance.
-        UnknownNameError: an unregistered similarity name.
-    """
-    options: dict[str, Any] = {}
-    if similarity:
-        # names, weights and options checked (MSE stands in for the model's own similarity)
-        parse_similarity(similarity, trained=MSE())
-        options["similarity"] = similarity
-    if split:
-        try:
-            shares = [float(share) for share in split.split(":")]
-        except ValueError:
-            shares = []
-        RefineOptions(split=tuple(shares))  # one message for bad shares (3 levels, as refine's)
-        options["split"] = shares
-    if tol:
-        if tol < 0:
-            raise InputError(f"refine: tol must be >= 0, got {tol}")
-        options["tol"] = tol
-    return options
-
-
-def refine_flags(options: Mapping[str, Any]) -> list[str]:
-    """The ``--refine-...`` flags of ``regzoo register`` / ``explore`` that repeat the keyword
-    arguments ``options`` of :func:`refine` (``similarity``, ``split``, ``tol``)."""
-    flags = []
-    if "similarity" in options:  # a text; a Similarity instance has none to repeat
-        similarity = options["similarity"]
-        flags += ["--refine-similarity", similarity if isinstance(similarity, str) else "..."]
-    if "split" in options:
-        flags += ["--refine-split", ":".join(f"{float(share):g}" for share in options["split"])]
-    if options.get("tol"):
-        flags += ["--refine-tol", f"{float(options['tol']):g}"]
-    return flags

@@ -371,7 +371,7 @@ def test_the_chosen_configuration_with_a_plugin_regularizer(plugin_objective):
 
 
 def test_refine_options_from_flags_and_back():
-    from regzoo.refinement import refine_flags, refine_options_from_flags
+    from regzoo.cli.refine_flags import refine_flags, refine_options_from_flags
 
     options = refine_options_from_flags("model + 0.5*ngf", "1:1:2", 1e-3)
     assert options == {"similarity": "model + 0.5*ngf", "split": [1.0, 1.0, 2.0], "tol": 1e-3}

@@ -103,7 +103,7 @@ def explore_command(
 ) -> str:
     """The shell-quoted ``regzoo explore`` command for one pair, starting at ``params`` (what
     a sweep report prints to open its best setting in the explorer), its refine button set to
-    ``refine_options`` (:func:`refine_flags`)."""
+    ``refine_options`` (:func:`~regzoo.cli.refine_flags.refine_flags`)."""
     words = ["regzoo", "explore", "--model", str(model), "--fixed", str(fixed)]
     words += ["--moving", str(moving)]
     for flag, path in (
@@ -115,7 +115,7 @@ def explore_command(
             words += [flag, str(path)]
     for name, value in (params or {}).items():
         words += ["--param", f"{name}={value:.6g}"]
-    from regzoo.refinement import refine_flags
+    from regzoo.cli.refine_flags import refine_flags
 
     words += refine_flags(refine_options or {})
     return shlex.join(words)

@@ -21,6 +21,7 @@ import numpy as np
 import torch
 
 from regzoo._errors import InputError
+from regzoo.cli.refine_flags import refine_flags
 from regzoo.data.learn2reg import normalize_intensity
 from regzoo.explore.render import (
     deformation_grid,
@@ -42,7 +43,7 @@ from regzoo.inference import (
 from regzoo.io import check_output_folder, check_same_grid
 from regzoo.metrics import dice, jacobian_scores
 from regzoo.nets import RegistrationOutput
-from regzoo.refinement import RefineCancelledError, RefineTrace, check_steps, refine, refine_flags
+from regzoo.refinement import RefineCancelledError, RefineTrace, check_steps, refine
 from regzoo.registration_model import RegistrationModel, result_objective
 from regzoo.spatial import warp
 
