@@ -5,6 +5,9 @@ checked for type, range and consistency between sections. Nothing here loads a p
 a component: :func:`regzoo.resolve.build_objective` resolves the plugins, the similarity and
 every regularizer term (names, options, parameter ranges) once, and reports problems as
 :class:`ConfigError` at their key.
+
+The module is long because it is the whole schema, one class per YAML section with its checks
+beside it; the config reference (docs/config-reference.md) is generated from it in this order.
 """
 
 from __future__ import annotations

@@ -1,4 +1,8 @@
-"""Test-time registration with a trained model: ``register(model, fixed, moving, **params)``."""
+"""Test-time registration with a trained model: ``register(model, fixed, moving, **params)``.
+
+The module is long because reading the pair, registering, choosing parameters for one pair and
+writing the output set are the one path ``register`` takes; each step is a function.
+"""
 
 from __future__ import annotations
 

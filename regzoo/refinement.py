@@ -21,6 +21,9 @@ MIND-SSC, :mod:`regzoo.similarity.descriptor`), with the same regularizer terms;
 similarity's descriptors are computed once per image pair and level and the moving image's
 descriptors are warped. With ``tol > 0`` each level stops early once the objective's relative
 change per iteration falls below ``tol``; :class:`RefineTrace` records how many iterations ran.
+
+The module is long because the options, the trace and the optimisation loop they steer (pyramid
+levels, descriptors, early stopping, L-BFGS) are read together.
 """
 
 from __future__ import annotations

@@ -13,7 +13,6 @@ from regzoo.io import Volume, atomic_write_text, write_csv
 from regzoo.registration_model import RegistrationModel
 from regzoo.spatial import warp
 from regzoo.sweeping import SweepResult
-from regzoo.viz import OverlayPanel, plot_registration, plot_sweep
 
 __all__ = ["overlay_figure", "write_sweep_report"]
 
@@ -39,6 +38,8 @@ def overlay_figure(
     Jacobian determinant and, given the fixed label map of a model with per-label parameters,
     the parameter maps (:func:`regzoo.viz.plot_registration`).
     """
+    from regzoo.viz import OverlayPanel, plot_registration  # matplotlib only here
+
     panels = []
     for title, params in settings:
         result = register(
@@ -182,6 +183,8 @@ def write_sweep_report(
     every applicable criterion would choose, and, under a folding limit, the setting the limit
     removed.
     """
+    from regzoo.viz import plot_sweep  # matplotlib only when a figure is drawn
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if criterion:

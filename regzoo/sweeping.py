@@ -1,4 +1,8 @@
-"""Test-time parameter discovery: grid sweeps and per-pair gradient-based optimisation."""
+"""Test-time parameter discovery: grid sweeps and per-pair gradient-based optimisation.
+
+The module is long because the grid sweep, its batching over settings and the per-pair parameter
+optimisation share the scoring code; the report around them is :mod:`regzoo.study`.
+"""
 
 from __future__ import annotations
 

@@ -150,7 +150,7 @@ def test_the_range_curriculum_widens_from_the_defaults():
 
 
 def test_learning_rate_schedule_and_conditioning_learning_rate():
-    from regzoo.lightning_module import learning_rate_factor
+    from regzoo.optimizers import learning_rate_factor
 
     assert learning_rate_factor(0, "cosine", 10, 110) == pytest.approx(1 / 11)
     assert learning_rate_factor(9, "cosine", 10, 110) == pytest.approx(10 / 11)

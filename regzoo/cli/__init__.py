@@ -9,17 +9,13 @@ one place, :mod:`regzoo.cli.refine_flags`. A command imports what it runs only w
 from __future__ import annotations
 
 import argparse
-import importlib
 import sys
 from collections.abc import Callable, Sequence
 
 from regzoo._errors import RegzooError
 from regzoo.params import parse_params
 
-__all__ = ["COMMANDS", "build_parser", "main", "parse_params"]
-
-COMMANDS = ("regularizers", "train", "phantom", "register", "evaluate", "sweep", "explore")
-"""The commands, in the order ``regzoo --help`` lists them (each a module of this package)."""
+__all__ = ["build_parser", "main", "parse_params"]
 
 
 def build_parser() -> argparse.ArgumentParser:
@@ -29,8 +25,10 @@ def build_parser() -> argparse.ArgumentParser:
         description="Physics-inspired regularization for learning-based image registration.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    for command in COMMANDS:
-        importlib.import_module(f"regzoo.cli.{command}").add_parser(sub)
+    from regzoo.cli import evaluate, explore, phantom, register, regularizers, sweep, train
+
+    for command in (regularizers, train, phantom, register, evaluate, sweep, explore):
+        command.add_parser(sub)
     return parser
 
 

@@ -5,6 +5,9 @@ network forward when the parameters change, refines on request, scores the resul
 SDlogJ, folding, the similarity and each term's energy), cuts the three planes the page shows
 and saves the result exactly as ``regzoo register`` writes it. The HTTP layer
 (:mod:`regzoo.explore.app`) only translates requests into these calls.
+
+The module is long because the session is one state machine (setting, refinement job, planes,
+save) whose methods share that state; the HTTP layer is separate.
 """
 
 from __future__ import annotations
