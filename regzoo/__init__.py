@@ -13,7 +13,7 @@ their modules are :mod:`regzoo.refinement`, :mod:`regzoo.sweeping` and :mod:`reg
 import importlib
 import sys
 import types
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from regzoo import regularizers
 from regzoo._errors import (
@@ -28,6 +28,19 @@ from regzoo.params import ParamSpace, ParamSpec
 from regzoo.registry import Registry, load_plugin, load_plugins
 from regzoo.regularizers import Regularizer, regularizer
 from regzoo.similarity import SIMILARITIES, Similarity, similarity
+
+if TYPE_CHECKING:  # what static checkers see: the same names, typed
+    from regzoo.checkpoint import load_model
+    from regzoo.config import ExperimentConfig, load_config
+    from regzoo.data.learn2reg import Learn2RegDataset
+    from regzoo.data.phantom import write_phantom_dataset
+    from regzoo.evaluation import evaluate_displacements, evaluate_model
+    from regzoo.inference import RegistrationResult, choose_parameters, register
+    from regzoo.lightning_module import HyperRegistration
+    from regzoo.refinement import RefineOptions, refine, refine_field
+    from regzoo.registration_model import RegistrationModel
+    from regzoo.sweeping import optimize_parameters, sweep
+    from regzoo.training import train
 
 # the training and test-time API, imported on first use (``import regzoo`` costs torch, not
 # Lightning or matplotlib); ``regzoo.refine``, ``regzoo.sweep`` and ``regzoo.train`` are the

@@ -146,9 +146,7 @@ class HyperRegistration(L.LightningModule):
 
     def _loss(self, batch: Mapping[str, Any], values: torch.Tensor) -> tuple[LossTerms, Any, Any]:
         fixed, moving = batch["fixed"], batch["moving"]
-        output = self.net(
-            fixed, moving, self.space.normalize(values) if self.net.num_params else None
-        )
+        output = self.model.predict(fixed, moving, values)
         warped = warp(moving, output.displacement)
         field = self.regularized_field(output)
         spacing = self.energy_spacing(batch.get("spacing"))
