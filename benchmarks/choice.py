@@ -28,9 +28,9 @@ import numpy as np
 import torch
 
 from regzoo import criteria
+from regzoo.checkpoint import load_model
 from regzoo.data.learn2reg import Learn2RegDataset
-from regzoo.model import load_model
-from regzoo.sweep import SweepResult, parse_grid, sweep
+from regzoo.sweeping import SweepResult, parse_grid, sweep
 
 
 def _params(entry: dict[str, Any], names: list[str]) -> str:

@@ -27,10 +27,11 @@ from typing import Any
 import numpy as np
 import torch
 
+from regzoo.checkpoint import load_model
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.evaluation import score_pair, summarize
-from regzoo.model import HyperRegistration, load_model
-from regzoo.refine import refine
+from regzoo.lightning_module import HyperRegistration
+from regzoo.refinement import refine
 from regzoo.spatial import warp
 
 

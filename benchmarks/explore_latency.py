@@ -25,12 +25,13 @@ from pathlib import Path
 import torch
 from _common import device_name
 
+from regzoo.checkpoint import load_model
 from regzoo.config import load_config
 from regzoo.data.phantom import write_phantom_dataset
 from regzoo.explore.app import create_app
 from regzoo.explore.server import ExplorerServer
 from regzoo.explore.session import ExploreSession
-from regzoo.model import HyperRegistration, load_model
+from regzoo.lightning_module import HyperRegistration
 
 
 def post(url: str, body: dict) -> tuple[float, dict, int]:

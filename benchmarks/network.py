@@ -43,11 +43,11 @@ import torch
 from _common import device_name
 from peers import WINDOW, check_monai_ddf_convention, import_bench, seed_everything, seeded_cycle
 
+from regzoo.checkpoint import load_model
 from regzoo.config import load_config
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.evaluation import evaluate_identity, evaluate_model, evaluate_predictor, summarize
-from regzoo.model import load_model
-from regzoo.train import train
+from regzoo.training import train
 
 FOUR_DECADES = [
     "regularizers.0.params.lam={low: 0.01, high: 100.0, scale: log}",

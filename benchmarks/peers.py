@@ -69,10 +69,10 @@ import numpy as np
 import torch
 from _common import device_name
 
+from regzoo.cli.refine_flags import refine_options_from_flags
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.evaluation import evaluate_displacements, summarize, write_report
 from regzoo.io import read_volume, write_displacement
-from regzoo.refine import refine_options_from_flags
 
 WINDOW = (-1000.0, 500.0)  # HU window mapped to [0, 1] for the networks trained here
 ANTS = "ants_syn"
@@ -359,7 +359,7 @@ def monai_runner(args: argparse.Namespace) -> Runner:
 @cache
 def load_regzoo(checkpoint: str) -> Any:
     """The regzoo model of a checkpoint, loaded once for both regzoo methods."""
-    from regzoo.model import load_model
+    from regzoo.checkpoint import load_model
 
     return load_model(checkpoint)
 
@@ -368,7 +368,7 @@ def regzoo_runner(
     args: argparse.Namespace, refine: int = 0, refine_options: dict[str, Any] | None = None
 ) -> Runner:
     """``regzoo.inference.register`` at ``--param`` values, refined ``refine`` iterations
-    (keyword arguments of ``regzoo.refine.refine`` in ``refine_options``)."""
+    (keyword arguments of ``regzoo.refinement.refine`` in ``refine_options``)."""
     from regzoo.cli import parse_params
     from regzoo.inference import register
 

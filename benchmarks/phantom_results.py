@@ -23,12 +23,12 @@ import nibabel as nib
 import numpy as np
 import torch
 
+from regzoo.checkpoint import load_model
 from regzoo.data.learn2reg import Learn2RegDataset, case_id, read_manifest
 from regzoo.evaluation import evaluate_displacements, summarize
 from regzoo.io import write_nifti
-from regzoo.model import load_model
 from regzoo.regularizers.functional import linear_elastic_energy
-from regzoo.sweep import sweep
+from regzoo.sweeping import sweep
 from regzoo.viz import plot_sweep
 
 

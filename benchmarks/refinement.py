@@ -39,15 +39,15 @@ from pathlib import Path
 
 import torch
 
+from regzoo.checkpoint import load_model
 from regzoo.cli import parse_params
 from regzoo.config import load_config
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.discrete import discrete_displacement
 from regzoo.evaluation import item_labels, score_pair, summarize
 from regzoo.io import read_displacement
-from regzoo.model import load_model
 from regzoo.nets import RegistrationOutput
-from regzoo.refine import RefineOptions, RefineTrace, refine_field
+from regzoo.refinement import RefineOptions, RefineTrace, refine_field
 from regzoo.resolve import build_objective
 from regzoo.similarity import parse_similarity
 

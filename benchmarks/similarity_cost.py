@@ -24,8 +24,7 @@ from collections.abc import Callable
 import torch
 import torch.nn.functional as F
 
-from regzoo.lung_similarity import DescriptorSimilarity
-from regzoo.similarity import SIMILARITIES
+from regzoo.similarity import SIMILARITIES, DescriptorSimilarity
 from regzoo.spatial import warp
 
 

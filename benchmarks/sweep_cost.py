@@ -18,12 +18,13 @@ from pathlib import Path
 import torch
 from _common import device_name
 
+from regzoo.checkpoint import load_model
 from regzoo.config import load_config
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.data.phantom import write_phantom_dataset
 from regzoo.inference import register
-from regzoo.model import HyperRegistration, load_model
-from regzoo.sweep import sweep
+from regzoo.lightning_module import HyperRegistration
+from regzoo.sweeping import sweep
 
 
 def main() -> None:

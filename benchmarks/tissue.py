@@ -20,16 +20,16 @@ import numpy as np
 import torch
 from scipy import ndimage
 
+from regzoo.checkpoint import load_model
 from regzoo.config import load_config
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.data.phantom import write_phantom_dataset
 from regzoo.evaluation import item_labels
 from regzoo.metrics import target_registration_error
-from regzoo.model import load_model
-from regzoo.refine import refine
+from regzoo.refinement import refine
 from regzoo.report import write_sweep_report
-from regzoo.sweep import GridRange, sweep
-from regzoo.train import train
+from regzoo.sweeping import GridRange, sweep
+from regzoo.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

@@ -111,7 +111,7 @@ def build_regzoo(
 ) -> Bench:
     """One training step and one inference of a regzoo variant."""
     from regzoo.config import load_config
-    from regzoo.model import HyperRegistration
+    from regzoo.lightning_module import HyperRegistration
     from regzoo.spatial import warp
 
     base, *options = variant.split("+")

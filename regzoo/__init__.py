@@ -3,15 +3,19 @@
 A hypernetwork conditions a VoxelMorph-style registration network on the parameters of any
 registered regularizer, so one trained model lets you choose those parameters at test time.
 
-Every public name is imported here, explicitly (as torchio and timm do): ``regzoo.refine``,
-``regzoo.sweep`` and ``regzoo.train`` are the functions, whichever submodules were imported
-before (the submodules stay importable by their full names, ``from regzoo.refine import ...``).
+Every public name is available here: the light ones are imported at once, the training and
+test-time API on first use (module ``__getattr__``), so ``import regzoo`` costs torch, not
+Lightning or matplotlib. ``regzoo.refine``, ``regzoo.sweep`` and ``regzoo.train`` are functions;
+their modules are :mod:`regzoo.refinement`, :mod:`regzoo.sweeping` and :mod:`regzoo.training`
+(the old module paths still import, with a deprecation warning).
 """
 
-from regzoo import (
-    lung_similarity,  # noqa: F401  (registers the similarities mind_ssc, ngf, mi)
-    regularizers,
-)
+import importlib
+import sys
+import types
+from typing import TYPE_CHECKING, Any
+
+from regzoo import regularizers
 from regzoo._errors import (
     InputError,
     MissingFileError,
@@ -25,17 +29,71 @@ from regzoo.registry import Registry, load_plugin, load_plugins
 from regzoo.regularizers import Regularizer, regularizer
 from regzoo.similarity import SIMILARITIES, Similarity, similarity
 
-# the training and test-time API; each function is bound AFTER its module is imported, so the
-# name is the function, not the submodule of the same name
-from regzoo.config import ExperimentConfig, load_config  # isort: skip
-from regzoo.model import HyperRegistration, load_model  # isort: skip
-from regzoo.data.learn2reg import Learn2RegDataset  # isort: skip
-from regzoo.data.phantom import write_phantom_dataset  # isort: skip
-from regzoo.refine import refine, refine_field  # isort: skip
-from regzoo.inference import RegistrationResult, choose_parameters, register  # isort: skip
-from regzoo.evaluation import evaluate_displacements, evaluate_model  # isort: skip
-from regzoo.sweep import optimize_parameters, sweep  # isort: skip
-from regzoo.train import train  # isort: skip
+if TYPE_CHECKING:  # what static checkers see: the same names, typed
+    from regzoo.checkpoint import load_model
+    from regzoo.config import ExperimentConfig, load_config
+    from regzoo.data.learn2reg import Learn2RegDataset
+    from regzoo.data.phantom import write_phantom_dataset
+    from regzoo.evaluation import evaluate_displacements, evaluate_model
+    from regzoo.inference import RegistrationResult, choose_parameters, register
+    from regzoo.lightning_module import HyperRegistration
+    from regzoo.refinement import RefineOptions, refine, refine_field
+    from regzoo.registration_model import RegistrationModel
+    from regzoo.sweeping import optimize_parameters, sweep
+    from regzoo.training import train
+
+# the training and test-time API, imported on first use (``import regzoo`` costs torch, not
+# Lightning or matplotlib); ``regzoo.refine``, ``regzoo.sweep`` and ``regzoo.train`` are the
+# functions (their modules are regzoo.refinement, regzoo.sweeping and regzoo.training)
+_LAZY = {
+    "ExperimentConfig": "regzoo.config",
+    "load_config": "regzoo.config",
+    "RegistrationModel": "regzoo.registration_model",
+    "HyperRegistration": "regzoo.lightning_module",
+    "load_model": "regzoo.checkpoint",
+    "Learn2RegDataset": "regzoo.data.learn2reg",
+    "write_phantom_dataset": "regzoo.data.phantom",
+    "RefineOptions": "regzoo.refinement",
+    "refine": "regzoo.refinement",
+    "refine_field": "regzoo.refinement",
+    "RegistrationResult": "regzoo.inference",
+    "choose_parameters": "regzoo.inference",
+    "register": "regzoo.inference",
+    "evaluate_displacements": "regzoo.evaluation",
+    "evaluate_model": "regzoo.evaluation",
+    "optimize_parameters": "regzoo.sweeping",
+    "sweep": "regzoo.sweeping",
+    "train": "regzoo.training",
+}
+
+
+def __getattr__(name: str) -> Any:
+    """The public API's names, imported from their modules on first use."""
+    module = _LAZY.get(name)
+    if module is None:
+        raise AttributeError(f"module 'regzoo' has no attribute {name!r}")
+    value = getattr(importlib.import_module(module), name)
+    globals()[name] = value  # once imported, a plain attribute
+    return value
+
+
+def __dir__() -> list[str]:
+    return sorted({*globals(), *_LAZY})
+
+
+class _Package(types.ModuleType):
+    """The package keeps its functions ``refine``, ``sweep`` and ``train`` when the deprecated
+    modules of the same names are imported (Python binds a submodule to its parent's
+    attribute; here the function stays, and the module is ``sys.modules["regzoo.refine"]``)."""
+
+    def __setattr__(self, name: str, value: Any) -> None:
+        if name in ("refine", "sweep", "train") and isinstance(value, types.ModuleType):
+            return
+        super().__setattr__(name, value)
+
+
+sys.modules[__name__].__class__ = _Package
+
 
 __version__ = "0.1.0"
 
@@ -50,6 +108,8 @@ __all__ = [
     "ParamSpace",
     "ParamSpec",
     "PluginError",
+    "RefineOptions",
+    "RegistrationModel",
     "RegistrationResult",
     "Registry",
     "Regularizer",

@@ -5,6 +5,9 @@ checked for type, range and consistency between sections. Nothing here loads a p
 a component: :func:`regzoo.resolve.build_objective` resolves the plugins, the similarity and
 every regularizer term (names, options, parameter ranges) once, and reports problems as
 :class:`ConfigError` at their key.
+
+The module is long because it is the whole schema, one class per YAML section with its checks
+beside it; the config reference (docs/config-reference.md) is generated from it in this order.
 """
 
 from __future__ import annotations
@@ -288,7 +291,7 @@ class LookaheadConfig(StrictModel):
     """Train the network towards the field that refinement reaches from its own prediction.
 
     Every training step refines the network's field for ``steps`` iterations under the
-    sample's own objective (:func:`regzoo.refine.refine_field`, warm-started from the
+    sample's own objective (:func:`regzoo.refinement.refine_field`, warm-started from the
     prediction, detached) and adds ``weight`` times the mean squared distance to that field, in
     voxels, to the sample's loss: the network learns to jump to where instance optimisation
     goes (amortised optimisation). Refinement's Adam steps have the same size for soft and stiff

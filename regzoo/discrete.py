@@ -5,7 +5,7 @@ little learning for Learn2Reg 2021") starts instance optimisation from a displac
 gradient method needs to reach: on a coarse grid, every displacement within a search radius is
 scored by the squared difference of MIND-SSC descriptors (a correlation volume), and a coupled
 convex optimisation makes the choice smooth. :func:`discrete_displacement` is that first stage,
-for any :class:`~regzoo.lung_similarity.DescriptorSimilarity`, in 2D and 3D:
+for any :class:`~regzoo.similarity.DescriptorSimilarity`, in 2D and 3D:
 
 1. descriptors of both images, averaged over blocks of ``grid^D`` voxels (the coarse grid);
 2. for each displacement ``d`` in ``{-radius..radius}^D`` coarse voxels, the cost
@@ -32,7 +32,7 @@ import torch
 import torch.nn.functional as F
 
 from regzoo._errors import InputError
-from regzoo.lung_similarity import MINDSSC, DescriptorSimilarity
+from regzoo.similarity import MINDSSC, DescriptorSimilarity
 from regzoo.spatial import check_image
 
 __all__ = ["COUPLING", "discrete_displacement"]

@@ -23,9 +23,9 @@ from regzoo._errors import InputError, MissingFileError
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.io import REPORT_MARKER, output_files, read_displacement
 from regzoo.metrics import dice, jacobian_scores, target_registration_error
-from regzoo.model import HyperRegistration, check_finite_field
-from regzoo.refine import RefineTrace
-from regzoo.refine import refine as refine_output
+from regzoo.refinement import RefineTrace
+from regzoo.refinement import refine as refine_output
+from regzoo.registration_model import RegistrationModel, check_finite_field
 from regzoo.spatial import warp_labels
 
 __all__ = [
@@ -62,7 +62,7 @@ METRIC_NEEDS = {
 }
 
 
-def check_dimension(model: HyperRegistration, dataset: Learn2RegDataset) -> None:
+def check_dimension(model: RegistrationModel, dataset: Learn2RegDataset) -> None:
     """Check that ``dataset``'s images have the model's dimension (2D or 3D), before any work.
 
     Raises:
@@ -145,7 +145,7 @@ def evaluate_predictor(
 
 
 def evaluate_model(
-    model: HyperRegistration,
+    model: RegistrationModel,
     dataset: Learn2RegDataset,
     params: Mapping[str, float] | None = None,
     *,
@@ -156,7 +156,7 @@ def evaluate_model(
     """Register every pair of ``dataset`` with ``model`` at ``params``; one metrics row each.
 
     With ``refine > 0`` each network field is refined for that many iterations under the
-    model's objective (:func:`regzoo.refine.refine`, further keyword arguments in
+    model's objective (:func:`regzoo.refinement.refine`, further keyword arguments in
     ``refine_options``); ``seconds`` includes the refinement and each row says how many
     iterations ran (``refine_iterations``: fewer than ``refine`` when it stopped early).
     """
@@ -207,7 +207,7 @@ def evaluate_identity(dataset: Learn2RegDataset, *, progress: bool = True) -> li
 
 
 def compare_refinement(
-    model: HyperRegistration,
+    model: RegistrationModel,
     dataset: Learn2RegDataset,
     params: Mapping[str, float] | None = None,
     *,
@@ -216,7 +216,7 @@ def compare_refinement(
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
     """Mean metrics of identity, the network and the refined network at ``params``
-    (``refine_options``: further keyword arguments of :func:`regzoo.refine.refine`).
+    (``refine_options``: further keyword arguments of :func:`regzoo.refinement.refine`).
 
     Returns:
         ``{"identity": {...}, "network": {...}, "refined": {...}}``, each as from

@@ -1,4 +1,8 @@
-"""Test-time registration with a trained model: ``register(model, fixed, moving, **params)``."""
+"""Test-time registration with a trained model: ``register(model, fixed, moving, **params)``.
+
+The module is long because reading the pair, registering, choosing parameters for one pair and
+writing the output set are the one path ``register`` takes; each step is a function.
+"""
 
 from __future__ import annotations
 
@@ -23,10 +27,10 @@ from regzoo.io import (
     write_itk_displacement,
     write_nifti,
 )
-from regzoo.model import HyperRegistration, check_finite_field
 from regzoo.objective import LossTerms
-from regzoo.refine import RefineTrace, result_objective
-from regzoo.refine import refine as refine_output
+from regzoo.refinement import RefineTrace
+from regzoo.refinement import refine as refine_output
+from regzoo.registration_model import RegistrationModel, check_finite_field, result_objective
 from regzoo.spatial import jacobian_determinant, warp
 
 __all__ = [
@@ -148,7 +152,7 @@ def read_pair(
 
 
 def register(
-    model: HyperRegistration,
+    model: RegistrationModel,
     fixed: ImageLike,
     moving: ImageLike,
     *,
@@ -162,10 +166,10 @@ def register(
     """Register ``moving`` to ``fixed`` with the model's network at the given parameters.
 
     With ``refine > 0`` the network's field is then refined for that many iterations under the
-    model's own objective at the same parameters (:func:`regzoo.refine.refine`).
+    model's own objective at the same parameters (:func:`regzoo.refinement.refine`).
 
     Args:
-        model: a trained model (see :func:`regzoo.model.load_model`).
+        model: a trained model (see :func:`regzoo.checkpoint.load_model`).
         fixed: 2D or 3D image (path to a NIfTI file, array, tensor or
             :class:`~regzoo.io.Volume`) in raw intensities (HU for CT); it is normalised with
             the model's training window.
@@ -176,7 +180,7 @@ def register(
             instead of refusing.
         fixed_labels: the fixed image's label map (on its grid), for a model with per-label
             parameters: refinement needs it, and the result then holds the parameter maps.
-        refine_options: further keyword arguments of :func:`regzoo.refine.refine`
+        refine_options: further keyword arguments of :func:`regzoo.refinement.refine`
             (``similarity``, ``split``, ``tol``, ``optimizer``...).
         **params: free parameter values by short (``mu``, ``mu@lung``) or full
             (``linear_elastic.mu``) name; the rest take the space's defaults.
@@ -235,7 +239,7 @@ def register(
 
 
 def choose_parameters(
-    model: HyperRegistration,
+    model: RegistrationModel,
     fixed: ImageLike,
     moving: ImageLike,
     grid: Mapping[str, Any],
@@ -255,12 +259,12 @@ def choose_parameters(
         model: a trained model.
         fixed: the fixed image (as for :func:`register`).
         moving: the moving image.
-        grid: parameter name -> values or :class:`regzoo.sweep.GridRange`
-            (:func:`regzoo.sweep.parse_grid`).
+        grid: parameter name -> values or :class:`regzoo.sweeping.GridRange`
+            (:func:`regzoo.sweeping.parse_grid`).
         criterion: a registered criterion's name (``regzoo.criteria.available()``).
         refine_grid: refine every setting this many iterations before judging it (0: the
             network's fields).
-        refine_options: further keyword arguments of :func:`regzoo.refine.refine` for those
+        refine_options: further keyword arguments of :func:`regzoo.refinement.refine` for those
             refinements (``similarity``, ``split``, ``tol``).
         max_folding: only settings whose folded-voxel fraction is at most this may be chosen
             (``None``: no limit).
@@ -270,14 +274,14 @@ def choose_parameters(
 
     Returns:
         ``(params, sweep)``: the chosen values of the grid's parameters (full names) and the
-        :class:`regzoo.sweep.SweepResult` of the pair, whose rows hold every setting's measures.
+        :class:`regzoo.sweeping.SweepResult` of the pair, whose rows hold every setting's measures.
 
     Raises:
         UnknownNameError: an unknown criterion or parameter name.
         InputError: as :func:`register`, or when every setting folds more than ``max_folding``.
     """
     from regzoo.criteria import needs_backward
-    from regzoo.sweep import sweep
+    from regzoo.sweeping import sweep
 
     backward = needs_backward(criterion)  # an unknown name fails before any work
     fixed_v, moving_v, _ = read_pair(fixed, moving, resample=resample)
@@ -313,7 +317,7 @@ def choose_parameters(
 
 
 def read_labels(
-    model: HyperRegistration, fixed: Volume, labels: ImageLike | None, *, needed: bool
+    model: RegistrationModel, fixed: Volume, labels: ImageLike | None, *, needed: bool
 ) -> torch.Tensor | None:
     """The fixed image's label map as ``(1, 1, *spatial)`` integers on the model's device.
 
@@ -342,7 +346,7 @@ MAX_LABELS = 256
 """Most distinct values a label map may hold (an image given as labels holds thousands)."""
 
 
-def known_labels(model: HyperRegistration) -> dict[int, str]:
+def known_labels(model: RegistrationModel) -> dict[int, str]:
     """The label values a model knows: its per-label parameters' labels, the dataset's label
     names it was trained with (``data.labels``) and 0 (background)."""
     known: dict[int, str] = {0: "background"}
@@ -355,7 +359,7 @@ def known_labels(model: HyperRegistration) -> dict[int, str]:
     return known
 
 
-def check_label_values(model: HyperRegistration, data: Any, source: Any) -> np.ndarray:
+def check_label_values(model: RegistrationModel, data: Any, source: Any) -> np.ndarray:
     """A label map's values as ``int64``, after checking it is one, so that an image given as
     labels (a CT) is refused instead of silently making every per-label region empty.
 

@@ -10,16 +10,15 @@ from typing import Any
 
 from regzoo.inference import register
 from regzoo.io import Volume, atomic_write_text, write_csv
-from regzoo.model import HyperRegistration
+from regzoo.registration_model import RegistrationModel
 from regzoo.spatial import warp
-from regzoo.sweep import SweepResult
-from regzoo.viz import OverlayPanel, plot_registration, plot_sweep
+from regzoo.sweeping import SweepResult
 
 __all__ = ["overlay_figure", "write_sweep_report"]
 
 
 def overlay_figure(
-    model: HyperRegistration,
+    model: RegistrationModel,
     fixed: Volume,
     moving: Volume,
     settings: Sequence[tuple[str, Mapping[str, float]]],
@@ -34,11 +33,13 @@ def overlay_figure(
     """Figure of one pair registered at several settings ``[(title, params), ...]``.
 
     Each setting is registered by the network and then refined ``refine`` iterations (with the
-    keyword arguments ``refine_options`` of :func:`regzoo.refine.refine`); each row
+    keyword arguments ``refine_options`` of :func:`regzoo.refinement.refine`); each row
     shows the warped image (with the warped mask's contour), the deformation grid, the
     Jacobian determinant and, given the fixed label map of a model with per-label parameters,
     the parameter maps (:func:`regzoo.viz.plot_registration`).
     """
+    from regzoo.viz import OverlayPanel, plot_registration  # matplotlib only here
+
     panels = []
     for title, params in settings:
         result = register(
@@ -182,6 +183,8 @@ def write_sweep_report(
     every applicable criterion would choose, and, under a folding limit, the setting the limit
     removed.
     """
+    from regzoo.viz import plot_sweep  # matplotlib only when a figure is drawn
+
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if criterion:

@@ -23,11 +23,19 @@ import torch
 from lightning.fabric.plugins.io.torch_io import TorchCheckpointIO
 
 from regzoo._errors import InputError, OutputExistsError, checkpoint_read_reason
+from regzoo.checkpoint import (
+    CHECKPOINT_KEY,
+    RESUMABLE,
+    check_resume,
+    config_changes,
+    model_weights,
+)
 from regzoo.fingerprint import add_fingerprint, check_fingerprint
 from regzoo.io import atomic_save, atomic_write_text, make_folder
 
 __all__ = [
     "LOCK_NAME",
+    "RESUMABLE",
     "RUN_CONTENTS",
     "RUN_MARKER",
     "AtomicCheckpointIO",
@@ -39,27 +47,6 @@ __all__ = [
     "resume_config",
     "run_lock",
 ]
-
-RESUMABLE = (
-    "trainer.max_steps",
-    "trainer.max_epochs",
-    "trainer.progress_bar",
-    "trainer.log_every_n_steps",
-    "trainer.checkpoint_every_n_steps",
-    "trainer.accelerator",
-    "trainer.devices",
-    "trainer.num_nodes",
-    "trainer.strategy",
-    "trainer.gradient_clip_val",
-    "optimizer.lr",
-    "data.num_workers",
-    "data.root",
-    "logging.",
-)
-"""Settings a resumed run may change, each only with an explicit ``--set`` (recorded): among
-them what a divergence stop advises (a lower ``optimizer.lr``, ``trainer.gradient_clip_val``)."""
-
-_MODEL_SECTIONS = ("model", "regularizers", "similarity", "weighting", "regularize", "plugins")
 
 RUN_CONTENTS = ("config.yaml", "checkpoints", "tensorboard", "resume.log")
 """What ``train`` writes in a run directory (with the marker, all that ``overwrite`` removes)."""
@@ -96,8 +83,6 @@ def _legacy_run(run_dir: Path) -> bool:
 def _is_regzoo_checkpoint(path: Path) -> bool:
     """Proof that a legacy run is regzoo's: its ``last.ckpt`` opens (``weights_only``) as a
     regzoo checkpoint (a regular file, not a link, holding the regzoo config)."""
-    from regzoo.model import CHECKPOINT_KEY
-
     if path.is_symlink() or not path.is_file():
         return False
     try:
@@ -222,28 +207,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         the previous checkpoint is kept)."""
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options")
-        from regzoo.model import CHECKPOINT_KEY
-
-        add_fingerprint(checkpoint, CHECKPOINT_KEY)  # checked when the checkpoint is loaded
+            add_fingerprint(checkpoint, CHECKPOINT_KEY)  # checked when the checkpoint is loaded
         atomic_save(checkpoint, Path(path))
-
-
-def _flatten(data: Any, prefix: str = "") -> dict[str, Any]:
-    if isinstance(data, Mapping):
-        out: dict[str, Any] = {}
-        for key, value in data.items():
-            out.update(_flatten(value, f"{prefix}{key}."))
-        return out
-    return {prefix[:-1]: data}
-
-
-def _differences(a: Any, b: Any) -> dict[str, tuple[Any, Any]]:
-    flat_a, flat_b = _flatten(a.model_dump(mode="json")), _flatten(b.model_dump(mode="json"))
-    return {
-        k: (flat_a.get(k), flat_b.get(k))
-        for k in sorted(set(flat_a) | set(flat_b))
-        if k != "run_dir" and flat_a.get(k) != flat_b.get(k)
-    }
 
 
 def resume_config(
@@ -251,7 +216,7 @@ def resume_config(
 ) -> tuple[Any, list[str]]:
     """The config a resumed run continues with: the run's own ``config.yaml`` (not the YAML
     given now), with the explicit ``--set`` overrides that a resumed run may change
-    (:data:`RESUMABLE`, e.g. more steps).
+    (:data:`~regzoo.checkpoint.RESUMABLE`, e.g. more steps).
 
     Returns:
         The config, and the lines that say what changed and what of the given YAML is ignored.
@@ -270,23 +235,9 @@ def resume_config(
     place = [f"run_dir={run_dir}"]
     stored = load_config(stored_path, place)
     resumed = load_config(stored_path, [*overrides, *place])
-    changes = _differences(stored, resumed)
-    model = sorted({k.split(".")[0] for k in changes if k.split(".")[0] in _MODEL_SECTIONS})
-    if model:
-        raise InputError(
-            f"cannot resume {run_dir}: the config changes {', '.join(model)} "
-            "(start a new run_dir instead)"
-        )
-    kept = [k for k in changes if not any(k == r or k.startswith(r) for r in RESUMABLE)]
-    if kept:
-        raise InputError(
-            f"cannot resume {run_dir}: --set changes {', '.join(kept)}, which a resumed run "
-            f"keeps (it may change: {', '.join(r.rstrip('.') for r in RESUMABLE)}); start a "
-            "new run_dir instead"
-        )
-    notes = [f"resumed with {k} = {new!r} (was {old!r})" for k, (old, new) in changes.items()]
+    notes = check_resume(stored, resumed, run_dir)
     given = load_config(config_file, [*overrides, *place])
-    ignored = _differences(resumed, given)
+    ignored = config_changes(resumed, given)
     if ignored:
         notes.append(
             f"note: {config_file} differs from {stored_path} in "
@@ -315,8 +266,6 @@ def check_checkpoint(path: str | Path, model: torch.nn.Module) -> dict[str, Any]
         InputError: unreadable (truncated, not a checkpoint, a pickle payload), another
             model's weights, or NaN/infinite weights: one message naming the file.
     """
-    from regzoo.model import CHECKPOINT_KEY
-
     path = Path(path)
     hint = "start the run again with --overwrite (or resume a copy of an older checkpoint)"
     try:
@@ -331,6 +280,7 @@ def check_checkpoint(path: str | Path, model: torch.nn.Module) -> dict[str, Any]
     weights = state.get("state_dict")
     if not isinstance(weights, Mapping):
         raise InputError(f"cannot resume from {path}: it holds no weights; {hint}")
+    weights = model_weights(weights)  # as the RegistrationModel names them
     expected = model.state_dict()
     missing = sorted(set(expected) - set(weights))
     unexpected = sorted(set(weights) - set(expected))

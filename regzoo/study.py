@@ -21,9 +21,9 @@ from regzoo.evaluation import check_dimension, check_metric, compare_refinement
 from regzoo.explore.command import explore_command
 from regzoo.inference import read_image, read_pair
 from regzoo.io import check_output_folder, output_folder
-from regzoo.model import HyperRegistration
+from regzoo.registration_model import RegistrationModel
 from regzoo.report import overlay_figure, write_sweep_report
-from regzoo.sweep import GridAxis, SweepResult, optimize_dataset, sweep
+from regzoo.sweeping import GridAxis, SweepResult, optimize_dataset, sweep
 
 __all__ = ["SweepStudy", "parameter_title", "run_sweep_study"]
 
@@ -62,7 +62,7 @@ class SweepStudy:
 
 
 def run_sweep_study(
-    model: HyperRegistration,
+    model: RegistrationModel,
     dataset: Learn2RegDataset,
     grid: Mapping[str, GridAxis],
     out: str | Path,
@@ -85,7 +85,7 @@ def run_sweep_study(
     Args:
         model: a trained model.
         dataset: the pairs, with annotations (masks, label maps, keypoints) where present.
-        grid: parameter axes (:func:`regzoo.sweep.parse_grid`).
+        grid: parameter axes (:func:`regzoo.sweeping.parse_grid`).
         out: the report folder (replaced whole).
         metric: the metric that chooses the best setting (default: the result's own).
         criterion: choose the best setting by this label-free criterion
@@ -95,7 +95,7 @@ def run_sweep_study(
         refine_grid: refine every setting (an exact sweep), not only the best one; the grid
             is then also scored by the network alone (one forward per setting), and the report
             says whether the network's ranking agrees with the refined one.
-        refine_options: further keyword arguments of :func:`regzoo.refine.refine` for every
+        refine_options: further keyword arguments of :func:`regzoo.refinement.refine` for every
             refinement of the study (``similarity``, ``split``, ``tol``...).
         max_folding: the best setting's highest folded-voxel fraction.
         optimize: also optimise the parameters per pair through the hypernetwork.

@@ -13,7 +13,7 @@ from matplotlib.colors import LogNorm
 from matplotlib.figure import Figure
 
 from regzoo.io import atomic_path
-from regzoo.sweep import SweepResult
+from regzoo.sweeping import SweepResult
 
 __all__ = ["OverlayPanel", "plot_registration", "plot_sweep"]
 

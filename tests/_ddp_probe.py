@@ -15,7 +15,7 @@ from pathlib import Path
 import torch
 
 from regzoo.cli import main
-from regzoo.model import HyperRegistration
+from regzoo.lightning_module import HyperRegistration
 
 OUT = Path(os.environ["REGZOO_DDP_PROBE"])
 _draw = HyperRegistration._draw_parameters

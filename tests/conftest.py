@@ -54,7 +54,7 @@ def tiny_phantom_2d(tmp_path_factory) -> Path:
 def tiny_checkpoint(tiny_phantom, tmp_path_factory) -> Path:
     """The quickstart config, over the declared four decades, trained for 2 steps on the tiny
     phantom."""
-    from regzoo.train import train
+    from regzoo.training import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "quickstart"
     config = load_config(QUICKSTART, [*tiny_overrides(tiny_phantom, run_dir), *FOUR_DECADES])

@@ -26,7 +26,7 @@ def test_2d_phantom_motion_maps_moving_onto_fixed():
 
 @pytest.fixture(scope="module")
 def checkpoint_2d(tiny_phantom_2d, tmp_path_factory):
-    from regzoo.train import train
+    from regzoo.training import train
 
     config = load_config(
         ROOT / "configs" / "quickstart_2d.yaml",

@@ -17,11 +17,11 @@ from regzoo.cli import main
 from regzoo.config import load_config
 from regzoo.criteria import ChoiceTable, label_free_measures
 from regzoo.inference import choose_parameters
-from regzoo.model import HyperRegistration
+from regzoo.lightning_module import HyperRegistration
 from regzoo.report import write_sweep_report
 from regzoo.similarity import MSE
 from regzoo.spatial import warp
-from regzoo.sweep import SweepResult
+from regzoo.sweeping import SweepResult
 
 ROOT = Path(__file__).resolve().parents[1]
 FILE_PLUGIN = ROOT / "plugins" / "file_plugin_example"

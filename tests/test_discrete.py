@@ -4,7 +4,7 @@ import torch.nn.functional as F
 
 from regzoo._errors import InputError
 from regzoo.discrete import discrete_displacement
-from regzoo.lung_similarity import MINDSSC
+from regzoo.similarity import MINDSSC
 
 
 def smooth_image(shape, seed=0):

@@ -6,8 +6,8 @@ import torch
 from conftest import QUICKSTART, tiny_overrides
 
 from regzoo.callbacks import DivergenceGuard
+from regzoo.checkpoint import load_model
 from regzoo.cli import main
-from regzoo.model import load_model
 
 
 class _Module(torch.nn.Module):

@@ -16,11 +16,11 @@ import numpy as np
 import pytest
 import torch
 
+from regzoo.checkpoint import load_model
 from regzoo.cli import build_parser, main
 from regzoo.explore.command import explore_command
 from regzoo.explore.render import FOLDED, deformation_grid, plane, scale_to_uint8
 from regzoo.explore.session import ExploreSession, RefineJob
-from regzoo.model import load_model
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -478,7 +478,7 @@ SMALL_NET = {"enc": [4, 8], "dec": [8, 8, 4], "hyper_units": [8]}
 
 def _model(regularizers, **extra):
     from regzoo.config import load_config
-    from regzoo.model import HyperRegistration
+    from regzoo.lightning_module import HyperRegistration
 
     config = {"model": SMALL_NET, "regularizers": regularizers, **extra}
     return HyperRegistration(load_config(config)).eval()

@@ -13,8 +13,8 @@ from pathlib import Path
 
 import pytest
 
+from regzoo.checkpoint import load_model
 from regzoo.explore.session import ExploreSession
-from regzoo.model import load_model
 
 
 def _chromium() -> str | None:

@@ -9,11 +9,11 @@ import pytest
 import torch
 from scipy import ndimage
 
+from regzoo.checkpoint import load_model
 from regzoo.cli import main
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.inference import register
-from regzoo.model import load_model
-from regzoo.sweep import optimize_parameters, parse_grid, sweep
+from regzoo.sweeping import optimize_parameters, parse_grid, sweep
 
 
 def pair_paths(root, case="0003"):
@@ -262,7 +262,7 @@ def test_exact_sweep_scores_refined_fields(tiny_checkpoint, tiny_phantom, tmp_pa
 
 
 def test_max_folding_keeps_folded_settings_from_being_chosen():
-    from regzoo.sweep import SweepResult
+    from regzoo.sweeping import SweepResult
 
     settings = [
         {"mu": 0.01, "tre_mm": 1.5, "folding_fraction": 1e-3},
@@ -324,8 +324,8 @@ def test_exact_sweep_refines_under_the_refine_options(tiny_checkpoint, tiny_phan
 def test_register_choose_refines_the_grid_under_the_refine_options(
     tiny_checkpoint, tiny_phantom, tmp_path
 ):
+    from regzoo.checkpoint import load_model
     from regzoo.inference import choose_parameters
-    from regzoo.model import load_model
 
     model = load_model(tiny_checkpoint)
     fixed, moving, _ = pair_paths(tiny_phantom)

@@ -7,17 +7,17 @@ import torch
 import torch.nn.functional as F
 
 from regzoo.config import load_config
-from regzoo.lung_similarity import (
+from regzoo.resolve import build_objective
+from regzoo.similarity import (
     MI,
     MINDSSC,
     NGF,
+    SIMILARITIES,
     mind_ssc,
     mutual_information,
     normalized_gradient,
     ssc_offsets,
 )
-from regzoo.resolve import build_objective
-from regzoo.similarity import SIMILARITIES
 from regzoo.testing import check_similarity_properties
 
 SHAPES = [(24, 22), (14, 13, 12)]

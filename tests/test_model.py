@@ -2,8 +2,9 @@ import pytest
 import torch
 from conftest import QUICKSTART, tiny_overrides
 
+from regzoo.checkpoint import load_model
 from regzoo.config import load_config
-from regzoo.model import HyperRegistration, load_model
+from regzoo.lightning_module import HyperRegistration
 from regzoo.resolve import build_objective
 from regzoo.testing import random_smooth_field
 
@@ -149,7 +150,7 @@ def test_the_range_curriculum_widens_from_the_defaults():
 
 
 def test_learning_rate_schedule_and_conditioning_learning_rate():
-    from regzoo.model import learning_rate_factor
+    from regzoo.optimizers import learning_rate_factor
 
     assert learning_rate_factor(0, "cosine", 10, 110) == pytest.approx(1 / 11)
     assert learning_rate_factor(9, "cosine", 10, 110) == pytest.approx(10 / 11)
@@ -180,7 +181,7 @@ def test_learning_rate_schedule_and_conditioning_learning_rate():
 
 
 def test_lookahead_is_the_distance_to_the_refined_field():
-    from regzoo.refine import RefineOptions, refine_field
+    from regzoo.refinement import RefineOptions, refine_field
 
     config = load_config(WIDE, ["lookahead.steps=3", "lookahead.weight=2.0"])
     model = HyperRegistration(config)
@@ -203,7 +204,7 @@ def test_lookahead_is_the_distance_to_the_refined_field():
 
 
 def test_weight_averaging_saves_and_validates_the_average(tiny_phantom, tmp_path):
-    from regzoo.train import train
+    from regzoo.training import train
 
     overrides = tiny_overrides(tiny_phantom, tmp_path / "run", steps=3)
     checkpoint = train(load_config(QUICKSTART, [*overrides, "optimizer.ema_steps=2"]))
@@ -218,7 +219,7 @@ def test_weight_averaging_saves_and_validates_the_average(tiny_phantom, tmp_path
 
 @pytest.mark.parametrize("conditioning", ["film", "weights"])
 def test_each_conditioning_trains_saves_and_reloads(conditioning, tiny_phantom, tmp_path):
-    from regzoo.train import train
+    from regzoo.training import train
 
     overrides = [
         *tiny_overrides(tiny_phantom, tmp_path / "run"),
@@ -234,7 +235,7 @@ def test_each_conditioning_trains_saves_and_reloads(conditioning, tiny_phantom, 
 
 
 def test_the_gradient_check_syncs_once_per_step(monkeypatch):
-    from regzoo.model import NonFiniteLossError
+    from regzoo.lightning_module import NonFiniteLossError
 
     model = HyperRegistration(load_config(SMALL))
     params = list(model.parameters())

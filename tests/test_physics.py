@@ -11,14 +11,14 @@ import torch
 from conftest import tiny_overrides
 
 from regzoo import regularizers
+from regzoo.checkpoint import load_model
 from regzoo.cli import main
 from regzoo.config import PerLabel, TermConfig, load_config
-from regzoo.model import load_model
 from regzoo.regularizers import functional as Fn
 from regzoo.resolve import build_term
 from regzoo.spatial import identity_grid
 from regzoo.testing import random_smooth_field
-from regzoo.train import train
+from regzoo.training import train
 
 ROOT = Path(__file__).resolve().parents[1]
 

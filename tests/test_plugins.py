@@ -10,8 +10,8 @@ import pytest
 from conftest import tiny_overrides
 
 from regzoo import load_plugin, regularizers
+from regzoo.checkpoint import load_model
 from regzoo.cli import main
-from regzoo.model import load_model
 from regzoo.testing import check_regularizer, check_regularizer_properties
 
 ROOT = Path(__file__).resolve().parents[1]

@@ -10,17 +10,16 @@ import torch
 from test_inference_cli import pair_paths, register_args
 
 from regzoo import load_plugin
+from regzoo.checkpoint import load_model
 from regzoo.cli import main
 from regzoo.config import TermConfig, load_config
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.inference import register
-from regzoo.lung_similarity import MINDSSC
 from regzoo.metrics import folding_fraction, target_registration_error
-from regzoo.model import load_model
 from regzoo.objective import Objective
-from regzoo.refine import RefineOptions, RefineTrace, refine, refine_field
+from regzoo.refinement import RefineOptions, RefineTrace, refine, refine_field
 from regzoo.resolve import build_objective, build_term
-from regzoo.similarity import LNCC, MSE, WeightedSum, parse_similarity
+from regzoo.similarity import LNCC, MINDSSC, MSE, WeightedSum, parse_similarity
 from regzoo.spatial import integrate_velocity, warp
 
 ROOT = Path(__file__).resolve().parents[1]
@@ -372,7 +371,7 @@ def test_the_chosen_configuration_with_a_plugin_regularizer(plugin_objective):
 
 
 def test_refine_options_from_flags_and_back():
-    from regzoo.refine import refine_flags, refine_options_from_flags
+    from regzoo.cli.refine_flags import refine_flags, refine_options_from_flags
 
     options = refine_options_from_flags("model + 0.5*ngf", "1:1:2", 1e-3)
     assert options == {"similarity": "model + 0.5*ngf", "split": [1.0, 1.0, 2.0], "tol": 1e-3}

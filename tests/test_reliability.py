@@ -575,9 +575,9 @@ def test_output_set_is_replaced_whole_or_not_at_all(tmp_path):
 
 
 def test_resampling_moving_onto_the_fixed_grid_matches_pre_resampled(tiny_checkpoint, tiny_phantom):
+    from regzoo.checkpoint import load_model
     from regzoo.inference import read_image, register
     from regzoo.io import Volume, resample_like
-    from regzoo.model import load_model
 
     model = load_model(tiny_checkpoint)
     fixed = read_image(tiny_phantom / "imagesTr" / "PhantomCT_0003_0000.nii.gz")

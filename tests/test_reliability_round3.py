@@ -178,10 +178,10 @@ def test_5_the_host_guard_holds_on_every_bind_address(bind, tiny_phantom, tiny_c
     pytest.importorskip("starlette")
     from starlette.testclient import TestClient
 
+    from regzoo.checkpoint import load_model
     from regzoo.explore.app import create_app
     from regzoo.explore.command import allowed_hosts
     from regzoo.explore.session import ExploreSession
-    from regzoo.model import load_model
 
     fixed, moving = _pair(tiny_phantom)
     session = ExploreSession(load_model(tiny_checkpoint), fixed, moving)
@@ -230,7 +230,7 @@ def test_6_a_ct_given_as_labels_is_refused(tiny_phantom, tmp_path):
     from regzoo._errors import InputError
     from regzoo.config import load_config
     from regzoo.inference import read_image, read_labels
-    from regzoo.model import HyperRegistration
+    from regzoo.lightning_module import HyperRegistration
 
     config = load_config(TISSUE_SLIDING, [f"data.root={tiny_phantom}", "model.enc=[4, 4]",
                                           "model.dec=[4, 4]"])  # fmt: skip

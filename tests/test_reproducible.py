@@ -4,7 +4,7 @@ import torch
 from conftest import QUICKSTART, tiny_overrides
 
 from regzoo.config import load_config
-from regzoo.train import train
+from regzoo.training import train
 
 
 def _tensors(value, prefix=""):

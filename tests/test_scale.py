@@ -4,11 +4,12 @@ import pytest
 import torch
 from conftest import QUICKSTART, tiny_overrides
 
+from regzoo.checkpoint import load_model
 from regzoo.config import ConfigError, load_config
 from regzoo.data.datamodule import RegistrationDataModule
-from regzoo.model import HyperRegistration, load_model
 from regzoo.nets import RegistrationNet
-from regzoo.train import train
+from regzoo.registration_model import RegistrationModel
+from regzoo.training import train
 
 TINY_NET = ["model.enc=[4]", "model.dec=[4, 4]", "model.hyper_units=[4]"]
 
@@ -46,7 +47,7 @@ def test_compiled_bf16_training_writes_a_plain_checkpoint(tiny_phantom, tmp_path
     ]
     checkpoint = train(load_config(QUICKSTART, overrides))
     model = load_model(checkpoint)  # the keys of an uncompiled model: compile is training-only
-    plain = HyperRegistration(load_config(QUICKSTART, TINY_NET))
+    plain = RegistrationModel(load_config(QUICKSTART, TINY_NET))
     assert model.state_dict().keys() == plain.state_dict().keys()
     assert model.net._compiled_call_impl is None
 

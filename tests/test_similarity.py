@@ -87,8 +87,7 @@ def test_multiscale_rejects_bad_scales_and_is_configured_by_scales():
 
 @pytest.mark.parametrize("shape", [(24, 20), (12, 10, 8)])
 def test_weighted_sum_is_the_weighted_sum_of_its_terms(shape):
-    from regzoo.lung_similarity import NGF
-    from regzoo.similarity import WeightedSum
+    from regzoo.similarity import NGF, WeightedSum
 
     fixed, warped = textured(shape), textured(shape, seed=1)
     lncc, ngf = LNCC(window=5), NGF()
@@ -104,8 +103,7 @@ def test_weighted_sum_is_the_weighted_sum_of_its_terms(shape):
 
 def test_parse_similarity_reads_names_weights_options_and_the_model():
     from regzoo._errors import InputError, UnknownNameError
-    from regzoo.lung_similarity import MINDSSC, NGF
-    from regzoo.similarity import MultiScale, WeightedSum, parse_similarity
+    from regzoo.similarity import MINDSSC, NGF, MultiScale, WeightedSum, parse_similarity
 
     trained = MultiScale(LNCC(), [1, 2])
     assert isinstance(parse_similarity("mind_ssc"), MINDSSC)

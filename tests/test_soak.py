@@ -17,8 +17,8 @@ import pytest
 import torch
 from soak_harness import GROWTH_BOUND_MIB, soak
 
+from regzoo.checkpoint import load_model
 from regzoo.inference import register
-from regzoo.model import load_model
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CALLS = 200

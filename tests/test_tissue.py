@@ -246,7 +246,7 @@ def test_unknown_motion_is_an_input_error():
 # -- end to end: train, register, sweep ---------------------------------------------------------
 @pytest.fixture(scope="module")
 def tissue_checkpoint(tiny_phantom, tmp_path_factory):
-    from regzoo.train import train
+    from regzoo.training import train
 
     run_dir = tmp_path_factory.mktemp("runs") / "tissue"
     overrides = [*tiny_overrides(tiny_phantom, run_dir), "data.labels=null"]
@@ -255,7 +255,7 @@ def tissue_checkpoint(tiny_phantom, tmp_path_factory):
 
 
 def test_tissue_config_trains_and_takes_labels_from_the_dataset(tissue_checkpoint):
-    from regzoo.model import load_model
+    from regzoo.checkpoint import load_model
 
     model = load_model(tissue_checkpoint)
     assert model.config.data.labels == LABELS

@@ -12,6 +12,9 @@ rendered at ``y + w(y)`` with ``w`` the numerical inverse of ``u``, so ``M(x + u
 Keypoints are vessel branch points in the fixed frame and their images ``p + u(p)``.
 
 Output: the Learn2Reg layout (see :func:`write_phantom_dataset`).
+
+The module is long because the anatomy, the motion and their inverse are one generative model
+whose parts share the seeded random state and the geometry.
 """
 
 from __future__ import annotations

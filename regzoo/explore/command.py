@@ -111,7 +111,7 @@ def explore_command(
 ) -> str:
     """The shell-quoted ``regzoo explore`` command for one pair, starting at ``params`` (what
     a sweep report prints to open its best setting in the explorer), its refine button set to
-    ``refine_options`` (:func:`refine_flags`)."""
+    ``refine_options`` (:func:`~regzoo.cli.refine_flags.refine_flags`)."""
     words = ["regzoo", "explore", "--model", str(model), "--fixed", str(fixed)]
     words += ["--moving", str(moving)]
     for flag, path in (
@@ -123,7 +123,7 @@ def explore_command(
             words += [flag, str(path)]
     for name, value in (params or {}).items():
         words += ["--param", f"{name}={value:.6g}"]
-    from regzoo.refine import refine_flags
+    from regzoo.cli.refine_flags import refine_flags
 
     words += refine_flags(refine_options or {})
     return shlex.join(words)
@@ -193,23 +193,23 @@ def run(args: argparse.Namespace, refine_options: Mapping[str, Any] | None = Non
     """Run ``regzoo explore``: load the model and images, print the URL, serve until Ctrl+C.
 
     ``refine_options`` are the refine button's keyword arguments of
-    :func:`regzoo.refine.refine` (``regzoo explore --refine-similarity ...``).
+    :func:`regzoo.refinement.refine` (``regzoo explore --refine-similarity ...``).
 
     Raises:
         RegzooError: without the ``explore`` extra, or when the port cannot be bound.
         InputError: invalid images, parameters or options.
     """
     require_web()
-    from regzoo.refine import check_steps
+    from regzoo.refinement import check_steps
 
     check_steps(args.refine_steps, minimum=1, what="--refine-steps")
     if not 0 <= args.port <= 65535:
         raise InputError(f"--port must be in [0, 65535], got {args.port}")
     hosts = allowed_hosts(args.host, getattr(args, "allow_host", []))
+    from regzoo.checkpoint import load_model
     from regzoo.explore.app import create_app
     from regzoo.explore.server import ExplorerServer
     from regzoo.explore.session import ExploreSession
-    from regzoo.model import load_model
     from regzoo.params import parse_params
 
     params = parse_params(args.param)

@@ -5,6 +5,9 @@ network forward when the parameters change, refines on request, scores the resul
 SDlogJ, folding, the similarity and each term's energy), cuts the three planes the page shows
 and saves the result exactly as ``regzoo register`` writes it. The HTTP layer
 (:mod:`regzoo.explore.app`) only translates requests into these calls.
+
+The module is long because the session is one state machine (setting, refinement job, planes,
+save) whose methods share that state; the HTTP layer is separate.
 """
 
 from __future__ import annotations
@@ -21,6 +24,7 @@ import numpy as np
 import torch
 
 from regzoo._errors import InputError
+from regzoo.cli.refine_flags import refine_flags
 from regzoo.data.learn2reg import normalize_intensity
 from regzoo.explore.render import (
     deformation_grid,
@@ -41,22 +45,15 @@ from regzoo.inference import (
 )
 from regzoo.io import check_output_folder, check_same_grid
 from regzoo.metrics import dice, jacobian_scores
-from regzoo.model import HyperRegistration
 from regzoo.nets import RegistrationOutput
-from regzoo.refine import (
-    RefineCancelledError,
-    RefineTrace,
-    check_steps,
-    refine,
-    refine_flags,
-    result_objective,
-)
+from regzoo.refinement import RefineCancelledError, RefineTrace, check_steps, refine
+from regzoo.registration_model import RegistrationModel, result_objective
 from regzoo.spatial import warp
 
 __all__ = ["ExploreSession", "RefineJob"]
 
 REFINE_LEVELS = 3
-"""Pyramid levels of the explorer's refinement: :func:`regzoo.refine.refine`'s default, the
+"""Pyramid levels of the explorer's refinement: :func:`regzoo.refinement.refine`'s default, the
 same as ``regzoo register --refine N``, so a saved refined result is reproducible."""
 
 GRID_NODES = 16
@@ -78,7 +75,7 @@ class ExploreSession:
     """One fixed/moving pair registered by one model at a setting the user moves.
 
     Args:
-        model: a trained model (:func:`regzoo.model.load_model`), in eval mode.
+        model: a trained model (:func:`regzoo.checkpoint.load_model`), in eval mode.
         fixed: fixed image (path to a NIfTI file, or a volume) in raw intensities.
         moving: moving image on the same grid.
         fixed_seg: optional fixed mask or label map (contours, Dice).
@@ -89,7 +86,7 @@ class ExploreSession:
         out: the folder that "save" writes to (``None``: saving is off).
         params: the starting parameters (short or full names; defaults fill the rest).
         checkpoint: the model's checkpoint file, named in :meth:`register_command`.
-        refine_options: further keyword arguments of :func:`regzoo.refine.refine` for the
+        refine_options: further keyword arguments of :func:`regzoo.refinement.refine` for the
             refine button (``similarity``, ``split``, ``tol``; as ``register --refine-...``).
 
     Raises:
@@ -100,7 +97,7 @@ class ExploreSession:
 
     def __init__(
         self,
-        model: HyperRegistration,
+        model: RegistrationModel,
         fixed: str | Path | torch.Tensor,
         moving: str | Path | torch.Tensor,
         *,
@@ -414,7 +411,7 @@ class ExploreSession:
 class RefineJob:
     """A refinement running in a background thread; its progress can be read at any time.
 
-    Progress counts the entries of a :class:`~regzoo.refine.RefineTrace`: one per iteration
+    Progress counts the entries of a :class:`~regzoo.refinement.RefineTrace`: one per iteration
     and one more at the end of each pyramid level.
 
     Args:

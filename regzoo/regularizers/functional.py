@@ -7,6 +7,10 @@ channel ``k`` along array axis ``k``; ``D`` = 2 or 3) and returns the energy per
 (tissue-specific parameters; see :func:`per_sample` for where a map is read). Derivatives are forward finite differences on the
 interior (see :mod:`regzoo.spatial`). With ``spacing`` given, ``u`` is converted to physical
 units (``u_k * spacing_k``) and derivatives are taken per physical unit.
+
+The module is long because every energy is here as a plain function with the formula it
+implements, sharing the finite-difference helpers; one registered class each lives in
+:mod:`regzoo.regularizers.builtin`.
 """
 
 from __future__ import annotations

@@ -1,0 +1,68 @@
+"""Argument types and options that several ``regzoo`` commands share."""
+
+from __future__ import annotations
+
+import argparse
+from collections.abc import Callable
+
+__all__ = [
+    "TRUST_PLUGIN",
+    "add_max_folding_argument",
+    "add_plugin_argument",
+    "add_refine_argument",
+    "fraction",
+    "int_at_least",
+]
+
+
+def int_at_least(minimum: int) -> Callable[[str], int]:
+    """argparse type: an integer ``>= minimum``, with a one-line message otherwise."""
+
+    def parse(text: str) -> int:
+        try:
+            value = int(text)
+        except ValueError:
+            raise argparse.ArgumentTypeError(f"expected an integer, got {text!r}") from None
+        if value < minimum:
+            raise argparse.ArgumentTypeError(f"must be at least {minimum}, got {value}")
+        return value
+
+    return parse
+
+
+def fraction(text: str) -> float:
+    """argparse type: a number in ``[0, 1]`` (``nan`` is refused, not ignored)."""
+    try:
+        value = float(text)
+    except ValueError:
+        raise argparse.ArgumentTypeError(f"expected a number, got {text!r}") from None
+    if not 0.0 <= value <= 1.0:  # also false for nan
+        raise argparse.ArgumentTypeError(f"must be a fraction in [0, 1], got {text!r}")
+    return value
+
+
+def add_refine_argument(parser: argparse.ArgumentParser, help_text: str) -> None:
+    parser.add_argument(
+        "--refine", type=int_at_least(0), default=0, metavar="N", help=f"{help_text} (0: off)"
+    )
+
+
+def add_max_folding_argument(parser: argparse.ArgumentParser) -> None:
+    parser.add_argument(
+        "--max-folding",
+        type=fraction,
+        default=0.0,
+        metavar="FRACTION",
+        help="only settings whose mean folded-voxel fraction is at most this may be chosen "
+        "(default 0: invertible results only; 1: no limit)",
+    )
+
+
+def add_plugin_argument(p: argparse.ArgumentParser, text: str) -> None:
+    p.add_argument("--plugin", action="append", default=[], metavar="MODULE_OR_FILE", help=text)
+
+
+TRUST_PLUGIN = (
+    "import this plugin module or .py file (repeatable): a plugin named in a checkpoint is "
+    "never imported unless you name it here"
+)

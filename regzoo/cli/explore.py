@@ -1,0 +1,27 @@
+"""``regzoo explore``: the browser page that re-registers as the parameters slide."""
+
+from __future__ import annotations
+
+import argparse
+from typing import Any
+
+from regzoo.cli.refine_flags import add_refine_options, options_from_args
+
+
+def add_parser(sub: Any) -> None:
+    """Add the ``explore`` command to the subparsers ``sub``."""
+    p = sub.add_parser(
+        "explore", help="browser page: slide the parameters, watch the registration change"
+    )
+    from regzoo.explore.command import add_arguments
+
+    add_arguments(p)
+    add_refine_options(p)
+    p.set_defaults(func=run)
+
+
+def run(args: argparse.Namespace) -> int:
+    """Run ``regzoo explore``; returns the exit code."""
+    from regzoo.explore.command import run as run_explorer
+
+    return run_explorer(args, refine_options=options_from_args(args))

@@ -1,0 +1,532 @@
+"""Test-time parameter discovery: grid sweeps and per-pair gradient-based optimisation.
+
+The module is long because the grid sweep, its batching over settings and the per-pair parameter
+optimisation share the scoring code; the report around them is :mod:`regzoo.study`.
+"""
+
+from __future__ import annotations
+
+import contextlib
+import itertools
+from collections.abc import Callable, Iterable, Mapping, Sequence
+from dataclasses import dataclass, field
+from typing import Any
+
+import numpy as np
+import torch
+from tqdm.auto import tqdm
+
+from regzoo._errors import InputError, UnknownNameError, unknown_name_message
+from regzoo.criteria import MEASURES, ChoiceTable, Criterion, label_free_measures
+from regzoo.criteria import available as available_criteria
+from regzoo.criteria import get as get_criterion
+from regzoo.data.learn2reg import Learn2RegDataset
+from regzoo.evaluation import item_labels, score_pair, summarize
+from regzoo.refinement import refine
+from regzoo.registration_model import (
+    RegistrationModel,
+    check_finite_field,
+    field_objective,
+    result_objective,
+)
+from regzoo.spatial import warp
+
+__all__ = [
+    "MAX_SETTINGS",
+    "GridRange",
+    "SweepResult",
+    "optimize_dataset",
+    "optimize_parameters",
+    "parse_grid",
+    "sweep",
+]
+
+MAXIMIZE = {
+    "dice": True,
+    "dice_labels": True,
+    "tre_mm": False,
+    "sdlogj": False,
+    "folding_fraction": False,
+}
+
+
+MAX_SETTINGS = 10_000
+"""Largest number of grid settings a sweep accepts (a typo like ``:1000000000`` fails fast)."""
+
+
+@dataclass(frozen=True)
+class GridRange:
+    """``START:STOP:COUNT``: ``count`` values spaced evenly on the parameter's own scale
+    (geometrically for log-scale parameters), resolved when the sweep knows the model."""
+
+    start: float
+    stop: float
+    count: int
+
+
+GridAxis = Sequence[float] | GridRange
+
+
+def parse_grid(specs: Sequence[str]) -> dict[str, GridAxis]:
+    """Parse ``NAME=START:STOP:COUNT`` (inclusive, on the parameter's scale) or
+    ``NAME=V1,V2,...`` entries.
+
+    Raises:
+        ValueError: for a malformed entry, a repeated name or more than
+            :data:`MAX_SETTINGS` settings in total.
+    """
+    grid: dict[str, GridAxis] = {}
+    usage = "must look like NAME=START:STOP:COUNT or NAME=V1,V2"
+    total = 1
+    for spec in specs:
+        name, sep, text = spec.partition("=")
+        if not sep or not name or not text:
+            raise InputError(f"grid entry {spec!r} {usage}")
+        if name in grid:
+            raise InputError(f"grid parameter '{name}' given twice")
+        try:
+            if ":" in text:
+                start, stop, count = text.split(":")
+                size = int(count)
+                axis: GridAxis = GridRange(float(start), float(stop), size)
+            else:
+                axis = [float(v) for v in text.split(",")]
+                size = len(axis)
+        except ValueError:
+            raise InputError(f"grid entry {spec!r} {usage}") from None
+        if size < 1:
+            raise InputError(f"grid entry {spec!r}: COUNT must be at least 1")
+        total *= size
+        if total > MAX_SETTINGS:
+            raise InputError(
+                f"grid entry {spec!r}: the grid would have {total} settings, more than "
+                f"{MAX_SETTINGS}; use fewer points"
+            )
+        grid[name] = axis
+    return grid
+
+
+@dataclass
+class SweepResult:
+    """Metrics of every (setting, pair) of a sweep.
+
+    Attributes:
+        names: swept parameters (full names), in grid order.
+        axes: the values of each swept parameter.
+        rows: one dict per setting and pair: parameter values, ids and metrics.
+        settings: one dict per setting: its parameter values and the mean metrics over pairs.
+        scales: each swept parameter's scale (``"linear"`` or ``"log"``), for figures.
+        max_folding: if set, a setting (or a pair's row) whose folded-voxel fraction exceeds it
+            is not eligible as the best: it ranks after every eligible one.
+    """
+
+    names: list[str]
+    axes: list[list[float]]
+    rows: list[dict[str, Any]]
+    settings: list[dict[str, Any]]
+    scales: list[str] = field(default_factory=list)
+    max_folding: float | None = None
+
+    def __post_init__(self) -> None:
+        if not self.scales:
+            self.scales = ["linear"] * len(self.names)
+
+    def default_metric(self) -> str:
+        """``dice`` when masks were scored, else ``tre_mm``, else ``sdlogj``."""
+        for metric in ("dice", "tre_mm", "sdlogj"):
+            if self.settings and metric in self.settings[0]:
+                return metric
+        raise InputError("no metric to rank settings by")
+
+    def _order(self, metric: str | None) -> Callable[[dict[str, Any]], tuple[bool, float]]:
+        """Sort key: ineligible (too much folding) last, then the metric, best first."""
+        metric = metric or self.default_metric()
+        if self.settings and metric not in self.settings[0]:
+            raise UnknownNameError(
+                unknown_name_message(
+                    "metric", metric, [k for k in self.settings[0] if k in MAXIMIZE]
+                )
+            )
+        sign = -1.0 if MAXIMIZE.get(metric, False) else 1.0
+        limit = self.max_folding
+
+        def key(entry: dict[str, Any]) -> tuple[bool, float]:
+            folded = limit is not None and entry.get("folding_fraction", 0.0) > limit
+            return folded, sign * entry.get(metric, np.inf * sign)
+
+        return key
+
+    def ranked(self, metric: str | None = None) -> list[dict[str, Any]]:
+        """Settings sorted from best to worst mean ``metric`` (Dice up, errors down); with
+        ``max_folding`` set, settings that fold more come last."""
+        return sorted(self.settings, key=self._order(metric))
+
+    def best(self, metric: str | None = None) -> dict[str, Any]:
+        """The setting with the best mean ``metric`` over the data set.
+
+        Raises:
+            ValueError: if ``max_folding`` is set and every setting folds more.
+        """
+        best = self.ranked(metric)[0]
+        if self._order(metric)(best)[0]:
+            raise InputError(
+                f"no setting keeps the folded-voxel fraction at or below {self.max_folding} "
+                "(raise max_folding, --max-folding on the command line, to allow some folding)"
+            )
+        return best
+
+    def best_per_pair(self, metric: str | None = None) -> list[dict[str, Any]]:
+        """For each pair, the row with the best ``metric`` (eligible rows first)."""
+        order = self._order(metric)
+        best: dict[tuple[str, str], dict[str, Any]] = {}
+        for row in self.rows:
+            key = (row["fixed_id"], row["moving_id"])
+            if key not in best or order(row) < order(best[key]):
+                best[key] = row
+        return list(best.values())
+
+    def _criterion_order(
+        self, criterion: str | Criterion, entries: Sequence[dict[str, Any]]
+    ) -> list[int]:
+        """Indices of ``entries`` from the criterion's choice to its last. The criterion judges
+        the eligible entries (folding at most ``max_folding``) among themselves, which rank
+        first by its score, then by less folding; the others follow, least folding first."""
+        judge = get_criterion(criterion)() if isinstance(criterion, str) else criterion
+        limit = self.max_folding
+
+        def folded(i: int) -> float:
+            return entries[i].get("folding_fraction", 0.0)
+
+        eligible = [i for i in range(len(entries)) if limit is None or folded(i) <= limit]
+        rest = [i for i in range(len(entries)) if i not in set(eligible)]
+        if not eligible:  # nothing allowed: the criterion judges all (the caller raises)
+            eligible, rest = rest, []
+        scores = judge(ChoiceTable(self.names, [entries[i] for i in eligible]))
+        ranked = sorted(range(len(eligible)), key=lambda k: (scores[k], folded(eligible[k])))
+        return [eligible[k] for k in ranked] + sorted(rest, key=folded)
+
+    def choose(self, criterion: str | Criterion) -> dict[str, Any]:
+        """The setting a label-free criterion (:mod:`regzoo.criteria`) picks for the data set,
+        from the settings' mean measures, among those within ``max_folding``.
+
+        Raises:
+            UnknownNameError: an unknown criterion name.
+            InputError: the sweep lacks a measure the criterion needs, or every setting folds
+                more than ``max_folding``.
+        """
+        chosen = self.settings[self._criterion_order(criterion, self.settings)[0]]
+        if self.max_folding is not None and chosen.get("folding_fraction", 0.0) > self.max_folding:
+            self.best("folding_fraction")  # raises the message about max_folding
+        return chosen
+
+    def choose_per_pair(self, criterion: str | Criterion) -> list[dict[str, Any]]:
+        """For each pair, the row the criterion picks from that pair's rows alone."""
+        pairs: dict[tuple[str, str], list[dict[str, Any]]] = {}
+        for row in self.rows:
+            pairs.setdefault((row["fixed_id"], row["moving_id"]), []).append(row)
+        return [rows[self._criterion_order(criterion, rows)[0]] for rows in pairs.values()]
+
+    def choices(self) -> dict[str, dict[str, Any]]:
+        """What every applicable criterion picks for the data set: the label-based metrics
+        the sweep measured (``dice``, ``dice_labels``, ``tre_mm``), then each registered
+        label-free criterion whose measures the sweep took. Criteria that cannot choose
+        (every setting folds beyond ``max_folding``) are left out."""
+        picks: dict[str, dict[str, Any]] = {}
+        first = self.settings[0] if self.settings else {}
+        for metric in ("dice", "dice_labels", "tre_mm"):
+            if metric in first:
+                with contextlib.suppress(InputError):
+                    picks[metric] = self.best(metric)
+        for name in available_criteria():
+            judge = get_criterion(name)
+            if all(k in first for k in judge.requires):
+                with contextlib.suppress(InputError):
+                    picks[name] = self.choose(name)
+        return picks
+
+    def grid_steps(self, a: Mapping[str, float], b: Mapping[str, float]) -> dict[str, int]:
+        """How many grid steps apart two settings of this sweep are, per swept parameter."""
+        return {
+            name: abs(axis.index(a[name]) - axis.index(b[name]))
+            for name, axis in zip(self.names, self.axes, strict=True)
+        }
+
+    def metric_grid(self, metric: str) -> np.ndarray:
+        """Mean ``metric`` shaped like the grid ``(len(axes[0]), len(axes[1]), ...)``."""
+        values = np.array([s.get(metric, np.nan) for s in self.settings], dtype=float)
+        return values.reshape([len(a) for a in self.axes])
+
+
+@torch.no_grad()
+def _pair_name(item: Mapping[str, Any]) -> str:
+    return f"pair {item['fixed_id']} / {item['moving_id']}"
+
+
+def sweep(
+    model: RegistrationModel,
+    dataset: Learn2RegDataset,
+    grid: Mapping[str, GridAxis],
+    *,
+    batch_size: int = 8,
+    refine_steps: int = 0,
+    refine_options: Mapping[str, Any] | None = None,
+    max_folding: float | None = None,
+    backward: bool = False,
+    progress: bool = True,
+) -> SweepResult:
+    """Evaluate every grid point on every pair, batching settings through the hypernetwork.
+
+    Parameters not in ``grid`` keep their defaults. A :class:`GridRange` axis is spaced on the
+    parameter's own scale (geometric for log-scale parameters). Each pair is replicated
+    ``batch_size`` times and registered at that many settings in one forward pass.
+
+    With ``refine_steps > 0`` every setting's field is refined under the model's objective
+    before it is scored (:func:`regzoo.refinement.refine`, the batch of settings at once): an exact
+    sweep, about ``refine_steps`` times the cost, that ranks the settings by what instance
+    optimisation reaches instead of by the network's estimate; ``refine_options`` are further
+    keyword arguments of :func:`~regzoo.refinement.refine` (``similarity``, ``split``, ``tol``...). ``max_folding`` restricts the
+    best setting to those whose folded-voxel fraction stays at or below it (see
+    :class:`SweepResult`).
+
+    Every row also holds the label-free measures of :func:`regzoo.criteria.label_free_measures`
+    (the model's similarity, roughness, ...) that the criteria of :mod:`regzoo.criteria` choose
+    from; ``backward=True`` registers every pair the other way round too (twice the cost) for
+    ``inverse_consistency``.
+
+    Raises:
+        KeyError: unknown or ambiguous parameter names.
+        ValueError: grid values outside the trained range.
+    """
+    if not grid:
+        raise InputError("sweep(): the grid is empty; give at least one NAME=START:STOP:COUNT")
+    if batch_size < 1:
+        raise InputError(f"sweep(): batch_size must be at least 1, got {batch_size}")
+    names = [model.objective.canonical_name(k) for k in grid]
+    axes = []
+    for name, axis in zip(names, grid.values(), strict=True):
+        spec = model.space[name]
+        if isinstance(axis, GridRange):
+            axis = spec.spaced(axis.start, axis.stop, axis.count)
+        axes.append([spec.check(v) for v in axis])
+    refine_kwargs = {**(refine_options or {}), "steps": refine_steps} if refine_steps else None
+    combos = list(itertools.product(*axes))  # the settings' labels, in the grid's order
+    vectors = model.space.grid(dict(zip(names, axes, strict=True)))
+    per_setting: list[list[dict[str, Any]]] = [[] for _ in combos]
+    device = model.device
+    total = len(dataset) * len(combos)
+    with tqdm(total=total, desc="sweep", disable=not progress) as bar:
+        for item in dataset:
+            fixed, moving = item["fixed"][None].to(device), item["moving"][None].to(device)
+            for start in range(0, len(combos), batch_size):
+                chunk = vectors[start : start + batch_size].to(device)
+                n = chunk.shape[0]
+                shape = (n, *fixed.shape[1:])
+                pair = fixed.expand(shape), moving.expand(shape)
+                output = _register(model, *pair, chunk, refine_kwargs, item, "fixed")
+                fields = output.displacement
+                reverse = None
+                if backward:
+                    reverse = _register(
+                        model, pair[1], pair[0], chunk, refine_kwargs, item, "moving"
+                    ).displacement
+                measures = label_free_measures(model.objective.similarity, *pair, fields, reverse)
+                labels = item_labels(item)
+                objective = None
+                if labels is not None or not model.objective.needs_labels:
+                    # the model's own objective of each setting's field, as register reports it
+                    objective = result_objective(
+                        model, *pair, output, chunk, spacing=item.get("spacing"), labels=labels
+                    ).total
+                for offset in range(n):
+                    index = start + offset
+                    row: dict[str, Any] = dict(zip(names, combos[index], strict=True))
+                    check_finite_field(fields[offset], row, _pair_name(item))
+                    row.update(fixed_id=item["fixed_id"], moving_id=item["moving_id"])
+                    row.update(score_pair(item, fields[offset]))
+                    row.update(measures[offset])
+                    if objective is not None:
+                        row["objective"] = float(objective[offset])
+                    per_setting[index].append(row)
+                bar.update(n)
+    settings = [
+        {
+            **dict(zip(names, combo, strict=True)),
+            **summarize(rows),
+            **_mean_measures(rows),
+            **_mean_objective(rows),
+        }
+        for combo, rows in zip(combos, per_setting, strict=True)
+    ]
+    rows = [row for rows in per_setting for row in rows]
+    scales: list[str] = [model.space[n].scale for n in names]
+    return SweepResult(
+        names=names,
+        axes=axes,
+        rows=rows,
+        settings=settings,
+        scales=scales,
+        max_folding=max_folding,
+    )
+
+
+def _register(
+    model: RegistrationModel,
+    fixed: torch.Tensor,
+    moving: torch.Tensor,
+    values: torch.Tensor,
+    refine_options: Mapping[str, Any] | None,
+    item: Mapping[str, Any],
+    side: str,
+) -> Any:
+    """The network's output for a batch of settings, refined with the keyword arguments
+    ``refine_options`` of :func:`~regzoo.refinement.refine` when given (``steps`` > 0);
+    ``side`` names the item's image that is fixed here (for its label map)."""
+    output = model(fixed, moving, values)
+    if not refine_options:
+        return output
+    labels = item.get(f"{side}_labels")
+    return refine(
+        model,
+        fixed,
+        moving,
+        values,
+        init=output,
+        spacing=item.get("spacing"),
+        labels=None if labels is None else labels[None],
+        **refine_options,
+    )
+
+
+def _mean_measures(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """Mean of each label-free measure over the rows that have it."""
+    means = {}
+    for key in MEASURES:
+        values = [r[key] for r in rows if key in r]
+        if values:
+            means[key] = float(np.mean(values))
+    return means
+
+
+def _mean_objective(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
+    """``{"objective": mean}`` over the pairs, when every pair has its objective."""
+    values = [row["objective"] for row in rows if "objective" in row]
+    return {"objective": float(np.mean(values))} if values and len(values) == len(rows) else {}
+
+
+def _soft_dice(warped: torch.Tensor, target: torch.Tensor) -> torch.Tensor:
+    overlap = (warped * target).flatten(2).sum(-1)
+    total = warped.flatten(2).sum(-1) + target.flatten(2).sum(-1)
+    return (2 * overlap / total.clamp_min(1e-6)).mean()
+
+
+def optimize_parameters(
+    model: RegistrationModel,
+    item: Mapping[str, Any],
+    *,
+    names: Sequence[str] | None = None,
+    criterion: str = "auto",
+    steps: int = 30,
+    lr: float = 0.05,
+) -> dict[str, Any]:
+    """Refine the free parameters for one pair by gradient descent through the hypernetwork.
+
+    The parameters move in normalised coordinates, projected back into ``[0, 1]`` (the trained
+    bounds) after every Adam step.
+
+    Args:
+        model: a trained hyper model.
+        item: a dataset item (``fixed``, ``moving``, optional ``fixed_mask``/``moving_mask``).
+        names: parameters to optimise (short or full names); others stay at their defaults.
+        criterion: ``"dice"`` (soft Dice of the warped masks, needs masks), ``"loss"`` (the
+            unsupervised training loss at the current parameters; with no other yardstick it
+            favours weak regularisation) or ``"auto"`` (Dice when masks are present).
+        steps: optimisation steps.
+        lr: Adam learning rate in normalised units.
+
+    Returns:
+        ``{"params": {name: value}, "history": [criterion value per step], "criterion": str}``.
+    """
+    if model.net.num_params == 0:
+        raise InputError("optimize_parameters() needs a hyper model (model.hyper=true)")
+    has_masks = "moving_mask" in item and "fixed_mask" in item
+    if criterion == "auto":
+        criterion = "dice" if has_masks else "loss"
+    if criterion not in ("dice", "loss"):
+        raise InputError(
+            f"optimize_parameters(): criterion must be dice, loss or auto, got {criterion!r}"
+        )
+    if criterion == "dice" and not has_masks:
+        raise InputError("optimize_parameters(): criterion='dice' needs fixed and moving masks")
+    space = model.space
+    chosen = [model.objective.canonical_name(n) for n in (names or space.names)]
+    trainable = torch.tensor([n in chosen for n in space.names], device=model.device)
+    start = model.parameter_tensor(None, 1)
+    unit = space.normalize(start).detach().clone().requires_grad_(True)
+    optimizer = torch.optim.Adam([unit], lr=lr)
+    fixed, moving = item["fixed"][None].to(model.device), item["moving"][None].to(model.device)
+    if has_masks:
+        labels = torch.unique(item["fixed_mask"])
+        labels = labels[labels > 0]
+        target = torch.cat([(item["fixed_mask"][None] == v).float() for v in labels], 1).to(
+            model.device
+        )
+        source = torch.cat([(item["moving_mask"][None] == v).float() for v in labels], 1).to(
+            model.device
+        )
+    history = []
+    frozen = [p for p in model.parameters() if p.requires_grad]
+    for p in frozen:
+        p.requires_grad_(False)
+    try:
+        for _ in range(steps):
+            values = space.denormalize(unit)
+            output = model.net(fixed, moving, unit)
+            if criterion == "dice":
+                value = 1.0 - _soft_dice(warp(source, output.displacement), target)
+            else:
+                value = field_objective(
+                    model.objective,
+                    fixed,
+                    moving,
+                    output.displacement,
+                    model.regularized_field(output),
+                    values,
+                    model.energy_spacing(item.get("spacing")),
+                    item_labels(item),
+                ).total.mean()
+            optimizer.zero_grad()
+            value.backward()
+            assert unit.grad is not None
+            unit.grad = torch.where(trainable, unit.grad, torch.zeros_like(unit.grad))
+            optimizer.step()
+            with torch.no_grad():
+                unit.clamp_(0.0, 1.0)
+            score = value.detach()
+            history.append(float(1.0 - score) if criterion == "dice" else float(score))
+    finally:
+        for p in frozen:
+            p.requires_grad_(True)
+    final = space.denormalize(unit.detach().double())[0]
+    return {
+        "params": {n: float(v) for n, v in zip(space.names, final, strict=True)},
+        "history": history,
+        "criterion": "soft_dice" if criterion == "dice" else "loss",
+    }
+
+
+def optimize_dataset(
+    model: RegistrationModel,
+    dataset: Iterable[Mapping[str, Any]],
+    *,
+    names: Sequence[str] | None = None,
+    steps: int = 30,
+) -> list[dict[str, Any]]:
+    """:func:`optimize_parameters` on every pair; one row per pair with its ids."""
+    return [
+        {
+            "fixed_id": item["fixed_id"],
+            "moving_id": item["moving_id"],
+            **optimize_parameters(model, item, names=names, steps=steps),
+        }
+        for item in dataset
+    ]
