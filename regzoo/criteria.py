@@ -80,9 +80,14 @@ class Criterion:
 
     requires: ClassVar[tuple[str, ...]] = ()
     registered_name: ClassVar[str]
+    admits: ClassVar[str] = "only settings it scores finite"
+    """Which settings the criterion can choose, for the one-line message when it admits none
+    (:meth:`regzoo.sweeping.SweepResult.choose` then chooses nothing)."""
 
     def __call__(self, table: ChoiceTable) -> np.ndarray:
-        """Scores ``(len(table.settings),)``, lower is better (``inf``: never chosen)."""
+        """Scores ``(len(table.settings),)``, lower is better (``inf``, or ``nan``, which
+        becomes ``inf``: not admissible, never chosen; when every score is ``inf`` the
+        criterion chooses nothing)."""
         name = type(self).__name__
         if not table.settings:
             raise InputError(f"criterion {name}: the table of settings is empty")
@@ -161,6 +166,7 @@ class InvertibleFit(Criterion):
     """
 
     requires = ("similarity", "folding_fraction")
+    admits = "only settings whose field does not fold"
 
     def score(self, table: ChoiceTable) -> np.ndarray:
         sim, folded = table.column("similarity"), table.column("folding_fraction")
@@ -181,6 +187,7 @@ class Discrepancy(Criterion):
     """
 
     requires = ("similarity", "similarity_initial", "roughness")
+    admits = "only settings whose similarity gain over the unregistered pair is measured"
 
     def __init__(self, tolerance: float = 0.05) -> None:
         if not 0.0 <= tolerance < 1.0:
@@ -205,6 +212,7 @@ class LCurve(Criterion):
     """
 
     requires = ("similarity", "roughness")
+    admits = "only settings whose similarity and roughness are measured"
 
     def score(self, table: ChoiceTable) -> np.ndarray:
         sim = table.column("similarity")
@@ -245,6 +253,7 @@ class InverseConsistency(Criterion):
     """
 
     requires = ("inverse_consistency", "displacement_mean")
+    admits = "only settings whose mean displacement exceeds min_displacement voxels"
 
     def __init__(self, min_displacement: float = 1e-2) -> None:
         if min_displacement < 0:

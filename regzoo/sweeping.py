@@ -185,25 +185,36 @@ class SweepResult:
                 best[key] = row
         return list(best.values())
 
-    def _criterion_order(
+    def _admissible(
         self, criterion: str | Criterion, entries: Sequence[dict[str, Any]]
-    ) -> list[int]:
-        """Indices of ``entries`` from the criterion's choice to its last. The criterion judges
-        the eligible entries (folding at most ``max_folding``) among themselves, which rank
-        first by its score, then by less folding; the others follow, least folding first."""
+    ) -> tuple[list[int], str]:
+        """Indices of the ``entries`` a criterion admits, its choice first, and, when it admits
+        none, the one-line reason. Admissible: folding at most ``max_folding`` and a finite
+        score; the criterion judges the entries within ``max_folding`` among themselves, ties
+        broken towards less folding."""
         judge = get_criterion(criterion)() if isinstance(criterion, str) else criterion
+        name = getattr(judge, "registered_name", type(judge).__name__)
         limit = self.max_folding
 
         def folded(i: int) -> float:
-            return entries[i].get("folding_fraction", 0.0)
+            return float(entries[i].get("folding_fraction", 0.0))
 
         eligible = [i for i in range(len(entries)) if limit is None or folded(i) <= limit]
-        rest = [i for i in range(len(entries)) if i not in set(eligible)]
-        if not eligible:  # nothing allowed: the criterion judges all (the caller raises)
-            eligible, rest = rest, []
+        if not eligible:
+            return [], (
+                f"criterion {name!r} chooses nothing: no setting keeps the folded-voxel fraction "
+                f"at or below {limit} (raise max_folding, --max-folding on the command line, "
+                "to allow some folding)"
+            )
         scores = judge(ChoiceTable(self.names, [entries[i] for i in eligible]))
-        ranked = sorted(range(len(eligible)), key=lambda k: (scores[k], folded(eligible[k])))
-        return [eligible[k] for k in ranked] + sorted(rest, key=folded)
+        finite = [k for k in range(len(eligible)) if scores[k] < np.inf]
+        if not finite:
+            return [], (
+                f"criterion {name!r} chooses nothing: it admits none of the {len(eligible)} "
+                f"settings; it admits {judge.admits}"
+            )
+        ranked = sorted(finite, key=lambda k: (scores[k], folded(eligible[k])))
+        return [eligible[k] for k in ranked], ""
 
     def choose(self, criterion: str | Criterion) -> dict[str, Any]:
         """The setting a label-free criterion (:mod:`regzoo.criteria`) picks for the data set,
@@ -211,26 +222,34 @@ class SweepResult:
 
         Raises:
             UnknownNameError: an unknown criterion name.
-            InputError: the sweep lacks a measure the criterion needs, or every setting folds
-                more than ``max_folding``.
+            InputError: the sweep lacks a measure the criterion needs, or the criterion admits
+                no setting (every setting folds more than ``max_folding``, or scores ``inf``,
+                e.g. ``invertible_fit`` when every setting folds): one line, nothing chosen.
         """
-        chosen = self.settings[self._criterion_order(criterion, self.settings)[0]]
-        if self.max_folding is not None and chosen.get("folding_fraction", 0.0) > self.max_folding:
-            self.best("folding_fraction")  # raises the message about max_folding
-        return chosen
+        admitted, reason = self._admissible(criterion, self.settings)
+        if not admitted:
+            raise InputError(reason)
+        return self.settings[admitted[0]]
 
     def choose_per_pair(self, criterion: str | Criterion) -> list[dict[str, Any]]:
-        """For each pair, the row the criterion picks from that pair's rows alone."""
+        """For each pair, the row the criterion picks from that pair's rows alone; a pair whose
+        rows the criterion admits none of (see :meth:`choose`) is left out."""
         pairs: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for row in self.rows:
             pairs.setdefault((row["fixed_id"], row["moving_id"]), []).append(row)
-        return [rows[self._criterion_order(criterion, rows)[0]] for rows in pairs.values()]
+        picks = []
+        for rows in pairs.values():
+            admitted, _ = self._admissible(criterion, rows)
+            if admitted:
+                picks.append(rows[admitted[0]])
+        return picks
 
     def choices(self) -> dict[str, dict[str, Any]]:
         """What every applicable criterion picks for the data set: the label-based metrics
         the sweep measured (``dice``, ``dice_labels``, ``tre_mm``), then each registered
-        label-free criterion whose measures the sweep took. Criteria that cannot choose
-        (every setting folds beyond ``max_folding``) are left out."""
+        label-free criterion whose measures the sweep took. Criteria that choose nothing
+        (every setting folds beyond ``max_folding``, or the criterion admits none) are left
+        out."""
         picks: dict[str, dict[str, Any]] = {}
         first = self.settings[0] if self.settings else {}
         for metric in ("dice", "dice_labels", "tre_mm"):

@@ -287,7 +287,12 @@ def test_plugin_regularizer_with_every_criterion(tiny_phantom, bare_pair, tmp_pa
     fixed, moving = bare_pair
     grid = {"axial_weight": [0.01, 0.1, 1.0]}
     for name in criteria.available():
-        params, result = choose_parameters(model, fixed, moving, grid, name, max_folding=None)
+        try:
+            params, result = choose_parameters(model, fixed, moving, grid, name, max_folding=None)
+        except InputError as error:  # the untrained fields hardly move: nothing admissible
+            assert name == "inverse_consistency", error
+            assert "chooses nothing" in str(error) and "min_displacement" in str(error)
+            continue
         assert params["directional_diffusion.axial_weight"] in grid["axial_weight"], name
         assert len(result.rows) == 3
 
@@ -299,3 +304,36 @@ def test_the_docs_example_criterion_registers_and_chooses(clean_registries):
     exec(compile(block.group(1), "choosing.md", "exec"), {})  # the page's own code
     # softest setting folds: the smoothest of the others is the stiffest
     assert _result(None).choose("smoothest_invertible")["mu"] == 10.0
+
+
+def test_a_criterion_that_admits_no_setting_chooses_nothing():
+    """Every setting folds: ``invertible_fit`` (which admits only non-folding fields) says so in
+    one line and chooses nothing, for the data set, per pair and among the report's choices."""
+    every_fold = _result(None)
+    for entry in [*every_fold.settings, *every_fold.rows]:
+        entry["folding_fraction"] = 0.01
+    with pytest.raises(InputError) as caught:
+        every_fold.choose("invertible_fit")
+    message = str(caught.value)
+    assert "\n" not in message
+    assert "'invertible_fit' chooses nothing" in message
+    assert "none of the 3 settings" in message and "does not fold" in message
+    assert every_fold.choose_per_pair("invertible_fit") == []
+    assert "invertible_fit" not in every_fold.choices()
+    assert every_fold.choose("lcurve")["mu"] in (0.1, 1.0, 10.0)  # the others still choose
+    # beyond max_folding: the same one line names the limit, and nothing per pair either
+    limited = _result(0.001)
+    for entry in [*limited.settings, *limited.rows]:
+        entry["folding_fraction"] = 0.01
+    with pytest.raises(InputError, match=r"'discrepancy' chooses nothing: .*--max-folding"):
+        limited.choose("discrepancy")
+    assert limited.choose_per_pair("discrepancy") == []
+    # a criterion (plugin) that scores every setting inf
+    class Nothing(criteria.Criterion):
+        admits = "no setting at all"
+
+        def score(self, table: ChoiceTable) -> np.ndarray:
+            return np.full(len(table.settings), np.inf)
+
+    with pytest.raises(InputError, match="'Nothing' chooses nothing.*admits no setting at all"):
+        _result(None).choose(Nothing())
