@@ -4,10 +4,14 @@ Convention (shared by the whole library): a displacement ``u`` is a tensor ``(B,
 in voxels on the FIXED grid; fixed point ``x`` maps to moving point ``x + u(x)`` and channel
 ``k`` is the displacement along array axis ``k``. Images are ``(B, C, *spatial)``.
 
-Derivatives are forward finite differences. They are returned on the common interior region
-where every difference is defined (each spatial size shrinks by one per derivative order), so
-they are exact for linear (first order) and quadratic (second order) fields, boundary included,
-with no zero padding.
+First derivatives (:func:`differences`, :func:`partials`, :func:`gradient`,
+:func:`jacobian_determinant`) are forward differences and :func:`hessian` second forward
+differences; :func:`laplacian` is the centred three-point second difference per axis. All are
+returned on the interior region where every difference is defined (each spatial size shrinks by
+one per forward derivative order, by two for the Laplacian), with no zero padding: forward
+differences are exact for linear fields (first order) and quadratic ones (second order), the
+Laplacian for cubic ones. Only :func:`jacobian_determinant` pads back to the field's shape, by
+replicating its last slice along each axis (``pad=True``).
 """
 
 from __future__ import annotations

@@ -208,12 +208,124 @@ def test_rigidity_of_a_shear_and_a_bend(shape):
     A = torch.zeros(ndim, ndim, dtype=torch.float64)
     A[0, 1] = gamma  # u_0 = gamma x_1: det F = 1, F^T F - I = [[0, g], [g, g^2]]
     shear = Fn.rigidity_energy(linear_field(A, shape), 2.0, 1.0, 1.0, 1.0)
-    assert shear.item() == pytest.approx(2.0 * (2 * gamma**2 + gamma**4), rel=1e-12)
+    # elastix counts the off-diagonal pair (F^T F)_01 once: OC = g^2 + g^4
+    assert shear.item() == pytest.approx(2.0 * (gamma**2 + gamma**4), rel=1e-12)
     x = identity_grid(shape, dtype=torch.float64)
     bend = torch.zeros(1, ndim, *shape, dtype=torch.float64)
     bend[0, 0] = 0.01 * x[1] ** 2  # d_1 d_1 u_0 = 0.02
     linearity = Fn.rigidity_energy(bend, 1.0, 5.0, 0.0, 0.0)
     assert linearity.item() == pytest.approx(5.0 * 0.02**2, rel=1e-10)
+
+
+def elastix_rigidity(u, c, wl=1.0, wo=1.0, wp=1.0):
+    """elastix's ``TransformRigidityPenaltyTerm::GetValue`` expanded by hand (2D and 3D), on
+    forward differences of a dense field ``u (1, D, *s)`` with coefficients ``c (*s)``: each
+    condition is ``sum_x c(x) condition(x) / sum_x c(x)`` over the points where it is defined,
+    and the total is scaled by ``max c`` (regzoo's one departure, for a tunable scale)."""
+    ndim = u.shape[1]
+    s = u.shape[2:]
+
+    def at(t, shift):  # the (s - 1) interior window moved by ``shift``
+        return t[tuple(slice(shift[a], shift[a] + s[a] - 1) for a in range(ndim))]
+
+    def d(k, axis):  # mu_{k+1}_{A,B,C}: derivative of component k along ``axis``
+        e = [0] * ndim
+        e[axis] = 1
+        return at(u[0, k], e) - at(u[0, k], [0] * ndim)
+
+    zero = [0] * ndim
+    if ndim == 2:
+        mu1A, mu2A, mu1B, mu2B = d(0, 0), d(1, 0), d(0, 1), d(1, 1)
+        oc = (
+            ((1 + mu1A) * (1 + mu1A) + mu2A * mu2A - 1) ** 2
+            + (mu1B * mu1B + (1 + mu2B) * (1 + mu2B) - 1) ** 2
+            + ((1 + mu1A) * mu1B + mu2A * (1 + mu2B)) ** 2
+        )
+        pc = ((1 + mu1A) * (1 + mu2B) - mu2A * mu1B - 1) ** 2
+    else:
+        mu1A, mu2A, mu3A = d(0, 0), d(1, 0), d(2, 0)
+        mu1B, mu2B, mu3B = d(0, 1), d(1, 1), d(2, 1)
+        mu1C, mu2C, mu3C = d(0, 2), d(1, 2), d(2, 2)
+        oc = (
+            ((1 + mu1A) * (1 + mu1A) + mu2A * mu2A + mu3A * mu3A - 1) ** 2
+            + ((1 + mu1A) * mu1B + mu2A * (1 + mu2B) + mu3A * mu3B) ** 2
+            + ((1 + mu1A) * mu1C + mu2A * mu2C + mu3A * (1 + mu3C)) ** 2
+            + (mu1B * mu1B + (1 + mu2B) * (1 + mu2B) + mu3B * mu3B - 1) ** 2
+            + (mu1B * mu1C + (1 + mu2B) * mu2C + mu3B * (1 + mu3C)) ** 2
+            + (mu1C * mu1C + mu2C * mu2C + (1 + mu3C) * (1 + mu3C) - 1) ** 2
+        )
+        pc = (
+            -mu1C * (1 + mu2B) * mu3A
+            + mu1B * mu2C * mu3A
+            + mu1C * mu2A * mu3B
+            - (1 + mu1A) * mu2C * mu3B
+            - mu1B * mu2A * (1 + mu3C)
+            + (1 + mu1A) * (1 + mu2B) * (1 + mu3C)
+            - 1
+        ) ** 2
+
+    def at2(t, shift):  # the (s - 2) interior window moved by ``shift``
+        return t[tuple(slice(shift[a], shift[a] + s[a] - 2) for a in range(ndim))]
+
+    lc = torch.zeros(tuple(n - 2 for n in s), dtype=u.dtype)
+    for k in range(ndim):  # D, E, G (and F, H, I in 3D): every d_a d_b u_k with a <= b
+        for a in range(ndim):
+            for b in range(a, ndim):
+                ea = [int(i == a) for i in range(ndim)]
+                eb = [int(i == b) for i in range(ndim)]
+                eab = [x + y for x, y in zip(ea, eb, strict=True)]
+                h = at2(u[0, k], eab) - at2(u[0, k], ea) - at2(u[0, k], eb) + at2(u[0, k], zero)
+                lc = lc + h * h
+    c1, c2 = at(c, zero), at2(c, zero)
+    return float(c.max()) * (
+        wl * (c2 * lc).sum() / c2.sum()
+        + wo * (c1 * oc).sum() / c1.sum()
+        + wp * (c1 * pc).sum() / c1.sum()
+    )
+
+
+@pytest.mark.parametrize("shape", SHAPES)
+def test_rigidity_matches_elastix_term_by_term_on_a_shear(shape):
+    ndim, gamma = len(shape), 0.3
+    A = torch.zeros(ndim, ndim, dtype=torch.float64)
+    A[0, 1] = gamma
+    u = linear_field(A, shape)
+    uniform = torch.ones(shape, dtype=torch.float64)
+    expected = elastix_rigidity(u, uniform, 1.0, 1.5, 2.0)
+    assert expected.item() == pytest.approx(1.5 * (gamma**2 + gamma**4), rel=1e-12)
+    assert Fn.rigidity_energy(u, 1.0, 1.0, 1.5, 2.0).item() == pytest.approx(expected.item())
+    # a mask over a small part of the grid: the same mean over the rigid region (elastix's
+    # normalisation by the coefficients' sum), not the domain mean scaled by the mask's share
+    mask = torch.zeros(1, 1, *shape, dtype=torch.float64)
+    mask[(0, 0, *(slice(1, 3) for _ in shape))] = 1.0
+    assert mask.mean().item() < 0.15
+    masked = Fn.rigidity_energy(u, mask, 1.0, 1.5, 2.0)
+    assert masked.item() == pytest.approx(expected.item(), rel=1e-12)
+    # the coefficients' scale multiplies the term (a stiffness the hypernetwork tunes)
+    doubled = Fn.rigidity_energy(u, 2 * mask, 1.0, 1.5, 2.0)
+    assert doubled.item() == pytest.approx(2 * expected.item(), rel=1e-12)
+
+
+@pytest.mark.parametrize("shape", [(12, 11), (9, 10, 8)])
+def test_rigidity_matches_elastix_term_by_term_on_a_masked_field(shape):
+    torch.manual_seed(0)
+    u = random_smooth_field(shape, batch=1, dtype=torch.float64, amplitude=2.0)
+    x = identity_grid(shape, dtype=torch.float64)
+    u[0, 0] += 0.02 * x[1] ** 2 + 0.1 * x[0] * x[-1] / shape[0]  # bending and shear
+    mask = torch.zeros(shape, dtype=torch.float64)
+    mask[tuple(slice(2, 6) for _ in shape)] = 1.0
+    mask[tuple(slice(3, 5) for _ in shape)] = 0.5  # a graded coefficient image
+    expected = elastix_rigidity(u, mask, 0.7, 1.3, 2.1)
+    energy = Fn.rigidity_energy(u, mask[None, None], 0.7, 1.3, 2.1)
+    assert energy.item() == pytest.approx(expected.item(), rel=1e-12)
+    assert energy.item() > 1e-3
+    # no rigid coefficient anywhere: zero, as elastix's early exit
+    nothing = Fn.rigidity_energy(u, torch.zeros(1, 1, *shape, dtype=torch.float64))
+    assert nothing.item() == 0.0
+    # the gradient flows through the map and the field
+    field = u.clone().requires_grad_(True)
+    Fn.rigidity_energy(field, mask[None, None]).backward()
+    assert field.grad is not None and bool(field.grad.isfinite().all())
 
 
 @pytest.mark.parametrize("shape", [(12, 11), (9, 10, 8)])

@@ -324,11 +324,15 @@ class NeoHookean(Regularizer):
 
 @regularizer("rigidity")
 class RigidityPenalty(Regularizer):
-    """Rigidity penalty (Staring, Klein, Pluim 2007; elastix's ``TransformRigidityPenalty``).
+    """Rigidity penalty (Staring, Klein, Pluim 2007; elastix's ``TransformRigidityPenaltyTerm``).
 
-    ``R(u) = mean_x rigidity(x) ( linearity LC + orthonormality OC + properness PC )`` with
-    ``F = I + grad u``, ``LC = sum_k sum_{i<=j} (d_i d_j u_k)^2`` (locally affine),
-    ``OC = |F^T F - I|^2`` (orthonormal) and ``PC = (det F - 1)^2`` (proper).
+    ``R(u) = max c * sum_x c(x) ( linearity LC + orthonormality OC + properness PC ) / sum_x c(x)``
+    with the rigidity coefficients ``c = rigidity``, ``F = I + grad u``,
+    ``LC = sum_k sum_{i<=j} (d_i d_j u_k)^2`` (locally affine),
+    ``OC = sum_{i<=j} (F^T F - I)_ij^2`` (orthonormal) and ``PC = (det F - 1)^2`` (proper):
+    elastix's terms and normalisation, and the factor ``max c`` that keeps a scalar
+    ``rigidity`` a stiffness (:func:`~regzoo.regularizers.functional.rigidity_energy` says
+    where and why it departs from elastix).
 
     Zero exactly for a finite rigid motion ``x -> R x + t``, positive for shear, scaling or
     bending. Give ``rigidity`` per tissue label (e.g. bone free on its range, every other label

@@ -4,9 +4,12 @@ Every function takes a displacement ``u`` of shape ``(B, D, *spatial)`` (voxels,
 channel ``k`` along array axis ``k``; ``D`` = 2 or 3) and returns the energy per batch element,
 ``(B,)``: the mean over the domain of a pointwise density. Parameters are floats, tensors
 ``(B,)`` (one value per batch element) or spatial maps ``(B, 1, *spatial)`` on the field's grid
-(tissue-specific parameters; see :func:`per_sample` for where a map is read). Derivatives are forward finite differences on the
-interior (see :mod:`regzoo.spatial`). With ``spacing`` given, ``u`` is converted to physical
-units (``u_k * spacing_k``) and derivatives are taken per physical unit.
+(tissue-specific parameters; see :func:`per_sample` for where a map is read). First derivatives
+are forward differences and the second derivatives of the bending and rigidity terms second
+forward differences, on the interior; the curvature energy uses the centred Laplacian and the
+sliding energy's interface normals a Gaussian-smoothed region map (see :mod:`regzoo.spatial`).
+With ``spacing`` given, ``u`` is converted to physical units (``u_k * spacing_k``) and
+derivatives are taken per physical unit.
 
 The module is long because every energy is here as a plain function with the formula it
 implements, sharing the finite-difference helpers; one registered class each lives in
@@ -457,19 +460,41 @@ def rigidity_energy(
     properness: Param = 1.0,
     spacing: Spacing = None,
 ) -> torch.Tensor:
-    """Rigidity penalty (Staring, Klein, Pluim 2007; elastix's ``TransformRigidityPenalty``).
+    """Rigidity penalty (Staring, Klein, Pluim 2007; elastix's ``TransformRigidityPenaltyTerm``).
 
-    ``mean_x rigidity(x) * ( linearity LC + orthonormality OC + properness PC )`` with
-    ``F = I + grad u`` and
+    Term by term elastix's, with the rigidity coefficients ``c(x) = rigidity(x)``::
+
+        R = max_x c * sum_x c(x) (linearity LC + orthonormality OC + properness PC) / sum_x c(x)
+
+    with ``F = I + grad u`` (``F_ij = delta_ij + d_j u_i``) and
 
     - ``LC = sum_k sum_{i <= j} (d_i d_j u_k)^2``: the map is locally affine;
-    - ``OC = |F^T F - I|^2`` (Frobenius): its linear part is orthonormal;
+    - ``OC = sum_{i <= j} (F^T F - I)_ij^2``: its linear part is orthonormal (each off-diagonal
+      pair counted once, as elastix does: ``(F^T F)_12``, not ``2 (F^T F)_12^2``);
     - ``PC = (det F - 1)^2``: and proper (a rotation, not a reflection).
+
+    Each condition is normalised by the sum of the rigidity coefficients over the points where
+    it is evaluated, as elastix does (zero where the coefficients sum to less than ``1e-14``),
+    so a mask gives the mean of the conditions over the rigid region, whatever its size.
+
+    Where it departs from elastix, and why:
+
+    - the factor ``max_x c`` (per sample): elastix's value does not change when every
+      coefficient is scaled (a uniform ``c`` cancels), which would leave a scalar ``rigidity``
+      without effect. Here ``c / max c`` (the shape of the coefficients) enters as elastix's
+      coefficient image and ``max c`` (their scale) multiplies the term, so ``rigidity`` stays a
+      stiffness the hypernetwork can tune. For a 0/1 mask (``max c = 1``) the value is
+      elastix's exactly; a scalar ``rigidity`` gives ``rigidity * mean_x(...)``.
+    - derivatives: elastix filters the B-spline coefficient images with the spline's
+      derivative kernels on the control-point grid; here the dense displacement's forward
+      differences on the voxel grid (first differences for ``F``, second forward differences
+      for ``LC``), each density read from the map at its first point and normalised by the
+      coefficients over its own interior.
+    - the three condition weights may be maps too (elastix: scalars).
 
     Zero exactly for a (finite) rigid motion ``x -> R x + t`` wherever the map is non-zero, so
     ``rigidity`` given as a map (a mask, or per tissue label: bone) makes only those tissues
-    rigid. The linearity condition uses second differences (read from the map at their first
-    point, like the others).
+    rigid.
     """
     check_field(u, "rigidity_energy")
     rigidity = _uniform(rigidity)
@@ -479,7 +504,7 @@ def rigidity_energy(
     ndim = len(F)
     C = _right_cauchy_green(F)
     orthonormal = _sum(
-        (C[i][j] - 1 if i == j else C[i][j]).square() for i in range(ndim) for j in range(ndim)
+        (C[i][j] - 1 if i == j else C[i][j]).square() for i in range(ndim) for j in range(i, ndim)
     )
     proper = (_determinant(F) - 1).square()
     second = _second_differences(physical, spacing)
@@ -487,12 +512,19 @@ def rigidity_energy(
 
     def term(density: torch.Tensor, value: Param, name: str) -> torch.Tensor:
         value = _uniform(value)
-        if is_map(rigidity) or is_map(value):
+        if not (is_map(rigidity) or is_map(value)):  # the fused path: scalars scale the mean
+            mean = domain_mean(density)
+            coefficient = per_sample(rigidity, mean, "rigidity", caller)
+            return coefficient * per_sample(value, mean, name, caller) * mean
+        weighted = per_sample(value, density, name, caller) * density
+        if isinstance(rigidity, torch.Tensor) and is_map(rigidity):
             coefficient = per_sample(rigidity, density, "rigidity", caller)
-            return domain_mean(coefficient * per_sample(value, density, name, caller) * density)
-        mean = domain_mean(density)
-        coefficient = per_sample(rigidity, mean, "rigidity", caller)
-        return coefficient * per_sample(value, mean, name, caller) * mean
+            total = torch.as_tensor(coefficient).flatten(1).sum(dim=1)
+            scale = rigidity.flatten(1).amax(dim=1).to(density.dtype)
+            normalised = (coefficient * weighted).flatten(1).sum(dim=1) / total.clamp_min(1e-14)
+            return torch.where(total < 1e-14, torch.zeros_like(normalised), scale * normalised)
+        mean = domain_mean(weighted)  # a map of the condition's weight, a scalar rigidity
+        return per_sample(rigidity, mean, "rigidity", caller) * mean
 
     return (
         term(affine, linearity, "linearity")
