@@ -10,9 +10,12 @@ for any :class:`~regzoo.similarity.DescriptorSimilarity`, in 2D and 3D:
 1. descriptors of both images, averaged over blocks of ``grid^D`` voxels (the coarse grid);
 2. for each displacement ``d`` in ``{-radius..radius}^D`` coarse voxels, the cost
    ``C(x, d) = sum_k (F_k(x) - M_k(x + d))^2``, averaged twice over 3^D neighbourhoods;
-3. coupled convex optimisation (Chambolle-Pock-like alternation): ``u = argmin_d C(x, d) +
-   theta |d - v(x)|^2``, ``v`` = ``u`` averaged over 3^D neighbourhoods, for ``theta`` rising
-   over ``coupling`` (ConvexAdam's ``0.003 .. 1``);
+3. coupled convex optimisation (Heinrich, Papiez, Schnabel, Handels, "Non-parametric
+   discrete registration with convex optimisation", WBIR 2014, as in ConvexAdam; a
+   quadratic-penalty splitting, not a primal-dual scheme): ``u = argmin_d C(x, d) +
+   theta |d - v(x)|^2`` (an exhaustive search over the displacements), ``v`` = ``u`` averaged
+   over 3^D neighbourhoods, for ``theta`` rising over ``coupling`` (ConvexAdam's
+   ``0.003 .. 1``);
 4. ``v`` upsampled to the image grid (linear, in voxels of the image).
 
 It pays where the start is far from the answer: without a trained network, or for motion

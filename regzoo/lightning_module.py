@@ -244,8 +244,9 @@ class HyperRegistration(L.LightningModule):
         """Never let a non-finite gradient into the weights (error, or skip by config).
 
         One fused reduction over every gradient (``torch._foreach_norm``: a NaN or infinite
-        entry makes its tensor's norm non-finite) and one host-device sync per step; the
-        offending tensor is looked up only when there is one.
+        entry makes its tensor's norm non-finite) read back with one host-device sync (the
+        check of the loss in :meth:`training_step` is a second one per step, and Lightning's
+        logging may add its own); the offending tensor is looked up only when there is one.
         """
         grads = [p.grad for p in self.parameters() if p.grad is not None]
         if not grads or bool(torch.stack(torch._foreach_norm(grads)).isfinite().all()):

@@ -1,5 +1,6 @@
 """MIND-SSC, NGF and Parzen mutual information against analytic cases, 2D and 3D."""
 
+import itertools
 import math
 
 import pytest
@@ -73,6 +74,81 @@ def test_mind_ssc_pairs_are_the_self_similarity_context():
     assert torch.equal(mind_ssc(constant), torch.ones(1, 12, 6, 6, 6))
 
 
+# MIND-SSC written out from the paper (Heinrich, Jenkinson, Papiez, Brady, Schnabel, "Towards
+# realtime multimodal fusion for image-guided interventions using self-similarities", MICCAI
+# 2013), voxel by voxel: the self-similarity context compares the six axis neighbours of x at
+# distance d pairwise (the 12 pairs sqrt(2) d apart, 4 in 2D); each pair's patch distance is
+# the mean squared difference over a box of side 2r + 1; MIND = exp(-D / V) with D shifted by
+# its minimum over the pairs and V the mean of the shifted distances, clamped (as ConvexAdam
+# does) to [1e-3, 1e3] times its mean over the image. Outside the image an intensity reads the
+# nearest border voxel, and a box is cut to the image.
+SSC_PAIRS_3D = [  # the 12 edges of the six-neighbourhood's octahedron, in ssc_offsets' order
+    ((-1, 0, 0), (0, -1, 0)),
+    ((-1, 0, 0), (0, 1, 0)),
+    ((-1, 0, 0), (0, 0, -1)),
+    ((-1, 0, 0), (0, 0, 1)),
+    ((1, 0, 0), (0, -1, 0)),
+    ((1, 0, 0), (0, 1, 0)),
+    ((1, 0, 0), (0, 0, -1)),
+    ((1, 0, 0), (0, 0, 1)),
+    ((0, -1, 0), (0, 0, -1)),
+    ((0, -1, 0), (0, 0, 1)),
+    ((0, 1, 0), (0, 0, -1)),
+    ((0, 1, 0), (0, 0, 1)),
+]
+SSC_PAIRS_2D = [((-1, 0), (0, -1)), ((-1, 0), (0, 1)), ((1, 0), (0, -1)), ((1, 0), (0, 1))]
+
+
+def mind_ssc_reference(volume, radius, dilation):
+    """MIND-SSC ``(P, *shape)`` of one image (a nested loop over voxels, pairs and boxes)."""
+    shape = volume.shape
+    ndim = len(shape)
+    pairs = [
+        (tuple(dilation * v for v in p), tuple(dilation * v for v in q))
+        for p, q in (SSC_PAIRS_3D if ndim == 3 else SSC_PAIRS_2D)
+    ]
+
+    def intensity(point):  # nearest border voxel outside the image
+        return volume[tuple(min(max(c, 0), n - 1) for c, n in zip(point, shape, strict=True))]
+
+    distances = torch.zeros(len(pairs), *shape, dtype=volume.dtype)
+    window = range(-radius, radius + 1)
+    for x in itertools.product(*(range(n) for n in shape)):
+        box = [
+            tuple(a + b for a, b in zip(x, step, strict=True))
+            for step in itertools.product(window, repeat=ndim)
+        ]
+        box = [y for y in box if all(0 <= c < n for c, n in zip(y, shape, strict=True))]
+        for k, (p, q) in enumerate(pairs):
+            total = 0.0
+            for y in box:
+                yp = tuple(a + b for a, b in zip(y, p, strict=True))
+                yq = tuple(a + b for a, b in zip(y, q, strict=True))
+                total += float(intensity(yp) - intensity(yq)) ** 2
+            distances[(k, *x)] = total / len(box)
+    distances = distances - distances.amin(dim=0, keepdim=True)
+    variance = distances.mean(dim=0, keepdim=True)
+    level = max(float(variance.mean()), 1e-12)
+    variance = variance.clamp(1e-3 * level, 1e3 * level)
+    return torch.exp(-distances / variance)
+
+
+@pytest.mark.parametrize(
+    ("shape", "radius", "dilation"), [((7, 6, 5), 1, 2), ((6, 5, 7), 0, 1), ((9, 8), 1, 2)]
+)
+def test_mind_ssc_matches_the_papers_definition_voxel_by_voxel(shape, radius, dilation):
+    ndim = len(shape)
+    pairs = SSC_PAIRS_3D if ndim == 3 else SSC_PAIRS_2D
+    assert ssc_offsets(ndim, dilation) == [
+        (tuple(dilation * v for v in p), tuple(dilation * v for v in q)) for p, q in pairs
+    ]
+    image = textured(shape, seed=3) + 0.1 * torch.rand(shape, dtype=torch.float64)
+    expected = mind_ssc_reference(image[0, 0], radius, dilation)
+    actual = mind_ssc(image, radius=radius, dilation=dilation)[0]
+    assert actual.shape == expected.shape
+    torch.testing.assert_close(actual, expected, rtol=1e-10, atol=1e-12)
+
+
 @pytest.mark.parametrize("shape", SHAPES)
 def test_ngf_is_invariant_to_monotone_intensity_maps(shape):
     image = ramp(shape)
@@ -108,13 +184,14 @@ def test_mutual_information_analytic_cases(shape):
     binary = half.expand(1, 1, *shape).contiguous()
     sharp = mutual_information(binary, binary, bins=16, sigma_ratio=0.1)
     assert sharp.item() == pytest.approx(math.log(2), rel=1e-6)
-    # exactly independent halves (one along axis 0, one along axis 1): MI = 0
-    other = binary.transpose(2, 3).contiguous() if len(shape) == 2 else None
-    if other is None:
-        n1 = shape[1]
-        other = (torch.arange(n1) < n1 // 2).double().view(1, 1, 1, -1, 1)
-        other = other.expand(1, 1, *shape).contiguous()
-        assert mutual_information(binary, other).item() == pytest.approx(0.0, abs=1e-12)
+    # exactly independent halves (one along axis 0, one along axis 1): MI = 0, 2D and 3D
+    n1 = shape[1]
+    other = (torch.arange(n1) < n1 // 2).double().view(1, 1, 1, -1, *[1] * (len(shape) - 2))
+    other = other.expand(1, 1, *shape).contiguous()
+    assert mutual_information(binary, other).item() == pytest.approx(0.0, abs=1e-12)
+    assert mutual_information(binary, other, bins=16, sigma_ratio=0.1).item() == pytest.approx(
+        0.0, abs=1e-12
+    )
     # invariant to affine maps (inversion included), lower for unrelated images
     image = textured(shape)
     mi = MI()

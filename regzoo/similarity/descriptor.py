@@ -78,8 +78,9 @@ def mind_ssc(
 
     For each pair ``(p, q)`` of :func:`ssc_offsets` (axis neighbours at distance ``dilation``,
     ``sqrt(2) dilation`` apart) the patch distance
-    ``S_pq(x) = mean_{y in box_r(x)} (I(y + p) - I(y + q))^2`` (box of side ``2 radius + 1``,
-    border replicated), then::
+    ``S_pq(x) = mean_{y in box_r(x)} (I(y + p) - I(y + q))^2`` (box of side ``2 radius + 1``;
+    the shifted samples ``I(y + p)`` beyond the image read its border (replicate padding), and
+    near the border the mean runs over the part of the box inside the image), then::
 
         MIND_pq(x) = exp(-(S_pq(x) - min_pq S(x)) / V(x)),    V(x) = mean_pq (S(x) - min S(x))
 
@@ -99,7 +100,8 @@ def mind_ssc(
         ],
         dim=1,
     )
-    # the average over the in-domain part of each box, as if the border were replicated far
+    # the average over the part of each box inside the image (the box filter pads with zeros;
+    # dividing by its support's share leaves the mean over the in-image voxels)
     support = box_filter(torch.ones_like(image[:1, :1]), 2 * radius + 1)
     distances = box_filter(distances, 2 * radius + 1) / support
     distances = distances - distances.amin(dim=1, keepdim=True)

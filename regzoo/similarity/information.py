@@ -1,6 +1,8 @@
-"""Information similarity: mutual information of the two intensities (Mattes et al. 2003; the
-Gaussian Parzen form of MONAI's ``GlobalMutualInformationLoss``), for intensity changes between
-inspiration and expiration."""
+"""Information similarity: mutual information of the two intensities (Maes et al. 1997; Viola
+and Wells 1997), for intensity changes between inspiration and expiration. The joint histogram
+is estimated with Gaussian Parzen windows over every voxel, as MONAI's
+``GlobalMutualInformationLoss`` does; not the cubic B-spline windows over a random sample of
+Mattes et al. 2003 (elastix's and ITK's ``MattesMutualInformation``)."""
 
 from __future__ import annotations
 
