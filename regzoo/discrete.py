@@ -33,6 +33,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 from regzoo._errors import InputError
 from regzoo.similarity import MINDSSC, DescriptorSimilarity
@@ -135,7 +136,7 @@ def _correlation_volume(
 
 def _displacement_of(choice: torch.Tensor, offsets: torch.Tensor) -> torch.Tensor:
     """The offsets chosen per coarse voxel ``(B, *coarse)`` as a field ``(B, D, *coarse)``."""
-    return offsets[choice].movedim(-1, 1)
+    return rearrange(offsets[choice], "b ... d -> b d ...")
 
 
 def _upsample(field: torch.Tensor, size: Sequence[int], grid: int) -> torch.Tensor:

@@ -20,6 +20,7 @@ from collections.abc import Sequence
 
 import torch
 import torch.nn.functional as F
+from einops import rearrange
 
 __all__ = [
     "Spacing",
@@ -395,7 +396,7 @@ def sample_points(field: torch.Tensor, points: torch.Tensor) -> torch.Tensor:
     grid = (points.to(field.dtype) * scale - 1.0).flip(-1)
     grid = grid.view(points.shape[0], points.shape[1], *([1] * (ndim - 1)), ndim)
     sampled = F.grid_sample(field, grid, mode="bilinear", padding_mode="border", align_corners=True)
-    return sampled.flatten(2).transpose(1, 2)
+    return rearrange(sampled, "b c ... -> b (...) c")
 
 
 def warp_labels(labels: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
