@@ -23,7 +23,7 @@ from regzoo._errors import InputError, MissingFileError
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.io import REPORT_MARKER, output_files, read_displacement
 from regzoo.metrics import dice, jacobian_scores, target_registration_error
-from regzoo.refinement import RefineTrace
+from regzoo.refinement import RefineOptions, RefineTrace
 from regzoo.refinement import refine as refine_output
 from regzoo.registration_model import RegistrationModel, check_finite_field
 from regzoo.spatial import warp_labels
@@ -149,35 +149,36 @@ def evaluate_model(
     dataset: Learn2RegDataset,
     params: Mapping[str, float] | None = None,
     *,
-    refine: int = 0,
+    refine: RefineOptions | None = None,
     progress: bool = True,
     refine_options: Mapping[str, Any] | None = None,
 ) -> list[dict[str, Any]]:
     """Register every pair of ``dataset`` with ``model`` at ``params``; one metrics row each.
 
-    With ``refine > 0`` each network field is refined for that many iterations under the
-    model's objective (:func:`regzoo.refinement.refine`, further keyword arguments in
-    ``refine_options``); ``seconds`` includes the refinement and each row says how many
-    iterations ran (``refine_iterations``: fewer than ``refine`` when it stopped early).
+    With ``refine`` (:class:`~regzoo.refinement.RefineOptions`) each network field is refined
+    under the model's objective (:func:`regzoo.refinement.refine`); ``seconds`` includes the
+    refinement and each row says how many iterations ran (``refine_iterations``: fewer than
+    ``refine.steps`` when it stopped early). An integer ``refine`` and ``refine_options``, the
+    former form, are converted with a ``DeprecationWarning``.
     """
+    options = RefineOptions.from_legacy(refine, refine_options, "evaluate_model")
     resolved = model.objective.resolve(params)
     device = model.device
     iterations: list[int] = []
 
     def predict(item: Mapping[str, Any]) -> torch.Tensor:
         fixed, moving = item["fixed"][None].to(device), item["moving"][None].to(device)
-        if refine:
+        if options is not None:
             trace = RefineTrace()
             displacement = refine_output(
                 model,
                 fixed,
                 moving,
                 resolved,
-                steps=refine,
+                options,
                 spacing=item.get("spacing"),
                 labels=item_labels(item),
                 trace=trace,
-                **(refine_options or {}),
             ).displacement[0]
             iterations.append(trace.total_iterations)
             return displacement
@@ -185,7 +186,7 @@ def evaluate_model(
             return model(fixed, moving, resolved).displacement[0]
 
     rows = evaluate_predictor(dataset, predict, progress)
-    if refine:
+    if options is not None:
         for row, count in zip(rows, iterations, strict=True):
             row["refine_iterations"] = count
     return rows
@@ -211,17 +212,19 @@ def compare_refinement(
     dataset: Learn2RegDataset,
     params: Mapping[str, float] | None = None,
     *,
-    refine: int = 30,
+    refine: RefineOptions | None = None,
     refine_options: Mapping[str, Any] | None = None,
     progress: bool = True,
 ) -> dict[str, dict[str, float]]:
-    """Mean metrics of identity, the network and the refined network at ``params``
-    (``refine_options``: further keyword arguments of :func:`regzoo.refinement.refine`).
+    """Mean metrics of identity, the network and the refined network at ``params``, refined
+    with ``refine`` (default ``RefineOptions()``, 30 steps; an integer and ``refine_options``,
+    the former form, are converted with a ``DeprecationWarning``).
 
     Returns:
         ``{"identity": {...}, "network": {...}, "refined": {...}}``, each as from
         :func:`summarize` (``seconds`` per pair included).
     """
+    options = RefineOptions.from_legacy(refine, refine_options, "compare_refinement")
     return {
         "identity": summarize(evaluate_identity(dataset, progress=progress)),
         "network": summarize(evaluate_model(model, dataset, params, progress=progress)),
@@ -230,8 +233,7 @@ def compare_refinement(
                 model,
                 dataset,
                 params,
-                refine=refine,
-                refine_options=refine_options,
+                refine=options or RefineOptions(),
                 progress=progress,
             )
         ),

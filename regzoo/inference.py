@@ -6,10 +6,11 @@ writing the output set are the one path ``register`` takes; each step is a funct
 
 from __future__ import annotations
 
+import dataclasses
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 import numpy as np
 import torch
@@ -28,10 +29,13 @@ from regzoo.io import (
     write_nifti,
 )
 from regzoo.objective import LossTerms
-from regzoo.refinement import RefineTrace
+from regzoo.refinement import RefineOptions, RefineTrace
 from regzoo.refinement import refine as refine_output
 from regzoo.registration_model import RegistrationModel, check_finite_field, result_objective
 from regzoo.spatial import jacobian_determinant, warp
+
+if TYPE_CHECKING:
+    from regzoo.sweeping import GridAxis
 
 __all__ = [
     "RegistrationResult",
@@ -156,7 +160,7 @@ def register(
     fixed: ImageLike,
     moving: ImageLike,
     *,
-    refine: int = 0,
+    refine: RefineOptions | None = None,
     progress: bool = False,
     resample: bool = False,
     fixed_labels: ImageLike | None = None,
@@ -165,8 +169,8 @@ def register(
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with the model's network at the given parameters.
 
-    With ``refine > 0`` the network's field is then refined for that many iterations under the
-    model's own objective at the same parameters (:func:`regzoo.refinement.refine`).
+    With ``refine`` the network's field is then refined under the model's own objective at the
+    same parameters (:func:`regzoo.refinement.refine`), with those settings.
 
     Args:
         model: a trained model (see :func:`regzoo.checkpoint.load_model`).
@@ -174,14 +178,16 @@ def register(
             :class:`~regzoo.io.Volume`) in raw intensities (HU for CT); it is normalised with
             the model's training window.
         moving: the moving image, on the same grid as ``fixed`` (shape and affine).
-        refine: instance-optimisation iterations after the network (0: network only).
+        refine: the refinement after the network (:class:`~regzoo.refinement.RefineOptions`:
+            steps, similarity, split, tol...; ``None``: the network only). An integer, the
+            former form, means that many steps (a ``DeprecationWarning``).
         progress: show a progress bar while refining.
         resample: resample ``moving`` onto the fixed grid (linear) when the grids differ,
             instead of refusing.
         fixed_labels: the fixed image's label map (on its grid), for a model with per-label
             parameters: refinement needs it, and the result then holds the parameter maps.
-        refine_options: further keyword arguments of :func:`regzoo.refinement.refine`
-            (``similarity``, ``split``, ``tol``, ``optimizer``...).
+        refine_options: deprecated: the settings beyond the steps as a mapping (folded into
+            ``refine`` with a ``DeprecationWarning``).
         **params: free parameter values by short (``mu``, ``mu@lung``) or full
             (``linear_elastic.mu``) name; the rest take the space's defaults.
 
@@ -195,6 +201,7 @@ def register(
         >>> result = register(model, "fixed.nii.gz", "moving.nii.gz", lam=0.08, mu=0.03)
         >>> result.displacement.shape  # (3, X, Y, Z)
     """
+    options = RefineOptions.from_legacy(refine, refine_options, "register")
     resolved = model.objective.resolve(params)
     fixed_v, moving_v, _ = read_pair(fixed, moving, resample=resample)
     if fixed_v.ndim != model.ndim:
@@ -202,25 +209,23 @@ def register(
             f"the model registers {model.ndim}D images, got {fixed_v.ndim}D "
             f"({fixed_v.grid.describe()})"
         )
-    labels = read_labels(model, fixed_v, fixed_labels, needed=refine > 0)
+    labels = read_labels(model, fixed_v, fixed_labels, needed=options is not None)
     window = model.config.data.intensity_window
     device = model.device
     moving_t = moving_v.tensor()
     f = normalize_intensity(fixed_v.tensor(), window)[None, None].to(device)
     m = normalize_intensity(moving_t, window)[None, None].to(device)
     trace = RefineTrace()
-    if refine:
+    if options is not None:
         output = refine_output(
             model,
             f,
             m,
             resolved,
-            steps=refine,
-            progress=progress,
+            dataclasses.replace(options, progress=progress or options.progress),
             spacing=fixed_v.spacing,
             labels=labels,
             trace=trace,
-            **(refine_options or {}),
         )
     else:
         with torch.no_grad():
@@ -242,10 +247,10 @@ def choose_parameters(
     model: RegistrationModel,
     fixed: ImageLike,
     moving: ImageLike,
-    grid: Mapping[str, Any],
+    grid: Mapping[str, GridAxis | str],
     criterion: str,
     *,
-    refine_grid: int = 0,
+    refine_grid: RefineOptions | None = None,
     refine_options: Mapping[str, Any] | None = None,
     max_folding: float | None = 0.0,
     resample: bool = False,
@@ -259,13 +264,13 @@ def choose_parameters(
         model: a trained model.
         fixed: the fixed image (as for :func:`register`).
         moving: the moving image.
-        grid: parameter name -> values or :class:`regzoo.sweeping.GridRange`
-            (:func:`regzoo.sweeping.parse_grid`).
+        grid: parameter name -> values, a :class:`regzoo.sweeping.GridRange` or the CLI's
+            text (``"0.1:1:3"``, ``"0.1,1"``; :func:`regzoo.sweeping.parse_grid`).
         criterion: a registered criterion's name (``regzoo.criteria.available()``).
-        refine_grid: refine every setting this many iterations before judging it (0: the
-            network's fields).
-        refine_options: further keyword arguments of :func:`regzoo.refinement.refine` for those
-            refinements (``similarity``, ``split``, ``tol``).
+        refine_grid: refine every setting with these settings before judging it
+            (:class:`~regzoo.refinement.RefineOptions`; ``None``: the network's fields). An
+            integer, the former form, means that many steps (a ``DeprecationWarning``).
+        refine_options: deprecated: the settings beyond the steps as a mapping.
         max_folding: only settings whose folded-voxel fraction is at most this may be chosen
             (``None``: no limit).
         resample: resample ``moving`` onto the fixed grid when the grids differ.
@@ -291,7 +296,8 @@ def choose_parameters(
             f"({fixed_v.grid.describe()})"
         )
     window = model.config.data.intensity_window
-    labels = read_labels(model, fixed_v, fixed_labels, needed=refine_grid > 0)
+    options = RefineOptions.from_legacy(refine_grid, refine_options, "choose_parameters")
+    labels = read_labels(model, fixed_v, fixed_labels, needed=options is not None)
     item: dict[str, Any] = {
         "fixed": normalize_intensity(fixed_v.tensor(), window)[None],
         "moving": normalize_intensity(moving_v.tensor(), window)[None],
@@ -306,8 +312,7 @@ def choose_parameters(
         [item],  # type: ignore[arg-type]
         grid,
         batch_size=batch_size,
-        refine_steps=refine_grid,
-        refine_options=refine_options,
+        refine=options,
         max_folding=max_folding,
         backward=backward,
         progress=False,

@@ -28,10 +28,12 @@ levels, descriptors, early stopping, L-BFGS) are read together.
 
 from __future__ import annotations
 
+import dataclasses
 import threading
+import warnings
 from collections.abc import Callable, Mapping, Sequence
-from dataclasses import dataclass, field
-from typing import TYPE_CHECKING
+from dataclasses import dataclass, field, fields
+from typing import TYPE_CHECKING, Any
 
 import torch
 import torch.nn.functional as F
@@ -42,7 +44,7 @@ from regzoo.bounds import check_fits_image
 from regzoo.nets import RegistrationOutput
 from regzoo.objective import Objective
 from regzoo.registration_model import field_objective, result_objective
-from regzoo.similarity import DescriptorSimilarity, Similarity, WeightedSum, parse_similarity
+from regzoo.similarity import MSE, DescriptorSimilarity, Similarity, WeightedSum, parse_similarity
 from regzoo.spatial import Spacing, check_image, integrate_velocity, resize_flow, warp
 
 if TYPE_CHECKING:
@@ -54,6 +56,7 @@ __all__ = [
     "RefineTrace",
     "check_steps",
     "field_objective",
+    "parse_split",
     "refine",
     "refine_field",
     "result_objective",
@@ -76,24 +79,52 @@ def check_steps(steps: int, *, minimum: int = 0, what: str = "refine: steps") ->
     return steps
 
 
+def parse_split(text: str) -> tuple[float, ...]:
+    """The shares per pyramid level that ``A:B:C`` spells (``--refine-split``, and
+    ``RefineOptions(split="1:1:2")``); the shares are checked by :class:`RefineOptions`.
+
+    Raises:
+        InputError: a share that is not a number.
+    """
+    try:
+        return tuple(float(share) for share in text.split(":"))
+    except ValueError:
+        raise InputError(
+            f"refine: split must look like A:B:C (one positive share per level), got {text!r}"
+        ) from None
+
+
 @dataclass(frozen=True)
 class RefineOptions:
-    """How :func:`refine_field` optimises.
+    """Refinement's settings: the one form every public function takes them in.
+
+    :func:`refine`, :func:`regzoo.inference.register`, :func:`regzoo.inference.choose_parameters`,
+    :func:`regzoo.sweeping.sweep`, :func:`regzoo.study.run_sweep_study`, the evaluation helpers
+    and the explorer take a ``RefineOptions``; the CLI's ``--refine-...`` flags translate to
+    and from it in one place (:mod:`regzoo.cli.refine_flags`), and reports record it as
+    :meth:`to_dict` (``sweep.json``, evaluate's JSON), which :meth:`from_dict` reads back.
 
     Attributes:
         steps: Adam iterations (0 returns the initial field).
+        similarity: refine under this similarity instead of the training one: a text for
+            :func:`~regzoo.similarity.parse_similarity` (``"10*mind_ssc"``; ``"model + 0.75*ngf"``,
+            where ``model`` is the training similarity), checked when the options are made
+            (``None``: the model's similarity).
         lr: Adam learning rate, in voxels of the optimised (coarse) grid.
         grid_downsize: the field is optimised on a grid this many times coarser (1 = the
             fixed grid itself); it is upsampled before warping.
         int_steps: scaling-and-squaring steps: > 0 optimises a stationary velocity (the
-            result is diffeomorphic), 0 the displacement itself.
-        regularize: ``"displacement"`` or ``"velocity"``: the field the energies see.
+            result is diffeomorphic), 0 the displacement itself. :func:`refine` takes it from
+            the model (only :func:`refine_field` reads it from here).
+        regularize: ``"displacement"`` or ``"velocity"``: the field the energies see (as
+            ``int_steps``, taken from the model by :func:`refine`).
         levels: pyramid levels: with ``L > 1`` the first ``steps // L`` iterations run on images
             ``2^(L-1)`` times coarser, and so on down to the full resolution, where the last
             (and the remaining) iterations minimise the exact objective. Coarse levels cost
             ``8^level`` times less in 3D and reach large motion in fewer iterations.
         split: the share of ``steps`` of each level, coarsest first (``levels`` positive
-            numbers, normalised; ``None``: equal shares). The finest level takes the remainder.
+            numbers, normalised, or their text ``"1:1:2"``; ``None``: equal shares). The
+            finest level takes the remainder.
         optimizer: ``"adam"`` or ``"lbfgs"`` (L-BFGS with a strong-Wolfe line search, ``lr``
             its first step; ``steps`` then counts objective evaluations, and ``tol`` is its
             absolute ``tolerance_change``).
@@ -101,16 +132,22 @@ class RefineOptions:
             iteration, averaged over the last ``window`` iterations,
             ``(J_{k-w} - J_k) / (w |J_k|)``, falls below ``tol`` (0: always run every step).
         window: iterations the relative change is averaged over.
-        progress: show a progress bar.
+        progress: show a progress bar (not recorded by :meth:`to_dict`).
+
+    Examples:
+        >>> options = RefineOptions(steps=60, similarity="mind_ssc", split="1:1:2", tol=1e-3)
+        >>> RefineOptions.from_dict(options.to_dict()) == options
+        True
     """
 
     steps: int = 30
+    similarity: str | None = None
     lr: float = 0.1
     grid_downsize: int = 2
     int_steps: int = 0
     regularize: str = "displacement"
     levels: int = 3
-    split: tuple[float, ...] | None = None
+    split: tuple[float, ...] | str | None = None
     optimizer: str = "adam"
     tol: float = 0.0
     window: int = 5
@@ -118,6 +155,22 @@ class RefineOptions:
 
     def __post_init__(self) -> None:
         check_steps(self.steps)
+        if isinstance(self.split, str):
+            object.__setattr__(self, "split", parse_split(self.split))
+        elif self.split is not None:
+            try:
+                shares = tuple(float(share) for share in self.split)
+            except (TypeError, ValueError):
+                shares = ()
+            object.__setattr__(self, "split", shares)
+        if self.similarity is not None:
+            if not isinstance(self.similarity, str) or not self.similarity.strip():
+                raise InputError(
+                    "refine: similarity must be a text such as 'mind_ssc' or 'model + 0.5*ngf' "
+                    f"(pass a Similarity instance to refine(similarity=...)), got {self.similarity!r}"
+                )
+            # names, weights and options checked now (MSE stands in for the model's similarity)
+            parse_similarity(self.similarity, trained=MSE())
         if not 0 < self.lr < float("inf"):
             raise InputError(f"refine: lr must be > 0, got {self.lr}")
         if self.levels < 1:
@@ -130,10 +183,11 @@ class RefineOptions:
             )
         if self.regularize == "velocity" and self.int_steps == 0:
             raise InputError("refine: regularize='velocity' needs int_steps > 0")
-        if self.split is not None and (
-            len(self.split) != self.levels
-            or not all(0 < w < float("inf") for w in self.split)
-            or not sum(self.split) < float("inf")
+        split = None if self.split is None else self.shares()
+        if split is not None and (
+            len(split) != self.levels
+            or not all(0 < w < float("inf") for w in split)
+            or not sum(split) < float("inf")
         ):
             raise InputError(
                 f"refine: split must give {self.levels} positive shares (one per level, "
@@ -149,11 +203,91 @@ class RefineOptions:
 
     def steps_per_level(self) -> list[int]:
         """The iteration budget of each level, coarsest first (summing to :attr:`steps`)."""
-        shares = self.split or (1.0,) * self.levels
+        shares = self.shares()
         total = sum(shares)
         per_level = [int(self.steps * w / total) for w in shares]
         per_level[-1] += self.steps - sum(per_level)  # the finest level takes the remainder
         return per_level
+
+    def shares(self) -> tuple[float, ...]:
+        """The share of each level, coarsest first (equal without :attr:`split`)."""
+        split = self.split
+        if split is None:
+            return (1.0,) * self.levels
+        return parse_split(split) if isinstance(split, str) else tuple(float(w) for w in split)
+
+    def to_dict(self) -> dict[str, Any]:
+        """The settings as JSON values (``split`` a list), every field but ``progress``: what
+        reports record, and :meth:`from_dict` reads back."""
+        record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "progress"}
+        record["split"] = None if self.split is None else list(self.shares())
+        return record
+
+    @classmethod
+    def from_dict(cls, record: Mapping[str, Any]) -> RefineOptions:
+        """The options a :meth:`to_dict` record (or any subset of its keys) spells.
+
+        Raises:
+            InputError: an unknown key (the known ones named), or a value :class:`RefineOptions`
+                refuses.
+        """
+        known = [f.name for f in fields(cls)]
+        unknown = sorted(set(record) - set(known))
+        if unknown:
+            raise InputError(
+                f"refine options: unknown setting(s) {unknown}; known: {', '.join(known)}"
+            )
+        values = dict(record)
+        if isinstance(values.get("split"), list):
+            values["split"] = tuple(values["split"])
+        return cls(**values)
+
+    @classmethod
+    def coerce(
+        cls, options: RefineOptions | Mapping[str, Any] | None, what: str = "refine options"
+    ) -> RefineOptions | None:
+        """``options`` as a :class:`RefineOptions`: a mapping (the keyword arguments that were
+        passed around before 0.3) is converted with a ``DeprecationWarning``."""
+        if options is None or isinstance(options, RefineOptions):
+            return options
+        if isinstance(options, Mapping):
+            warnings.warn(
+                f"{what} as a mapping is deprecated; pass regzoo.RefineOptions(...)",
+                DeprecationWarning,
+                stacklevel=3,
+            )
+            return cls.from_dict(options)
+        raise InputError(f"{what} must be a RefineOptions, got {type(options).__name__}")
+
+    @classmethod
+    def from_legacy(
+        cls,
+        refine: RefineOptions | int | None,
+        settings: Mapping[str, Any] | None,
+        caller: str,
+    ) -> RefineOptions | None:
+        """``refine`` as options (``None``: no refinement), with the forms used before 0.3,
+        a number of steps (``0``: none) and a mapping of further settings, converted with a
+        ``DeprecationWarning``.
+
+        Raises:
+            InputError: naming ``caller``: settings given twice, or refused.
+        """
+        if not settings and (refine is None or isinstance(refine, RefineOptions)):
+            return refine
+        if isinstance(refine, RefineOptions):
+            raise InputError(f"{caller}: give the settings once, in the RefineOptions")
+        if isinstance(refine, bool) or not isinstance(refine, int | None):
+            raise InputError(f"{caller}: refine must be a RefineOptions, got {refine!r}")
+        warnings.warn(
+            f"{caller}: refinement as a number of steps and a mapping of settings is "
+            "deprecated; pass regzoo.RefineOptions(steps=..., ...)",
+            DeprecationWarning,
+            stacklevel=3,
+        )
+        if not refine or refine <= 0:
+            return None
+        return cls.from_dict({**(settings or {}), "steps": refine})
 
 
 @dataclass
@@ -391,31 +525,29 @@ def _converged(history: Sequence[float], tol: float, window: int) -> bool:
     return change < tol
 
 
+_LEGACY_SETTINGS = ("steps", "lr", "grid_downsize", "levels", "progress", "tol", "optimizer", "split")
+
+
 def refine(
     model: RegistrationModel,
     fixed: torch.Tensor,
     moving: torch.Tensor,
     params: Mapping[str, float] | torch.Tensor | None = None,
+    options: RefineOptions | Mapping[str, Any] | None = None,
     *,
-    steps: int = 30,
-    lr: float = 0.1,
-    grid_downsize: int = 2,
-    levels: int = 3,
     init: RegistrationOutput | None = None,
-    progress: bool = False,
     trace: RefineTrace | None = None,
     spacing: Spacing = None,
     labels: torch.Tensor | None = None,
     similarity: Similarity | str | None = None,
-    tol: float = 0.0,
-    optimizer: str = "adam",
-    split: Sequence[float] | None = None,
+    **settings: Any,
 ) -> RegistrationOutput:
     """Register with the network at ``params``, then refine under the model's own objective.
 
     The field is warm-started from the network's prediction at the same parameters (or from
-    ``init``) and minimises the model's objective (its similarity and every term, at the same
-    parameters and weights). Diffeomorphic models refine their velocity.
+    ``init``) and minimises the model's objective (its similarity, or ``options.similarity``,
+    and every term, at the same parameters and weights). Diffeomorphic models refine their
+    velocity (``int_steps`` and ``regularize`` come from the model, not from ``options``).
 
     Args:
         model: a trained model (:func:`regzoo.checkpoint.load_model`).
@@ -423,51 +555,45 @@ def refine(
         moving: normalised moving images, same shape.
         params: free parameters by name (short or full; defaults fill the rest), or physical
             values ``(B, P)``.
-        steps: iterations (``30`` is enough on the phantom; see docs/results.md).
-        lr: Adam learning rate in voxels of the coarse grid.
-        grid_downsize: the field is optimised on a grid this many times coarser.
-        levels: image pyramid levels (1: the full resolution only; 3, the default, starts on
-            images a quarter of the size); see :class:`RefineOptions`.
+        options: the settings (:class:`RefineOptions`: steps, similarity, pyramid, optimiser,
+            early stopping; ``30`` steps by default, enough on the phantom, docs/results.md).
         init: the network's output if already computed.
-        progress: show a progress bar.
-        trace: if given, receives the objective per iteration.
+        trace: if given, receives the objective per iteration (and the iterations that ran,
+            ``trace.iterations``, fewer than the budget when ``options.tol`` stopped a level).
         spacing: the images' voxel spacing in mm; the energies are then per mm when the model
             was trained that way (``energy_units: mm``, :meth:`~regzoo.registration_model.RegistrationModel.energy_spacing`).
         labels: the fixed image's integer label map ``(B or 1, 1, *spatial)``; needed when
             the model has per-label parameters.
-        similarity: refine under this similarity instead of the training one: an instance,
-            or a text for :func:`~regzoo.similarity.parse_similarity` (``"10*mind_ssc"``;
-            ``"model + 0.75*ngf"``, where ``model`` is the training similarity); the
-            regularizer terms stay the model's.
-        tol: early stopping on the objective's relative change per iteration (0: off); the
-            iterations that ran are in ``trace.iterations``.
-        optimizer: ``"adam"`` or ``"lbfgs"``.
-        split: share of the iterations per pyramid level, coarsest first (equal by default).
+        similarity: a :class:`~regzoo.similarity.Similarity` instance to refine under (what a
+            text in ``options.similarity`` cannot express); not both.
+        **settings: deprecated: the settings as keyword arguments (``steps=30``...), converted
+            to ``options`` with a ``DeprecationWarning``.
+
+    Raises:
+        InputError: settings given twice (``options`` and keywords, or two similarities), or
+            refused by :class:`RefineOptions`.
 
     Examples:
-        >>> output = regzoo.refine(model, fixed, moving, {"lam": 1.0, "mu": 1.0}, steps=30)
+        >>> options = regzoo.RefineOptions(steps=30)
+        >>> output = regzoo.refine(model, fixed, moving, {"lam": 1.0, "mu": 1.0}, options)
         >>> output.displacement.shape  # (B, 3, X, Y, Z)
     """
-    if isinstance(similarity, str):
-        similarity = parse_similarity(similarity, trained=model.objective.similarity)
-    check_fits_image(similarity, fixed.shape[2:], "refine: similarity")  # before any work
+    options = _merge_legacy(RefineOptions.coerce(options, "refine(options=...)"), similarity, settings)
+    instance = similarity if isinstance(similarity, Similarity) else None
+    if instance is not None and options.similarity is not None:
+        raise InputError("refine: give the similarity once (options.similarity or similarity=)")
+    chosen: Similarity | None = instance
+    if options.similarity is not None:
+        chosen = parse_similarity(options.similarity, trained=model.objective.similarity)
+    check_fits_image(chosen, fixed.shape[2:], "refine: similarity")  # before any work
     values = model.parameter_tensor(params, fixed.shape[0])
     if init is None:
         with torch.no_grad():
             init = model(fixed, moving, values)
     config = model.config
     diffeomorphic = config.model.int_steps > 0
-    options = RefineOptions(
-        steps=steps,
-        lr=lr,
-        grid_downsize=grid_downsize,
-        levels=levels,
-        int_steps=config.model.int_steps,
-        regularize=config.regularize,
-        split=None if split is None else tuple(split),
-        optimizer=optimizer,
-        tol=tol,
-        progress=progress,
+    options = dataclasses.replace(
+        options, int_steps=config.model.int_steps, regularize=config.regularize
     )
     start = init.velocity if diffeomorphic and init.velocity is not None else init.displacement
     return refine_field(
@@ -480,5 +606,31 @@ def refine(
         spacing=model.energy_spacing(spacing),
         trace=trace,
         labels=labels,
-        similarity=similarity,
+        similarity=chosen,
     )
+
+
+def _merge_legacy(
+    options: RefineOptions | None, similarity: Similarity | str | None, settings: Mapping[str, Any]
+) -> RefineOptions:
+    """``options`` with the deprecated keyword settings of :func:`refine` (and a similarity
+    given as text) folded in, with a ``DeprecationWarning``."""
+    unknown = sorted(set(settings) - set(_LEGACY_SETTINGS))
+    if unknown:
+        raise TypeError(f"refine() got unexpected keyword argument(s) {unknown}")
+    legacy = dict(settings)
+    if isinstance(similarity, str):
+        legacy["similarity"] = similarity
+    if not legacy:
+        return options or RefineOptions()
+    if options is not None:
+        raise InputError(
+            f"refine: give the settings once, in options (also given as keywords: {sorted(legacy)})"
+        )
+    warnings.warn(
+        "refine(): settings as keyword arguments "
+        f"({', '.join(sorted(legacy))}) are deprecated; pass options=regzoo.RefineOptions(...)",
+        DeprecationWarning,
+        stacklevel=3,
+    )
+    return RefineOptions.from_dict(legacy)

@@ -10,6 +10,7 @@ from typing import Any
 
 from regzoo.inference import register
 from regzoo.io import Volume, atomic_write_text, write_csv
+from regzoo.refinement import RefineOptions
 from regzoo.registration_model import RegistrationModel
 from regzoo.spatial import warp
 from regzoo.sweeping import SweepResult
@@ -27,27 +28,27 @@ def overlay_figure(
     moving_mask: Volume | None = None,
     fixed_mask: Volume | None = None,
     fixed_labels: Volume | str | Path | None = None,
-    refine: int = 0,
+    refine: RefineOptions | None = None,
     refine_options: Mapping[str, Any] | None = None,
 ) -> Path:
     """Figure of one pair registered at several settings ``[(title, params), ...]``.
 
-    Each setting is registered by the network and then refined ``refine`` iterations (with the
-    keyword arguments ``refine_options`` of :func:`regzoo.refinement.refine`); each row
+    Each setting is registered by the network and then refined with ``refine`` when given
+    (``refine_options``, and an integer ``refine``: the former form, deprecated); each row
     shows the warped image (with the warped mask's contour), the deformation grid, the
     Jacobian determinant and, given the fixed label map of a model with per-label parameters,
     the parameter maps (:func:`regzoo.viz.plot_registration`).
     """
     from regzoo.viz import OverlayPanel, plot_registration  # matplotlib only here
 
+    options = RefineOptions.from_legacy(refine, refine_options, "overlay_figure")
     panels = []
     for title, params in settings:
         result = register(
             model,
             fixed,
             moving,
-            refine=refine,
-            refine_options=dict(refine_options or {}),
+            refine=options,
             fixed_labels=fixed_labels,
             **params,  # type: ignore[arg-type]  # parameter names, never register's options
         )
@@ -152,6 +153,23 @@ def _choice_lines(
     return lines, payload
 
 
+def _describe_refinement(options: RefineOptions | None) -> str:
+    """``30 iterations, similarity mind_ssc, split 1:1:2``: the steps and the settings that
+    differ from the defaults."""
+    if options is None:
+        return "no refinement"
+    defaults = RefineOptions().to_dict()
+    record = options.to_dict()
+    words = [f"{options.steps} iterations"]
+    for key, value in record.items():
+        if key in ("steps", "int_steps", "regularize") or value == defaults[key]:
+            continue
+        if key == "split":
+            value = ":".join(f"{share:g}" for share in value)
+        words.append(f"{key} {value}")
+    return ", ".join(words)
+
+
 def write_sweep_report(
     result: SweepResult,
     out_dir: str | Path,
@@ -160,16 +178,21 @@ def write_sweep_report(
     criterion: str | None = None,
     optimized: Sequence[dict[str, Any]] = (),
     comparison: Mapping[str, Mapping[str, float]] | None = None,
-    refine_steps: int = 0,
-    refine_options: Mapping[str, Any] | None = None,
+    refine: RefineOptions | None = None,
     figure: Path | None = None,
     explore: str | None = None,
     network: SweepResult | None = None,
+    refine_steps: int = 0,
+    refine_options: Mapping[str, Any] | None = None,
     **meta: Any,
 ) -> Path:
     """Write ``metrics.csv`` (per setting and pair), ``settings.csv`` (means),
     ``sweep.json`` (everything, with the best parameters for the data set and per pair),
     ``heatmap.png`` (one or two swept parameters) and ``summary.md``; return the summary path.
+
+    ``refine`` is the study's refinement (:class:`~regzoo.refinement.RefineOptions`), recorded
+    in ``sweep.json`` as ``refine`` (:meth:`~regzoo.refinement.RefineOptions.to_dict`, ``null``
+    without one); ``refine_steps`` and ``refine_options`` are its former, deprecated form.
 
     ``comparison`` (from :func:`regzoo.evaluation.compare_refinement`) adds the table of
     identity / network / refined at the best setting; ``explore``, a ``regzoo explore``
@@ -185,6 +208,7 @@ def write_sweep_report(
     """
     from regzoo.viz import plot_sweep  # matplotlib only when a figure is drawn
 
+    refine = RefineOptions.from_legacy(refine or refine_steps or None, refine_options, "report")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
     if criterion:
@@ -210,13 +234,7 @@ def write_sweep_report(
         "best_per_pair": per_pair,
         "optimized_per_pair": list(optimized),
         "comparison": dict(comparison or {}),
-        "refine_steps": refine_steps,
-        "refine_options": {  # a Similarity instance (API) is named by its class
-            key: value
-            if isinstance(value, str | int | float | list | tuple)
-            else type(value).__name__
-            for key, value in (refine_options or {}).items()
-        },
+        "refine": None if refine is None else refine.to_dict(),
         "settings": result.settings,
     }
     agreement = _agreement(result, network, metric) if network is not None else None
@@ -256,8 +274,8 @@ def write_sweep_report(
     if comparison:
         lines += [
             "",
-            f"## At the best setting: identity, network, refined ({refine_steps} iterations"
-            + "".join(f", {k} {v}" for k, v in (refine_options or {}).items())
+            "## At the best setting: identity, network, refined ("
+            + _describe_refinement(refine)
             + ")",
             "",
             "| method | TRE (mm) | Dice | SDlogJ | folded voxels | seconds per pair |",

@@ -9,6 +9,7 @@ The command line only parses its options and prints :class:`SweepStudy`'s summar
 
 from __future__ import annotations
 
+import warnings
 from collections.abc import Mapping
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -21,6 +22,7 @@ from regzoo.evaluation import check_dimension, check_metric, compare_refinement
 from regzoo.explore.command import explore_command
 from regzoo.inference import read_image, read_pair
 from regzoo.io import check_output_folder, output_folder
+from regzoo.refinement import RefineOptions
 from regzoo.registration_model import RegistrationModel
 from regzoo.report import overlay_figure, write_sweep_report
 from regzoo.sweeping import GridAxis, SweepResult, optimize_dataset, sweep
@@ -64,16 +66,16 @@ class SweepStudy:
 def run_sweep_study(
     model: RegistrationModel,
     dataset: Learn2RegDataset,
-    grid: Mapping[str, GridAxis],
+    grid: Mapping[str, GridAxis | str],
     out: str | Path,
     *,
     metric: str | None = None,
     criterion: str | None = None,
     batch_size: int = 8,
-    refine: int = 0,
-    refine_grid: bool = False,
+    refine: RefineOptions | None = None,
+    refine_grid: RefineOptions | None = None,
     refine_options: Mapping[str, Any] | None = None,
-    max_folding: float | None = None,
+    max_folding: float | None = 0.0,
     optimize: bool = False,
     optimize_steps: int = 30,
     figure: bool = False,
@@ -91,13 +93,17 @@ def run_sweep_study(
         criterion: choose the best setting by this label-free criterion
             (:mod:`regzoo.criteria`) instead of a metric.
         batch_size: settings per network forward.
-        refine: refinement iterations of the comparison at the best setting (0: none).
-        refine_grid: refine every setting (an exact sweep), not only the best one; the grid
-            is then also scored by the network alone (one forward per setting), and the report
-            says whether the network's ranking agrees with the refined one.
-        refine_options: further keyword arguments of :func:`regzoo.refinement.refine` for every
-            refinement of the study (``similarity``, ``split``, ``tol``...).
-        max_folding: the best setting's highest folded-voxel fraction.
+        refine: the refinement of the comparison at the best setting
+            (:class:`~regzoo.refinement.RefineOptions`; ``None``: no comparison).
+        refine_grid: refine every setting with these options (an exact sweep), not only the
+            best one; the grid is then also scored by the network alone (one forward per
+            setting), and the report says whether the network's ranking agrees with the
+            refined one (``None``: the network's fields; ``True``, the former form: ``refine``'s
+            options, with a ``DeprecationWarning``).
+        refine_options: deprecated: the settings beyond the steps as a mapping (with an
+            integer ``refine``, the former form).
+        max_folding: the best setting's highest folded-voxel fraction (``0.0``: none folds,
+            as ``--max-folding``'s default; ``None``: no limit).
         optimize: also optimise the parameters per pair through the hypernetwork.
         optimize_steps: its iterations.
         figure: draw the best and worst settings on the first pair and print the
@@ -106,11 +112,20 @@ def run_sweep_study(
         data: the data set's folder, named in the report.
 
     Raises:
-        InputError: ``refine_grid`` without ``refine``, a data set of another dimension than
-            the model's, a metric the data cannot give, or a metric and a criterion together.
+        InputError: a data set of another dimension than the model's, a metric the data
+            cannot give, or a metric and a criterion together.
     """
-    if refine_grid and not refine:
-        raise InputError("--refine-grid needs --refine N (the iterations per setting)")
+    refine = RefineOptions.from_legacy(refine, refine_options, "run_sweep_study")
+    if isinstance(refine_grid, bool):  # the former form: refine every setting as the best one
+        if refine_grid and refine is None:
+            raise InputError("--refine-grid needs --refine N (the iterations per setting)")
+        warnings.warn(
+            "run_sweep_study(refine_grid=True) is deprecated; pass refine_grid=RefineOptions(...)",
+            DeprecationWarning,
+            stacklevel=2,
+        )
+        refine_grid = refine if refine_grid else None
+    refine_grid = RefineOptions.coerce(refine_grid, "run_sweep_study(refine_grid=...)")
     check_output_folder(out)  # a folder of the user's files is refused before any work
     check_dimension(model, dataset)
     if metric:
@@ -122,14 +137,13 @@ def run_sweep_study(
         dataset,
         grid,
         batch_size=batch_size,
-        refine_steps=refine if refine_grid else 0,
-        refine_options=refine_options,
+        refine=refine_grid,
         max_folding=max_folding,
         backward=needs_backward(criterion),
     )
     network = (
         sweep(model, dataset, grid, batch_size=batch_size, max_folding=max_folding)
-        if refine_grid
+        if refine_grid is not None
         else None
     )
     optimized = (
@@ -140,11 +154,9 @@ def run_sweep_study(
     metric = metric or result.default_metric()
     best = result.choose(criterion) if criterion else result.best(metric)
     comparison = None
-    if refine:
+    if refine is not None:
         chosen = {n: best[n] for n in result.names}
-        comparison = compare_refinement(
-            model, dataset, chosen, refine=refine, refine_options=refine_options
-        )
+        comparison = compare_refinement(model, dataset, chosen, refine=refine)
     out = Path(out)
     with output_folder(out) as staging:
         overlay = explore = None
@@ -172,8 +184,7 @@ def run_sweep_study(
                 moving_mask=masks.get("mask"),
                 fixed_mask=read_image(fixed_mask, what="mask") if fixed_mask else None,
                 fixed_labels=fixed_labels,
-                refine=refine if refine_grid else 0,
-                refine_options=refine_options,
+                refine=refine_grid,
             )
             explore = explore_command(
                 checkpoint if checkpoint is not None else "MODEL.ckpt",
@@ -183,7 +194,7 @@ def run_sweep_study(
                 moving_seg=moving_mask,
                 fixed_labels=fixed_labels,
                 params=pick[0],
-                refine_options=refine_options,
+                refine=refine_grid or refine,
             )
         write_sweep_report(
             result,
@@ -192,8 +203,7 @@ def run_sweep_study(
             criterion=criterion,
             optimized=optimized,
             comparison=comparison,
-            refine_steps=refine,
-            refine_options=refine_options,
+            refine=refine,
             figure=overlay,
             explore=explore,
             network=network,

@@ -22,7 +22,8 @@ from regzoo.criteria import available as available_criteria
 from regzoo.criteria import get as get_criterion
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.evaluation import item_labels, score_pair, summarize
-from regzoo.refinement import refine
+from regzoo.refinement import RefineOptions
+from regzoo.refinement import refine as refine_output
 from regzoo.registration_model import (
     RegistrationModel,
     check_finite_field,
@@ -35,6 +36,7 @@ __all__ = [
     "MAX_SETTINGS",
     "GridRange",
     "SweepResult",
+    "as_grid",
     "optimize_dataset",
     "optimize_parameters",
     "parse_grid",
@@ -284,14 +286,15 @@ def _pair_name(item: Mapping[str, Any]) -> str:
 def sweep(
     model: RegistrationModel,
     dataset: Learn2RegDataset,
-    grid: Mapping[str, GridAxis],
+    grid: Mapping[str, GridAxis | str],
     *,
     batch_size: int = 8,
-    refine_steps: int = 0,
-    refine_options: Mapping[str, Any] | None = None,
-    max_folding: float | None = None,
+    refine: RefineOptions | None = None,
+    max_folding: float | None = 0.0,
     backward: bool = False,
     progress: bool = True,
+    refine_steps: int = 0,
+    refine_options: Mapping[str, Any] | None = None,
 ) -> SweepResult:
     """Evaluate every grid point on every pair, batching settings through the hypernetwork.
 
@@ -299,13 +302,17 @@ def sweep(
     parameter's own scale (geometric for log-scale parameters). Each pair is replicated
     ``batch_size`` times and registered at that many settings in one forward pass.
 
-    With ``refine_steps > 0`` every setting's field is refined under the model's objective
-    before it is scored (:func:`regzoo.refinement.refine`, the batch of settings at once): an exact
-    sweep, about ``refine_steps`` times the cost, that ranks the settings by what instance
-    optimisation reaches instead of by the network's estimate; ``refine_options`` are further
-    keyword arguments of :func:`~regzoo.refinement.refine` (``similarity``, ``split``, ``tol``...). ``max_folding`` restricts the
-    best setting to those whose folded-voxel fraction stays at or below it (see
-    :class:`SweepResult`).
+    A grid axis may be a text in the CLI's form (``{"lam": "0.1:1:3"}`` or ``"0.1,1"``), read
+    by :func:`parse_grid`.
+
+    With ``refine`` (a :class:`~regzoo.refinement.RefineOptions`) every setting's field is
+    refined under the model's objective before it is scored (:func:`regzoo.refinement.refine`,
+    the batch of settings at once): an exact sweep, about ``refine.steps`` times the cost, that
+    ranks the settings by what instance optimisation reaches instead of by the network's
+    estimate. ``max_folding`` restricts the best setting to those whose folded-voxel fraction
+    stays at or below it (see :class:`SweepResult`): by default none may fold (``0.0``, as
+    ``--max-folding``'s default), ``None`` lifts the limit. ``refine_steps`` and
+    ``refine_options`` are the deprecated form of ``refine`` (a ``DeprecationWarning``).
 
     Every row also holds the label-free measures of :func:`regzoo.criteria.label_free_measures`
     (the model's similarity, roughness, ...) that the criteria of :mod:`regzoo.criteria` choose
@@ -320,6 +327,10 @@ def sweep(
         raise InputError("sweep(): the grid is empty; give at least one NAME=START:STOP:COUNT")
     if batch_size < 1:
         raise InputError(f"sweep(): batch_size must be at least 1, got {batch_size}")
+    grid = as_grid(grid)
+    if refine_steps and refine is not None:
+        raise InputError("sweep(): give refine=RefineOptions(...) alone, not refine_steps")
+    refine = RefineOptions.from_legacy(refine or refine_steps or None, refine_options, "sweep")
     names = [model.objective.canonical_name(k) for k in grid]
     axes = []
     for name, axis in zip(names, grid.values(), strict=True):
@@ -327,7 +338,6 @@ def sweep(
         if isinstance(axis, GridRange):
             axis = spec.spaced(axis.start, axis.stop, axis.count)
         axes.append([spec.check(v) for v in axis])
-    refine_kwargs = {**(refine_options or {}), "steps": refine_steps} if refine_steps else None
     combos = list(itertools.product(*axes))  # the settings' labels, in the grid's order
     vectors = model.space.grid(dict(zip(names, axes, strict=True)))
     per_setting: list[list[dict[str, Any]]] = [[] for _ in combos]
@@ -341,12 +351,12 @@ def sweep(
                 n = chunk.shape[0]
                 shape = (n, *fixed.shape[1:])
                 pair = fixed.expand(shape), moving.expand(shape)
-                output = _register(model, *pair, chunk, refine_kwargs, item, "fixed")
+                output = _register(model, *pair, chunk, refine, item, "fixed")
                 fields = output.displacement
                 reverse = None
                 if backward:
                     reverse = _register(
-                        model, pair[1], pair[0], chunk, refine_kwargs, item, "moving"
+                        model, pair[1], pair[0], chunk, refine, item, "moving"
                     ).displacement
                 measures = label_free_measures(model.objective.similarity, *pair, fields, reverse)
                 labels = item_labels(item)
@@ -393,27 +403,46 @@ def _register(
     fixed: torch.Tensor,
     moving: torch.Tensor,
     values: torch.Tensor,
-    refine_options: Mapping[str, Any] | None,
+    options: RefineOptions | None,
     item: Mapping[str, Any],
     side: str,
 ) -> Any:
-    """The network's output for a batch of settings, refined with the keyword arguments
-    ``refine_options`` of :func:`~regzoo.refinement.refine` when given (``steps`` > 0);
+    """The network's output for a batch of settings, refined with ``options`` when given;
     ``side`` names the item's image that is fixed here (for its label map)."""
     output = model(fixed, moving, values)
-    if not refine_options:
+    if options is None:
         return output
     labels = item.get(f"{side}_labels")
-    return refine(
+    return refine_output(
         model,
         fixed,
         moving,
         values,
+        options,
         init=output,
         spacing=item.get("spacing"),
         labels=None if labels is None else labels[None],
-        **refine_options,
     )
+
+
+def as_grid(grid: Mapping[str, GridAxis | str | float]) -> dict[str, GridAxis]:
+    """``grid`` with its text axes (``"0.1:1:3"``, ``"0.1,1"``: the CLI's forms) read by
+    :func:`parse_grid`, and a single number as a one-value axis.
+
+    Raises:
+        InputError: a malformed text, naming the entry.
+    """
+    texts = [f"{name}={axis}" for name, axis in grid.items() if isinstance(axis, str)]
+    parsed = parse_grid(texts) if texts else {}
+    resolved: dict[str, GridAxis] = {}
+    for name, axis in grid.items():
+        if isinstance(axis, str):
+            resolved[name] = parsed[name]
+        elif isinstance(axis, int | float):
+            resolved[name] = [float(axis)]
+        else:
+            resolved[name] = axis
+    return resolved
 
 
 def _mean_measures(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:

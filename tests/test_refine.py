@@ -1,5 +1,7 @@
 """Instance optimisation: it lowers its own objective, for any regularizer, in 2D and 3D."""
 
+import argparse
+import inspect
 import json
 from pathlib import Path
 
@@ -9,9 +11,12 @@ import pytest
 import torch
 from test_inference_cli import pair_paths, register_args
 
-from regzoo import load_plugin
+from regzoo import UnknownNameError, load_plugin
+from regzoo._errors import InputError
 from regzoo.checkpoint import load_model
 from regzoo.cli import main
+from regzoo.cli.arguments import add_max_folding_argument
+from regzoo.cli.refine_flags import add_refine_options
 from regzoo.config import TermConfig, load_config
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.inference import register
@@ -112,7 +117,7 @@ def test_refine_of_a_model_lowers_the_model_objective_in_3d(tiny_checkpoint, tin
     fixed, moving = item["fixed"][None], item["moving"][None]
     trace = RefineTrace()
     params = {"lam": 0.1, "mu": 0.1}
-    out = refine(model, fixed, moving, params, steps=15, levels=1, trace=trace)
+    out = refine(model, fixed, moving, params, RefineOptions(steps=15, levels=1), trace=trace)
     assert out.displacement.shape == (1, 3, 32, 32, 32)
     assert trace.objective[-1] < trace.objective[0]
     # the first entry is the objective of the network's own field at the same parameters
@@ -123,7 +128,7 @@ def test_refine_of_a_model_lowers_the_model_objective_in_3d(tiny_checkpoint, tin
     assert trace.objective[0] == pytest.approx(float(start), rel=0.05, abs=1e-3)
     # the default three-level pyramid ends on the same full-resolution objective, lower still
     pyramid = RefineTrace()
-    refine(model, fixed, moving, params, steps=15, trace=pyramid)
+    refine(model, fixed, moving, params, RefineOptions(steps=15), trace=pyramid)
     assert pyramid.objective[-1] < float(start)
 
 
@@ -280,7 +285,9 @@ def test_refine_similarity_from_the_cli_in_3d(tiny_checkpoint, tiny_phantom, tmp
     good = [*args, "--refine-similarity", spec, "--refine-split", "1:1:2"]
     assert main([*good, "--out", str(report)]) == 0
     saved = json.loads(report.read_text())
-    assert saved["refine_options"] == {"similarity": spec, "split": [1.0, 1.0, 2.0], "tol": 0.01}
+    expected = RefineOptions(steps=12, similarity=spec, split=(1, 1, 2), tol=0.01)
+    assert saved["refine"] == expected.to_dict()
+    assert RefineOptions.from_dict(saved["refine"]) == expected
     assert 1 <= saved["pairs"][0]["refine_iterations"] <= 12
     assert "refine_iterations" in saved["mean"]
     code = main([*args, "--refine-similarity", "mind", "--out", str(report)])
@@ -291,8 +298,11 @@ def test_refine_similarity_from_the_cli_in_3d(tiny_checkpoint, tiny_phantom, tmp
     assert "positive WEIGHT" in capsys.readouterr().err
     code = main([*args, "--refine-split", "1:x:2", "--out", str(report)])
     assert code == 2
-    assert "split must give 3 positive shares" in capsys.readouterr().err
-    assert json.loads(report.read_text())["refine_options"]["similarity"] == spec  # untouched
+    assert "--refine-split: split must look like A:B:C" in capsys.readouterr().err
+    code = main([*args, "--refine-split", "1:2", "--out", str(report)])
+    assert code == 2
+    assert "--refine-split: split must give 3 positive shares" in capsys.readouterr().err
+    assert json.loads(report.read_text())["refine"]["similarity"] == spec  # untouched
 
 
 def test_the_chosen_configuration_on_the_2d_phantom(tiny_phantom_2d):
@@ -371,11 +381,14 @@ def test_the_chosen_configuration_with_a_plugin_regularizer(plugin_objective):
 
 
 def test_refine_options_from_flags_and_back():
-    from regzoo.cli.refine_flags import refine_flags, refine_options_from_flags
+    from regzoo.cli.refine_flags import from_flags, to_flags
 
-    options = refine_options_from_flags("model + 0.5*ngf", "1:1:2", 1e-3)
-    assert options == {"similarity": "model + 0.5*ngf", "split": [1.0, 1.0, 2.0], "tol": 1e-3}
-    assert refine_flags(options) == [
+    options = from_flags(similarity="model + 0.5*ngf", split="1:1:2", tol=1e-3, steps=40)
+    assert options == RefineOptions(
+        steps=40, similarity="model + 0.5*ngf", split=(1, 1, 2), tol=1e-3
+    )
+    flags = to_flags(options)
+    assert flags == [
         "--refine-similarity",
         "model + 0.5*ngf",
         "--refine-split",
@@ -383,12 +396,101 @@ def test_refine_options_from_flags_and_back():
         "--refine-tol",
         "0.001",
     ]
-    assert refine_options_from_flags() == {}
+    # the flags parsed back by a command give the same options
+    parser = argparse.ArgumentParser()
+    add_refine_options(parser)
+    assert from_flags(parser.parse_args(flags), steps=40) == options
+    assert from_flags() == RefineOptions() and to_flags(RefineOptions()) == []
     for kwargs, message in [
         ({"similarity": "ngf +"}, "each term is"),
-        ({"split": "1:2"}, "3 positive shares"),
-        ({"split": "a:b:c"}, "3 positive shares"),
-        ({"tol": -1.0}, "tol must be >= 0"),
+        ({"split": "1:2"}, "--refine-split: split must give 3 positive shares"),
+        ({"split": "a:b:c"}, "--refine-split: split must look like A:B:C"),
+        ({"split": "1:.:2"}, "--refine-split: split must look like A:B:C"),
+        ({"tol": -1.0}, "--refine-tol: tol must be >= 0"),
+        ({"tol": float("nan")}, "--refine-tol: tol must be >= 0"),
     ]:
         with pytest.raises(ValueError, match=message):
-            refine_options_from_flags(**kwargs)
+            from_flags(**kwargs)
+
+
+def test_refine_options_are_one_json_serialisable_form():
+    options = RefineOptions(steps=60, similarity="mind_ssc", split="1:1:2", tol=1e-3)
+    assert options.split == (1.0, 1.0, 2.0)  # the CLI's text form, read by the CLI's parser
+    assert options == RefineOptions(steps=60, similarity="mind_ssc", split=[1, 1, 2], tol=1e-3)
+    record = json.loads(json.dumps(options.to_dict()))
+    assert record["split"] == [1.0, 1.0, 2.0] and "progress" not in record
+    assert RefineOptions.from_dict(record) == options
+    with pytest.raises(InputError, match=r"unknown setting\(s\) \['stepz'\]; known: steps"):
+        RefineOptions.from_dict({"stepz": 3})
+    with pytest.raises(InputError, match=r"split must look like A:B:C .* got '1:\.:2'"):
+        RefineOptions(split="1:.:2")
+    with pytest.raises(InputError, match="similarity must be a text"):
+        RefineOptions(similarity=MSE())  # type: ignore[arg-type]
+    with pytest.raises(UnknownNameError, match="did you mean 'mind_ssc'"):
+        RefineOptions(similarity="mind")
+    # the former forms still work, with a deprecation warning, and mean the same
+    with pytest.warns(DeprecationWarning, match="pass regzoo.RefineOptions"):
+        legacy = RefineOptions.from_legacy(60, {"similarity": "mind_ssc", "split": "1:1:2"}, "f")
+    assert legacy == RefineOptions(steps=60, similarity="mind_ssc", split=(1, 1, 2))
+    with pytest.warns(DeprecationWarning, match="as a mapping is deprecated"):
+        assert RefineOptions.coerce({"steps": 5}) == RefineOptions(steps=5)
+    assert RefineOptions.from_legacy(None, None, "f") is None
+    assert RefineOptions.from_legacy(options, None, "f") is options
+    with pytest.raises(InputError, match="give the settings once"):
+        RefineOptions.from_legacy(options, {"tol": 0.1}, "f")
+
+
+def test_one_form_and_one_default_in_every_public_function():
+    """``refine``'s settings are a RefineOptions everywhere, ``refine_grid`` has one type and
+    ``max_folding`` one default (0.0: sweep never recommends a folding field by default)."""
+    from regzoo.evaluation import compare_refinement, evaluate_model
+    from regzoo.explore.session import ExploreSession
+    from regzoo.inference import choose_parameters, register
+    from regzoo.report import overlay_figure, write_sweep_report
+    from regzoo.study import run_sweep_study
+    from regzoo.sweeping import sweep
+
+    def annotation(function, name):
+        return str(inspect.signature(function).parameters[name].annotation)
+
+    for function, name in [
+        (register, "refine"),
+        (evaluate_model, "refine"),
+        (compare_refinement, "refine"),
+        (overlay_figure, "refine"),
+        (write_sweep_report, "refine"),
+        (sweep, "refine"),
+        (run_sweep_study, "refine"),
+        (run_sweep_study, "refine_grid"),
+        (choose_parameters, "refine_grid"),
+        (ExploreSession.__init__, "refine"),
+    ]:
+        assert annotation(function, name) == "RefineOptions | None", (function, name)
+    assert str(inspect.signature(refine).parameters["options"].annotation).startswith(
+        "RefineOptions"
+    )
+    defaults = {
+        f.__name__: inspect.signature(f).parameters["max_folding"].default
+        for f in (sweep, choose_parameters, run_sweep_study)
+    }
+    parser = argparse.ArgumentParser()
+    add_max_folding_argument(parser)
+    defaults["--max-folding"] = parser.parse_args([]).max_folding
+    assert set(defaults.values()) == {0.0}, defaults
+
+
+def test_refine_accepts_the_split_as_text_and_the_former_keywords(tiny_checkpoint, tiny_phantom):
+    model = load_model(tiny_checkpoint)
+    item = Learn2RegDataset(tiny_phantom, "val", intensity_window=(-1000, 500))[0]
+    fixed, moving = item["fixed"][None], item["moving"][None]
+    params = {"lam": 0.1, "mu": 0.1}
+    new, old = RefineTrace(), RefineTrace()
+    out = refine(model, fixed, moving, params, RefineOptions(steps=8, split="1:1:2"), trace=new)
+    with pytest.warns(DeprecationWarning, match=r"settings as keyword arguments \(split, steps\)"):
+        again = refine(model, fixed, moving, params, steps=8, split="1:1:2", trace=old)
+    assert new.iterations == old.iterations == [2, 2, 4]
+    assert torch.allclose(out.displacement, again.displacement)
+    with pytest.raises(InputError, match="give the settings once"):
+        refine(model, fixed, moving, params, RefineOptions(steps=8), steps=4)
+    with pytest.raises(InputError, match="give the similarity once"):
+        refine(model, fixed, moving, params, RefineOptions(similarity="ngf"), similarity=MSE())

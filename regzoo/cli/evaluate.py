@@ -12,7 +12,7 @@ from regzoo.cli.arguments import (
     add_plugin_argument,
     add_refine_argument,
 )
-from regzoo.cli.refine_flags import add_refine_options, options_from_args
+from regzoo.cli.refine_flags import add_refine_options, from_flags
 from regzoo.params import parse_params
 
 
@@ -62,10 +62,14 @@ def run(args: argparse.Namespace) -> int:
         window = model.config.data.intensity_window
         dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
         check_dimension(model, dataset)
-        options = options_from_args(args)
-        rows = evaluate_model(model, dataset, params, refine=args.refine, refine_options=options)
-        extra = {"model": str(args.model), "params": params, "refine": args.refine}
-        extra["refine_options"] = options
+        options = from_flags(args, steps=args.refine) if args.refine else None
+        from_flags(args)  # the flags are checked even without --refine
+        rows = evaluate_model(model, dataset, params, refine=options)
+        extra = {
+            "model": str(args.model),
+            "params": params,
+            "refine": None if options is None else options.to_dict(),
+        }
     else:
         dataset = Learn2RegDataset(args.data, args.split, annotations=True)
         rows = evaluate_displacements(dataset, args.disp_dir)

@@ -3,9 +3,10 @@
 from __future__ import annotations
 
 import argparse
+import dataclasses
 from typing import Any
 
-from regzoo.cli.refine_flags import add_refine_options, options_from_args
+from regzoo.cli.refine_flags import add_refine_options, from_flags
 
 
 def add_parser(sub: Any) -> None:
@@ -23,5 +24,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``regzoo explore``; returns the exit code."""
     from regzoo.explore.command import run as run_explorer
+    from regzoo.explore.session import REFINE_LEVELS
 
-    return run_explorer(args, refine_options=options_from_args(args))
+    options = from_flags(args, steps=max(args.refine_steps, 0))
+    return run_explorer(args, refine=dataclasses.replace(options, levels=REFINE_LEVELS))

@@ -1,19 +1,27 @@
-"""The one translation between the ``--refine-...`` flags and refinement's settings: the
-flags a command reads (:func:`add_refine_options`, :func:`options_from_args`), the settings they
-spell (:func:`refine_options_from_flags`) and the flags that repeat given settings
-(:func:`refine_flags`, e.g. in the explorer's and the sweep report's commands)."""
+"""The one translation between the ``--refine-...`` flags and refinement's settings, a
+:class:`~regzoo.refinement.RefineOptions`: the flags a command reads (:func:`add_refine_options`),
+the options they spell (:func:`from_flags`) and the flags that repeat given options
+(:func:`to_flags`, e.g. in the explorer's and the sweep report's commands)."""
 
 from __future__ import annotations
 
 import argparse
+import dataclasses
+import warnings
 from collections.abc import Mapping
 from typing import Any
 
 from regzoo._errors import InputError
 from regzoo.refinement import RefineOptions
-from regzoo.similarity import MSE, parse_similarity
 
-__all__ = ["add_refine_options", "options_from_args", "refine_flags", "refine_options_from_flags"]
+__all__ = [
+    "add_refine_options",
+    "from_flags",
+    "options_from_args",
+    "refine_flags",
+    "refine_options_from_flags",
+    "to_flags",
+]
 
 
 def add_refine_options(parser: argparse.ArgumentParser) -> None:
@@ -42,51 +50,79 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
     )
 
 
-def options_from_args(args: argparse.Namespace) -> dict[str, object]:
-    """The keyword arguments of :func:`~regzoo.refinement.refine` that
-    :func:`add_refine_options` collects."""
-    return refine_options_from_flags(args.refine_similarity, args.refine_split, args.refine_tol)
+def from_flags(
+    args: argparse.Namespace | None = None,
+    *,
+    steps: int = RefineOptions.steps,
+    similarity: str | None = None,
+    split: str | None = None,
+    tol: float = 0.0,
+) -> RefineOptions:
+    """The :class:`~regzoo.refinement.RefineOptions` that ``--refine-similarity SPEC``,
+    ``--refine-split A:B:C`` and ``--refine-tol TOL`` spell (from ``args``, a command's parsed
+    flags of :func:`add_refine_options`, or the keywords), with ``steps`` iterations (the
+    command's ``--refine N`` or ``--refine-steps N``): the inverse of :func:`to_flags`, checked
+    now so that a typo fails before any work.
+
+    Raises:
+        InputError: a malformed similarity text, split or tolerance (naming the flag).
+        UnknownNameError: an unregistered similarity name.
+    """
+    if args is not None:
+        similarity, split, tol = args.refine_similarity, args.refine_split, args.refine_tol
+    if not 0 <= tol < float("inf"):  # NaN included: refused, never dropped
+        raise InputError(f"--refine-tol: tol must be >= 0 and finite, got {tol}")
+    try:
+        return RefineOptions(steps=steps, similarity=similarity or None, split=split or None, tol=tol)
+    except InputError as error:
+        if "refine: split" not in str(error):
+            raise
+        raise InputError(str(error).replace("refine: ", "--refine-split: ")) from None
+
+
+def to_flags(options: RefineOptions | Mapping[str, Any]) -> list[str]:
+    """The ``--refine-...`` flags of ``regzoo register`` / ``explore`` that repeat ``options``
+    (the inverse of :func:`from_flags`): its similarity, split and tolerance. The steps are
+    the command's own flag (``--refine N``, ``--refine-steps N``); settings without a flag
+    (``lr``, ``levels``, ``grid_downsize``, ``optimizer``, ``window``) are not repeated.
+    A mapping (the keyword arguments passed around before 0.3) is read the same way."""
+    record = dict(options) if isinstance(options, Mapping) else options.to_dict()
+    flags = []
+    similarity = record.get("similarity")
+    if similarity is not None:  # a text; a Similarity instance has none to repeat
+        flags += ["--refine-similarity", similarity if isinstance(similarity, str) else "..."]
+    split = record.get("split")
+    if split is not None:
+        shares = split.split(":") if isinstance(split, str) else split
+        flags += ["--refine-split", ":".join(f"{float(share):g}" for share in shares)]
+    if record.get("tol"):
+        flags += ["--refine-tol", f"{float(record['tol']):g}"]
+    return flags
+
+
+refine_flags = to_flags
+"""The former name of :func:`to_flags`."""
+
+
+def options_from_args(args: argparse.Namespace, steps: int = RefineOptions.steps) -> RefineOptions:
+    """The options :func:`add_refine_options` collects: :func:`from_flags` of ``args``."""
+    return from_flags(args, steps=steps)
 
 
 def refine_options_from_flags(
     similarity: str | None = None, split: str | None = None, tol: float = 0.0
 ) -> dict[str, Any]:
-    """The keyword arguments of :func:`~regzoo.refinement.refine` that ``--refine-similarity SPEC``,
-    ``--refine-split A:B:C`` and ``--refine-tol TOL`` spell (the inverse of
-    :func:`refine_flags`), checked now so that a typo fails before any work.
-
-    Raises:
-        InputError: a malformed similarity text, split or tolerance.
-        UnknownNameError: an unregistered similarity name.
-    """
-    options: dict[str, Any] = {}
-    if similarity:
-        # names, weights and options checked (MSE stands in for the model's own similarity)
-        parse_similarity(similarity, trained=MSE())
-        options["similarity"] = similarity
-    if split:
-        try:
-            shares = [float(share) for share in split.split(":")]
-        except ValueError:
-            shares = []
-        RefineOptions(split=tuple(shares))  # one message for bad shares (3 levels, as refine's)
-        options["split"] = shares
-    if tol != 0.0:  # NaN included: refused, never dropped
-        if not 0 <= tol < float("inf"):
-            raise InputError(f"--refine-tol: tol must be >= 0 and finite, got {tol}")
-        options["tol"] = tol
-    return options
-
-
-def refine_flags(options: Mapping[str, Any]) -> list[str]:
-    """The ``--refine-...`` flags of ``regzoo register`` / ``explore`` that repeat the keyword
-    arguments ``options`` of :func:`~regzoo.refinement.refine` (``similarity``, ``split``, ``tol``)."""
-    flags = []
-    if "similarity" in options:  # a text; a Similarity instance has none to repeat
-        similarity = options["similarity"]
-        flags += ["--refine-similarity", similarity if isinstance(similarity, str) else "..."]
-    if "split" in options:
-        flags += ["--refine-split", ":".join(f"{float(share):g}" for share in options["split"])]
-    if options.get("tol"):
-        flags += ["--refine-tol", f"{float(options['tol']):g}"]
-    return flags
+    """Deprecated: the settings that the flags spell as a dict; use :func:`from_flags`."""
+    warnings.warn(
+        "refine_options_from_flags() is deprecated; use regzoo.cli.refine_flags.from_flags()",
+        DeprecationWarning,
+        stacklevel=2,
+    )
+    options = from_flags(similarity=similarity, split=split, tol=tol)
+    defaults = RefineOptions()
+    return {
+        f.name: value
+        for f in dataclasses.fields(options)
+        if f.name in ("similarity", "split", "tol")
+        and (value := options.to_dict()[f.name]) != getattr(defaults, f.name)
+    }

@@ -6,7 +6,7 @@ from __future__ import annotations
 import argparse
 import json
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from regzoo._errors import InputError
 from regzoo.cli.arguments import (
@@ -15,8 +15,11 @@ from regzoo.cli.arguments import (
     add_plugin_argument,
     add_refine_argument,
 )
-from regzoo.cli.refine_flags import add_refine_options, options_from_args
+from regzoo.cli.refine_flags import add_refine_options, from_flags
 from regzoo.params import parse_params
+
+if TYPE_CHECKING:
+    from regzoo.refinement import RefineOptions
 
 
 def add_parser(sub: Any) -> None:
@@ -104,13 +107,14 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--choose picks the parameters: give fixed values as --grid NAME=VALUE")
     if args.refine_grid and not args.choose:
         raise InputError("--refine-grid needs --choose (it refines every setting of the grid)")
-    refine_options = options_from_args(args)
+    options = from_flags(args, steps=args.refine)  # checked before any work
+    refine = options if args.refine else None
     check_output_folder(args.out)  # a folder of the user's files is refused before any work
     model = load_model(args.model, plugins=args.plugin)
     model.objective.resolve(params)  # every input is checked before any work or output
     choice = None
     if args.choose:
-        params, choice = _choose(model, args, refine_options)
+        params, choice = _choose(model, args, options if args.refine_grid else None)
     fixed, moving, segs = read_pair(
         args.fixed,
         args.moving,
@@ -123,10 +127,9 @@ def run(args: argparse.Namespace) -> int:
         model,
         fixed,
         moving,
-        refine=args.refine,
-        progress=args.refine > 0,
+        refine=refine,
+        progress=refine is not None,
         fixed_labels=labels,
-        refine_options=refine_options,
         **params,  # type: ignore[arg-type]  # parameter names, never register's options
     )
     out = Path(args.out)
@@ -150,8 +153,7 @@ def run(args: argparse.Namespace) -> int:
                 staging / "figure.png",
                 moving_mask=mask,
                 fixed_labels=labels,
-                refine=args.refine,
-                refine_options=refine_options,
+                refine=refine,
             )
             names.append("figure.png")
     print(f"parameters: {parameter_title(result.params)}")
@@ -170,10 +172,10 @@ def run(args: argparse.Namespace) -> int:
 
 
 def _choose(
-    model: object, args: argparse.Namespace, refine_options: dict[str, object]
-) -> tuple[dict[str, float], dict]:
+    model: object, args: argparse.Namespace, refine_grid: RefineOptions | None
+) -> tuple[dict[str, float], dict[str, Any]]:
     """``register --choose``: the parameters a label-free criterion picks for the pair over
-    ``--grid`` (each setting refined with ``refine_options`` under ``--refine-grid``), and the
+    ``--grid`` (each setting refined with ``refine_grid`` under ``--refine-grid``), and the
     record written to choice.json."""
     from regzoo.inference import choose_parameters
     from regzoo.study import parameter_title
@@ -185,8 +187,7 @@ def _choose(
         args.moving,
         parse_grid(args.grid),
         args.choose,
-        refine_grid=args.refine if args.refine_grid else 0,
-        refine_options=refine_options,
+        refine_grid=refine_grid,
         max_folding=args.max_folding,
         resample=args.resample,
         fixed_labels=args.fixed_labels,
@@ -196,7 +197,7 @@ def _choose(
         "criterion": args.choose,
         "params": chosen,
         "grid": dict(zip(result.names, result.axes, strict=True)),
-        "refine_grid": args.refine if args.refine_grid else 0,
+        "refine_grid": None if refine_grid is None else refine_grid.to_dict(),
         "max_folding": args.max_folding,
         "settings": result.rows,
     }

@@ -13,7 +13,7 @@ from regzoo.cli.arguments import (
     add_refine_argument,
     int_at_least,
 )
-from regzoo.cli.refine_flags import add_refine_options, options_from_args
+from regzoo.cli.refine_flags import add_refine_options, from_flags
 
 
 def add_parser(sub: Any) -> None:
@@ -79,6 +79,7 @@ def run(args: argparse.Namespace) -> int:
 
     if args.refine_grid and not args.refine:
         raise InputError("--refine-grid needs --refine N (the iterations per setting)")
+    options = from_flags(args, steps=args.refine)  # checked before the model loads
     model = load_model(args.model, plugins=args.plugin)
     window = model.config.data.intensity_window
     dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
@@ -89,9 +90,8 @@ def run(args: argparse.Namespace) -> int:
         args.out,
         metric=args.metric,
         batch_size=args.batch_size,
-        refine=args.refine,
-        refine_grid=args.refine_grid,
-        refine_options=options_from_args(args),
+        refine=options if args.refine else None,
+        refine_grid=options if args.refine_grid else None,
         max_folding=args.max_folding,
         criterion=args.criterion,
         optimize=args.optimize,

@@ -11,9 +11,12 @@ import shlex
 import sys
 from collections.abc import Mapping, Sequence
 from pathlib import Path
-from typing import Any
+from typing import TYPE_CHECKING, Any
 
 from regzoo._errors import InputError, RegzooError
+
+if TYPE_CHECKING:
+    from regzoo.refinement import RefineOptions
 
 __all__ = [
     "DEFAULT_PORT",
@@ -107,11 +110,11 @@ def explore_command(
     moving_seg: str | Path | None = None,
     fixed_labels: str | Path | None = None,
     params: Mapping[str, float] | None = None,
-    refine_options: Mapping[str, Any] | None = None,
+    refine: RefineOptions | Mapping[str, Any] | None = None,
 ) -> str:
     """The shell-quoted ``regzoo explore`` command for one pair, starting at ``params`` (what
     a sweep report prints to open its best setting in the explorer), its refine button set to
-    ``refine_options`` (:func:`~regzoo.cli.refine_flags.refine_flags`)."""
+    ``refine`` (:func:`~regzoo.cli.refine_flags.to_flags`; its steps are the button's)."""
     words = ["regzoo", "explore", "--model", str(model), "--fixed", str(fixed)]
     words += ["--moving", str(moving)]
     for flag, path in (
@@ -123,9 +126,9 @@ def explore_command(
             words += [flag, str(path)]
     for name, value in (params or {}).items():
         words += ["--param", f"{name}={value:.6g}"]
-    from regzoo.cli.refine_flags import refine_flags
+    from regzoo.cli.refine_flags import to_flags
 
-    words += refine_flags(refine_options or {})
+    words += to_flags(refine or {})
     return shlex.join(words)
 
 
@@ -189,11 +192,11 @@ def _loopback(host: str) -> bool:
         return name == "localhost"
 
 
-def run(args: argparse.Namespace, refine_options: Mapping[str, Any] | None = None) -> int:
+def run(args: argparse.Namespace, refine: RefineOptions | None = None) -> int:
     """Run ``regzoo explore``: load the model and images, print the URL, serve until Ctrl+C.
 
-    ``refine_options`` are the refine button's keyword arguments of
-    :func:`regzoo.refinement.refine` (``regzoo explore --refine-similarity ...``).
+    ``refine`` holds the refine button's settings (``regzoo explore --refine-similarity ...``,
+    :func:`regzoo.cli.refine_flags.from_flags`).
 
     Raises:
         RegzooError: without the ``explore`` extra, or when the port cannot be bound.
@@ -224,7 +227,7 @@ def run(args: argparse.Namespace, refine_options: Mapping[str, Any] | None = Non
         out=args.out,
         params=params,
         checkpoint=args.model,
-        refine_options=refine_options,
+        refine=refine,
     )
     app = create_app(session, refine_steps=args.refine_steps, allowed_hosts=hosts)
     server = ExplorerServer(app, args.host, args.port)

@@ -12,6 +12,7 @@ save) whose methods share that state; the HTTP layer is separate.
 
 from __future__ import annotations
 
+import dataclasses
 import shlex
 import threading
 import time
@@ -24,7 +25,7 @@ import numpy as np
 import torch
 
 from regzoo._errors import InputError
-from regzoo.cli.refine_flags import refine_flags
+from regzoo.cli.refine_flags import to_flags
 from regzoo.data.learn2reg import normalize_intensity
 from regzoo.explore.render import (
     deformation_grid,
@@ -46,7 +47,13 @@ from regzoo.inference import (
 from regzoo.io import check_output_folder, check_same_grid
 from regzoo.metrics import dice, jacobian_scores
 from regzoo.nets import RegistrationOutput
-from regzoo.refinement import RefineCancelledError, RefineTrace, check_steps, refine
+from regzoo.refinement import (
+    RefineCancelledError,
+    RefineOptions,
+    RefineTrace,
+    check_steps,
+    refine,
+)
 from regzoo.registration_model import RegistrationModel, result_objective
 from regzoo.spatial import warp
 
@@ -86,8 +93,9 @@ class ExploreSession:
         out: the folder that "save" writes to (``None``: saving is off).
         params: the starting parameters (short or full names; defaults fill the rest).
         checkpoint: the model's checkpoint file, named in :meth:`register_command`.
-        refine_options: further keyword arguments of :func:`regzoo.refinement.refine` for the
-            refine button (``similarity``, ``split``, ``tol``; as ``register --refine-...``).
+        refine: the refine button's settings (:class:`~regzoo.refinement.RefineOptions`:
+            similarity, split, tol, as ``register --refine-...``; the button sets the steps).
+        refine_options: deprecated: those settings as a mapping (a ``DeprecationWarning``).
 
     Raises:
         ValueError: images of different shapes, or parameters outside the trained range.
@@ -107,10 +115,16 @@ class ExploreSession:
         out: str | Path | None = None,
         params: Mapping[str, float] | None = None,
         checkpoint: str | Path | None = None,
+        refine: RefineOptions | None = None,
         refine_options: Mapping[str, Any] | None = None,
     ) -> None:
         self.model = model
-        self.refine_options = dict(refine_options or {})
+        if refine_options is not None:
+            if refine is not None:
+                raise InputError("explore: give refine=RefineOptions(...) alone")
+            refine = RefineOptions.coerce(refine_options, "ExploreSession(refine_options=...)")
+        self.refine_settings = refine or RefineOptions(levels=REFINE_LEVELS)
+        """The refine button's settings (its steps come from the button)."""
         self.sources = {
             "fixed": fixed,
             "moving": moving,
@@ -235,12 +249,10 @@ class ExploreSession:
                 self._fixed_n,
                 self._moving_n,
                 params,
-                steps=steps,
-                levels=REFINE_LEVELS,
+                dataclasses.replace(self.refine_settings, steps=steps),
                 trace=trace,
                 spacing=self.spacing,
                 labels=self.labels,
-                **self.refine_options,
             )
             self._current = self._score(params, output, started, refined=steps)
 
@@ -346,7 +358,7 @@ class ExploreSession:
             words += ["--fixed-labels", str(self.sources["fixed_labels"])]
         if current.refined:
             words += ["--refine", str(current.refined)]
-            words += refine_flags(self.refine_options)
+            words += to_flags(self.refine_settings)
         words += ["--out", str(self.out) if self.out is not None else "DIR"]
         return shlex.join(words)
 
@@ -424,7 +436,7 @@ class RefineJob:
         self.error: str | None = None
         self.cancelled = False
         self._trace = RefineTrace()
-        self._total = steps + REFINE_LEVELS
+        self._total = steps + session.refine_settings.levels
         self._thread = threading.Thread(target=self._run, args=(session,), daemon=True)
         self._thread.start()
 
