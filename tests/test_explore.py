@@ -21,6 +21,7 @@ from regzoo.cli import build_parser, main
 from regzoo.explore.command import explore_command
 from regzoo.explore.render import FOLDED, deformation_grid, plane, scale_to_uint8
 from regzoo.explore.session import ExploreSession, RefineJob
+from regzoo.refinement import RefineOptions
 
 ROOT = Path(__file__).resolve().parents[1]
 
@@ -561,11 +562,14 @@ def test_a_bug_inside_the_api_is_not_answered_as_a_user_error(session, monkeypat
 
 def test_the_refine_button_takes_the_refine_options(model, tiny_phantom, tiny_checkpoint, tmp_path):
     fixed, moving, _, _ = pair(tiny_phantom)
-    options = {"similarity": "model + ngf", "split": [1.0, 1.0, 2.0]}
+    options = RefineOptions(similarity="model + ngf", split="1:1:2")
     plain = ExploreSession(model, fixed, moving, checkpoint=tiny_checkpoint)
-    combined = ExploreSession(
-        model, fixed, moving, checkpoint=tiny_checkpoint, refine_options=options
-    )
+    combined = ExploreSession(model, fixed, moving, checkpoint=tiny_checkpoint, refine=options)
+    with pytest.warns(DeprecationWarning, match="as a mapping is deprecated"):
+        former = ExploreSession(
+            model, fixed, moving, refine_options={"similarity": "model + ngf", "split": [1, 1, 2]}
+        )
+    assert former.refine_settings == combined.refine_settings == options
     for explored in (plain, combined):
         explored.update({"mu": 0.2, "lam": 0.4})
         explored.refine(4)

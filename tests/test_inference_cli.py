@@ -9,10 +9,12 @@ import pytest
 import torch
 from scipy import ndimage
 
+from regzoo._errors import InputError
 from regzoo.checkpoint import load_model
 from regzoo.cli import main
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.inference import register
+from regzoo.refinement import RefineOptions
 from regzoo.sweeping import optimize_parameters, parse_grid, sweep
 
 
@@ -251,7 +253,7 @@ def test_exact_sweep_scores_refined_fields(tiny_checkpoint, tiny_phantom, tmp_pa
     dataset = Learn2RegDataset(tiny_phantom, "val", annotations=True)
     grid = {"lam": [1.0], "mu": [0.1, 1.0]}
     network = sweep(model, dataset, grid, progress=False)
-    exact = sweep(model, dataset, grid, refine_steps=20, progress=False)
+    exact = sweep(model, dataset, grid, refine=RefineOptions(steps=20), progress=False)
     for fast, refined in zip(network.rows, exact.rows, strict=True):
         assert refined["tre_mm"] < fast["tre_mm"]
     extra = ["--grid", "mu=0.1,1", "--refine-grid"]
@@ -312,8 +314,13 @@ def test_exact_sweep_refines_under_the_refine_options(tiny_checkpoint, tiny_phan
     options = ["--refine-similarity", "model + ngf", "--refine-split", "1:1:1"]
     assert main(sweep_args(tiny_checkpoint, tiny_phantom, other, *extra, *options)) == 0
     report = json.loads((other / "sweep.json").read_text())
-    assert report["refine_options"] == {"similarity": "model + ngf", "split": [1.0, 1.0, 1.0]}
-    assert json.loads((plain / "sweep.json").read_text())["refine_options"] == {}
+    refined = RefineOptions(steps=3, similarity="model + ngf", split="1:1:1")
+    assert RefineOptions.from_dict(report["refine"]) == refined
+    assert json.loads((plain / "sweep.json").read_text())["refine"] == {
+        **refined.to_dict(),
+        "similarity": None,
+        "split": None,
+    }
     # the same settings, refined under another objective: other fields, other scores
     before = [r["tre_mm"] for r in json.loads((plain / "sweep.json").read_text())["settings"]]
     after = [r["tre_mm"] for r in report["settings"]]
@@ -332,18 +339,35 @@ def test_register_choose_refines_the_grid_under_the_refine_options(
     grid = {"mu": [0.1, 1.0]}
     rows = [
         choose_parameters(
+            model, fixed, moving, grid, "discrepancy", refine_grid=options, max_folding=None
+        )[1].rows
+        for options in (
+            RefineOptions(steps=3),
+            RefineOptions(steps=3, similarity="model + ngf", split="1:1:1"),
+        )
+    ]
+    assert [r["similarity"] for r in rows[0]] != [r["similarity"] for r in rows[1]]
+    # the grid in the CLI's text forms, read by the CLI's parser: the same settings
+    for text in ("0.1:1:2", "0.1,1"):
+        chosen, result = choose_parameters(
+            model, fixed, moving, {"mu": text}, "discrepancy", max_folding=None
+        )
+        assert result.axes == [[0.1, 1.0]] and chosen["linear_elastic.mu"] in (0.1, 1.0)
+    with pytest.raises(InputError, match=r"grid entry 'mu=0\.1:1' must look like"):
+        choose_parameters(model, fixed, moving, {"mu": "0.1:1"}, "discrepancy")
+    # the former form (steps and a mapping) still works, with a DeprecationWarning
+    with pytest.warns(DeprecationWarning, match="pass regzoo.RefineOptions"):
+        _, former = choose_parameters(
             model,
             fixed,
             moving,
             grid,
             "discrepancy",
-            refine_grid=3,
-            refine_options=options,
+            refine_grid=3,  # type: ignore[arg-type]
+            refine_options={"similarity": "model + ngf", "split": [1.0, 1.0, 1.0]},
             max_folding=None,
-        )[1].rows
-        for options in (None, {"similarity": "model + ngf", "split": [1.0, 1.0, 1.0]})
-    ]
-    assert [r["similarity"] for r in rows[0]] != [r["similarity"] for r in rows[1]]
+        )
+    assert [r["similarity"] for r in former.rows] == [r["similarity"] for r in rows[1]]
     out = tmp_path / "chosen"
     args = ["register", "--model", str(tiny_checkpoint), "--fixed", str(fixed)]
     args += ["--moving", str(moving), "--choose", "discrepancy", "--grid", "mu=0.1,1"]
