@@ -147,7 +147,7 @@ class RefineOptions:
     int_steps: int = 0
     regularize: str = "displacement"
     levels: int = 3
-    split: tuple[float, ...] | str | None = None
+    split: Sequence[float] | str | None = None
     optimizer: str = "adam"
     tol: float = 0.0
     window: int = 5
@@ -525,7 +525,10 @@ def _converged(history: Sequence[float], tol: float, window: int) -> bool:
     return change < tol
 
 
-_LEGACY_SETTINGS = ("steps", "lr", "grid_downsize", "levels", "progress", "tol", "optimizer", "split")
+_LEGACY_SETTINGS = frozenset(
+    ("steps", "lr", "grid_downsize", "levels", "progress", "tol", "optimizer", "split")
+)
+"""The settings :func:`refine` took as keyword arguments before :class:`RefineOptions`."""
 
 
 def refine(
@@ -578,7 +581,8 @@ def refine(
         >>> output = regzoo.refine(model, fixed, moving, {"lam": 1.0, "mu": 1.0}, options)
         >>> output.displacement.shape  # (B, 3, X, Y, Z)
     """
-    options = _merge_legacy(RefineOptions.coerce(options, "refine(options=...)"), similarity, settings)
+    given = RefineOptions.coerce(options, "refine(options=...)")
+    options = _merge_legacy(given, similarity, settings)
     instance = similarity if isinstance(similarity, Similarity) else None
     if instance is not None and options.similarity is not None:
         raise InputError("refine: give the similarity once (options.similarity or similarity=)")
@@ -615,7 +619,7 @@ def _merge_legacy(
 ) -> RefineOptions:
     """``options`` with the deprecated keyword settings of :func:`refine` (and a similarity
     given as text) folded in, with a ``DeprecationWarning``."""
-    unknown = sorted(set(settings) - set(_LEGACY_SETTINGS))
+    unknown = sorted(set(settings) - _LEGACY_SETTINGS)
     if unknown:
         raise TypeError(f"refine() got unexpected keyword argument(s) {unknown}")
     legacy = dict(settings)

@@ -17,6 +17,7 @@ replicating its last slice along each axis (``pad=True``).
 from __future__ import annotations
 
 from collections.abc import Sequence
+from typing import Any
 
 import torch
 import torch.nn.functional as F
@@ -140,7 +141,7 @@ class _ForwardDifferences(torch.autograd.Function):
 
     @staticmethod
     def forward(
-        ctx, u: torch.Tensor, items: tuple[tuple[int, int | None], ...]
+        ctx: Any, u: torch.Tensor, items: tuple[tuple[int, int | None], ...]
     ) -> tuple[torch.Tensor, ...]:
         sizes = u.shape[2:]
         ctx.shape, ctx.items = u.shape, items
@@ -150,7 +151,7 @@ class _ForwardDifferences(torch.autograd.Function):
         )
 
     @staticmethod
-    def backward(ctx, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, None]:
+    def backward(ctx: Any, *grads: torch.Tensor | None) -> tuple[torch.Tensor | None, None]:
         sizes = ctx.shape[2:]
         used = [(item, g) for item, g in zip(ctx.items, grads, strict=True) if g is not None]
         if not used:

@@ -11,6 +11,7 @@ from __future__ import annotations
 import os
 import sys
 from pathlib import Path
+from typing import Any
 
 import torch
 
@@ -22,32 +23,36 @@ _draw = HyperRegistration._draw_parameters
 _step = HyperRegistration.training_step
 
 
+PROBE: dict[str, Any] = {}
+"""What this process's model saw (one model per process)."""
+
+
 def _weights(model: HyperRegistration) -> dict[str, torch.Tensor]:
     return {k: v.detach().clone() for k, v in model.state_dict().items()}
 
 
 def draw_parameters(self: HyperRegistration, batch: int) -> torch.Tensor:
     values = _draw(self, batch)
-    self._probe["draws"].append(values.detach().clone())
+    PROBE["draws"].append(values.detach().clone())
     return values
 
 
-def training_step(self: HyperRegistration, batch, batch_idx: int) -> torch.Tensor:
-    self._probe["cases"].extend(batch["fixed_id"])
+def training_step(self: HyperRegistration, batch: Any, batch_idx: int) -> dict[str, Any] | None:
+    PROBE["cases"].extend(batch["fixed_id"])
     return _step(self, batch, batch_idx)
 
 
 def on_train_start(self: HyperRegistration) -> None:
-    self._probe = {
-        "draws": [],
-        "cases": [],
-        "initial": _weights(self),
-        "sampler_start": self._generator.get_state(),
-    }
+    PROBE.update(
+        draws=[],
+        cases=[],
+        initial=_weights(self),
+        sampler_start=self._generator.get_state(),
+    )
 
 
 def on_train_end(self: HyperRegistration) -> None:
-    self._probe.update(
+    PROBE.update(
         rank=self.global_rank,
         world_size=self.trainer.world_size,
         global_step=self.global_step,
@@ -55,13 +60,14 @@ def on_train_end(self: HyperRegistration) -> None:
         sampler_end=self._generator.get_state(),
         backend=str(torch.distributed.get_backend()) if torch.distributed.is_initialized() else "",
     )
-    torch.save(self._probe, OUT / f"rank{self.global_rank}.pt")
+    torch.save(PROBE, OUT / f"rank{self.global_rank}.pt")
 
 
-HyperRegistration._draw_parameters = draw_parameters
-HyperRegistration.training_step = training_step
-HyperRegistration.on_train_start = on_train_start
-HyperRegistration.on_train_end = on_train_end
+# the probe's hooks replace the module's (deliberately: a method assignment)
+HyperRegistration._draw_parameters = draw_parameters  # type: ignore[method-assign,assignment]
+HyperRegistration.training_step = training_step  # type: ignore[method-assign]
+HyperRegistration.on_train_start = on_train_start  # type: ignore[method-assign,assignment]
+HyperRegistration.on_train_end = on_train_end  # type: ignore[method-assign,assignment]
 
 if __name__ == "__main__":
     sys.exit(main(sys.argv[1:]))

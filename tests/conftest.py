@@ -1,11 +1,13 @@
 """Shared fixtures: a tiny phantom data set and a model trained on it for two steps."""
 
 from pathlib import Path
+from typing import Any
 
 import pytest
 
 from regzoo.config import load_config
 from regzoo.data.phantom import write_phantom_dataset
+from regzoo.registry import Registry
 
 ROOT = Path(__file__).resolve().parents[1]
 QUICKSTART = ROOT / "configs" / "quickstart.yaml"
@@ -83,8 +85,9 @@ def clean_registries():
     from regzoo.regularizers import REGULARIZERS
     from regzoo.similarity import SIMILARITIES
 
+    registries: list[Registry[Any]] = [REGULARIZERS, SIMILARITIES, CRITERIA]
     saved = []
-    for registry in (REGULARIZERS, SIMILARITIES, CRITERIA):
+    for registry in registries:
         registry.available()  # entry points discovered now, not during the test
         saved.append((registry, dict(registry._items), dict(registry._failed)))
         registry._items = {

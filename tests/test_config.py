@@ -1,14 +1,15 @@
 from pathlib import Path
+from typing import Any
 
 import pytest
 
-from regzoo.config import ConfigError, apply_overrides, load_config
+from regzoo.config import ConfigError, ParamRange, apply_overrides, load_config
 from regzoo.resolve import build_objective
 
 ROOT = Path(__file__).resolve().parents[1]
 CONFIGS = sorted((ROOT / "configs").rglob("*.yaml"))
 QUICKSTART_PATH = ROOT / "configs" / "quickstart.yaml"
-BASE = {"regularizers": [{"name": "linear_elastic"}], "trainer": {"max_steps": 5}}
+BASE: dict[str, Any] = {"regularizers": [{"name": "linear_elastic"}], "trainer": {"max_steps": 5}}
 
 
 def resolve(source):
@@ -45,7 +46,8 @@ def test_overrides():
     )
     config = load_config(data)
     assert config.trainer.max_steps == 7
-    assert config.regularizers[0].alpha.high == 1
+    alpha = config.regularizers[0].alpha
+    assert isinstance(alpha, ParamRange) and alpha.high == 1
     assert str(config.data.root) == "/tmp/x" and config.model.enc == [8, 8]
     assert BASE["trainer"]["max_steps"] == 5  # the input is not modified
     with pytest.raises(ConfigError, match=r"must look like dotted\.key=value"):

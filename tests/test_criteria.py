@@ -78,7 +78,7 @@ def test_inverse_consistency_takes_the_smallest_gap_relative_to_the_motion():
 
 def _bump(shape: tuple[int, ...], amplitude: float) -> torch.Tensor:
     grids = torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in shape], indexing="ij")
-    r2 = sum((g - s / 2) ** 2 for g, s in zip(grids, shape, strict=True))
+    r2 = torch.stack([(g - s / 2) ** 2 for g, s in zip(grids, shape, strict=True)]).sum(0)
     u = torch.zeros(1, len(shape), *shape)
     u[:, 0] = amplitude * torch.exp(-r2 / (2 * 5.0**2))
     return u
@@ -96,7 +96,7 @@ def _inverse(u: torch.Tensor, iterations: int = 30) -> torch.Tensor:
 def test_criteria_recover_the_true_setting_of_a_synthetic_pair(shape):
     torch.manual_seed(0)
     grids = torch.meshgrid(*[torch.arange(s, dtype=torch.float32) for s in shape], indexing="ij")
-    moving = sum(torch.sin(0.5 * g + i) for i, g in enumerate(grids))[None, None]
+    moving = torch.stack([torch.sin(0.5 * g + i) for i, g in enumerate(grids)]).sum(0)[None, None]
     truth = _bump(shape, 2.0)
     fixed = warp(moving, truth)
     # stiff settings move part of the way; setting 3 is the truth; soft ones add a rough,
@@ -204,7 +204,7 @@ def test_choice_errors_are_one_clear_message():
     with pytest.raises(InputError, match=r"needs the measures \['inverse_consistency'"):
         result.choose("inverse_consistency")
     with pytest.raises(InputError, match="tolerance must be in"):
-        criteria.get("discrepancy")(tolerance=1.5)
+        criteria.Discrepancy(tolerance=1.5)
     with pytest.raises(InputError, match="table of settings is empty"):
         criteria.get("lcurve")()(ChoiceTable(["mu"], []))
     every_fold = _result(0.0)
@@ -213,7 +213,7 @@ def test_choice_errors_are_one_clear_message():
     with pytest.raises(InputError, match="--max-folding"):
         every_fold.choose("discrepancy")
     with pytest.raises(TypeError, match="must subclass"):
-        criteria.CRITERIA.add("not_a_criterion", int)
+        criteria.CRITERIA.add("not_a_criterion", int)  # type: ignore[arg-type]  # deliberately
 
 
 # -- end to end: register --choose on a pair without masks or landmarks ------------------------
@@ -289,7 +289,9 @@ def test_plugin_regularizer_with_every_criterion(tiny_phantom, bare_pair, tmp_pa
     refused = {}
     for name in criteria.available():
         try:
-            params, result = choose_parameters(model, fixed, moving, grid, name, max_folding=None)
+            params, result = choose_parameters(
+                model.model, fixed, moving, grid, name, max_folding=None
+            )
         except InputError as error:  # the untrained fields hardly move: nothing admissible
             refused[name] = str(error)
             continue

@@ -37,9 +37,9 @@ def test_guard_keeps_the_best_weights_and_restores_them_on_a_dice_collapse():
     trainer = _validate(guard, module, 400, dice=0.21, objective=-0.3)
     assert trainer.should_stop
     assert torch.equal(module.weight.data, torch.full((2,), 2.0))
-    assert "diverged at step 400" in guard.diverged
-    assert "Dice fell to 0.210 (best 0.900)" in guard.diverged
-    assert "weights of step 200 were restored" in guard.diverged
+    assert "diverged at step 400" in str(guard.diverged)
+    assert "Dice fell to 0.210 (best 0.900)" in str(guard.diverged)
+    assert "weights of step 200 were restored" in str(guard.diverged)
 
 
 def test_guard_watches_the_objective_without_masks():
@@ -47,11 +47,11 @@ def test_guard_watches_the_objective_without_masks():
     _validate(guard, module, 10, objective=-0.40)
     assert not _validate(guard, module, 20, objective=-0.25).should_stop  # within 0.5 x 0.4
     assert _validate(guard, module, 30, objective=-0.1).should_stop
-    assert "objective rose to -0.1 (best -0.4)" in guard.diverged
+    assert "objective rose to -0.1 (best -0.4)" in str(guard.diverged)
     guard = DivergenceGuard()
     _validate(guard, module, 10, objective=-0.40)
     assert _validate(guard, module, 20, objective=float("nan")).should_stop
-    assert "objective is nan" in guard.diverged
+    assert "objective is nan" in str(guard.diverged)
 
 
 def test_a_run_forced_to_diverge_is_reported_and_never_saved_diverged(

@@ -68,7 +68,7 @@ def test_deformation_grid_of_a_translation_moves_every_node():
     u = torch.zeros(3, 8, 8, 8)
     u[1] = 0.5  # along y: the columns of an axis-0 plane
     u[2] = 1.0  # along z: up on screen
-    nodes = deformation_grid(u, axis=0, index=4, step=4)
+    nodes = deformation_grid(u.numpy(), axis=0, index=4, step=4)
     assert (nodes["columns"], nodes["rows"]) == (2, 2)
     assert nodes["x"] == [0.5, 4.5, 0.5, 4.5]
     assert nodes["y"] == [2.0, 2.0, 6.0, 6.0]  # top row first: z = 4 at row 7 - 4 - 1
@@ -76,7 +76,7 @@ def test_deformation_grid_of_a_translation_moves_every_node():
 
 def test_jacobian_bytes_keep_folding_apart():
     det = torch.tensor([-0.5, 0.0, 1e-6, 1.0, 2.0, 3.0])
-    assert scale_to_uint8(det, 0.0, 2.0, reserve_folded=True).tolist() == [
+    assert scale_to_uint8(det.numpy(), 0.0, 2.0, reserve_folded=True).tolist() == [
         FOLDED,
         FOLDED,
         1,
@@ -308,6 +308,7 @@ def test_explore_serves_the_page_on_the_given_port(tiny_checkpoint, tiny_phantom
     command += ["--out", str(tmp_path / "out")]
     process = subprocess.Popen(command, stdout=subprocess.PIPE, stderr=subprocess.PIPE, text=True)
     try:
+        assert process.stdout is not None and process.stderr is not None
         line = process.stdout.readline()
         assert f"http://127.0.0.1:{port}/" in line, line + process.stderr.read()
         deadline = time.monotonic() + 60
@@ -501,12 +502,15 @@ def test_the_readout_is_the_objective_register_reports_at_21_mm(tiny_phantom, tm
     moving = _at_spacing(moving_path, tmp_path / "moving.nii.gz", 21.0)
     readout = ExploreSession(model, fixed, moving).view()["readout"]
     reported = register(model, fixed, moving).objective  # `regzoo register --refine 0`
+    assert reported is not None
     assert readout["objective"] == pytest.approx(reported["objective"], rel=1e-6)
     assert readout["similarity"] == pytest.approx(reported["similarity"], rel=1e-6)
     assert readout["energies"] == pytest.approx(reported["energies"], rel=1e-6)
     # per mm: a second-order energy at 21 mm voxels is the per-voxel one / 21^2 (the readout
     # used to be the per-voxel energy, 441 times the objective that refinement minimises)
-    per_voxel = register(model, fixed_path, moving_path).objective["energies"]["curvature"]
+    per_voxel_objective = register(model, fixed_path, moving_path).objective
+    assert per_voxel_objective is not None
+    per_voxel = per_voxel_objective["energies"]["curvature"]
     assert readout["energies"]["curvature"] == pytest.approx(per_voxel / 21.0**2, rel=1e-5)
 
 
@@ -530,6 +534,7 @@ def test_a_per_label_model_opens_with_the_fixed_label_map(tiny_phantom, tmp_path
     assert low < high  # the lung's value and the background's
     assert all("map:linear_elastic.mu" in plane for plane in view["planes"])
     reported = register(model, fixed, moving, fixed_labels=labels).objective
+    assert reported is not None
     assert view["readout"]["objective"] == pytest.approx(reported["objective"], rel=1e-6)
     assert "map_linear_elastic.mu.nii.gz" in [p.name for p in session.save()]
     assert "--fixed-labels" in session.register_command()
@@ -577,5 +582,5 @@ def test_the_refine_button_takes_the_refine_options(model, tiny_phantom, tiny_ch
     assert "--refine-similarity 'model + ngf' --refine-split 1:1:2" in command
     assert "--refine-similarity" not in plain.register_command()
     # another objective was minimised: another field
-    fields = [s._current.result.displacement for s in (plain, combined)]
-    assert not torch.allclose(*fields)
+    first, second = (s._current.result.displacement for s in (plain, combined))
+    assert not torch.allclose(first, second)

@@ -1,3 +1,5 @@
+from typing import cast
+
 import pytest
 import torch
 from conftest import QUICKSTART, tiny_overrides
@@ -173,7 +175,7 @@ def test_learning_rate_schedule_and_conditioning_learning_rate():
     assert backbone["lr"] == pytest.approx(0.01) and conditioning["lr"] == pytest.approx(0.001)
     names = {id(p): n for n, p in model.named_parameters()}
     assert all("film" in names[id(p)] or "hypernet" in names[id(p)] for p in conditioning["params"])
-    assert setup["lr_scheduler"]["interval"] == "step"
+    assert cast(dict, setup["lr_scheduler"])["interval"] == "step"
     with pytest.raises(ValueError, match=r"cosine' needs trainer\.max_steps"):
         load_config(
             WIDE, ["optimizer.schedule=cosine", "trainer.max_steps=-1", "trainer.max_epochs=3"]
@@ -250,10 +252,12 @@ def test_the_gradient_check_syncs_once_per_step(monkeypatch):
         return to_bool(self)
 
     monkeypatch.setattr(torch.Tensor, "__bool__", counting)
-    model.on_before_optimizer_step(None)
+    optimizer = torch.optim.SGD(params, lr=0.1)
+    model.on_before_optimizer_step(optimizer)
     assert len(syncs) == 1  # one fused reduction, not one sync per parameter tensor
     monkeypatch.undo()
     name, bad = list(model.named_parameters())[3]
+    assert bad.grad is not None
     bad.grad[(0,) * bad.grad.ndim] = float("nan")
     with pytest.raises(NonFiniteLossError, match=f"first: {name}"):
-        model.on_before_optimizer_step(None)
+        model.on_before_optimizer_step(optimizer)

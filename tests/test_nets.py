@@ -88,6 +88,7 @@ def test_hyperconv_matches_plain_conv_when_weights_agree():
 def test_different_parameter_vectors_give_different_kernels_at_initialisation():
     torch.manual_seed(0)
     net = RegistrationNet(3, num_params=2, conditioning="weights")
+    assert net.hypernet is not None
     soft, stiff = net.hypernet(torch.tensor([[0.0, 0.0], [1.0, 1.0]])).split(1)
     convs = [(n, m) for n, m in net.named_modules() if isinstance(m, HyperConv)]
     assert convs, "the hyper network has no HyperConv layer to check"

@@ -32,6 +32,11 @@ def linear_field(A, shape, shift=0.0):
     return (torch.einsum("ij,j...->i...", A, x) + shift).unsqueeze(0)
 
 
+def at(*index: int | slice) -> tuple[int | slice, ...]:
+    """A tensor index of integers and slices (typed as such)."""
+    return index
+
+
 def rotation(theta, ndim):
     R = torch.eye(ndim, dtype=torch.float64)
     c, s = math.cos(theta), math.sin(theta)
@@ -297,7 +302,7 @@ def test_rigidity_matches_elastix_term_by_term_on_a_shear(shape):
     # a mask over a small part of the grid: the same mean over the rigid region (elastix's
     # normalisation by the coefficients' sum), not the domain mean scaled by the mask's share
     mask = torch.zeros(1, 1, *shape, dtype=torch.float64)
-    mask[(0, 0, *(slice(1, 3) for _ in shape))] = 1.0
+    mask[at(0, 0, *(slice(1, 3) for _ in shape))] = 1.0
     assert mask.mean().item() < 0.15
     masked = Fn.rigidity_energy(u, mask, 1.0, 1.5, 2.0)
     assert masked.item() == pytest.approx(expected.item(), rel=1e-12)
@@ -334,13 +339,13 @@ def test_rigidity_on_a_labelled_region(shape):
     box = tuple(slice(2, 5) for _ in shape)
     reach = tuple(slice(2, 7) for _ in shape)
     mask = torch.zeros(1, 1, *shape, dtype=torch.float64)
-    mask[(0, 0, *box)] = 1.0
+    mask[at(0, 0, *box)] = 1.0
     u = random_smooth_field(shape, batch=1, dtype=torch.float64, amplitude=2.0)
-    u[(0, slice(None), *reach)] = rigid_field(shape)[(0, slice(None), *reach)]
+    u[at(0, slice(None), *reach)] = rigid_field(shape)[at(0, slice(None), *reach)]
     assert Fn.rigidity_energy(u, mask).item() == pytest.approx(0.0, abs=1e-13)
     assert Fn.rigidity_energy(u, 1.0).item() > 1e-2  # the whole domain is not rigid
     sheared = u.clone()
-    sheared[(0, 0, *reach)] += 0.2 * identity_grid(shape, dtype=torch.float64)[(1, *reach)]
+    sheared[at(0, 0, *reach)] += 0.2 * identity_grid(shape, dtype=torch.float64)[at(1, *reach)]
     assert Fn.rigidity_energy(sheared, mask).item() > 1e-3
     # the same through the per-label path of a config: bone = label 3
     labels = 3 * mask.long()

@@ -4,6 +4,7 @@ import argparse
 import inspect
 import json
 from pathlib import Path
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -31,7 +32,8 @@ ROOT = Path(__file__).resolve().parents[1]
 FILE_PLUGIN = ROOT / "plugins" / "file_plugin_example" / "directional_diffusion.py"
 # the refinement configuration of docs/results.md ("Toward the limit"): 30 iterations, half of
 # them at full resolution, under the training similarity plus NGF, at lam = mu = 1
-CHOSEN = {"steps": 30, "lr": 0.1, "grid_downsize": 2, "levels": 3, "split": (1.0, 1.0, 2.0)}
+CHOSEN: dict[str, Any] = {"steps": 30, "lr": 0.1, "grid_downsize": 2, "levels": 3}
+CHOSEN["split"] = (1.0, 1.0, 2.0)
 CHOSEN_SIMILARITY = "model + ngf"
 CHOSEN_PARAMS = {"lam": 1.0, "mu": 1.0}
 
@@ -239,7 +241,7 @@ def test_early_stopping_reports_the_iterations_that_ran(plugin_objective):
     values = plugin_objective.to_tensor({"axial_weight": 0.1})
     init = torch.zeros(1, 2, 32, 32)
     full, stopped = RefineTrace(), RefineTrace()
-    base = {"steps": 200, "lr": 0.2, "grid_downsize": 1, "levels": 1}
+    base: dict[str, Any] = {"steps": 200, "lr": 0.2, "grid_downsize": 1, "levels": 1}
     refine_field(plugin_objective, fixed, moving, init, values, RefineOptions(**base), trace=full)
     refine_field(
         plugin_objective,
@@ -401,14 +403,15 @@ def test_refine_options_from_flags_and_back():
     add_refine_options(parser)
     assert from_flags(parser.parse_args(flags), steps=40) == options
     assert from_flags() == RefineOptions() and to_flags(RefineOptions()) == []
-    for kwargs, message in [
+    cases: list[tuple[dict[str, Any], str]] = [
         ({"similarity": "ngf +"}, "each term is"),
         ({"split": "1:2"}, "--refine-split: split must give 3 positive shares"),
         ({"split": "a:b:c"}, "--refine-split: split must look like A:B:C"),
         ({"split": "1:.:2"}, "--refine-split: split must look like A:B:C"),
         ({"tol": -1.0}, "--refine-tol: tol must be >= 0"),
         ({"tol": float("nan")}, "--refine-tol: tol must be >= 0"),
-    ]:
+    ]
+    for kwargs, message in cases:
         with pytest.raises(ValueError, match=message):
             from_flags(**kwargs)
 

@@ -239,29 +239,30 @@ def test_6_a_ct_given_as_labels_is_refused(tiny_phantom, tmp_path):
     fixed_path, _ = _pair(tiny_phantom)
     fixed = read_image(fixed_path)
     with pytest.raises(InputError, match="is not a label map"):
-        read_labels(model, fixed, fixed_path, needed=True)  # the CT itself
+        read_labels(model.model, fixed, fixed_path, needed=True)  # the CT itself
     ct = nib.load(fixed_path)
     integer_ct = tmp_path / "ct_int16.nii.gz"  # the CT stored as integers (HU)
     nib.save(nib.Nifti1Image(np.rint(ct.get_fdata()).astype(np.int16), ct.affine), integer_ct)
     with pytest.raises(InputError, match=r"not a label map|none of the labels"):
-        read_labels(model, fixed, integer_ct, needed=True)
+        read_labels(model.model, fixed, integer_ct, needed=True)
     labels = tiny_phantom / "labelsTr" / "PhantomCT_0003_0000.nii.gz"
-    assert read_labels(model, fixed, labels, needed=True) is not None  # the real label map
+    assert read_labels(model.model, fixed, labels, needed=True) is not None  # the real label map
     image = nib.load(labels)
     big = np.asarray(image.dataobj).astype(np.uint16)
     big[0, 0, 0] = 40000
     unknown = tmp_path / "unknown.nii.gz"
     nib.save(nib.Nifti1Image(big, image.affine), unknown)
     with pytest.warns(RuntimeWarning, match=r"does not know \(40000\)"):
-        read_labels(model, fixed, unknown, needed=True)  # named; it takes the background value
+        # named; it takes the background value
+        read_labels(model.model, fixed, unknown, needed=True)
     no_lung = tmp_path / "no_lung.nii.gz"
     nib.save(nib.Nifti1Image(np.where(big == 1, 2, big).astype(np.uint8), image.affine), no_lung)
     with pytest.raises(InputError, match="none of the labels"):
-        read_labels(model, fixed, no_lung, needed=True)  # the sliding region would be empty
+        read_labels(model.model, fixed, no_lung, needed=True)  # the sliding region would be empty
     fractional = tmp_path / "fractional.nii.gz"
     nib.save(nib.Nifti1Image(big.astype(np.float32) * 0.5 + 0.25, image.affine), fractional)
     with pytest.raises(InputError, match="non-integer"):
-        read_labels(model, fixed, fractional, needed=True)
+        read_labels(model.model, fixed, fractional, needed=True)
 
 
 # -- 4. bounded options -------------------------------------------------------------------------

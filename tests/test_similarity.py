@@ -2,7 +2,7 @@ import pytest
 import torch
 import torch.nn.functional as F
 
-from regzoo.similarity import LNCC, MSE, SIMILARITIES, box_filter
+from regzoo.similarity import LNCC, MSE, NGF, SIMILARITIES, WeightedSum, box_filter
 
 
 def textured(shape, seed=0):
@@ -31,7 +31,7 @@ def test_lncc_constant_patches_are_finite():
     loss = lncc(const, const.detach() * 2)
     assert torch.isfinite(loss).all() and loss.abs().max() < 1e-6
     loss.sum().backward()
-    assert torch.isfinite(const.grad).all()
+    assert const.grad is not None and torch.isfinite(const.grad).all()
 
 
 def test_separable_box_filter_matches_dense_convolution():
@@ -87,7 +87,6 @@ def test_multiscale_rejects_bad_scales_and_is_configured_by_scales():
 
 @pytest.mark.parametrize("shape", [(24, 20), (12, 10, 8)])
 def test_weighted_sum_is_the_weighted_sum_of_its_terms(shape):
-    from regzoo.similarity import NGF, WeightedSum
 
     fixed, warped = textured(shape), textured(shape, seed=1)
     lncc, ngf = LNCC(window=5), NGF()
@@ -98,7 +97,7 @@ def test_weighted_sum_is_the_weighted_sum_of_its_terms(shape):
     assert both.radius == 2  # the widest term's (LNCC 5: 2, NGF: 1)
     for bad in ([], [(0.0, lncc)], [(float("inf"), lncc)], [(1.0, "lncc")]):
         with pytest.raises(ValueError, match="WeightedSum"):
-            WeightedSum(bad)
+            WeightedSum(bad)  # type: ignore[arg-type]  # deliberately malformed
 
 
 def test_parse_similarity_reads_names_weights_options_and_the_model():
@@ -115,10 +114,13 @@ def test_parse_similarity_reads_names_weights_options_and_the_model():
     (w1, s1), (w2, s2) = combined.items()
     assert (w1, s1, w2) == (1.0, trained, 0.75)
     assert isinstance(s2, NGF) and s2.options.eta == 0.05
-    assert parse_similarity("lncc:window=5").options.window == 5
+    lncc = parse_similarity("lncc:window=5")
+    assert isinstance(lncc, LNCC) and lncc.options.window == 5
     small = parse_similarity("1e-3*ngf:eta=1e+2,eps=1e-9 + 2e+0 * mse")
+    assert isinstance(small, WeightedSum)
     assert [w for w, _ in small.items()] == [1e-3, 2.0]
-    assert small.items()[0][1].options.eta == 100.0
+    first = small.items()[0][1]
+    assert isinstance(first, NGF) and first.options.eta == 100.0
     for bad, message in [
         ("", "each term is"),
         ("x*ngf", "positive WEIGHT"),

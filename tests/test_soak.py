@@ -19,6 +19,7 @@ from soak_harness import GROWTH_BOUND_MIB, soak
 
 from regzoo.checkpoint import load_model
 from regzoo.inference import register
+from regzoo.refinement import RefineOptions
 
 HERE = Path(__file__).resolve().parent
 DEFAULT_CALLS = 200
@@ -55,7 +56,7 @@ def test_many_register_calls_keep_memory_bounded(
         moving = torch.rand(SHAPE, generator=generator) * 1500 - 1000
         values = space.sample(1, generator)[0].tolist()
         params = dict(zip(space.names, values, strict=True))
-        refine = 2 if i % REFINE_EVERY == 0 else 0
+        refine = RefineOptions(steps=2) if i % REFINE_EVERY == 0 else None
         result = register(model, fixed, moving, refine=refine, **params)
         assert result.displacement.shape == (3, *SHAPE)
         assert bool(torch.isfinite(result.displacement).all())

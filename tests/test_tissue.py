@@ -14,6 +14,7 @@ from regzoo.config import ConfigError, load_config
 from regzoo.data.learn2reg import Learn2RegDataset, read_label_names
 from regzoo.data.phantom import TISSUE_LABELS, generate_case, write_phantom_dataset
 from regzoo.regularizers import functional
+from regzoo.regularizers.builtin import TotalVariation
 from regzoo.resolve import build_objective
 from regzoo.spatial import gradient
 from regzoo.testing import constant_maps, random_smooth_field
@@ -99,10 +100,10 @@ def test_piecewise_map_weights_the_point_where_forward_differences_start_3d():
 def test_map_crop_offsets_and_shape_errors():
     density = torch.ones(1, 4, 4)
     grid = torch.arange(36.0).view(1, 1, 6, 6)
-    assert torch.equal(functional.per_sample(grid, density, "k", "f"), grid[:, 0, :4, :4])
-    assert torch.equal(
-        functional.per_sample(grid, density, "k", "f", offset=1), grid[0, :, 1:5, 1:5]
-    )
+    cropped = functional.per_sample(grid, density, "k", "f")
+    assert isinstance(cropped, torch.Tensor) and torch.equal(cropped, grid[:, 0, :4, :4])
+    inner = functional.per_sample(grid, density, "k", "f", offset=1)
+    assert isinstance(inner, torch.Tensor) and torch.equal(inner, grid[0, :, 1:5, 1:5])
     with pytest.raises(
         ValueError, match=r"parameter 'k' must be a float.*got shape \(1, 2, 6, 6\)"
     ):
@@ -112,7 +113,9 @@ def test_map_crop_offsets_and_shape_errors():
     with pytest.raises(InputError, match=r"'mu' must be a float or a tensor of shape \(1,\) or"):
         reg(u, {"mu": torch.ones(1, 1, 5, 6)})
 
-    class ScalarOnly(regularizers.get("total_variation")):
+    assert regularizers.get("total_variation") is TotalVariation
+
+    class ScalarOnly(TotalVariation):
         spatial_params = False
 
     with pytest.raises(InputError, match=r"'eps' must be a float or a tensor of shape \(1,\), got"):
