@@ -35,7 +35,7 @@ from regzoo.registration_model import RegistrationModel, check_finite_field, res
 from regzoo.spatial import jacobian_determinant, warp
 
 if TYPE_CHECKING:
-    from regzoo.sweeping import GridAxis
+    from regzoo.sweeping import GridAxis, SweepResult
 
 __all__ = [
     "RegistrationResult",
@@ -256,7 +256,7 @@ def choose_parameters(
     resample: bool = False,
     fixed_labels: ImageLike | None = None,
     batch_size: int = 8,
-) -> tuple[dict[str, float], Any]:
+) -> tuple[dict[str, float], SweepResult]:
     """Choose the parameters for one pair without labels: register it at every setting of
     ``grid`` and let a label-free criterion (:mod:`regzoo.criteria`) pick.
 
