@@ -15,7 +15,7 @@ Variants (``--variants``):
   steps), LNCC 9^3 + ``--monai-reg-weight`` x ``DiffusionLoss``, Adam ``--monai-lr``, batch 1
   (the bench extra).
 * every other name is a regzoo config: ``--config`` (default: the quickstart) with the
-  variant's overrides from :data:`VARIANTS` (``plain``: the backbone without the
+  variant's overrides from `VARIANTS` (``plain``: the backbone without the
   hypernetwork at the fixed setting ``--param``; ``film``: the quickstart itself; ``weights``:
   generated weights instead of FiLM; ``previous``: the quickstart before FiLM, the
   normalised weighting, the range curriculum, the cosine schedule and the multi-scale

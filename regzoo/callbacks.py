@@ -31,8 +31,8 @@ class DivergenceGuard(L.Callback):
     more than ``objective_rise`` times its best magnitude (or is not finite). Then the guard
     loads the weights of the best validation back into the model (the weights that were
     validated: the moving average under ``optimizer.ema_steps``), stops the trainer and keeps
-    a message naming both steps in :attr:`diverged`; :func:`regzoo.training.train` saves the
-    restored weights as ``last.ckpt`` and raises :class:`TrainingDivergedError` with it.
+    a message naming both steps in `diverged`; [`regzoo.training.train`][regzoo.training.train] saves the
+    restored weights as ``last.ckpt`` and raises [`TrainingDivergedError`][regzoo.callbacks.TrainingDivergedError] with it.
 
     Under DDP the logged values are synchronised, so every rank takes the same decision.
 
@@ -125,7 +125,7 @@ class DivergenceGuard(L.Callback):
         return {"best": dict(self.best), "best_step": self.best_step}
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved."""
+        """Restore what [`state_dict`][regzoo.callbacks.DivergenceGuard.state_dict] saved."""
         self.best = dict(state_dict.get("best", {}))
         self.best_step = state_dict.get("best_step")
 
@@ -134,7 +134,7 @@ class ImageLogger(L.Callback):
     """Log slices of fixed, moving, warped and the displacement magnitude, and histograms of
     the drawn parameters, every ``every_n_steps`` training steps (rank zero only).
 
-    It reads what :meth:`regzoo.lightning_module.HyperRegistration.training_step` returns (``values``,
+    It reads what [`regzoo.lightning_module.HyperRegistration.training_step`][regzoo.lightning_module.HyperRegistration.training_step] returns (``values``,
     ``displacement``, ``warped``); 3D images are shown at their middle slice along the last
     axis, 2D images whole.
 

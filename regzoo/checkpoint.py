@@ -3,7 +3,7 @@ model, and the one check that ``load_model``, ``train(config, resume=True)`` and
 ``regzoo train --resume`` share.
 
 A checkpoint is a Lightning checkpoint whose ``state_dict`` holds the
-:class:`~regzoo.registration_model.RegistrationModel`'s weights (``net.*``), plus a ``regzoo``
+[`RegistrationModel`][regzoo.registration_model.RegistrationModel]'s weights (``net.*``), plus a ``regzoo``
 entry: the config, the plugins, the free parameters, the sampler states and the digest.
 """
 
@@ -73,7 +73,7 @@ _WRAPPER_PREFIX = "model."  # the LightningModule holds the RegistrationModel as
 
 
 def config_digest(config: ExperimentConfig) -> str:
-    """A digest of what defines a model's weights (:data:`MODEL_SECTIONS` but the plugins),
+    """A digest of what defines a model's weights ([`MODEL_SECTIONS`][regzoo.checkpoint.MODEL_SECTIONS] but the plugins),
     stored in checkpoints so that a config edited after training is recognised."""
     data = config.model_dump(mode="json")
     fixed = {k: data.get(k) for k in MODEL_SECTIONS if k != "plugins"}
@@ -86,7 +86,7 @@ def plugin_reference(spec: str) -> str:
 
 
 def model_weights(weights: Mapping[str, Any]) -> dict[str, Any]:
-    """A checkpoint's ``state_dict`` as the :class:`RegistrationModel` names it (``net.*``):
+    """A checkpoint's ``state_dict`` as the [`RegistrationModel`][regzoo.registration_model.RegistrationModel] names it (``net.*``):
     keys written with the training wrapper's ``model.`` prefix lose it, older keys stay."""
     return {
         (k[len(_WRAPPER_PREFIX) :] if k.startswith(_WRAPPER_PREFIX) else k): v
@@ -122,7 +122,7 @@ def check_resume(
     stored: ExperimentConfig, config: ExperimentConfig, run_dir: str | Path
 ) -> list[str]:
     """The one resume policy (the API's ``train(config, resume=True)`` and the CLI's
-    ``regzoo train --resume``): a resumed run may change only :data:`RESUMABLE` settings.
+    ``regzoo train --resume``): a resumed run may change only [`RESUMABLE`][regzoo.checkpoint.RESUMABLE] settings.
 
     Returns:
         One line per accepted change (``resumed with K = new (was old)``).

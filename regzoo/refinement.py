@@ -1,10 +1,10 @@
 """Instance optimisation: make the network's fast estimate exact under the same physics.
 
 The network amortises the registration over a data set and a parameter range; at one chosen
-setting its field is a good start but not the optimum of its own objective. :func:`refine_field`
+setting its field is a good start but not the optimum of its own objective. [`refine_field`][regzoo.refinement.refine_field]
 minimises that objective, the config's similarity plus every regularizer term at the SAME
 parameters and weights, directly over the field, warm-started from the network's field. It
-knows nothing of the regularizers' names: whatever :class:`~regzoo.objective.Objective`
+knows nothing of the regularizers' names: whatever [`Objective`][regzoo.objective.Objective]
 evaluates (built-in terms and plugins alike) is what it minimises.
 
 The field is optimised on a grid ``grid_downsize`` times coarser than the fixed image and
@@ -17,10 +17,10 @@ Diffeomorphic models (``int_steps > 0``) refine the stationary velocity and inte
 scaling and squaring, so the result stays invertible.
 
 Refinement may minimise another similarity than the one the network was trained with (e.g.
-MIND-SSC, :mod:`regzoo.similarity.descriptor`), with the same regularizer terms; a descriptor
+MIND-SSC, [`regzoo.similarity.descriptor`][regzoo.similarity.descriptor]), with the same regularizer terms; a descriptor
 similarity's descriptors are computed once per image pair and level and the moving image's
 descriptors are warped. With ``tol > 0`` each level stops early once the objective's relative
-change per iteration falls below ``tol``; :class:`RefineTrace` records how many iterations ran.
+change per iteration falls below ``tol``; [`RefineTrace`][regzoo.refinement.RefineTrace] records how many iterations ran.
 
 The module is long because the options, the trace and the optimisation loop they steer (pyramid
 levels, descriptors, early stopping, L-BFGS) are read together.
@@ -61,7 +61,7 @@ __all__ = [
 
 
 class RefineCancelledError(RegzooError):
-    """A refinement stopped because its :class:`RefineTrace` was cancelled."""
+    """A refinement stopped because its [`RefineTrace`][regzoo.refinement.RefineTrace] was cancelled."""
 
 
 def check_steps(steps: int, *, minimum: int = 0, what: str = "refine: steps") -> int:
@@ -78,7 +78,7 @@ def check_steps(steps: int, *, minimum: int = 0, what: str = "refine: steps") ->
 
 @dataclass(frozen=True)
 class RefineOptions:
-    """How :func:`refine_field` optimises.
+    """How [`refine_field`][regzoo.refinement.refine_field] optimises.
 
     Attributes:
         steps: Adam iterations (0 returns the initial field).
@@ -148,7 +148,7 @@ class RefineOptions:
             raise InputError(f"refine: window must be >= 1, got {self.window}")
 
     def steps_per_level(self) -> list[int]:
-        """The iteration budget of each level, coarsest first (summing to :attr:`steps`)."""
+        """The iteration budget of each level, coarsest first (summing to `steps`)."""
         shares = self.split or (1.0,) * self.levels
         total = sum(shares)
         per_level = [int(self.steps * w / total) for w in shares]
@@ -165,7 +165,7 @@ class RefineTrace:
     its budget when it stopped early (``tol``).
 
     Setting ``stop`` (from another thread) cancels the refinement at its next iteration: it
-    raises :class:`RefineCancelledError`."""
+    raises [`RefineCancelledError`][regzoo.refinement.RefineCancelledError]."""
 
     objective: list[float] = field(default_factory=list)
     iterations: list[int] = field(default_factory=list)
@@ -259,7 +259,7 @@ def refine_field(
 
 
 def _resize_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Linear resampling on the corner-aligned grid that :func:`resize_flow` uses."""
+    """Linear resampling on the corner-aligned grid that [`resize_flow`][regzoo.spatial.resize_flow] uses."""
     if tuple(size) == tuple(image.shape[2:]):
         return image
     mode = "bilinear" if image.ndim == 4 else "trilinear"
@@ -351,10 +351,10 @@ def _comparator(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``displacement -> similarity(fixed, moving warped by it)`` for one pair and level.
 
-    A :class:`DescriptorSimilarity` term's descriptors are computed here, once, and the moving
+    A [`DescriptorSimilarity`][regzoo.similarity.descriptor.DescriptorSimilarity] term's descriptors are computed here, once, and the moving
     image's descriptors are warped (as deeds and ConvexAdam do); the other terms of a
-    :class:`WeightedSum` share one warped image and are bound to the fixed image once
-    (:meth:`Similarity.bind_fixed`).
+    [`WeightedSum`][regzoo.similarity.combinations.WeightedSum] share one warped image and are bound to the fixed image once
+    ([`Similarity.bind_fixed`][regzoo.similarity.base.Similarity.bind_fixed]).
     """
     terms = similarity.items() if isinstance(similarity, WeightedSum) else [(1.0, similarity)]
     on_image = [
@@ -418,7 +418,7 @@ def refine(
     parameters and weights). Diffeomorphic models refine their velocity.
 
     Args:
-        model: a trained model (:func:`regzoo.checkpoint.load_model`).
+        model: a trained model ([`regzoo.checkpoint.load_model`][regzoo.checkpoint.load_model]).
         fixed: normalised fixed images ``(B, 1, *spatial)`` (as the network sees them).
         moving: normalised moving images, same shape.
         params: free parameters by name (short or full; defaults fill the rest), or physical
@@ -427,16 +427,16 @@ def refine(
         lr: Adam learning rate in voxels of the coarse grid.
         grid_downsize: the field is optimised on a grid this many times coarser.
         levels: image pyramid levels (1: the full resolution only; 3, the default, starts on
-            images a quarter of the size); see :class:`RefineOptions`.
+            images a quarter of the size); see [`RefineOptions`][regzoo.refinement.RefineOptions].
         init: the network's output if already computed.
         progress: show a progress bar.
         trace: if given, receives the objective per iteration.
         spacing: the images' voxel spacing in mm; the energies are then per mm when the model
-            was trained that way (``energy_units: mm``, :meth:`~regzoo.registration_model.RegistrationModel.energy_spacing`).
+            was trained that way (``energy_units: mm``, [`energy_spacing`][regzoo.registration_model.RegistrationModel.energy_spacing]).
         labels: the fixed image's integer label map ``(B or 1, 1, *spatial)``; needed when
             the model has per-label parameters.
         similarity: refine under this similarity instead of the training one: an instance,
-            or a text for :func:`~regzoo.similarity.parse_similarity` (``"10*mind_ssc"``;
+            or a text for [`parse_similarity`][regzoo.similarity.combinations.parse_similarity] (``"10*mind_ssc"``;
             ``"model + 0.75*ngf"``, where ``model`` is the training similarity); the
             regularizer terms stay the model's.
         tol: early stopping on the objective's relative change per iteration (0: off); the

@@ -1,7 +1,7 @@
 """Test-time parameter discovery: grid sweeps and per-pair gradient-based optimisation.
 
 The module is long because the grid sweep, its batching over settings and the per-pair parameter
-optimisation share the scoring code; the report around them is :mod:`regzoo.study`.
+optimisation share the scoring code; the report around them is [`regzoo.study`][regzoo.study].
 """
 
 from __future__ import annotations
@@ -73,7 +73,7 @@ def parse_grid(specs: Sequence[str]) -> dict[str, GridAxis]:
 
     Raises:
         ValueError: for a malformed entry, a repeated name or more than
-            :data:`MAX_SETTINGS` settings in total.
+            [`MAX_SETTINGS`][regzoo.sweeping.MAX_SETTINGS] settings in total.
     """
     grid: dict[str, GridAxis] = {}
     usage = "must look like NAME=START:STOP:COUNT or NAME=V1,V2"
@@ -206,7 +206,7 @@ class SweepResult:
         return [eligible[k] for k in ranked] + sorted(rest, key=folded)
 
     def choose(self, criterion: str | Criterion) -> dict[str, Any]:
-        """The setting a label-free criterion (:mod:`regzoo.criteria`) picks for the data set,
+        """The setting a label-free criterion ([`regzoo.criteria`][regzoo.criteria]) picks for the data set,
         from the settings' mean measures, among those within ``max_folding``.
 
         Raises:
@@ -276,20 +276,20 @@ def sweep(
 ) -> SweepResult:
     """Evaluate every grid point on every pair, batching settings through the hypernetwork.
 
-    Parameters not in ``grid`` keep their defaults. A :class:`GridRange` axis is spaced on the
+    Parameters not in ``grid`` keep their defaults. A [`GridRange`][regzoo.sweeping.GridRange] axis is spaced on the
     parameter's own scale (geometric for log-scale parameters). Each pair is replicated
     ``batch_size`` times and registered at that many settings in one forward pass.
 
     With ``refine_steps > 0`` every setting's field is refined under the model's objective
-    before it is scored (:func:`regzoo.refinement.refine`, the batch of settings at once): an exact
+    before it is scored ([`regzoo.refinement.refine`][regzoo.refinement.refine], the batch of settings at once): an exact
     sweep, about ``refine_steps`` times the cost, that ranks the settings by what instance
     optimisation reaches instead of by the network's estimate; ``refine_options`` are further
-    keyword arguments of :func:`~regzoo.refinement.refine` (``similarity``, ``split``, ``tol``...). ``max_folding`` restricts the
+    keyword arguments of [`refine`][regzoo.refinement.refine] (``similarity``, ``split``, ``tol``...). ``max_folding`` restricts the
     best setting to those whose folded-voxel fraction stays at or below it (see
-    :class:`SweepResult`).
+    [`SweepResult`][regzoo.sweeping.SweepResult]).
 
-    Every row also holds the label-free measures of :func:`regzoo.criteria.label_free_measures`
-    (the model's similarity, roughness, ...) that the criteria of :mod:`regzoo.criteria` choose
+    Every row also holds the label-free measures of [`regzoo.criteria.label_free_measures`][regzoo.criteria.label_free_measures]
+    (the model's similarity, roughness, ...) that the criteria of [`regzoo.criteria`][regzoo.criteria] choose
     from; ``backward=True`` registers every pair the other way round too (twice the cost) for
     ``inverse_consistency``.
 
@@ -379,7 +379,7 @@ def _register(
     side: str,
 ) -> Any:
     """The network's output for a batch of settings, refined with the keyword arguments
-    ``refine_options`` of :func:`~regzoo.refinement.refine` when given (``steps`` > 0);
+    ``refine_options`` of [`refine`][regzoo.refinement.refine] when given (``steps`` > 0);
     ``side`` names the item's image that is fixed here (for its label map)."""
     output = model(fixed, moving, values)
     if not refine_options:
@@ -521,7 +521,7 @@ def optimize_dataset(
     names: Sequence[str] | None = None,
     steps: int = 30,
 ) -> list[dict[str, Any]]:
-    """:func:`optimize_parameters` on every pair; one row per pair with its ids."""
+    """[`optimize_parameters`][regzoo.sweeping.optimize_parameters] on every pair; one row per pair with its ids."""
     return [
         {
             "fixed_id": item["fixed_id"],

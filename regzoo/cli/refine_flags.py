@@ -1,7 +1,7 @@
 """The one translation between the ``--refine-...`` flags and refinement's settings: the
-flags a command reads (:func:`add_refine_options`, :func:`options_from_args`), the settings they
-spell (:func:`refine_options_from_flags`) and the flags that repeat given settings
-(:func:`refine_flags`, e.g. in the explorer's and the sweep report's commands)."""
+flags a command reads (`add_refine_options`, `options_from_args`), the settings they
+spell (`refine_options_from_flags`) and the flags that repeat given settings
+(`refine_flags`, e.g. in the explorer's and the sweep report's commands)."""
 
 from __future__ import annotations
 
@@ -43,17 +43,17 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
 
 
 def options_from_args(args: argparse.Namespace) -> dict[str, object]:
-    """The keyword arguments of :func:`~regzoo.refinement.refine` that
-    :func:`add_refine_options` collects."""
+    """The keyword arguments of [`refine`][regzoo.refinement.refine] that
+    `add_refine_options` collects."""
     return refine_options_from_flags(args.refine_similarity, args.refine_split, args.refine_tol)
 
 
 def refine_options_from_flags(
     similarity: str | None = None, split: str | None = None, tol: float = 0.0
 ) -> dict[str, Any]:
-    """The keyword arguments of :func:`~regzoo.refinement.refine` that ``--refine-similarity SPEC``,
+    """The keyword arguments of [`refine`][regzoo.refinement.refine] that ``--refine-similarity SPEC``,
     ``--refine-split A:B:C`` and ``--refine-tol TOL`` spell (the inverse of
-    :func:`refine_flags`), checked now so that a typo fails before any work.
+    `refine_flags`), checked now so that a typo fails before any work.
 
     Raises:
         InputError: a malformed similarity text, split or tolerance.
@@ -80,7 +80,7 @@ def refine_options_from_flags(
 
 def refine_flags(options: Mapping[str, Any]) -> list[str]:
     """The ``--refine-...`` flags of ``regzoo register`` / ``explore`` that repeat the keyword
-    arguments ``options`` of :func:`~regzoo.refinement.refine` (``similarity``, ``split``, ``tol``)."""
+    arguments ``options`` of [`refine`][regzoo.refinement.refine] (``similarity``, ``split``, ``tol``)."""
     flags = []
     if "similarity" in options:  # a text; a Similarity instance has none to repeat
         similarity = options["similarity"]

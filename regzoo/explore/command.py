@@ -111,7 +111,7 @@ def explore_command(
 ) -> str:
     """The shell-quoted ``regzoo explore`` command for one pair, starting at ``params`` (what
     a sweep report prints to open its best setting in the explorer), its refine button set to
-    ``refine_options`` (:func:`~regzoo.cli.refine_flags.refine_flags`)."""
+    ``refine_options`` (`refine_flags`)."""
     words = ["regzoo", "explore", "--model", str(model), "--fixed", str(fixed)]
     words += ["--moving", str(moving)]
     for flag, path in (
@@ -193,7 +193,7 @@ def run(args: argparse.Namespace, refine_options: Mapping[str, Any] | None = Non
     """Run ``regzoo explore``: load the model and images, print the URL, serve until Ctrl+C.
 
     ``refine_options`` are the refine button's keyword arguments of
-    :func:`regzoo.refinement.refine` (``regzoo explore --refine-similarity ...``).
+    [`regzoo.refinement.refine`][regzoo.refinement.refine] (``regzoo explore --refine-similarity ...``).
 
     Raises:
         RegzooError: without the ``explore`` extra, or when the port cannot be bound.

@@ -70,7 +70,7 @@ class VoxelMorphUNet(nn.Module):
     full-resolution conv blocks. With ``half_res`` the last upsampling is skipped and the
     output is at half resolution (VoxelMorph's ``int_downsize=2``). With an ``embedding_dim``
     every block is conditioned, by ``conditioning``: ``"weights"`` generates its kernel from the
-    embedding (HyperMorph), ``"film"`` modulates its output channels (:class:`FiLM`).
+    embedding (HyperMorph), ``"film"`` modulates its output channels ([`FiLM`][regzoo.nets.film.FiLM]).
     """
 
     def __init__(
@@ -140,7 +140,7 @@ class VoxelMorphUNet(nn.Module):
 
 @dataclass
 class RegistrationOutput:
-    """What :class:`RegistrationNet` returns.
+    """What [`RegistrationNet`][regzoo.nets.unet.RegistrationNet] returns.
 
     Attributes:
         displacement: ``(B, D, *spatial)`` in voxels on the fixed grid.
@@ -157,10 +157,10 @@ class RegistrationNet(nn.Module):
 
     ``net(fixed, moving, unit_params)`` predicts the displacement that warps ``moving`` onto
     ``fixed`` (the same argument order as everywhere in regzoo; the channels are stacked as
-    ``[moving, fixed]``, VoxelMorph's order). With ``num_params > 0`` a :class:`HyperNetwork`
+    ``[moving, fixed]``, VoxelMorph's order). With ``num_params > 0`` a [`HyperNetwork`][regzoo.nets.hyper.HyperNetwork]
     embeds ``unit_params`` ``(B, P)`` in ``[0, 1]`` and every convolution, the flow layer
     included, is conditioned on the embedding: its output channels modulated
-    (``conditioning="film"``, :class:`~regzoo.nets.film.FiLM`, identity at initialisation) or
+    (``conditioning="film"``, [`FiLM`][regzoo.nets.film.FiLM], identity at initialisation) or
     its weights generated (``"weights"``, HyperMorph); with ``num_params == 0`` it is a plain
     VoxelMorph.
 
@@ -176,7 +176,7 @@ class RegistrationNet(nn.Module):
         int_steps: scaling-and-squaring steps (0 = the output is the displacement itself).
         int_downsize: 1 = full-resolution flow, 2 = flow predicted at half resolution.
         hyper_init_share: share of each generated kernel's initial variance that depends on
-            the parameters (``"weights"`` only; see :class:`~regzoo.nets.hyper.HyperConv`).
+            the parameters (``"weights"`` only; see [`HyperConv`][regzoo.nets.hyper.HyperConv]).
         conditioning: ``"film"`` or ``"weights"``, how the parameters enter the network.
     """
 

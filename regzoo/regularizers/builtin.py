@@ -1,4 +1,4 @@
-"""The built-in regularizer zoo: thin registered wrappers around :mod:`.functional`."""
+"""The built-in regularizer zoo: thin registered wrappers around [`functional`][regzoo.regularizers.functional]."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ class TotalVariation(Regularizer):
 
 
 class JacobianOptions(BaseModel):
-    """Options of :class:`JacobianPenalty`."""
+    """Options of [`JacobianPenalty`][regzoo.regularizers.builtin.JacobianPenalty]."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -218,8 +218,8 @@ LAME = ParamSpace.of(
 
 
 class MinDetOptions(BaseModel):
-    """Options of the energies with a volume barrier (:class:`Hyperelastic`,
-    :class:`NeoHookean`)."""
+    """Options of the energies with a volume barrier ([`Hyperelastic`][regzoo.regularizers.builtin.Hyperelastic],
+    [`NeoHookean`][regzoo.regularizers.builtin.NeoHookean])."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -360,7 +360,7 @@ class RigidityPenalty(Regularizer):
 
 
 class SlidingOptions(BaseModel):
-    """Options of :class:`Sliding`."""
+    """Options of [`Sliding`][regzoo.regularizers.builtin.Sliding]."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
