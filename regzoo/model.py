@@ -3,6 +3,7 @@
 from __future__ import annotations
 
 import math
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -16,6 +17,7 @@ from regzoo._errors import InputError, MissingFileError, PluginError, RegzooErro
 from regzoo.config import ExperimentConfig
 from regzoo.metrics import dice, target_registration_error
 from regzoo.nets import RegistrationNet, RegistrationOutput
+from regzoo.nets.unet import drop_flow_shift
 from regzoo.objective import LossTerms
 from regzoo.registry import load_plugins
 from regzoo.resolve import build_objective
@@ -605,7 +607,15 @@ def load_model(
                 f"pass --plugin {untrusted[0]} (Python: load_model(..., plugins=[...]))"
             ) from None
         raise InputError(f"{path}: its stored config is invalid: {exc}") from None
-    _check_shapes(path, _network_skeleton(config, len(free)), state.get("state_dict", {}))
+    weights, legacy = drop_flow_shift(state.get("state_dict", {}))
+    if legacy:  # written before the flow layer lost its bias and shift (issue 31)
+        warnings.warn(
+            f"{path}: an older checkpoint; its flow layer's bias and shift (a translation chosen "
+            "by the parameters) were dropped",
+            UserWarning,
+            stacklevel=2,
+        )
+    _check_shapes(path, _network_skeleton(config, len(free)), weights)
     model = HyperRegistration(config)
     if extras.get("free_parameters") not in (None, model.space.names):
         raise InputError(
@@ -618,7 +628,6 @@ def load_model(
             f"{path}: its weights were trained for another model than its stored config "
             "describes (the config's network, terms or similarity were changed after training)"
         )
-    weights = state.get("state_dict", {})
     bad = [
         k for k, v in weights.items() if torch.is_tensor(v) and not bool(torch.isfinite(v).all())
     ]

@@ -320,7 +320,7 @@ def _pickle_payload(path: Path) -> None:
 
 def _other_weights(path: Path) -> None:
     state = torch.load(path, weights_only=True)
-    name = "net.flow.bias"  # the flow layer's bias (3 channels)
+    name = "net.flow_film.linear.bias"  # the flow layer's FiLM scale (3 channels)
     state["state_dict"][name] = torch.zeros(7)
     torch.save(state, path)
 
@@ -427,7 +427,7 @@ def _edited_config(ws: Workspace) -> list[str]:
 def _nan_field(ws: Workspace) -> list[str]:
     checkpoint = ws.tmp / "overflowing.ckpt"
     state = torch.load(ws.checkpoint, weights_only=True)
-    for name in ("net.flow.bias", "net.flow.weight"):  # the flow layer overflows
+    for name in ("net.flow_film.linear.bias", "net.flow.weight"):  # the flow layer overflows
         state["state_dict"][name] = torch.full_like(state["state_dict"][name], 3e38)
     torch.save(state, checkpoint)
     return ["sweep", "--model", str(checkpoint), "--data", str(ws.data), "--grid", "mu=0.1,1",
