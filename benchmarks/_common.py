@@ -87,7 +87,7 @@ def reset_peak(device: torch.device) -> float:
 
 
 def peak_since_reset_mb(device: torch.device) -> float:
-    """Peak memory since :func:`reset_peak` (CUDA: allocated; CPU: ``VmHWM``), MB."""
+    """Peak memory since `reset_peak` (CUDA: allocated; CPU: ``VmHWM``), MB."""
     if device.type == "cuda":
         return torch.cuda.max_memory_allocated(device) / 2**20
     kb = _status_kb("VmHWM")
@@ -116,7 +116,7 @@ WORKER_ENV = {"OMP_WAIT_POLICY": "PASSIVE"}
 class Worker:
     """A benchmark variant in its own process, driven one command at a time.
 
-    The child runs ``command`` (a script in ``--worker`` mode, see :func:`serve`), prints one
+    The child runs ``command`` (a script in ``--worker`` mode, see `serve`), prints one
     JSON line when ready and then answers each command line with one JSON line. Only one
     worker computes at a time, so variants interleaved round by round share the machine's
     background load evenly, and each variant's memory is its own process's.
@@ -156,7 +156,7 @@ class Worker:
 
 
 def serve(actions: dict[str, Callable[[], dict[str, Any]]], info: dict[str, Any]) -> None:
-    """Worker side of :class:`Worker`: print ``info``, then run the commands read from stdin."""
+    """Worker side of `Worker`: print ``info``, then run the commands read from stdin."""
     print(json.dumps(info), flush=True)
     for line in sys.stdin:
         name = line.strip()

@@ -7,13 +7,12 @@ for the warm start) in wall and in CPU time (all threads: on a busy machine the 
 ``--threads 1`` is what an idle core would take). The first row is the start alone. Options that take several values are
 crossed:
 
-- ``--similarity``: refinement similarities as :func:`regzoo.similarity.parse_similarity` reads
+- ``--similarity``: refinement similarities as `regzoo.similarity.parse_similarity` reads
   them (``model``: the training one; ``mind_ssc``, ``10*mind_ssc``, ``ngf:eta=0.05``,
   ``model + 0.75*ngf``);
 - ``--grid-downsize``, ``--levels``, ``--split`` (shares per level, coarsest first, e.g.
   ``1:1:2``), ``--steps``, ``--lr``, ``--optimizer`` (adam, lbfgs), ``--tol`` (early stopping);
-- ``--starts``: the network's field, zero, ``discrete`` (:func:`regzoo.discrete.
-  discrete_displacement`: a MIND-SSC correlation volume searched on blocks of
+- ``--starts``: the network's field, zero, ``discrete`` (`regzoo.discrete.discrete_displacement`: a MIND-SSC correlation volume searched on blocks of
   ``--discrete-grid`` voxels within ``--discrete-radius`` blocks, then coupled convex
   optimisation, as ConvexAdam starts; its time is included), or ``truth``: the phantom's true displacement
   (``gtdispTr/``), which measures how far each objective's minimiser lies from the truth (a

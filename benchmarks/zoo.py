@@ -5,7 +5,7 @@ Neo-Hookean, rigidity of the bones next to linear elasticity, sliding at the lun
 and plain diffusion for the sliding one to beat), on the validation pairs of a phantom:
 
 1. an **exact sweep**: the field is optimised from zero at each grid setting (the objective's
-   similarity, LNCC 9^3, plus the term, :func:`regzoo.refinement.refine_field`: three-level pyramid,
+   similarity, LNCC 9^3, plus the term, `regzoo.refinement.refine_field`: three-level pyramid,
    a ``--grid-downsize`` times coarser grid, all settings in one batch), so no network's
    amortisation gap enters;
 2. the best setting by mean TRE; at it: TRE over all keypoints and over those within ``--wall``

@@ -66,8 +66,8 @@ def check_finite(value: Any, what: str) -> Any:
 
 
 def check_option_text(text: str, what: str) -> str:
-    """Check that an option's text is at most :data:`MAX_OPTION_LENGTH` characters long and
-    nests brackets at most :data:`MAX_OPTION_DEPTH` deep (before anything parses it).
+    """Check that an option's text is at most `MAX_OPTION_LENGTH` characters long and
+    nests brackets at most `MAX_OPTION_DEPTH` deep (before anything parses it).
 
     Raises:
         InputError: naming ``what`` and the length or depth.
@@ -85,7 +85,7 @@ def check_option_text(text: str, what: str) -> str:
 
 def option_value(text: str, what: str) -> Any:
     """The value of a ``KEY=VALUE`` option: read as JSON (numbers, lists in brackets), else the
-    text itself; checked finite and at most :data:`MAX_OPTION_DEPTH` brackets deep.
+    text itself; checked finite and at most `MAX_OPTION_DEPTH` brackets deep.
 
     Args:
         text: the value's text.
@@ -108,7 +108,7 @@ def option_value(text: str, what: str) -> Any:
 
 def check_fits_image(similarity: Any, shape: Sequence[int], what: str = "similarity") -> None:
     """Check that a similarity's window (``2 radius + 1`` voxels, its declared
-    :attr:`~regzoo.similarity.Similarity.radius`) is no larger than the image it compares.
+    [`radius`][regzoo.similarity.base.Similarity.radius]) is no larger than the image it compares.
 
     A window wider than every side of the image sees the whole image from every voxel: the
     loss is flat, or the filter costs far more than the image (``lncc:window=100001``).

@@ -3,7 +3,7 @@ model, and the one check that ``load_model``, ``train(config, resume=True)`` and
 ``regzoo train --resume`` share.
 
 A checkpoint is a Lightning checkpoint whose ``state_dict`` holds the
-:class:`~regzoo.registration_model.RegistrationModel`'s weights (``net.*``), plus a ``regzoo``
+[`RegistrationModel`][regzoo.registration_model.RegistrationModel]'s weights (``net.*``), plus a ``regzoo``
 entry: the config, the plugins, the free parameters, the sampler states and the digest.
 """
 
@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from regzoo._errors import (
 )
 from regzoo.config import ExperimentConfig
 from regzoo.fingerprint import check_fingerprint
+from regzoo.nets.unet import drop_flow_shift
 from regzoo.registration_model import RegistrationModel, build_network
 from regzoo.registry import load_plugins
 from regzoo.resolve import build_objective
@@ -73,7 +75,7 @@ _WRAPPER_PREFIX = "model."  # the LightningModule holds the RegistrationModel as
 
 
 def config_digest(config: ExperimentConfig) -> str:
-    """A digest of what defines a model's weights (:data:`MODEL_SECTIONS` but the plugins),
+    """A digest of what defines a model's weights ([`MODEL_SECTIONS`][regzoo.checkpoint.MODEL_SECTIONS] but the plugins),
     stored in checkpoints so that a config edited after training is recognised."""
     data = config.model_dump(mode="json")
     fixed = {k: data.get(k) for k in MODEL_SECTIONS if k != "plugins"}
@@ -86,7 +88,7 @@ def plugin_reference(spec: str) -> str:
 
 
 def model_weights(weights: Mapping[str, Any]) -> dict[str, Any]:
-    """A checkpoint's ``state_dict`` as the :class:`RegistrationModel` names it (``net.*``):
+    """A checkpoint's ``state_dict`` as the [`RegistrationModel`][regzoo.registration_model.RegistrationModel] names it (``net.*``):
     keys written with the training wrapper's ``model.`` prefix lose it, older keys stay."""
     return {
         (k[len(_WRAPPER_PREFIX) :] if k.startswith(_WRAPPER_PREFIX) else k): v
@@ -122,7 +124,7 @@ def check_resume(
     stored: ExperimentConfig, config: ExperimentConfig, run_dir: str | Path
 ) -> list[str]:
     """The one resume policy (the API's ``train(config, resume=True)`` and the CLI's
-    ``regzoo train --resume``): a resumed run may change only :data:`RESUMABLE` settings.
+    ``regzoo train --resume``): a resumed run may change only [`RESUMABLE`][regzoo.checkpoint.RESUMABLE] settings.
 
     Returns:
         One line per accepted change (``resumed with K = new (was old)``).
@@ -232,7 +234,15 @@ def load_model(
                 f"pass --plugin {untrusted[0]} (Python: load_model(..., plugins=[...]))"
             ) from None
         raise InputError(f"{path}: its stored config is invalid: {exc}") from None
-    weights = model_weights(state.get("state_dict", {}))
+    stored_weights = model_weights(state.get("state_dict", {}))
+    weights, legacy = drop_flow_shift(stored_weights)
+    if legacy:  # written before the flow layer lost its bias and shift (issue 31)
+        warnings.warn(
+            f"{path}: an older checkpoint; its flow layer's bias and shift (a translation chosen "
+            "by the parameters) were dropped",
+            UserWarning,
+            stacklevel=2,
+        )
     _check_shapes(path, _network_skeleton(config, len(free)), weights)
     model = RegistrationModel(config)
     if extras.get("free_parameters") not in (None, model.space.names):
@@ -254,7 +264,7 @@ def load_model(
             f"{path}: {len(bad)} weight tensors hold NaN or infinite values (first: {bad[0]}); "
             "the training diverged"
         )
-    check_fingerprint(path, extras, weights)  # foreign weights of the same shapes are refused
+    check_fingerprint(path, extras, stored_weights)  # foreign weights of the same shapes are refused
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:

@@ -2,9 +2,9 @@
 
 A pure schema: every section forbids unknown keys and names close matches, and values are
 checked for type, range and consistency between sections. Nothing here loads a plugin or builds
-a component: :func:`regzoo.resolve.build_objective` resolves the plugins, the similarity and
+a component: [`regzoo.resolve.build_objective`][regzoo.resolve.build_objective] resolves the plugins, the similarity and
 every regularizer term (names, options, parameter ranges) once, and reports problems as
-:class:`ConfigError` at their key.
+[`ConfigError`][regzoo.config.ConfigError] at their key.
 
 The module is long because it is the whole schema, one class per YAML section with its checks
 beside it; the config reference (docs/config-reference.md) is generated from it in this order.
@@ -79,7 +79,7 @@ class ParamRange(StrictModel):
 class PerLabel(StrictModel):
     """A parameter given per tissue label: one value or range per label of the fixed image.
 
-    Each label's entry is a number (fixed) or a :class:`ParamRange` (free: the hypernetwork is
+    Each label's entry is a number (fixed) or a [`ParamRange`][regzoo.config.ParamRange] (free: the hypernetwork is
     conditioned on it as ``term.param@label``, short ``param@label``). The values become a
     spatial parameter map through the fixed image's label map (labelsTr); voxels whose label
     is not listed (including 0) take ``background``.
@@ -118,7 +118,7 @@ class TermConfig(StrictModel):
 
     ``alpha`` and each parameter are either a number (fixed) or a range (free: sampled during
     training and an input of the hypernetwork). A parameter of a regularizer that accepts
-    spatial maps may also be given per tissue label (:class:`PerLabel`). Parameters not listed
+    spatial maps may also be given per tissue label ([`PerLabel`][regzoo.config.PerLabel]). Parameters not listed
     stay free on the regularizer's declared range; ``alpha`` not listed is fixed to 1.
     """
 
@@ -184,6 +184,14 @@ class DataConfig(StrictModel):
         None,
         description="label name -> value in labelsTr, for per-label parameters (null: from the "
         "dataset JSON's 'labels' mapping when a term needs it)",
+    )
+    self_pairs: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of training pairs whose moving image is replaced by the fixed one: "
+        "an image registered to itself, whose optimum is u = 0 at every setting (teaches the "
+        "network not to add the data set's average motion)",
     )
 
     @model_validator(mode="after")
@@ -291,7 +299,7 @@ class LookaheadConfig(StrictModel):
     """Train the network towards the field that refinement reaches from its own prediction.
 
     Every training step refines the network's field for ``steps`` iterations under the
-    sample's own objective (:func:`regzoo.refinement.refine_field`, warm-started from the
+    sample's own objective ([`regzoo.refinement.refine_field`][regzoo.refinement.refine_field], warm-started from the
     prediction, detached) and adds ``weight`` times the mean squared distance to that field, in
     voxels, to the sample's loss: the network learns to jump to where instance optimisation
     goes (amortised optimisation). Refinement's Adam steps have the same size for soft and stiff

@@ -1,14 +1,14 @@
 """Label-free parameter-choice criteria: pick a sweep's setting without masks or landmarks.
 
-A criterion is a registered class whose :meth:`Criterion.score` maps a table of settings (one
+A criterion is a registered class whose [`Criterion.score`][regzoo.criteria.Criterion.score] maps a table of settings (one
 dict per setting: the swept parameter values and the label-free measures that the sweep took
-from each setting's field, see :func:`label_free_measures`) to one score per setting, lower is
+from each setting's field, see [`label_free_measures`][regzoo.criteria.label_free_measures]) to one score per setting, lower is
 better. The same criterion chooses for a whole data set (the table of per-setting means) and
 for one pair (that pair's rows). Nothing in a criterion knows a regularizer's or parameter's
 name, so every criterion works with every regularizer, plugins included.
 
 Third-party criteria register through the entry-point group ``regzoo.criteria`` or the
-:func:`criterion` decorator. See docs/choosing.md for what each built-in criterion measures
+[`criterion`][regzoo.criteria.criterion] decorator. See docs/choosing.md for what each built-in criterion measures
 and how close it comes to the TRE oracle.
 """
 
@@ -59,7 +59,7 @@ class ChoiceTable:
     Attributes:
         names: the swept parameters (full names).
         settings: one dict per setting: the values of ``names`` and the label-free measures
-            (:data:`MEASURES`), ``folding_fraction`` and ``sdlogj``; for a data set the means
+            ([`MEASURES`][regzoo.criteria.MEASURES]), ``folding_fraction`` and ``sdlogj``; for a data set the means
             over its pairs, for one pair that pair's values.
     """
 
@@ -74,15 +74,15 @@ class ChoiceTable:
 class Criterion:
     """Base class of registered parameter-choice criteria.
 
-    Subclasses declare :attr:`requires` (the measures they read, checked before scoring) and
-    implement :meth:`score`. Options are keyword arguments of the constructor.
+    Subclasses declare `requires` (the measures they read, checked before scoring) and
+    implement [`score`][regzoo.criteria.Criterion.score]. Options are keyword arguments of the constructor.
     """
 
     requires: ClassVar[tuple[str, ...]] = ()
     registered_name: ClassVar[str]
     admits: ClassVar[str] = "only settings it scores finite"
     """Which settings the criterion can choose, for the one-line message when it admits none
-    (:meth:`regzoo.sweeping.SweepResult.choose` then chooses nothing)."""
+    ([`regzoo.sweeping.SweepResult.choose`][regzoo.sweeping.SweepResult.choose] then chooses nothing)."""
 
     def __call__(self, table: ChoiceTable) -> np.ndarray:
         """Scores ``(len(table.settings),)``, lower is better (``inf``, or ``nan``, which
@@ -126,7 +126,7 @@ CRITERIA: Registry[Criterion] = Registry(
 
 
 def criterion(name: str) -> Callable[[type[Criterion]], type[Criterion]]:
-    """Class decorator registering a :class:`Criterion` under ``name``."""
+    """Class decorator registering a [`Criterion`][regzoo.criteria.Criterion] under ``name``."""
     return CRITERIA.register(name)
 
 

@@ -1,7 +1,7 @@
 """Score displacement fields on a Learn2Reg split: Dice, TRE, SDlogJ, folding, time.
 
-The same code scores a regzoo model (:func:`evaluate_model`) and displacement fields written
-by any other tool (:func:`evaluate_displacements`, Learn2Reg naming
+The same code scores a regzoo model ([`evaluate_model`][regzoo.evaluation.evaluate_model]) and displacement fields written
+by any other tool ([`evaluate_displacements`][regzoo.evaluation.evaluate_displacements], Learn2Reg naming
 ``disp_<fixed id>_<moving id>.nii.gz``, shape ``(*spatial, D)`` in voxels).
 """
 
@@ -126,7 +126,7 @@ def evaluate_predictor(
     predict: Callable[[Mapping[str, Any]], torch.Tensor],
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Score ``predict(item) -> (D, *spatial)`` on every pair: :func:`score_pair` rows plus
+    """Score ``predict(item) -> (D, *spatial)`` on every pair: [`score_pair`][regzoo.evaluation.score_pair] rows plus
     ``seconds``, the time ``predict`` took (any method: a network, a peer, a file reader).
     """
     rows = []
@@ -155,8 +155,8 @@ def evaluate_model(
 ) -> list[dict[str, Any]]:
     """Register every pair of ``dataset`` with ``model`` at ``params``; one metrics row each.
 
-    With ``refine`` (:class:`~regzoo.refinement.RefineOptions`) each network field is refined
-    under the model's objective (:func:`regzoo.refinement.refine`); ``seconds`` includes the
+    With ``refine`` ([`RefineOptions`][regzoo.refinement.RefineOptions]) each network field is refined
+    under the model's objective ([`regzoo.refinement.refine`][regzoo.refinement.refine]); ``seconds`` includes the
     refinement and each row says how many iterations ran (``refine_iterations``: fewer than
     ``refine.steps`` when it stopped early). An integer ``refine`` and ``refine_options``, the
     former form, are converted with a ``DeprecationWarning``.
@@ -222,7 +222,7 @@ def compare_refinement(
 
     Returns:
         ``{"identity": {...}, "network": {...}, "refined": {...}}``, each as from
-        :func:`summarize` (``seconds`` per pair included).
+        [`summarize`][regzoo.evaluation.summarize] (``seconds`` per pair included).
     """
     options = RefineOptions.from_legacy(refine, refine_options, "compare_refinement")
     return {
@@ -305,10 +305,10 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
 def write_report(rows: list[dict[str, Any]], path: str | Path, **extra: Any) -> tuple[Path, Path]:
     """Write the JSON report (per-pair rows, mean, extra fields) and the same rows as CSV.
 
-    The two are one output set (:func:`regzoo.io.output_files`): both are composed first,
+    The two are one output set ([`regzoo.io.output_files`][regzoo.io.outputs.output_files]): both are composed first,
     written to temporary files beside their targets and renamed together, and an existing
     report is replaced only when regzoo wrote it. ``path`` names either file
-    (:func:`report_paths`).
+    ([`report_paths`][regzoo.evaluation.report_paths]).
 
     Raises:
         OutputExistsError: a file of the set exists and regzoo did not write it.

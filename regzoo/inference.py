@@ -56,7 +56,7 @@ ImageLike = torch.Tensor | np.ndarray | str | Path | Volume
 
 @dataclass
 class RegistrationResult:
-    """The outcome of :func:`register` for one pair.
+    """The outcome of [`register`][regzoo.inference.register] for one pair.
 
     Attributes:
         displacement: ``(D, *spatial)`` voxels on the fixed grid (fixed x -> moving x + u(x)).
@@ -69,7 +69,7 @@ class RegistrationResult:
             (``linear_elastic.mu``), when the fixed image's label map was given.
         refine_iterations: the refinement iterations that ran (fewer than asked when it
             stopped early), 0 without refinement.
-        objective: the model's own objective of the result (:func:`objective_readout`:
+        objective: the model's own objective of the result ([`objective_readout`][regzoo.inference.objective_readout]:
             ``objective``, ``similarity`` and each term's ``energies``), as refinement
             minimises it; ``None`` for a per-label model without the fixed label map.
     """
@@ -96,7 +96,7 @@ def objective_readout(terms: LossTerms, index: int = 0) -> dict[str, Any]:
 
 
 def read_image(image: ImageLike, *, what: str = "image") -> Volume:
-    """A 2D or 3D :class:`~regzoo.io.Volume` from a NIfTI path, array, tensor or volume.
+    """A 2D or 3D [`Volume`][regzoo.io.geometry.Volume] from a NIfTI path, array, tensor or volume.
 
     Arrays and tensors get an identity affine.
 
@@ -170,15 +170,15 @@ def register(
     """Register ``moving`` to ``fixed`` with the model's network at the given parameters.
 
     With ``refine`` the network's field is then refined under the model's own objective at the
-    same parameters (:func:`regzoo.refinement.refine`), with those settings.
+    same parameters ([`regzoo.refinement.refine`][regzoo.refinement.refine]), with those settings.
 
     Args:
-        model: a trained model (see :func:`regzoo.checkpoint.load_model`).
+        model: a trained model (see [`regzoo.checkpoint.load_model`][regzoo.checkpoint.load_model]).
         fixed: 2D or 3D image (path to a NIfTI file, array, tensor or
-            :class:`~regzoo.io.Volume`) in raw intensities (HU for CT); it is normalised with
+            [`Volume`][regzoo.io.geometry.Volume]) in raw intensities (HU for CT); it is normalised with
             the model's training window.
         moving: the moving image, on the same grid as ``fixed`` (shape and affine).
-        refine: the refinement after the network (:class:`~regzoo.refinement.RefineOptions`:
+        refine: the refinement after the network ([`RefineOptions`][regzoo.refinement.RefineOptions]:
             steps, similarity, split, tol...; ``None``: the network only). An integer, the
             former form, means that many steps (a ``DeprecationWarning``).
         progress: show a progress bar while refining.
@@ -258,17 +258,17 @@ def choose_parameters(
     batch_size: int = 8,
 ) -> tuple[dict[str, float], SweepResult]:
     """Choose the parameters for one pair without labels: register it at every setting of
-    ``grid`` and let a label-free criterion (:mod:`regzoo.criteria`) pick.
+    ``grid`` and let a label-free criterion ([`regzoo.criteria`][regzoo.criteria]) pick.
 
     Args:
         model: a trained model.
-        fixed: the fixed image (as for :func:`register`).
+        fixed: the fixed image (as for [`register`][regzoo.inference.register]).
         moving: the moving image.
-        grid: parameter name -> values, a :class:`regzoo.sweeping.GridRange` or the CLI's
-            text (``"0.1:1:3"``, ``"0.1,1"``; :func:`regzoo.sweeping.parse_grid`).
+        grid: parameter name -> values, a [`regzoo.sweeping.GridRange`][regzoo.sweeping.GridRange] or the CLI's
+            text (``"0.1:1:3"``, ``"0.1,1"``; [`regzoo.sweeping.parse_grid`][regzoo.sweeping.parse_grid]).
         criterion: a registered criterion's name (``regzoo.criteria.available()``).
         refine_grid: refine every setting with these settings before judging it
-            (:class:`~regzoo.refinement.RefineOptions`; ``None``: the network's fields). An
+            ([`RefineOptions`][regzoo.refinement.RefineOptions]; ``None``: the network's fields). An
             integer, the former form, means that many steps (a ``DeprecationWarning``).
         refine_options: deprecated: the settings beyond the steps as a mapping.
         max_folding: only settings whose folded-voxel fraction is at most this may be chosen
@@ -279,11 +279,11 @@ def choose_parameters(
 
     Returns:
         ``(params, sweep)``: the chosen values of the grid's parameters (full names) and the
-        :class:`regzoo.sweeping.SweepResult` of the pair, whose rows hold every setting's measures.
+        [`regzoo.sweeping.SweepResult`][regzoo.sweeping.SweepResult] of the pair, whose rows hold every setting's measures.
 
     Raises:
         UnknownNameError: an unknown criterion or parameter name.
-        InputError: as :func:`register`, or when every setting folds more than ``max_folding``.
+        InputError: as [`register`][regzoo.inference.register], or when every setting folds more than ``max_folding``.
     """
     from regzoo.criteria import needs_backward
     from regzoo.sweeping import sweep
@@ -368,9 +368,9 @@ def check_label_values(model: RegistrationModel, data: Any, source: Any) -> np.n
     """A label map's values as ``int64``, after checking it is one, so that an image given as
     labels (a CT) is refused instead of silently making every per-label region empty.
 
-    A label map is finite, integer-valued and non-negative, has at most :data:`MAX_LABELS`
+    A label map is finite, integer-valued and non-negative, has at most [`MAX_LABELS`][regzoo.inference.MAX_LABELS]
     distinct values, and holds at least one label of the model's per-label parameters. Labels
-    the model does not know (:func:`known_labels`) take the background value; they are named
+    the model does not know ([`known_labels`][regzoo.inference.known_labels]) take the background value; they are named
     in a ``RuntimeWarning``.
 
     Raises:
@@ -434,7 +434,7 @@ def build_result(
     params: Mapping[str, float],
     affine: np.ndarray,
 ) -> RegistrationResult:
-    """The :class:`RegistrationResult` of a field: the moving image warped in its own
+    """The [`RegistrationResult`][regzoo.inference.RegistrationResult] of a field: the moving image warped in its own
     intensities and the Jacobian determinant map.
 
     Args:
@@ -470,7 +470,7 @@ def save_result(
     ``jacdet.nii.gz``, ``warped_<name>.nii.gz`` for each moving segmentation (nearest
     neighbour, already on the fixed grid) and ``map_<term.param>.nii.gz`` for each parameter
     map, all with the fixed image's affine. Use
-    :func:`write_result` to write them as one output set.
+    [`write_result`][regzoo.inference.write_result] to write them as one output set.
 
     Raises:
         InputError: a segmentation whose shape differs from the displacement's.
@@ -519,7 +519,7 @@ def _label_dtype(values: np.ndarray) -> type:
 
 def segmentation_names(paths: Sequence[str | Path]) -> dict[str, str | Path]:
     """Name each moving segmentation by its file name without extensions, the ``<name>`` of the
-    ``warped_<name>.nii.gz`` that :func:`write_result` writes for it."""
+    ``warped_<name>.nii.gz`` that [`write_result`][regzoo.inference.write_result] writes for it."""
     names: dict[str, str | Path] = {}
     for path in paths:
         name = Path(path).name.split(".")[0]
@@ -539,9 +539,9 @@ def write_result(
     segmentations: Mapping[str, ImageLike] | None = None,
     overwrite: bool = True,
 ) -> list[Path]:
-    """Write the result's files (:func:`save_result`) as one output set.
+    """Write the result's files ([`save_result`][regzoo.inference.save_result]) as one output set.
 
-    The set is built beside ``out_dir`` and swapped into place (:func:`regzoo.io.output_folder`):
+    The set is built beside ``out_dir`` and swapped into place ([`regzoo.io.output_folder`][regzoo.io.outputs.output_folder]):
     a killed run leaves the previous set or the new one, never a mix. Returns the final paths.
 
     Raises:

@@ -1,10 +1,10 @@
 """How a model is TRAINED: the LightningModule that wraps a
-:class:`~regzoo.registration_model.RegistrationModel` (parameter sampling, curriculum, loss,
+[`RegistrationModel`][regzoo.registration_model.RegistrationModel] (parameter sampling, curriculum, loss,
 validation, optimisers, checkpoint state hooks).
 
 Checkpoints store the wrapped model's weights under its own names (``net.*``): the hooks
 remove the wrapper's ``model.`` prefix on save and restore it on load, so checkpoints written
-before the split and after it load alike (:func:`regzoo.checkpoint.load_model`, resume).
+before the split and after it load alike ([`regzoo.checkpoint.load_model`][regzoo.checkpoint.load_model], resume).
 """
 
 from __future__ import annotations
@@ -42,7 +42,7 @@ class NonFiniteLossError(RegzooError, FloatingPointError):
 
 
 class HyperRegistration(L.LightningModule):
-    """Trains a :class:`~regzoo.registration_model.RegistrationModel` (held as ``model``).
+    """Trains a [`RegistrationModel`][regzoo.registration_model.RegistrationModel] (held as ``model``).
 
     Training draws one parameter vector per sample from the free space (uniform on each
     parameter's scale, ends oversampled at ``sampling.endpoint_rate``; with
@@ -92,17 +92,17 @@ class HyperRegistration(L.LightningModule):
         return self.model.ndim
 
     def energy_spacing(self, spacing: Spacing) -> torch.Tensor | None:
-        """See :meth:`RegistrationModel.energy_spacing`."""
+        """See [`RegistrationModel.energy_spacing`][regzoo.registration_model.RegistrationModel.energy_spacing]."""
         return self.model.energy_spacing(spacing)
 
     def parameter_tensor(
         self, params: Mapping[str, float] | torch.Tensor | None, batch: int
     ) -> torch.Tensor:
-        """See :meth:`RegistrationModel.parameter_tensor`."""
+        """See [`RegistrationModel.parameter_tensor`][regzoo.registration_model.RegistrationModel.parameter_tensor]."""
         return self.model.parameter_tensor(params, batch)
 
     def regularized_field(self, output: RegistrationOutput) -> torch.Tensor:
-        """See :meth:`RegistrationModel.regularized_field`."""
+        """See [`RegistrationModel.regularized_field`][regzoo.registration_model.RegistrationModel.regularized_field]."""
         return self.model.regularized_field(output)
 
     def forward(
@@ -111,7 +111,7 @@ class HyperRegistration(L.LightningModule):
         moving: torch.Tensor,
         params: Mapping[str, float] | torch.Tensor | None = None,
     ) -> RegistrationOutput:
-        """The wrapped model's prediction (:meth:`RegistrationModel.forward`)."""
+        """The wrapped model's prediction ([`RegistrationModel.forward`][regzoo.registration_model.RegistrationModel.forward])."""
         return self.model(fixed, moving, params)
 
     # -- training ---------------------------------------------------------------------
@@ -214,7 +214,7 @@ class HyperRegistration(L.LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any] | None:
         """One step: draw per-sample parameters, register, compute the per-sample loss.
 
-        A non-finite loss stops training with :class:`NonFiniteLossError` naming the step and
+        A non-finite loss stops training with [`NonFiniteLossError`][regzoo.lightning_module.NonFiniteLossError] naming the step and
         the drawn parameters (``trainer.nonfinite: skip`` skips the step instead).
 
         Returns:
@@ -245,7 +245,7 @@ class HyperRegistration(L.LightningModule):
 
         One fused reduction over every gradient (``torch._foreach_norm``: a NaN or infinite
         entry makes its tensor's norm non-finite) read back with one host-device sync (the
-        check of the loss in :meth:`training_step` is a second one per step, and Lightning's
+        check of the loss in [`training_step`][regzoo.lightning_module.HyperRegistration.training_step] is a second one per step, and Lightning's
         logging may add its own); the offending tensor is looked up only when there is one.
         """
         grads = [p.grad for p in self.parameters() if p.grad is not None]
@@ -266,7 +266,7 @@ class HyperRegistration(L.LightningModule):
         )
 
     def _skip(self, what: str) -> bool:
-        """Count a skipped step; past :data:`MAX_CONSECUTIVE_SKIPS` in a row, or more than that
+        """Count a skipped step; past [`MAX_CONSECUTIVE_SKIPS`][regzoo.lightning_module.MAX_CONSECUTIVE_SKIPS] in a row, or more than that
         many making over a quarter of all steps, training stops (the weights no longer produce
         finite values: skipping on would end with useless ones)."""
         self._skipped = getattr(self, "_skipped", 0) + 1
@@ -299,7 +299,7 @@ class HyperRegistration(L.LightningModule):
 
         ``val/dice`` and ``val/tre_mm`` are logged when the validation pairs carry masks and
         keypoints; they are the learning curves of ``benchmarks/network.py`` and what
-        :class:`~regzoo.callbacks.DivergenceGuard` watches.
+        [`DivergenceGuard`][regzoo.callbacks.DivergenceGuard] watches.
         """
         values = self.parameter_tensor(None, batch["fixed"].shape[0])
         terms, output, _ = self._loss(batch, values)
@@ -321,13 +321,13 @@ class HyperRegistration(L.LightningModule):
             self.log("val/tre_mm", tre, batch_size=1, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        """The optimiser and schedule of :func:`regzoo.optimizers.configure_optimizers`."""
+        """The optimiser and schedule of [`regzoo.optimizers.configure_optimizers`][regzoo.optimizers.configure_optimizers]."""
         return configure_optimizers(self.config, self.named_parameters())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the weights as the model names them (``net.*``), the config, the plugins (file
         paths made absolute), the free space and the parameter sampler's state, so that
-        :func:`~regzoo.checkpoint.load_model` can rebuild the model from another folder and
+        [`load_model`][regzoo.checkpoint.load_model] can rebuild the model from another folder and
         check it, and ``train --resume`` continues the same draws."""
         for key in ("state_dict", "current_model_state"):  # the latter: weight averaging's
             if isinstance(checkpoint.get(key), Mapping):

@@ -1,6 +1,6 @@
-"""Deprecated: the old path of MIND-SSC, NGF and MI, now in :mod:`regzoo.similarity`
-(:mod:`~regzoo.similarity.descriptor`, :mod:`~regzoo.similarity.gradient`,
-:mod:`~regzoo.similarity.information`); importing it warns."""
+"""Deprecated: the old path of MIND-SSC, NGF and MI, now in [`regzoo.similarity`][regzoo.similarity]
+([`descriptor`][regzoo.similarity.descriptor], [`gradient`][regzoo.similarity.gradient],
+[`information`][regzoo.similarity.information]); importing it warns."""
 
 from regzoo._deprecation import deprecated_module
 

@@ -1,12 +1,16 @@
 """Parameter specifications and spaces.
 
-A regularizer declares its physical parameters as a :class:`ParamSpace`, an ordered set of
-:class:`ParamSpec`. Nothing else in the library knows their names: training draws parameter
+A regularizer declares its physical parameters as a [`ParamSpace`][regzoo.params.ParamSpace], an ordered set of
+[`ParamSpec`][regzoo.params.ParamSpec]. Nothing else in the library knows their names: training draws parameter
 vectors from the space, the hypernetwork is conditioned on their normalised values, and the
 test-time tools build grids over it.
 
 At the API surface a parameter vector is a mapping ``name -> value``; inside the networks it is a
 tensor ``(B, P)`` in the order of the space.
+
+The module is long because each scale (linear, log, periodic) is one concept across checking,
+normalising, sampling, grids and the networks' features: kept together, a new scale is one
+reading of one file.
 """
 
 from __future__ import annotations
@@ -38,7 +42,7 @@ class ParamSpec(BaseModel):
             parameter (an angle) whose range ``[low, high)`` is one period: ``high`` is the
             same setting as ``low``, any value is wrapped into the range, grids over the whole
             period do not repeat the end, and the networks see it as a point on the circle
-            (:meth:`ParamSpace.features`), so the two ends condition them identically.
+            ([`ParamSpace.features`][regzoo.params.ParamSpace.features]), so the two ends condition them identically.
         domain: the physically valid interval ``(min, max)`` (``None``: unbounded on that
             side), e.g. ``(0.0, None)`` for a stiffness. Unlike ``[low, high]``, the default
             training range that a config may move, the domain is a hard limit: a range or
@@ -127,7 +131,7 @@ class ParamSpec(BaseModel):
         """Return a copy with new bounds (and scale); the one way a range is configured.
 
         Unless given, the default stays where it is when it lies inside the new bounds, and
-        moves to their :attr:`middle` (on the new scale) otherwise.
+        moves to their [`middle`][regzoo.params.ParamSpec.middle] (on the new scale) otherwise.
 
         Raises:
             ValueError: if the new bounds are inconsistent, leave the physical domain, or put a
@@ -249,12 +253,12 @@ class ParamSpec(BaseModel):
 
 
 class ParamSpace(BaseModel):
-    """An ordered set of :class:`ParamSpec` with sampling, normalisation and grids.
+    """An ordered set of [`ParamSpec`][regzoo.params.ParamSpec] with sampling, normalisation and grids.
 
     Normalised coordinates lie in ``[0, 1]^P`` and are linear in the value (``scale="linear"``)
     or in its logarithm (``scale="log"``); a periodic parameter's coordinate is its phase in
     ``[0, 1)``. Fixed parameters (``low == high``) normalise to 0. The networks are conditioned
-    on :meth:`features`: the normalised coordinates, each periodic one as ``(cos, sin)`` of its
+    on [`features`][regzoo.params.ParamSpace.features]: the normalised coordinates, each periodic one as ``(cos, sin)`` of its
     phase (``feature_size`` numbers in all).
 
     Examples:
@@ -347,17 +351,17 @@ class ParamSpace(BaseModel):
 
     @property
     def feature_size(self) -> int:
-        """How many numbers :meth:`features` gives per vector: one per parameter, two per
+        """How many numbers [`features`][regzoo.params.ParamSpace.features] gives per vector: one per parameter, two per
         periodic one."""
         return sum(2 if s.scale == "periodic" else 1 for s in self.specs)
 
     def features(self, values: torch.Tensor) -> torch.Tensor:
         """What the networks are conditioned on: ``(..., P)`` values to ``(..., feature_size)``.
 
-        Each parameter's normalised coordinate (:meth:`normalize`), a periodic one replaced by
+        Each parameter's normalised coordinate ([`normalize`][regzoo.params.ParamSpace.normalize]), a periodic one replaced by
         ``(cos, sin)`` of its phase mapped to ``[0, 1]`` (so both ends of its period, the same
         setting, give the same features). Without periodic parameters this is
-        :meth:`normalize`.
+        [`normalize`][regzoo.params.ParamSpace.normalize].
         """
         unit = self.normalize(values)
         if self.feature_size == len(self):
@@ -383,7 +387,7 @@ class ParamSpace(BaseModel):
         return torch.where(self._scale_mask(values, "periodic"), torch.remainder(unit, 1.0), unit)
 
     def denormalize(self, unit: torch.Tensor) -> torch.Tensor:
-        """Inverse of :meth:`normalize`: map ``[0, 1]^P`` coordinates ``(..., P)`` to values."""
+        """Inverse of [`normalize`][regzoo.params.ParamSpace.normalize]: map ``[0, 1]^P`` coordinates ``(..., P)`` to values."""
         self._check_last_dim(unit, "denormalize")
         lows, highs = self._bounds(unit)
         periodic = self._scale_mask(unit, "periodic")
@@ -433,7 +437,7 @@ class ParamSpace(BaseModel):
         values: Mapping[str, float] | None = None,
     ) -> torch.Tensor:
         """Regular grid ``(N, P)`` over the space: every combination, the first axis varying
-        slowest (as :func:`itertools.product`; for explicit axes, in the mapping's order).
+        slowest (as `itertools.product`; for explicit axes, in the mapping's order).
 
         Args:
             steps: points per parameter, evenly on each parameter's scale over ``[low, high]``

@@ -1,4 +1,4 @@
-"""Deprecated: the old path of :mod:`regzoo.refinement` (importing it warns)."""
+"""Deprecated: the old path of [`regzoo.refinement`][regzoo.refinement] (importing it warns)."""
 
 from regzoo._deprecation import deprecated_module
 

@@ -1,10 +1,10 @@
 """Instance optimisation: make the network's fast estimate exact under the same physics.
 
 The network amortises the registration over a data set and a parameter range; at one chosen
-setting its field is a good start but not the optimum of its own objective. :func:`refine_field`
+setting its field is a good start but not the optimum of its own objective. [`refine_field`][regzoo.refinement.refine_field]
 minimises that objective, the config's similarity plus every regularizer term at the SAME
 parameters and weights, directly over the field, warm-started from the network's field. It
-knows nothing of the regularizers' names: whatever :class:`~regzoo.objective.Objective`
+knows nothing of the regularizers' names: whatever [`Objective`][regzoo.objective.Objective]
 evaluates (built-in terms and plugins alike) is what it minimises.
 
 The field is optimised on a grid ``grid_downsize`` times coarser than the fixed image and
@@ -17,10 +17,10 @@ Diffeomorphic models (``int_steps > 0``) refine the stationary velocity and inte
 scaling and squaring, so the result stays invertible.
 
 Refinement may minimise another similarity than the one the network was trained with (e.g.
-MIND-SSC, :mod:`regzoo.similarity.descriptor`), with the same regularizer terms; a descriptor
+MIND-SSC, [`regzoo.similarity.descriptor`][regzoo.similarity.descriptor]), with the same regularizer terms; a descriptor
 similarity's descriptors are computed once per image pair and level and the moving image's
 descriptors are warped. With ``tol > 0`` each level stops early once the objective's relative
-change per iteration falls below ``tol``; :class:`RefineTrace` records how many iterations ran.
+change per iteration falls below ``tol``; [`RefineTrace`][regzoo.refinement.RefineTrace] records how many iterations ran.
 
 The module is long because the options, the trace and the optimisation loop they steer (pyramid
 levels, descriptors, early stopping, L-BFGS) are read together.
@@ -64,7 +64,7 @@ __all__ = [
 
 
 class RefineCancelledError(RegzooError):
-    """A refinement stopped because its :class:`RefineTrace` was cancelled."""
+    """A refinement stopped because its [`RefineTrace`][regzoo.refinement.RefineTrace] was cancelled."""
 
 
 def check_steps(steps: int, *, minimum: int = 0, what: str = "refine: steps") -> int:
@@ -81,7 +81,7 @@ def check_steps(steps: int, *, minimum: int = 0, what: str = "refine: steps") ->
 
 def parse_split(text: str) -> tuple[float, ...]:
     """The shares per pyramid level that ``A:B:C`` spells (``--refine-split``, and
-    ``RefineOptions(split="1:1:2")``); the shares are checked by :class:`RefineOptions`.
+    ``RefineOptions(split="1:1:2")``); the shares are checked by [`RefineOptions`][regzoo.refinement.RefineOptions].
 
     Raises:
         InputError: a share that is not a number.
@@ -98,26 +98,26 @@ def parse_split(text: str) -> tuple[float, ...]:
 class RefineOptions:
     """Refinement's settings: the one form every public function takes them in.
 
-    :func:`refine`, :func:`regzoo.inference.register`, :func:`regzoo.inference.choose_parameters`,
-    :func:`regzoo.sweeping.sweep`, :func:`regzoo.study.run_sweep_study`, the evaluation helpers
+    [`refine`][regzoo.refinement.refine], [`regzoo.inference.register`][regzoo.inference.register], [`regzoo.inference.choose_parameters`][regzoo.inference.choose_parameters],
+    [`regzoo.sweeping.sweep`][regzoo.sweeping.sweep], [`regzoo.study.run_sweep_study`][regzoo.study.run_sweep_study], the evaluation helpers
     and the explorer take a ``RefineOptions``; the CLI's ``--refine-...`` flags translate to
-    and from it in one place (:mod:`regzoo.cli.refine_flags`), and reports record it as
-    :meth:`to_dict` (``sweep.json``, evaluate's JSON), which :meth:`from_dict` reads back.
+    and from it in one place (`regzoo.cli.refine_flags`), and reports record it as
+    [`to_dict`][regzoo.refinement.RefineOptions.to_dict] (``sweep.json``, evaluate's JSON), which [`from_dict`][regzoo.refinement.RefineOptions.from_dict] reads back.
 
     Attributes:
         steps: Adam iterations (0 returns the initial field).
         similarity: refine under this similarity instead of the training one: a text for
-            :func:`~regzoo.similarity.parse_similarity` (``"10*mind_ssc"``; ``"model + 0.75*ngf"``,
+            [`parse_similarity`][regzoo.similarity.combinations.parse_similarity] (``"10*mind_ssc"``; ``"model + 0.75*ngf"``,
             where ``model`` is the training similarity), checked when the options are made
             (``None``: the model's similarity).
         lr: Adam learning rate, in voxels of the optimised (coarse) grid.
         grid_downsize: the field is optimised on a grid this many times coarser (1 = the
             fixed grid itself); it is upsampled before warping.
         int_steps: scaling-and-squaring steps: > 0 optimises a stationary velocity (the
-            result is diffeomorphic), 0 the displacement itself. :func:`refine` takes it from
-            the model (only :func:`refine_field` reads it from here).
+            result is diffeomorphic), 0 the displacement itself. [`refine`][regzoo.refinement.refine] takes it from
+            the model (only [`refine_field`][regzoo.refinement.refine_field] reads it from here).
         regularize: ``"displacement"`` or ``"velocity"``: the field the energies see (as
-            ``int_steps``, taken from the model by :func:`refine`).
+            ``int_steps``, taken from the model by [`refine`][regzoo.refinement.refine]).
         levels: pyramid levels: with ``L > 1`` the first ``steps // L`` iterations run on images
             ``2^(L-1)`` times coarser, and so on down to the full resolution, where the last
             (and the remaining) iterations minimise the exact objective. Coarse levels cost
@@ -132,7 +132,7 @@ class RefineOptions:
             iteration, averaged over the last ``window`` iterations,
             ``(J_{k-w} - J_k) / (w |J_k|)``, falls below ``tol`` (0: always run every step).
         window: iterations the relative change is averaged over.
-        progress: show a progress bar (not recorded by :meth:`to_dict`).
+        progress: show a progress bar (not recorded by [`to_dict`][regzoo.refinement.RefineOptions.to_dict]).
 
     Examples:
         >>> options = RefineOptions(steps=60, similarity="mind_ssc", split="1:1:2", tol=1e-3)
@@ -202,7 +202,7 @@ class RefineOptions:
             raise InputError(f"refine: window must be >= 1, got {self.window}")
 
     def steps_per_level(self) -> list[int]:
-        """The iteration budget of each level, coarsest first (summing to :attr:`steps`)."""
+        """The iteration budget of each level, coarsest first (summing to [`steps`][regzoo.refinement.RefineOptions.steps])."""
         shares = self.shares()
         total = sum(shares)
         per_level = [int(self.steps * w / total) for w in shares]
@@ -210,7 +210,7 @@ class RefineOptions:
         return per_level
 
     def shares(self) -> tuple[float, ...]:
-        """The share of each level, coarsest first (equal without :attr:`split`)."""
+        """The share of each level, coarsest first (equal without [`split`][regzoo.refinement.RefineOptions.split])."""
         split = self.split
         if split is None:
             return (1.0,) * self.levels
@@ -218,17 +218,17 @@ class RefineOptions:
 
     def to_dict(self) -> dict[str, Any]:
         """The settings as JSON values (``split`` a list), every field but ``progress``: what
-        reports record, and :meth:`from_dict` reads back."""
+        reports record, and [`from_dict`][regzoo.refinement.RefineOptions.from_dict] reads back."""
         record = {f.name: getattr(self, f.name) for f in fields(self) if f.name != "progress"}
         record["split"] = None if self.split is None else list(self.shares())
         return record
 
     @classmethod
     def from_dict(cls, record: Mapping[str, Any]) -> RefineOptions:
-        """The options a :meth:`to_dict` record (or any subset of its keys) spells.
+        """The options a [`to_dict`][regzoo.refinement.RefineOptions.to_dict] record (or any subset of its keys) spells.
 
         Raises:
-            InputError: an unknown key (the known ones named), or a value :class:`RefineOptions`
+            InputError: an unknown key (the known ones named), or a value [`RefineOptions`][regzoo.refinement.RefineOptions]
                 refuses.
         """
         known = [f.name for f in fields(cls)]
@@ -246,7 +246,7 @@ class RefineOptions:
     def coerce(
         cls, options: RefineOptions | Mapping[str, Any] | None, what: str = "refine options"
     ) -> RefineOptions | None:
-        """``options`` as a :class:`RefineOptions`: a mapping (the keyword arguments that were
+        """``options`` as a [`RefineOptions`][regzoo.refinement.RefineOptions]: a mapping (the keyword arguments that were
         passed around before 0.3) is converted with a ``DeprecationWarning``."""
         if options is None or isinstance(options, RefineOptions):
             return options
@@ -299,7 +299,7 @@ class RefineTrace:
     its budget when it stopped early (``tol``).
 
     Setting ``stop`` (from another thread) cancels the refinement at its next iteration: it
-    raises :class:`RefineCancelledError`."""
+    raises [`RefineCancelledError`][regzoo.refinement.RefineCancelledError]."""
 
     objective: list[float] = field(default_factory=list)
     iterations: list[int] = field(default_factory=list)
@@ -393,7 +393,7 @@ def refine_field(
 
 
 def _resize_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Linear resampling on the corner-aligned grid that :func:`resize_flow` uses."""
+    """Linear resampling on the corner-aligned grid that [`resize_flow`][regzoo.spatial.resize_flow] uses."""
     if tuple(size) == tuple(image.shape[2:]):
         return image
     mode = "bilinear" if image.ndim == 4 else "trilinear"
@@ -485,10 +485,10 @@ def _comparator(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``displacement -> similarity(fixed, moving warped by it)`` for one pair and level.
 
-    A :class:`DescriptorSimilarity` term's descriptors are computed here, once, and the moving
+    A [`DescriptorSimilarity`][regzoo.similarity.descriptor.DescriptorSimilarity] term's descriptors are computed here, once, and the moving
     image's descriptors are warped (as deeds and ConvexAdam do); the other terms of a
-    :class:`WeightedSum` share one warped image and are bound to the fixed image once
-    (:meth:`Similarity.bind_fixed`).
+    [`WeightedSum`][regzoo.similarity.combinations.WeightedSum] share one warped image and are bound to the fixed image once
+    ([`Similarity.bind_fixed`][regzoo.similarity.base.Similarity.bind_fixed]).
     """
     terms = similarity.items() if isinstance(similarity, WeightedSum) else [(1.0, similarity)]
     on_image = [
@@ -528,7 +528,7 @@ def _converged(history: Sequence[float], tol: float, window: int) -> bool:
 _LEGACY_SETTINGS = frozenset(
     ("steps", "lr", "grid_downsize", "levels", "progress", "tol", "optimizer", "split")
 )
-"""The settings :func:`refine` took as keyword arguments before :class:`RefineOptions`."""
+"""The settings [`refine`][regzoo.refinement.refine] took as keyword arguments before [`RefineOptions`][regzoo.refinement.RefineOptions]."""
 
 
 def refine(
@@ -553,28 +553,28 @@ def refine(
     velocity (``int_steps`` and ``regularize`` come from the model, not from ``options``).
 
     Args:
-        model: a trained model (:func:`regzoo.checkpoint.load_model`).
+        model: a trained model ([`regzoo.checkpoint.load_model`][regzoo.checkpoint.load_model]).
         fixed: normalised fixed images ``(B, 1, *spatial)`` (as the network sees them).
         moving: normalised moving images, same shape.
         params: free parameters by name (short or full; defaults fill the rest), or physical
             values ``(B, P)``.
-        options: the settings (:class:`RefineOptions`: steps, similarity, pyramid, optimiser,
+        options: the settings ([`RefineOptions`][regzoo.refinement.RefineOptions]: steps, similarity, pyramid, optimiser,
             early stopping; ``30`` steps by default, enough on the phantom, docs/results.md).
         init: the network's output if already computed.
         trace: if given, receives the objective per iteration (and the iterations that ran,
             ``trace.iterations``, fewer than the budget when ``options.tol`` stopped a level).
         spacing: the images' voxel spacing in mm; the energies are then per mm when the model
-            was trained that way (``energy_units: mm``, :meth:`~regzoo.registration_model.RegistrationModel.energy_spacing`).
+            was trained that way (``energy_units: mm``, [`energy_spacing`][regzoo.registration_model.RegistrationModel.energy_spacing]).
         labels: the fixed image's integer label map ``(B or 1, 1, *spatial)``; needed when
             the model has per-label parameters.
-        similarity: a :class:`~regzoo.similarity.Similarity` instance to refine under (what a
+        similarity: a [`Similarity`][regzoo.similarity.base.Similarity] instance to refine under (what a
             text in ``options.similarity`` cannot express); not both.
         **settings: deprecated: the settings as keyword arguments (``steps=30``...), converted
             to ``options`` with a ``DeprecationWarning``.
 
     Raises:
         InputError: settings given twice (``options`` and keywords, or two similarities), or
-            refused by :class:`RefineOptions`.
+            refused by [`RefineOptions`][regzoo.refinement.RefineOptions].
 
     Examples:
         >>> options = regzoo.RefineOptions(steps=30)
@@ -617,7 +617,7 @@ def refine(
 def _merge_legacy(
     options: RefineOptions | None, similarity: Similarity | str | None, settings: Mapping[str, Any]
 ) -> RefineOptions:
-    """``options`` with the deprecated keyword settings of :func:`refine` (and a similarity
+    """``options`` with the deprecated keyword settings of [`refine`][regzoo.refinement.refine] (and a similarity
     given as text) folded in, with a ``DeprecationWarning``."""
     unknown = sorted(set(settings) - _LEGACY_SETTINGS)
     if unknown:

@@ -1,10 +1,10 @@
 """What a model IS: the network, its objective, the free-parameter space and the units.
 
-:class:`RegistrationModel` is what :func:`~regzoo.checkpoint.load_model` returns and what every
+[`RegistrationModel`][regzoo.registration_model.RegistrationModel] is what [`load_model`][regzoo.checkpoint.load_model] returns and what every
 test-time tool (register, refine, the sweep, the explorer, evaluation) uses. How it is trained
-lives in :mod:`regzoo.lightning_module` (which wraps one), how it is stored in
-:mod:`regzoo.checkpoint`. "The objective of a result" is here too (:func:`result_objective`,
-:func:`field_objective`): refinement minimises the same sum.
+lives in [`regzoo.lightning_module`][regzoo.lightning_module] (which wraps one), how it is stored in
+[`regzoo.checkpoint`][regzoo.checkpoint]. "The objective of a result" is here too ([`result_objective`][regzoo.registration_model.result_objective],
+[`field_objective`][regzoo.registration_model.field_objective]): refinement minimises the same sum.
 """
 
 from __future__ import annotations
@@ -161,9 +161,9 @@ def field_objective(
     """The objective of one field: ``moving`` warped by ``displacement`` against ``fixed``,
     plus every term's energy of ``field`` (the displacement, or the velocity it integrates).
 
-    The one place where a result's objective is computed: :func:`result_objective`
+    The one place where a result's objective is computed: [`result_objective`][regzoo.registration_model.result_objective]
     (register, the sweep, the explorer) reads it out, and refinement minimises the same sum
-    (:meth:`~regzoo.objective.Objective.combine`; it evaluates the similarity itself, to
+    ([`combine`][regzoo.objective.Objective.combine]; it evaluates the similarity itself, to
     reuse descriptors or to refine under another similarity).
 
     Args:
@@ -193,7 +193,7 @@ def result_objective(
 
     The energies see the field the model regularises (``regularize: velocity`` or the
     displacement), in the units it was trained in (``spacing`` in mm, through
-    :meth:`RegistrationModel.energy_spacing`), with the parameter maps of
+    [`RegistrationModel.energy_spacing`][regzoo.registration_model.RegistrationModel.energy_spacing]), with the parameter maps of
     per-label parameters built from ``labels``.
 
     Args:

@@ -1,12 +1,12 @@
 """Name -> class registries with plugin discovery.
 
-A :class:`Registry` maps names to classes. Built-ins register with a decorator; third-party
+A [`Registry`][regzoo.registry.Registry] maps names to classes. Built-ins register with a decorator; third-party
 packages register through an entry-point group (``regzoo.regularizers``,
 ``regzoo.similarities``) and are discovered lazily the first time a registry is queried; a
-config may also name plugin modules or ``.py`` files to import (:func:`load_plugin`).
+config may also name plugin modules or ``.py`` files to import ([`load_plugin`][regzoo.registry.load_plugin]).
 
 A plugin that fails to load is recorded with its error and never hides the built-ins: asking
-for a name it was meant to provide raises :class:`~regzoo.PluginError` naming the plugin and the
+for a name it was meant to provide raises [`PluginError`][regzoo._errors.PluginError] naming the plugin and the
 original error.
 """
 
@@ -61,7 +61,7 @@ class Registry(Generic[T]):
             decorated with ``@regularizer("x")`` (or ``@similarity``...) registers as ``x``
             and its entry point must be named ``x`` too; an undecorated class registers under
             the entry point's name. An entry point named like a built-in is not loaded: one
-            warning and a :attr:`failed` entry (the built-in stays).
+            warning and a [`failed`][regzoo.registry.Registry.failed] entry (the built-in stays).
         contract: the contract registered objects must satisfy, stated for documentation and
             checked by ``check`` at registration.
         check: optional callable validating a class at registration (raise to reject).
@@ -100,7 +100,7 @@ class Registry(Generic[T]):
         return decorator
 
     def add(self, name: str, cls: type[T]) -> None:
-        """Register ``cls`` under ``name`` (see :meth:`register`)."""
+        """Register ``cls`` under ``name`` (see [`register`][regzoo.registry.Registry.register])."""
         if not name or not name.replace("_", "").replace("-", "").isalnum():
             raise InputError(f"{self.kind} name must be a non-empty identifier, got {name!r}")
         existing = self._items.get(name)
@@ -256,6 +256,6 @@ def load_plugin(spec: str) -> None:
 
 
 def load_plugins(specs: Iterable[str]) -> None:
-    """Load each plugin of ``specs`` in order (see :func:`load_plugin`)."""
+    """Load each plugin of ``specs`` in order (see [`load_plugin`][regzoo.registry.load_plugin])."""
     for spec in specs:
         load_plugin(spec)

@@ -37,7 +37,7 @@ def overlay_figure(
     (``refine_options``, and an integer ``refine``: the former form, deprecated); each row
     shows the warped image (with the warped mask's contour), the deformation grid, the
     Jacobian determinant and, given the fixed label map of a model with per-label parameters,
-    the parameter maps (:func:`regzoo.viz.plot_registration`).
+    the parameter maps ([`regzoo.viz.plot_registration`][regzoo.viz.plot_registration]).
     """
     from regzoo.viz import OverlayPanel, plot_registration  # matplotlib only here
 
@@ -190,18 +190,18 @@ def write_sweep_report(
     ``sweep.json`` (everything, with the best parameters for the data set and per pair),
     ``heatmap.png`` (one or two swept parameters) and ``summary.md``; return the summary path.
 
-    ``refine`` is the study's refinement (:class:`~regzoo.refinement.RefineOptions`), recorded
-    in ``sweep.json`` as ``refine`` (:meth:`~regzoo.refinement.RefineOptions.to_dict`, ``null``
+    ``refine`` is the study's refinement ([`RefineOptions`][regzoo.refinement.RefineOptions]), recorded
+    in ``sweep.json`` as ``refine`` ([`to_dict`][regzoo.refinement.RefineOptions.to_dict], ``null``
     without one); ``refine_steps`` and ``refine_options`` are its former, deprecated form.
 
-    ``comparison`` (from :func:`regzoo.evaluation.compare_refinement`) adds the table of
+    ``comparison`` (from [`regzoo.evaluation.compare_refinement`][regzoo.evaluation.compare_refinement]) adds the table of
     identity / network / refined at the best setting; ``explore``, a ``regzoo explore``
     command, a section that opens the best setting in the browser explorer. ``network``, the
     same grid scored by the network alone when ``result`` is an exact sweep (every setting
     refined), adds the two choices side by side and how many grid steps apart they are: whether
     the network's own ranking of parameters agrees with the physics.
 
-    ``criterion`` names a label-free criterion (:mod:`regzoo.criteria`) that chooses the best
+    ``criterion`` names a label-free criterion ([`regzoo.criteria`][regzoo.criteria]) that chooses the best
     setting instead of ``metric``, which then only fills the tables. The summary shows what
     every applicable criterion would choose, and, under a folding limit, the setting the limit
     removed.

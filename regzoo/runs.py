@@ -1,13 +1,13 @@
 """Run directories of ``regzoo train``: who owns them, who uses them, how checkpoints land.
 
-- **Ownership**: a run directory regzoo writes holds :data:`RUN_MARKER`; ``--overwrite`` only
+- **Ownership**: a run directory regzoo writes holds [`RUN_MARKER`][regzoo.runs.RUN_MARKER]; ``--overwrite`` only
   replaces such a run (or an empty folder), never a folder of someone else's files.
-- **Use**: a run directory is locked (:func:`run_lock`) while a run trains in it, so a second
+- **Use**: a run directory is locked ([`run_lock`][regzoo.runs.run_lock]) while a run trains in it, so a second
   ``train`` into the same place is refused instead of silently replacing the first one's model.
-- **Checkpoints**: :class:`AtomicCheckpointIO` writes every checkpoint to a temporary file in
+- **Checkpoints**: [`AtomicCheckpointIO`][regzoo.runs.AtomicCheckpointIO] writes every checkpoint to a temporary file in
   its own folder (never ``$TMPDIR``, which may be another file system), flushes it to the disk
   and renames it over the previous one: a kill or a full disk keeps the last good checkpoint.
-- **Resuming**: :func:`check_checkpoint` reads a checkpoint before training resumes from it
+- **Resuming**: [`check_checkpoint`][regzoo.runs.check_checkpoint] reads a checkpoint before training resumes from it
   and turns every way it can be broken into one message.
 """
 
@@ -108,7 +108,7 @@ def _marked(run_dir: Path) -> bool:
 
 def check_replaceable(run_dir: str | Path) -> None:
     """Check that ``train --overwrite`` may replace ``run_dir``: it does not exist, is empty,
-    or holds a run regzoo wrote (:data:`RUN_MARKER`).
+    or holds a run regzoo wrote ([`RUN_MARKER`][regzoo.runs.RUN_MARKER]).
 
     Raises:
         OutputExistsError: ``run_dir`` is a file, or a folder of files regzoo did not write.
@@ -129,7 +129,7 @@ def check_replaceable(run_dir: str | Path) -> None:
 
 
 def remove_run(run_dir: str | Path) -> None:
-    """Remove what a previous run wrote in ``run_dir`` (after :func:`check_replaceable`)."""
+    """Remove what a previous run wrote in ``run_dir`` (after [`check_replaceable`][regzoo.runs.check_replaceable])."""
     import shutil
 
     run_dir = Path(run_dir)
@@ -196,7 +196,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     Lightning's own writer stages a checkpoint in ``$TMPDIR`` and moves it, which copies the
     file when ``$TMPDIR`` is another file system: a kill during the copy leaves a truncated
-    ``last.ckpt``. This one writes with :func:`regzoo.io.atomic_save` (a temporary file in the
+    ``last.ckpt``. This one writes with [`regzoo.io.atomic_save`][regzoo.io.outputs.atomic_save] (a temporary file in the
     checkpoint's own folder, ``fsync``, ``os.replace``).
     """
 
@@ -207,7 +207,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         the previous checkpoint is kept)."""
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options")
-            add_fingerprint(checkpoint, CHECKPOINT_KEY)  # checked when the checkpoint is loaded
+        add_fingerprint(checkpoint, CHECKPOINT_KEY)  # checked when the checkpoint is loaded
         atomic_save(checkpoint, Path(path))
 
 
@@ -216,7 +216,7 @@ def resume_config(
 ) -> tuple[Any, list[str]]:
     """The config a resumed run continues with: the run's own ``config.yaml`` (not the YAML
     given now), with the explicit ``--set`` overrides that a resumed run may change
-    (:data:`~regzoo.checkpoint.RESUMABLE`, e.g. more steps).
+    ([`RESUMABLE`][regzoo.checkpoint.RESUMABLE], e.g. more steps).
 
     Returns:
         The config, and the lines that say what changed and what of the given YAML is ignored.

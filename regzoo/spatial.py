@@ -4,13 +4,13 @@ Convention (shared by the whole library): a displacement ``u`` is a tensor ``(B,
 in voxels on the FIXED grid; fixed point ``x`` maps to moving point ``x + u(x)`` and channel
 ``k`` is the displacement along array axis ``k``. Images are ``(B, C, *spatial)``.
 
-First derivatives (:func:`differences`, :func:`partials`, :func:`gradient`,
-:func:`jacobian_determinant`) are forward differences and :func:`hessian` second forward
-differences; :func:`laplacian` is the centred three-point second difference per axis. All are
+First derivatives ([`differences`][regzoo.spatial.differences], [`partials`][regzoo.spatial.partials], [`gradient`][regzoo.spatial.gradient],
+[`jacobian_determinant`][regzoo.spatial.jacobian_determinant]) are forward differences and [`hessian`][regzoo.spatial.hessian] second forward
+differences; [`laplacian`][regzoo.spatial.laplacian] is the centred three-point second difference per axis. All are
 returned on the interior region where every difference is defined (each spatial size shrinks by
 one per forward derivative order, by two for the Laplacian), with no zero padding: forward
 differences are exact for linear fields (first order) and quadratic ones (second order), the
-Laplacian for cubic ones. Only :func:`jacobian_determinant` pads back to the field's shape, by
+Laplacian for cubic ones. Only [`jacobian_determinant`][regzoo.spatial.jacobian_determinant] pads back to the field's shape, by
 replicating its last slice along each axis (``pad=True``).
 """
 
@@ -99,8 +99,8 @@ def differences(
 ) -> list[torch.Tensor]:
     """Forward differences of every channel along each axis, one tensor per axis.
 
-    The values of :func:`gradient` without stacking them: the fused energies of
-    :mod:`regzoo.regularizers.functional` combine them directly, and one autograd node with a
+    The values of [`gradient`][regzoo.spatial.gradient] without stacking them: the fused energies of
+    [`regzoo.regularizers.functional`][regzoo.regularizers.functional] combine them directly, and one autograd node with a
     hand-written adjoint replaces the slicing (see ``docs/benchmarks.md``).
 
     Args:
@@ -111,7 +111,7 @@ def differences(
 
     Returns:
         One tensor ``(B, C, *(spatial - 1))`` per axis ``i``: ``d u / d x_i`` on the interior
-        (every axis cropped by one voxel, as in :func:`gradient`).
+        (every axis cropped by one voxel, as in [`gradient`][regzoo.spatial.gradient]).
     """
     axes = range(check_image(u, "differences", name="u")) if axes is None else axes
     return _differences(u, spacing, "differences", [(axis, None) for axis in axes])
@@ -183,8 +183,8 @@ def _differences(
 def partials(u: torch.Tensor, spacing: Spacing = None) -> list[list[torch.Tensor]]:
     """The Jacobian of a displacement as separate entries: ``[j][i] = d u_j / d x_i``.
 
-    The values of :func:`gradient` (``gradient(u)[:, j, i]``), each ``(B, *(spatial - 1))``,
-    from one autograd node (see :func:`differences`).
+    The values of [`gradient`][regzoo.spatial.gradient] (``gradient(u)[:, j, i]``), each ``(B, *(spatial - 1))``,
+    from one autograd node (see [`differences`][regzoo.spatial.differences]).
     """
     ndim = check_field(u, "partials")
     items = [(i, j) for j in range(ndim) for i in range(ndim)]
@@ -224,7 +224,7 @@ def laplacian(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
     """Centred second-difference Laplacian of every channel.
 
     ``sum_i (u(x + e_i) - 2 u(x) + u(x - e_i)) / h_i^2``: each axis's second difference is
-    centred at the same point ``x`` (unlike summing the diagonal of :func:`hessian`, whose
+    centred at the same point ``x`` (unlike summing the diagonal of [`hessian`][regzoo.spatial.hessian], whose
     forward differences sit at different points and miss high-frequency fields).
 
     Returns:

@@ -4,7 +4,7 @@ setting by a metric or a label-free criterion, optionally optimise the parameter
 compare the network with refinement at the best setting, draw the best and worst settings and
 write the report, as one output set.
 
-The command line only parses its options and prints :class:`SweepStudy`'s summary.
+The command line only parses its options and prints [`SweepStudy`][regzoo.study.SweepStudy]'s summary.
 """
 
 from __future__ import annotations
@@ -43,7 +43,7 @@ def _existing(image: str | Path, folder: str) -> str | None:
 
 @dataclass
 class SweepStudy:
-    """What :func:`run_sweep_study` found and wrote.
+    """What [`run_sweep_study`][regzoo.study.run_sweep_study] found and wrote.
 
     Attributes:
         result: the sweep over the grid.
@@ -87,14 +87,14 @@ def run_sweep_study(
     Args:
         model: a trained model.
         dataset: the pairs, with annotations (masks, label maps, keypoints) where present.
-        grid: parameter axes (:func:`regzoo.sweeping.parse_grid`).
+        grid: parameter axes ([`regzoo.sweeping.parse_grid`][regzoo.sweeping.parse_grid]).
         out: the report folder (replaced whole).
         metric: the metric that chooses the best setting (default: the result's own).
         criterion: choose the best setting by this label-free criterion
-            (:mod:`regzoo.criteria`) instead of a metric.
+            ([`regzoo.criteria`][regzoo.criteria]) instead of a metric.
         batch_size: settings per network forward.
         refine: the refinement of the comparison at the best setting
-            (:class:`~regzoo.refinement.RefineOptions`; ``None``: no comparison).
+            ([`RefineOptions`][regzoo.refinement.RefineOptions]; ``None``: no comparison).
         refine_grid: refine every setting with these options (an exact sweep), not only the
             best one; the grid is then also scored by the network alone (one forward per
             setting), and the report says whether the network's ranking agrees with the

@@ -1,4 +1,4 @@
-"""Deprecated: the old path of :mod:`regzoo.sweeping` (importing it warns)."""
+"""Deprecated: the old path of [`regzoo.sweeping`][regzoo.sweeping] (importing it warns)."""
 
 from regzoo._deprecation import deprecated_module
 

@@ -1,7 +1,7 @@
 """Test-time parameter discovery: grid sweeps and per-pair gradient-based optimisation.
 
 The module is long because the grid sweep, its batching over settings and the per-pair parameter
-optimisation share the scoring code; the report around them is :mod:`regzoo.study`.
+optimisation share the scoring code; the report around them is [`regzoo.study`][regzoo.study].
 """
 
 from __future__ import annotations
@@ -75,7 +75,7 @@ def parse_grid(specs: Sequence[str]) -> dict[str, GridAxis]:
 
     Raises:
         ValueError: for a malformed entry, a repeated name or more than
-            :data:`MAX_SETTINGS` settings in total.
+            [`MAX_SETTINGS`][regzoo.sweeping.MAX_SETTINGS] settings in total.
     """
     grid: dict[str, GridAxis] = {}
     usage = "must look like NAME=START:STOP:COUNT or NAME=V1,V2"
@@ -219,7 +219,7 @@ class SweepResult:
         return [eligible[k] for k in ranked], ""
 
     def choose(self, criterion: str | Criterion) -> dict[str, Any]:
-        """The setting a label-free criterion (:mod:`regzoo.criteria`) picks for the data set,
+        """The setting a label-free criterion ([`regzoo.criteria`][regzoo.criteria]) picks for the data set,
         from the settings' mean measures, among those within ``max_folding``.
 
         Raises:
@@ -235,7 +235,7 @@ class SweepResult:
 
     def choose_per_pair(self, criterion: str | Criterion) -> list[dict[str, Any]]:
         """For each pair, the row the criterion picks from that pair's rows alone; a pair whose
-        rows the criterion admits none of (see :meth:`choose`) is left out."""
+        rows the criterion admits none of (see [`choose`][regzoo.sweeping.SweepResult.choose]) is left out."""
         pairs: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for row in self.rows:
             pairs.setdefault((row["fixed_id"], row["moving_id"]), []).append(row)
@@ -298,24 +298,24 @@ def sweep(
 ) -> SweepResult:
     """Evaluate every grid point on every pair, batching settings through the hypernetwork.
 
-    Parameters not in ``grid`` keep their defaults. A :class:`GridRange` axis is spaced on the
+    Parameters not in ``grid`` keep their defaults. A [`GridRange`][regzoo.sweeping.GridRange] axis is spaced on the
     parameter's own scale (geometric for log-scale parameters). Each pair is replicated
     ``batch_size`` times and registered at that many settings in one forward pass.
 
     A grid axis may be a text in the CLI's form (``{"lam": "0.1:1:3"}`` or ``"0.1,1"``), read
-    by :func:`parse_grid`.
+    by [`parse_grid`][regzoo.sweeping.parse_grid].
 
-    With ``refine`` (a :class:`~regzoo.refinement.RefineOptions`) every setting's field is
-    refined under the model's objective before it is scored (:func:`regzoo.refinement.refine`,
+    With ``refine`` (a [`RefineOptions`][regzoo.refinement.RefineOptions]) every setting's field is
+    refined under the model's objective before it is scored ([`regzoo.refinement.refine`][regzoo.refinement.refine],
     the batch of settings at once): an exact sweep, about ``refine.steps`` times the cost, that
     ranks the settings by what instance optimisation reaches instead of by the network's
     estimate. ``max_folding`` restricts the best setting to those whose folded-voxel fraction
-    stays at or below it (see :class:`SweepResult`): by default none may fold (``0.0``, as
+    stays at or below it (see [`SweepResult`][regzoo.sweeping.SweepResult]): by default none may fold (``0.0``, as
     ``--max-folding``'s default), ``None`` lifts the limit. ``refine_steps`` and
     ``refine_options`` are the deprecated form of ``refine`` (a ``DeprecationWarning``).
 
-    Every row also holds the label-free measures of :func:`regzoo.criteria.label_free_measures`
-    (the model's similarity, roughness, ...) that the criteria of :mod:`regzoo.criteria` choose
+    Every row also holds the label-free measures of [`regzoo.criteria.label_free_measures`][regzoo.criteria.label_free_measures]
+    (the model's similarity, roughness, ...) that the criteria of [`regzoo.criteria`][regzoo.criteria] choose
     from; ``backward=True`` registers every pair the other way round too (twice the cost) for
     ``inverse_consistency``.
 
@@ -427,7 +427,7 @@ def _register(
 
 def as_grid(grid: Mapping[str, GridAxis | str | float]) -> dict[str, GridAxis]:
     """``grid`` with its text axes (``"0.1:1:3"``, ``"0.1,1"``: the CLI's forms) read by
-    :func:`parse_grid`, and a single number as a one-value axis.
+    [`parse_grid`][regzoo.sweeping.parse_grid], and a single number as a one-value axis.
 
     Raises:
         InputError: a malformed text, naming the entry.
@@ -569,7 +569,7 @@ def optimize_dataset(
     names: Sequence[str] | None = None,
     steps: int = 30,
 ) -> list[dict[str, Any]]:
-    """:func:`optimize_parameters` on every pair; one row per pair with its ids."""
+    """[`optimize_parameters`][regzoo.sweeping.optimize_parameters] on every pair; one row per pair with its ids."""
     return [
         {
             "fixed_id": item["fixed_id"],

@@ -1,4 +1,4 @@
-"""Deprecated: the old path of :mod:`regzoo.training` (importing it warns)."""
+"""Deprecated: the old path of [`regzoo.training`][regzoo.training] (importing it warns)."""
 
 from regzoo._deprecation import deprecated_module
 

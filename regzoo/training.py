@@ -59,7 +59,7 @@ def prepare_run_dir(
 
     Raises:
         InputError: ``resume`` and ``overwrite`` together, a resumed config that changes
-            what a resumed run keeps (:func:`regzoo.checkpoint.check_resume`, the CLI's
+            what a resumed run keeps ([`regzoo.checkpoint.check_resume`][regzoo.checkpoint.check_resume], the CLI's
             policy too: the model's sections, or any setting but the resumable ones), or a
             checkpoint to resume that is unreadable, truncated, another model's or holds NaN
             weights.
@@ -108,8 +108,8 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
 
     Raises:
         ConfigError: the config's components do not resolve, or Lightning or this machine
-            cannot run its ``trainer`` options (:func:`regzoo.trainer_check.check_trainer`).
-        OutputExistsError, MissingFileError, InputError: see :func:`prepare_run_dir`.
+            cannot run its ``trainer`` options ([`regzoo.trainer_check.check_trainer`][regzoo.trainer_check.check_trainer]).
+        OutputExistsError, MissingFileError, InputError: see [`prepare_run_dir`][regzoo.training.prepare_run_dir].
         NonFiniteLossError: the loss or a gradient became NaN/inf (``trainer.nonfinite``).
         TrainingDivergedError: the validation collapsed (``trainer.divergence_guard``);
             ``last.ckpt`` then holds the weights of the best validation, not the diverged ones.

@@ -90,7 +90,7 @@ def plot_sweep(result: SweepResult, path: str | Path, metrics: Sequence[str] | N
 
 @dataclass
 class OverlayPanel:
-    """One parameter setting for :func:`plot_registration`."""
+    """One parameter setting for [`plot_registration`][regzoo.viz.plot_registration]."""
 
     title: str
     displacement: torch.Tensor  # (D, *spatial)

@@ -1,7 +1,7 @@
 """The one translation between the ``--refine-...`` flags and refinement's settings, a
-:class:`~regzoo.refinement.RefineOptions`: the flags a command reads (:func:`add_refine_options`),
-the options they spell (:func:`from_flags`) and the flags that repeat given options
-(:func:`to_flags`, e.g. in the explorer's and the sweep report's commands)."""
+[`RefineOptions`][regzoo.refinement.RefineOptions]: the flags a command reads (`add_refine_options`),
+the options they spell (`from_flags`) and the flags that repeat given options
+(`to_flags`, e.g. in the explorer's and the sweep report's commands)."""
 
 from __future__ import annotations
 
@@ -58,10 +58,10 @@ def from_flags(
     split: str | None = None,
     tol: float = 0.0,
 ) -> RefineOptions:
-    """The :class:`~regzoo.refinement.RefineOptions` that ``--refine-similarity SPEC``,
+    """The [`RefineOptions`][regzoo.refinement.RefineOptions] that ``--refine-similarity SPEC``,
     ``--refine-split A:B:C`` and ``--refine-tol TOL`` spell (from ``args``, a command's parsed
-    flags of :func:`add_refine_options`, or the keywords), with ``steps`` iterations (the
-    command's ``--refine N`` or ``--refine-steps N``): the inverse of :func:`to_flags`, checked
+    flags of `add_refine_options`, or the keywords), with ``steps`` iterations (the
+    command's ``--refine N`` or ``--refine-steps N``): the inverse of `to_flags`, checked
     now so that a typo fails before any work.
 
     Raises:
@@ -73,7 +73,9 @@ def from_flags(
     if not 0 <= tol < float("inf"):  # NaN included: refused, never dropped
         raise InputError(f"--refine-tol: tol must be >= 0 and finite, got {tol}")
     try:
-        return RefineOptions(steps=steps, similarity=similarity or None, split=split or None, tol=tol)
+        return RefineOptions(
+            steps=steps, similarity=similarity or None, split=split or None, tol=tol
+        )
     except InputError as error:
         if "refine: split" not in str(error):
             raise
@@ -82,7 +84,7 @@ def from_flags(
 
 def to_flags(options: RefineOptions | Mapping[str, Any]) -> list[str]:
     """The ``--refine-...`` flags of ``regzoo register`` / ``explore`` that repeat ``options``
-    (the inverse of :func:`from_flags`): its similarity, split and tolerance. The steps are
+    (the inverse of `from_flags`): its similarity, split and tolerance. The steps are
     the command's own flag (``--refine N``, ``--refine-steps N``); settings without a flag
     (``lr``, ``levels``, ``grid_downsize``, ``optimizer``, ``window``) are not repeated.
     A mapping (the keyword arguments passed around before 0.3) is read the same way."""
@@ -101,18 +103,18 @@ def to_flags(options: RefineOptions | Mapping[str, Any]) -> list[str]:
 
 
 refine_flags = to_flags
-"""The former name of :func:`to_flags`."""
+"""The former name of `to_flags`."""
 
 
 def options_from_args(args: argparse.Namespace, steps: int = RefineOptions.steps) -> RefineOptions:
-    """The options :func:`add_refine_options` collects: :func:`from_flags` of ``args``."""
+    """The options `add_refine_options` collects: `from_flags` of ``args``."""
     return from_flags(args, steps=steps)
 
 
 def refine_options_from_flags(
     similarity: str | None = None, split: str | None = None, tol: float = 0.0
 ) -> dict[str, Any]:
-    """Deprecated: the settings that the flags spell as a dict; use :func:`from_flags`."""
+    """Deprecated: the settings that the flags spell as a dict; use `from_flags`."""
     warnings.warn(
         "refine_options_from_flags() is deprecated; use regzoo.cli.refine_flags.from_flags()",
         DeprecationWarning,

@@ -3,7 +3,7 @@
 Each case draws its own anatomy (body and lung size and position, heart, spine, ribs, diaphragm
 dome, branching vessel trees, parenchyma texture) and its own breathing motion (amplitude,
 direction, a small random pose change and a smooth random component). Every image comes with a
-tissue label map (:data:`TISSUE_LABELS`: lung, soft tissue, bone, heart). The default motion
+tissue label map ([`TISSUE_LABELS`][regzoo.data.phantom.TISSUE_LABELS]: lung, soft tissue, bone, heart). The default motion
 (``"breathing"``) is smooth over the whole body; ``"tissue"`` makes it tissue-dependent: the
 rib cage and spine move nearly rigidly, the content of the rib cage (lungs, heart, liver) follows
 the breathing motion and slides along the chest wall at the pleura. The true displacement
@@ -11,7 +11,7 @@ the breathing motion and slides along the chest wall at the pleura. The true dis
 rendered at ``y + w(y)`` with ``w`` the numerical inverse of ``u``, so ``M(x + u(x)) = F(x)``.
 Keypoints are vessel branch points in the fixed frame and their images ``p + u(p)``.
 
-Output: the Learn2Reg layout (see :func:`write_phantom_dataset`).
+Output: the Learn2Reg layout (see [`write_phantom_dataset`][regzoo.data.phantom.write_phantom_dataset]).
 
 The module is long because the anatomy, the motion and their inverse are one generative model
 whose parts share the seeded random state and the geometry.
@@ -65,7 +65,7 @@ FIELD_OF_VIEW_MM = 336.0  # 192 voxels at 1.75 mm, like Learn2Reg LungCT
 @dataclass
 class PhantomCase:
     """One synthetic pair: images in HU, lung masks, keypoints (voxels), the true motion and
-    tissue label maps (:data:`TISSUE_LABELS`)."""
+    tissue label maps ([`TISSUE_LABELS`][regzoo.data.phantom.TISSUE_LABELS])."""
 
     fixed: np.ndarray
     moving: np.ndarray
@@ -270,7 +270,7 @@ def _breathing_motion(
     """The exhale -> inhale displacement on the fixed grid, ``(3, *shape)`` in voxels.
 
     ``motion="tissue"`` replaces the smooth deformation outside the rib cage by the rib cage's
-    rigid motion (:func:`_tissue_motion`); the random pose change applies to both.
+    rigid motion (`_tissue_motion`); the random pose change applies to both.
     """
     grid = np.stack(np.meshgrid(*[np.arange(n, dtype=np.float32) for n in shape], indexing="ij"))
     p = _normalised(grid, shape)
@@ -457,14 +457,14 @@ def write_phantom_dataset(
     """Write ``n`` phantom pairs in the Learn2Reg layout under ``root`` (atomically).
 
     Layout: ``PhantomCT_dataset.json`` (its ``labels`` maps each value of the label maps to a
-    tissue name, :data:`TISSUE_LABELS`); ``imagesTr/PhantomCT_XXXX_0000.nii.gz`` (fixed, exhale)
+    tissue name, [`TISSUE_LABELS`][regzoo.data.phantom.TISSUE_LABELS]); ``imagesTr/PhantomCT_XXXX_0000.nii.gz`` (fixed, exhale)
     and ``_0001`` (moving, inhale) in HU; ``masksTr/`` lung masks; ``labelsTr/`` tissue label
     maps; ``keypointsTr/`` CSV
     keypoints (voxels); ``gtdispTr/PhantomCT_XXXX.nii.gz`` the true displacement
     ``(*shape, 3)`` in voxels on the fixed grid. The last ``val`` cases form
     ``registration_val``. The folder is built aside and renamed into place at the end, so an
     interrupted run leaves nothing half-written. ``motion`` picks the motion model
-    (:func:`generate_case`).
+    ([`generate_case`][regzoo.data.phantom.generate_case]).
 
     Raises:
         FileExistsError: if ``root`` already exists.

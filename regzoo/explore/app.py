@@ -16,7 +16,7 @@ Routes (nothing else is served; no path and no code comes from the browser):
 
 Requests that would change the registration while a refinement runs are answered ``409``.
 Request bodies are validated by pydantic models; a refused request or a user error (an
-unknown parameter, a value outside the trained range: :class:`~regzoo.RegzooError`) is
+unknown parameter, a value outside the trained range: [`RegzooError`][regzoo._errors.RegzooError]) is
 answered ``400`` with ``{"error": message}``. Anything else is a bug: it is not dressed up as
 a user error, and Starlette answers ``500`` and logs its traceback. The script and style are
 served by Starlette's ``StaticFiles`` from the package, the page is a Jinja template.
@@ -25,7 +25,7 @@ No other web page can drive the API: every request must name this server in its 
 header (a DNS-rebinding guard that holds on every bind address; only the names given with
 ``--allow-host`` widen it), and every ``POST`` must carry the session's token
 (``X-Regzoo-Token``, which only the page served here knows), an ``application/json`` body of at
-most :data:`MAX_BODY` bytes, and no ``Origin`` but this server's. A cross-site form or
+most `MAX_BODY` bytes, and no ``Origin`` but this server's. A cross-site form or
 ``text/plain`` request (the kinds a page can send without a CORS preflight) is refused.
 """
 
@@ -216,7 +216,7 @@ def _check_post(request: Request, token: str) -> None:
 
 
 async def _read_body(request: Request) -> bytes:
-    """The body, refused with 413 as soon as it exceeds :data:`MAX_BODY` (by its announced
+    """The body, refused with 413 as soon as it exceeds `MAX_BODY` (by its announced
     ``Content-Length`` before anything is read, else while it streams in)."""
     length = request.headers.get("content-length")
     if length is not None and (not length.strip().isdigit() or int(length) > MAX_BODY):
@@ -276,7 +276,7 @@ def create_app(
         allowed_hosts: ``Host`` header values the app answers (IP addresses in any spelling);
             the loopback names by default, which stops other web pages from reaching the API
             through DNS rebinding. There is no wildcard: the guard holds on every address.
-        token: the session's token (:data:`TOKEN_HEADER`; random by default). The page
+        token: the session's token ([`TOKEN_HEADER`][regzoo.explore.app.TOKEN_HEADER]; random by default). The page
             carries it; the app keeps it in ``app.state.token``.
     """
     state: dict[str, RefineJob | None] = {"job": None}

@@ -114,7 +114,7 @@ def explore_command(
 ) -> str:
     """The shell-quoted ``regzoo explore`` command for one pair, starting at ``params`` (what
     a sweep report prints to open its best setting in the explorer), its refine button set to
-    ``refine`` (:func:`~regzoo.cli.refine_flags.to_flags`; its steps are the button's)."""
+    ``refine`` (`to_flags`; its steps are the button's)."""
     words = ["regzoo", "explore", "--model", str(model), "--fixed", str(fixed)]
     words += ["--moving", str(moving)]
     for flag, path in (
@@ -196,7 +196,7 @@ def run(args: argparse.Namespace, refine: RefineOptions | None = None) -> int:
     """Run ``regzoo explore``: load the model and images, print the URL, serve until Ctrl+C.
 
     ``refine`` holds the refine button's settings (``regzoo explore --refine-similarity ...``,
-    :func:`regzoo.cli.refine_flags.from_flags`).
+    `regzoo.cli.refine_flags.from_flags`).
 
     Raises:
         RegzooError: without the ``explore`` extra, or when the port cannot be bound.

@@ -3,7 +3,7 @@
 Every view is three orthogonal planes through one voxel. A plane cut along array axis ``k``
 shows the two other axes ``(a, b)``, ``a < b``: its columns run along ``a`` and its rows along
 ``b`` from the top down, so ``b`` grows upwards on screen (as ``origin="lower"`` does in
-:mod:`regzoo.viz`). Intensities travel as bytes (base64) and the page maps them through its
+[`regzoo.viz`][regzoo.viz]). Intensities travel as bytes (base64) and the page maps them through its
 colour tables: a view of a 256^3 volume is about a megabyte, not tens of megabytes of JSON numbers.
 """
 
@@ -44,7 +44,7 @@ def scale_to_uint8(
         values: any real array (a plane, usually).
         low: value shown as byte 0 (or 1 with ``reserve_folded``).
         high: value shown as byte 255.
-        reserve_folded: map values ``<= 0`` to :data:`FOLDED` and the rest onto ``1..255``
+        reserve_folded: map values ``<= 0`` to [`FOLDED`][regzoo.explore.render.FOLDED] and the rest onto ``1..255``
             (for Jacobian determinants, where folding must stay visible).
 
     Raises:
@@ -93,7 +93,7 @@ def deformation_grid(
 
     Nodes lie every ``step`` voxels along both in-plane axes; each maps to its position plus
     the in-plane displacement (the out-of-plane component is not shown). Coordinates are pixel
-    centres of the plane returned by :func:`plane` (column ``a + u_a``, row
+    centres of the plane returned by [`plane`][regzoo.explore.render.plane] (column ``a + u_a``, row
     ``(n_b - 1) - (b + u_b)``).
 
     Args:

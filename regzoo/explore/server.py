@@ -22,7 +22,7 @@ class ExplorerServer:
     """One web application on one bound socket.
 
     Args:
-        app: the application (:func:`regzoo.explore.app.create_app`).
+        app: the application ([`regzoo.explore.app.create_app`][regzoo.explore.app.create_app]).
         host: address to listen on; loopback by default, so only this machine can connect.
         port: TCP port (0: any free port).
 

@@ -1,4 +1,4 @@
-"""Volumes with their geometry: :class:`Grid`, :class:`Volume`, affine checks, grid
+"""Volumes with their geometry: [`Grid`][regzoo.io.geometry.Grid], [`Volume`][regzoo.io.geometry.Volume], affine checks, grid
 comparison and resampling onto another grid."""
 
 from __future__ import annotations
@@ -77,7 +77,7 @@ class Volume:
 
     @property
     def grid(self) -> Grid:
-        """The volume's :class:`Grid` (named ``folder/file`` after its file)."""
+        """The volume's [`Grid`][regzoo.io.geometry.Grid] (named ``folder/file`` after its file)."""
         name = f"{self.path.parent.name}/{self.path.name}" if self.path else self.name
         return Grid(self.shape, self.affine, name)
 

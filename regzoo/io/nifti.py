@@ -40,7 +40,7 @@ _UNREADABLE = (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error
 
 
 def max_voxels() -> int:
-    """The voxel budget: ``REGZOO_MAX_VOXELS`` from the environment, else :data:`MAX_VOXELS`.
+    """The voxel budget: ``REGZOO_MAX_VOXELS`` from the environment, else [`MAX_VOXELS`][regzoo.io.nifti.MAX_VOXELS].
 
     Raises:
         InputError: if the environment variable is not a positive integer.
@@ -111,7 +111,7 @@ def read_volume(path: str | Path, *, what: str = "image", budget: int | None = N
     Args:
         path: the NIfTI file.
         what: what the file is, for messages (``"image"``, ``"mask"``...).
-        budget: maximum number of voxels (default :func:`max_voxels`).
+        budget: maximum number of voxels (default [`max_voxels`][regzoo.io.nifti.max_voxels]).
 
     Raises:
         MissingFileError: the file does not exist.
@@ -167,10 +167,10 @@ def read_displacement(path: str | Path, *, budget: int | None = None) -> Volume:
     ANTs, SimpleITK, 3D Slicer and ``displacement_itk.nii.gz``), converted to voxels.
 
     Returns:
-        A :class:`Volume` whose ``data`` is ``(D, *spatial)`` in voxels.
+        A [`Volume`][regzoo.io.geometry.Volume] whose ``data`` is ``(D, *spatial)`` in voxels.
 
     Raises:
-        MissingFileError, InputError: as :func:`read_volume`, or a last axis that is not the
+        MissingFileError, InputError: as [`read_volume`][regzoo.io.nifti.read_volume], or a last axis that is not the
             number of spatial dimensions.
     """
     path, image = _open(path, "displacement")

@@ -1,5 +1,10 @@
 """Outputs that no reader sees half-written: atomic files, output folders and output sets
-swapped in whole, and the staging files of killed runs cleaned up."""
+swapped in whole, and the staging files of killed runs cleaned up.
+
+The module is long because ownership and atomicity are one promise (docs/reliability.md): the
+marker that proves a folder is regzoo's, the list of files it may replace, the staging, the
+swap and the recovery of a killed swap must be read together to check it.
+"""
 
 from __future__ import annotations
 
@@ -268,7 +273,7 @@ def resolve_output(target: str | Path) -> Path:
 
 
 def check_output_folder(target: str | Path, *, overwrite: bool = True) -> Path:
-    """Check that :func:`output_folder` may write ``target`` (new, empty, or a regzoo output
+    """Check that [`output_folder`][regzoo.io.outputs.output_folder] may write ``target`` (new, empty, or a regzoo output
     set); returns the folder it writes (a symlink followed).
 
     Raises:
@@ -337,7 +342,7 @@ def output_folder(target: str | Path, *, overwrite: bool = True) -> Iterator[Pat
     """Build an output set in a staging folder beside ``target``, then swap it into place.
 
     A killed or failed command leaves the previous set (or none), never a mix of old and new
-    files. Only folders that regzoo wrote (they hold :data:`OUTPUT_MARKER`) or empty ones are
+    files. Only folders that regzoo wrote (they hold [`OUTPUT_MARKER`][regzoo.io.outputs.OUTPUT_MARKER]) or empty ones are
     replaced; anything else is refused, so ``--out`` can never delete a user's files. A
     symlinked ``target`` is written through (the link stays); a replaced folder keeps its mode
     and a new one gets the umask's; staging folders left by a killed run are removed.
@@ -427,7 +432,7 @@ def output_files(contents: Mapping[str | Path, str]) -> list[Path]:
     then all renamed into place (a full disk or a failure leaves every old file as it was).
 
     The first file is the set's JSON report; an existing one is replaced only when regzoo wrote
-    it (it holds :data:`REPORT_MARKER`), and the other files only together with it.
+    it (it holds [`REPORT_MARKER`][regzoo.io.outputs.REPORT_MARKER]), and the other files only together with it.
 
     Raises:
         OutputExistsError: a file of the set exists and regzoo did not write it.

@@ -25,7 +25,9 @@ from regzoo.regularizers.builtin import (
 )
 
 get = REGULARIZERS.get
+"""The regularizer class registered under a name (`REGULARIZERS.get`)."""
 available = REGULARIZERS.available
+"""The registered regularizer names, sorted (`REGULARIZERS.available`)."""
 
 __all__ = [
     "REGULARIZERS",

@@ -1,4 +1,4 @@
-"""The built-in regularizer zoo: thin registered wrappers around :mod:`.functional`."""
+"""The built-in regularizer zoo: thin registered wrappers around [`functional`][regzoo.regularizers.functional]."""
 
 from __future__ import annotations
 
@@ -145,7 +145,7 @@ class TotalVariation(Regularizer):
 
 
 class JacobianOptions(BaseModel):
-    """Options of :class:`JacobianPenalty`."""
+    """Options of [`JacobianPenalty`][regzoo.regularizers.builtin.JacobianPenalty]."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -218,8 +218,8 @@ LAME = ParamSpace.of(
 
 
 class MinDetOptions(BaseModel):
-    """Options of the energies with a volume barrier (:class:`Hyperelastic`,
-    :class:`NeoHookean`)."""
+    """Options of the energies with a volume barrier ([`Hyperelastic`][regzoo.regularizers.builtin.Hyperelastic],
+    [`NeoHookean`][regzoo.regularizers.builtin.NeoHookean])."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -331,7 +331,7 @@ class RigidityPenalty(Regularizer):
     ``LC = sum_k sum_{i<=j} (d_i d_j u_k)^2`` (locally affine),
     ``OC = sum_{i<=j} (F^T F - I)_ij^2`` (orthonormal) and ``PC = (det F - 1)^2`` (proper):
     elastix's terms and normalisation, and the factor ``max c`` that keeps a scalar
-    ``rigidity`` a stiffness (:func:`~regzoo.regularizers.functional.rigidity_energy` says
+    ``rigidity`` a stiffness ([`rigidity_energy`][regzoo.regularizers.functional.rigidity_energy] says
     where and why it departs from elastix).
 
     Zero exactly for a finite rigid motion ``x -> R x + t``, positive for shear, scaling or
@@ -364,7 +364,7 @@ class RigidityPenalty(Regularizer):
 
 
 class SlidingOptions(BaseModel):
-    """Options of :class:`Sliding`."""
+    """Options of [`Sliding`][regzoo.regularizers.builtin.Sliding]."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

@@ -2,7 +2,7 @@
 
 A similarity is called as ``sim(fixed, warped) -> (B,)`` (lower is better); ``bind_fixed``
 fixes the fixed image once for refinement. Third-party similarities register through the
-entry-point group ``regzoo.similarities`` or :func:`similarity`.
+entry-point group ``regzoo.similarities`` or [`similarity`][regzoo.similarity.base.similarity].
 """
 
 from __future__ import annotations
@@ -25,11 +25,11 @@ __all__ = ["SIMILARITIES", "Similarity", "box_filter", "similarity"]
 class Similarity(nn.Module):
     """Base class of registered similarity losses: ``forward(fixed, warped) -> (B,)``.
 
-    Subclasses implement :meth:`loss` and declare what :mod:`regzoo.testing` checks:
+    Subclasses implement [`loss`][regzoo.similarity.base.Similarity.loss] and declare what [`regzoo.testing`][regzoo.testing] checks:
 
     - ``bounds``: the range ``(min, max)`` the loss promises (``None``: unbounded on that side),
       e.g. ``(0.0, None)`` for MSE, ``(-1.0, 0.0)`` for LNCC;
-    - :attr:`radius`: how far the loss looks around each voxel (0 for a pointwise loss).
+    - [`radius`][regzoo.similarity.base.Similarity.radius]: how far the loss looks around each voxel (0 for a pointwise loss).
     """
 
     Options: ClassVar[type[BaseModel]] = NoOptions
@@ -48,7 +48,7 @@ class Similarity(nn.Module):
 
         Either way a joint translation of both images' content inside a constant background
         (a margin of ``2r`` voxels kept free) leaves the loss unchanged, and a pointwise loss is
-        unchanged by a joint circular shift; :func:`regzoo.testing.check_similarity_properties`
+        unchanged by a joint circular shift; [`regzoo.testing.check_similarity_properties`][regzoo.testing.properties.check_similarity_properties]
         tests both.
         """
         return None
@@ -85,7 +85,7 @@ class Similarity(nn.Module):
 
         Whatever depends on the fixed image only (LNCC's local means and variances, NGF's
         normalised gradients) is computed here, once: refinement
-        (:func:`regzoo.refinement.refine_field`) evaluates the loss against one fixed image on every
+        ([`regzoo.refinement.refine_field`][regzoo.refinement.refine_field]) evaluates the loss against one fixed image on every
         iteration. The default recomputes everything; subclasses may override it.
         """
         return partial(self.forward, fixed)
@@ -102,7 +102,9 @@ SIMILARITIES: Registry[Similarity] = Registry(
     contract="A Similarity subclass: `sim(fixed, warped) -> (B,)`, lower is better, 2D and 3D.",
     check=_check_similarity,
 )
+"""The registry of similarity measures: built-ins and the `regzoo.similarities` entry points."""
 similarity = SIMILARITIES.register
+"""Class decorator registering a similarity: `@similarity("name")` (`SIMILARITIES.register`)."""
 
 
 def box_filter(x: torch.Tensor, window: int) -> torch.Tensor:

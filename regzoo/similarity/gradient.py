@@ -39,7 +39,7 @@ def normalized_gradient(image: torch.Tensor, eta: float, eps: float = 1e-12) -> 
 
 
 class NGFOptions(BaseModel):
-    """Options of :class:`NGF`."""
+    """Options of [`NGF`][regzoo.similarity.gradient.NGF]."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -53,7 +53,7 @@ class NGFOptions(BaseModel):
 class NGF(Similarity):
     """Normalised gradient fields (Haber & Modersitzki 2006): ``1 - mean_x (n_F . n_W)^2``.
 
-    ``n`` is :func:`normalized_gradient`. The loss lies in ``[0, 1]``: near 0 where the edges of
+    ``n`` is [`normalized_gradient`][regzoo.similarity.gradient.normalized_gradient]. The loss lies in ``[0, 1]``: near 0 where the edges of
     the two images are parallel (of either polarity; ``|n| < 1`` by the edge parameter), 1 where
     they are orthogonal or absent. It is
     unchanged by affine intensity maps of either image, and for vanishing ``eta`` by any

@@ -54,7 +54,7 @@ def mutual_information(
 
 
 class MIOptions(BaseModel):
-    """Options of :class:`MI`."""
+    """Options of [`MI`][regzoo.similarity.information.MI]."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
@@ -65,7 +65,7 @@ class MIOptions(BaseModel):
 @similarity("mi")
 class MI(Similarity):
     """Negative Parzen mutual information, ``-MI(F, W)`` in ``[-log bins, 0]``
-    (:func:`mutual_information`).
+    ([`mutual_information`][regzoo.similarity.information.mutual_information]).
 
     A global loss: it depends on where the content lies only through the joint histogram.
     """

@@ -13,7 +13,7 @@ __all__ = ["LNCC", "MSE"]
 
 
 class LNCCOptions(BaseModel):
-    """Options of :class:`LNCC`."""
+    """Options of [`LNCC`][regzoo.similarity.local.LNCC]."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 

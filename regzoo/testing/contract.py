@@ -1,8 +1,8 @@
-"""The regularizer contract on fixed examples: :func:`check_regularizer`.
+"""The regularizer contract on fixed examples: [`check_regularizer`][regzoo.testing.contract.check_regularizer].
 
 A valid parameter space; output shape ``(B,)`` and finiteness in 2D and 3D; translation
 invariance (zero energy for constant fields); ``R(c u) = c^2 R(u)`` when the class declares
-``quadratic = True``; the energy's units (:func:`check_spacing`); per-sample parameters (a batch
+``quadratic = True``; the energy's units ([`check_spacing`][regzoo.testing.contract.check_spacing]); per-sample parameters (a batch
 with two parameter vectors equals two single calls); for classes that declare
 ``spatial_params = True``, that a constant parameter map ``(B, 1, *spatial)`` gives exactly
 (bit for bit, float64) the energy of the scalar parameters and that maps are per sample;
@@ -150,11 +150,11 @@ def check_spacing(
     atol: float = 1e-10,
 ) -> None:
     """Check that ``reg``'s energy is in physical units: isotropic rescaling of the grid by
-    ``s`` scales it by :func:`spacing_factor` (unchanged for first-order energies, ``1/s^2``
+    ``s`` scales it by [`spacing_factor`][regzoo.testing.contract.spacing_factor] (unchanged for first-order energies, ``1/s^2``
     for second-order ones).
 
     An energy that differentiates the displacement in voxels with respect to millimetres (a
-    missing :func:`~regzoo.regularizers.functional.to_physical`), or ignores the spacing,
+    missing [`to_physical`][regzoo.regularizers.functional.to_physical]), or ignores the spacing,
     fails it.
 
     Raises:
@@ -181,7 +181,7 @@ def check_regularizer(
     """Run the regularizer contract on ``cls`` (raises ``AssertionError`` on a violation).
 
     Args:
-        cls: a :class:`~regzoo.regularizers.Regularizer` subclass.
+        cls: a [`Regularizer`][regzoo.regularizers.base.Regularizer] subclass.
         options: construction options, if the class needs any.
     """
     assert isinstance(cls, type) and issubclass(cls, Regularizer), (

@@ -7,7 +7,7 @@ it in its top-level ``conftest.py``::
 
 or imports the fixture into any ``conftest.py``
 (``from regzoo.testing.plugin import regularizer_contract``). The checks themselves need no
-pytest: :func:`regzoo.testing.check_regularizer`.
+pytest: [`regzoo.testing.check_regularizer`][regzoo.testing.contract.check_regularizer].
 """
 
 from __future__ import annotations
@@ -23,5 +23,5 @@ __all__ = ["regularizer_contract"]
 
 @pytest.fixture
 def regularizer_contract() -> Callable[..., None]:
-    """Pytest fixture returning :func:`check_regularizer`."""
+    """Pytest fixture returning [`check_regularizer`][regzoo.testing.contract.check_regularizer]."""
     return check_regularizer

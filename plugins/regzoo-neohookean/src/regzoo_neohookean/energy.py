@@ -44,7 +44,7 @@ def neo_hookean_energy(
 
 
 class NeoHookeanOptions(BaseModel):
-    """Options of :class:`NeoHookean` (``options:`` in a config term)."""
+    """Options of `NeoHookean` (``options:`` in a config term)."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)
 
