@@ -3,7 +3,6 @@
 from __future__ import annotations
 
 import argparse
-import dataclasses
 from typing import Any
 
 from regzoo.cli.refine_flags import add_refine_options, from_flags
@@ -24,7 +23,6 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``regzoo explore``; returns the exit code."""
     from regzoo.explore.command import run as run_explorer
-    from regzoo.explore.session import REFINE_LEVELS
 
-    options = from_flags(args, steps=max(args.refine_steps, 0))
-    return run_explorer(args, refine=dataclasses.replace(options, levels=REFINE_LEVELS))
+    # the button sets the steps (checked by the command as --refine-steps)
+    return run_explorer(args, refine=from_flags(args, steps=max(args.refine_steps, 0)))

@@ -7,6 +7,7 @@ dependencies; they are imported when the command runs, with one clear error if m
 from __future__ import annotations
 
 import argparse
+import dataclasses
 import shlex
 import sys
 from collections.abc import Mapping, Sequence
@@ -212,7 +213,7 @@ def run(args: argparse.Namespace, refine: RefineOptions | None = None) -> int:
     from regzoo.checkpoint import load_model
     from regzoo.explore.app import create_app
     from regzoo.explore.server import ExplorerServer
-    from regzoo.explore.session import ExploreSession
+    from regzoo.explore.session import REFINE_LEVELS, ExploreSession
     from regzoo.params import parse_params
 
     params = parse_params(args.param)
@@ -227,7 +228,7 @@ def run(args: argparse.Namespace, refine: RefineOptions | None = None) -> int:
         out=args.out,
         params=params,
         checkpoint=args.model,
-        refine=refine,
+        refine=None if refine is None else dataclasses.replace(refine, levels=REFINE_LEVELS),
     )
     app = create_app(session, refine_steps=args.refine_steps, allowed_hosts=hosts)
     server = ExplorerServer(app, args.host, args.port)
