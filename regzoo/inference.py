@@ -79,6 +79,38 @@ class RegistrationResult:
     refine_iterations: int = 0
     objective: dict[str, Any] | None = None
 
+    def save(
+        self,
+        folder: str | Path,
+        *,
+        segmentations: Mapping[str, ImageLike] | None = None,
+        overwrite: bool = True,
+    ) -> list[Path]:
+        """Write the result's files into ``folder`` as one output set, atomically.
+
+        The files are those of [`save_result`][regzoo.inference.save_result] (the displacement
+        in voxels and as an ITK/ANTs/Slicer transform, the warped image, the Jacobian
+        determinant, warped segmentations, parameter maps), with the fixed image's affine;
+        they are written beside ``folder`` and swapped into place
+        ([`write_result`][regzoo.inference.write_result]), so a killed run leaves the previous
+        set or the new one, never a mix.
+
+        Args:
+            folder: the output folder (made when missing).
+            segmentations: moving label maps by name, each written as ``warped_<name>.nii.gz``.
+            overwrite: replace an earlier output set of regzoo's in ``folder`` (a folder holding
+                other files is always refused).
+
+        Returns:
+            The paths written.
+
+        Raises:
+            InputError: a segmentation whose shape differs from the displacement's.
+            OutputExistsError: ``folder`` holds files regzoo did not write, or an output set
+                and ``overwrite`` is false.
+        """
+        return write_result(self, folder, segmentations=segmentations, overwrite=overwrite)
+
 
 def objective_readout(terms: LossTerms, index: int = 0) -> dict[str, Any]:
     """One sample's objective as plain numbers: ``{"objective", "similarity", "energies"}``
@@ -273,8 +305,9 @@ def choose_parameters(
         batch_size: settings per forward pass.
 
     Returns:
-        ``(params, sweep)``: the chosen values of the grid's parameters (full names) and the
-        [`regzoo.sweeping.SweepResult`][regzoo.sweeping.SweepResult] of the pair, whose rows hold every setting's measures.
+        params: the chosen values of the grid's parameters, by full name.
+        sweep: the pair's [`SweepResult`][regzoo.sweeping.SweepResult], whose rows hold
+            every setting's measures.
 
     Raises:
         UnknownNameError: an unknown criterion or parameter name.
