@@ -25,9 +25,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Physics-inspired regularization for learning-based image registration.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from regzoo.cli import evaluate, explore, phantom, register, regularizers, sweep, train
+    from regzoo.cli import (
+        config,
+        evaluate,
+        explore,
+        phantom,
+        register,
+        regularizers,
+        sweep,
+        train,
+    )
 
-    for command in (regularizers, train, phantom, register, evaluate, sweep, explore):
+    for command in (regularizers, config, train, phantom, register, evaluate, sweep, explore):
         command.add_parser(sub)
     return parser
 
