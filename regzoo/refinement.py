@@ -433,6 +433,8 @@ def refine(
         trace: if given, receives the objective per iteration.
         spacing: the images' voxel spacing in mm; the energies are then per mm when the model
             was trained that way (``energy_units: mm``, [`energy_spacing`][regzoo.registration_model.RegistrationModel.energy_spacing]).
+            Required for such a model (no guess: [`register`][regzoo.inference.register] reads
+            it from the files); optional with ``energy_units: voxel``.
         labels: the fixed image's integer label map ``(B or 1, 1, *spatial)``; needed when
             the model has per-label parameters.
         similarity: refine under this similarity instead of the training one: an instance,
@@ -445,9 +447,19 @@ def refine(
         split: share of the iterations per pyramid level, coarsest first (equal by default).
 
     Examples:
-        >>> output = regzoo.refine(model, fixed, moving, {"lam": 1.0, "mu": 1.0}, steps=30)
+        >>> output = regzoo.refine(
+        ...     model, fixed, moving, {"lam": 1.0, "mu": 1.0}, steps=30, spacing=(1.5, 1.5, 1.5)
+        ... )
         >>> output.displacement.shape  # (B, 3, X, Y, Z)
     """
+    if spacing is None and model.config.energy_units == "mm":
+        # energies per mm depend on the voxel size: a silent 1 mm guess disagrees with
+        # register(refine=N), which reads the spacing from the files
+        raise InputError(
+            "refine: the model's energies are per mm (energy_units: mm), so the result depends "
+            "on the voxel size: pass spacing= (the images' spacing in mm, e.g. "
+            "read_volume(path).spacing; (1, 1, 1) for 1 mm voxels)"
+        )
     if isinstance(similarity, str):
         similarity = parse_similarity(similarity, trained=model.objective.similarity)
     check_fits_image(similarity, fixed.shape[2:], "refine: similarity")  # before any work

@@ -1,0 +1,100 @@
+"""API edges of issue 32: each trap reproduced, and now one clear line."""
+
+from __future__ import annotations
+
+import pytest
+import torch
+
+import regzoo
+from regzoo._errors import InputError, unknown_name_message
+from regzoo.data.learn2reg import normalize_intensity
+from regzoo.io import read_volume
+
+
+def test_an_unknown_name_without_a_close_match_keeps_its_punctuation():
+    assert unknown_name_message("metric", "zzzz", ["dice", "tre"]) == (
+        "unknown metric 'zzzz'. Available: dice, tre"
+    )
+    assert unknown_name_message("metric", "dic", ["dice", "tre"]) == (
+        "unknown metric 'dic'; did you mean 'dice'? Available: dice, tre"
+    )
+
+
+class _NotWeights:
+    """An object a checkpoint may not hold (unpickling it could run code)."""
+
+
+@pytest.mark.parametrize(
+    ("content", "reason"),
+    [
+        (b"hello, not a checkpoint", "not a PyTorch checkpoint file"),
+        (b"", "not a PyTorch checkpoint file"),
+        (None, "which regzoo never unpickles"),
+    ],
+    ids=["text", "empty", "objects"],
+)
+def test_load_model_never_suggests_unsafe_loading(tmp_path, content, reason):
+    path = tmp_path / "model.ckpt"
+    if content is None:
+        torch.save({"x": _NotWeights()}, path)
+    else:
+        path.write_bytes(content)
+    with pytest.raises(InputError) as error:
+        regzoo.load_model(path)
+    message = str(error.value)
+    assert reason in message
+    assert "weights_only" not in message
+    assert "\n" not in message
+
+
+@pytest.fixture
+def pair(tiny_checkpoint, tiny_phantom):
+    model = regzoo.load_model(tiny_checkpoint)
+    images = tiny_phantom / "imagesTr"
+    fixed = read_volume(images / "PhantomCT_0003_0000.nii.gz")
+    moving = read_volume(images / "PhantomCT_0003_0001.nii.gz")
+    return model, fixed, moving
+
+
+def test_refine_on_tensors_refuses_to_guess_the_spacing(pair):
+    model, fixed, moving = pair
+    assert model.config.energy_units == "mm"
+    window = model.config.data.intensity_window
+    fixed_t = normalize_intensity(fixed.tensor(), window)[None, None]
+    moving_t = normalize_intensity(moving.tensor(), window)[None, None]
+    with pytest.raises(InputError, match=r"^refine: .*pass spacing=") as error:
+        regzoo.refine(model, fixed_t, moving_t, {"lam": 1.0, "mu": 1.0}, steps=3)
+    assert "\n" not in str(error.value)
+    # with the files' spacing, the tensors give what register(refine=N) gives from the files
+    output = regzoo.refine(
+        model, fixed_t, moving_t, {"lam": 1.0, "mu": 1.0}, steps=3, spacing=fixed.spacing
+    )
+    files = regzoo.register(model, fixed.path, moving.path, refine=3, lam=1.0, mu=1.0)
+    assert torch.allclose(output.displacement[0], files.displacement, atol=1e-4)
+
+
+def test_refine_of_a_voxel_unit_model_needs_no_spacing(pair):
+    model, fixed, moving = pair
+    model.config = model.config.model_copy(update={"energy_units": "voxel"})
+    fixed_t = torch.rand(1, 1, *fixed.shape)
+    output = regzoo.refine(model, fixed_t, fixed_t.clone(), {"lam": 1.0, "mu": 1.0}, steps=1)
+    assert output.displacement.shape == (1, 3, *fixed.shape)
+
+
+def test_registration_result_save_writes_one_output_set(pair, tmp_path):
+    model, fixed, moving = pair
+    result = regzoo.register(model, fixed.path, moving.path, lam=1.0, mu=1.0)
+    written = result.save(tmp_path / "out")
+    names = sorted(p.name for p in written)
+    assert names == ["disp.nii.gz", "displacement_itk.nii.gz", "jacdet.nii.gz", "warped.nii.gz"]
+    assert all(p.parent == tmp_path / "out" and p.is_file() for p in written)
+    again = read_volume(tmp_path / "out" / "warped.nii.gz")
+    assert again.shape == fixed.shape
+    assert (again.affine == fixed.affine).all()
+    # a folder holding someone else's files is refused, and left as it was
+    foreign = tmp_path / "mine"
+    foreign.mkdir()
+    (foreign / "notes.txt").write_text("keep")
+    with pytest.raises(regzoo.OutputExistsError):
+        result.save(foreign)
+    assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
