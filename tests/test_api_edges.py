@@ -74,7 +74,7 @@ def test_refine_on_tensors_refuses_to_guess_the_spacing(pair):
 
 
 def test_refine_of_a_voxel_unit_model_needs_no_spacing(pair):
-    model, fixed, moving = pair
+    model, fixed, _ = pair
     model.config = model.config.model_copy(update={"energy_units": "voxel"})
     fixed_t = torch.rand(1, 1, *fixed.shape)
     output = regzoo.refine(model, fixed_t, fixed_t.clone(), {"lam": 1.0, "mu": 1.0}, steps=1)
