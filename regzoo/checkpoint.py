@@ -28,7 +28,7 @@ from regzoo._errors import (
 from regzoo.config import ExperimentConfig
 from regzoo.fingerprint import check_fingerprint
 from regzoo.registration_model import RegistrationModel, build_network
-from regzoo.registry import load_plugins
+from regzoo.registry import Registry, load_plugins
 from regzoo.resolve import build_objective
 
 __all__ = [
@@ -83,6 +83,53 @@ def config_digest(config: ExperimentConfig) -> str:
 def plugin_reference(spec: str) -> str:
     """A plugin as stored in checkpoints: ``.py`` files as absolute paths, modules as named."""
     return str(Path(spec).resolve()) if spec.endswith(".py") else spec
+
+
+def plugin_origins(config: ExperimentConfig) -> list[dict[str, str]]:
+    """The installed distributions that provide the config's plugin components, as stored in
+    checkpoints: ``{"kind", "name", "distribution", "version"}`` per regularizer or similarity
+    that a package provides ([`Registry.origin`][regzoo.registry.Registry.origin]); built-ins
+    and plugins loaded from files have none."""
+    from regzoo.regularizers import REGULARIZERS
+    from regzoo.similarity import SIMILARITIES
+
+    wanted: list[tuple[str, Registry[Any], str]] = [
+        ("regularizer", REGULARIZERS, term.name) for term in config.regularizers
+    ]
+    wanted.append(("similarity", SIMILARITIES, config.similarity.name))
+    origins: dict[tuple[str, str], dict[str, str]] = {}
+    for kind, registry, name in wanted:
+        origin = registry.origin(name) if name in registry.available() else None
+        if origin is not None:
+            origins[kind, name] = {
+                "kind": kind,
+                "name": name,
+                "distribution": origin.distribution,
+                "version": origin.version,
+            }
+    return list(origins.values())
+
+
+def missing_plugin_package(extras: Mapping[str, Any]) -> str | None:
+    """For a checkpoint whose recorded plugin package is not installed: the one line that says
+    which package to install (``None`` when every recorded component is available)."""
+    from regzoo.regularizers import REGULARIZERS
+    from regzoo.similarity import SIMILARITIES
+
+    registries: dict[str, Registry[Any]] = {
+        "regularizer": REGULARIZERS,
+        "similarity": SIMILARITIES,
+    }
+    for origin in extras.get("plugin_origins", []) or []:
+        registry = registries.get(str(origin.get("kind")))
+        if registry is None or str(origin.get("name")) in registry.available():
+            continue
+        package = f"{origin.get('distribution')}=={origin.get('version')}"
+        return (
+            f"the model needs the {origin['kind']} '{origin['name']}' from the package "
+            f"{package}, which is not installed: pip install {package}"
+        )
+    return None
 
 
 def model_weights(weights: Mapping[str, Any]) -> dict[str, Any]:
@@ -211,7 +258,8 @@ def load_model(
         InputError: if the file is not a regzoo checkpoint, its weights do not match its config
             or its free parameters, or they hold NaN or infinite values.
         PluginError: if the model needs a plugin stored in the checkpoint that the caller did
-            not name.
+            not name, or a plugin package the checkpoint records that is not installed (the
+            message gives the ``pip install`` line).
     """
     path = Path(checkpoint)
     state = _read_checkpoint(path, map_location)
@@ -224,6 +272,9 @@ def load_model(
         config = ExperimentConfig.model_validate(config_data)
         free = build_objective(config).space
     except (ValidationError, RegzooError) as exc:
+        missing = missing_plugin_package(extras)
+        if missing is not None:
+            raise PluginError(f"{path}: {missing}") from None
         untrusted = [p for p in stored if p not in trusted]
         if untrusted:
             raise PluginError(

@@ -17,7 +17,13 @@ import torch
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 from regzoo._errors import RegzooError
-from regzoo.checkpoint import CHECKPOINT_KEY, config_digest, model_weights, plugin_reference
+from regzoo.checkpoint import (
+    CHECKPOINT_KEY,
+    config_digest,
+    model_weights,
+    plugin_origins,
+    plugin_reference,
+)
 from regzoo.config import ExperimentConfig
 from regzoo.metrics import dice, target_registration_error
 from regzoo.nets import RegistrationNet, RegistrationOutput
@@ -325,7 +331,7 @@ class HyperRegistration(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the weights as the model names them (``net.*``), the config, the plugins (file
-        paths made absolute), the free space and the parameter sampler's state, so that
+        paths made absolute) and the distributions that provide them, the free space and the parameter sampler's state, so that
         [`load_model`][regzoo.checkpoint.load_model] can rebuild the model from another folder and
         check it, and ``train --resume`` continues the same draws."""
         for key in ("state_dict", "current_model_state"):  # the latter: weight averaging's
@@ -334,6 +340,7 @@ class HyperRegistration(L.LightningModule):
         checkpoint[CHECKPOINT_KEY] = {
             "config": self.config.model_dump(mode="json"),
             "plugins": [plugin_reference(p) for p in self.config.plugins],
+            "plugin_origins": plugin_origins(self.config),  # the packages to install
             "free_parameters": self.space.names,
             "sampler_states": self._sampler_states(),
             "config_digest": config_digest(self.config),
