@@ -7,6 +7,10 @@ test-time tools build grids over it.
 
 At the API surface a parameter vector is a mapping ``name -> value``; inside the networks it is a
 tensor ``(B, P)`` in the order of the space.
+
+The module is long because each scale (linear, log, periodic) is one concept across checking,
+normalising, sampling, grids and the networks' features: kept together, a new scale is one
+reading of one file.
 """
 
 from __future__ import annotations

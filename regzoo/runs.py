@@ -207,7 +207,7 @@ class AtomicCheckpointIO(TorchCheckpointIO):
         the previous checkpoint is kept)."""
         if storage_options is not None:
             raise TypeError("AtomicCheckpointIO.save_checkpoint takes no storage_options")
-            add_fingerprint(checkpoint, CHECKPOINT_KEY)  # checked when the checkpoint is loaded
+        add_fingerprint(checkpoint, CHECKPOINT_KEY)  # checked when the checkpoint is loaded
         atomic_save(checkpoint, Path(path))
 
 

@@ -390,12 +390,12 @@ def test_next_resume_accepts_the_lower_rate_a_divergence_stop_advises(tiny_phant
 def test_next_choose_refuses_a_folder_of_user_files_before_computing(
     tiny_phantom, tiny_checkpoint, tmp_path, capsys, monkeypatch
 ):
-    import regzoo.cli
+    import regzoo.cli.register
 
     def never(*args, **kwargs):
         raise AssertionError("--choose computed before refusing the folder")
 
-    monkeypatch.setattr(regzoo.cli, "_choose", never)
+    monkeypatch.setattr(regzoo.cli.register, "_choose", never)
     out = tmp_path / "mine"
     out.mkdir()
     (out / "thesis.tex").write_text("mine\n")

@@ -1,5 +1,10 @@
 """Outputs that no reader sees half-written: atomic files, output folders and output sets
-swapped in whole, and the staging files of killed runs cleaned up."""
+swapped in whole, and the staging files of killed runs cleaned up.
+
+The module is long because ownership and atomicity are one promise (docs/reliability.md): the
+marker that proves a folder is regzoo's, the list of files it may replace, the staging, the
+swap and the recovery of a killed swap must be read together to check it.
+"""
 
 from __future__ import annotations
 
