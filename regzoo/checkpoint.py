@@ -284,7 +284,7 @@ def load_model(
             ) from None
         raise InputError(f"{path}: its stored config is invalid: {exc}") from None
     weights = model_weights(state.get("state_dict", {}))
-    _check_shapes(path, _network_skeleton(config, len(free)), weights)
+    _check_shapes(path, _network_skeleton(config, free.feature_size), weights)
     model = RegistrationModel(config)
     if extras.get("free_parameters") not in (None, model.space.names):
         raise InputError(

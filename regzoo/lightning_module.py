@@ -146,8 +146,11 @@ class HyperRegistration(L.LightningModule):
         width = self.curriculum_width(self.global_step if step is None else step)
         if width < 1.0:  # shrink the draws towards the defaults, on the normalised scale
             centre = self.space.normalize(self.parameter_tensor(None, 1).cpu())
-            unit = centre + width * (self.space.normalize(values) - centre)
-            values = self.space.denormalize(unit)
+            offset = self.space.normalize(values) - centre
+            periodic = torch.tensor([s.scale == "periodic" for s in self.space.specs])
+            # a periodic parameter moves the short way round its circle
+            offset = torch.where(periodic, torch.remainder(offset + 0.5, 1.0) - 0.5, offset)
+            values = self.space.denormalize(centre + width * offset)
         return values.to(self.device)
 
     def _loss(self, batch: Mapping[str, Any], values: torch.Tensor) -> tuple[LossTerms, Any, Any]:

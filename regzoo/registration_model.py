@@ -32,8 +32,9 @@ __all__ = [
 
 
 def build_network(config: ExperimentConfig, num_params: int) -> RegistrationNet:
-    """The registration network ``config.model`` describes, conditioned on ``num_params`` free
-    parameters (none when ``model.hyper`` is false)."""
+    """The registration network ``config.model`` describes, conditioned on ``num_params``
+    numbers: the free space's [`feature_size`][regzoo.params.ParamSpace.feature_size] (one per
+    parameter, two per periodic one; none when ``model.hyper`` is false)."""
     model = config.model
     return RegistrationNet(
         model.ndim,
@@ -66,7 +67,7 @@ class RegistrationModel(nn.Module):
         self.config = config
         self.objective = build_objective(config)
         self.space = self.objective.space
-        self.net = build_network(config, len(self.space))
+        self.net = build_network(config, self.space.feature_size)  # periodic: (cos, sin)
 
     @property
     def ndim(self) -> int:
@@ -136,8 +137,9 @@ class RegistrationModel(nn.Module):
     def predict(
         self, fixed: torch.Tensor, moving: torch.Tensor, values: torch.Tensor
     ) -> RegistrationOutput:
-        """The network's output at physical values ``(B, P)`` (normalised for the network)."""
-        unit = self.space.normalize(values) if self.net.num_params else None
+        """The network's output at physical values ``(B, P)`` (conditioned on their
+        [`features`][regzoo.params.ParamSpace.features])."""
+        unit = self.space.features(values) if self.net.num_params else None
         return self.net(fixed, moving, unit)
 
     def regularized_field(self, output: RegistrationOutput) -> torch.Tensor:

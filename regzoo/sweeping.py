@@ -480,7 +480,7 @@ def optimize_parameters(
     try:
         for _ in range(steps):
             values = space.denormalize(unit)
-            output = model.net(fixed, moving, unit)
+            output = model.net(fixed, moving, space.features(values))
             if criterion == "dice":
                 value = 1.0 - _soft_dice(warp(source, output.displacement), target)
             else:
