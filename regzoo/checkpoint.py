@@ -282,7 +282,16 @@ def load_model(
                 "checkpoint; regzoo never imports code a checkpoint names: if you trust it, "
                 f"pass --plugin {untrusted[0]} (Python: load_model(..., plugins=[...]))"
             ) from None
-        raise InputError(f"{path}: its stored config is invalid: {exc}") from None
+        reason = f"its stored config is invalid: {exc}"
+        if isinstance(exc, ValidationError):  # pydantic's report, as config errors read
+            from regzoo.config import _format_validation_error
+
+            detail = _format_validation_error(exc).removeprefix("invalid config:").strip()
+            reason = (
+                "its stored config is invalid (a checkpoint of another regzoo version?): "
+                + detail.replace("\n  ", "; ")
+            )
+        raise InputError(f"{path}: {reason}") from None
     weights = model_weights(state.get("state_dict", {}))
     _check_shapes(path, _network_skeleton(config, free.feature_size), weights)
     model = RegistrationModel(config)

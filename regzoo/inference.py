@@ -291,8 +291,9 @@ def choose_parameters(
         model: a trained model.
         fixed: the fixed image (as for [`register`][regzoo.inference.register]).
         moving: the moving image.
-        grid: parameter name -> values or [`regzoo.sweeping.GridRange`][regzoo.sweeping.GridRange]
-            ([`regzoo.sweeping.parse_grid`][regzoo.sweeping.parse_grid]).
+        grid: parameter name -> values, a [`regzoo.sweeping.GridRange`][regzoo.sweeping.GridRange]
+            or the command line's text (``"0.1:10:5"``, ``"0.1,1,10"``;
+            [`regzoo.sweeping.parse_grid`][regzoo.sweeping.parse_grid]).
         criterion: a registered criterion's name (``regzoo.criteria.available()``).
         refine_grid: refine every setting this many iterations before judging it (0: the
             network's fields).

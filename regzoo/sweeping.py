@@ -265,7 +265,7 @@ def _pair_name(item: Mapping[str, Any]) -> str:
 def sweep(
     model: RegistrationModel,
     dataset: Learn2RegDataset,
-    grid: Mapping[str, GridAxis],
+    grid: Mapping[str, GridAxis | str],
     *,
     batch_size: int = 8,
     refine_steps: int = 0,
@@ -277,7 +277,8 @@ def sweep(
     """Evaluate every grid point on every pair, batching settings through the hypernetwork.
 
     Parameters not in ``grid`` keep their defaults. A [`GridRange`][regzoo.sweeping.GridRange] axis is spaced on the
-    parameter's own scale (geometric for log-scale parameters). Each pair is replicated
+    parameter's own scale (geometric for log-scale parameters); an axis may also be the
+    command line's text, ``"0.1:10:5"`` or ``"0.1,1,10"`` ([`parse_grid`][regzoo.sweeping.parse_grid]). Each pair is replicated
     ``batch_size`` times and registered at that many settings in one forward pass.
 
     With ``refine_steps > 0`` every setting's field is refined under the model's objective
@@ -303,8 +304,10 @@ def sweep(
         raise InputError(f"sweep(): batch_size must be at least 1, got {batch_size}")
     names = [model.objective.canonical_name(k) for k in grid]
     axes = []
-    for name, axis in zip(names, grid.values(), strict=True):
+    for key, name, axis in zip(grid, names, grid.values(), strict=True):
         spec = model.space[name]
+        if isinstance(axis, str):  # the CLI's text: "START:STOP:COUNT" or "V1,V2"
+            axis = parse_grid([f"{key}={axis}"])[key]
         if isinstance(axis, GridRange):
             axis = spec.spaced(axis.start, axis.stop, axis.count)
         axes.append([spec.check(v) for v in axis])

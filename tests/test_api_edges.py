@@ -98,3 +98,40 @@ def test_registration_result_save_writes_one_output_set(pair, tmp_path):
     with pytest.raises(regzoo.OutputExistsError):
         result.save(foreign)
     assert [p.name for p in foreign.iterdir()] == ["notes.txt"]
+
+
+@pytest.mark.parametrize(
+    ("axis", "values"),
+    [("0.1:10:3", [0.1, 1.0, 10.0]), ("0.1,1", [0.1, 1.0]), ([0.1, 1.0], [0.1, 1.0])],
+)
+def test_choose_parameters_takes_the_command_lines_grid_text(pair, axis, values):
+    model, fixed, moving = pair
+    params, result = regzoo.choose_parameters(
+        model, fixed.path, moving.path, grid={"lam": axis}, criterion="lcurve"
+    )
+    swept = sorted({row["linear_elastic.lam"] for row in result.rows})
+    assert swept == pytest.approx(values, rel=1e-5)
+    assert params["linear_elastic.lam"] in swept
+
+
+def test_a_malformed_grid_text_is_one_line(pair):
+    model, fixed, moving = pair
+    with pytest.raises(InputError, match=r"^grid entry 'lam=0\.1:1' must look like") as error:
+        regzoo.choose_parameters(
+            model, fixed.path, moving.path, grid={"lam": "0.1:1"}, criterion="lcurve"
+        )
+    assert "\n" not in str(error.value)
+
+
+def test_a_checkpoint_whose_config_this_version_refuses_is_one_line(tiny_checkpoint, tmp_path):
+    state = torch.load(tiny_checkpoint, weights_only=True)
+    state["regzoo"]["config"]["data"]["from_the_future"] = 1
+    path = tmp_path / "future.ckpt"
+    torch.save(state, path)
+    with pytest.raises(InputError) as error:
+        regzoo.load_model(path)
+    message = str(error.value)
+    assert "\n" not in message
+    assert "its stored config is invalid (a checkpoint of another regzoo version?)" in message
+    assert "data: unknown key 'from_the_future'" in message
+    assert "pydantic" not in message
