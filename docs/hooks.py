@@ -124,11 +124,18 @@ def cli_reference() -> str:
     """The help text of every ``regzoo`` command."""
     from regzoo.cli import build_parser
 
+    def commands(parser: typing.Any, prefix: str) -> typing.Iterator[tuple[str, typing.Any]]:
+        subparsers = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+        for action in subparsers:
+            for name, sub in action.choices.items():
+                yield f"{prefix} {name}", sub
+                yield from commands(sub, f"{prefix} {name}")  # ``regzoo config check``
+
     parser = build_parser()
     parts = ["```text\n" + parser.format_help() + "```\n"]
-    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    for name, sub in subparsers.choices.items():
-        parts.append(f"## `regzoo {name}`\n\n```text\n{sub.format_help()}```\n")
+    for command, sub in commands(parser, "regzoo"):
+        level = "#" * (command.count(" ") + 1)
+        parts.append(f"{level} `{command}`\n\n```text\n{sub.format_help()}```\n")
     return "\n".join(parts)
 
 
