@@ -1,9 +1,9 @@
 """Error types and message helpers shared across regzoo.
 
-Every error a user can cause (a bad file, value, name or option) is a [`RegzooError`][regzoo._errors.RegzooError];
-the CLI prints those as one line (exit code 2) and lets anything else, an internal bug, show its
-traceback. Each subclass also derives from the built-in exception it refines, so
-``except ValueError`` keeps working for API users.
+Every error a user can cause (a bad file, value, name or option) is a
+[`RegzooError`][regzoo._errors.RegzooError]; the CLI prints those as one line (exit code 2) and lets
+anything else, an internal bug, show its traceback. Each subclass also derives from the built-in
+exception it refines, so ``except ValueError`` keeps working for API users.
 """
 
 from __future__ import annotations

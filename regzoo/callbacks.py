@@ -31,8 +31,9 @@ class DivergenceGuard(L.Callback):
     more than ``objective_rise`` times its best magnitude (or is not finite). Then the guard
     loads the weights of the best validation back into the model (the weights that were
     validated: the moving average under ``optimizer.ema_steps``), stops the trainer and keeps
-    a message naming both steps in `diverged`; [`regzoo.training.train`][regzoo.training.train] saves the
-    restored weights as ``last.ckpt`` and raises [`TrainingDivergedError`][regzoo.callbacks.TrainingDivergedError] with it.
+    a message naming both steps in `diverged`; [`regzoo.training.train`][regzoo.training.train]
+    saves the restored weights as ``last.ckpt`` and raises
+    [`TrainingDivergedError`][regzoo.callbacks.TrainingDivergedError] with it.
 
     Under DDP the logged values are synchronised, so every rank takes the same decision.
 
@@ -134,8 +135,8 @@ class ImageLogger(L.Callback):
     """Log slices of fixed, moving, warped and the displacement magnitude, and histograms of
     the drawn parameters, every ``every_n_steps`` training steps (rank zero only).
 
-    It reads what [`regzoo.lightning_module.HyperRegistration.training_step`][regzoo.lightning_module.HyperRegistration.training_step] returns (``values``,
-    ``displacement``, ``warped``); 3D images are shown at their middle slice along the last
+    It reads what
+    [`regzoo.lightning_module.HyperRegistration.training_step`][regzoo.lightning_module.HyperRegistration.training_step] returns (``values``, ``displacement``, ``warped``); 3D images are shown at their middle slice along the last
     axis, 2D images whole.
 
     Args:

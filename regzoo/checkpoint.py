@@ -3,8 +3,8 @@ model, and the one check that ``load_model``, ``train(config, resume=True)`` and
 ``regzoo train --resume`` share.
 
 A checkpoint is a Lightning checkpoint whose ``state_dict`` holds the
-[`RegistrationModel`][regzoo.registration_model.RegistrationModel]'s weights (``net.*``), plus a ``regzoo``
-entry: the config, the plugins, the free parameters, the sampler states and the digest.
+[`RegistrationModel`][regzoo.registration_model.RegistrationModel]'s weights (``net.*``), plus a
+``regzoo`` entry: the config, the plugins, the free parameters, the sampler states and the digest.
 """
 
 from __future__ import annotations
@@ -73,8 +73,9 @@ _WRAPPER_PREFIX = "model."  # the LightningModule holds the RegistrationModel as
 
 
 def config_digest(config: ExperimentConfig) -> str:
-    """A digest of what defines a model's weights ([`MODEL_SECTIONS`][regzoo.checkpoint.MODEL_SECTIONS] but the plugins),
-    stored in checkpoints so that a config edited after training is recognised."""
+    """A digest of what defines a model's weights
+    ([`MODEL_SECTIONS`][regzoo.checkpoint.MODEL_SECTIONS] but the plugins), stored in checkpoints so
+    that a config edited after training is recognised."""
     data = config.model_dump(mode="json")
     fixed = {k: data.get(k) for k in MODEL_SECTIONS if k != "plugins"}
     return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
@@ -133,8 +134,9 @@ def missing_plugin_package(extras: Mapping[str, Any]) -> str | None:
 
 
 def model_weights(weights: Mapping[str, Any]) -> dict[str, Any]:
-    """A checkpoint's ``state_dict`` as the [`RegistrationModel`][regzoo.registration_model.RegistrationModel] names it (``net.*``):
-    keys written with the training wrapper's ``model.`` prefix lose it, older keys stay."""
+    """A checkpoint's ``state_dict`` as the
+    [`RegistrationModel`][regzoo.registration_model.RegistrationModel] names it (``net.*``): keys
+    written with the training wrapper's ``model.`` prefix lose it, older keys stay."""
     return {
         (k[len(_WRAPPER_PREFIX) :] if k.startswith(_WRAPPER_PREFIX) else k): v
         for k, v in weights.items()
@@ -169,7 +171,8 @@ def check_resume(
     stored: ExperimentConfig, config: ExperimentConfig, run_dir: str | Path
 ) -> list[str]:
     """The one resume policy (the API's ``train(config, resume=True)`` and the CLI's
-    ``regzoo train --resume``): a resumed run may change only [`RESUMABLE`][regzoo.checkpoint.RESUMABLE] settings.
+    ``regzoo train --resume``): a resumed run may change only
+    [`RESUMABLE`][regzoo.checkpoint.RESUMABLE] settings.
 
     Returns:
         One line per accepted change (``resumed with K = new (was old)``).

@@ -65,9 +65,10 @@ class RegistrationResult:
             (``linear_elastic.mu``), when the fixed image's label map was given.
         refine_iterations: the refinement iterations that ran (fewer than asked when it
             stopped early), 0 without refinement.
-        objective: the model's own objective of the result ([`objective_readout`][regzoo.inference.objective_readout]:
-            ``objective``, ``similarity`` and each term's ``energies``), as refinement
-            minimises it; ``None`` for a per-label model without the fixed label map.
+        objective: the model's own objective of the result
+            ([`objective_readout`][regzoo.inference.objective_readout]: ``objective``,
+            ``similarity`` and each term's ``energies``), as refinement minimises it; ``None`` for a
+            per-label model without the fixed label map.
     """
 
     displacement: torch.Tensor
@@ -198,13 +199,14 @@ def register(
     """Register ``moving`` to ``fixed`` with the model's network at the given parameters.
 
     With ``refine > 0`` the network's field is then refined for that many iterations under the
-    model's own objective at the same parameters ([`regzoo.refinement.refine`][regzoo.refinement.refine]).
+    model's own objective at the same parameters
+    ([`regzoo.refinement.refine`][regzoo.refinement.refine]).
 
     Args:
         model: a trained model (see [`regzoo.checkpoint.load_model`][regzoo.checkpoint.load_model]).
         fixed: 2D or 3D image (path to a NIfTI file, array, tensor or
-            [`Volume`][regzoo.io.geometry.Volume]) in raw intensities (HU for CT); it is normalised with
-            the model's training window.
+            [`Volume`][regzoo.io.geometry.Volume]) in raw intensities (HU for CT); it is normalised
+            with the model's training window.
         moving: the moving image, on the same grid as ``fixed`` (shape and affine).
         refine: instance-optimisation iterations after the network (0: network only).
         progress: show a progress bar while refining.
@@ -212,8 +214,9 @@ def register(
             instead of refusing.
         fixed_labels: the fixed image's label map (on its grid), for a model with per-label
             parameters: refinement needs it, and the result then holds the parameter maps.
-        refine_options: further keyword arguments of [`regzoo.refinement.refine`][regzoo.refinement.refine]
-            (``similarity``, ``split``, ``tol``, ``optimizer``...).
+        refine_options: further keyword arguments of
+            [`regzoo.refinement.refine`][regzoo.refinement.refine] (``similarity``, ``split``,
+            ``tol``, ``optimizer``...).
         **params: free parameter values by short (``mu``, ``mu@lung``) or full
             (``linear_elastic.mu``) name; the rest take the space's defaults.
 
@@ -297,8 +300,9 @@ def choose_parameters(
         criterion: a registered criterion's name (``regzoo.criteria.available()``).
         refine_grid: refine every setting this many iterations before judging it (0: the
             network's fields).
-        refine_options: further keyword arguments of [`regzoo.refinement.refine`][regzoo.refinement.refine] for those
-            refinements (``similarity``, ``split``, ``tol``).
+        refine_options: further keyword arguments of
+            [`regzoo.refinement.refine`][regzoo.refinement.refine] for those refinements
+            (``similarity``, ``split``, ``tol``).
         max_folding: only settings whose folded-voxel fraction is at most this may be chosen
             (``None``: no limit).
         resample: resample ``moving`` onto the fixed grid when the grids differ.
@@ -312,7 +316,8 @@ def choose_parameters(
 
     Raises:
         UnknownNameError: an unknown criterion or parameter name.
-        InputError: as [`register`][regzoo.inference.register], or when every setting folds more than ``max_folding``.
+        InputError: as [`register`][regzoo.inference.register], or when every setting folds more
+            than ``max_folding``.
     """
     from regzoo.criteria import needs_backward
     from regzoo.sweeping import sweep
@@ -397,10 +402,11 @@ def check_label_values(model: RegistrationModel, data: Any, source: Any) -> np.n
     """A label map's values as ``int64``, after checking it is one, so that an image given as
     labels (a CT) is refused instead of silently making every per-label region empty.
 
-    A label map is finite, integer-valued and non-negative, has at most [`MAX_LABELS`][regzoo.inference.MAX_LABELS]
-    distinct values, and holds at least one label of the model's per-label parameters. Labels
-    the model does not know ([`known_labels`][regzoo.inference.known_labels]) take the background value; they are named
-    in a ``RuntimeWarning``.
+    A label map is finite, integer-valued and non-negative, has at most
+    [`MAX_LABELS`][regzoo.inference.MAX_LABELS] distinct values, and holds at least one label of the
+    model's per-label parameters. Labels the model does not know
+    ([`known_labels`][regzoo.inference.known_labels]) take the background value; they are named in a
+    ``RuntimeWarning``.
 
     Raises:
         InputError: non-integer, non-finite or negative values, too many distinct values, or
@@ -463,8 +469,8 @@ def build_result(
     params: Mapping[str, float],
     affine: np.ndarray,
 ) -> RegistrationResult:
-    """The [`RegistrationResult`][regzoo.inference.RegistrationResult] of a field: the moving image warped in its own
-    intensities and the Jacobian determinant map.
+    """The [`RegistrationResult`][regzoo.inference.RegistrationResult] of a field: the moving image
+    warped in its own intensities and the Jacobian determinant map.
 
     Args:
         displacement: ``(1, D, *spatial)`` voxels on the fixed grid, on the model's device.
@@ -570,8 +576,9 @@ def write_result(
 ) -> list[Path]:
     """Write the result's files ([`save_result`][regzoo.inference.save_result]) as one output set.
 
-    The set is built beside ``out_dir`` and swapped into place ([`regzoo.io.output_folder`][regzoo.io.outputs.output_folder]):
-    a killed run leaves the previous set or the new one, never a mix. Returns the final paths.
+    The set is built beside ``out_dir`` and swapped into place
+    ([`regzoo.io.output_folder`][regzoo.io.outputs.output_folder]): a killed run leaves the previous
+    set or the new one, never a mix. Returns the final paths.
 
     Raises:
         InputError: a segmentation whose shape differs from the displacement's.

@@ -1,10 +1,11 @@
 """How a model is TRAINED: the LightningModule that wraps a
-[`RegistrationModel`][regzoo.registration_model.RegistrationModel] (parameter sampling, curriculum, loss,
-validation, optimisers, checkpoint state hooks).
+[`RegistrationModel`][regzoo.registration_model.RegistrationModel] (parameter sampling, curriculum,
+loss, validation, optimisers, checkpoint state hooks).
 
 Checkpoints store the wrapped model's weights under its own names (``net.*``): the hooks
 remove the wrapper's ``model.`` prefix on save and restore it on load, so checkpoints written
-before the split and after it load alike ([`regzoo.checkpoint.load_model`][regzoo.checkpoint.load_model], resume).
+before the split and after it load alike
+([`regzoo.checkpoint.load_model`][regzoo.checkpoint.load_model], resume).
 """
 
 from __future__ import annotations
@@ -48,7 +49,8 @@ class NonFiniteLossError(RegzooError, FloatingPointError):
 
 
 class HyperRegistration(L.LightningModule):
-    """Trains a [`RegistrationModel`][regzoo.registration_model.RegistrationModel] (held as ``model``).
+    """Trains a [`RegistrationModel`][regzoo.registration_model.RegistrationModel] (held as
+    ``model``).
 
     Training draws one parameter vector per sample from the free space (uniform on each
     parameter's scale, ends oversampled at ``sampling.endpoint_rate``; with
@@ -98,17 +100,20 @@ class HyperRegistration(L.LightningModule):
         return self.model.ndim
 
     def energy_spacing(self, spacing: Spacing) -> torch.Tensor | None:
-        """See [`RegistrationModel.energy_spacing`][regzoo.registration_model.RegistrationModel.energy_spacing]."""
+        """See
+        [`RegistrationModel.energy_spacing`][regzoo.registration_model.RegistrationModel.energy_spacing]."""
         return self.model.energy_spacing(spacing)
 
     def parameter_tensor(
         self, params: Mapping[str, float] | torch.Tensor | None, batch: int
     ) -> torch.Tensor:
-        """See [`RegistrationModel.parameter_tensor`][regzoo.registration_model.RegistrationModel.parameter_tensor]."""
+        """See
+        [`RegistrationModel.parameter_tensor`][regzoo.registration_model.RegistrationModel.parameter_tensor]."""
         return self.model.parameter_tensor(params, batch)
 
     def regularized_field(self, output: RegistrationOutput) -> torch.Tensor:
-        """See [`RegistrationModel.regularized_field`][regzoo.registration_model.RegistrationModel.regularized_field]."""
+        """See
+        [`RegistrationModel.regularized_field`][regzoo.registration_model.RegistrationModel.regularized_field]."""
         return self.model.regularized_field(output)
 
     def forward(
@@ -117,7 +122,8 @@ class HyperRegistration(L.LightningModule):
         moving: torch.Tensor,
         params: Mapping[str, float] | torch.Tensor | None = None,
     ) -> RegistrationOutput:
-        """The wrapped model's prediction ([`RegistrationModel.forward`][regzoo.registration_model.RegistrationModel.forward])."""
+        """The wrapped model's prediction
+        ([`RegistrationModel.forward`][regzoo.registration_model.RegistrationModel.forward])."""
         return self.model(fixed, moving, params)
 
     # -- training ---------------------------------------------------------------------
@@ -223,8 +229,9 @@ class HyperRegistration(L.LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any] | None:
         """One step: draw per-sample parameters, register, compute the per-sample loss.
 
-        A non-finite loss stops training with [`NonFiniteLossError`][regzoo.lightning_module.NonFiniteLossError] naming the step and
-        the drawn parameters (``trainer.nonfinite: skip`` skips the step instead).
+        A non-finite loss stops training with
+        [`NonFiniteLossError`][regzoo.lightning_module.NonFiniteLossError] naming the step and the
+        drawn parameters (``trainer.nonfinite: skip`` skips the step instead).
 
         Returns:
             ``{"loss", "values", "displacement", "warped"}`` (the extras detached, for the
@@ -274,9 +281,10 @@ class HyperRegistration(L.LightningModule):
         )
 
     def _skip(self, what: str) -> bool:
-        """Count a skipped step; past [`MAX_CONSECUTIVE_SKIPS`][regzoo.lightning_module.MAX_CONSECUTIVE_SKIPS] in a row, or more than that
-        many making over a quarter of all steps, training stops (the weights no longer produce
-        finite values: skipping on would end with useless ones)."""
+        """Count a skipped step; past
+        [`MAX_CONSECUTIVE_SKIPS`][regzoo.lightning_module.MAX_CONSECUTIVE_SKIPS] in a row, or more
+        than that many making over a quarter of all steps, training stops (the weights no longer
+        produce finite values: skipping on would end with useless ones)."""
         self._skipped = getattr(self, "_skipped", 0) + 1
         self._skipped_total = getattr(self, "_skipped_total", 0) + 1
         steps = self._skipped_total + self.global_step
@@ -329,7 +337,8 @@ class HyperRegistration(L.LightningModule):
             self.log("val/tre_mm", tre, batch_size=1, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        """The optimiser and schedule of [`regzoo.optimizers.configure_optimizers`][regzoo.optimizers.configure_optimizers]."""
+        """The optimiser and schedule of
+        [`regzoo.optimizers.configure_optimizers`][regzoo.optimizers.configure_optimizers]."""
         return configure_optimizers(self.config, self.named_parameters())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:

@@ -1,9 +1,11 @@
 """What a model IS: the network, its objective, the free-parameter space and the units.
 
-[`RegistrationModel`][regzoo.registration_model.RegistrationModel] is what [`load_model`][regzoo.checkpoint.load_model] returns and what every
-test-time tool (register, refine, the sweep, the explorer, evaluation) uses. How it is trained
-lives in [`regzoo.lightning_module`][regzoo.lightning_module] (which wraps one), how it is stored in
-[`regzoo.checkpoint`][regzoo.checkpoint]. "The objective of a result" is here too ([`result_objective`][regzoo.registration_model.result_objective],
+[`RegistrationModel`][regzoo.registration_model.RegistrationModel] is what
+[`load_model`][regzoo.checkpoint.load_model] returns and what every test-time tool (register,
+refine, the sweep, the explorer, evaluation) uses. How it is trained lives in
+[`regzoo.lightning_module`][regzoo.lightning_module] (which wraps one), how it is stored in
+[`regzoo.checkpoint`][regzoo.checkpoint]. "The objective of a result" is here too
+([`result_objective`][regzoo.registration_model.result_objective],
 [`field_objective`][regzoo.registration_model.field_objective]): refinement minimises the same sum.
 """
 
@@ -163,10 +165,11 @@ def field_objective(
     """The objective of one field: ``moving`` warped by ``displacement`` against ``fixed``,
     plus every term's energy of ``field`` (the displacement, or the velocity it integrates).
 
-    The one place where a result's objective is computed: [`result_objective`][regzoo.registration_model.result_objective]
-    (register, the sweep, the explorer) reads it out, and refinement minimises the same sum
-    ([`combine`][regzoo.objective.Objective.combine]; it evaluates the similarity itself, to
-    reuse descriptors or to refine under another similarity).
+    The one place where a result's objective is computed:
+    [`result_objective`][regzoo.registration_model.result_objective] (register, the sweep, the
+    explorer) reads it out, and refinement minimises the same sum
+    ([`combine`][regzoo.objective.Objective.combine]; it evaluates the similarity itself, to reuse
+    descriptors or to refine under another similarity).
 
     Args:
         objective: the similarity and regularizer terms (e.g. ``model.objective``).

@@ -33,8 +33,8 @@ def overlay_figure(
     """Figure of one pair registered at several settings ``[(title, params), ...]``.
 
     Each setting is registered by the network and then refined ``refine`` iterations (with the
-    keyword arguments ``refine_options`` of [`regzoo.refinement.refine`][regzoo.refinement.refine]); each row
-    shows the warped image (with the warped mask's contour), the deformation grid, the
+    keyword arguments ``refine_options`` of [`regzoo.refinement.refine`][regzoo.refinement.refine]);
+    each row shows the warped image (with the warped mask's contour), the deformation grid, the
     Jacobian determinant and, given the fixed label map of a model with per-label parameters,
     the parameter maps ([`regzoo.viz.plot_registration`][regzoo.viz.plot_registration]).
     """
@@ -171,15 +171,16 @@ def write_sweep_report(
     ``sweep.json`` (everything, with the best parameters for the data set and per pair),
     ``heatmap.png`` (one or two swept parameters) and ``summary.md``; return the summary path.
 
-    ``comparison`` (from [`regzoo.evaluation.compare_refinement`][regzoo.evaluation.compare_refinement]) adds the table of
-    identity / network / refined at the best setting; ``explore``, a ``regzoo explore``
-    command, a section that opens the best setting in the browser explorer. ``network``, the
-    same grid scored by the network alone when ``result`` is an exact sweep (every setting
-    refined), adds the two choices side by side and how many grid steps apart they are: whether
-    the network's own ranking of parameters agrees with the physics.
+    ``comparison`` (from
+    [`regzoo.evaluation.compare_refinement`][regzoo.evaluation.compare_refinement]) adds the table
+    of identity / network / refined at the best setting; ``explore``, a ``regzoo explore`` command,
+    a section that opens the best setting in the browser explorer. ``network``, the same grid scored
+    by the network alone when ``result`` is an exact sweep (every setting refined), adds the two
+    choices side by side and how many grid steps apart they are: whether the network's own ranking
+    of parameters agrees with the physics.
 
-    ``criterion`` names a label-free criterion ([`regzoo.criteria`][regzoo.criteria]) that chooses the best
-    setting instead of ``metric``, which then only fills the tables. The summary shows what
+    ``criterion`` names a label-free criterion ([`regzoo.criteria`][regzoo.criteria]) that chooses
+    the best setting instead of ``metric``, which then only fills the tables. The summary shows what
     every applicable criterion would choose, and, under a folding limit, the setting the limit
     removed.
     """

@@ -4,7 +4,8 @@ setting by a metric or a label-free criterion, optionally optimise the parameter
 compare the network with refinement at the best setting, draw the best and worst settings and
 write the report, as one output set.
 
-The command line only parses its options and prints [`SweepStudy`][regzoo.study.SweepStudy]'s summary.
+The command line only parses its options and prints [`SweepStudy`][regzoo.study.SweepStudy]'s
+summary.
 """
 
 from __future__ import annotations
@@ -95,8 +96,9 @@ def run_sweep_study(
         refine_grid: refine every setting (an exact sweep), not only the best one; the grid
             is then also scored by the network alone (one forward per setting), and the report
             says whether the network's ranking agrees with the refined one.
-        refine_options: further keyword arguments of [`regzoo.refinement.refine`][regzoo.refinement.refine] for every
-            refinement of the study (``similarity``, ``split``, ``tol``...).
+        refine_options: further keyword arguments of
+            [`regzoo.refinement.refine`][regzoo.refinement.refine] for every refinement of the study
+            (``similarity``, ``split``, ``tol``...).
         max_folding: the best setting's highest folded-voxel fraction.
         optimize: also optimise the parameters per pair through the hypernetwork.
         optimize_steps: its iterations.

@@ -206,8 +206,8 @@ class SweepResult:
         return [eligible[k] for k in ranked] + sorted(rest, key=folded)
 
     def choose(self, criterion: str | Criterion) -> dict[str, Any]:
-        """The setting a label-free criterion ([`regzoo.criteria`][regzoo.criteria]) picks for the data set,
-        from the settings' mean measures, among those within ``max_folding``.
+        """The setting a label-free criterion ([`regzoo.criteria`][regzoo.criteria]) picks for the
+        data set, from the settings' mean measures, among those within ``max_folding``.
 
         Raises:
             UnknownNameError: an unknown criterion name.
@@ -276,21 +276,24 @@ def sweep(
 ) -> SweepResult:
     """Evaluate every grid point on every pair, batching settings through the hypernetwork.
 
-    Parameters not in ``grid`` keep their defaults. A [`GridRange`][regzoo.sweeping.GridRange] axis is spaced on the
-    parameter's own scale (geometric for log-scale parameters); an axis may also be the
-    command line's text, ``"0.1:10:5"`` or ``"0.1,1,10"`` ([`parse_grid`][regzoo.sweeping.parse_grid]). Each pair is replicated
-    ``batch_size`` times and registered at that many settings in one forward pass.
+    Parameters not in ``grid`` keep their defaults. A [`GridRange`][regzoo.sweeping.GridRange] axis
+    is spaced on the parameter's own scale (geometric for log-scale parameters); an axis may also be
+    the command line's text, ``"0.1:10:5"`` or ``"0.1,1,10"``
+    ([`parse_grid`][regzoo.sweeping.parse_grid]). Each pair is replicated ``batch_size`` times and
+    registered at that many settings in one forward pass.
 
     With ``refine_steps > 0`` every setting's field is refined under the model's objective
-    before it is scored ([`regzoo.refinement.refine`][regzoo.refinement.refine], the batch of settings at once): an exact
-    sweep, about ``refine_steps`` times the cost, that ranks the settings by what instance
-    optimisation reaches instead of by the network's estimate; ``refine_options`` are further
-    keyword arguments of [`refine`][regzoo.refinement.refine] (``similarity``, ``split``, ``tol``...). ``max_folding`` restricts the
-    best setting to those whose folded-voxel fraction stays at or below it (see
+    before it is scored ([`regzoo.refinement.refine`][regzoo.refinement.refine], the batch of
+    settings at once): an exact sweep, about ``refine_steps`` times the cost, that ranks the
+    settings by what instance optimisation reaches instead of by the network's estimate;
+    ``refine_options`` are further keyword arguments of [`refine`][regzoo.refinement.refine]
+    (``similarity``, ``split``, ``tol``...). ``max_folding`` restricts the best setting to those
+    whose folded-voxel fraction stays at or below it (see
     [`SweepResult`][regzoo.sweeping.SweepResult]).
 
-    Every row also holds the label-free measures of [`regzoo.criteria.label_free_measures`][regzoo.criteria.label_free_measures]
-    (the model's similarity, roughness, ...) that the criteria of [`regzoo.criteria`][regzoo.criteria] choose
+    Every row also holds the label-free measures of
+    [`regzoo.criteria.label_free_measures`][regzoo.criteria.label_free_measures] (the model's
+    similarity, roughness, ...) that the criteria of [`regzoo.criteria`][regzoo.criteria] choose
     from; ``backward=True`` registers every pair the other way round too (twice the cost) for
     ``inverse_consistency``.
 
@@ -524,7 +527,8 @@ def optimize_dataset(
     names: Sequence[str] | None = None,
     steps: int = 30,
 ) -> list[dict[str, Any]]:
-    """[`optimize_parameters`][regzoo.sweeping.optimize_parameters] on every pair; one row per pair with its ids."""
+    """[`optimize_parameters`][regzoo.sweeping.optimize_parameters] on every pair; one row per pair
+    with its ids."""
     return [
         {
             "fixed_id": item["fixed_id"],

@@ -51,8 +51,8 @@ def options_from_args(args: argparse.Namespace) -> dict[str, object]:
 def refine_options_from_flags(
     similarity: str | None = None, split: str | None = None, tol: float = 0.0
 ) -> dict[str, Any]:
-    """The keyword arguments of [`refine`][regzoo.refinement.refine] that ``--refine-similarity SPEC``,
-    ``--refine-split A:B:C`` and ``--refine-tol TOL`` spell (the inverse of
+    """The keyword arguments of [`refine`][regzoo.refinement.refine] that ``--refine-similarity
+    SPEC``, ``--refine-split A:B:C`` and ``--refine-tol TOL`` spell (the inverse of
     `refine_flags`), checked now so that a typo fails before any work.
 
     Raises:
@@ -80,7 +80,8 @@ def refine_options_from_flags(
 
 def refine_flags(options: Mapping[str, Any]) -> list[str]:
     """The ``--refine-...`` flags of ``regzoo register`` / ``explore`` that repeat the keyword
-    arguments ``options`` of [`refine`][regzoo.refinement.refine] (``similarity``, ``split``, ``tol``)."""
+    arguments ``options`` of [`refine`][regzoo.refinement.refine] (``similarity``, ``split``,
+    ``tol``)."""
     flags = []
     if "similarity" in options:  # a text; a Similarity instance has none to repeat
         similarity = options["similarity"]

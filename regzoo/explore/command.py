@@ -193,7 +193,8 @@ def run(args: argparse.Namespace, refine_options: Mapping[str, Any] | None = Non
     """Run ``regzoo explore``: load the model and images, print the URL, serve until Ctrl+C.
 
     ``refine_options`` are the refine button's keyword arguments of
-    [`regzoo.refinement.refine`][regzoo.refinement.refine] (``regzoo explore --refine-similarity ...``).
+    [`regzoo.refinement.refine`][regzoo.refinement.refine] (``regzoo explore --refine-similarity
+    ...``).
 
     Raises:
         RegzooError: without the ``explore`` extra, or when the port cannot be bound.

@@ -70,7 +70,8 @@ class VoxelMorphUNet(nn.Module):
     full-resolution conv blocks. With ``half_res`` the last upsampling is skipped and the
     output is at half resolution (VoxelMorph's ``int_downsize=2``). With an ``embedding_dim``
     every block is conditioned, by ``conditioning``: ``"weights"`` generates its kernel from the
-    embedding (HyperMorph), ``"film"`` modulates its output channels ([`FiLM`][regzoo.nets.film.FiLM]).
+    embedding (HyperMorph), ``"film"`` modulates its output channels
+    ([`FiLM`][regzoo.nets.film.FiLM]).
     """
 
     def __init__(
@@ -157,12 +158,12 @@ class RegistrationNet(nn.Module):
 
     ``net(fixed, moving, unit_params)`` predicts the displacement that warps ``moving`` onto
     ``fixed`` (the same argument order as everywhere in regzoo; the channels are stacked as
-    ``[moving, fixed]``, VoxelMorph's order). With ``num_params > 0`` a [`HyperNetwork`][regzoo.nets.hyper.HyperNetwork]
-    embeds ``unit_params`` ``(B, P)`` in ``[0, 1]`` and every convolution, the flow layer
-    included, is conditioned on the embedding: its output channels modulated
-    (``conditioning="film"``, [`FiLM`][regzoo.nets.film.FiLM], identity at initialisation) or
-    its weights generated (``"weights"``, HyperMorph); with ``num_params == 0`` it is a plain
-    VoxelMorph.
+    ``[moving, fixed]``, VoxelMorph's order). With ``num_params > 0`` a
+    [`HyperNetwork`][regzoo.nets.hyper.HyperNetwork] embeds ``unit_params`` ``(B, P)`` in ``[0, 1]``
+    and every convolution, the flow layer included, is conditioned on the embedding: its output
+    channels modulated (``conditioning="film"``, [`FiLM`][regzoo.nets.film.FiLM], identity at
+    initialisation) or its weights generated (``"weights"``, HyperMorph); with ``num_params == 0``
+    it is a plain VoxelMorph.
 
     Inputs of any size are padded (replicate) to a multiple of ``2^len(enc)`` and the output is
     cropped back.
