@@ -1,6 +1,6 @@
 """The ``regzoo`` command line: ``regzoo COMMAND --help`` for each command.
 
-One module per command (`regzoo.cli.train`, ``register``, ``evaluate``, ``sweep``,
+One module per command (`regzoo.cli.train`, ``config``, ``register``, ``evaluate``, ``sweep``,
 ``explore``, ``phantom``, ``regularizers``), each with ``add_parser`` and ``run``; the options
 they share are in `regzoo.cli.arguments`, and the ``--refine-...`` flags are translated in
 one place, `regzoo.cli.refine_flags`. A command imports what it runs only when it runs.
