@@ -136,7 +136,9 @@ def evaluate_setting(
         )
         if steps:
             start = time.perf_counter()
-            refined = refine(model, fixed, moving, values, steps=steps, init=network)
+            refined = refine(
+                model, fixed, moving, values, steps=steps, init=network, spacing=item["spacing"]
+            )
             seconds += time.perf_counter() - start
             rows["refined"].append(
                 {

@@ -2,12 +2,19 @@
 
 - ``<!-- regzoo:regularizers -->``: the regularizer catalogue, from the registry;
 - ``<!-- regzoo:config-reference -->``: every config key, from the pydantic schema;
-- ``<!-- regzoo:cli -->``: every command and option, from the argparse parser.
+- ``<!-- regzoo:cli -->``: every command and option, from the argparse parser;
+- ``<!-- regzoo:public-names PACKAGE -->``: a package's public names (its ``__all__``), each
+  linked to the page of the module that defines it (re-exports are documented once, there).
 """
 
 from __future__ import annotations
 
+import ast
+import importlib
+import importlib.util
 import inspect
+import re
+import types
 import typing
 from pathlib import Path
 
@@ -117,12 +124,65 @@ def cli_reference() -> str:
     """The help text of every ``regzoo`` command."""
     from regzoo.cli import build_parser
 
+    def commands(parser: typing.Any, prefix: str) -> typing.Iterator[tuple[str, typing.Any]]:
+        subparsers = [a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction"]
+        for action in subparsers:
+            for name, sub in action.choices.items():
+                yield f"{prefix} {name}", sub
+                yield from commands(sub, f"{prefix} {name}")  # ``regzoo config check``
+
     parser = build_parser()
     parts = ["```text\n" + parser.format_help() + "```\n"]
-    subparsers = next(a for a in parser._actions if a.__class__.__name__ == "_SubParsersAction")
-    for name, sub in subparsers.choices.items():
-        parts.append(f"## `regzoo {name}`\n\n```text\n{sub.format_help()}```\n")
+    for command, sub in commands(parser, "regzoo"):
+        level = "#" * (command.count(" ") + 1)
+        parts.append(f"{level} `{command}`\n\n```text\n{sub.format_help()}```\n")
     return "\n".join(parts)
+
+
+PUBLIC_NAMES = re.compile(r"<!-- regzoo:public-names ([\w.]+) -->")
+
+
+def _defining_module(package: str, name: str) -> str:
+    """The module whose source binds ``name`` (following ``from X import name`` re-exports)."""
+    module = importlib.import_module(package)
+    source = Path(inspect.getfile(module)).read_text()
+    for node in ast.parse(source).body:
+        if isinstance(node, ast.ImportFrom) and any(
+            (a.asname or a.name) == name for a in node.names
+        ):
+            target = importlib.util.resolve_name("." * node.level + (node.module or ""), package)
+            if target == package:  # ``from . import submodule``
+                return package
+            return _defining_module(target, name)
+    lazy = getattr(module, "_LAZY", {})
+    if name in lazy:
+        return _defining_module(lazy[name], name)
+    return package
+
+
+def public_names(package: str) -> str:
+    """A table of ``package.__all__``: each name linked to its defining module's entry."""
+    module = importlib.import_module(package)
+    rows = ["| name | kind | defined in | summary |", "|---|---|---|---|"]
+    for name in sorted(module.__all__, key=str.lower):
+        value = getattr(module, name)
+        if isinstance(value, types.ModuleType):
+            where, kind = value.__name__, "module"
+            target = where
+        else:
+            where = _defining_module(package, name)
+            target = f"{where}.{name}"
+            kind = (
+                "class"
+                if isinstance(value, type)
+                else "function"
+                if callable(value)
+                else "constant"
+            )
+        doc = inspect.getdoc(value) if kind != "constant" else ""
+        summary = (doc or "").split("\n\n")[0].replace("\n", " ").replace("|", "\\|")
+        rows.append(f"| [`{name}`][{target}] | {kind} | `{where}` | {summary} |")
+    return "\n".join(rows) + "\n"
 
 
 def on_page_markdown(markdown: str, page: object, config: object, files: object) -> str:
@@ -130,4 +190,4 @@ def on_page_markdown(markdown: str, page: object, config: object, files: object)
     for marker, builder in PLACEHOLDERS.items():
         if marker in markdown:
             markdown = markdown.replace(marker, globals()[builder]())
-    return markdown
+    return PUBLIC_NAMES.sub(lambda m: public_names(m.group(1)), markdown)

@@ -6,8 +6,9 @@ registered regularizer, so one trained model lets you choose those parameters at
 Every public name is available here: the light ones are imported at once, the training and
 test-time API on first use (module ``__getattr__``), so ``import regzoo`` costs torch, not
 Lightning or matplotlib. ``regzoo.refine``, ``regzoo.sweep`` and ``regzoo.train`` are functions;
-their modules are [`regzoo.refinement`][regzoo.refinement], [`regzoo.sweeping`][regzoo.sweeping] and [`regzoo.training`][regzoo.training]
-(the old module paths still import, with a deprecation warning).
+their modules are [`regzoo.refinement`][regzoo.refinement], [`regzoo.sweeping`][regzoo.sweeping] and
+[`regzoo.training`][regzoo.training] (the old module paths still import, with a deprecation
+warning).
 """
 
 import importlib

@@ -1,9 +1,9 @@
 """Old module paths kept working: a shim module warns once and forwards to the new module.
 
 ``regzoo.refine``, ``regzoo.sweep`` and ``regzoo.train`` are functions of the package; their
-old modules (``regzoo.refine`` and so on, now [`regzoo.refinement`][regzoo.refinement], [`regzoo.sweeping`][regzoo.sweeping],
-[`regzoo.training`][regzoo.training]) stay importable, and importing one leaves the package's function in
-place (see ``regzoo._Package``).
+old modules (``regzoo.refine`` and so on, now [`regzoo.refinement`][regzoo.refinement],
+[`regzoo.sweeping`][regzoo.sweeping], [`regzoo.training`][regzoo.training]) stay importable, and
+importing one leaves the package's function in place (see ``regzoo._Package``).
 """
 
 from __future__ import annotations

@@ -1,9 +1,9 @@
 """Error types and message helpers shared across regzoo.
 
-Every error a user can cause (a bad file, value, name or option) is a [`RegzooError`][regzoo._errors.RegzooError];
-the CLI prints those as one line (exit code 2) and lets anything else, an internal bug, show its
-traceback. Each subclass also derives from the built-in exception it refines, so
-``except ValueError`` keeps working for API users.
+Every error a user can cause (a bad file, value, name or option) is a
+[`RegzooError`][regzoo._errors.RegzooError]; the CLI prints those as one line (exit code 2) and lets
+anything else, an internal bug, show its traceback. Each subclass also derives from the built-in
+exception it refines, so ``except ValueError`` keeps working for API users.
 """
 
 from __future__ import annotations
@@ -51,10 +51,11 @@ class PluginError(RegzooError, ImportError):
 
 
 def unknown_name_message(kind: str, name: str, known: Iterable[str]) -> str:
-    """Build ``"unknown <kind> 'name'; did you mean ...? Available: ..."``."""
+    """Build ``"unknown <kind> 'name'; did you mean ...? Available: ..."`` (without a close
+    match: ``"unknown <kind> 'name'. Available: ..."``)."""
     known = sorted(known)
     close = difflib.get_close_matches(name, known, n=3, cutoff=0.5)
-    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else ""
+    hint = f"; did you mean {', '.join(repr(c) for c in close)}?" if close else "."
     return f"unknown {kind} '{name}'{hint} Available: {', '.join(known) or '(none)'}"
 
 
@@ -69,4 +70,7 @@ def checkpoint_read_reason(exc: BaseException) -> str:
             "never unpickles"
         )
     first = (text.splitlines() or [""])[0][:200]
-    return f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    reason = f"{type(exc).__name__}: {first}" if first else type(exc).__name__
+    if isinstance(exc, (EOFError, KeyError)) or type(exc).__name__ == "UnpicklingError":
+        return f"not a PyTorch checkpoint file ({reason})"  # text, an image, a truncated file
+    return reason

@@ -169,8 +169,8 @@ class ImageLogger(L.Callback):
     """Log slices of fixed, moving, warped and the displacement magnitude, and histograms of
     the drawn parameters, every ``every_n_steps`` training steps (rank zero only).
 
-    It reads what [`regzoo.lightning_module.HyperRegistration.training_step`][regzoo.lightning_module.HyperRegistration.training_step] returns (``values``,
-    ``displacement``, ``warped``); 3D images are shown at their middle slice along the last
+    It reads what
+    [`regzoo.lightning_module.HyperRegistration.training_step`][regzoo.lightning_module.HyperRegistration.training_step] returns (``values``, ``displacement``, ``warped``); 3D images are shown at their middle slice along the last
     axis, 2D images whole.
 
     Args:

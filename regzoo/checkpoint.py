@@ -3,8 +3,8 @@ model, and the one check that ``load_model``, ``train(config, resume=True)`` and
 ``regzoo train --resume`` share.
 
 A checkpoint is a Lightning checkpoint whose ``state_dict`` holds the
-[`RegistrationModel`][regzoo.registration_model.RegistrationModel]'s weights (``net.*``), plus a ``regzoo``
-entry: the config, the plugins, the free parameters, the sampler states and the digest.
+[`RegistrationModel`][regzoo.registration_model.RegistrationModel]'s weights (``net.*``), plus a
+``regzoo`` entry: the config, the plugins, the free parameters, the sampler states and the digest.
 """
 
 from __future__ import annotations
@@ -30,7 +30,7 @@ from regzoo.config import ExperimentConfig
 from regzoo.fingerprint import check_fingerprint
 from regzoo.nets.unet import drop_flow_shift
 from regzoo.registration_model import RegistrationModel, build_network
-from regzoo.registry import load_plugins
+from regzoo.registry import Registry, load_plugins
 from regzoo.resolve import build_objective
 
 __all__ = [
@@ -75,8 +75,9 @@ _WRAPPER_PREFIX = "model."  # the LightningModule holds the RegistrationModel as
 
 
 def config_digest(config: ExperimentConfig) -> str:
-    """A digest of what defines a model's weights ([`MODEL_SECTIONS`][regzoo.checkpoint.MODEL_SECTIONS] but the plugins),
-    stored in checkpoints so that a config edited after training is recognised."""
+    """A digest of what defines a model's weights
+    ([`MODEL_SECTIONS`][regzoo.checkpoint.MODEL_SECTIONS] but the plugins), stored in checkpoints so
+    that a config edited after training is recognised."""
     data = config.model_dump(mode="json")
     fixed = {k: data.get(k) for k in MODEL_SECTIONS if k != "plugins"}
     return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
@@ -87,9 +88,57 @@ def plugin_reference(spec: str) -> str:
     return str(Path(spec).resolve()) if spec.endswith(".py") else spec
 
 
+def plugin_origins(config: ExperimentConfig) -> list[dict[str, str]]:
+    """The installed distributions that provide the config's plugin components, as stored in
+    checkpoints: ``{"kind", "name", "distribution", "version"}`` per regularizer or similarity
+    that a package provides ([`Registry.origin`][regzoo.registry.Registry.origin]); built-ins
+    and plugins loaded from files have none."""
+    from regzoo.regularizers import REGULARIZERS
+    from regzoo.similarity import SIMILARITIES
+
+    wanted: list[tuple[str, Registry[Any], str]] = [
+        ("regularizer", REGULARIZERS, term.name) for term in config.regularizers
+    ]
+    wanted.append(("similarity", SIMILARITIES, config.similarity.name))
+    origins: dict[tuple[str, str], dict[str, str]] = {}
+    for kind, registry, name in wanted:
+        origin = registry.origin(name) if name in registry.available() else None
+        if origin is not None:
+            origins[kind, name] = {
+                "kind": kind,
+                "name": name,
+                "distribution": origin.distribution,
+                "version": origin.version,
+            }
+    return list(origins.values())
+
+
+def missing_plugin_package(extras: Mapping[str, Any]) -> str | None:
+    """For a checkpoint whose recorded plugin package is not installed: the one line that says
+    which package to install (``None`` when every recorded component is available)."""
+    from regzoo.regularizers import REGULARIZERS
+    from regzoo.similarity import SIMILARITIES
+
+    registries: dict[str, Registry[Any]] = {
+        "regularizer": REGULARIZERS,
+        "similarity": SIMILARITIES,
+    }
+    for origin in extras.get("plugin_origins", []) or []:
+        registry = registries.get(str(origin.get("kind")))
+        if registry is None or str(origin.get("name")) in registry.available():
+            continue
+        package = f"{origin.get('distribution')}=={origin.get('version')}"
+        return (
+            f"the model needs the {origin['kind']} '{origin['name']}' from the package "
+            f"{package}, which is not installed: pip install {package}"
+        )
+    return None
+
+
 def model_weights(weights: Mapping[str, Any]) -> dict[str, Any]:
-    """A checkpoint's ``state_dict`` as the [`RegistrationModel`][regzoo.registration_model.RegistrationModel] names it (``net.*``):
-    keys written with the training wrapper's ``model.`` prefix lose it, older keys stay."""
+    """A checkpoint's ``state_dict`` as the
+    [`RegistrationModel`][regzoo.registration_model.RegistrationModel] names it (``net.*``): keys
+    written with the training wrapper's ``model.`` prefix lose it, older keys stay."""
     return {
         (k[len(_WRAPPER_PREFIX) :] if k.startswith(_WRAPPER_PREFIX) else k): v
         for k, v in weights.items()
@@ -124,7 +173,8 @@ def check_resume(
     stored: ExperimentConfig, config: ExperimentConfig, run_dir: str | Path
 ) -> list[str]:
     """The one resume policy (the API's ``train(config, resume=True)`` and the CLI's
-    ``regzoo train --resume``): a resumed run may change only [`RESUMABLE`][regzoo.checkpoint.RESUMABLE] settings.
+    ``regzoo train --resume``): a resumed run may change only
+    [`RESUMABLE`][regzoo.checkpoint.RESUMABLE] settings.
 
     Returns:
         One line per accepted change (``resumed with K = new (was old)``).
@@ -213,7 +263,8 @@ def load_model(
         InputError: if the file is not a regzoo checkpoint, its weights do not match its config
             or its free parameters, or they hold NaN or infinite values.
         PluginError: if the model needs a plugin stored in the checkpoint that the caller did
-            not name.
+            not name, or a plugin package the checkpoint records that is not installed (the
+            message gives the ``pip install`` line).
     """
     path = Path(checkpoint)
     state = _read_checkpoint(path, map_location)
@@ -226,6 +277,9 @@ def load_model(
         config = ExperimentConfig.model_validate(config_data)
         free = build_objective(config).space
     except (ValidationError, RegzooError) as exc:
+        missing = missing_plugin_package(extras)
+        if missing is not None:
+            raise PluginError(f"{path}: {missing}") from None
         untrusted = [p for p in stored if p not in trusted]
         if untrusted:
             raise PluginError(
@@ -233,7 +287,16 @@ def load_model(
                 "checkpoint; regzoo never imports code a checkpoint names: if you trust it, "
                 f"pass --plugin {untrusted[0]} (Python: load_model(..., plugins=[...]))"
             ) from None
-        raise InputError(f"{path}: its stored config is invalid: {exc}") from None
+        reason = f"its stored config is invalid: {exc}"
+        if isinstance(exc, ValidationError):  # pydantic's report, as config errors read
+            from regzoo.config import _format_validation_error
+
+            detail = _format_validation_error(exc).removeprefix("invalid config:").strip()
+            reason = (
+                "its stored config is invalid (a checkpoint of another regzoo version?): "
+                + detail.replace("\n  ", "; ")
+            )
+        raise InputError(f"{path}: {reason}") from None
     stored_weights = model_weights(state.get("state_dict", {}))
     weights, legacy = drop_flow_shift(stored_weights)
     if legacy:  # written before the flow layer lost its bias and shift (issue 31)
@@ -243,7 +306,7 @@ def load_model(
             UserWarning,
             stacklevel=2,
         )
-    _check_shapes(path, _network_skeleton(config, len(free)), weights)
+    _check_shapes(path, _network_skeleton(config, free.feature_size), weights)
     model = RegistrationModel(config)
     if extras.get("free_parameters") not in (None, model.space.names):
         raise InputError(

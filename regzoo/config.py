@@ -2,9 +2,9 @@
 
 A pure schema: every section forbids unknown keys and names close matches, and values are
 checked for type, range and consistency between sections. Nothing here loads a plugin or builds
-a component: [`regzoo.resolve.build_objective`][regzoo.resolve.build_objective] resolves the plugins, the similarity and
-every regularizer term (names, options, parameter ranges) once, and reports problems as
-[`ConfigError`][regzoo.config.ConfigError] at their key.
+a component: [`regzoo.resolve.build_objective`][regzoo.resolve.build_objective] resolves the
+plugins, the similarity and every regularizer term (names, options, parameter ranges) once, and
+reports problems as [`ConfigError`][regzoo.config.ConfigError] at their key.
 
 The module is long because it is the whole schema, one class per YAML section with its checks
 beside it; the config reference (docs/config-reference.md) is generated from it in this order.
@@ -79,10 +79,10 @@ class ParamRange(StrictModel):
 class PerLabel(StrictModel):
     """A parameter given per tissue label: one value or range per label of the fixed image.
 
-    Each label's entry is a number (fixed) or a [`ParamRange`][regzoo.config.ParamRange] (free: the hypernetwork is
-    conditioned on it as ``term.param@label``, short ``param@label``). The values become a
-    spatial parameter map through the fixed image's label map (labelsTr); voxels whose label
-    is not listed (including 0) take ``background``.
+    Each label's entry is a number (fixed) or a [`ParamRange`][regzoo.config.ParamRange] (free: the
+    hypernetwork is conditioned on it as ``term.param@label``, short ``param@label``). The values
+    become a spatial parameter map through the fixed image's label map (labelsTr); voxels whose
+    label is not listed (including 0) take ``background``.
 
     Examples:
         >>> PerLabel.model_validate(
@@ -118,8 +118,9 @@ class TermConfig(StrictModel):
 
     ``alpha`` and each parameter are either a number (fixed) or a range (free: sampled during
     training and an input of the hypernetwork). A parameter of a regularizer that accepts
-    spatial maps may also be given per tissue label ([`PerLabel`][regzoo.config.PerLabel]). Parameters not listed
-    stay free on the regularizer's declared range; ``alpha`` not listed is fixed to 1.
+    spatial maps may also be given per tissue label ([`PerLabel`][regzoo.config.PerLabel]).
+    Parameters not listed stay free on the regularizer's declared range; ``alpha`` not listed is
+    fixed to 1.
     """
 
     name: str = Field(description="registered regularizer name (see `regzoo regularizers`)")
@@ -299,11 +300,11 @@ class LookaheadConfig(StrictModel):
     """Train the network towards the field that refinement reaches from its own prediction.
 
     Every training step refines the network's field for ``steps`` iterations under the
-    sample's own objective ([`regzoo.refinement.refine_field`][regzoo.refinement.refine_field], warm-started from the
-    prediction, detached) and adds ``weight`` times the mean squared distance to that field, in
-    voxels, to the sample's loss: the network learns to jump to where instance optimisation
-    goes (amortised optimisation). Refinement's Adam steps have the same size for soft and stiff
-    samples, so this term is on one scale across the whole parameter range.
+    sample's own objective ([`regzoo.refinement.refine_field`][regzoo.refinement.refine_field],
+    warm-started from the prediction, detached) and adds ``weight`` times the mean squared distance
+    to that field, in voxels, to the sample's loss: the network learns to jump to where instance
+    optimisation goes (amortised optimisation). Refinement's Adam steps have the same size for soft
+    and stiff samples, so this term is on one scale across the whole parameter range.
     """
 
     steps: int = Field(0, ge=0, description="refinement iterations per training step (0: off)")

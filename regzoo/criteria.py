@@ -1,15 +1,16 @@
 """Label-free parameter-choice criteria: pick a sweep's setting without masks or landmarks.
 
-A criterion is a registered class whose [`Criterion.score`][regzoo.criteria.Criterion.score] maps a table of settings (one
-dict per setting: the swept parameter values and the label-free measures that the sweep took
-from each setting's field, see [`label_free_measures`][regzoo.criteria.label_free_measures]) to one score per setting, lower is
-better. The same criterion chooses for a whole data set (the table of per-setting means) and
-for one pair (that pair's rows). Nothing in a criterion knows a regularizer's or parameter's
-name, so every criterion works with every regularizer, plugins included.
+A criterion is a registered class whose [`Criterion.score`][regzoo.criteria.Criterion.score] maps a
+table of settings (one dict per setting: the swept parameter values and the label-free measures that
+the sweep took from each setting's field, see
+[`label_free_measures`][regzoo.criteria.label_free_measures]) to one score per setting, lower is
+better. The same criterion chooses for a whole data set (the table of per-setting means) and for one
+pair (that pair's rows). Nothing in a criterion knows a regularizer's or parameter's name, so every
+criterion works with every regularizer, plugins included.
 
 Third-party criteria register through the entry-point group ``regzoo.criteria`` or the
-[`criterion`][regzoo.criteria.criterion] decorator. See docs/choosing.md for what each built-in criterion measures
-and how close it comes to the TRE oracle.
+[`criterion`][regzoo.criteria.criterion] decorator. See docs/choosing.md for what each built-in
+criterion measures and how close it comes to the TRE oracle.
 """
 
 from __future__ import annotations
@@ -59,8 +60,8 @@ class ChoiceTable:
     Attributes:
         names: the swept parameters (full names).
         settings: one dict per setting: the values of ``names`` and the label-free measures
-            ([`MEASURES`][regzoo.criteria.MEASURES]), ``folding_fraction`` and ``sdlogj``; for a data set the means
-            over its pairs, for one pair that pair's values.
+            ([`MEASURES`][regzoo.criteria.MEASURES]), ``folding_fraction`` and ``sdlogj``; for a
+            data set the means over its pairs, for one pair that pair's values.
     """
 
     names: Sequence[str]
@@ -75,7 +76,8 @@ class Criterion:
     """Base class of registered parameter-choice criteria.
 
     Subclasses declare `requires` (the measures they read, checked before scoring) and
-    implement [`score`][regzoo.criteria.Criterion.score]. Options are keyword arguments of the constructor.
+    implement [`score`][regzoo.criteria.Criterion.score]. Options are keyword arguments of the
+    constructor.
     """
 
     requires: ClassVar[tuple[str, ...]] = ()

@@ -4,7 +4,8 @@ ConvexAdam (Siebert, Hansen, Heinrich, "Fast 3D registration with accurate optim
 little learning for Learn2Reg 2021") starts instance optimisation from a displacement that no
 gradient method needs to reach: on a coarse grid, every displacement within a search radius is
 scored by the squared difference of MIND-SSC descriptors (a correlation volume), and a coupled
-convex optimisation makes the choice smooth. [`discrete_displacement`][regzoo.discrete.discrete_displacement] is that first stage,
+convex optimisation makes the choice smooth.
+[`discrete_displacement`][regzoo.discrete.discrete_displacement] is that first stage,
 for any [`DescriptorSimilarity`][regzoo.similarity.descriptor.DescriptorSimilarity], in 2D and 3D:
 
 1. descriptors of both images, averaged over blocks of ``grid^D`` voxels (the coarse grid);

@@ -1,7 +1,8 @@
 """Score displacement fields on a Learn2Reg split: Dice, TRE, SDlogJ, folding, time.
 
-The same code scores a regzoo model ([`evaluate_model`][regzoo.evaluation.evaluate_model]) and displacement fields written
-by any other tool ([`evaluate_displacements`][regzoo.evaluation.evaluate_displacements], Learn2Reg naming
+The same code scores a regzoo model ([`evaluate_model`][regzoo.evaluation.evaluate_model]) and
+displacement fields written by any other tool
+([`evaluate_displacements`][regzoo.evaluation.evaluate_displacements], Learn2Reg naming
 ``disp_<fixed id>_<moving id>.nii.gz``, shape ``(*spatial, D)`` in voxels).
 """
 
@@ -126,8 +127,9 @@ def evaluate_predictor(
     predict: Callable[[Mapping[str, Any]], torch.Tensor],
     progress: bool = True,
 ) -> list[dict[str, Any]]:
-    """Score ``predict(item) -> (D, *spatial)`` on every pair: [`score_pair`][regzoo.evaluation.score_pair] rows plus
-    ``seconds``, the time ``predict`` took (any method: a network, a peer, a file reader).
+    """Score ``predict(item) -> (D, *spatial)`` on every pair:
+    [`score_pair`][regzoo.evaluation.score_pair] rows plus ``seconds``, the time ``predict`` took
+    (any method: a network, a peer, a file reader).
     """
     rows = []
     for item in tqdm(dataset, desc="evaluate", disable=not progress):
@@ -305,9 +307,9 @@ def _csv_text(rows: list[dict[str, Any]]) -> str:
 def write_report(rows: list[dict[str, Any]], path: str | Path, **extra: Any) -> tuple[Path, Path]:
     """Write the JSON report (per-pair rows, mean, extra fields) and the same rows as CSV.
 
-    The two are one output set ([`regzoo.io.output_files`][regzoo.io.outputs.output_files]): both are composed first,
-    written to temporary files beside their targets and renamed together, and an existing
-    report is replaced only when regzoo wrote it. ``path`` names either file
+    The two are one output set ([`regzoo.io.output_files`][regzoo.io.outputs.output_files]): both
+    are composed first, written to temporary files beside their targets and renamed together, and an
+    existing report is replaced only when regzoo wrote it. ``path`` names either file
     ([`report_paths`][regzoo.evaluation.report_paths]).
 
     Raises:

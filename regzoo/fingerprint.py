@@ -1,9 +1,9 @@
 """A fingerprint of a checkpoint's weights, written with it and checked when it is loaded.
 
-The config digest ([`regzoo.model.config_digest`][regzoo.checkpoint.config_digest]) recognises a config edited after
-training; the fingerprint recognises weights that are not the ones trained with it, such as the
-``state_dict`` of another model of the same shapes put into the file. Checkpoints written
-before the fingerprint existed carry none and still load.
+The config digest ([`regzoo.model.config_digest`][regzoo.checkpoint.config_digest]) recognises a
+config edited after training; the fingerprint recognises weights that are not the ones trained with
+it, such as the ``state_dict`` of another model of the same shapes put into the file. Checkpoints
+written before the fingerprint existed carry none and still load.
 """
 
 from __future__ import annotations

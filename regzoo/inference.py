@@ -69,9 +69,10 @@ class RegistrationResult:
             (``linear_elastic.mu``), when the fixed image's label map was given.
         refine_iterations: the refinement iterations that ran (fewer than asked when it
             stopped early), 0 without refinement.
-        objective: the model's own objective of the result ([`objective_readout`][regzoo.inference.objective_readout]:
-            ``objective``, ``similarity`` and each term's ``energies``), as refinement
-            minimises it; ``None`` for a per-label model without the fixed label map.
+        objective: the model's own objective of the result
+            ([`objective_readout`][regzoo.inference.objective_readout]: ``objective``,
+            ``similarity`` and each term's ``energies``), as refinement minimises it; ``None`` for a
+            per-label model without the fixed label map.
     """
 
     displacement: torch.Tensor
@@ -82,6 +83,38 @@ class RegistrationResult:
     parameter_maps: dict[str, torch.Tensor] = field(default_factory=dict)
     refine_iterations: int = 0
     objective: dict[str, Any] | None = None
+
+    def save(
+        self,
+        folder: str | Path,
+        *,
+        segmentations: Mapping[str, ImageLike] | None = None,
+        overwrite: bool = True,
+    ) -> list[Path]:
+        """Write the result's files into ``folder`` as one output set, atomically.
+
+        The files are those of [`save_result`][regzoo.inference.save_result] (the displacement
+        in voxels and as an ITK/ANTs/Slicer transform, the warped image, the Jacobian
+        determinant, warped segmentations, parameter maps), with the fixed image's affine;
+        they are written beside ``folder`` and swapped into place
+        ([`write_result`][regzoo.inference.write_result]), so a killed run leaves the previous
+        set or the new one, never a mix.
+
+        Args:
+            folder: the output folder (made when missing).
+            segmentations: moving label maps by name, each written as ``warped_<name>.nii.gz``.
+            overwrite: replace an earlier output set of regzoo's in ``folder`` (a folder holding
+                other files is always refused).
+
+        Returns:
+            The paths written.
+
+        Raises:
+            InputError: a segmentation whose shape differs from the displacement's.
+            OutputExistsError: ``folder`` holds files regzoo did not write, or an output set
+                and ``overwrite`` is false.
+        """
+        return write_result(self, folder, segmentations=segmentations, overwrite=overwrite)
 
 
 def objective_readout(terms: LossTerms, index: int = 0) -> dict[str, Any]:
@@ -175,8 +208,8 @@ def register(
     Args:
         model: a trained model (see [`regzoo.checkpoint.load_model`][regzoo.checkpoint.load_model]).
         fixed: 2D or 3D image (path to a NIfTI file, array, tensor or
-            [`Volume`][regzoo.io.geometry.Volume]) in raw intensities (HU for CT); it is normalised with
-            the model's training window.
+            [`Volume`][regzoo.io.geometry.Volume]) in raw intensities (HU for CT); it is normalised
+            with the model's training window.
         moving: the moving image, on the same grid as ``fixed`` (shape and affine).
         refine: the refinement after the network ([`RefineOptions`][regzoo.refinement.RefineOptions]:
             steps, similarity, split, tol...; ``None``: the network only). An integer, the
@@ -278,12 +311,14 @@ def choose_parameters(
         batch_size: settings per forward pass.
 
     Returns:
-        ``(params, sweep)``: the chosen values of the grid's parameters (full names) and the
-        [`regzoo.sweeping.SweepResult`][regzoo.sweeping.SweepResult] of the pair, whose rows hold every setting's measures.
+        params: the chosen values of the grid's parameters, by full name.
+        sweep: the pair's [`SweepResult`][regzoo.sweeping.SweepResult], whose rows hold
+            every setting's measures.
 
     Raises:
         UnknownNameError: an unknown criterion or parameter name.
-        InputError: as [`register`][regzoo.inference.register], or when every setting folds more than ``max_folding``.
+        InputError: as [`register`][regzoo.inference.register], or when every setting folds more
+            than ``max_folding``.
     """
     from regzoo.criteria import needs_backward
     from regzoo.sweeping import sweep
@@ -368,10 +403,11 @@ def check_label_values(model: RegistrationModel, data: Any, source: Any) -> np.n
     """A label map's values as ``int64``, after checking it is one, so that an image given as
     labels (a CT) is refused instead of silently making every per-label region empty.
 
-    A label map is finite, integer-valued and non-negative, has at most [`MAX_LABELS`][regzoo.inference.MAX_LABELS]
-    distinct values, and holds at least one label of the model's per-label parameters. Labels
-    the model does not know ([`known_labels`][regzoo.inference.known_labels]) take the background value; they are named
-    in a ``RuntimeWarning``.
+    A label map is finite, integer-valued and non-negative, has at most
+    [`MAX_LABELS`][regzoo.inference.MAX_LABELS] distinct values, and holds at least one label of the
+    model's per-label parameters. Labels the model does not know
+    ([`known_labels`][regzoo.inference.known_labels]) take the background value; they are named in a
+    ``RuntimeWarning``.
 
     Raises:
         InputError: non-integer, non-finite or negative values, too many distinct values, or
@@ -434,8 +470,8 @@ def build_result(
     params: Mapping[str, float],
     affine: np.ndarray,
 ) -> RegistrationResult:
-    """The [`RegistrationResult`][regzoo.inference.RegistrationResult] of a field: the moving image warped in its own
-    intensities and the Jacobian determinant map.
+    """The [`RegistrationResult`][regzoo.inference.RegistrationResult] of a field: the moving image
+    warped in its own intensities and the Jacobian determinant map.
 
     Args:
         displacement: ``(1, D, *spatial)`` voxels on the fixed grid, on the model's device.
@@ -541,8 +577,9 @@ def write_result(
 ) -> list[Path]:
     """Write the result's files ([`save_result`][regzoo.inference.save_result]) as one output set.
 
-    The set is built beside ``out_dir`` and swapped into place ([`regzoo.io.output_folder`][regzoo.io.outputs.output_folder]):
-    a killed run leaves the previous set or the new one, never a mix. Returns the final paths.
+    The set is built beside ``out_dir`` and swapped into place
+    ([`regzoo.io.output_folder`][regzoo.io.outputs.output_folder]): a killed run leaves the previous
+    set or the new one, never a mix. Returns the final paths.
 
     Raises:
         InputError: a segmentation whose shape differs from the displacement's.

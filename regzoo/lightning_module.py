@@ -1,10 +1,11 @@
 """How a model is TRAINED: the LightningModule that wraps a
-[`RegistrationModel`][regzoo.registration_model.RegistrationModel] (parameter sampling, curriculum, loss,
-validation, optimisers, checkpoint state hooks).
+[`RegistrationModel`][regzoo.registration_model.RegistrationModel] (parameter sampling, curriculum,
+loss, validation, optimisers, checkpoint state hooks).
 
 Checkpoints store the wrapped model's weights under its own names (``net.*``): the hooks
 remove the wrapper's ``model.`` prefix on save and restore it on load, so checkpoints written
-before the split and after it load alike ([`regzoo.checkpoint.load_model`][regzoo.checkpoint.load_model], resume).
+before the split and after it load alike
+([`regzoo.checkpoint.load_model`][regzoo.checkpoint.load_model], resume).
 """
 
 from __future__ import annotations
@@ -17,7 +18,13 @@ import torch
 from lightning.pytorch.utilities.types import OptimizerLRSchedulerConfig
 
 from regzoo._errors import RegzooError
-from regzoo.checkpoint import CHECKPOINT_KEY, config_digest, model_weights, plugin_reference
+from regzoo.checkpoint import (
+    CHECKPOINT_KEY,
+    config_digest,
+    model_weights,
+    plugin_origins,
+    plugin_reference,
+)
 from regzoo.config import ExperimentConfig
 from regzoo.metrics import dice, target_registration_error
 from regzoo.nets import RegistrationNet, RegistrationOutput
@@ -42,7 +49,8 @@ class NonFiniteLossError(RegzooError, FloatingPointError):
 
 
 class HyperRegistration(L.LightningModule):
-    """Trains a [`RegistrationModel`][regzoo.registration_model.RegistrationModel] (held as ``model``).
+    """Trains a [`RegistrationModel`][regzoo.registration_model.RegistrationModel] (held as
+    ``model``).
 
     Training draws one parameter vector per sample from the free space (uniform on each
     parameter's scale, ends oversampled at ``sampling.endpoint_rate``; with
@@ -92,17 +100,20 @@ class HyperRegistration(L.LightningModule):
         return self.model.ndim
 
     def energy_spacing(self, spacing: Spacing) -> torch.Tensor | None:
-        """See [`RegistrationModel.energy_spacing`][regzoo.registration_model.RegistrationModel.energy_spacing]."""
+        """See
+        [`RegistrationModel.energy_spacing`][regzoo.registration_model.RegistrationModel.energy_spacing]."""
         return self.model.energy_spacing(spacing)
 
     def parameter_tensor(
         self, params: Mapping[str, float] | torch.Tensor | None, batch: int
     ) -> torch.Tensor:
-        """See [`RegistrationModel.parameter_tensor`][regzoo.registration_model.RegistrationModel.parameter_tensor]."""
+        """See
+        [`RegistrationModel.parameter_tensor`][regzoo.registration_model.RegistrationModel.parameter_tensor]."""
         return self.model.parameter_tensor(params, batch)
 
     def regularized_field(self, output: RegistrationOutput) -> torch.Tensor:
-        """See [`RegistrationModel.regularized_field`][regzoo.registration_model.RegistrationModel.regularized_field]."""
+        """See
+        [`RegistrationModel.regularized_field`][regzoo.registration_model.RegistrationModel.regularized_field]."""
         return self.model.regularized_field(output)
 
     def forward(
@@ -111,7 +122,8 @@ class HyperRegistration(L.LightningModule):
         moving: torch.Tensor,
         params: Mapping[str, float] | torch.Tensor | None = None,
     ) -> RegistrationOutput:
-        """The wrapped model's prediction ([`RegistrationModel.forward`][regzoo.registration_model.RegistrationModel.forward])."""
+        """The wrapped model's prediction
+        ([`RegistrationModel.forward`][regzoo.registration_model.RegistrationModel.forward])."""
         return self.model(fixed, moving, params)
 
     # -- training ---------------------------------------------------------------------
@@ -140,8 +152,11 @@ class HyperRegistration(L.LightningModule):
         width = self.curriculum_width(self.global_step if step is None else step)
         if width < 1.0:  # shrink the draws towards the defaults, on the normalised scale
             centre = self.space.normalize(self.parameter_tensor(None, 1).cpu())
-            unit = centre + width * (self.space.normalize(values) - centre)
-            values = self.space.denormalize(unit)
+            offset = self.space.normalize(values) - centre
+            periodic = torch.tensor([s.scale == "periodic" for s in self.space.specs])
+            # a periodic parameter moves the short way round its circle
+            offset = torch.where(periodic, torch.remainder(offset + 0.5, 1.0) - 0.5, offset)
+            values = self.space.denormalize(centre + width * offset)
         return values.to(self.device)
 
     def _loss(self, batch: Mapping[str, Any], values: torch.Tensor) -> tuple[LossTerms, Any, Any]:
@@ -214,8 +229,9 @@ class HyperRegistration(L.LightningModule):
     def training_step(self, batch: Mapping[str, Any], batch_idx: int) -> dict[str, Any] | None:
         """One step: draw per-sample parameters, register, compute the per-sample loss.
 
-        A non-finite loss stops training with [`NonFiniteLossError`][regzoo.lightning_module.NonFiniteLossError] naming the step and
-        the drawn parameters (``trainer.nonfinite: skip`` skips the step instead).
+        A non-finite loss stops training with
+        [`NonFiniteLossError`][regzoo.lightning_module.NonFiniteLossError] naming the step and the
+        drawn parameters (``trainer.nonfinite: skip`` skips the step instead).
 
         Returns:
             ``{"loss", "values", "displacement", "warped"}`` (the extras detached, for the
@@ -266,9 +282,10 @@ class HyperRegistration(L.LightningModule):
         )
 
     def _skip(self, what: str) -> bool:
-        """Count a skipped step; past [`MAX_CONSECUTIVE_SKIPS`][regzoo.lightning_module.MAX_CONSECUTIVE_SKIPS] in a row, or more than that
-        many making over a quarter of all steps, training stops (the weights no longer produce
-        finite values: skipping on would end with useless ones)."""
+        """Count a skipped step; past
+        [`MAX_CONSECUTIVE_SKIPS`][regzoo.lightning_module.MAX_CONSECUTIVE_SKIPS] in a row, or more
+        than that many making over a quarter of all steps, training stops (the weights no longer
+        produce finite values: skipping on would end with useless ones)."""
         self._skipped = getattr(self, "_skipped", 0) + 1
         self._skipped_total = getattr(self, "_skipped_total", 0) + 1
         steps = self._skipped_total + self.global_step
@@ -321,12 +338,13 @@ class HyperRegistration(L.LightningModule):
             self.log("val/tre_mm", tre, batch_size=1, prog_bar=True, sync_dist=True)
 
     def configure_optimizers(self) -> OptimizerLRSchedulerConfig:
-        """The optimiser and schedule of [`regzoo.optimizers.configure_optimizers`][regzoo.optimizers.configure_optimizers]."""
+        """The optimiser and schedule of
+        [`regzoo.optimizers.configure_optimizers`][regzoo.optimizers.configure_optimizers]."""
         return configure_optimizers(self.config, self.named_parameters())
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the weights as the model names them (``net.*``), the config, the plugins (file
-        paths made absolute), the free space and the parameter sampler's state, so that
+        paths made absolute) and the distributions that provide them, the free space and the parameter sampler's state, so that
         [`load_model`][regzoo.checkpoint.load_model] can rebuild the model from another folder and
         check it, and ``train --resume`` continues the same draws."""
         for key in ("state_dict", "current_model_state"):  # the latter: weight averaging's
@@ -335,6 +353,7 @@ class HyperRegistration(L.LightningModule):
         checkpoint[CHECKPOINT_KEY] = {
             "config": self.config.model_dump(mode="json"),
             "plugins": [plugin_reference(p) for p in self.config.plugins],
+            "plugin_origins": plugin_origins(self.config),  # the packages to install
             "free_parameters": self.space.names,
             "sampler_states": self._sampler_states(),
             "config_digest": config_digest(self.config),

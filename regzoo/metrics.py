@@ -100,7 +100,7 @@ def folding_fraction(displacement: torch.Tensor) -> float:
 
 
 def jacobian_scores(displacement: torch.Tensor) -> dict[str, float]:
-    """``{"sdlogj", "folding_fraction"}`` ([`sdlogj`][regzoo.metrics.sdlogj], [`folding_fraction`][regzoo.metrics.folding_fraction]) from one
-    Jacobian computation."""
+    """``{"sdlogj", "folding_fraction"}`` ([`sdlogj`][regzoo.metrics.sdlogj],
+    [`folding_fraction`][regzoo.metrics.folding_fraction]) from one Jacobian computation."""
     det = _determinant(displacement)
     return {"sdlogj": _sdlogj(det), "folding_fraction": _folding(det)}

@@ -6,7 +6,8 @@ in term order. A parameter given per tissue label contributes one entry per labe
 ``term.param@label`` (e.g. ``linear_elastic.mu@lung``), and reaches its regularizer as a spatial
 map ``(B, 1, *spatial)`` built from the fixed image's label map. Fixed parameters are constants
 of the objective. No code here branches on a regularizer's name, and nothing here reads a
-config: [`regzoo.resolve.build_objective`][regzoo.resolve.build_objective] builds an objective from one.
+config: [`regzoo.resolve.build_objective`][regzoo.resolve.build_objective] builds an objective from
+one.
 """
 
 from __future__ import annotations
@@ -86,8 +87,9 @@ class LossTerms:
         similarity: the similarity loss.
         energies: each term's energy (without its weight).
         normalizer: a detached positive factor per sample; training minimises
-            ``total / normalizer`` (see [`training_loss`][regzoo.objective.LossTerms.training_loss]), which has the same minimiser per
-            sample but a gradient of comparable size for soft and stiff samples.
+            ``total / normalizer`` (see
+            [`training_loss`][regzoo.objective.LossTerms.training_loss]), which has the same
+            minimiser per sample but a gradient of comparable size for soft and stiff samples.
     """
 
     total: torch.Tensor
@@ -149,7 +151,8 @@ class Objective(nn.Module):
 
     @property
     def needs_labels(self) -> bool:
-        """True when a term has per-label parameters: [`forward`][regzoo.objective.Objective.forward] then needs a label map."""
+        """True when a term has per-label parameters:
+        [`forward`][regzoo.objective.Objective.forward] then needs a label map."""
         return any(term.maps for term in self.terms)
 
     def canonical_name(self, key: str) -> str:
@@ -261,7 +264,8 @@ class Objective(nn.Module):
         """Per-sample loss of a batch; ``values`` ``(B, P)`` are the free parameters.
 
         ``labels`` is the fixed image's integer label map ``(B or 1, 1, *spatial)`` on the
-        field's grid, needed when a term has per-label parameters ([`needs_labels`][regzoo.objective.Objective.needs_labels]).
+        field's grid, needed when a term has per-label parameters
+        ([`needs_labels`][regzoo.objective.Objective.needs_labels]).
         """
         return self.combine(self.similarity(fixed, warped), field, values, spacing, labels)
 
@@ -274,7 +278,8 @@ class Objective(nn.Module):
         labels: torch.Tensor | None = None,
     ) -> LossTerms:
         """The loss parts for a similarity value ``sim`` ``(B,)`` computed by the caller (e.g.
-        refinement comparing precomputed descriptors); otherwise as [`forward`][regzoo.objective.Objective.forward]."""
+        refinement comparing precomputed descriptors); otherwise as
+        [`forward`][regzoo.objective.Objective.forward]."""
         weighted = torch.zeros_like(sim)
         reference = torch.zeros_like(sim)
         weight_sum: torch.Tensor | float = 0.0

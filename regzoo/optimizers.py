@@ -50,7 +50,8 @@ def configure_optimizers(
 
     The fused kernel updates all parameters in one pass: the hypernetwork's heads hold
     ~10M parameters, whose update costs 70 ms per step unfused on one CPU core, 8 ms fused.
-    The schedule ([`learning_rate_factor`][regzoo.optimizers.learning_rate_factor]) is applied every optimizer step.
+    The schedule ([`learning_rate_factor`][regzoo.optimizers.learning_rate_factor]) is applied every
+    optimizer step.
     """
     opt = config.optimizer
     cls = torch.optim.AdamW if opt.name == "adamw" else torch.optim.Adam

@@ -1,9 +1,9 @@
 """Parameter specifications and spaces.
 
-A regularizer declares its physical parameters as a [`ParamSpace`][regzoo.params.ParamSpace], an ordered set of
-[`ParamSpec`][regzoo.params.ParamSpec]. Nothing else in the library knows their names: training draws parameter
-vectors from the space, the hypernetwork is conditioned on their normalised values, and the
-test-time tools build grids over it.
+A regularizer declares its physical parameters as a [`ParamSpace`][regzoo.params.ParamSpace], an
+ordered set of [`ParamSpec`][regzoo.params.ParamSpec]. Nothing else in the library knows their
+names: training draws parameter vectors from the space, the hypernetwork is conditioned on their
+normalised values, and the test-time tools build grids over it.
 
 At the API surface a parameter vector is a mapping ``name -> value``; inside the networks it is a
 tensor ``(B, P)`` in the order of the space.
@@ -42,7 +42,8 @@ class ParamSpec(BaseModel):
             parameter (an angle) whose range ``[low, high)`` is one period: ``high`` is the
             same setting as ``low``, any value is wrapped into the range, grids over the whole
             period do not repeat the end, and the networks see it as a point on the circle
-            ([`ParamSpace.features`][regzoo.params.ParamSpace.features]), so the two ends condition them identically.
+            ([`ParamSpace.features`][regzoo.params.ParamSpace.features]), so the two ends condition
+            them identically.
         domain: the physically valid interval ``(min, max)`` (``None``: unbounded on that
             side), e.g. ``(0.0, None)`` for a stiffness. Unlike ``[low, high]``, the default
             training range that a config may move, the domain is a hard limit: a range or
@@ -253,13 +254,14 @@ class ParamSpec(BaseModel):
 
 
 class ParamSpace(BaseModel):
-    """An ordered set of [`ParamSpec`][regzoo.params.ParamSpec] with sampling, normalisation and grids.
+    """An ordered set of [`ParamSpec`][regzoo.params.ParamSpec] with sampling, normalisation and
+    grids.
 
     Normalised coordinates lie in ``[0, 1]^P`` and are linear in the value (``scale="linear"``)
     or in its logarithm (``scale="log"``); a periodic parameter's coordinate is its phase in
     ``[0, 1)``. Fixed parameters (``low == high``) normalise to 0. The networks are conditioned
-    on [`features`][regzoo.params.ParamSpace.features]: the normalised coordinates, each periodic one as ``(cos, sin)`` of its
-    phase (``feature_size`` numbers in all).
+    on [`features`][regzoo.params.ParamSpace.features]: the normalised coordinates, each periodic
+    one as ``(cos, sin)`` of its phase (``feature_size`` numbers in all).
 
     Examples:
         >>> space = ParamSpace.of(
@@ -351,16 +353,16 @@ class ParamSpace(BaseModel):
 
     @property
     def feature_size(self) -> int:
-        """How many numbers [`features`][regzoo.params.ParamSpace.features] gives per vector: one per parameter, two per
-        periodic one."""
+        """How many numbers [`features`][regzoo.params.ParamSpace.features] gives per vector: one
+        per parameter, two per periodic one."""
         return sum(2 if s.scale == "periodic" else 1 for s in self.specs)
 
     def features(self, values: torch.Tensor) -> torch.Tensor:
         """What the networks are conditioned on: ``(..., P)`` values to ``(..., feature_size)``.
 
-        Each parameter's normalised coordinate ([`normalize`][regzoo.params.ParamSpace.normalize]), a periodic one replaced by
-        ``(cos, sin)`` of its phase mapped to ``[0, 1]`` (so both ends of its period, the same
-        setting, give the same features). Without periodic parameters this is
+        Each parameter's normalised coordinate ([`normalize`][regzoo.params.ParamSpace.normalize]),
+        a periodic one replaced by ``(cos, sin)`` of its phase mapped to ``[0, 1]`` (so both ends of
+        its period, the same setting, give the same features). Without periodic parameters this is
         [`normalize`][regzoo.params.ParamSpace.normalize].
         """
         unit = self.normalize(values)
@@ -387,7 +389,8 @@ class ParamSpace(BaseModel):
         return torch.where(self._scale_mask(values, "periodic"), torch.remainder(unit, 1.0), unit)
 
     def denormalize(self, unit: torch.Tensor) -> torch.Tensor:
-        """Inverse of [`normalize`][regzoo.params.ParamSpace.normalize]: map ``[0, 1]^P`` coordinates ``(..., P)`` to values."""
+        """Inverse of [`normalize`][regzoo.params.ParamSpace.normalize]: map ``[0, 1]^P``
+        coordinates ``(..., P)`` to values."""
         self._check_last_dim(unit, "denormalize")
         lows, highs = self._bounds(unit)
         periodic = self._scale_mask(unit, "periodic")

@@ -1,11 +1,12 @@
 """Instance optimisation: make the network's fast estimate exact under the same physics.
 
 The network amortises the registration over a data set and a parameter range; at one chosen
-setting its field is a good start but not the optimum of its own objective. [`refine_field`][regzoo.refinement.refine_field]
-minimises that objective, the config's similarity plus every regularizer term at the SAME
-parameters and weights, directly over the field, warm-started from the network's field. It
-knows nothing of the regularizers' names: whatever [`Objective`][regzoo.objective.Objective]
-evaluates (built-in terms and plugins alike) is what it minimises.
+setting its field is a good start but not the optimum of its own objective.
+[`refine_field`][regzoo.refinement.refine_field] minimises that objective, the config's similarity
+plus every regularizer term at the SAME parameters and weights, directly over the field,
+warm-started from the network's field. It knows nothing of the regularizers' names: whatever
+[`Objective`][regzoo.objective.Objective] evaluates (built-in terms and plugins alike) is what it
+minimises.
 
 The field is optimised on a grid ``grid_downsize`` times coarser than the fixed image and
 upsampled (trilinear, corner-aligned) before warping, so the objective is evaluated at full
@@ -17,10 +18,11 @@ Diffeomorphic models (``int_steps > 0``) refine the stationary velocity and inte
 scaling and squaring, so the result stays invertible.
 
 Refinement may minimise another similarity than the one the network was trained with (e.g.
-MIND-SSC, [`regzoo.similarity.descriptor`][regzoo.similarity.descriptor]), with the same regularizer terms; a descriptor
-similarity's descriptors are computed once per image pair and level and the moving image's
-descriptors are warped. With ``tol > 0`` each level stops early once the objective's relative
-change per iteration falls below ``tol``; [`RefineTrace`][regzoo.refinement.RefineTrace] records how many iterations ran.
+MIND-SSC, [`regzoo.similarity.descriptor`][regzoo.similarity.descriptor]), with the same regularizer
+terms; a descriptor similarity's descriptors are computed once per image pair and level and the
+moving image's descriptors are warped. With ``tol > 0`` each level stops early once the objective's
+relative change per iteration falls below ``tol``; [`RefineTrace`][regzoo.refinement.RefineTrace]
+records how many iterations ran.
 
 The module is long because the options, the trace and the optimisation loop they steer (pyramid
 levels, descriptors, early stopping, L-BFGS) are read together.
@@ -64,7 +66,8 @@ __all__ = [
 
 
 class RefineCancelledError(RegzooError):
-    """A refinement stopped because its [`RefineTrace`][regzoo.refinement.RefineTrace] was cancelled."""
+    """A refinement stopped because its [`RefineTrace`][regzoo.refinement.RefineTrace] was
+    cancelled."""
 
 
 def check_steps(steps: int, *, minimum: int = 0, what: str = "refine: steps") -> int:
@@ -393,7 +396,8 @@ def refine_field(
 
 
 def _resize_image(image: torch.Tensor, size: Sequence[int]) -> torch.Tensor:
-    """Linear resampling on the corner-aligned grid that [`resize_flow`][regzoo.spatial.resize_flow] uses."""
+    """Linear resampling on the corner-aligned grid that [`resize_flow`][regzoo.spatial.resize_flow]
+    uses."""
     if tuple(size) == tuple(image.shape[2:]):
         return image
     mode = "bilinear" if image.ndim == 4 else "trilinear"
@@ -485,9 +489,10 @@ def _comparator(
 ) -> Callable[[torch.Tensor], torch.Tensor]:
     """``displacement -> similarity(fixed, moving warped by it)`` for one pair and level.
 
-    A [`DescriptorSimilarity`][regzoo.similarity.descriptor.DescriptorSimilarity] term's descriptors are computed here, once, and the moving
-    image's descriptors are warped (as deeds and ConvexAdam do); the other terms of a
-    [`WeightedSum`][regzoo.similarity.combinations.WeightedSum] share one warped image and are bound to the fixed image once
+    A [`DescriptorSimilarity`][regzoo.similarity.descriptor.DescriptorSimilarity] term's descriptors
+    are computed here, once, and the moving image's descriptors are warped (as deeds and ConvexAdam
+    do); the other terms of a [`WeightedSum`][regzoo.similarity.combinations.WeightedSum] share one
+    warped image and are bound to the fixed image once
     ([`Similarity.bind_fixed`][regzoo.similarity.base.Similarity.bind_fixed]).
     """
     terms = similarity.items() if isinstance(similarity, WeightedSum) else [(1.0, similarity)]
@@ -564,7 +569,10 @@ def refine(
         trace: if given, receives the objective per iteration (and the iterations that ran,
             ``trace.iterations``, fewer than the budget when ``options.tol`` stopped a level).
         spacing: the images' voxel spacing in mm; the energies are then per mm when the model
-            was trained that way (``energy_units: mm``, [`energy_spacing`][regzoo.registration_model.RegistrationModel.energy_spacing]).
+            was trained that way (``energy_units: mm``,
+            [`energy_spacing`][regzoo.registration_model.RegistrationModel.energy_spacing]).
+            Required for such a model (no guess: [`register`][regzoo.inference.register] reads it
+            from the files); optional with ``energy_units: voxel``.
         labels: the fixed image's integer label map ``(B or 1, 1, *spatial)``; needed when
             the model has per-label parameters.
         similarity: a [`Similarity`][regzoo.similarity.base.Similarity] instance to refine under (what a
@@ -578,9 +586,19 @@ def refine(
 
     Examples:
         >>> options = regzoo.RefineOptions(steps=30)
-        >>> output = regzoo.refine(model, fixed, moving, {"lam": 1.0, "mu": 1.0}, options)
+        >>> output = regzoo.refine(
+        ...     model, fixed, moving, {"lam": 1.0, "mu": 1.0}, options, spacing=(1.5, 1.5, 1.5)
+        ... )
         >>> output.displacement.shape  # (B, 3, X, Y, Z)
     """
+    if spacing is None and model.config.energy_units == "mm":
+        # energies per mm depend on the voxel size: a silent 1 mm guess disagrees with
+        # register(refine=N), which reads the spacing from the files
+        raise InputError(
+            "refine: the model's energies are per mm (energy_units: mm), so the result depends "
+            "on the voxel size: pass spacing= (the images' spacing in mm, e.g. "
+            "read_volume(path).spacing; (1, 1, 1) for 1 mm voxels)"
+        )
     given = RefineOptions.coerce(options, "refine(options=...)")
     options = _merge_legacy(given, similarity, settings)
     instance = similarity if isinstance(similarity, Similarity) else None

@@ -1,9 +1,11 @@
 """What a model IS: the network, its objective, the free-parameter space and the units.
 
-[`RegistrationModel`][regzoo.registration_model.RegistrationModel] is what [`load_model`][regzoo.checkpoint.load_model] returns and what every
-test-time tool (register, refine, the sweep, the explorer, evaluation) uses. How it is trained
-lives in [`regzoo.lightning_module`][regzoo.lightning_module] (which wraps one), how it is stored in
-[`regzoo.checkpoint`][regzoo.checkpoint]. "The objective of a result" is here too ([`result_objective`][regzoo.registration_model.result_objective],
+[`RegistrationModel`][regzoo.registration_model.RegistrationModel] is what
+[`load_model`][regzoo.checkpoint.load_model] returns and what every test-time tool (register,
+refine, the sweep, the explorer, evaluation) uses. How it is trained lives in
+[`regzoo.lightning_module`][regzoo.lightning_module] (which wraps one), how it is stored in
+[`regzoo.checkpoint`][regzoo.checkpoint]. "The objective of a result" is here too
+([`result_objective`][regzoo.registration_model.result_objective],
 [`field_objective`][regzoo.registration_model.field_objective]): refinement minimises the same sum.
 """
 
@@ -32,8 +34,9 @@ __all__ = [
 
 
 def build_network(config: ExperimentConfig, num_params: int) -> RegistrationNet:
-    """The registration network ``config.model`` describes, conditioned on ``num_params`` free
-    parameters (none when ``model.hyper`` is false)."""
+    """The registration network ``config.model`` describes, conditioned on ``num_params``
+    numbers: the free space's [`feature_size`][regzoo.params.ParamSpace.feature_size] (one per
+    parameter, two per periodic one; none when ``model.hyper`` is false)."""
     model = config.model
     return RegistrationNet(
         model.ndim,
@@ -66,7 +69,7 @@ class RegistrationModel(nn.Module):
         self.config = config
         self.objective = build_objective(config)
         self.space = self.objective.space
-        self.net = build_network(config, len(self.space))
+        self.net = build_network(config, self.space.feature_size)  # periodic: (cos, sin)
 
     @property
     def ndim(self) -> int:
@@ -136,8 +139,9 @@ class RegistrationModel(nn.Module):
     def predict(
         self, fixed: torch.Tensor, moving: torch.Tensor, values: torch.Tensor
     ) -> RegistrationOutput:
-        """The network's output at physical values ``(B, P)`` (normalised for the network)."""
-        unit = self.space.normalize(values) if self.net.num_params else None
+        """The network's output at physical values ``(B, P)`` (conditioned on their
+        [`features`][regzoo.params.ParamSpace.features])."""
+        unit = self.space.features(values) if self.net.num_params else None
         return self.net(fixed, moving, unit)
 
     def regularized_field(self, output: RegistrationOutput) -> torch.Tensor:
@@ -161,10 +165,11 @@ def field_objective(
     """The objective of one field: ``moving`` warped by ``displacement`` against ``fixed``,
     plus every term's energy of ``field`` (the displacement, or the velocity it integrates).
 
-    The one place where a result's objective is computed: [`result_objective`][regzoo.registration_model.result_objective]
-    (register, the sweep, the explorer) reads it out, and refinement minimises the same sum
-    ([`combine`][regzoo.objective.Objective.combine]; it evaluates the similarity itself, to
-    reuse descriptors or to refine under another similarity).
+    The one place where a result's objective is computed:
+    [`result_objective`][regzoo.registration_model.result_objective] (register, the sweep, the
+    explorer) reads it out, and refinement minimises the same sum
+    ([`combine`][regzoo.objective.Objective.combine]; it evaluates the similarity itself, to reuse
+    descriptors or to refine under another similarity).
 
     Args:
         objective: the similarity and regularizer terms (e.g. ``model.objective``).

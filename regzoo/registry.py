@@ -1,13 +1,14 @@
 """Name -> class registries with plugin discovery.
 
-A [`Registry`][regzoo.registry.Registry] maps names to classes. Built-ins register with a decorator; third-party
-packages register through an entry-point group (``regzoo.regularizers``,
+A [`Registry`][regzoo.registry.Registry] maps names to classes. Built-ins register with a decorator;
+third-party packages register through an entry-point group (``regzoo.regularizers``,
 ``regzoo.similarities``) and are discovered lazily the first time a registry is queried; a
-config may also name plugin modules or ``.py`` files to import ([`load_plugin`][regzoo.registry.load_plugin]).
+config may also name plugin modules or ``.py`` files to import
+([`load_plugin`][regzoo.registry.load_plugin]).
 
 A plugin that fails to load is recorded with its error and never hides the built-ins: asking
-for a name it was meant to provide raises [`PluginError`][regzoo._errors.PluginError] naming the plugin and the
-original error.
+for a name it was meant to provide raises [`PluginError`][regzoo._errors.PluginError] naming the
+plugin and the original error.
 """
 
 from __future__ import annotations

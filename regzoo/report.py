@@ -201,8 +201,8 @@ def write_sweep_report(
     refined), adds the two choices side by side and how many grid steps apart they are: whether
     the network's own ranking of parameters agrees with the physics.
 
-    ``criterion`` names a label-free criterion ([`regzoo.criteria`][regzoo.criteria]) that chooses the best
-    setting instead of ``metric``, which then only fills the tables. The summary shows what
+    ``criterion`` names a label-free criterion ([`regzoo.criteria`][regzoo.criteria]) that chooses
+    the best setting instead of ``metric``, which then only fills the tables. The summary shows what
     every applicable criterion would choose, and, under a folding limit, the setting the limit
     removed.
     """

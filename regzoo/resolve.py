@@ -1,10 +1,11 @@
 """Config resolution: where a config's names and options meet the registries.
 
-[`build_objective`][regzoo.resolve.build_objective] loads the plugins, builds the similarity and every regularizer term
-with its options, resolves each parameter to a fixed value, a training range or per-label
-ranges ([`build_term`][regzoo.resolve.build_term]), and checks the free space against ``model.hyper``; problems are
-reported as [`ConfigError`][regzoo.config.ConfigError] at their key. The loss itself is
-[`regzoo.objective.Objective`][regzoo.objective.Objective]; ``config.py`` is a pure schema.
+[`build_objective`][regzoo.resolve.build_objective] loads the plugins, builds the similarity and
+every regularizer term with its options, resolves each parameter to a fixed value, a training range
+or per-label ranges ([`build_term`][regzoo.resolve.build_term]), and checks the free space against
+``model.hyper``; problems are reported as [`ConfigError`][regzoo.config.ConfigError] at their key.
+The loss itself is [`regzoo.objective.Objective`][regzoo.objective.Objective]; ``config.py`` is a
+pure schema.
 """
 
 from __future__ import annotations

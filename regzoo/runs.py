@@ -1,14 +1,17 @@
 """Run directories of ``regzoo train``: who owns them, who uses them, how checkpoints land.
 
-- **Ownership**: a run directory regzoo writes holds [`RUN_MARKER`][regzoo.runs.RUN_MARKER]; ``--overwrite`` only
-  replaces such a run (or an empty folder), never a folder of someone else's files.
-- **Use**: a run directory is locked ([`run_lock`][regzoo.runs.run_lock]) while a run trains in it, so a second
-  ``train`` into the same place is refused instead of silently replacing the first one's model.
-- **Checkpoints**: [`AtomicCheckpointIO`][regzoo.runs.AtomicCheckpointIO] writes every checkpoint to a temporary file in
-  its own folder (never ``$TMPDIR``, which may be another file system), flushes it to the disk
-  and renames it over the previous one: a kill or a full disk keeps the last good checkpoint.
-- **Resuming**: [`check_checkpoint`][regzoo.runs.check_checkpoint] reads a checkpoint before training resumes from it
-  and turns every way it can be broken into one message.
+- **Ownership**: a run directory regzoo writes holds [`RUN_MARKER`][regzoo.runs.RUN_MARKER];
+  ``--overwrite`` only replaces such a run (or an empty folder), never a folder of someone else's
+  files.
+- **Use**: a run directory is locked ([`run_lock`][regzoo.runs.run_lock]) while a run trains in it,
+  so a second ``train`` into the same place is refused instead of silently replacing the first one's
+  model.
+- **Checkpoints**: [`AtomicCheckpointIO`][regzoo.runs.AtomicCheckpointIO] writes every checkpoint to
+  a temporary file in its own folder (never ``$TMPDIR``, which may be another file system), flushes
+  it to the disk and renames it over the previous one: a kill or a full disk keeps the last good
+  checkpoint.
+- **Resuming**: [`check_checkpoint`][regzoo.runs.check_checkpoint] reads a checkpoint before
+  training resumes from it and turns every way it can be broken into one message.
 """
 
 from __future__ import annotations
@@ -129,7 +132,8 @@ def check_replaceable(run_dir: str | Path) -> None:
 
 
 def remove_run(run_dir: str | Path) -> None:
-    """Remove what a previous run wrote in ``run_dir`` (after [`check_replaceable`][regzoo.runs.check_replaceable])."""
+    """Remove what a previous run wrote in ``run_dir`` (after
+    [`check_replaceable`][regzoo.runs.check_replaceable])."""
     import shutil
 
     run_dir = Path(run_dir)
@@ -196,8 +200,8 @@ class AtomicCheckpointIO(TorchCheckpointIO):
 
     Lightning's own writer stages a checkpoint in ``$TMPDIR`` and moves it, which copies the
     file when ``$TMPDIR`` is another file system: a kill during the copy leaves a truncated
-    ``last.ckpt``. This one writes with [`regzoo.io.atomic_save`][regzoo.io.outputs.atomic_save] (a temporary file in the
-    checkpoint's own folder, ``fsync``, ``os.replace``).
+    ``last.ckpt``. This one writes with [`regzoo.io.atomic_save`][regzoo.io.outputs.atomic_save] (a
+    temporary file in the checkpoint's own folder, ``fsync``, ``os.replace``).
     """
 
     def save_checkpoint(

@@ -100,8 +100,8 @@ def differences(
     """Forward differences of every channel along each axis, one tensor per axis.
 
     The values of [`gradient`][regzoo.spatial.gradient] without stacking them: the fused energies of
-    [`regzoo.regularizers.functional`][regzoo.regularizers.functional] combine them directly, and one autograd node with a
-    hand-written adjoint replaces the slicing (see ``docs/benchmarks.md``).
+    [`regzoo.regularizers.functional`][regzoo.regularizers.functional] combine them directly, and
+    one autograd node with a hand-written adjoint replaces the slicing (see ``docs/benchmarks.md``).
 
     Args:
         u: tensor ``(B, C, *spatial)`` with 2 or 3 spatial dims.
@@ -183,8 +183,8 @@ def _differences(
 def partials(u: torch.Tensor, spacing: Spacing = None) -> list[list[torch.Tensor]]:
     """The Jacobian of a displacement as separate entries: ``[j][i] = d u_j / d x_i``.
 
-    The values of [`gradient`][regzoo.spatial.gradient] (``gradient(u)[:, j, i]``), each ``(B, *(spatial - 1))``,
-    from one autograd node (see [`differences`][regzoo.spatial.differences]).
+    The values of [`gradient`][regzoo.spatial.gradient] (``gradient(u)[:, j, i]``), each ``(B,
+    *(spatial - 1))``, from one autograd node (see [`differences`][regzoo.spatial.differences]).
     """
     ndim = check_field(u, "partials")
     items = [(i, j) for j in range(ndim) for i in range(ndim)]
@@ -224,8 +224,9 @@ def laplacian(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
     """Centred second-difference Laplacian of every channel.
 
     ``sum_i (u(x + e_i) - 2 u(x) + u(x - e_i)) / h_i^2``: each axis's second difference is
-    centred at the same point ``x`` (unlike summing the diagonal of [`hessian`][regzoo.spatial.hessian], whose
-    forward differences sit at different points and miss high-frequency fields).
+    centred at the same point ``x`` (unlike summing the diagonal of
+    [`hessian`][regzoo.spatial.hessian], whose forward differences sit at different points and miss
+    high-frequency fields).
 
     Returns:
         Tensor ``(B, C, *(spatial - 2))`` on the interior points that have both neighbours

@@ -4,7 +4,8 @@ setting by a metric or a label-free criterion, optionally optimise the parameter
 compare the network with refinement at the best setting, draw the best and worst settings and
 write the report, as one output set.
 
-The command line only parses its options and prints [`SweepStudy`][regzoo.study.SweepStudy]'s summary.
+The command line only parses its options and prints [`SweepStudy`][regzoo.study.SweepStudy]'s
+summary.
 """
 
 from __future__ import annotations

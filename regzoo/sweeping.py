@@ -219,8 +219,8 @@ class SweepResult:
         return [eligible[k] for k in ranked], ""
 
     def choose(self, criterion: str | Criterion) -> dict[str, Any]:
-        """The setting a label-free criterion ([`regzoo.criteria`][regzoo.criteria]) picks for the data set,
-        from the settings' mean measures, among those within ``max_folding``.
+        """The setting a label-free criterion ([`regzoo.criteria`][regzoo.criteria]) picks for the
+        data set, from the settings' mean measures, among those within ``max_folding``.
 
         Raises:
             UnknownNameError: an unknown criterion name.
@@ -298,9 +298,11 @@ def sweep(
 ) -> SweepResult:
     """Evaluate every grid point on every pair, batching settings through the hypernetwork.
 
-    Parameters not in ``grid`` keep their defaults. A [`GridRange`][regzoo.sweeping.GridRange] axis is spaced on the
-    parameter's own scale (geometric for log-scale parameters). Each pair is replicated
-    ``batch_size`` times and registered at that many settings in one forward pass.
+    Parameters not in ``grid`` keep their defaults. A [`GridRange`][regzoo.sweeping.GridRange] axis
+    is spaced on the parameter's own scale (geometric for log-scale parameters); an axis may also be
+    the command line's text, ``"0.1:10:5"`` or ``"0.1,1,10"``
+    ([`parse_grid`][regzoo.sweeping.parse_grid]). Each pair is replicated ``batch_size`` times and
+    registered at that many settings in one forward pass.
 
     A grid axis may be a text in the CLI's form (``{"lam": "0.1:1:3"}`` or ``"0.1,1"``), read
     by [`parse_grid`][regzoo.sweeping.parse_grid].
@@ -314,8 +316,9 @@ def sweep(
     ``--max-folding``'s default), ``None`` lifts the limit. ``refine_steps`` and
     ``refine_options`` are the deprecated form of ``refine`` (a ``DeprecationWarning``).
 
-    Every row also holds the label-free measures of [`regzoo.criteria.label_free_measures`][regzoo.criteria.label_free_measures]
-    (the model's similarity, roughness, ...) that the criteria of [`regzoo.criteria`][regzoo.criteria] choose
+    Every row also holds the label-free measures of
+    [`regzoo.criteria.label_free_measures`][regzoo.criteria.label_free_measures] (the model's
+    similarity, roughness, ...) that the criteria of [`regzoo.criteria`][regzoo.criteria] choose
     from; ``backward=True`` registers every pair the other way round too (twice the cost) for
     ``inverse_consistency``.
 
@@ -333,8 +336,10 @@ def sweep(
     refine = RefineOptions.from_legacy(refine or refine_steps or None, refine_options, "sweep")
     names = [model.objective.canonical_name(k) for k in grid]
     axes = []
-    for name, axis in zip(names, grid.values(), strict=True):
+    for key, name, axis in zip(grid, names, grid.values(), strict=True):
         spec = model.space[name]
+        if isinstance(axis, str):  # the CLI's text: "START:STOP:COUNT" or "V1,V2"
+            axis = parse_grid([f"{key}={axis}"])[key]
         if isinstance(axis, GridRange):
             axis = spec.spaced(axis.start, axis.stop, axis.count)
         axes.append([spec.check(v) for v in axis])
@@ -528,7 +533,7 @@ def optimize_parameters(
     try:
         for _ in range(steps):
             values = space.denormalize(unit)
-            output = model.net(fixed, moving, unit)
+            output = model.net(fixed, moving, space.features(values))
             if criterion == "dice":
                 value = 1.0 - _soft_dice(warp(source, output.displacement), target)
             else:
@@ -569,7 +574,8 @@ def optimize_dataset(
     names: Sequence[str] | None = None,
     steps: int = 30,
 ) -> list[dict[str, Any]]:
-    """[`optimize_parameters`][regzoo.sweeping.optimize_parameters] on every pair; one row per pair with its ids."""
+    """[`optimize_parameters`][regzoo.sweeping.optimize_parameters] on every pair; one row per pair
+    with its ids."""
     return [
         {
             "fixed_id": item["fixed_id"],

@@ -1,11 +1,11 @@
 """Check a config's ``trainer`` section against what Lightning and this machine accept.
 
-The schema ([`regzoo.config.TrainerConfig`][regzoo.config.TrainerConfig]) only knows the fields' types: a config written
-for a GPU machine must still load on a laptop (to register with its model). Whether
-``accelerator``, ``devices``, ``strategy`` and ``precision`` can *train here* is a question for
-Lightning and the hardware, asked by [`check_trainer`][regzoo.trainer_check.check_trainer] before a run folder is made (by
-``regzoo train`` and ``regzoo config check``), so a typo is one line, not a traceback after a
-half-made run.
+The schema ([`regzoo.config.TrainerConfig`][regzoo.config.TrainerConfig]) only knows the fields'
+types: a config written for a GPU machine must still load on a laptop (to register with its model).
+Whether ``accelerator``, ``devices``, ``strategy`` and ``precision`` can *train here* is a question
+for Lightning and the hardware, asked by [`check_trainer`][regzoo.trainer_check.check_trainer]
+before a run folder is made (by ``regzoo train`` and ``regzoo config check``), so a typo is one
+line, not a traceback after a half-made run.
 """
 
 from __future__ import annotations
@@ -39,8 +39,8 @@ def check_trainer(trainer: TrainerConfig) -> None:
 
     Names are checked against Lightning's own registries (accelerators, strategies, precision
     values), with close matches for typos; then the combination is handed to Lightning's
-    accelerator connector exactly as [`regzoo.train`][regzoo.training.train] will (an accelerator this machine
-    lacks, more devices than it has, a precision the accelerator cannot run).
+    accelerator connector exactly as [`regzoo.train`][regzoo.training.train] will (an accelerator
+    this machine lacks, more devices than it has, a precision the accelerator cannot run).
 
     Raises:
         ConfigError: one line naming the field (``trainer.accelerator: ...``).

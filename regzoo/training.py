@@ -59,10 +59,10 @@ def prepare_run_dir(
 
     Raises:
         InputError: ``resume`` and ``overwrite`` together, a resumed config that changes
-            what a resumed run keeps ([`regzoo.checkpoint.check_resume`][regzoo.checkpoint.check_resume], the CLI's
-            policy too: the model's sections, or any setting but the resumable ones), or a
-            checkpoint to resume that is unreadable, truncated, another model's or holds NaN
-            weights.
+            what a resumed run keeps
+            ([`regzoo.checkpoint.check_resume`][regzoo.checkpoint.check_resume], the CLI's policy
+            too: the model's sections, or any setting but the resumable ones), or a checkpoint to
+            resume that is unreadable, truncated, another model's or holds NaN weights.
         MissingFileError: ``resume`` without ``run_dir/checkpoints/last.ckpt``.
         OutputExistsError: ``run_dir`` already holds a run and neither flag is given, or
             ``overwrite`` names a folder of files regzoo did not write.
@@ -108,8 +108,10 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
 
     Raises:
         ConfigError: the config's components do not resolve, or Lightning or this machine
-            cannot run its ``trainer`` options ([`regzoo.trainer_check.check_trainer`][regzoo.trainer_check.check_trainer]).
-        OutputExistsError, MissingFileError, InputError: see [`prepare_run_dir`][regzoo.training.prepare_run_dir].
+            cannot run its ``trainer`` options
+            ([`regzoo.trainer_check.check_trainer`][regzoo.trainer_check.check_trainer]).
+        OutputExistsError, MissingFileError, InputError: see
+            [`prepare_run_dir`][regzoo.training.prepare_run_dir].
         NonFiniteLossError: the loss or a gradient became NaN/inf (``trainer.nonfinite``).
         TrainingDivergedError: the validation collapsed (``trainer.divergence_guard``);
             ``last.ckpt`` then holds the weights of the best validation, not the diverged ones.

@@ -119,18 +119,22 @@ def test_refine_of_a_model_lowers_the_model_objective_in_3d(tiny_checkpoint, tin
     fixed, moving = item["fixed"][None], item["moving"][None]
     trace = RefineTrace()
     params = {"lam": 0.1, "mu": 0.1}
-    out = refine(model, fixed, moving, params, RefineOptions(steps=15, levels=1), trace=trace)
+    spacing = item["spacing"]
+    out = refine(
+        model, fixed, moving, params, RefineOptions(steps=15, levels=1), trace=trace, spacing=spacing
+    )
     assert out.displacement.shape == (1, 3, 32, 32, 32)
     assert trace.objective[-1] < trace.objective[0]
     # the first entry is the objective of the network's own field at the same parameters
     values = model.parameter_tensor(params, 1)
     with torch.no_grad():
         network = model(fixed, moving, values).displacement
-        start = model.objective(fixed, warp(moving, network), network, values).total
+        energy_spacing = model.energy_spacing(spacing)
+        start = model.objective(fixed, warp(moving, network), network, values, energy_spacing).total
     assert trace.objective[0] == pytest.approx(float(start), rel=0.05, abs=1e-3)
     # the default three-level pyramid ends on the same full-resolution objective, lower still
     pyramid = RefineTrace()
-    refine(model, fixed, moving, params, RefineOptions(steps=15), trace=pyramid)
+    refine(model, fixed, moving, params, RefineOptions(steps=15), trace=pyramid, spacing=spacing)
     assert pyramid.objective[-1] < float(start)
 
 

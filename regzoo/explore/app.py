@@ -16,8 +16,8 @@ Routes (nothing else is served; no path and no code comes from the browser):
 
 Requests that would change the registration while a refinement runs are answered ``409``.
 Request bodies are validated by pydantic models; a refused request or a user error (an
-unknown parameter, a value outside the trained range: [`RegzooError`][regzoo._errors.RegzooError]) is
-answered ``400`` with ``{"error": message}``. Anything else is a bug: it is not dressed up as
+unknown parameter, a value outside the trained range: [`RegzooError`][regzoo._errors.RegzooError])
+is answered ``400`` with ``{"error": message}``. Anything else is a bug: it is not dressed up as
 a user error, and Starlette answers ``500`` and logs its traceback. The script and style are
 served by Starlette's ``StaticFiles`` from the package, the page is a Jinja template.
 
@@ -276,8 +276,8 @@ def create_app(
         allowed_hosts: ``Host`` header values the app answers (IP addresses in any spelling);
             the loopback names by default, which stops other web pages from reaching the API
             through DNS rebinding. There is no wildcard: the guard holds on every address.
-        token: the session's token ([`TOKEN_HEADER`][regzoo.explore.app.TOKEN_HEADER]; random by default). The page
-            carries it; the app keeps it in ``app.state.token``.
+        token: the session's token ([`TOKEN_HEADER`][regzoo.explore.app.TOKEN_HEADER]; random by
+            default). The page carries it; the app keeps it in ``app.state.token``.
     """
     state: dict[str, RefineJob | None] = {"job": None}
     token = token or secrets.token_urlsafe(24)

@@ -44,8 +44,8 @@ def scale_to_uint8(
         values: any real array (a plane, usually).
         low: value shown as byte 0 (or 1 with ``reserve_folded``).
         high: value shown as byte 255.
-        reserve_folded: map values ``<= 0`` to [`FOLDED`][regzoo.explore.render.FOLDED] and the rest onto ``1..255``
-            (for Jacobian determinants, where folding must stay visible).
+        reserve_folded: map values ``<= 0`` to [`FOLDED`][regzoo.explore.render.FOLDED] and the rest
+            onto ``1..255`` (for Jacobian determinants, where folding must stay visible).
 
     Raises:
         ValueError: if ``high <= low``.

@@ -1,9 +1,9 @@
 """The explorer's state: one image pair, one model and the registration at the current setting.
 
-[`ExploreSession`][regzoo.explore.session.ExploreSession] is the web-free core of ``regzoo explore``: it re-registers with one
-network forward when the parameters change, refines on request, scores the result (Dice,
-SDlogJ, folding, the similarity and each term's energy), cuts the three planes the page shows
-and saves the result exactly as ``regzoo register`` writes it. The HTTP layer
+[`ExploreSession`][regzoo.explore.session.ExploreSession] is the web-free core of ``regzoo
+explore``: it re-registers with one network forward when the parameters change, refines on request,
+scores the result (Dice, SDlogJ, folding, the similarity and each term's energy), cuts the three
+planes the page shows and saves the result exactly as ``regzoo register`` writes it. The HTTP layer
 ([`regzoo.explore.app`][regzoo.explore.app]) only translates requests into these calls.
 
 The module is long because the session is one state machine (setting, refinement job, planes,
@@ -60,8 +60,9 @@ from regzoo.spatial import warp
 __all__ = ["ExploreSession", "RefineJob"]
 
 REFINE_LEVELS = 3
-"""Pyramid levels of the explorer's refinement: [`regzoo.refinement.refine`][regzoo.refinement.refine]'s default, the
-same as ``regzoo register --refine N``, so a saved refined result is reproducible."""
+"""Pyramid levels of the explorer's refinement:
+[`regzoo.refinement.refine`][regzoo.refinement.refine]'s default, the same as ``regzoo register
+--refine N``, so a saved refined result is reproducible."""
 
 GRID_NODES = 16
 """About this many deformation-grid lines along each side of a plane."""
@@ -82,7 +83,8 @@ class ExploreSession:
     """One fixed/moving pair registered by one model at a setting the user moves.
 
     Args:
-        model: a trained model ([`regzoo.checkpoint.load_model`][regzoo.checkpoint.load_model]), in eval mode.
+        model: a trained model ([`regzoo.checkpoint.load_model`][regzoo.checkpoint.load_model]), in
+            eval mode.
         fixed: fixed image (path to a NIfTI file, or a volume) in raw intensities.
         moving: moving image on the same grid.
         fixed_seg: optional fixed mask or label map (contours, Dice).
@@ -238,7 +240,8 @@ class ExploreSession:
 
         Args:
             steps: instance-optimisation iterations (``>= 1``).
-            trace: receives the objective per iteration (progress: see [`RefineJob`][regzoo.explore.session.RefineJob]).
+            trace: receives the objective per iteration (progress: see
+                [`RefineJob`][regzoo.explore.session.RefineJob]).
         """
         check_steps(steps, minimum=1, what="explore: refine steps")
         with self._lock:
@@ -322,7 +325,8 @@ class ExploreSession:
     # -- saving -------------------------------------------------------------------------
     def save(self) -> list[Path]:
         """Write the current result into the session's ``out`` folder, the same files (each
-        written atomically) as ``regzoo register`` ([`regzoo.inference.write_result`][regzoo.inference.write_result]).
+        written atomically) as ``regzoo register``
+        ([`regzoo.inference.write_result`][regzoo.inference.write_result]).
 
         Raises:
             ValueError: if the session has no ``out`` folder.
@@ -423,8 +427,8 @@ class ExploreSession:
 class RefineJob:
     """A refinement running in a background thread; its progress can be read at any time.
 
-    Progress counts the entries of a [`RefineTrace`][regzoo.refinement.RefineTrace]: one per iteration
-    and one more at the end of each pyramid level.
+    Progress counts the entries of a [`RefineTrace`][regzoo.refinement.RefineTrace]: one per
+    iteration and one more at the end of each pyramid level.
 
     Args:
         session: the session to refine (at its current setting).

@@ -2,16 +2,16 @@
 
 Every NIfTI file regzoo reads or writes goes through this package, so that each bad file gets
 one clear message naming it ([`InputError`][regzoo._errors.InputError]), sizes are checked from the
-header before any voxel is read ([`MAX_VOXELS`][regzoo.io.nifti.MAX_VOXELS]), two images are compared on their grids
-(shape and affine) rather than on their shapes alone, and no reader ever sees a half-written
-file or a half-replaced output folder.
+header before any voxel is read ([`MAX_VOXELS`][regzoo.io.nifti.MAX_VOXELS]), two images are
+compared on their grids (shape and affine) rather than on their shapes alone, and no reader ever
+sees a half-written file or a half-replaced output folder.
 
 Conventions: volumes are 2D or 3D arrays in the NIfTI's voxel order with its affine (voxel ->
 RAS mm); a displacement is stored as the Learn2Reg layout ``(*spatial, D)`` in voxels on the
 fixed grid and handled in memory as ``(D, *spatial)``.
 
-- [`regzoo.io.geometry`][regzoo.io.geometry]: [`Grid`][regzoo.io.geometry.Grid], [`Volume`][regzoo.io.geometry.Volume], affine and grid checks,
-  resampling;
+- [`regzoo.io.geometry`][regzoo.io.geometry]: [`Grid`][regzoo.io.geometry.Grid],
+  [`Volume`][regzoo.io.geometry.Volume], affine and grid checks, resampling;
 - [`regzoo.io.nifti`][regzoo.io.nifti]: reading and writing volumes and displacement fields;
 - [`regzoo.io.outputs`][regzoo.io.outputs]: atomic files, output folders and output sets.
 """

@@ -1,5 +1,6 @@
-"""Volumes with their geometry: [`Grid`][regzoo.io.geometry.Grid], [`Volume`][regzoo.io.geometry.Volume], affine checks, grid
-comparison and resampling onto another grid."""
+"""Volumes with their geometry: [`Grid`][regzoo.io.geometry.Grid],
+[`Volume`][regzoo.io.geometry.Volume], affine checks, grid comparison and resampling onto another
+grid."""
 
 from __future__ import annotations
 

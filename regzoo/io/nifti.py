@@ -40,7 +40,8 @@ _UNREADABLE = (nib.filebasedimages.ImageFileError, EOFError, OSError, zlib.error
 
 
 def max_voxels() -> int:
-    """The voxel budget: ``REGZOO_MAX_VOXELS`` from the environment, else [`MAX_VOXELS`][regzoo.io.nifti.MAX_VOXELS].
+    """The voxel budget: ``REGZOO_MAX_VOXELS`` from the environment, else
+    [`MAX_VOXELS`][regzoo.io.nifti.MAX_VOXELS].
 
     Raises:
         InputError: if the environment variable is not a positive integer.
@@ -170,8 +171,8 @@ def read_displacement(path: str | Path, *, budget: int | None = None) -> Volume:
         A [`Volume`][regzoo.io.geometry.Volume] whose ``data`` is ``(D, *spatial)`` in voxels.
 
     Raises:
-        MissingFileError, InputError: as [`read_volume`][regzoo.io.nifti.read_volume], or a last axis that is not the
-            number of spatial dimensions.
+        MissingFileError, InputError: as [`read_volume`][regzoo.io.nifti.read_volume], or a last
+            axis that is not the number of spatial dimensions.
     """
     path, image = _open(path, "displacement")
     check_affine(image.affine, path)

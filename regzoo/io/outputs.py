@@ -273,8 +273,8 @@ def resolve_output(target: str | Path) -> Path:
 
 
 def check_output_folder(target: str | Path, *, overwrite: bool = True) -> Path:
-    """Check that [`output_folder`][regzoo.io.outputs.output_folder] may write ``target`` (new, empty, or a regzoo output
-    set); returns the folder it writes (a symlink followed).
+    """Check that [`output_folder`][regzoo.io.outputs.output_folder] may write ``target`` (new,
+    empty, or a regzoo output set); returns the folder it writes (a symlink followed).
 
     Raises:
         OutputExistsError: ``target`` is a file or a folder regzoo did not write (or a regzoo
@@ -342,10 +342,11 @@ def output_folder(target: str | Path, *, overwrite: bool = True) -> Iterator[Pat
     """Build an output set in a staging folder beside ``target``, then swap it into place.
 
     A killed or failed command leaves the previous set (or none), never a mix of old and new
-    files. Only folders that regzoo wrote (they hold [`OUTPUT_MARKER`][regzoo.io.outputs.OUTPUT_MARKER]) or empty ones are
-    replaced; anything else is refused, so ``--out`` can never delete a user's files. A
-    symlinked ``target`` is written through (the link stays); a replaced folder keeps its mode
-    and a new one gets the umask's; staging folders left by a killed run are removed.
+    files. Only folders that regzoo wrote (they hold
+    [`OUTPUT_MARKER`][regzoo.io.outputs.OUTPUT_MARKER]) or empty ones are replaced; anything else is
+    refused, so ``--out`` can never delete a user's files. A symlinked ``target`` is written through
+    (the link stays); a replaced folder keeps its mode and a new one gets the umask's; staging
+    folders left by a killed run are removed.
 
     Args:
         target: the output folder.
@@ -432,7 +433,8 @@ def output_files(contents: Mapping[str | Path, str]) -> list[Path]:
     then all renamed into place (a full disk or a failure leaves every old file as it was).
 
     The first file is the set's JSON report; an existing one is replaced only when regzoo wrote
-    it (it holds [`REPORT_MARKER`][regzoo.io.outputs.REPORT_MARKER]), and the other files only together with it.
+    it (it holds [`REPORT_MARKER`][regzoo.io.outputs.REPORT_MARKER]), and the other files only
+    together with it.
 
     Raises:
         OutputExistsError: a file of the set exists and regzoo did not write it.

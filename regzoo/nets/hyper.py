@@ -16,8 +16,8 @@ __all__ = ["HyperConv", "HyperNetwork"]
 class HyperNetwork(nn.Module):
     """MLP mapping the normalised parameter vector ``(B, P)`` to an embedding ``(B, H)``.
 
-    Every [`HyperConv`][regzoo.nets.hyper.HyperConv] turns the embedding into its own weights with a linear head, so the
-    whole backbone is a function of the parameters (HyperMorph's design).
+    Every [`HyperConv`][regzoo.nets.hyper.HyperConv] turns the embedding into its own weights with a
+    linear head, so the whole backbone is a function of the parameters (HyperMorph's design).
 
     The ``[0, 1]`` inputs are centred to ``[-1, 1]`` and the layers use He initialisation, so the
     embedding differs by O(1) of its own scale between the ends of the range from the first

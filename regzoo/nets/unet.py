@@ -71,7 +71,8 @@ class VoxelMorphUNet(nn.Module):
     full-resolution conv blocks. With ``half_res`` the last upsampling is skipped and the
     output is at half resolution (VoxelMorph's ``int_downsize=2``). With an ``embedding_dim``
     every block is conditioned, by ``conditioning``: ``"weights"`` generates its kernel from the
-    embedding (HyperMorph), ``"film"`` modulates its output channels ([`FiLM`][regzoo.nets.film.FiLM]).
+    embedding (HyperMorph), ``"film"`` modulates its output channels
+    ([`FiLM`][regzoo.nets.film.FiLM]).
     """
 
     def __init__(

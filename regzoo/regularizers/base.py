@@ -1,4 +1,5 @@
-"""The [`Regularizer`][regzoo.regularizers.base.Regularizer] base class and the regularizer registry."""
+"""The [`Regularizer`][regzoo.regularizers.base.Regularizer] base class and the regularizer
+registry."""
 
 from __future__ import annotations
 
@@ -28,18 +29,20 @@ class Regularizer(nn.Module):
     - ``space``: the [`ParamSpace`][regzoo.params.ParamSpace] of their physical parameters (empty
       for parameter-free energies such as diffusion);
     - ``quadratic``: set True to declare ``R(c u) = c^2 R(u)`` for every ``c`` (a quadratic
-      form in ``u``); off by default, and checked by [`regzoo.testing`][regzoo.testing] when declared;
+      form in ``u``); off by default, and checked by [`regzoo.testing`][regzoo.testing] when
+      declared;
     - ``derivative_order``: the order of the spatial derivatives of the field in the energy
       density, which fixes its units: rescaling the voxel spacing by ``s`` leaves a
       first-order energy (the default, ``1``) unchanged and scales a second-order quadratic
-      one (``2``) by ``1/s^2``; checked by [`regzoo.testing`][regzoo.testing]. ``None`` declares no such
-      scaling (e.g. a sum of first- and second-order terms);
+      one (``2``) by ``1/s^2``; checked by [`regzoo.testing`][regzoo.testing]. ``None`` declares no
+      such scaling (e.g. a sum of first- and second-order terms);
     - ``nonnegative``: ``R >= 0`` for every field and every parameter value in the physical
       domain (the default; set False for an energy that may be negative);
-    - ``spatial_params``: set True when [`energy`][regzoo.regularizers.base.Regularizer.energy] accepts a parameter as a spatial map
-      ``(B, 1, *spatial)`` on the fixed grid (its density weighted pointwise), which makes the
-      term usable with per-label parameters; [`regzoo.testing.check_regularizer`][regzoo.testing.contract.check_regularizer] then
-      checks that a constant map gives exactly the scalar energy;
+    - ``spatial_params``: set True when [`energy`][regzoo.regularizers.base.Regularizer.energy]
+      accepts a parameter as a spatial map ``(B, 1, *spatial)`` on the fixed grid (its density
+      weighted pointwise), which makes the term usable with per-label parameters;
+      [`regzoo.testing.check_regularizer`][regzoo.testing.contract.check_regularizer] then checks
+      that a constant map gives exactly the scalar energy;
     - ``Options``: a pydantic model of construction options (validated from configs);
     - [`energy`][regzoo.regularizers.base.Regularizer.energy]: the energy per batch element.
 

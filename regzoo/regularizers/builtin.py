@@ -1,4 +1,5 @@
-"""The built-in regularizer zoo: thin registered wrappers around [`functional`][regzoo.regularizers.functional]."""
+"""The built-in regularizer zoo: thin registered wrappers around
+[`functional`][regzoo.regularizers.functional]."""
 
 from __future__ import annotations
 
@@ -218,7 +219,8 @@ LAME = ParamSpace.of(
 
 
 class MinDetOptions(BaseModel):
-    """Options of the energies with a volume barrier ([`Hyperelastic`][regzoo.regularizers.builtin.Hyperelastic],
+    """Options of the energies with a volume barrier
+    ([`Hyperelastic`][regzoo.regularizers.builtin.Hyperelastic],
     [`NeoHookean`][regzoo.regularizers.builtin.NeoHookean])."""
 
     model_config = ConfigDict(extra="forbid", frozen=True)

@@ -82,10 +82,11 @@ def per_sample(
     spatial map ``(B, 1, *spatial)`` on the field's grid. A map is cropped to the interior
     points where the density lives: along every axis it starts at voxel ``offset`` and has the
     density's size. For forward differences (first-order energies,
-    [`regzoo.spatial.gradient`][regzoo.spatial.gradient], second forward differences) the density at point ``x`` is
-    built from ``u(x)`` and its forward neighbours, so ``offset=0`` weights it by the map at
-    ``x``; for centred second differences ([`regzoo.spatial.laplacian`][regzoo.spatial.laplacian]) the density at
-    ``x`` lies one voxel in, ``offset=1``.
+    [`regzoo.spatial.gradient`][regzoo.spatial.gradient], second forward differences) the density at
+    point ``x`` is built from ``u(x)`` and its forward neighbours, so ``offset=0`` weights it by the
+    map at ``x``; for centred second differences
+    ([`regzoo.spatial.laplacian`][regzoo.spatial.laplacian]) the density at ``x`` lies one voxel in,
+    ``offset=1``.
 
     Raises:
         ValueError: naming ``caller`` and ``name`` for a tensor of another shape.
@@ -217,8 +218,8 @@ def curvature_energy(u: torch.Tensor, spacing: Spacing = None) -> torch.Tensor:
     """Curvature (Fischer-Modersitzki): ``mean_x sum_k (Laplacian u_k)^2``.
 
     The Laplacian uses centred second differences (``d+ d-`` along each axis at the same
-    point, [`regzoo.spatial.laplacian`][regzoo.spatial.laplacian]), so no non-constant field except the discrete
-    harmonic ones has zero energy.
+    point, [`regzoo.spatial.laplacian`][regzoo.spatial.laplacian]), so no non-constant field except
+    the discrete harmonic ones has zero energy.
     """
     check_field(u, "curvature_energy")
     return _mean_square(laplacian(to_physical(u, spacing), spacing), u.shape[1])
@@ -290,9 +291,10 @@ def _weighted_mean(
 def deformation_gradient(u: torch.Tensor, spacing: Spacing = None) -> list[list[torch.Tensor]]:
     """``F = I + grad u`` as separate entries ``F[j][i] = delta_ij + d_i u_j``.
 
-    Each entry is ``(B, *(spatial - 1))`` (forward differences, [`regzoo.spatial.partials`][regzoo.spatial.partials]);
-    with ``spacing`` the displacement is taken in physical units and derivatives per unit, so
-    ``F`` is the physical deformation gradient (dimensionless).
+    Each entry is ``(B, *(spatial - 1))`` (forward differences,
+    [`regzoo.spatial.partials`][regzoo.spatial.partials]); with ``spacing`` the displacement is
+    taken in physical units and derivatives per unit, so ``F`` is the physical deformation gradient
+    (dimensionless).
     """
     check_field(u, "deformation_gradient")
     d = partials(to_physical(u, spacing), spacing)
@@ -373,7 +375,8 @@ def hyperelastic_energy(
     """Hyperelastic regularization (Burger, Modersitzki, Ruthotto 2013; FAIR's ``hyperElastic``).
 
     ``mean_x( length/2 |grad u|^2 + area/2 sum_i (|cof(F) e_i|^2 - 1)^2 + volume psi(det F) )``
-    with ``F = I + grad u`` and ``psi(J) = ((J - 1)^2 / J)^2`` ([`volume_penalty`][regzoo.regularizers.functional.volume_penalty]).
+    with ``F = I + grad u`` and ``psi(J) = ((J - 1)^2 / J)^2``
+    ([`volume_penalty`][regzoo.regularizers.functional.volume_penalty]).
 
     - length: the squared gradient of the displacement (FAIR's length term, quadratic);
     - area: ``|cof(F) e_i|`` is the area ratio of the deformed face with reference normal
@@ -409,9 +412,10 @@ def st_venant_kirchhoff_energy(
     """St Venant-Kirchhoff: ``mean_x( lam/2 (tr E)^2 + mu tr(E^2) )``, ``E = (F^T F - I) / 2``.
 
     Linear elasticity's energy on the Green-Lagrange strain ``E`` instead of the linearised
-    strain: invariant to finite rotations, equal to [`linear_elastic_energy`][regzoo.regularizers.functional.linear_elastic_energy] (same
-    ``lam``, ``mu``) to second order in ``u``. It does not resist compression to zero volume
-    (``F = 0`` costs a finite energy). ``lam`` and ``mu`` may be maps.
+    strain: invariant to finite rotations, equal to
+    [`linear_elastic_energy`][regzoo.regularizers.functional.linear_elastic_energy] (same ``lam``,
+    ``mu``) to second order in ``u``. It does not resist compression to zero volume (``F = 0`` costs
+    a finite energy). ``lam`` and ``mu`` may be maps.
     """
     check_field(u, "st_venant_kirchhoff_energy")
     lam, mu = _uniform(lam), _uniform(mu)
@@ -432,10 +436,11 @@ def neo_hookean_energy(
     """Compressible Neo-Hookean: ``mean_x( mu/2 (|F|^2 - D) - mu log J + lam/2 (log J)^2 )``.
 
     ``F = I + grad u``, ``J = det F``. Invariant to finite rotations, non-negative, and growing
-    without bound as ``J -> 0``; to second order in ``u`` it is [`linear_elastic_energy`][regzoo.regularizers.functional.linear_elastic_energy]
-    with the same ``lam``, ``mu``. Below ``min_det`` (at most ``exp(-D/2)``, so the energy
-    stays non-negative) the volumetric part ``-mu log J + lam/2 (log J)^2`` is continued by its
-    tangent: finite and still growing for folded voxels. ``lam`` and ``mu`` may be maps.
+    without bound as ``J -> 0``; to second order in ``u`` it is
+    [`linear_elastic_energy`][regzoo.regularizers.functional.linear_elastic_energy] with the same
+    ``lam``, ``mu``. Below ``min_det`` (at most ``exp(-D/2)``, so the energy stays non-negative) the
+    volumetric part ``-mu log J + lam/2 (log J)^2`` is continued by its tangent: finite and still
+    growing for folded voxels. ``lam`` and ``mu`` may be maps.
     """
     check_field(u, "neo_hookean_energy")
     lam, mu = _uniform(lam), _uniform(mu)
@@ -593,12 +598,13 @@ def sliding_energy(
     - both voxels in the same region: ``|d_i u|^2`` (diffusion);
     - across an interface (``region`` differs): ``(1 - slip) |d_i u|^2 + slip (n . d_i u)^2``
 
-    with ``n`` the interface normal ([`interface_normals`][regzoo.regularizers.functional.interface_normals], averaged over the two voxels).
-    The energy is their sum over axes, averaged over the domain (as [`diffusion_energy`][regzoo.regularizers.functional.diffusion_energy]).
-    ``slip = 1`` leaves tangential jumps free (zero energy for a motion tangential to a planar
-    interface, jump included), ``slip = 0`` is plain diffusion; a ``region`` that is a float or
-    constant per sample has no interface (diffusion). Quadratic in ``u``. ``slip`` may be a map
-    (read at ``x``).
+    with ``n`` the interface normal
+    ([`interface_normals`][regzoo.regularizers.functional.interface_normals], averaged over the two
+    voxels). The energy is their sum over axes, averaged over the domain (as
+    [`diffusion_energy`][regzoo.regularizers.functional.diffusion_energy]). ``slip = 1`` leaves
+    tangential jumps free (zero energy for a motion tangential to a planar interface, jump
+    included), ``slip = 0`` is plain diffusion; a ``region`` that is a float or constant per sample
+    has no interface (diffusion). Quadratic in ``u``. ``slip`` may be a map (read at ``x``).
     """
     check_field(u, "sliding_energy")
     region, slip = _uniform(region), _uniform(slip)

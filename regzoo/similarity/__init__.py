@@ -3,11 +3,12 @@
 One package: the base class, its registry and ``bind_fixed`` ([`base`][regzoo.similarity.base]);
 local similarities LNCC and MSE ([`local`][regzoo.similarity.local]); the descriptor similarity
 MIND-SSC ([`descriptor`][regzoo.similarity.descriptor]); the gradient similarity NGF
-([`gradient`][regzoo.similarity.gradient]); mutual information ([`information`][regzoo.similarity.information]);
-sums and pyramids of them and the text that spells them ([`combinations`][regzoo.similarity.combinations]).
-Importing the package registers every built-in similarity (``lncc``, ``mse``, ``mind_ssc``,
-``ngf``, ``mi``). Third-party similarities register through the entry-point group
-``regzoo.similarities`` or [`similarity`][regzoo.similarity.base.similarity].
+([`gradient`][regzoo.similarity.gradient]); mutual information
+([`information`][regzoo.similarity.information]); sums and pyramids of them and the text that spells
+them ([`combinations`][regzoo.similarity.combinations]). Importing the package registers every
+built-in similarity (``lncc``, ``mse``, ``mind_ssc``, ``ngf``, ``mi``). Third-party similarities
+register through the entry-point group ``regzoo.similarities`` or
+[`similarity`][regzoo.similarity.base.similarity].
 """
 
 from regzoo.similarity.base import SIMILARITIES, Similarity, box_filter, similarity

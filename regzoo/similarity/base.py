@@ -25,11 +25,13 @@ __all__ = ["SIMILARITIES", "Similarity", "box_filter", "similarity"]
 class Similarity(nn.Module):
     """Base class of registered similarity losses: ``forward(fixed, warped) -> (B,)``.
 
-    Subclasses implement [`loss`][regzoo.similarity.base.Similarity.loss] and declare what [`regzoo.testing`][regzoo.testing] checks:
+    Subclasses implement [`loss`][regzoo.similarity.base.Similarity.loss] and declare what
+    [`regzoo.testing`][regzoo.testing] checks:
 
     - ``bounds``: the range ``(min, max)`` the loss promises (``None``: unbounded on that side),
       e.g. ``(0.0, None)`` for MSE, ``(-1.0, 0.0)`` for LNCC;
-    - [`radius`][regzoo.similarity.base.Similarity.radius]: how far the loss looks around each voxel (0 for a pointwise loss).
+    - [`radius`][regzoo.similarity.base.Similarity.radius]: how far the loss looks around each voxel
+      (0 for a pointwise loss).
     """
 
     Options: ClassVar[type[BaseModel]] = NoOptions
@@ -48,8 +50,8 @@ class Similarity(nn.Module):
 
         Either way a joint translation of both images' content inside a constant background
         (a margin of ``2r`` voxels kept free) leaves the loss unchanged, and a pointwise loss is
-        unchanged by a joint circular shift; [`regzoo.testing.check_similarity_properties`][regzoo.testing.properties.check_similarity_properties]
-        tests both.
+        unchanged by a joint circular shift;
+        [`regzoo.testing.check_similarity_properties`][regzoo.testing.properties.check_similarity_properties] tests both.
         """
         return None
 
@@ -85,8 +87,9 @@ class Similarity(nn.Module):
 
         Whatever depends on the fixed image only (LNCC's local means and variances, NGF's
         normalised gradients) is computed here, once: refinement
-        ([`regzoo.refinement.refine_field`][regzoo.refinement.refine_field]) evaluates the loss against one fixed image on every
-        iteration. The default recomputes everything; subclasses may override it.
+        ([`regzoo.refinement.refine_field`][regzoo.refinement.refine_field]) evaluates the loss
+        against one fixed image on every iteration. The default recomputes everything; subclasses
+        may override it.
         """
         return partial(self.forward, fixed)
 

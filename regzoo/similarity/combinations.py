@@ -1,5 +1,6 @@
 """Similarities built from others: weighted sums, multi-scale pyramids, and the text that
-spells them ([`parse_similarity`][regzoo.similarity.combinations.parse_similarity], e.g. ``"model + 0.75*ngf"``)."""
+spells them ([`parse_similarity`][regzoo.similarity.combinations.parse_similarity], e.g. ``"model +
+0.75*ngf"``)."""
 
 from __future__ import annotations
 
@@ -71,9 +72,9 @@ class WeightedSum(Similarity):
     the contrast of organ boundaries plus NGF for the vessels' edges, whose minimisers differ
     (docs/results.md, "Toward the limit"). Nested sums are flattened; refinement
     ([`regzoo.refinement.refine_field`][regzoo.refinement.refine_field]) computes a
-    [`DescriptorSimilarity`][regzoo.similarity.descriptor.DescriptorSimilarity] term's descriptors once per pair and warps the image once for the
-    other terms. Written on the command line as ``model + 0.75*ngf``
-    ([`parse_similarity`][regzoo.similarity.combinations.parse_similarity]).
+    [`DescriptorSimilarity`][regzoo.similarity.descriptor.DescriptorSimilarity] term's descriptors
+    once per pair and warps the image once for the other terms. Written on the command line as
+    ``model + 0.75*ngf`` ([`parse_similarity`][regzoo.similarity.combinations.parse_similarity]).
 
     Args:
         terms: ``(weight, similarity)`` pairs, each weight finite and positive.
@@ -120,7 +121,8 @@ class WeightedSum(Similarity):
 
 
 TRAINED = "model"
-"""The name that stands for a model's own (training) similarity in [`parse_similarity`][regzoo.similarity.combinations.parse_similarity]."""
+"""The name that stands for a model's own (training) similarity in
+[`parse_similarity`][regzoo.similarity.combinations.parse_similarity]."""
 
 _TERM = re.compile(
     r"\s*(?:(?P<weight>[^*:]+?)\s*\*)?\s*(?P<name>[A-Za-z_][\w.-]*)\s*(?::(?P<options>.*))?"
@@ -148,8 +150,9 @@ def parse_similarity(spec: str, trained: Similarity | None = None) -> Similarity
     is a registered similarity built with the given options (values read as JSON:
     ``lncc:window=5``, ``ngf:eta=0.05,eps=1e-9``; lists in brackets) or ``model``, the model's
     own similarity (``trained``). ``WEIGHT`` is a positive number (``0.5``, ``1e-3``). A single
-    term of weight 1 is that similarity itself; anything else a [`WeightedSum`][regzoo.similarity.combinations.WeightedSum]. Nothing in
-    the text is evaluated as code.
+    term of weight 1 is that similarity itself; anything else a
+    [`WeightedSum`][regzoo.similarity.combinations.WeightedSum]. Nothing in the text is evaluated as
+    code.
 
     Raises:
         InputError: a malformed text, a weight that is not a positive number, bad options, or

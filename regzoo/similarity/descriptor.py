@@ -1,7 +1,8 @@
 """Descriptor similarities: a loss between per-image descriptors, computed once per image in
-refinement ([`DescriptorSimilarity`][regzoo.similarity.descriptor.DescriptorSimilarity]), and MIND-SSC (Heinrich et al., "MIND: Modality
-independent neighbourhood descriptor", MedIA 2012; "Towards realtime multimodal fusion ...
-self-similarity context", MICCAI 2013), what deeds and ConvexAdam register lung CT with.
+refinement ([`DescriptorSimilarity`][regzoo.similarity.descriptor.DescriptorSimilarity]), and
+MIND-SSC (Heinrich et al., "MIND: Modality independent neighbourhood descriptor", MedIA 2012;
+"Towards realtime multimodal fusion ... self-similarity context", MICCAI 2013), what deeds and
+ConvexAdam register lung CT with.
 """
 
 from __future__ import annotations
@@ -20,12 +21,14 @@ __all__ = ["MINDSSC", "DescriptorSimilarity", "mind_ssc", "ssc_offsets"]
 class DescriptorSimilarity(Similarity):
     """A similarity that compares per-image descriptors: ``loss = compare(d(F), d(W))``.
 
-    Subclasses implement [`features`][regzoo.similarity.descriptor.DescriptorSimilarity.features] (a function of one image) and may override
-    [`compare`][regzoo.similarity.descriptor.DescriptorSimilarity.compare] (the mean squared difference of the descriptors by default). Refinement
-    ([`regzoo.refinement.refine_field`][regzoo.refinement.refine_field]) then computes the fixed and moving descriptors once per
-    image pair and pyramid level and warps the moving descriptors, instead of recomputing them
-    on every warped image (as deeds and ConvexAdam do); training calls the loss on the warped
-    image, like any similarity.
+    Subclasses implement [`features`][regzoo.similarity.descriptor.DescriptorSimilarity.features] (a
+    function of one image) and may override
+    [`compare`][regzoo.similarity.descriptor.DescriptorSimilarity.compare] (the mean squared
+    difference of the descriptors by default). Refinement
+    ([`regzoo.refinement.refine_field`][regzoo.refinement.refine_field]) then computes the fixed and
+    moving descriptors once per image pair and pyramid level and warps the moving descriptors,
+    instead of recomputing them on every warped image (as deeds and ConvexAdam do); training calls
+    the loss on the warped image, like any similarity.
     """
 
     def features(self, image: torch.Tensor) -> torch.Tensor:
@@ -126,9 +129,10 @@ class MINDOptions(BaseModel):
 class MINDSSC(DescriptorSimilarity):
     """Mean squared difference of MIND-SSC descriptors, ``mean_{x,pq} (MIND_F - MIND_W)^2``.
 
-    Descriptors from [`mind_ssc`][regzoo.similarity.descriptor.mind_ssc]; the loss lies in ``[0, 1]``, is 0 for identical images
-    and is unchanged by affine intensity maps of either image (contrast inversion included).
-    Refinement computes the descriptors once per pair ([`DescriptorSimilarity`][regzoo.similarity.descriptor.DescriptorSimilarity]).
+    Descriptors from [`mind_ssc`][regzoo.similarity.descriptor.mind_ssc]; the loss lies in ``[0,
+    1]``, is 0 for identical images and is unchanged by affine intensity maps of either image
+    (contrast inversion included). Refinement computes the descriptors once per pair
+    ([`DescriptorSimilarity`][regzoo.similarity.descriptor.DescriptorSimilarity]).
     """
 
     Options = MINDOptions

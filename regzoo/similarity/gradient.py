@@ -53,9 +53,9 @@ class NGFOptions(BaseModel):
 class NGF(Similarity):
     """Normalised gradient fields (Haber & Modersitzki 2006): ``1 - mean_x (n_F . n_W)^2``.
 
-    ``n`` is [`normalized_gradient`][regzoo.similarity.gradient.normalized_gradient]. The loss lies in ``[0, 1]``: near 0 where the edges of
-    the two images are parallel (of either polarity; ``|n| < 1`` by the edge parameter), 1 where
-    they are orthogonal or absent. It is
+    ``n`` is [`normalized_gradient`][regzoo.similarity.gradient.normalized_gradient]. The loss lies
+    in ``[0, 1]``: near 0 where the edges of the two images are parallel (of either polarity; ``|n|
+    < 1`` by the edge parameter), 1 where they are orthogonal or absent. It is
     unchanged by affine intensity maps of either image, and for vanishing ``eta`` by any
     strictly monotone one where the gradient keeps its direction (the gradient of ``g(I)`` is
     ``g'(I) grad I``). Gradients in voxel units: on anisotropic grids the directions are those of

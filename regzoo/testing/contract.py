@@ -1,10 +1,11 @@
-"""The regularizer contract on fixed examples: [`check_regularizer`][regzoo.testing.contract.check_regularizer].
+"""The regularizer contract on fixed examples:
+[`check_regularizer`][regzoo.testing.contract.check_regularizer].
 
 A valid parameter space; output shape ``(B,)`` and finiteness in 2D and 3D; translation
 invariance (zero energy for constant fields); ``R(c u) = c^2 R(u)`` when the class declares
-``quadratic = True``; the energy's units ([`check_spacing`][regzoo.testing.contract.check_spacing]); per-sample parameters (a batch
-with two parameter vectors equals two single calls); for classes that declare
-``spatial_params = True``, that a constant parameter map ``(B, 1, *spatial)`` gives exactly
+``quadratic = True``; the energy's units ([`check_spacing`][regzoo.testing.contract.check_spacing]);
+per-sample parameters (a batch with two parameter vectors equals two single calls); for classes that
+declare ``spatial_params = True``, that a constant parameter map ``(B, 1, *spatial)`` gives exactly
 (bit for bit, float64) the energy of the scalar parameters and that maps are per sample;
 finite, correct gradients (float64 ``gradcheck`` on a small grid).
 """
@@ -150,8 +151,8 @@ def check_spacing(
     atol: float = 1e-10,
 ) -> None:
     """Check that ``reg``'s energy is in physical units: isotropic rescaling of the grid by
-    ``s`` scales it by [`spacing_factor`][regzoo.testing.contract.spacing_factor] (unchanged for first-order energies, ``1/s^2``
-    for second-order ones).
+    ``s`` scales it by [`spacing_factor`][regzoo.testing.contract.spacing_factor] (unchanged for
+    first-order energies, ``1/s^2`` for second-order ones).
 
     An energy that differentiates the displacement in voxels with respect to millimetres (a
     missing [`to_physical`][regzoo.regularizers.functional.to_physical]), or ignores the spacing,

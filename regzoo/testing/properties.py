@@ -1,5 +1,6 @@
 """Property-based checks (hypothesis): random fields, images and parameters instead of fixed
-examples, deterministically and in few examples: [`check_regularizer_properties`][regzoo.testing.properties.check_regularizer_properties] and
+examples, deterministically and in few examples:
+[`check_regularizer_properties`][regzoo.testing.properties.check_regularizer_properties] and
 [`check_similarity_properties`][regzoo.testing.properties.check_similarity_properties].
 """
 
@@ -54,7 +55,8 @@ def _finite_with_gradients(
 
 
 def _regularizer_example(reg: Regularizer, ndim: int, data: Any) -> None:
-    """One drawn example of every regularizer property (see [`check_regularizer_properties`][regzoo.testing.properties.check_regularizer_properties])."""
+    """One drawn example of every regularizer property (see
+    [`check_regularizer_properties`][regzoo.testing.properties.check_regularizer_properties])."""
     _, st = hypothesis_modules()
     cls = type(reg)
     name = cls.__name__
@@ -133,8 +135,9 @@ def check_regularizer_properties(
     """Property-based checks of a regularizer over random fields and parameters, 2D and 3D.
 
     For ``max_examples`` drawn examples per dimension (deterministic: the same examples on
-    every run), each a field ([`FieldSpec`][regzoo.testing.strategies.FieldSpec]: zero, constant, affine, smooth or rough, up
-    to 5 voxels), per-sample parameters over their physical domain ([`parameter_values`][regzoo.testing.strategies.parameter_values],
+    every run), each a field ([`FieldSpec`][regzoo.testing.strategies.FieldSpec]: zero, constant,
+    affine, smooth or rough, up to 5 voxels), per-sample parameters over their physical domain
+    ([`parameter_values`][regzoo.testing.strategies.parameter_values],
     edges such as 0 included) and a spacing (none, or anisotropic):
 
     - the energy is ``(B,)`` and finite, with finite gradients with respect to the field and
@@ -143,7 +146,8 @@ def check_regularizer_properties(
     - a constant displacement costs nothing: ``R(u + c) = R(u)`` for any ``u`` and ``c``;
     - the energy is in physical units: rescaling the spacing by any ``s`` leaves a
       first-order energy unchanged and scales a second-order one by ``1/s^2``
-      ([`spacing_factor`][regzoo.testing.contract.spacing_factor], from the class's ``derivative_order``);
+      ([`spacing_factor`][regzoo.testing.contract.spacing_factor], from the class's
+      ``derivative_order``);
     - if the class declares ``quadratic = True``: ``R(c u) = c^2 R(u)`` for any ``c`` (negative
       and 0 included) and the parallelogram law ``R(u+v) + R(u-v) = 2R(u) + 2R(v)``, which
       together say the energy is a quadratic form (a merely 2-homogeneous energy fails it).
@@ -234,15 +238,16 @@ def check_similarity_properties(
     """Property-based checks of a similarity loss over random image pairs, 2D and 3D.
 
     For ``max_examples`` drawn examples per dimension (deterministic), each an image pair
-    ([`ImagePairSpec`][regzoo.testing.strategies.ImagePairSpec]: zero, constant, smooth, noise or step images, raw-CT offsets up to
+    ([`ImagePairSpec`][regzoo.testing.strategies.ImagePairSpec]: zero, constant, smooth, noise or
+    step images, raw-CT offsets up to
     +-1000, the warped image identical, an affine intensity map, noisy or independent):
 
     - the loss is ``(B,)`` and finite, with finite gradients with respect to both images, in
       float32 and float64, and lies within the class's declared ``bounds``;
     - translation: both images' content translated jointly (up to 2 voxels per axis) inside a
       constant background leaves the loss unchanged, the background keeping a margin of twice
-      the declared [`radius`][regzoo.similarity.base.Similarity.radius] free (what is invariant for a
-      local loss: windows that reach the border or the content change with a circular shift);
+      the declared [`radius`][regzoo.similarity.base.Similarity.radius] free (what is invariant for
+      a local loss: windows that reach the border or the content change with a circular shift);
     - a pointwise loss (``radius == 0``) is also unchanged by any joint circular shift.
 
     Args:

@@ -1,9 +1,12 @@
 """Random fields, images and parameters: the examples the checks draw (hypothesis strategies).
 
-[`random_smooth_field`][regzoo.testing.strategies.random_smooth_field] builds one reproducible smooth field (no hypothesis needed); the
-strategies [`displacement_fields`][regzoo.testing.strategies.displacement_fields] and [`parameter_values`][regzoo.testing.strategies.parameter_values] draw random ones for a
-plugin's own properties, from small readable specifications ([`FieldSpec`][regzoo.testing.strategies.FieldSpec],
-[`ImagePairSpec`][regzoo.testing.strategies.ImagePairSpec]) that a falsifying example prints as a few numbers.
+[`random_smooth_field`][regzoo.testing.strategies.random_smooth_field] builds one reproducible
+smooth field (no hypothesis needed); the strategies
+[`displacement_fields`][regzoo.testing.strategies.displacement_fields] and
+[`parameter_values`][regzoo.testing.strategies.parameter_values] draw random ones for a plugin's own
+properties, from small readable specifications ([`FieldSpec`][regzoo.testing.strategies.FieldSpec],
+[`ImagePairSpec`][regzoo.testing.strategies.ImagePairSpec]) that a falsifying example prints as a
+few numbers.
 """
 
 from __future__ import annotations
@@ -59,9 +62,11 @@ def _smooth_noise(
 
 
 FIELD_KINDS = ("zero", "constant", "affine", "smooth", "rough")
-"""Displacement patterns drawn by [`displacement_fields`][regzoo.testing.strategies.displacement_fields]."""
+"""Displacement patterns drawn by
+[`displacement_fields`][regzoo.testing.strategies.displacement_fields]."""
 IMAGE_KINDS = ("zero", "constant", "smooth", "noise", "step")
-"""Image patterns drawn by [`check_similarity_properties`][regzoo.testing.properties.check_similarity_properties]."""
+"""Image patterns drawn by
+[`check_similarity_properties`][regzoo.testing.properties.check_similarity_properties]."""
 IMAGE_RELATIONS = ("same", "affine", "noisy", "independent")
 """How the warped image of a drawn pair relates to the fixed one."""
 
@@ -131,9 +136,9 @@ class FieldSpec:
 
     Attributes:
         shape: spatial shape (2 or 3 sizes).
-        kind: one of [`FIELD_KINDS`][regzoo.testing.strategies.FIELD_KINDS]: ``zero``, ``constant`` (a translation), ``affine``,
-            ``smooth`` (coarse noise upsampled) or ``rough`` (white noise: large gradients,
-            folding).
+        kind: one of [`FIELD_KINDS`][regzoo.testing.strategies.FIELD_KINDS]: ``zero``, ``constant``
+            (a translation), ``affine``, ``smooth`` (coarse noise upsampled) or ``rough`` (white
+            noise: large gradients, folding).
         amplitude: scale of the displacement in voxels (0 gives the zero field).
         seed: seed of the pattern.
         batch: batch size.
@@ -158,9 +163,11 @@ class ImagePairSpec:
 
     Attributes:
         shape: spatial shape (2 or 3 sizes).
-        kind: one of [`IMAGE_KINDS`][regzoo.testing.strategies.IMAGE_KINDS], the fixed image's pattern.
-        relation: one of [`IMAGE_RELATIONS`][regzoo.testing.strategies.IMAGE_RELATIONS]: the warped image is the same image, an affine
-            intensity map of it, a noisy copy, or an independent noise image.
+        kind: one of [`IMAGE_KINDS`][regzoo.testing.strategies.IMAGE_KINDS], the fixed image's
+            pattern.
+        relation: one of [`IMAGE_RELATIONS`][regzoo.testing.strategies.IMAGE_RELATIONS]: the warped
+            image is the same image, an affine intensity map of it, a noisy copy, or an independent
+            noise image.
         offset: intensity offset of the fixed image (raw CT intensities reach -1000).
         scale: intensity scale of both images.
         seed: seed of the patterns.
@@ -202,7 +209,8 @@ def _shapes(ndim: int, low: int, high: int) -> Any:
 
 
 def field_specs(ndim: int, *, batch: int = 2, shape: tuple[int, ...] | None = None) -> Any:
-    """Hypothesis strategy of [`FieldSpec`][regzoo.testing.strategies.FieldSpec] (sizes 4 to 8 per axis unless ``shape``)."""
+    """Hypothesis strategy of [`FieldSpec`][regzoo.testing.strategies.FieldSpec] (sizes 4 to 8 per
+    axis unless ``shape``)."""
     _, st = hypothesis_modules()
     amplitudes = st.one_of(st.sampled_from([0.0, 1e-6, 1.0, 5.0]), st.floats(0.0, 5.0))
     return st.builds(
@@ -216,7 +224,8 @@ def field_specs(ndim: int, *, batch: int = 2, shape: tuple[int, ...] | None = No
 
 
 def image_pair_specs(ndim: int, *, low: int, high: int, batch: int = 2) -> Any:
-    """Hypothesis strategy of [`ImagePairSpec`][regzoo.testing.strategies.ImagePairSpec] (sizes ``low`` to ``high`` per axis)."""
+    """Hypothesis strategy of [`ImagePairSpec`][regzoo.testing.strategies.ImagePairSpec] (sizes
+    ``low`` to ``high`` per axis)."""
     _, st = hypothesis_modules()
     return st.builds(
         ImagePairSpec,
@@ -231,7 +240,8 @@ def image_pair_specs(ndim: int, *, low: int, high: int, batch: int = 2) -> Any:
 
 
 def displacement_fields(ndim: int, *, batch: int = 2, dtype: torch.dtype = torch.float64) -> Any:
-    """Hypothesis strategy of displacements ``(batch, D, *shape)`` (see [`FieldSpec`][regzoo.testing.strategies.FieldSpec]).
+    """Hypothesis strategy of displacements ``(batch, D, *shape)`` (see
+    [`FieldSpec`][regzoo.testing.strategies.FieldSpec]).
 
     Sizes 4 to 8 per axis; zero, constant, affine, smooth and rough fields with amplitudes from
     0 to 5 voxels.
