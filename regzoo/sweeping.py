@@ -257,11 +257,11 @@ class SweepResult:
         return values.reshape([len(a) for a in self.axes])
 
 
-@torch.no_grad()
 def _pair_name(item: Mapping[str, Any]) -> str:
     return f"pair {item['fixed_id']} / {item['moving_id']}"
 
 
+@torch.no_grad()
 def sweep(
     model: RegistrationModel,
     dataset: Learn2RegDataset,
@@ -292,6 +292,9 @@ def sweep(
     (the model's similarity, roughness, ...) that the criteria of :mod:`regzoo.criteria` choose
     from; ``backward=True`` registers every pair the other way round too (twice the cost) for
     ``inverse_consistency``.
+
+    The network passes and the scoring run without autograd (refinement enables it for its own
+    unknowns only), so a sweep holds no graph of the network.
 
     Raises:
         KeyError: unknown or ambiguous parameter names.
