@@ -161,6 +161,7 @@ def register(
     resample: bool = False,
     fixed_labels: ImageLike | None = None,
     refine_options: Mapping[str, Any] | None = None,
+    at_training_spacing: bool | None = None,
     **params: float,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with the model's network at the given parameters.
@@ -182,6 +183,10 @@ def register(
             parameters: refinement needs it, and the result then holds the parameter maps.
         refine_options: further keyword arguments of :func:`regzoo.refinement.refine`
             (``similarity``, ``split``, ``tol``, ``optimizer``...).
+        at_training_spacing: run the network at the spacing it was trained at (the images
+            are resampled to it and its field carried back in mm; refinement then runs on the
+            fixed image's own grid); ``False`` runs it on the images' grid; ``None`` (default)
+            follows ``model.at_training_spacing`` (on unless changed).
         **params: free parameter values by short (``mu``, ``mu@lung``) or full
             (``linear_elastic.mu``) name; the rest take the space's defaults.
 
@@ -209,6 +214,10 @@ def register(
     f = normalize_intensity(fixed_v.tensor(), window)[None, None].to(device)
     m = normalize_intensity(moving_t, window)[None, None].to(device)
     trace = RefineTrace()
+    with torch.no_grad():
+        output = model(
+            f, m, resolved, spacing=fixed_v.spacing, at_training_spacing=at_training_spacing
+        )
     if refine:
         output = refine_output(
             model,
@@ -220,11 +229,9 @@ def register(
             spacing=fixed_v.spacing,
             labels=labels,
             trace=trace,
+            init=output,
             **(refine_options or {}),
         )
-    else:
-        with torch.no_grad():
-            output = model(f, m, resolved)
     result = build_result(output.displacement, moving_t, resolved, fixed_v.affine)
     result.refine_iterations = trace.total_iterations
     if labels is not None or not model.objective.needs_labels:

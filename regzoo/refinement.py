@@ -428,7 +428,8 @@ def refine(
         grid_downsize: the field is optimised on a grid this many times coarser.
         levels: image pyramid levels (1: the full resolution only; 3, the default, starts on
             images a quarter of the size); see :class:`RefineOptions`.
-        init: the network's output if already computed.
+        init: the network's output if already computed (otherwise the network runs at its
+            training spacing when ``spacing`` is given, :meth:`~regzoo.registration_model.RegistrationModel.predict`).
         progress: show a progress bar.
         trace: if given, receives the objective per iteration.
         spacing: the images' voxel spacing in mm; the energies are then per mm when the model
@@ -454,7 +455,7 @@ def refine(
     values = model.parameter_tensor(params, fixed.shape[0])
     if init is None:
         with torch.no_grad():
-            init = model(fixed, moving, values)
+            init = model(fixed, moving, values, spacing=spacing)
     config = model.config
     diffeomorphic = config.model.int_steps > 0
     options = RefineOptions(

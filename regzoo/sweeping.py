@@ -384,7 +384,7 @@ def _register(
     """The network's output for a batch of settings, refined with the keyword arguments
     ``refine_options`` of :func:`~regzoo.refinement.refine` when given (``steps`` > 0);
     ``side`` names the item's image that is fixed here (for its label map)."""
-    output = model(fixed, moving, values)
+    output = model(fixed, moving, values, spacing=item.get("spacing"))
     if not refine_options:
         return output
     labels = item.get(f"{side}_labels")
@@ -483,7 +483,7 @@ def optimize_parameters(
     try:
         for _ in range(steps):
             values = space.denormalize(unit)
-            output = model.net(fixed, moving, unit)
+            output = model.predict(fixed, moving, values, spacing=item.get("spacing"))
             if criterion == "dice":
                 value = 1.0 - _soft_dice(warp(source, output.displacement), target)
             else:

@@ -12,6 +12,7 @@ from regzoo._errors import InputError
 from regzoo.cli.arguments import (
     TRUST_PLUGIN,
     add_max_folding_argument,
+    add_native_grid_argument,
     add_plugin_argument,
     add_refine_argument,
 )
@@ -32,6 +33,7 @@ def add_parser(sub: Any) -> None:
         "differ (default: refuse)",
     )
     add_plugin_argument(p, TRUST_PLUGIN)
+    add_native_grid_argument(p)
     p.add_argument(
         "--param",
         action="append",
@@ -107,6 +109,7 @@ def run(args: argparse.Namespace) -> int:
     refine_options = options_from_args(args)
     check_output_folder(args.out)  # a folder of the user's files is refused before any work
     model = load_model(args.model, plugins=args.plugin)
+    model.at_training_spacing = not args.native_grid
     model.objective.resolve(params)  # every input is checked before any work or output
     choice = None
     if args.choose:

@@ -9,6 +9,7 @@ from regzoo._errors import InputError
 from regzoo.cli.arguments import (
     TRUST_PLUGIN,
     add_max_folding_argument,
+    add_native_grid_argument,
     add_plugin_argument,
     add_refine_argument,
     int_at_least,
@@ -21,6 +22,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("sweep", help="evaluate a grid of parameters; heat maps and best values")
     p.add_argument("--model", required=True)
     add_plugin_argument(p, TRUST_PLUGIN)
+    add_native_grid_argument(p)
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.add_argument(
@@ -80,6 +82,7 @@ def run(args: argparse.Namespace) -> int:
     if args.refine_grid and not args.refine:
         raise InputError("--refine-grid needs --refine N (the iterations per setting)")
     model = load_model(args.model, plugins=args.plugin)
+    model.at_training_spacing = not args.native_grid
     window = model.config.data.intensity_window
     dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
     study = run_sweep_study(

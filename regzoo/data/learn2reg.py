@@ -221,6 +221,23 @@ class Learn2RegDataset(Dataset):
     def __len__(self) -> int:
         return len(self.pairs)
 
+    def typical_grid(self) -> tuple[tuple[float, ...], tuple[int, ...]]:
+        """The median voxel spacing (mm) and spatial shape of the split's images, read from
+        the NIfTI headers (no voxels are read): the grid a model trained on them expects."""
+        import nibabel as nib
+
+        spacings, shapes = [], []
+        for path in sorted({p for pair in self.pairs for p in pair}):
+            header: Any = nib.load(str(path)).header
+            shape = [int(n) for n in header.get_data_shape()]
+            while len(shape) > 2 and shape[-1] == 1:
+                shape.pop()
+            shapes.append(shape)
+            spacings.append([float(z) for z in header.get_zooms()[: len(shape)]])
+        spacing = tuple(float(v) for v in np.median(np.array(spacings), axis=0))
+        shape_out = tuple(int(np.rint(v)) for v in np.median(np.array(shapes), axis=0))
+        return spacing, shape_out
+
     def _load(self, path: Path) -> dict[str, Any]:
         if path in self._cache:
             return self._cache[path]

@@ -354,7 +354,7 @@ class ExploreSession:
     def _register(self, params: dict[str, float]) -> _Current:
         started = time.perf_counter()
         with torch.inference_mode():
-            output = self.model(self._fixed_n, self._moving_n, params)
+            output = self.model(self._fixed_n, self._moving_n, params, spacing=self.spacing)
         return self._score(params, output, started)
 
     def _score(
