@@ -171,6 +171,11 @@ class DataConfig(StrictModel):
     intensity_window: tuple[float, float] = Field(
         (-1000.0, 500.0), description="CT window (HU) clipped and mapped to [0, 1]"
     )
+    align: Literal["none", "rigid", "affine"] = Field(
+        "none",
+        description="pre-alignment `regzoo register` runs before the network when not given "
+        "(--rigid/--affine): none, rigid or affine (regzoo.align)",
+    )
     batch_size: int = Field(1, ge=1)
     num_workers: int = Field(
         0, ge=0, description="loader processes reading pairs from disk ahead of the step"
