@@ -18,7 +18,7 @@ import torch
 from regzoo._errors import InputError
 from regzoo.align import align as align_images
 from regzoo.align import check_align, compose
-from regzoo.data.learn2reg import normalize_intensity
+from regzoo.data.learn2reg import Intensity
 from regzoo.io import (
     Volume,
     atomic_write_text,
@@ -229,11 +229,11 @@ def register(
             f"({fixed_v.grid.describe()})"
         )
     labels = read_labels(model, fixed_v, fixed_labels, needed=refine > 0)
-    window = model.config.data.intensity_window
+    intensity = Intensity.from_config(model.config.data)
     device = model.device
     moving_t = moving_v.tensor()
-    f = normalize_intensity(fixed_v.tensor(), window)[None, None].to(device)
-    m = normalize_intensity(moving_t, window)[None, None].to(device)
+    f = intensity(fixed_v.tensor())[None, None].to(device)
+    m = intensity(moving_t)[None, None].to(device)
     trace = RefineTrace()
     alignment = None
     if kind is not None:
@@ -342,11 +342,11 @@ def choose_parameters(
             f"the model registers {model.ndim}D images, got {fixed_v.ndim}D "
             f"({fixed_v.grid.describe()})"
         )
-    window = model.config.data.intensity_window
+    intensity = Intensity.from_config(model.config.data)
     labels = read_labels(model, fixed_v, fixed_labels, needed=refine_grid > 0)
     item: dict[str, Any] = {
-        "fixed": normalize_intensity(fixed_v.tensor(), window)[None],
-        "moving": normalize_intensity(moving_v.tensor(), window)[None],
+        "fixed": intensity(fixed_v.tensor())[None],
+        "moving": intensity(moving_v.tensor())[None],
         "fixed_id": "fixed",
         "moving_id": "moving",
         "spacing": torch.tensor(fixed_v.spacing, dtype=torch.float32),

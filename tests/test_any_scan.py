@@ -4,8 +4,11 @@ pre-alignment and intensity normalisations (issue 30)."""
 import json
 import logging
 import math
+import shutil
 import warnings
 from collections.abc import Sequence
+from pathlib import Path
+from types import SimpleNamespace
 
 import nibabel as nib
 import numpy as np
@@ -18,8 +21,8 @@ from regzoo._errors import InputError
 from regzoo.align import _field, _voxel_matrix, align, compose
 from regzoo.checkpoint import load_model
 from regzoo.cli import main
-from regzoo.config import load_config
-from regzoo.data.learn2reg import load_keypoints, normalize_intensity
+from regzoo.config import ConfigError, load_config
+from regzoo.data.learn2reg import Intensity, load_keypoints, normalize_intensity
 from regzoo.inference import register, save_result
 from regzoo.io import Volume, read_volume
 from regzoo.metrics import target_registration_error
@@ -27,7 +30,7 @@ from regzoo.nets import RegistrationOutput
 from regzoo.registration_model import RegistrationModel, TrainingGrid
 from regzoo.similarity import parse_similarity
 from regzoo.spatial import warp
-from tests.conftest import QUICKSTART
+from tests.conftest import QUICKSTART, tiny_overrides
 from tests.test_inference_cli import pair_paths, register_args, sweep_args
 from tests.test_interop import inside_field_of_view
 
@@ -292,3 +295,83 @@ def test_pre_alignment_in_2d_and_its_bad_input(
     assert main(args) == 2
     err = capsys.readouterr().err.strip().splitlines()
     assert len(err) == 1 and "needs two images of one dimension" in err[0], err
+
+
+# -- intensities ------------------------------------------------------------------------------
+
+
+@pytest.fixture(scope="module")
+def mri_like(tiny_phantom, tmp_path_factory) -> Path:
+    """The tiny phantom as an MRI-like set: arbitrary units (0 to ~4000), inverted tissue
+    contrast and a smooth bias field; annotations kept."""
+    root = tmp_path_factory.mktemp("mri") / "mri"
+    shutil.copytree(tiny_phantom, root)
+    for path in sorted((root / "imagesTr").glob("*.nii.gz")):
+        image = nib.load(path)
+        hu = np.asarray(image.dataobj, dtype=np.float32)
+        x = np.linspace(0.8, 1.2, hu.shape[0], dtype=np.float32)[:, None, None]
+        mri = (3000.0 - 2.0 * np.clip(hu + 1000.0, 0, 1500)) * x + 200.0
+        nib.save(nib.Nifti1Image(mri.astype(np.float32), image.affine), path)
+    return root
+
+
+def test_percentile_and_zscore_intensities():
+    image = torch.linspace(0, 4000, 16**3).reshape(16, 16, 16)
+    rescaled = Intensity("percentile", percentiles=(1.0, 99.0))(image)
+    assert float(rescaled.min()) == pytest.approx(0.0, abs=1e-6)
+    assert float(rescaled.max()) == pytest.approx(1.0, abs=1e-6)
+    z = Intensity("zscore")(image[:, :, 0])  # 2D too
+    assert z.shape == (16, 16)
+    assert float(z.mean()) == pytest.approx(0.0, abs=1e-4) and float(z.std()) == pytest.approx(
+        1.0, abs=1e-2
+    )
+    # a config (or checkpoint) from before data.intensity keeps its CT window
+    old = SimpleNamespace(intensity_window=(-500.0, 500.0))
+    assert Intensity.from_config(old) == Intensity("window", (-500.0, 500.0))
+    with pytest.raises(InputError, match="percentiles must be"):
+        Intensity("percentile", percentiles=(99.0, 1.0))
+
+
+def test_a_percentile_out_of_order_is_one_clear_error(capsys):
+    with pytest.raises(ConfigError, match=r"percentiles must be \(low, high\) with 0 <= low"):
+        load_config(QUICKSTART, ["data.intensity=percentile", "data.percentiles=[99, 1]"])
+    args = ["train", str(QUICKSTART), "--set", "data.percentiles=[99, 1]"]
+    assert main(args) == 2
+    err = capsys.readouterr().err.strip().splitlines()
+    assert len(err) == 1 and "percentiles must be" in err[0], err
+
+
+def test_an_mri_like_pair_registers_end_to_end(mri_like, tmp_path):
+    from regzoo.training import train
+
+    config = load_config(
+        QUICKSTART,
+        [*tiny_overrides(mri_like, tmp_path / "run"), "data.intensity=percentile"],
+    )
+    checkpoint = train(config)
+    model = load_model(checkpoint)
+    assert model.config.data.intensity == "percentile"  # stored with the config
+    fixed, moving, seg = pair_paths(mri_like)
+    out = tmp_path / "reg"
+    args = [
+        *register_args(checkpoint, fixed, moving, out),
+        "--refine",
+        "3",
+        "--moving-seg",
+        str(seg),
+    ]
+    assert main(args) == 0
+    warped = nib.load(out / "warped.nii.gz").get_fdata()
+    assert warped.max() > 1000  # the moving image's own (MRI) units
+    report = tmp_path / "eval.json"
+    evaluate = [
+        "evaluate",
+        "--data",
+        str(mri_like),
+        "--model",
+        str(checkpoint),
+        "--out",
+        str(report),
+    ]
+    assert main(evaluate) == 0
+    assert json.loads(report.read_text())["mean"]["dice"] > 0.5

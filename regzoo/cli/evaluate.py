@@ -37,7 +37,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``regzoo evaluate``; returns the exit code."""
-    from regzoo.data.learn2reg import Learn2RegDataset
+    from regzoo.data.learn2reg import Intensity, Learn2RegDataset
     from regzoo.evaluation import (
         check_dimension,
         evaluate_displacements,
@@ -62,8 +62,8 @@ def run(args: argparse.Namespace) -> int:
         model = load_model(args.model, plugins=args.plugin)
         model.at_training_spacing = not args.native_grid
         params = model.objective.resolve(parse_params(args.param))
-        window = model.config.data.intensity_window
-        dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
+        intensity = Intensity.from_config(model.config.data)
+        dataset = Learn2RegDataset(args.data, args.split, intensity=intensity, annotations=True)
         check_dimension(model, dataset)
         options = options_from_args(args)
         rows = evaluate_model(model, dataset, params, refine=args.refine, refine_options=options)

@@ -75,7 +75,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``regzoo sweep``; returns the exit code."""
     from regzoo.checkpoint import load_model
-    from regzoo.data.learn2reg import Learn2RegDataset
+    from regzoo.data.learn2reg import Intensity, Learn2RegDataset
     from regzoo.study import parameter_title, run_sweep_study
     from regzoo.sweeping import parse_grid
 
@@ -83,8 +83,8 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--refine-grid needs --refine N (the iterations per setting)")
     model = load_model(args.model, plugins=args.plugin)
     model.at_training_spacing = not args.native_grid
-    window = model.config.data.intensity_window
-    dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
+    intensity = Intensity.from_config(model.config.data)
+    dataset = Learn2RegDataset(args.data, args.split, intensity=intensity, annotations=True)
     study = run_sweep_study(
         model,
         dataset,

@@ -25,7 +25,7 @@ import torch
 
 from regzoo._errors import InputError
 from regzoo.cli.refine_flags import refine_flags
-from regzoo.data.learn2reg import normalize_intensity
+from regzoo.data.learn2reg import Intensity
 from regzoo.explore.render import (
     deformation_grid,
     encode_plane,
@@ -130,11 +130,11 @@ class ExploreSession:
             )
         fixed_t, self.affine, self.moving = fixed_v.tensor(), fixed_v.affine, moving_v.tensor()
         self.shape = tuple(fixed_t.shape)
-        window = model.config.data.intensity_window
-        self.window = (float(window[0]), float(window[1]))
+        intensity = Intensity.from_config(model.config.data)
+        self.window = intensity.display_range(fixed_t)
         device = model.device
-        self._fixed_n = normalize_intensity(fixed_t, window)[None, None].to(device)
-        self._moving_n = normalize_intensity(self.moving, window)[None, None].to(device)
+        self._fixed_n = intensity(fixed_t)[None, None].to(device)
+        self._moving_n = intensity(self.moving)[None, None].to(device)
         self.fixed_seg = self._segmentation("fixed_seg", fixed_seg)
         self.moving_seg = self._segmentation("moving_seg", moving_seg)
         self.spacing = list(fixed_v.spacing)
