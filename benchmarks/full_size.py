@@ -191,8 +191,11 @@ def main(argv: Sequence[str] | None = None) -> None:
             with (out / "full_size.jsonl").open("a") as f:
                 f.write(json.dumps(row) + "\n")
             rows.append(row)
-            (out / "full_size.md").write_text(table(rows) + "\n")
-    print(table(rows))
+    # every row the output folder holds (runs with other --methods or --data append to it)
+    lines = (out / "full_size.jsonl").read_text().splitlines()
+    every = [json.loads(line) for line in lines if line.strip()]
+    (out / "full_size.md").write_text(table(every) + "\n")
+    print(table(every))
 
 
 if __name__ == "__main__":
