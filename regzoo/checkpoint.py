@@ -29,7 +29,7 @@ from regzoo._errors import (
 from regzoo.config import ExperimentConfig
 from regzoo.fingerprint import check_fingerprint
 from regzoo.nets.unet import drop_flow_shift
-from regzoo.registration_model import RegistrationModel, build_network
+from regzoo.registration_model import RegistrationModel, TrainingGrid, build_network
 from regzoo.registry import Registry, load_plugins
 from regzoo.resolve import build_objective
 
@@ -333,4 +333,5 @@ def load_model(
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise InputError(f"{path}: its weights do not match its config ({first})") from None
+    model.training_grid = TrainingGrid.from_dict(extras.get("training_grid"))
     return model.to(map_location).eval()

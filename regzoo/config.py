@@ -172,6 +172,20 @@ class DataConfig(StrictModel):
     intensity_window: tuple[float, float] = Field(
         (-1000.0, 500.0), description="CT window (HU) clipped and mapped to [0, 1]"
     )
+    intensity: Literal["window", "percentile", "zscore"] = Field(
+        "window",
+        description="intensity normalisation: window (intensity_window, CT), percentile "
+        "(each image's `percentiles` mapped to [0, 1], e.g. MRI) or zscore (zero mean, unit "
+        "variance); torchio's RescaleIntensity and ZNormalization",
+    )
+    percentiles: tuple[float, float] = Field(
+        (0.5, 99.5), description="with intensity: percentile, the (low, high) percentiles"
+    )
+    align: Literal["none", "rigid", "affine"] = Field(
+        "none",
+        description="pre-alignment `regzoo register` runs before the network when not given "
+        "(--rigid/--affine): none, rigid or affine (regzoo.align)",
+    )
     batch_size: int = Field(1, ge=1)
     num_workers: int = Field(
         0, ge=0, description="loader processes reading pairs from disk ahead of the step"
@@ -201,6 +215,11 @@ class DataConfig(StrictModel):
         if not high > low:
             raise ValueError(
                 f"intensity_window must be (low, high) with high > low, got {(low, high)}"
+            )
+        low, high = self.percentiles
+        if not 0.0 <= low < high <= 100.0:
+            raise ValueError(
+                f"percentiles must be (low, high) with 0 <= low < high <= 100, got {(low, high)}"
             )
         if self.labels is not None and any(v <= 0 for v in self.labels.values()):
             raise ValueError(

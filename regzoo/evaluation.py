@@ -185,7 +185,7 @@ def evaluate_model(
             iterations.append(trace.total_iterations)
             return displacement
         with torch.no_grad():
-            return model(fixed, moving, resolved).displacement[0]
+            return model(fixed, moving, resolved, spacing=item.get("spacing")).displacement[0]
 
     rows = evaluate_predictor(dataset, predict, progress)
     if options is not None:

@@ -7,6 +7,7 @@ writing the output set are the one path ``register`` takes; each step is a funct
 from __future__ import annotations
 
 import dataclasses
+import json
 from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
@@ -16,9 +17,12 @@ import numpy as np
 import torch
 
 from regzoo._errors import InputError
-from regzoo.data.learn2reg import normalize_intensity
+from regzoo.align import align as align_images
+from regzoo.align import check_align, compose
+from regzoo.data.learn2reg import Intensity
 from regzoo.io import (
     Volume,
+    atomic_write_text,
     check_same_grid,
     output_folder,
     read_volume,
@@ -40,6 +44,7 @@ if TYPE_CHECKING:
 __all__ = [
     "RegistrationResult",
     "build_result",
+    "check_alignment_pair",
     "choose_parameters",
     "objective_readout",
     "read_image",
@@ -73,6 +78,10 @@ class RegistrationResult:
             ([`objective_readout`][regzoo.inference.objective_readout]: ``objective``,
             ``similarity`` and each term's ``energies``), as refinement minimises it; ``None`` for a
             per-label model without the fixed label map.
+            With pre-alignment it is the deformable stage's objective.
+        alignment: the pre-alignment's record ([`Alignment.record`][regzoo.align.Alignment.record]: its
+            kind and matrices), ``None`` without one; ``displacement`` then holds the total
+            field, the affine map applied after the deformable one.
     """
 
     displacement: torch.Tensor
@@ -83,6 +92,7 @@ class RegistrationResult:
     parameter_maps: dict[str, torch.Tensor] = field(default_factory=dict)
     refine_iterations: int = 0
     objective: dict[str, Any] | None = None
+    alignment: dict[str, Any] | None = None
 
     def save(
         self,
@@ -198,6 +208,8 @@ def register(
     resample: bool = False,
     fixed_labels: ImageLike | None = None,
     refine_options: Mapping[str, Any] | None = None,
+    at_training_spacing: bool | None = None,
+    align: str | None = None,
     **params: float,
 ) -> RegistrationResult:
     """Register ``moving`` to ``fixed`` with the model's network at the given parameters.
@@ -221,6 +233,14 @@ def register(
             parameters: refinement needs it, and the result then holds the parameter maps.
         refine_options: deprecated: the settings beyond the steps as a mapping (folded into
             ``refine`` with a ``DeprecationWarning``).
+        at_training_spacing: run the network at the spacing it was trained at (the images
+            are resampled to it and its field carried back in mm; refinement then runs on the
+            fixed image's own grid); ``False`` runs it on the images' grid; ``None`` (default)
+            follows ``model.at_training_spacing`` (on unless changed).
+        align: pre-alignment before the network: ``"rigid"``, ``"affine"`` or ``"none"``
+            ([`regzoo.align.align`][regzoo.align.align], under the model's similarity on an image pyramid);
+            ``None`` follows the config's ``data.align``. The result's displacement, warped
+            image and ITK transform are the total map; ``result.alignment`` records the matrix.
         **params: free parameter values by short (``mu``, ``mu@lung``) or full
             (``linear_elastic.mu``) name; the rest take the space's defaults.
 
@@ -236,19 +256,36 @@ def register(
     """
     options = RefineOptions.from_legacy(refine, refine_options, "register")
     resolved = model.objective.resolve(params)
-    fixed_v, moving_v, _ = read_pair(fixed, moving, resample=resample)
+    kind = check_align(model.config.data.align if align is None else align)
+    fixed_v, moving_v = (
+        read_image(fixed, what="fixed image"),
+        read_image(moving, what="moving image"),
+    )
+    check_alignment_pair(kind, fixed_v, moving_v)
+    fixed_v, moving_v, _ = read_pair(fixed_v, moving_v, resample=resample)
     if fixed_v.ndim != model.ndim:
         raise InputError(
             f"the model registers {model.ndim}D images, got {fixed_v.ndim}D "
             f"({fixed_v.grid.describe()})"
         )
     labels = read_labels(model, fixed_v, fixed_labels, needed=options is not None)
-    window = model.config.data.intensity_window
+    intensity = Intensity.from_config(model.config.data)
     device = model.device
     moving_t = moving_v.tensor()
-    f = normalize_intensity(fixed_v.tensor(), window)[None, None].to(device)
-    m = normalize_intensity(moving_t, window)[None, None].to(device)
+    f = intensity(fixed_v.tensor())[None, None].to(device)
+    m = intensity(moving_t)[None, None].to(device)
     trace = RefineTrace()
+    alignment = None
+    if kind is not None:
+        alignment = align_images(
+            f, m, model.objective.similarity, spacing=fixed_v.spacing, kind=kind
+        )
+        with torch.no_grad():
+            m = warp(m, alignment.displacement)
+    with torch.no_grad():
+        output = model(
+            f, m, resolved, spacing=fixed_v.spacing, at_training_spacing=at_training_spacing
+        )
     if options is not None:
         output = refine_output(
             model,
@@ -259,12 +296,13 @@ def register(
             spacing=fixed_v.spacing,
             labels=labels,
             trace=trace,
+            init=output,
         )
-    else:
-        with torch.no_grad():
-            output = model(f, m, resolved)
-    result = build_result(output.displacement, moving_t, resolved, fixed_v.affine)
+    total = output.displacement if alignment is None else compose(alignment, output.displacement)
+    result = build_result(total, moving_t, resolved, fixed_v.affine)
     result.refine_iterations = trace.total_iterations
+    if alignment is not None:
+        result.alignment = alignment.record(fixed_v.affine)
     if labels is not None or not model.objective.needs_labels:
         terms = result_objective(
             model, f, m, output, resolved, spacing=fixed_v.spacing, labels=labels
@@ -274,6 +312,20 @@ def register(
         maps = model.objective.parameter_maps(model.objective.to_tensor(resolved), labels.cpu())
         result.parameter_maps = {name: value[0, 0] for name, value in maps.items()}
     return result
+
+
+def check_alignment_pair(kind: str | None, fixed: Volume, moving: Volume) -> None:
+    """Refuse a pre-alignment of images of different dimensions (a 2D and a 3D image).
+
+    Raises:
+        InputError: naming both images' grids.
+    """
+    if kind is not None and fixed.ndim != moving.ndim:
+        raise InputError(
+            f"a {kind} pre-alignment needs two images of one dimension: the fixed image is "
+            f"{fixed.ndim}D ({fixed.grid.describe()}), the moving image {moving.ndim}D "
+            f"({moving.grid.describe()})"
+        )
 
 
 def choose_parameters(
@@ -330,12 +382,12 @@ def choose_parameters(
             f"the model registers {model.ndim}D images, got {fixed_v.ndim}D "
             f"({fixed_v.grid.describe()})"
         )
-    window = model.config.data.intensity_window
+    intensity = Intensity.from_config(model.config.data)
     options = RefineOptions.from_legacy(refine_grid, refine_options, "choose_parameters")
     labels = read_labels(model, fixed_v, fixed_labels, needed=options is not None)
     item: dict[str, Any] = {
-        "fixed": normalize_intensity(fixed_v.tensor(), window)[None],
-        "moving": normalize_intensity(moving_v.tensor(), window)[None],
+        "fixed": intensity(fixed_v.tensor())[None],
+        "moving": intensity(moving_v.tensor())[None],
         "fixed_id": "fixed",
         "moving_id": "moving",
         "spacing": torch.tensor(fixed_v.spacing, dtype=torch.float32),
@@ -503,7 +555,8 @@ def save_result(
     Files: ``disp.nii.gz`` (Learn2Reg convention ``(*spatial, D)``, voxels),
     ``displacement_itk.nii.gz`` (the same field as an ITK displacement-field transform in LPS
     mm, for ANTs, SimpleITK, elastix and 3D Slicer), ``warped.nii.gz``,
-    ``jacdet.nii.gz``, ``warped_<name>.nii.gz`` for each moving segmentation (nearest
+    ``jacdet.nii.gz``, ``alignment.json`` (the pre-alignment's matrices, with one),
+    ``warped_<name>.nii.gz`` for each moving segmentation (nearest
     neighbour, already on the fixed grid) and ``map_<term.param>.nii.gz`` for each parameter
     map, all with the fixed image's affine. Use
     [`write_result`][regzoo.inference.write_result] to write them as one output set.
@@ -535,6 +588,12 @@ def save_result(
             for name, value in result.parameter_maps.items()
         ],
     ]
+    if result.alignment is not None:
+        written.append(
+            atomic_write_text(
+                json.dumps(result.alignment, indent=2) + "\n", folder / "alignment.json"
+            )
+        )
     for name, label in labels.items():
         warped = warp(label.tensor()[None, None], result.displacement[None], mode="nearest")
         path = folder / f"warped_{name}.nii.gz"

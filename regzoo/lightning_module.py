@@ -121,10 +121,14 @@ class HyperRegistration(L.LightningModule):
         fixed: torch.Tensor,
         moving: torch.Tensor,
         params: Mapping[str, float] | torch.Tensor | None = None,
+        *,
+        spacing: Spacing = None,
+        at_training_spacing: bool | None = None,
     ) -> RegistrationOutput:
-        """The wrapped model's prediction
-        ([`RegistrationModel.forward`][regzoo.registration_model.RegistrationModel.forward])."""
-        return self.model(fixed, moving, params)
+        """The wrapped model's prediction ([`RegistrationModel.forward`][regzoo.registration_model.RegistrationModel.forward])."""
+        return self.model(
+            fixed, moving, params, spacing=spacing, at_training_spacing=at_training_spacing
+        )
 
     # -- training ---------------------------------------------------------------------
     def setup(self, stage: str) -> None:
@@ -344,8 +348,11 @@ class HyperRegistration(L.LightningModule):
 
     def on_save_checkpoint(self, checkpoint: dict[str, Any]) -> None:
         """Store the weights as the model names them (``net.*``), the config, the plugins (file
-        paths made absolute) and the distributions that provide them, the free space and the parameter sampler's state, so that
-        [`load_model`][regzoo.checkpoint.load_model] can rebuild the model from another folder and
+        paths made absolute) and the distributions that provide them, the free space, the
+        training grid (median spacing and shape of the training images,
+        [`TrainingGrid`][regzoo.registration_model.TrainingGrid]) and the parameter sampler's
+        state, so that [`load_model`][regzoo.checkpoint.load_model] can rebuild the model from
+        another folder and
         check it, and ``train --resume`` continues the same draws."""
         for key in ("state_dict", "current_model_state"):  # the latter: weight averaging's
             if isinstance(checkpoint.get(key), Mapping):
@@ -358,6 +365,8 @@ class HyperRegistration(L.LightningModule):
             "sampler_states": self._sampler_states(),
             "config_digest": config_digest(self.config),
         }
+        if self.model.training_grid is not None:  # the grid the network runs at (test time)
+            checkpoint[CHECKPOINT_KEY]["training_grid"] = self.model.training_grid.as_dict()
 
     def _sampler_states(self) -> torch.Tensor:
         """Every rank's sampler state ``(world_size, N)``: under DDP each process draws its own

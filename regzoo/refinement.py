@@ -565,7 +565,9 @@ def refine(
             values ``(B, P)``.
         options: the settings ([`RefineOptions`][regzoo.refinement.RefineOptions]: steps, similarity, pyramid, optimiser,
             early stopping; ``30`` steps by default, enough on the phantom, docs/results.md).
-        init: the network's output if already computed.
+        init: the network's output if already computed (otherwise the network runs at its
+            training spacing when ``spacing`` is given,
+            [`RegistrationModel.predict`][regzoo.registration_model.RegistrationModel.predict]).
         trace: if given, receives the objective per iteration (and the iterations that ran,
             ``trace.iterations``, fewer than the budget when ``options.tol`` stopped a level).
         spacing: the images' voxel spacing in mm; the energies are then per mm when the model
@@ -611,7 +613,7 @@ def refine(
     values = model.parameter_tensor(params, fixed.shape[0])
     if init is None:
         with torch.no_grad():
-            init = model(fixed, moving, values)
+            init = model(fixed, moving, values, spacing=spacing)
     config = model.config
     diffeomorphic = config.model.int_steps > 0
     options = dataclasses.replace(

@@ -11,10 +11,13 @@ refine, the sweep, the explorer, evaluation) uses. How it is trained lives in
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+import logging
+from collections.abc import Mapping, Sequence
+from dataclasses import dataclass
 from typing import Any
 
 import torch
+import torch.nn.functional as F
 from torch import nn
 
 from regzoo._errors import InputError
@@ -22,10 +25,11 @@ from regzoo.config import ExperimentConfig
 from regzoo.nets import RegistrationNet, RegistrationOutput
 from regzoo.objective import LossTerms, Objective
 from regzoo.resolve import build_objective
-from regzoo.spatial import Spacing, warp
+from regzoo.spatial import Spacing, resize_flow, warp
 
 __all__ = [
     "RegistrationModel",
+    "TrainingGrid",
     "build_network",
     "check_finite_field",
     "field_objective",
@@ -51,6 +55,47 @@ def build_network(config: ExperimentConfig, num_params: int) -> RegistrationNet:
     )
 
 
+logger = logging.getLogger("regzoo")
+
+SAME_SPACING = 0.02
+"""Relative spacing difference below which an image is taken to be at the training spacing."""
+
+
+@dataclass(frozen=True)
+class TrainingGrid:
+    """The grid a model was trained on: the median voxel spacing (mm) and shape of its
+    training images, recorded in the checkpoint (``regzoo`` extras, ``training_grid``).
+
+    Attributes:
+        spacing: voxel size along each array axis, in mm.
+        shape: the typical spatial shape.
+    """
+
+    spacing: tuple[float, ...]
+    shape: tuple[int, ...]
+
+    def as_dict(self) -> dict[str, list[float] | list[int]]:
+        """The checkpoint's record: ``{"spacing": [...], "shape": [...]}``."""
+        return {"spacing": list(self.spacing), "shape": list(self.shape)}
+
+    @classmethod
+    def from_dict(cls, data: Mapping[str, Any] | None) -> TrainingGrid | None:
+        """The grid a checkpoint records, or ``None`` for one that records none."""
+        if not data or "spacing" not in data:
+            return None
+        return cls(tuple(float(s) for s in data["spacing"]), tuple(int(n) for n in data["shape"]))
+
+
+def _spacing_values(spacing: Spacing, ndim: int) -> tuple[float, ...] | None:
+    """One spacing per axis from a number, a sequence, a ``(D,)`` or a ``(B, D)`` tensor."""
+    if spacing is None:
+        return None
+    if isinstance(spacing, int | float):
+        return (float(spacing),) * ndim
+    values = torch.as_tensor(spacing, dtype=torch.float64).reshape(-1, ndim)[0]
+    return tuple(float(v) for v in values)
+
+
 class RegistrationModel(nn.Module):
     """A registration network conditioned on the free parameters of its objective.
 
@@ -70,6 +115,11 @@ class RegistrationModel(nn.Module):
         self.objective = build_objective(config)
         self.space = self.objective.space
         self.net = build_network(config, self.space.feature_size)  # periodic: (cos, sin)
+        self.training_grid: TrainingGrid | None = None
+        """The grid the model was trained on (``None``: unknown, e.g. an old checkpoint)."""
+        self.at_training_spacing = True
+        """Run the network at `training_grid`'s spacing when an image's spacing is
+        given (``False``: on the image's own grid, as before regzoo recorded the grid)."""
 
     @property
     def ndim(self) -> int:
@@ -126,23 +176,117 @@ class RegistrationModel(nn.Module):
         fixed: torch.Tensor,
         moving: torch.Tensor,
         params: Mapping[str, float] | torch.Tensor | None = None,
+        *,
+        spacing: Spacing = None,
+        at_training_spacing: bool | None = None,
     ) -> RegistrationOutput:
         """Predict the field for images ``(B, 1, *spatial)`` at physical ``params``.
 
         ``params`` is a mapping (short or full names; defaults fill the rest) or a tensor
         ``(B, P)`` / ``(P,)`` of physical values in the order of ``self.space``. Plain
-        (non-hyper) models ignore it.
+        (non-hyper) models ignore it. With the images' ``spacing`` (mm) the network runs at
+        the spacing it was trained at ([`predict`][regzoo.registration_model.RegistrationModel.predict]).
         """
         values = self.parameter_tensor(params, fixed.shape[0])
-        return self.predict(fixed, moving, values)
+        return self.predict(
+            fixed, moving, values, spacing=spacing, at_training_spacing=at_training_spacing
+        )
+
+    def network_size(
+        self,
+        shape: Sequence[int],
+        spacing: Spacing,
+        at_training_spacing: bool | None = None,
+    ) -> tuple[int, ...] | None:
+        """The grid size the network sees an image of ``shape`` and ``spacing`` (mm) at: the
+        same physical extent (corner to corner) at the training spacing; ``None`` when the
+        image is run on its own grid (no spacing given, ``at_training_spacing`` off, no
+        recorded training grid, or already at the training spacing within 2%).
+
+        Raises:
+            InputError: an image that would be smaller than the network's minimum size
+                (``2^len(model.enc)`` voxels per axis) at the training spacing.
+        """
+        use = self.at_training_spacing if at_training_spacing is None else at_training_spacing
+        values = _spacing_values(spacing, len(shape))
+        if not use or values is None:
+            return None
+        grid = self.training_grid
+        if grid is None:
+            self._notice_no_grid()
+            return None
+        if len(grid.spacing) != len(shape):
+            return None  # the dimension check of the caller names the mismatch
+        if all(abs(s / t - 1.0) < SAME_SPACING for s, t in zip(values, grid.spacing, strict=True)):
+            return None
+        size = tuple(
+            max(1, round((n - 1) * s / t) + 1)
+            for n, s, t in zip(shape, values, grid.spacing, strict=True)
+        )
+        minimum = int(getattr(self.net, "multiple", 1))
+        if min(size) < minimum:
+            shown = "x".join(f"{s:.4g}" for s in values)
+            raise InputError(
+                f"an image of {'x'.join(map(str, shape))} voxels at {shown} mm spacing is "
+                f"{'x'.join(map(str, size))} voxels at the model's training spacing "
+                f"({'x'.join(f'{t:.4g}' for t in grid.spacing)} mm), fewer than the network's "
+                f"minimum of {minimum} per axis; register it on its own grid (--native-grid, "
+                "Python: at_training_spacing=False)"
+            )
+        if tuple(size) == tuple(shape):
+            return None
+        return size
+
+    def _notice_no_grid(self) -> None:
+        """Say once that the model cannot run at its training spacing."""
+        if getattr(self, "_told_no_grid", False):
+            return
+        self._told_no_grid = True
+        logger.warning(
+            "regzoo: the checkpoint records no training grid (written before regzoo recorded "
+            "it): the network runs on each image's own grid"
+        )
 
     def predict(
-        self, fixed: torch.Tensor, moving: torch.Tensor, values: torch.Tensor
+        self,
+        fixed: torch.Tensor,
+        moving: torch.Tensor,
+        values: torch.Tensor,
+        *,
+        spacing: Spacing = None,
+        at_training_spacing: bool | None = None,
     ) -> RegistrationOutput:
         """The network's output at physical values ``(B, P)`` (conditioned on their
-        [`features`][regzoo.params.ParamSpace.features])."""
+        [`features`][regzoo.params.ParamSpace.features]).
+
+        With the images' ``spacing`` (mm) and a model that knows its `training_grid`,
+        the network runs at the training spacing: both images are resampled to it (keeping
+        their physical extent, [`network_size`][regzoo.registration_model.RegistrationModel.network_size]), the network predicts, and its field is
+        carried back to the images' grid in physical units (each axis's voxel displacement
+        scaled by the spacing ratio, then interpolated: [`resize_flow`][regzoo.spatial.resize_flow]).
+        This is the one place where every command and the Python API run the network.
+        ``at_training_spacing=False`` (or the model's attribute of that name) runs it on the
+        images' own grid.
+
+        Raises:
+            InputError: an image the network cannot be run on at its training spacing.
+        """
         unit = self.space.features(values) if self.net.num_params else None
-        return self.net(fixed, moving, unit)
+        size = self.network_size(fixed.shape[2:], spacing, at_training_spacing)
+        if size is None:
+            return self.net(fixed, moving, unit)
+        shape = tuple(fixed.shape[2:])
+        mode = "bilinear" if len(shape) == 2 else "trilinear"
+
+        def resample(image: torch.Tensor) -> torch.Tensor:
+            return F.interpolate(image, size=size, mode=mode, align_corners=True)
+
+        output = self.net(resample(fixed), resample(moving), unit)
+        velocity = output.velocity
+        return RegistrationOutput(
+            displacement=resize_flow(output.displacement, shape),
+            velocity=None if velocity is None else resize_flow(velocity, shape),
+        )
 
     def regularized_field(self, output: RegistrationOutput) -> torch.Tensor:
         """The field the objective's energies see: the stationary velocity with

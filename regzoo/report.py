@@ -8,6 +8,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from regzoo.data.learn2reg import Intensity
 from regzoo.inference import register
 from regzoo.io import Volume, atomic_write_text, write_csv
 from regzoo.refinement import RefineOptions
@@ -74,7 +75,7 @@ def overlay_figure(
         out,
         fixed_mask=None if fixed_mask is None else fixed_mask.tensor(),
         moving_mask=None if moving_mask is None else moving_mask.tensor(),
-        window=model.config.data.intensity_window,
+        window=Intensity.from_config(model.config.data).display_range(fixed.tensor()),
     )
 
 

@@ -405,10 +405,21 @@ def warp_labels(labels: torch.Tensor, u: torch.Tensor) -> torch.Tensor:
     """Warp an integer label map ``(B, 1, *spatial)`` by ``u`` without blocky artefacts.
 
     Each label's indicator is warped linearly and every voxel takes the label with the largest
-    interpolated weight (smoother boundaries than nearest-neighbour warping).
+    interpolated weight (smoother boundaries than nearest-neighbour warping; ties go to the
+    lowest label). The labels are warped one at a time, so memory stays that of a few images
+    whatever the number of labels (a full-size label map of a dozen tissues included).
     """
     check_image(labels, "warp_labels", name="labels")
     values = labels.long().unique()
-    onehot = torch.cat([(labels == v).to(u.dtype) for v in values], dim=1)
-    warped = warp(onehot, u, mode="bilinear", padding_mode="border")
-    return values[warped.argmax(dim=1, keepdim=True)].to(labels.dtype)
+    best: torch.Tensor | None = None
+    chosen = torch.zeros(labels.shape, dtype=labels.dtype, device=labels.device)
+    for value in values:
+        weight = warp((labels == value).to(u.dtype), u, mode="bilinear", padding_mode="border")
+        if best is None:
+            best = weight
+            chosen.fill_(int(value))
+        else:
+            higher = weight > best
+            best = torch.where(higher, weight, best)
+            chosen.masked_fill_(higher, int(value))
+    return chosen

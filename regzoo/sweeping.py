@@ -278,11 +278,11 @@ class SweepResult:
         return values.reshape([len(a) for a in self.axes])
 
 
-@torch.no_grad()
 def _pair_name(item: Mapping[str, Any]) -> str:
     return f"pair {item['fixed_id']} / {item['moving_id']}"
 
 
+@torch.no_grad()
 def sweep(
     model: RegistrationModel,
     dataset: Learn2RegDataset,
@@ -321,6 +321,9 @@ def sweep(
     similarity, roughness, ...) that the criteria of [`regzoo.criteria`][regzoo.criteria] choose
     from; ``backward=True`` registers every pair the other way round too (twice the cost) for
     ``inverse_consistency``.
+
+    The network passes and the scoring run without autograd (refinement enables it for its own
+    unknowns only), so a sweep holds no graph of the network.
 
     Raises:
         KeyError: unknown or ambiguous parameter names.
@@ -414,7 +417,7 @@ def _register(
 ) -> Any:
     """The network's output for a batch of settings, refined with ``options`` when given;
     ``side`` names the item's image that is fixed here (for its label map)."""
-    output = model(fixed, moving, values)
+    output = model(fixed, moving, values, spacing=item.get("spacing"))
     if options is None:
         return output
     labels = item.get(f"{side}_labels")
@@ -533,7 +536,7 @@ def optimize_parameters(
     try:
         for _ in range(steps):
             values = space.denormalize(unit)
-            output = model.net(fixed, moving, space.features(values))
+            output = model.predict(fixed, moving, values, spacing=item.get("spacing"))
             if criterion == "dice":
                 value = 1.0 - _soft_dice(warp(source, output.displacement), target)
             else:

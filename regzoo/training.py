@@ -22,6 +22,7 @@ from regzoo.data.datamodule import (
     with_label_names,
 )
 from regzoo.lightning_module import HyperRegistration
+from regzoo.registration_model import TrainingGrid
 from regzoo.runs import (
     LOCK_NAME,
     RUN_CONTENTS,
@@ -136,6 +137,7 @@ def train(config: ExperimentConfig, *, resume: bool = False, overwrite: bool = F
     check_label_names(config)
     datamodule = RegistrationDataModule(config.data, labels=model.objective.needs_labels)
     datamodule.setup("fit")  # a bad dataset JSON is reported before the run_dir is written
+    model.model.training_grid = TrainingGrid(*datamodule.train_set.typical_grid())
     run_dir = Path(config.run_dir)
     # a run that fails before its first checkpoint leaves no half-made run_dir behind
     fresh = launcher_rank == 0 and not resume and not _holds_anything(run_dir)

@@ -8,6 +8,7 @@ from collections.abc import Callable
 __all__ = [
     "TRUST_PLUGIN",
     "add_max_folding_argument",
+    "add_native_grid_argument",
     "add_plugin_argument",
     "add_refine_argument",
     "fraction",
@@ -55,6 +56,15 @@ def add_max_folding_argument(parser: argparse.ArgumentParser) -> None:
         metavar="FRACTION",
         help="only settings whose mean folded-voxel fraction is at most this may be chosen "
         "(default 0: invertible results only; 1: no limit)",
+    )
+
+
+def add_native_grid_argument(p: argparse.ArgumentParser) -> None:
+    p.add_argument(
+        "--native-grid",
+        action="store_true",
+        help="run the network on each image's own grid instead of resampling the images to "
+        "the spacing the model was trained at (the field is carried back in mm either way)",
     )
 
 

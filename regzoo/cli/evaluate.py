@@ -9,6 +9,7 @@ from typing import Any
 from regzoo._errors import InputError
 from regzoo.cli.arguments import (
     TRUST_PLUGIN,
+    add_native_grid_argument,
     add_plugin_argument,
     add_refine_argument,
 )
@@ -27,6 +28,7 @@ def add_parser(sub: Any) -> None:
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--disp-dir", help="folder of disp_FFFF_MMMM.nii.gz from any tool")
     add_plugin_argument(p, TRUST_PLUGIN)
+    add_native_grid_argument(p)
     add_refine_argument(p, "refine each of the model's fields for N iterations")
     add_refine_options(p)
     p.add_argument("--out", required=True, help="JSON report (a CSV is written beside it)")
@@ -35,7 +37,7 @@ def add_parser(sub: Any) -> None:
 
 def run(args: argparse.Namespace) -> int:
     """Run ``regzoo evaluate``; returns the exit code."""
-    from regzoo.data.learn2reg import Learn2RegDataset
+    from regzoo.data.learn2reg import Intensity, Learn2RegDataset
     from regzoo.evaluation import (
         check_dimension,
         evaluate_displacements,
@@ -58,9 +60,10 @@ def run(args: argparse.Namespace) -> int:
         from regzoo.checkpoint import load_model
 
         model = load_model(args.model, plugins=args.plugin)
+        model.at_training_spacing = not args.native_grid
         params = model.objective.resolve(parse_params(args.param))
-        window = model.config.data.intensity_window
-        dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
+        intensity = Intensity.from_config(model.config.data)
+        dataset = Learn2RegDataset(args.data, args.split, intensity=intensity, annotations=True)
         check_dimension(model, dataset)
         options = from_flags(args, steps=args.refine) if args.refine else None
         from_flags(args)  # the flags are checked even without --refine

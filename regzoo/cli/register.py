@@ -12,6 +12,7 @@ from regzoo._errors import InputError
 from regzoo.cli.arguments import (
     TRUST_PLUGIN,
     add_max_folding_argument,
+    add_native_grid_argument,
     add_plugin_argument,
     add_refine_argument,
 )
@@ -35,6 +36,7 @@ def add_parser(sub: Any) -> None:
         "differ (default: refuse)",
     )
     add_plugin_argument(p, TRUST_PLUGIN)
+    add_native_grid_argument(p)
     p.add_argument(
         "--param",
         action="append",
@@ -76,6 +78,22 @@ def add_parser(sub: Any) -> None:
     add_max_folding_argument(p)
     add_refine_argument(p, "refine the network's field for N iterations under its objective")
     add_refine_options(p)
+    stage = p.add_mutually_exclusive_group()
+    stage.add_argument(
+        "--rigid",
+        action="store_const",
+        const="rigid",
+        dest="align",
+        help="pre-align the pair rigidly (rotation and translation) before the network; "
+        "alignment.json records the matrix (default: the model's data.align)",
+    )
+    stage.add_argument(
+        "--affine",
+        action="store_const",
+        const="affine",
+        dest="align",
+        help="pre-align the pair with a rigid then an affine stage (scales, shears) first",
+    )
     p.add_argument("--out", required=True, help="output folder")
     p.add_argument(
         "--figure",
@@ -89,6 +107,7 @@ def run(args: argparse.Namespace) -> int:
     """Run ``regzoo register``; returns the exit code."""
     from regzoo.checkpoint import load_model
     from regzoo.inference import (
+        check_alignment_pair,
         read_image,
         read_labels,
         read_pair,
@@ -111,13 +130,21 @@ def run(args: argparse.Namespace) -> int:
     refine = options if args.refine else None
     check_output_folder(args.out)  # a folder of the user's files is refused before any work
     model = load_model(args.model, plugins=args.plugin)
+    model.at_training_spacing = not args.native_grid
     model.objective.resolve(params)  # every input is checked before any work or output
+    align = model.config.data.align if args.align is None else args.align
+    align = None if align == "none" else align
+    if align is not None and args.choose:
+        raise InputError(f"--choose judges the pair as given: it cannot be combined with --{align}")
+    fixed_image = read_image(args.fixed, what="fixed image")
+    moving_image = read_image(args.moving, what="moving image")
+    check_alignment_pair(align, fixed_image, moving_image)
     choice = None
     if args.choose:
         params, choice = _choose(model, args, options if args.refine_grid else None)
     fixed, moving, segs = read_pair(
-        args.fixed,
-        args.moving,
+        fixed_image,
+        moving_image,
         segmentations=segmentation_names(args.moving_seg),
         resample=args.resample,
     )
@@ -130,6 +157,7 @@ def run(args: argparse.Namespace) -> int:
         refine=refine,
         progress=refine is not None,
         fixed_labels=labels,
+        align=align or "none",
         **params,  # type: ignore[arg-type]  # parameter names, never register's options
     )
     out = Path(args.out)

@@ -9,6 +9,7 @@ from regzoo._errors import InputError
 from regzoo.cli.arguments import (
     TRUST_PLUGIN,
     add_max_folding_argument,
+    add_native_grid_argument,
     add_plugin_argument,
     add_refine_argument,
     int_at_least,
@@ -21,6 +22,7 @@ def add_parser(sub: Any) -> None:
     p = sub.add_parser("sweep", help="evaluate a grid of parameters; heat maps and best values")
     p.add_argument("--model", required=True)
     add_plugin_argument(p, TRUST_PLUGIN)
+    add_native_grid_argument(p)
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
     p.add_argument(
@@ -73,7 +75,7 @@ def add_parser(sub: Any) -> None:
 def run(args: argparse.Namespace) -> int:
     """Run ``regzoo sweep``; returns the exit code."""
     from regzoo.checkpoint import load_model
-    from regzoo.data.learn2reg import Learn2RegDataset
+    from regzoo.data.learn2reg import Intensity, Learn2RegDataset
     from regzoo.study import parameter_title, run_sweep_study
     from regzoo.sweeping import parse_grid
 
@@ -81,8 +83,9 @@ def run(args: argparse.Namespace) -> int:
         raise InputError("--refine-grid needs --refine N (the iterations per setting)")
     options = from_flags(args, steps=args.refine)  # checked before the model loads
     model = load_model(args.model, plugins=args.plugin)
-    window = model.config.data.intensity_window
-    dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
+    model.at_training_spacing = not args.native_grid
+    intensity = Intensity.from_config(model.config.data)
+    dataset = Learn2RegDataset(args.data, args.split, intensity=intensity, annotations=True)
     study = run_sweep_study(
         model,
         dataset,

@@ -10,7 +10,12 @@ from torch.utils.data import DataLoader, Dataset
 
 from regzoo._errors import MissingFileError
 from regzoo.config import ConfigError, DataConfig, ExperimentConfig
-from regzoo.data.learn2reg import Learn2RegDataset, read_label_names, read_manifest
+from regzoo.data.learn2reg import (
+    Intensity,
+    Learn2RegDataset,
+    read_label_names,
+    read_manifest,
+)
 from regzoo.data.phantom import write_phantom_dataset
 
 __all__ = [
@@ -134,14 +139,15 @@ class RegistrationDataModule(L.LightningDataModule):
 
     def setup(self, stage: str | None = None) -> None:
         """Open the splits."""
-        window, cache = self.config.intensity_window, self.config.cache
+        cache = self.config.cache
+        intensity = Intensity.from_config(self.config)
         self.train_set = Learn2RegDataset(
-            self.config.root, "train", intensity_window=window, cache=cache, labels=self.labels
+            self.config.root, "train", intensity=intensity, cache=cache, labels=self.labels
         )
         self.val_set = Learn2RegDataset(
             self.config.root,
             "val",
-            intensity_window=window,
+            intensity=intensity,
             annotations=True,
             cache=cache,
             labels=self.labels,

@@ -12,6 +12,7 @@ import json
 import re
 import warnings
 from collections.abc import Iterator, Sequence
+from dataclasses import dataclass
 from pathlib import Path
 from typing import Any, Literal
 
@@ -23,6 +24,8 @@ from regzoo._errors import InputError, MissingFileError
 from regzoo.io import check_same_grid, read_volume
 
 __all__ = [
+    "INTENSITY_KINDS",
+    "Intensity",
     "Learn2RegDataset",
     "case_id",
     "load_keypoints",
@@ -124,6 +127,83 @@ def normalize_intensity(image: torch.Tensor, window: Sequence[float]) -> torch.T
     return (image.clamp(low, high) - low) / (high - low)
 
 
+INTENSITY_KINDS = ("window", "percentile", "zscore")
+"""How raw intensities are normalised for the network (``data.intensity``)."""
+
+
+@dataclass(frozen=True)
+class Intensity:
+    """How raw intensities become the network's input: the one normalisation that training,
+    evaluation, the sweep, ``register`` and the explorer apply (``data.intensity`` and its
+    settings, stored with the config in every checkpoint).
+
+    Attributes:
+        kind: ``"window"``: clip to ``window`` (HU for CT) and map it to ``[0, 1]``;
+            ``"percentile"``: map the image's ``percentiles`` to ``[0, 1]`` (torchio's
+            ``RescaleIntensity``, e.g. MRI); ``"zscore"``: zero mean, unit variance (torchio's
+            ``ZNormalization``).
+        window: ``(low, high)`` of ``"window"``.
+        percentiles: ``(low, high)`` of ``"percentile"``, in ``[0, 100]``.
+    """
+
+    kind: str = "window"
+    window: tuple[float, float] = (-1000.0, 500.0)
+    percentiles: tuple[float, float] = (0.5, 99.5)
+
+    def __post_init__(self) -> None:
+        if self.kind not in INTENSITY_KINDS:
+            raise InputError(
+                f"intensity must be one of {', '.join(INTENSITY_KINDS)}, got {self.kind!r}"
+            )
+        low, high = self.window
+        if not high > low:
+            raise InputError(f"intensity_window must have high > low, got {tuple(self.window)}")
+        low, high = self.percentiles
+        if not 0.0 <= low < high <= 100.0:
+            raise InputError(
+                "percentiles must be (low, high) with 0 <= low < high <= 100, got "
+                f"{tuple(self.percentiles)}"
+            )
+
+    @classmethod
+    def from_config(cls, data: Any) -> Intensity:
+        """The normalisation a config's ``data`` section describes (configs and checkpoints
+        written before ``data.intensity`` existed use their ``intensity_window``)."""
+        return cls(
+            kind=getattr(data, "intensity", "window"),
+            window=tuple(data.intensity_window),
+            percentiles=tuple(getattr(data, "percentiles", (0.5, 99.5))),
+        )
+
+    def __call__(self, image: torch.Tensor) -> torch.Tensor:
+        """The normalised image, float32, same shape ``(*spatial)`` (2D or 3D)."""
+        image = image.float()
+        if self.kind == "window":
+            return normalize_intensity(image, self.window)
+        import torchio as tio
+
+        volume = image[None] if image.ndim == 3 else image[None, ..., None]  # torchio is 4D
+        transform = (
+            tio.RescaleIntensity(out_min_max=(0.0, 1.0), percentiles=self.percentiles)
+            if self.kind == "percentile"
+            else tio.ZNormalization()
+        )
+        out = transform(tio.ScalarImage(tensor=volume)).data.float()
+        return out[0] if image.ndim == 3 else out[0, ..., 0]
+
+    def display_range(self, image: torch.Tensor) -> tuple[float, float]:
+        """The raw intensities shown from black to white: the window, or the image's
+        ``percentiles`` (0.5 and 99.5 for ``zscore``)."""
+        if self.kind == "window":
+            return float(self.window[0]), float(self.window[1])
+        low, high = self.percentiles if self.kind == "percentile" else (0.5, 99.5)
+        values = image.float().flatten()
+        if values.numel() > 1_000_000:
+            values = values[:: values.numel() // 1_000_000 + 1]
+        lo, hi = torch.quantile(values, torch.tensor([low / 100, high / 100])).tolist()
+        return float(lo), float(hi if hi > lo else lo + 1.0)
+
+
 def case_id(path: str | Path) -> str:
     """The case number of a Learn2Reg image name (``LungCT_0003_0001.nii.gz`` -> ``"0003"``)."""
     match = CASE_PATTERN.search(str(path))
@@ -183,6 +263,8 @@ class Learn2RegDataset(Dataset):
         root: dataset folder.
         split: ``"train"``, ``"val"`` or ``"test"``.
         intensity_window: HU window ``(low, high)`` mapped to ``[0, 1]``.
+        intensity: the normalisation ([`Intensity`][regzoo.data.learn2reg.Intensity]); given, it replaces
+            ``intensity_window``.
         annotations: also load masks, labels and keypoints.
         labels: load the label maps (labelsTr) even without ``annotations`` (training with
             per-label parameters); a fixed image without one is an error.
@@ -199,6 +281,7 @@ class Learn2RegDataset(Dataset):
         annotations: bool = False,
         labels: bool = False,
         cache: bool = False,
+        intensity: Intensity | None = None,
     ) -> None:
         self.root, manifest = read_manifest(root)
         if split not in SPLIT_KEYS:
@@ -213,6 +296,7 @@ class Learn2RegDataset(Dataset):
         if not high > low:
             raise InputError(f"intensity_window must have high > low, got {intensity_window}")
         self.window = (float(low), float(high))
+        self.intensity = intensity or Intensity("window", self.window)
         self.annotations = annotations
         self.labels = labels
         self.cache = cache
@@ -220,6 +304,23 @@ class Learn2RegDataset(Dataset):
 
     def __len__(self) -> int:
         return len(self.pairs)
+
+    def typical_grid(self) -> tuple[tuple[float, ...], tuple[int, ...]]:
+        """The median voxel spacing (mm) and spatial shape of the split's images, read from
+        the NIfTI headers (no voxels are read): the grid a model trained on them expects."""
+        import nibabel as nib
+
+        spacings, shapes = [], []
+        for path in sorted({p for pair in self.pairs for p in pair}):
+            header: Any = nib.load(str(path)).header
+            shape = [int(n) for n in header.get_data_shape()]
+            while len(shape) > 2 and shape[-1] == 1:
+                shape.pop()
+            shapes.append(shape)
+            spacings.append([float(z) for z in header.get_zooms()[: len(shape)]])
+        spacing = tuple(float(v) for v in np.median(np.array(spacings), axis=0))
+        shape_out = tuple(int(np.rint(v)) for v in np.median(np.array(shapes), axis=0))
+        return spacing, shape_out
 
     def _load(self, path: Path) -> dict[str, Any]:
         if path in self._cache:
@@ -232,7 +333,7 @@ class Learn2RegDataset(Dataset):
     def _read(self, path: Path) -> dict[str, Any]:
         volume = read_volume(path)
         item: dict[str, Any] = {
-            "image": normalize_intensity(volume.tensor(), self.window)[None].contiguous(),
+            "image": self.intensity(volume.tensor())[None].contiguous(),
             "spacing": torch.tensor(volume.spacing, dtype=torch.float32),
             "grid": volume.grid,
         }

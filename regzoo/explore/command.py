@@ -82,6 +82,12 @@ def add_arguments(parser: argparse.ArgumentParser) -> None:
         "checkpoint is never imported unless you name it here",
     )
     parser.add_argument(
+        "--native-grid",
+        action="store_true",
+        help="run the network on the images' own grid instead of at the spacing the model was "
+        "trained at",
+    )
+    parser.add_argument(
         "--host",
         default="127.0.0.1",
         help="address to listen on (default: %(default)s, this machine only)",
@@ -218,6 +224,7 @@ def run(args: argparse.Namespace, refine: RefineOptions | None = None) -> int:
 
     params = parse_params(args.param)
     model = load_model(args.model, plugins=args.plugin)
+    model.at_training_spacing = not args.native_grid
     session = ExploreSession(
         model,
         args.fixed,

@@ -26,7 +26,7 @@ import torch
 
 from regzoo._errors import InputError
 from regzoo.cli.refine_flags import to_flags
-from regzoo.data.learn2reg import normalize_intensity
+from regzoo.data.learn2reg import Intensity
 from regzoo.explore.render import (
     deformation_grid,
     encode_plane,
@@ -146,11 +146,11 @@ class ExploreSession:
             )
         fixed_t, self.affine, self.moving = fixed_v.tensor(), fixed_v.affine, moving_v.tensor()
         self.shape = tuple(fixed_t.shape)
-        window = model.config.data.intensity_window
-        self.window = (float(window[0]), float(window[1]))
+        intensity = Intensity.from_config(model.config.data)
+        self.window = intensity.display_range(fixed_t)
         device = model.device
-        self._fixed_n = normalize_intensity(fixed_t, window)[None, None].to(device)
-        self._moving_n = normalize_intensity(self.moving, window)[None, None].to(device)
+        self._fixed_n = intensity(fixed_t)[None, None].to(device)
+        self._moving_n = intensity(self.moving)[None, None].to(device)
         self.fixed_seg = self._segmentation("fixed_seg", fixed_seg)
         self.moving_seg = self._segmentation("moving_seg", moving_seg)
         self.spacing = list(fixed_v.spacing)
@@ -370,7 +370,7 @@ class ExploreSession:
     def _register(self, params: dict[str, float]) -> _Current:
         started = time.perf_counter()
         with torch.inference_mode():
-            output = self.model(self._fixed_n, self._moving_n, params)
+            output = self.model(self._fixed_n, self._moving_n, params, spacing=self.spacing)
         return self._score(params, output, started)
 
     def _score(
