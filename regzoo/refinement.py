@@ -205,7 +205,7 @@ class RefineOptions:
             raise InputError(f"refine: window must be >= 1, got {self.window}")
 
     def steps_per_level(self) -> list[int]:
-        """The iteration budget of each level, coarsest first (summing to [`steps`][regzoo.refinement.RefineOptions.steps])."""
+        """The iteration budget of each level, coarsest first (summing to ``steps``)."""
         shares = self.shares()
         total = sum(shares)
         per_level = [int(self.steps * w / total) for w in shares]
@@ -213,7 +213,7 @@ class RefineOptions:
         return per_level
 
     def shares(self) -> tuple[float, ...]:
-        """The share of each level, coarsest first (equal without [`split`][regzoo.refinement.RefineOptions.split])."""
+        """The share of each level, coarsest first (equal without ``split``)."""
         split = self.split
         if split is None:
             return (1.0,) * self.levels
