@@ -121,7 +121,13 @@ def test_refine_of_a_model_lowers_the_model_objective_in_3d(tiny_checkpoint, tin
     params = {"lam": 0.1, "mu": 0.1}
     spacing = item["spacing"]
     out = refine(
-        model, fixed, moving, params, RefineOptions(steps=15, levels=1), trace=trace, spacing=spacing
+        model,
+        fixed,
+        moving,
+        params,
+        RefineOptions(steps=15, levels=1),
+        trace=trace,
+        spacing=spacing,
     )
     assert out.displacement.shape == (1, 3, 32, 32, 32)
     assert trace.objective[-1] < trace.objective[0]
@@ -491,13 +497,32 @@ def test_refine_accepts_the_split_as_text_and_the_former_keywords(tiny_checkpoin
     item = Learn2RegDataset(tiny_phantom, "val", intensity_window=(-1000, 500))[0]
     fixed, moving = item["fixed"][None], item["moving"][None]
     params = {"lam": 0.1, "mu": 0.1}
+    spacing = item["spacing"]
     new, old = RefineTrace(), RefineTrace()
-    out = refine(model, fixed, moving, params, RefineOptions(steps=8, split="1:1:2"), trace=new)
+    out = refine(
+        model,
+        fixed,
+        moving,
+        params,
+        RefineOptions(steps=8, split="1:1:2"),
+        trace=new,
+        spacing=spacing,
+    )
     with pytest.warns(DeprecationWarning, match=r"settings as keyword arguments \(split, steps\)"):
-        again = refine(model, fixed, moving, params, steps=8, split="1:1:2", trace=old)
+        again = refine(
+            model, fixed, moving, params, steps=8, split="1:1:2", trace=old, spacing=spacing
+        )
     assert new.iterations == old.iterations == [2, 2, 4]
     assert torch.allclose(out.displacement, again.displacement)
     with pytest.raises(InputError, match="give the settings once"):
-        refine(model, fixed, moving, params, RefineOptions(steps=8), steps=4)
+        refine(model, fixed, moving, params, RefineOptions(steps=8), steps=4, spacing=spacing)
     with pytest.raises(InputError, match="give the similarity once"):
-        refine(model, fixed, moving, params, RefineOptions(similarity="ngf"), similarity=MSE())
+        refine(
+            model,
+            fixed,
+            moving,
+            params,
+            RefineOptions(similarity="ngf"),
+            similarity=MSE(),
+            spacing=spacing,
+        )
