@@ -42,7 +42,9 @@ PLUGIN = textwrap.dedent(
 )
 
 
-def test_a_periodic_parameter_trains_and_conditions_on_its_features(tiny_phantom, tmp_path):
+def test_a_periodic_parameter_trains_and_conditions_on_its_features(
+    tiny_phantom, tmp_path, clean_registries
+):
     plugin = tmp_path / "oriented.py"
     plugin.write_text(PLUGIN)
     config = load_config(
@@ -70,7 +72,7 @@ def test_a_periodic_parameter_trains_and_conditions_on_its_features(tiny_phantom
     assert not torch.allclose(low, middle, atol=1e-7)
 
 
-def test_the_curriculum_shrinks_a_periodic_range_the_short_way_round(tmp_path):
+def test_the_curriculum_shrinks_a_periodic_range_the_short_way_round(tmp_path, clean_registries):
     from regzoo.lightning_module import HyperRegistration
 
     plugin = tmp_path / "oriented.py"

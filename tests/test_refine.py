@@ -121,7 +121,13 @@ def test_refine_of_a_model_lowers_the_model_objective_in_3d(tiny_checkpoint, tin
     params = {"lam": 0.1, "mu": 0.1}
     spacing = item["spacing"]
     out = refine(
-        model, fixed, moving, params, RefineOptions(steps=15, levels=1), trace=trace, spacing=spacing
+        model,
+        fixed,
+        moving,
+        params,
+        RefineOptions(steps=15, levels=1),
+        trace=trace,
+        spacing=spacing,
     )
     assert out.displacement.shape == (1, 3, 32, 32, 32)
     assert trace.objective[-1] < trace.objective[0]
