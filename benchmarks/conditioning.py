@@ -7,6 +7,10 @@ the validation pairs:
 - conditioning strength: mean SDlogJ, regularizer energy and mean |u| of the network's field at
   each setting, and the ratios between the softest and the stiffest setting (a model that
   ignores its input has ratios near 1);
+- F -> F: every fixed image registered to itself at each setting of a grid over the trained
+  range (``--self-grid`` values per parameter): the mean |u| of the network's field, which
+  should be 0 (the objective's minimiser; a translation the network adds from the parameters
+  shows here);
 - amortisation gap: the network's field next to the field that instance optimisation
   (``regzoo.refine``, warm-started from the network) reaches at the same setting: TRE, Dice,
   SDlogJ, folding of both, and seconds per pair.
@@ -20,6 +24,7 @@ Every setting is one JSON line; a markdown table follows. Run with the project's
 from __future__ import annotations
 
 import argparse
+import itertools
 import json
 import time
 from typing import Any
@@ -39,6 +44,63 @@ def diagonal_settings(model: HyperRegistration, points: int) -> list[dict[str, f
     """``points`` settings from every free parameter's low end to its high end together."""
     axes = {spec.name: spec.spaced(spec.low, spec.high, points) for spec in model.space}
     return [{name: values[i] for name, values in axes.items()} for i in range(points)]
+
+
+def grid_settings(model: HyperRegistration, points: int) -> list[dict[str, float]]:
+    """Every combination of ``points`` values per free parameter, low to high on its scale."""
+    axes = {spec.name: spec.spaced(spec.low, spec.high, points) for spec in model.space}
+    return [dict(zip(axes, combo, strict=True)) for combo in itertools.product(*axes.values())]
+
+
+def self_registration(
+    model: HyperRegistration, dataset: Learn2RegDataset, params: dict[str, float]
+) -> dict[str, float]:
+    """Register every fixed image of ``dataset`` to itself (F -> F) at ``params``: the mean
+    and the largest |u| (voxels) of the network's field, averaged over the images. The
+    objective's minimiser is u = 0, so anything else is motion the network invents."""
+    values = model.parameter_tensor(params, 1)
+    means, peaks = [], []
+    for item in dataset:
+        fixed = item["fixed"][None]
+        with torch.no_grad():
+            field = model(fixed, fixed, values).displacement
+        norm = field.norm(dim=1)
+        means.append(float(norm.mean()))
+        peaks.append(float(norm.max()))
+    return {"mean_abs_u": float(np.mean(means)), "max_abs_u": float(np.mean(peaks))}
+
+
+def print_self_registration(
+    model: HyperRegistration, dataset: Learn2RegDataset, points: int
+) -> list[dict[str, Any]]:
+    """The F -> F mean |u| at every setting of the ``points``-per-axis grid, as JSON lines and
+    a table (rows: the first free parameter, columns: the second)."""
+    rows = []
+    for params in grid_settings(model, points):
+        row = {"params": params, **self_registration(model, dataset, params)}
+        rows.append(row)
+        print(json.dumps({"self_registration": row}))
+    names = model.space.names
+    worst = max(rows, key=lambda r: r["mean_abs_u"])
+    print(f"\nF -> F: mean |u| (voxels) of the network's field, {len(dataset)} fixed images\n")
+    if len(names) == 2:
+        columns = sorted({r["params"][names[1]] for r in rows})
+        short = [n.split(".")[-1] for n in names]
+        print(f"| {short[0]} \\ {short[1]} | " + " | ".join(f"{c:.3g}" for c in columns) + " |")
+        print("|---|" + "---:|" * len(columns))
+        for first in sorted({r["params"][names[0]] for r in rows}):
+            cells = {r["params"][names[1]]: r for r in rows if r["params"][names[0]] == first}
+            print(
+                f"| {first:.3g} | "
+                + " | ".join(f"{cells[c]['mean_abs_u']:.3f}" for c in columns)
+                + " |"
+            )
+    print(
+        f"\nF -> F: largest mean |u| {worst['mean_abs_u']:.3f} voxels at "
+        + ", ".join(f"{n}={worst['params'][n]:.3g}" for n in names)
+        + f"; largest |u| anywhere (mean over images) {max(r['max_abs_u'] for r in rows):.3f}"
+    )
+    return rows
 
 
 def field_statistics(
@@ -102,12 +164,25 @@ def main() -> None:
     parser.add_argument("--points", type=int, default=5, help="settings along the diagonal")
     parser.add_argument("--refine", type=int, default=30, help="refinement iterations")
     parser.add_argument("--threads", type=int, default=2)
+    parser.add_argument(
+        "--self-grid",
+        type=int,
+        default=5,
+        help="F -> F table on this many values per parameter (0: skip)",
+    )
+    parser.add_argument(
+        "--self-only", action="store_true", help="only the F -> F table (no diagonal, no refine)"
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
     model = load_model(args.model)
     window = tuple(model.config.data.intensity_window)
     dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
+    if args.self_grid:
+        print_self_registration(model, dataset, args.self_grid)
+    if args.self_only:
+        return
     results = []
     for params in diagonal_settings(model, args.points):
         scores = evaluate_setting(model, dataset, params, args.refine)

@@ -20,6 +20,7 @@ Variants (``--variants``):
   generated weights instead of FiLM; ``previous``: the quickstart before FiLM, the
   normalised weighting, the range curriculum, the cosine schedule and the multi-scale
   similarity; ``single_scale``: the quickstart with the bare LNCC, ``similarity.scales=[1]``;
+  ``self_pairs``: a quarter of the training pairs are an image registered to itself;
   the rest change one choice). A hyper variant's parameter defaults are set to ``--param``, so it is validated
   there (and its range curriculum starts there).
 
@@ -65,6 +66,7 @@ VARIANTS: dict[str, list[str]] = {
     "ema": ["optimizer.ema_steps=60"],
     "single_scale": ["similarity.scales=[1]"],
     "plain_single_scale": ["model.hyper=false", "similarity.scales=[1]"],
+    "self_pairs": ["data.self_pairs=0.25"],  # a quarter of the pairs: an image to itself
     "previous": [  # the quickstart before issue 19
         "model.conditioning=weights",
         "similarity.scales=[1]",

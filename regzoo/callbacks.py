@@ -9,6 +9,7 @@ from typing import Any
 
 import lightning as L
 import torch
+from lightning.pytorch.callbacks import WeightAveraging
 from lightning.pytorch.utilities import rank_zero_only
 
 from regzoo._errors import RegzooError
@@ -28,11 +29,17 @@ class DivergenceGuard(L.Callback):
     validation the guard compares ``val/dice`` (when the validation pairs have masks) and the
     validation objective ``val/objective`` with the best values seen so far. The run has
     diverged when Dice falls more than ``dice_drop`` below its best, or the objective rises by
-    more than ``objective_rise`` times its best magnitude (or is not finite). Then the guard
-    loads the weights of the best validation back into the model (the weights that were
-    validated: the moving average under ``optimizer.ema_steps``), stops the trainer and keeps
-    a message naming both steps in :attr:`diverged`; :func:`regzoo.training.train` saves the
-    restored weights as ``last.ckpt`` and raises :class:`TrainingDivergedError` with it.
+    more than ``objective_rise`` times its best magnitude, or ``objective_floor`` if that is
+    larger (an objective whose best is near 0 would otherwise stop on noise), or is not
+    finite. Then the guard loads the weights of the best validation back into the model (the
+    weights that were validated: the moving average under ``optimizer.ema_steps``, which is
+    reset to them too, so that what is saved and what training's end copies into the model are
+    the restored weights, not the diverged average), stops the trainer and keeps a message
+    naming both steps in :attr:`diverged`; :func:`regzoo.training.train` saves the restored
+    weights as ``last.ckpt`` and raises :class:`TrainingDivergedError` with it.
+
+    The best values, step and weights are part of the checkpoint (:meth:`state_dict`): a
+    resumed run compares against them and rolls back to them.
 
     Under DDP the logged values are synchronised, so every rank takes the same decision.
 
@@ -40,10 +47,15 @@ class DivergenceGuard(L.Callback):
         dice_drop: tolerated fall of the validation Dice below its best (absolute).
         objective_rise: tolerated rise of the validation objective above its best, as a
             fraction of the best's magnitude.
+        objective_floor: the smallest magnitude the rise is measured against (absolute, in
+            the objective's units).
     """
 
-    def __init__(self, dice_drop: float = 0.1, objective_rise: float = 0.5) -> None:
+    def __init__(
+        self, dice_drop: float = 0.1, objective_rise: float = 0.5, objective_floor: float = 0.02
+    ) -> None:
         self.dice_drop, self.objective_rise = dice_drop, objective_rise
+        self.objective_floor = objective_floor
         self.best: dict[str, float] = {}
         self.best_step: int | None = None
         self.best_weights: dict[str, torch.Tensor] | None = None
@@ -69,7 +81,19 @@ class DivergenceGuard(L.Callback):
         """Restore the best weights again after a divergence (weight averaging, which runs
         before this guard, copies its average into the model when training ends)."""
         if self.diverged is not None and self.best_weights is not None:
-            pl_module.load_state_dict(self.best_weights)
+            self._restore(trainer, pl_module, self.best_weights)
+
+    @staticmethod
+    def _restore(
+        trainer: L.Trainer, pl_module: L.LightningModule, weights: Mapping[str, torch.Tensor]
+    ) -> None:
+        """Load ``weights`` into the model and into every weight average: a checkpoint saves
+        the average as the model's weights, and training's end copies it into the model."""
+        pl_module.load_state_dict(weights)
+        for callback in getattr(trainer, "callbacks", []):
+            average = getattr(callback, "_average_model", None)
+            if isinstance(callback, WeightAveraging) and average is not None:
+                average.module.load_state_dict(weights)
 
     def _metric(self, trainer: L.Trainer, name: str) -> float | None:
         value = trainer.callback_metrics.get(name)
@@ -82,7 +106,7 @@ class DivergenceGuard(L.Callback):
             return f"validation Dice fell to {dice_value:.3f} (best {self.best['dice']:.3f})"
         if objective is not None and "objective" in self.best:
             best = self.best["objective"]
-            if objective > best + self.objective_rise * abs(best):
+            if objective > best + self.objective_rise * max(abs(best), self.objective_floor):
                 return f"the validation objective rose to {objective:.4g} (best {best:.4g})"
         return None
 
@@ -96,7 +120,7 @@ class DivergenceGuard(L.Callback):
         reason = self._collapse(dice_value, objective)
         if reason is not None:
             if self.best_weights is not None:
-                pl_module.load_state_dict(self.best_weights)
+                self._restore(trainer, pl_module, self.best_weights)
                 restored = f"the weights of step {self.best_step} were restored"
             else:
                 restored = "there is no earlier validation to restore"
@@ -121,13 +145,21 @@ class DivergenceGuard(L.Callback):
             self.best_weights = self._validated or self._snapshot(pl_module)
 
     def state_dict(self) -> dict[str, Any]:
-        """The best values and step (resumed runs keep comparing against them)."""
-        return {"best": dict(self.best), "best_step": self.best_step}
+        """The best values, step and weights (a resumed run compares against them and rolls
+        back to them)."""
+        state: dict[str, Any] = {"best": dict(self.best), "best_step": self.best_step}
+        if self.best_weights is not None:
+            state["best_weights"] = self.best_weights
+        return state
 
     def load_state_dict(self, state_dict: dict[str, Any]) -> None:
-        """Restore what :meth:`state_dict` saved."""
+        """Restore what :meth:`state_dict` saved (a checkpoint written before the best weights
+        were part of it resumes with its starting weights as the fallback)."""
         self.best = dict(state_dict.get("best", {}))
         self.best_step = state_dict.get("best_step")
+        weights = state_dict.get("best_weights")
+        if weights is not None:
+            self.best_weights = {k: v.detach().to("cpu", copy=True) for k, v in weights.items()}
 
 
 class ImageLogger(L.Callback):

@@ -11,6 +11,7 @@ from __future__ import annotations
 
 import hashlib
 import json
+import warnings
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -27,6 +28,7 @@ from regzoo._errors import (
 )
 from regzoo.config import ExperimentConfig
 from regzoo.fingerprint import check_fingerprint
+from regzoo.nets.unet import drop_flow_shift
 from regzoo.registration_model import RegistrationModel, build_network
 from regzoo.registry import load_plugins
 from regzoo.resolve import build_objective
@@ -232,7 +234,15 @@ def load_model(
                 f"pass --plugin {untrusted[0]} (Python: load_model(..., plugins=[...]))"
             ) from None
         raise InputError(f"{path}: its stored config is invalid: {exc}") from None
-    weights = model_weights(state.get("state_dict", {}))
+    stored_weights = model_weights(state.get("state_dict", {}))
+    weights, legacy = drop_flow_shift(stored_weights)
+    if legacy:  # written before the flow layer lost its bias and shift (issue 31)
+        warnings.warn(
+            f"{path}: an older checkpoint; its flow layer's bias and shift (a translation chosen "
+            "by the parameters) were dropped",
+            UserWarning,
+            stacklevel=2,
+        )
     _check_shapes(path, _network_skeleton(config, len(free)), weights)
     model = RegistrationModel(config)
     if extras.get("free_parameters") not in (None, model.space.names):
@@ -254,7 +264,7 @@ def load_model(
             f"{path}: {len(bad)} weight tensors hold NaN or infinite values (first: {bad[0]}); "
             "the training diverged"
         )
-    check_fingerprint(path, extras, weights)  # foreign weights of the same shapes are refused
+    check_fingerprint(path, extras, stored_weights)  # foreign weights of the same shapes are refused
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:

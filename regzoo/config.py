@@ -185,6 +185,14 @@ class DataConfig(StrictModel):
         description="label name -> value in labelsTr, for per-label parameters (null: from the "
         "dataset JSON's 'labels' mapping when a term needs it)",
     )
+    self_pairs: float = Field(
+        0.0,
+        ge=0,
+        le=1,
+        description="share of training pairs whose moving image is replaced by the fixed one: "
+        "an image registered to itself, whose optimum is u = 0 at every setting (teaches the "
+        "network not to add the data set's average motion)",
+    )
 
     @model_validator(mode="after")
     def _check_window(self) -> DataConfig:

@@ -321,7 +321,7 @@ def _pickle_payload(path: Path) -> None:
 
 def _other_weights(path: Path) -> None:
     state = torch.load(path, weights_only=True)
-    name = "net.flow.bias"  # the flow layer's bias (3 channels)
+    name = "net.flow_film.linear.bias"  # the flow layer's FiLM scale (3 channels)
     state["state_dict"][name] = torch.zeros(7)
     torch.save(state, path)
 
@@ -428,7 +428,7 @@ def _edited_config(ws: Workspace) -> list[str]:
 def _nan_field(ws: Workspace) -> list[str]:
     checkpoint = ws.tmp / "overflowing.ckpt"
     state = torch.load(ws.checkpoint, weights_only=True)
-    for name in ("net.flow.bias", "net.flow.weight"):  # the flow layer overflows
+    for name in ("net.flow_film.linear.bias", "net.flow.weight"):  # the flow layer overflows
         state["state_dict"][name] = torch.full_like(state["state_dict"][name], 3e38)
     add_fingerprint(state, "regzoo")  # a model that overflows as trained, not foreign weights
     torch.save(state, checkpoint)

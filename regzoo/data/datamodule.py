@@ -2,8 +2,11 @@
 
 from __future__ import annotations
 
+from typing import Any
+
 import lightning as L
-from torch.utils.data import DataLoader
+import torch
+from torch.utils.data import DataLoader, Dataset
 
 from regzoo._errors import MissingFileError
 from regzoo.config import ConfigError, DataConfig, ExperimentConfig
@@ -12,6 +15,7 @@ from regzoo.data.phantom import write_phantom_dataset
 
 __all__ = [
     "RegistrationDataModule",
+    "SelfPairs",
     "check_label_names",
     "ensure_dataset",
     "with_label_names",
@@ -78,6 +82,34 @@ def check_label_names(config: ExperimentConfig) -> None:
             )
 
 
+class SelfPairs(Dataset[dict[str, Any]]):
+    """Training pairs of which a share ``rate`` is an image registered to itself.
+
+    Each item is drawn anew whenever it is read (the global torch generator, seeded with the
+    run): with probability ``rate`` its moving image is its fixed image. The objective's
+    minimiser for such a pair is the zero field at every parameter setting, so the network
+    learns that identical images do not move, instead of adding the data set's average motion
+    to whatever it is shown.
+
+    Args:
+        pairs: the training pairs (items with ``"fixed"`` and ``"moving"``).
+        rate: the share of self pairs, in ``[0, 1]``.
+    """
+
+    def __init__(self, pairs: Learn2RegDataset, rate: float) -> None:
+        self.pairs, self.rate = pairs, rate
+
+    def __len__(self) -> int:
+        return len(self.pairs)
+
+    def __getitem__(self, index: int) -> dict[str, Any]:
+        item = self.pairs[index]
+        if self.rate > 0 and float(torch.rand(())) < self.rate:
+            item = {**item, "moving": item["fixed"], "moving_id": item["fixed_id"],
+                    "moving_path": item["fixed_path"]}  # fmt: skip
+        return item
+
+
 class RegistrationDataModule(L.LightningDataModule):
     """Training pairs (``training_paired_images``) and validation pairs (``registration_val``).
 
@@ -87,6 +119,8 @@ class RegistrationDataModule(L.LightningDataModule):
     Under DDP, Lightning wraps the training loader in a ``DistributedSampler``: each rank gets a
     disjoint ``1 / world_size`` share of the shuffled pairs every epoch.
     With ``labels`` every item carries the fixed image's label map (per-label parameters).
+    With ``data.self_pairs`` a share of the training pairs are images registered to themselves
+    (:class:`SelfPairs`).
     """
 
     def __init__(self, config: DataConfig, *, labels: bool = False) -> None:
@@ -115,8 +149,9 @@ class RegistrationDataModule(L.LightningDataModule):
 
     def train_dataloader(self) -> DataLoader:
         """Shuffled training pairs."""
+        pairs = self.train_set
         return DataLoader(
-            self.train_set,
+            SelfPairs(pairs, self.config.self_pairs) if self.config.self_pairs else pairs,
             batch_size=self.config.batch_size,
             shuffle=True,
             num_workers=self.config.num_workers,

@@ -12,7 +12,8 @@ class FiLM(nn.Module):
     """Scale and shift feature channels by amounts computed from an embedding.
 
     ``x * (1 + gamma(e)) + beta(e)`` with ``gamma, beta`` one linear map of the embedding
-    ``e`` ``(B, H)`` to ``2 C`` values (Perez et al., "FiLM: Visual Reasoning with a General
+    ``e`` ``(B, H)`` to ``2 C`` values, or ``x * (1 + gamma(e))`` alone with ``shift=False``
+    (``C`` values) (Perez et al., "FiLM: Visual Reasoning with a General
     Conditioning Layer", AAAI 2018; the ``(1 + gamma)`` form and zero initialisation of
     cLapIRN's conditional instance normalisation, Mok & Chung, MICCAI 2021). The map starts at
     zero, so a FiLM layer is the identity until training gives the parameters an effect: the
@@ -22,12 +23,15 @@ class FiLM(nn.Module):
     Args:
         embedding_dim: ``H``, the size of the embedding.
         channels: ``C``, the feature channels modulated.
+        shift: add ``beta(e)``. A shift is a spatially constant offset of each channel: on a
+            displacement field it is a translation chosen by the parameters, not the images,
+            so the flow layer is only scaled (``shift=False``).
     """
 
-    def __init__(self, embedding_dim: int, channels: int) -> None:
+    def __init__(self, embedding_dim: int, channels: int, *, shift: bool = True) -> None:
         super().__init__()
-        self.channels = channels
-        self.linear = nn.Linear(embedding_dim, 2 * channels)
+        self.channels, self.shift = channels, shift
+        self.linear = nn.Linear(embedding_dim, (2 if shift else 1) * channels)
         nn.init.zeros_(self.linear.weight)
         nn.init.zeros_(self.linear.bias)
 
@@ -38,6 +42,9 @@ class FiLM(nn.Module):
                 f"FiLM: expected features (B, {self.channels}, ...) and an embedding with one "
                 f"row per batch element, got {tuple(x.shape)} and {tuple(embedding.shape)}"
             )
-        gamma, beta = self.linear(embedding).to(x.dtype).chunk(2, dim=1)
-        shape = (*gamma.shape, *([1] * (x.ndim - 2)))
+        modulation = self.linear(embedding).to(x.dtype)
+        shape = (x.shape[0], self.channels, *([1] * (x.ndim - 2)))
+        if not self.shift:
+            return x * (1.0 + modulation.view(shape))
+        gamma, beta = modulation.chunk(2, dim=1)
         return x * (1.0 + gamma.view(shape)) + beta.view(shape)

@@ -122,6 +122,8 @@ class HyperConv(nn.Module):
         init_std: standard deviation of the initial kernel; ``None`` uses Kaiming-uniform's.
         dependent_share: share of the initial kernel variance that depends on the parameters
             (hyper-layers only).
+        bias: add a bias (generated, for a hyper-layer). The flow layer of a conditioned
+            network has none: its bias is a translation (see :class:`RegistrationNet`).
     """
 
     def __init__(
@@ -135,6 +137,7 @@ class HyperConv(nn.Module):
         embedding_dim: int | None = None,
         init_std: float | None = None,
         dependent_share: float = 0.05,
+        bias: bool = True,
     ) -> None:
         super().__init__()
         if ndim not in (2, 3):
@@ -147,12 +150,16 @@ class HyperConv(nn.Module):
         base_weight = torch.randn(self.kernel_shape) * std
         base_bias = torch.zeros(out_channels)
         self.embedding_dim = embedding_dim
+        self.bias: nn.Parameter | None = None
+        self.bias_head: nn.Linear | None = None
         if embedding_dim is None:
             self.weight = nn.Parameter(base_weight)
-            self.bias = nn.Parameter(base_bias)
+            if bias:
+                self.bias = nn.Parameter(base_bias)
         else:
             self.weight_head = nn.Linear(embedding_dim, base_weight.numel())
-            self.bias_head = nn.Linear(embedding_dim, out_channels)
+            if bias:
+                self.bias_head = nn.Linear(embedding_dim, out_channels)
             if not 0.0 <= dependent_share <= 1.0:
                 raise ValueError(
                     f"HyperConv: dependent_share must be in [0, 1], got {dependent_share}"
@@ -164,8 +171,9 @@ class HyperConv(nn.Module):
             with torch.no_grad():
                 self.weight_head.bias.copy_(base_weight.flatten() * math.sqrt(1 - dependent_share))
                 self.weight_head.weight.normal_(0.0, head_std)
-                self.bias_head.bias.zero_()
-                self.bias_head.weight.normal_(0.0, (init_std or 1e-2) * head_std / std)
+                if self.bias_head is not None:
+                    self.bias_head.bias.zero_()
+                    self.bias_head.weight.normal_(0.0, (init_std or 1e-2) * head_std / std)
 
     @property
     def is_hyper(self) -> bool:
@@ -184,7 +192,11 @@ class HyperConv(nn.Module):
         # one grouped convolution for the whole batch: sample b's kernels form group b
         batch = x.shape[0]
         weight = self.weight_head(embedding).view(batch * self.out_channels, *self.kernel_shape[1:])
-        bias = rearrange(self.bias_head(embedding), "b c -> (b c)")
+        bias = (
+            None
+            if self.bias_head is None
+            else rearrange(self.bias_head(embedding), "b c -> (b c)")
+        )
         grouped = rearrange(x, "b c ... -> 1 (b c) ...")
         if batch == 1:  # one sample: an ordinary convolution with the generated kernel
             return conv(grouped, weight, bias, stride=self.stride, padding=self.padding)

@@ -2,9 +2,9 @@
 
 from __future__ import annotations
 
-from collections.abc import Sequence
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass
-from typing import Literal
+from typing import Any, Literal
 
 import torch
 import torch.nn.functional as F
@@ -20,6 +20,7 @@ __all__ = [
     "RegistrationNet",
     "RegistrationOutput",
     "VoxelMorphUNet",
+    "drop_flow_shift",
 ]
 
 Conditioning = Literal["film", "weights"]
@@ -162,7 +163,9 @@ class RegistrationNet(nn.Module):
     included, is conditioned on the embedding: its output channels modulated
     (``conditioning="film"``, :class:`~regzoo.nets.film.FiLM`, identity at initialisation) or
     its weights generated (``"weights"``, HyperMorph); with ``num_params == 0`` it is a plain
-    VoxelMorph.
+    VoxelMorph. The conditioned flow layer has no bias and is only scaled (no FiLM shift): a
+    bias or shift there is a translation the parameters choose, not the images
+    (:func:`drop_flow_shift` reads checkpoints written before).
 
     Inputs of any size are padded (replicate) to a multiple of ``2^len(enc)`` and the output is
     cropped back.
@@ -214,6 +217,10 @@ class RegistrationNet(nn.Module):
             conditioning=conditioning,
         )
         generated = embedding_dim if conditioning == "weights" else None
+        # a conditioned flow layer has no bias and its FiLM no shift: either would add a
+        # spatially constant vector, a translation chosen by the parameters rather than the
+        # images, which no regularizer sees (all are blind to translations) and which moves
+        # an image registered to itself
         self.flow = HyperConv(
             ndim,
             self.unet.out_channels,
@@ -221,9 +228,12 @@ class RegistrationNet(nn.Module):
             embedding_dim=generated,
             init_std=1e-5,
             dependent_share=hyper_init_share,
+            bias=embedding_dim is None,
         )
         modulated = embedding_dim is not None and generated is None
-        self.flow_film = FiLM(embedding_dim, ndim) if modulated and embedding_dim else None
+        self.flow_film = (
+            FiLM(embedding_dim, ndim, shift=False) if modulated and embedding_dim else None
+        )
         self.multiple = 2 ** len(enc)
 
     @property
@@ -277,3 +287,37 @@ class RegistrationNet(nn.Module):
         for n in reversed(x.shape[2:]):
             pad += [0, (-n) % self.multiple]
         return F.pad(x, pad, mode="replicate") if any(pad) else x
+
+
+def drop_flow_shift(
+    weights: Mapping[str, Any], prefix: str = "net."
+) -> tuple[dict[str, Any], bool]:
+    """Weights of a conditioned :class:`RegistrationNet` written before its flow layer lost
+    its bias and FiLM shift, in today's layout.
+
+    Such a checkpoint holds ``flow.bias`` (FiLM conditioning) or ``flow.bias_head.*``
+    (generated weights) and a flow FiLM of ``2 D`` rows (scale, then shift): the bias and the
+    shift are dropped and the scale kept. A plain network (no ``hypernet.*`` weights) keeps its
+    bias.
+
+    Args:
+        weights: a state dict, the network's keys under ``prefix``.
+        prefix: where the network's keys start (``"net."`` in a regzoo checkpoint).
+
+    Returns:
+        The converted weights (a new dict) and whether anything was dropped.
+    """
+    converted = dict(weights)
+    if not any(key.startswith(f"{prefix}hypernet.") for key in converted):
+        return converted, False
+    dropped = False
+    for name in ("flow.bias", "flow.bias_head.weight", "flow.bias_head.bias"):
+        dropped |= converted.pop(prefix + name, None) is not None
+    flow_weight = converted.get(f"{prefix}flow.weight")
+    channels = flow_weight.shape[0] if torch.is_tensor(flow_weight) else None
+    for name in ("flow_film.linear.weight", "flow_film.linear.bias"):
+        value = converted.get(prefix + name)
+        if channels is not None and torch.is_tensor(value) and value.shape[0] == 2 * channels:
+            converted[prefix + name] = value[:channels].clone()  # the scale rows
+            dropped = True
+    return converted, dropped
