@@ -11,8 +11,8 @@ import pytest
 import torch
 from conftest import QUICKSTART, tiny_overrides
 
-from regzoo.cli import main
 from regzoo.checkpoint import load_model
+from regzoo.cli import main
 from regzoo.nets import RegistrationNet
 from regzoo.nets.unet import CONDITIONINGS, drop_flow_shift
 
