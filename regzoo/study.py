@@ -9,7 +9,7 @@ The command line only parses its options and prints :class:`SweepStudy`'s summar
 
 from __future__ import annotations
 
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -73,6 +73,7 @@ def run_sweep_study(
     refine: int = 0,
     refine_grid: bool = False,
     refine_options: Mapping[str, Any] | None = None,
+    refine_similarities: Sequence[str] = (),
     max_folding: float | None = None,
     optimize: bool = False,
     optimize_steps: int = 30,
@@ -97,6 +98,10 @@ def run_sweep_study(
             says whether the network's ranking agrees with the refined one.
         refine_options: further keyword arguments of :func:`regzoo.refinement.refine` for every
             refinement of the study (``similarity``, ``split``, ``tol``...).
+        refine_similarities: two or more refinement similarities (with ``refine_grid``): the
+            exact sweep refines every setting under each (a similarity axis, heat maps per
+            similarity), the criterion or metric chooses the similarity with the parameters,
+            and the comparison, figure and explore command use the chosen one.
         max_folding: the best setting's highest folded-voxel fraction.
         optimize: also optimise the parameters per pair through the hypernetwork.
         optimize_steps: its iterations.
@@ -111,6 +116,10 @@ def run_sweep_study(
     """
     if refine_grid and not refine:
         raise InputError("--refine-grid needs --refine N (the iterations per setting)")
+    if refine_similarities and not refine_grid:
+        raise InputError(
+            "several refinement similarities need an exact sweep: --refine-grid --refine N"
+        )
     check_output_folder(out)  # a folder of the user's files is refused before any work
     check_dimension(model, dataset)
     if metric:
@@ -126,6 +135,7 @@ def run_sweep_study(
         refine_options=refine_options,
         max_folding=max_folding,
         backward=needs_backward(criterion),
+        refine_similarities=refine_similarities,
     )
     network = (
         sweep(model, dataset, grid, batch_size=batch_size, max_folding=max_folding)
@@ -139,6 +149,8 @@ def run_sweep_study(
     )
     metric = metric or result.default_metric()
     best = result.choose(criterion) if criterion else result.best(metric)
+    if result.similarities:  # what follows refines under the chosen similarity
+        refine_options = {**(refine_options or {}), "similarity": best["refine_similarity"]}
     comparison = None
     if refine:
         chosen = {n: best[n] for n in result.names}

@@ -13,18 +13,37 @@ from regzoo._errors import InputError
 from regzoo.refinement import RefineOptions
 from regzoo.similarity import MSE, parse_similarity
 
-__all__ = ["add_refine_options", "options_from_args", "refine_flags", "refine_options_from_flags"]
+__all__ = [
+    "add_refine_options",
+    "options_from_args",
+    "refine_flags",
+    "refine_options_from_flags",
+    "similarities_from_args",
+]
 
 
-def add_refine_options(parser: argparse.ArgumentParser) -> None:
-    """How --refine optimises: its similarity and when it stops (register, evaluate)."""
+def add_refine_options(
+    parser: argparse.ArgumentParser, *, several_similarities: bool = False
+) -> None:
+    """How --refine optimises: its similarity and when it stops (register, evaluate).
+
+    With ``several_similarities`` (``sweep``), ``--refine-similarity`` takes one or more
+    texts: two or more are a similarity axis of the exact sweep
+    (:func:`similarities_from_args`)."""
     parser.add_argument(
         "--refine-similarity",
         metavar="SPEC",
+        nargs="+" if several_similarities else None,
         help="refine under this similarity instead of the training one: a registered name "
         "(mind_ssc, ngf, mi...), weighted terms joined by '+' ('10*mind_ssc', "
         "'model + 0.75*ngf'; 'model' is the training similarity) and options after ':' "
-        "('ngf:eta=0.05'); the regularizer terms stay the model's",
+        "('ngf:eta=0.05'); the regularizer terms stay the model's"
+        + (
+            "; several (with --refine-grid): every setting is refined under each, and the "
+            "criterion chooses the similarity with the parameters"
+            if several_similarities
+            else ""
+        ),
     )
     parser.add_argument(
         "--refine-split",
@@ -44,8 +63,29 @@ def add_refine_options(parser: argparse.ArgumentParser) -> None:
 
 def options_from_args(args: argparse.Namespace) -> dict[str, object]:
     """The keyword arguments of :func:`~regzoo.refinement.refine` that
-    :func:`add_refine_options` collects."""
-    return refine_options_from_flags(args.refine_similarity, args.refine_split, args.refine_tol)
+    :func:`add_refine_options` collects (a similarity axis, two or more
+    ``--refine-similarity`` texts, is left to :func:`similarities_from_args`)."""
+    specs = args.refine_similarity
+    if isinstance(specs, list):
+        for spec in specs:  # each text checked now
+            refine_options_from_flags(spec)
+        specs = specs[0] if len(specs) == 1 else None
+    return refine_options_from_flags(specs, args.refine_split, args.refine_tol)
+
+
+def similarities_from_args(args: argparse.Namespace) -> list[str]:
+    """The similarity axis that two or more ``--refine-similarity`` texts spell (``sweep``);
+    empty for none or one (one is an option of every refinement, :func:`options_from_args`).
+
+    Raises:
+        InputError: a text given twice.
+    """
+    specs = args.refine_similarity
+    if not isinstance(specs, list) or len(specs) < 2:
+        return []
+    if len(set(specs)) != len(specs):
+        raise InputError(f"--refine-similarity: a similarity is given twice in {specs}")
+    return list(specs)
 
 
 def refine_options_from_flags(

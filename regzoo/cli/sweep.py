@@ -13,7 +13,11 @@ from regzoo.cli.arguments import (
     add_refine_argument,
     int_at_least,
 )
-from regzoo.cli.refine_flags import add_refine_options, options_from_args
+from regzoo.cli.refine_flags import (
+    add_refine_options,
+    options_from_args,
+    similarities_from_args,
+)
 
 
 def add_parser(sub: Any) -> None:
@@ -60,7 +64,7 @@ def add_parser(sub: Any) -> None:
         help="refine every grid setting before scoring it (an exact sweep, --refine N "
         "iterations each): rank settings by what refinement reaches, not by the network",
     )
-    add_refine_options(p)
+    add_refine_options(p, several_similarities=True)
     p.add_argument(
         "--figure",
         action="store_true",
@@ -79,6 +83,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.refine_grid and not args.refine:
         raise InputError("--refine-grid needs --refine N (the iterations per setting)")
+    refine_options = options_from_args(args)  # every text checked before the model loads
+    similarities = similarities_from_args(args)
+    if similarities and not args.refine_grid:
+        raise InputError(
+            "several --refine-similarity texts need an exact sweep: --refine-grid --refine N"
+        )
     model = load_model(args.model, plugins=args.plugin)
     window = model.config.data.intensity_window
     dataset = Learn2RegDataset(args.data, args.split, intensity_window=window, annotations=True)
@@ -91,7 +101,8 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         refine=args.refine,
         refine_grid=args.refine_grid,
-        refine_options=options_from_args(args),
+        refine_options=refine_options,
+        refine_similarities=similarities,
         max_folding=args.max_folding,
         criterion=args.criterion,
         optimize=args.optimize,
@@ -102,9 +113,11 @@ def run(args: argparse.Namespace) -> int:
     )
     best = study.best
     score = f"{study.metric} = {best[study.metric]:.4f}" if study.metric in best else "no labels"
+    similarity = best.get("refine_similarity")
     print(
         "best parameters for the data set: "
         + parameter_title({n: best[n] for n in study.result.names})
+        + ("" if similarity is None else f", refined under '{similarity}'")
         + f" ({study.criterion or study.metric}; {score})"
     )
     for method, scores in (study.comparison or {}).items():
