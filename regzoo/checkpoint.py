@@ -29,6 +29,7 @@ from regzoo._errors import (
 from regzoo.config import ExperimentConfig
 from regzoo.fingerprint import check_fingerprint
 from regzoo.nets.unet import drop_flow_shift
+from regzoo.pretrained_models import resolve_model
 from regzoo.registration_model import RegistrationModel, build_network
 from regzoo.registry import load_plugins
 from regzoo.resolve import build_objective
@@ -204,18 +205,21 @@ def load_model(
     names it again in ``plugins`` (CLI: ``--plugin``); otherwise the error names it.
 
     Args:
-        checkpoint: a ``.ckpt`` written by ``regzoo train``.
+        checkpoint: a ``.ckpt`` written by ``regzoo train``, or the name of a shipped
+            pretrained model (:func:`regzoo.pretrained_models.available_pretrained`; a file of
+            that name wins).
         plugins: plugin modules or ``.py`` files the caller trusts and wants imported.
         map_location: device for the weights.
 
     Raises:
         MissingFileError: if the checkpoint does not exist.
+        UnknownNameError: a bare name that is neither a file nor a pretrained model.
         InputError: if the file is not a regzoo checkpoint, its weights do not match its config
             or its free parameters, or they hold NaN or infinite values.
         PluginError: if the model needs a plugin stored in the checkpoint that the caller did
             not name.
     """
-    path = Path(checkpoint)
+    path = resolve_model(checkpoint)
     state = _read_checkpoint(path, map_location)
     extras = state[CHECKPOINT_KEY]
     stored = [str(p) for p in extras.get("plugins", [])]
