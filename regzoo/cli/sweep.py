@@ -23,7 +23,12 @@ from regzoo.cli.refine_flags import (
 def add_parser(sub: Any) -> None:
     """Add the ``sweep`` command to the subparsers ``sub``."""
     p = sub.add_parser("sweep", help="evaluate a grid of parameters; heat maps and best values")
-    p.add_argument("--model", required=True)
+    p.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint (runs/.../checkpoints/last.ckpt) or a pretrained model's name "
+        "(chest-ct-64, phantom-64)",
+    )
     add_plugin_argument(p, TRUST_PLUGIN)
     p.add_argument("--data", required=True)
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
