@@ -30,14 +30,14 @@ from regzoo.regularizers import Regularizer, regularizer
 from regzoo.similarity import SIMILARITIES, Similarity, similarity
 
 if TYPE_CHECKING:  # what static checkers see: the same names, typed
-    from regzoo.checkpoint import load_model
+    from regzoo.checkpoint import load_model, pretrained
     from regzoo.config import ExperimentConfig, load_config
     from regzoo.data.learn2reg import Learn2RegDataset
     from regzoo.data.phantom import write_phantom_dataset
     from regzoo.evaluation import evaluate_displacements, evaluate_model
     from regzoo.inference import RegistrationResult, choose_parameters, register
     from regzoo.lightning_module import HyperRegistration
-    from regzoo.pretrained_models import available_pretrained, pretrained
+    from regzoo.pretrained_models import available_pretrained
     from regzoo.refinement import RefineOptions, refine, refine_field
     from regzoo.registration_model import RegistrationModel
     from regzoo.sweeping import optimize_parameters, sweep
@@ -52,7 +52,7 @@ _LAZY = {
     "RegistrationModel": "regzoo.registration_model",
     "HyperRegistration": "regzoo.lightning_module",
     "load_model": "regzoo.checkpoint",
-    "pretrained": "regzoo.pretrained_models",
+    "pretrained": "regzoo.checkpoint",
     "available_pretrained": "regzoo.pretrained_models",
     "Learn2RegDataset": "regzoo.data.learn2reg",
     "write_phantom_dataset": "regzoo.data.phantom",

@@ -29,7 +29,12 @@ from regzoo._errors import (
 from regzoo.config import ExperimentConfig
 from regzoo.fingerprint import check_fingerprint
 from regzoo.nets.unet import drop_flow_shift
-from regzoo.pretrained_models import resolve_model
+from regzoo.pretrained_models import (
+    PRETRAINED_DIR,
+    available_pretrained,
+    resolve_model,
+    unknown_pretrained,
+)
 from regzoo.registration_model import RegistrationModel, build_network
 from regzoo.registry import load_plugins
 from regzoo.resolve import build_objective
@@ -44,6 +49,8 @@ __all__ = [
     "load_model",
     "model_weights",
     "plugin_reference",
+    "pretrained",
+    "write_weights_only",
 ]
 
 CHECKPOINT_KEY = "regzoo"
@@ -268,10 +275,45 @@ def load_model(
             f"{path}: {len(bad)} weight tensors hold NaN or infinite values (first: {bad[0]}); "
             "the training diverged"
         )
-    check_fingerprint(path, extras, stored_weights)  # foreign weights of the same shapes are refused
+    check_fingerprint(
+        path, extras, stored_weights
+    )  # foreign weights of the same shapes are refused
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
         first = str(exc).strip().splitlines()[0]
         raise InputError(f"{path}: its weights do not match its config ({first})") from None
     return model.to(map_location).eval()
+
+
+def pretrained(name: str, *, map_location: str | torch.device = "cpu") -> RegistrationModel:
+    """Load the shipped model ``name`` (see :func:`available_pretrained`), in eval mode.
+
+    Example: ``model = regzoo.pretrained("chest-ct-64")``, then
+    ``regzoo.register(model, fixed, moving, params={"lam": 1, "mu": 1})``.
+
+    Raises:
+        UnknownNameError: no such model (the message lists the available ones).
+    """
+    if name not in available_pretrained():
+        raise unknown_pretrained(name)
+    return load_model(PRETRAINED_DIR / f"{name}.pt", map_location=map_location)
+
+
+def write_weights_only(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write the smallest file :func:`~regzoo.checkpoint.load_model` loads from a training
+    checkpoint: its weights and regzoo's extras (config, free parameters, fingerprint), without
+    the optimizer state, callbacks and loops (how a shipped model is made).
+
+    Raises:
+        MissingFileError, InputError: as :func:`~regzoo.checkpoint.load_model`, which checks
+            the written file.
+    """
+    load_model(checkpoint)  # a checkpoint that does not load is refused before writing
+    state = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
+    slim = {"state_dict": state["state_dict"], CHECKPOINT_KEY: state[CHECKPOINT_KEY]}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(slim, out)
+    load_model(out)
+    return out

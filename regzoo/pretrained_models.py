@@ -3,7 +3,7 @@
 Each model is a weights-only checkpoint ``regzoo/pretrained/<name>.pt`` (the network's weights
 and regzoo's extras: config, free parameters, fingerprint; no optimizer state) with a card
 ``<name>.json``: the config it was trained with, the data set, the steps, the figures measured
-with it and the command that retrains it. :func:`pretrained` loads one;
+with it and the command that retrains it. :func:`regzoo.checkpoint.pretrained` loads one;
 :func:`resolve_model` lets every ``--model`` of the command line take a name where a checkpoint
 path is expected (a path that exists always wins).
 """
@@ -12,21 +12,16 @@ from __future__ import annotations
 
 import json
 from pathlib import Path
-from typing import TYPE_CHECKING, Any
-
-import torch
+from typing import Any
 
 from regzoo._errors import UnknownNameError, unknown_name_message
-
-if TYPE_CHECKING:
-    from regzoo.registration_model import RegistrationModel
 
 __all__ = [
     "PRETRAINED_DIR",
     "available_pretrained",
-    "pretrained",
     "pretrained_card",
     "resolve_model",
+    "unknown_pretrained",
 ]
 
 PRETRAINED_DIR = Path(__file__).parent / "pretrained"
@@ -40,7 +35,8 @@ def available_pretrained() -> list[str]:
     )
 
 
-def _unknown(name: str) -> UnknownNameError:
+def unknown_pretrained(name: str) -> UnknownNameError:
+    """The error for a name that is not a shipped model (it lists the available ones)."""
     return UnknownNameError(unknown_name_message("pretrained model", name, available_pretrained()))
 
 
@@ -52,7 +48,7 @@ def pretrained_card(name: str) -> dict[str, Any]:
         UnknownNameError: no such model (the message lists the available ones).
     """
     if name not in available_pretrained():
-        raise _unknown(name)
+        raise unknown_pretrained(name)
     card: dict[str, Any] = json.loads((PRETRAINED_DIR / f"{name}.json").read_text())
     return card
 
@@ -79,40 +75,3 @@ def resolve_model(model: str | Path) -> Path:
             + " (or give a checkpoint file's path)"
         )
     return PRETRAINED_DIR / f"{text}.pt"
-
-
-def pretrained(name: str, *, map_location: str | torch.device = "cpu") -> RegistrationModel:
-    """Load the shipped model ``name`` (see :func:`available_pretrained`), in eval mode.
-
-    Example: ``model = regzoo.pretrained("chest-ct-64")``, then
-    ``regzoo.register(model, fixed, moving, params={"lam": 1, "mu": 1})``.
-
-    Raises:
-        UnknownNameError: no such model (the message lists the available ones).
-    """
-    from regzoo.checkpoint import load_model
-
-    if name not in available_pretrained():
-        raise _unknown(name)
-    return load_model(PRETRAINED_DIR / f"{name}.pt", map_location=map_location)
-
-
-def write_weights_only(checkpoint: str | Path, out: str | Path) -> Path:
-    """Write the smallest file :func:`~regzoo.checkpoint.load_model` loads from a training
-    checkpoint: its weights and regzoo's extras (config, free parameters, fingerprint), without
-    the optimizer state, callbacks and loops (how a shipped model is made).
-
-    Raises:
-        MissingFileError, InputError: as :func:`~regzoo.checkpoint.load_model`, which checks
-            the written file.
-    """
-    from regzoo.checkpoint import CHECKPOINT_KEY, load_model
-
-    load_model(checkpoint)  # a checkpoint that does not load is refused before writing
-    state = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
-    slim = {"state_dict": state["state_dict"], CHECKPOINT_KEY: state[CHECKPOINT_KEY]}
-    out = Path(out)
-    out.parent.mkdir(parents=True, exist_ok=True)
-    torch.save(slim, out)
-    load_model(out)
-    return out

@@ -11,14 +11,13 @@ import torch
 
 import regzoo
 from regzoo._errors import UnknownNameError
-from regzoo.checkpoint import load_model
+from regzoo.checkpoint import load_model, write_weights_only
 from regzoo.cli import main
 from regzoo.pretrained_models import (
     PRETRAINED_DIR,
     available_pretrained,
     pretrained_card,
     resolve_model,
-    write_weights_only,
 )
 from regzoo.registration_model import RegistrationModel
 
