@@ -34,7 +34,9 @@ from regzoo.sweeping import SweepResult, parse_grid, sweep
 
 
 def _params(entry: dict[str, Any], names: list[str]) -> str:
-    return ", ".join(f"{n.split('.')[-1]}={entry[n]:.3g}" for n in names)
+    text = ", ".join(f"{n.split('.')[-1]}={entry[n]:.3g}" for n in names)
+    similarity = entry.get("refine_similarity")
+    return text if similarity is None else f"{text}, `{similarity}`"
 
 
 def _pair_key(row: dict[str, Any]) -> tuple[str, str]:
@@ -68,14 +70,14 @@ def evaluate_criteria(result: SweepResult) -> list[dict[str, Any]]:
         out.append(
             {
                 "criterion": name,
-                "setting": {n: chosen[n] for n in result.names},
+                "setting": {n: chosen[n] for n in result.keys},
                 "tre_mm": chosen["tre_mm"],
                 "dice": chosen.get("dice"),
                 "folding_fraction": chosen.get("folding_fraction"),
                 "regret": chosen["tre_mm"] / oracle,
                 "per_pair_regret": float(np.mean(regrets)),
                 "per_pair_regret_max": float(np.max(regrets)),
-                "per_pair_settings": [{n: r[n] for n in result.names} for r in per_pair],
+                "per_pair_settings": [{n: r[n] for n in result.keys} for r in per_pair],
             }
         )
     return out
@@ -92,14 +94,20 @@ def _run(
     if args.pairs:
         items = items[: args.pairs]
     start = time.perf_counter()
+    options: dict[str, Any] = {"split": args.refine_split} if args.refine_split else {}
+    similarities = args.refine_similarity or []
+    if len(similarities) == 1:
+        options["similarity"], similarities = similarities[0], []
     result = sweep(
         model,
         items,  # type: ignore[arg-type]
         grid,
         batch_size=args.batch_size,
         refine_steps=args.refine,
+        refine_options=options,
         max_folding=0.0,
-        backward=True,
+        backward=not args.forward_only,
+        refine_similarities=similarities,
     )
     return result, time.perf_counter() - start
 
@@ -108,7 +116,14 @@ def _stored(case: dict[str, Any]) -> tuple[SweepResult, float]:
     """A stored case's sweep (names and axes read back from its settings if not stored)."""
     names = case.get("names") or [k for k in case["settings"][0] if "." in k]
     axes = case.get("axes") or [sorted({s[n] for s in case["settings"]}) for n in names]
-    result = SweepResult(names, axes, case["rows"], case["settings"], max_folding=0.0)
+    result = SweepResult(
+        names,
+        axes,
+        case["rows"],
+        case["settings"],
+        max_folding=0.0,
+        similarities=case.get("similarities", []),
+    )
     return result, case["seconds"]
 
 
@@ -120,6 +135,21 @@ def main() -> None:
     parser.add_argument("--refine", type=int, default=0, help="refine every setting N steps")
     parser.add_argument("--pairs", type=int, default=0, help="use the first N pairs (0: all)")
     parser.add_argument("--batch-size", type=int, default=9)
+    parser.add_argument(
+        "--refine-similarity",
+        nargs="+",
+        metavar="SPEC",
+        help="refine under this similarity; two or more: a similarity axis, the criteria "
+        "choose the similarity with the parameters",
+    )
+    parser.add_argument(
+        "--refine-split", type=lambda t: [float(v) for v in t.split(":")], metavar="A:B:C"
+    )
+    parser.add_argument(
+        "--forward-only",
+        action="store_true",
+        help="register each pair one way only (half the cost; no inverse_consistency)",
+    )
     parser.add_argument("--threads", type=int, default=1)
     parser.add_argument(
         "--reuse",
@@ -132,11 +162,20 @@ def main() -> None:
     out = Path(args.out)
     out.mkdir(parents=True, exist_ok=True)
     grid = parse_grid(args.grid)
-    report: dict[str, Any] = {"grid": args.grid, "refine": args.refine, "cases": {}}
+    report: dict[str, Any] = {
+        "grid": args.grid,
+        "refine": args.refine,
+        "refine_similarity": args.refine_similarity,
+        "refine_split": args.refine_split,
+        "cases": {},
+    }
     lines = [
         "# Label-free parameter choice against the TRE oracle",
         "",
-        f"Grid {' '.join(args.grid)}; "
+        f"Grid {' '.join(args.grid)}"
+        + (f" x similarities {args.refine_similarity}" if args.refine_similarity else "")
+        + (f", split {args.refine_split}" if args.refine_split else "")
+        + "; "
         + (
             f"exact sweep (every setting refined {args.refine} iterations)"
             if args.refine
@@ -160,6 +199,7 @@ def main() -> None:
             "pairs": pairs,
             "names": result.names,
             "axes": result.axes,
+            "similarities": result.similarities,
             "seconds": seconds,
             "oracle": oracle,
             "criteria": rows,

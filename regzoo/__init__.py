@@ -31,13 +31,14 @@ from regzoo.regularizers import Regularizer, regularizer
 from regzoo.similarity import SIMILARITIES, Similarity, similarity
 
 if TYPE_CHECKING:  # what static checkers see: the same names, typed
-    from regzoo.checkpoint import load_model
+    from regzoo.checkpoint import load_model, pretrained
     from regzoo.config import ExperimentConfig, load_config
     from regzoo.data.learn2reg import Learn2RegDataset
     from regzoo.data.phantom import write_phantom_dataset
     from regzoo.evaluation import evaluate_displacements, evaluate_model
     from regzoo.inference import RegistrationResult, choose_parameters, register
     from regzoo.lightning_module import HyperRegistration
+    from regzoo.pretrained_models import available_pretrained
     from regzoo.refinement import RefineOptions, refine, refine_field
     from regzoo.registration_model import RegistrationModel
     from regzoo.sweeping import optimize_parameters, sweep
@@ -52,6 +53,8 @@ _LAZY = {
     "RegistrationModel": "regzoo.registration_model",
     "HyperRegistration": "regzoo.lightning_module",
     "load_model": "regzoo.checkpoint",
+    "pretrained": "regzoo.checkpoint",
+    "available_pretrained": "regzoo.pretrained_models",
     "Learn2RegDataset": "regzoo.data.learn2reg",
     "write_phantom_dataset": "regzoo.data.phantom",
     "RefineOptions": "regzoo.refinement",
@@ -88,7 +91,9 @@ class _Package(types.ModuleType):
     attribute; here the function stays, and the module is ``sys.modules["regzoo.refine"]``)."""
 
     def __setattr__(self, name: str, value: Any) -> None:
-        if name in ("refine", "sweep", "train") and isinstance(value, types.ModuleType):
+        if name in ("pretrained", "refine", "sweep", "train") and isinstance(
+            value, types.ModuleType
+        ):  # regzoo/pretrained/ is the shipped models' data folder
             return
         super().__setattr__(name, value)
 
@@ -117,6 +122,7 @@ __all__ = [
     "RegzooError",
     "Similarity",
     "UnknownNameError",
+    "available_pretrained",
     "choose_parameters",
     "evaluate_displacements",
     "evaluate_model",
@@ -125,6 +131,7 @@ __all__ = [
     "load_plugin",
     "load_plugins",
     "optimize_parameters",
+    "pretrained",
     "refine",
     "refine_field",
     "register",

@@ -29,6 +29,12 @@ from regzoo._errors import (
 from regzoo.config import ExperimentConfig
 from regzoo.fingerprint import check_fingerprint
 from regzoo.nets.unet import drop_flow_shift
+from regzoo.pretrained_models import (
+    PRETRAINED_DIR,
+    available_pretrained,
+    resolve_model,
+    unknown_pretrained,
+)
 from regzoo.registration_model import RegistrationModel, TrainingGrid, build_network
 from regzoo.registry import Registry, load_plugins
 from regzoo.resolve import build_objective
@@ -43,6 +49,8 @@ __all__ = [
     "load_model",
     "model_weights",
     "plugin_reference",
+    "pretrained",
+    "write_weights_only",
 ]
 
 CHECKPOINT_KEY = "regzoo"
@@ -254,19 +262,22 @@ def load_model(
     names it again in ``plugins`` (CLI: ``--plugin``); otherwise the error names it.
 
     Args:
-        checkpoint: a ``.ckpt`` written by ``regzoo train``.
+        checkpoint: a ``.ckpt`` written by ``regzoo train``, or the name of a shipped
+            pretrained model ([`available_pretrained`][regzoo.pretrained_models.available_pretrained]; a file of
+            that name wins).
         plugins: plugin modules or ``.py`` files the caller trusts and wants imported.
         map_location: device for the weights.
 
     Raises:
         MissingFileError: if the checkpoint does not exist.
+        UnknownNameError: a bare name that is neither a file nor a pretrained model.
         InputError: if the file is not a regzoo checkpoint, its weights do not match its config
             or its free parameters, or they hold NaN or infinite values.
         PluginError: if the model needs a plugin stored in the checkpoint that the caller did
             not name, or a plugin package the checkpoint records that is not installed (the
             message gives the ``pip install`` line).
     """
-    path = Path(checkpoint)
+    path = resolve_model(checkpoint)
     state = _read_checkpoint(path, map_location)
     extras = state[CHECKPOINT_KEY]
     stored = [str(p) for p in extras.get("plugins", [])]
@@ -335,3 +346,36 @@ def load_model(
         raise InputError(f"{path}: its weights do not match its config ({first})") from None
     model.training_grid = TrainingGrid.from_dict(extras.get("training_grid"))
     return model.to(map_location).eval()
+
+
+def pretrained(name: str, *, map_location: str | torch.device = "cpu") -> RegistrationModel:
+    """Load the shipped model ``name`` (see [`available_pretrained`][regzoo.pretrained_models.available_pretrained]), in eval mode.
+
+    Example: ``model = regzoo.pretrained("chest-ct-64")``, then
+    ``regzoo.register(model, fixed, moving, params={"lam": 1, "mu": 1})``.
+
+    Raises:
+        UnknownNameError: no such model (the message lists the available ones).
+    """
+    if name not in available_pretrained():
+        raise unknown_pretrained(name)
+    return load_model(PRETRAINED_DIR / f"{name}.pt", map_location=map_location)
+
+
+def write_weights_only(checkpoint: str | Path, out: str | Path) -> Path:
+    """Write the smallest file [`load_model`][regzoo.checkpoint.load_model] loads from a training
+    checkpoint: its weights and regzoo's extras (config, free parameters, fingerprint), without
+    the optimizer state, callbacks and loops (how a shipped model is made).
+
+    Raises:
+        MissingFileError, InputError: as [`load_model`][regzoo.checkpoint.load_model], which checks
+            the written file.
+    """
+    load_model(checkpoint)  # a checkpoint that does not load is refused before writing
+    state = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
+    slim = {"state_dict": state["state_dict"], CHECKPOINT_KEY: state[CHECKPOINT_KEY]}
+    out = Path(out)
+    out.parent.mkdir(parents=True, exist_ok=True)
+    torch.save(slim, out)
+    load_model(out)
+    return out

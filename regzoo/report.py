@@ -4,6 +4,7 @@ from __future__ import annotations
 
 import dataclasses
 import json
+import re
 from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
@@ -79,8 +80,30 @@ def overlay_figure(
     )
 
 
-def _fmt(params: dict[str, Any], names: Sequence[str]) -> str:
-    return ", ".join(f"{n} = {params[n]:.4g}" for n in names)
+def _fmt(params: Mapping[str, Any], names: Sequence[str]) -> str:
+    """``lam = 0.1, mu = 1``, then the refinement similarity when the setting has one."""
+    text = ", ".join(f"{n} = {params[n]:.4g}" for n in names)
+    similarity = params.get("refine_similarity")
+    return text if similarity is None else f"{text}, refined under `{similarity}`"
+
+
+def _slug(text: str) -> str:
+    """A file-name part for a similarity text (``model + ngf`` -> ``model_ngf``)."""
+    return re.sub(r"[^A-Za-z0-9.]+", "_", text).strip("_") or "similarity"
+
+
+def _heat_maps(result: SweepResult, out: Path) -> list[tuple[str | None, Path]]:
+    """``heatmap.png``, or one ``heatmap_<similarity>.png`` per similarity of the axis."""
+    from regzoo.viz import plot_sweep  # matplotlib only when a figure is drawn
+
+    if len(result.names) > 2:
+        return []
+    if not result.similarities:
+        return [(None, plot_sweep(result, out / "heatmap.png"))]
+    return [
+        (spec, plot_sweep(result.part(spec), out / f"heatmap_{i}_{_slug(spec)}.png"))
+        for i, spec in enumerate(result.similarities)
+    ]
 
 
 def _cell(scores: Mapping[str, float], metric: str, fmt: str = ".4f") -> str:
@@ -96,6 +119,8 @@ def _agreement(exact: SweepResult, network: SweepResult, metric: str) -> dict[st
     except ValueError:  # every setting of the network folds beyond the limit
         return None
     best = exact.best(metric)
+    if exact.similarities:  # compared under the similarity the exact sweep chose
+        exact = exact.part(best["refine_similarity"])
 
     def same(settings: list[dict[str, Any]], at: dict[str, Any]) -> dict[str, Any]:
         return next(s for s in settings if all(s[n] == at[n] for n in exact.names))
@@ -121,7 +146,7 @@ def _choice_lines(
     payload: dict[str, Any] = {}
     if result.max_folding is not None:
         free = pick(dataclasses.replace(result, max_folding=None))
-        if any(free[n] != best[n] for n in result.names):
+        if any(free.get(n) != best.get(n) for n in result.keys):
             payload["unconstrained_best"] = free
             lines += [
                 "",
@@ -189,7 +214,8 @@ def write_sweep_report(
 ) -> Path:
     """Write ``metrics.csv`` (per setting and pair), ``settings.csv`` (means),
     ``sweep.json`` (everything, with the best parameters for the data set and per pair),
-    ``heatmap.png`` (one or two swept parameters) and ``summary.md``; return the summary path.
+    ``heatmap.png`` (one or two swept parameters; with a similarity axis one
+    ``heatmap_<i>_<similarity>.png`` per similarity) and ``summary.md``; return the summary path.
 
     ``refine`` is the study's refinement ([`RefineOptions`][regzoo.refinement.RefineOptions]), recorded
     in ``sweep.json`` as ``refine`` ([`to_dict`][regzoo.refinement.RefineOptions.to_dict], ``null``
@@ -207,8 +233,6 @@ def write_sweep_report(
     every applicable criterion would choose, and, under a folding limit, the setting the limit
     removed.
     """
-    from regzoo.viz import plot_sweep  # matplotlib only when a figure is drawn
-
     refine = RefineOptions.from_legacy(refine or refine_steps or None, refine_options, "report")
     out = Path(out_dir)
     out.mkdir(parents=True, exist_ok=True)
@@ -222,7 +246,7 @@ def write_sweep_report(
     choice_lines, choice_payload = _choice_lines(result, best, ranking, criterion)
     write_csv(result.rows, out / "metrics.csv")
     write_csv(result.settings, out / "settings.csv")
-    heatmap = plot_sweep(result, out / "heatmap.png") if len(result.names) <= 2 else None
+    heatmaps = _heat_maps(result, out)
     payload = {
         **meta,
         "metric": metric,
@@ -231,6 +255,7 @@ def write_sweep_report(
         **choice_payload,
         "names": result.names,
         "axes": result.axes,
+        "refine_similarities": result.similarities,
         "best": best,
         "best_per_pair": per_pair,
         "optimized_per_pair": list(optimized),
@@ -260,7 +285,11 @@ def write_sweep_report(
         "",
         "| metric | value |",
         "|---|---|",
-        *[f"| {k} | {v:.4f} |" for k, v in best.items() if k not in result.names],
+        *[
+            f"| {k} | {v:.4f} |"
+            for k, v in best.items()
+            if k not in result.keys and isinstance(v, int | float)
+        ],
         *choice_lines,
         "",
         "## Best parameters per pair",
@@ -318,8 +347,11 @@ def write_sweep_report(
             f"{o['criterion']} = {o['history'][-1]:.4f} |"
             for o in optimized
         ]
-    if heatmap is not None:
-        lines += ["", "## Heat maps", "", "![heat maps](heatmap.png)"]
+    if heatmaps:
+        lines += ["", "## Heat maps"]
+        for spec, path in heatmaps:
+            title = "" if spec is None else f"Refined under `{spec}`:\n\n"
+            lines += ["", f"{title}![heat maps]({path.name})"]
     if figure is not None:
         lines += ["", "## Best and worst setting on the first pair", "", "![overlay](overlay.png)"]
     if explore is not None:

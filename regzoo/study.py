@@ -10,8 +10,9 @@ summary.
 
 from __future__ import annotations
 
+import dataclasses
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from dataclasses import dataclass, field
 from pathlib import Path
 from typing import Any
@@ -76,6 +77,7 @@ def run_sweep_study(
     refine: RefineOptions | None = None,
     refine_grid: RefineOptions | None = None,
     refine_options: Mapping[str, Any] | None = None,
+    refine_similarities: Sequence[str] = (),
     max_folding: float | None = 0.0,
     optimize: bool = False,
     optimize_steps: int = 30,
@@ -103,6 +105,11 @@ def run_sweep_study(
             options, with a ``DeprecationWarning``).
         refine_options: deprecated: the settings beyond the steps as a mapping (with an
             integer ``refine``, the former form).
+        refine_similarities: two or more refinement similarities (with ``refine_grid``): the
+            exact sweep refines every setting under each (a similarity axis, heat maps per
+            similarity), the criterion or metric chooses the similarity with the parameters,
+            and the comparison, figure and explore command use the chosen one
+            (``refine``'s options with that ``similarity``).
         max_folding: the best setting's highest folded-voxel fraction (``0.0``: none folds,
             as ``--max-folding``'s default; ``None``: no limit).
         optimize: also optimise the parameters per pair through the hypernetwork.
@@ -127,6 +134,10 @@ def run_sweep_study(
         )
         refine_grid = refine if refine_grid else None
     refine_grid = RefineOptions.coerce(refine_grid, "run_sweep_study(refine_grid=...)")
+    if refine_similarities and refine_grid is None:
+        raise InputError(
+            "several refinement similarities need an exact sweep: --refine-grid --refine N"
+        )
     check_output_folder(out)  # a folder of the user's files is refused before any work
     check_dimension(model, dataset)
     if metric:
@@ -141,6 +152,7 @@ def run_sweep_study(
         refine=refine_grid,
         max_folding=max_folding,
         backward=needs_backward(criterion),
+        refine_similarities=refine_similarities,
     )
     network = (
         sweep(model, dataset, grid, batch_size=batch_size, max_folding=max_folding)
@@ -154,6 +166,12 @@ def run_sweep_study(
     )
     metric = metric or result.default_metric()
     best = result.choose(criterion) if criterion else result.best(metric)
+    if result.similarities:  # what follows refines under the chosen similarity
+        chosen_similarity = best["refine_similarity"]
+        if refine is not None:
+            refine = dataclasses.replace(refine, similarity=chosen_similarity)
+        if refine_grid is not None:
+            refine_grid = dataclasses.replace(refine_grid, similarity=chosen_similarity)
     comparison = None
     if refine is not None:
         chosen = {n: best[n] for n in result.names}

@@ -7,6 +7,7 @@ optimisation share the scoring code; the report around them is [`regzoo.study`][
 from __future__ import annotations
 
 import contextlib
+import dataclasses
 import itertools
 from collections.abc import Callable, Iterable, Mapping, Sequence
 from dataclasses import dataclass, field
@@ -30,6 +31,7 @@ from regzoo.registration_model import (
     field_objective,
     result_objective,
 )
+from regzoo.similarity import parse_similarity
 from regzoo.spatial import warp
 
 __all__ = [
@@ -120,6 +122,10 @@ class SweepResult:
         scales: each swept parameter's scale (``"linear"`` or ``"log"``), for figures.
         max_folding: if set, a setting (or a pair's row) whose folded-voxel fraction exceeds it
             is not eligible as the best: it ranks after every eligible one.
+        similarities: the similarity axis of an exact sweep that refined every setting under
+            several similarities (texts of
+            [`parse_similarity`][regzoo.similarity.parse_similarity]), in order; then every
+            row and setting also holds its ``refine_similarity``, and ``settings`` runs over the grid once per similarity. Empty: no such axis.
     """
 
     names: list[str]
@@ -128,10 +134,40 @@ class SweepResult:
     settings: list[dict[str, Any]]
     scales: list[str] = field(default_factory=list)
     max_folding: float | None = None
+    similarities: list[str] = field(default_factory=list)
 
     def __post_init__(self) -> None:
         if not self.scales:
             self.scales = ["linear"] * len(self.names)
+
+    @property
+    def keys(self) -> list[str]:
+        """What identifies a setting: the swept parameters, then ``refine_similarity`` when the
+        sweep has a similarity axis."""
+        return [*self.names, *(["refine_similarity"] if self.similarities else [])]
+
+    def part(self, similarity: str) -> SweepResult:
+        """The sweep restricted to one similarity of its similarity axis (no axis left).
+
+        Raises:
+            UnknownNameError: ``similarity`` is not on the axis.
+        """
+        if similarity not in self.similarities:
+            raise UnknownNameError(
+                unknown_name_message("refinement similarity", similarity, self.similarities)
+            )
+
+        def keep(entries: Sequence[dict[str, Any]]) -> list[dict[str, Any]]:
+            return [e for e in entries if e.get("refine_similarity") == similarity]
+
+        return SweepResult(
+            names=list(self.names),
+            axes=[list(a) for a in self.axes],
+            rows=keep(self.rows),
+            settings=keep(self.settings),
+            scales=list(self.scales),
+            max_folding=self.max_folding,
+        )
 
     def default_metric(self) -> str:
         """``dice`` when masks were scored, else ``tre_mm``, else ``sdlogj``."""
@@ -273,9 +309,13 @@ class SweepResult:
         }
 
     def metric_grid(self, metric: str) -> np.ndarray:
-        """Mean ``metric`` shaped like the grid ``(len(axes[0]), len(axes[1]), ...)``."""
+        """Mean ``metric`` shaped like the grid ``(len(axes[0]), len(axes[1]), ...)``; with a
+        similarity axis, the similarity comes first: ``(len(similarities), len(axes[0]), ...)``."""
+        shape = [len(a) for a in self.axes]
+        if self.similarities:
+            shape = [len(self.similarities), *shape]
         values = np.array([s.get(metric, np.nan) for s in self.settings], dtype=float)
-        return values.reshape([len(a) for a in self.axes])
+        return values.reshape(shape)
 
 
 def _pair_name(item: Mapping[str, Any]) -> str:
@@ -293,6 +333,7 @@ def sweep(
     max_folding: float | None = 0.0,
     backward: bool = False,
     progress: bool = True,
+    refine_similarities: Sequence[str] = (),
     refine_steps: int = 0,
     refine_options: Mapping[str, Any] | None = None,
 ) -> SweepResult:
@@ -325,18 +366,39 @@ def sweep(
     The network passes and the scoring run without autograd (refinement enables it for its own
     unknowns only), so a sweep holds no graph of the network.
 
+    ``refine_similarities`` (two or more texts of
+    [`parse_similarity`][regzoo.similarity.parse_similarity], e.g.
+    ``["model", "model + ngf", "10*mind_ssc"]``) adds a similarity axis to an exact sweep:
+    every setting is refined under each similarity in turn (the cost times their number; the
+    ``similarity`` of ``refine`` is replaced). The label-free measures stay the model's own
+    similarity, a yardstick common to the whole grid, so that a criterion chooses among
+    similarities and parameters together
+    ([`SweepResult.choose`][regzoo.sweeping.SweepResult.choose]).
+
     Raises:
         KeyError: unknown or ambiguous parameter names.
         ValueError: grid values outside the trained range.
     """
+    if refine_steps and refine is not None:
+        raise InputError("sweep(): give refine=RefineOptions(...) alone, not refine_steps")
+    refine = RefineOptions.from_legacy(refine or refine_steps or None, refine_options, "sweep")
+    if refine_similarities:
+        return _similarity_sweep(
+            model,
+            dataset,
+            grid,
+            list(refine_similarities),
+            refine=refine,
+            batch_size=batch_size,
+            max_folding=max_folding,
+            backward=backward,
+            progress=progress,
+        )
     if not grid:
         raise InputError("sweep(): the grid is empty; give at least one NAME=START:STOP:COUNT")
     if batch_size < 1:
         raise InputError(f"sweep(): batch_size must be at least 1, got {batch_size}")
     grid = as_grid(grid)
-    if refine_steps and refine is not None:
-        raise InputError("sweep(): give refine=RefineOptions(...) alone, not refine_steps")
-    refine = RefineOptions.from_legacy(refine or refine_steps or None, refine_options, "sweep")
     names = [model.objective.canonical_name(k) for k in grid]
     axes = []
     for key, name, axis in zip(grid, names, grid.values(), strict=True):
@@ -403,6 +465,59 @@ def sweep(
         settings=settings,
         scales=scales,
         max_folding=max_folding,
+    )
+
+
+def _similarity_sweep(
+    model: RegistrationModel,
+    dataset: Learn2RegDataset,
+    grid: Mapping[str, GridAxis | str],
+    similarities: list[str],
+    *,
+    refine: RefineOptions | None,
+    **options: Any,
+) -> SweepResult:
+    """[`sweep`][regzoo.sweeping.sweep] with a similarity axis: one exact sweep per similarity,
+    joined."""
+    if refine is None or refine.steps <= 0:
+        raise InputError(
+            "sweep(): several refinement similarities need refine=RefineOptions(steps > 0) (an "
+            "exact sweep; command line: --refine-grid --refine N)"
+        )
+    if len(similarities) < 2 or len(set(similarities)) != len(similarities):
+        raise InputError(
+            f"sweep(): a similarity axis needs two or more different similarities, got "
+            f"{similarities}"
+        )
+    for spec in similarities:  # every text checked before any work
+        parse_similarity(spec, trained=model.objective.similarity)
+    parts = [
+        sweep(
+            model,
+            dataset,
+            grid,
+            refine=dataclasses.replace(refine, similarity=spec),
+            **options,
+        )
+        for spec in similarities
+    ]
+    first = parts[0]
+    return SweepResult(
+        names=first.names,
+        axes=first.axes,
+        rows=[
+            {"refine_similarity": s, **r}
+            for s, p in zip(similarities, parts, strict=True)
+            for r in p.rows
+        ],
+        settings=[
+            {"refine_similarity": s, **e}
+            for s, p in zip(similarities, parts, strict=True)
+            for e in p.settings
+        ],
+        scales=first.scales,
+        max_folding=first.max_folding,
+        similarities=similarities,
     )
 
 

@@ -61,6 +61,11 @@ def plot_sweep(result: SweepResult, path: str | Path, metrics: Sequence[str] | N
     metrics = [m for m in (metrics or default) if m in available]
     if len(result.names) > 2:
         raise ValueError("plot_sweep(): figures cover one or two swept parameters")
+    if result.similarities:
+        raise ValueError(
+            "plot_sweep(): a sweep with a similarity axis is drawn one similarity at a time "
+            "(result.part(similarity))"
+        )
     fig = Figure(figsize=(4.2 * len(metrics), 3.6))
     axes = fig.subplots(1, len(metrics), squeeze=False)
     for ax, metric in zip(axes[0], metrics, strict=True):

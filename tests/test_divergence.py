@@ -7,7 +7,7 @@ import torch
 from conftest import QUICKSTART, tiny_overrides
 
 from regzoo.callbacks import DivergenceGuard
-from regzoo.checkpoint import load_model
+from regzoo.checkpoint import load_model, model_weights
 from regzoo.cli import main
 
 
@@ -130,11 +130,10 @@ def test_a_diverged_run_with_weight_averaging_saves_the_restored_weights(
     last = run_dir / "checkpoints" / "last.ckpt"
     state = torch.load(last, weights_only=True)
     (guard_state,) = [v for k, v in state["callbacks"].items() if "DivergenceGuard" in k]
-    # the guard keeps the training module's names (model.net.*), the checkpoint the model's
-    best = {name.removeprefix("model."): value for name, value in guard_state["best_weights"].items()}
-    for name, value in state["state_dict"].items():  # the saved average is the restored one
+    best = model_weights(guard_state["best_weights"])  # the module's names: model.net.* -> net.*
+    for name, value in model_weights(state["state_dict"]).items():  # the saved average is the restored one
         assert torch.equal(value, best[name]), name
-    for name, value in state["current_model_state"].items():
+    for name, value in model_weights(state["current_model_state"]).items():
         assert torch.equal(value, best[name]), name
     model = load_model(last)
     for name, value in model.state_dict().items():

@@ -24,7 +24,11 @@ def add_parser(sub: Any) -> None:
     )
     p.add_argument("--data", required=True, help="Learn2Reg-layout dataset folder")
     p.add_argument("--split", default="val", choices=["train", "val", "test"])
-    p.add_argument("--model", help="checkpoint to evaluate")
+    p.add_argument(
+        "--model",
+        help="checkpoint (runs/.../checkpoints/last.ckpt) or a pretrained model's name "
+        "(chest-ct-64, phantom-64)",
+    )
     p.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     p.add_argument("--disp-dir", help="folder of disp_FFFF_MMMM.nii.gz from any tool")
     add_plugin_argument(p, TRUST_PLUGIN)

@@ -8,7 +8,7 @@ from __future__ import annotations
 import argparse
 import dataclasses
 import warnings
-from collections.abc import Mapping
+from collections.abc import Mapping, Sequence
 from typing import Any
 
 from regzoo._errors import InputError
@@ -20,19 +20,33 @@ __all__ = [
     "options_from_args",
     "refine_flags",
     "refine_options_from_flags",
+    "similarities_from_args",
     "to_flags",
 ]
 
 
-def add_refine_options(parser: argparse.ArgumentParser) -> None:
-    """How --refine optimises: its similarity and when it stops (register, evaluate)."""
+def add_refine_options(
+    parser: argparse.ArgumentParser, *, several_similarities: bool = False
+) -> None:
+    """How --refine optimises: its similarity and when it stops (register, evaluate).
+
+    With ``several_similarities`` (``sweep``), ``--refine-similarity`` takes one or more
+    texts: two or more are a similarity axis of the exact sweep
+    (`similarities_from_args`)."""
     parser.add_argument(
         "--refine-similarity",
         metavar="SPEC",
+        nargs="+" if several_similarities else None,
         help="refine under this similarity instead of the training one: a registered name "
         "(mind_ssc, ngf, mi...), weighted terms joined by '+' ('10*mind_ssc', "
         "'model + 0.75*ngf'; 'model' is the training similarity) and options after ':' "
-        "('ngf:eta=0.05'); the regularizer terms stay the model's",
+        "('ngf:eta=0.05'); the regularizer terms stay the model's"
+        + (
+            "; several (with --refine-grid): every setting is refined under each, and the "
+            "criterion chooses the similarity with the parameters"
+            if several_similarities
+            else ""
+        ),
     )
     parser.add_argument(
         "--refine-split",
@@ -54,7 +68,7 @@ def from_flags(
     args: argparse.Namespace | None = None,
     *,
     steps: int = RefineOptions.steps,
-    similarity: str | None = None,
+    similarity: str | Sequence[str] | None = None,
     split: str | None = None,
     tol: float = 0.0,
 ) -> RefineOptions:
@@ -64,12 +78,23 @@ def from_flags(
     command's ``--refine N`` or ``--refine-steps N``): the inverse of `to_flags`, checked
     now so that a typo fails before any work.
 
+    ``sweep`` reads ``--refine-similarity`` with ``nargs="+"``: a list of one text is that
+    text; two or more are the sweep's similarity axis (`similarities_from_args`), each text
+    checked here, and the options' ``similarity`` is then ``None`` (each point of the axis
+    sets its own).
+
     Raises:
         InputError: a malformed similarity text, split or tolerance (naming the flag).
         UnknownNameError: an unregistered similarity name.
     """
     if args is not None:
         similarity, split, tol = args.refine_similarity, args.refine_split, args.refine_tol
+    if similarity is not None and not isinstance(similarity, str):
+        specs = list(similarity)
+        if len(specs) > 1:
+            for spec in specs:  # each text of the axis checked now
+                from_flags(steps=steps, similarity=spec)
+        similarity = specs[0] if len(specs) == 1 else None
     if not 0 <= tol < float("inf"):  # NaN included: refused, never dropped
         raise InputError(f"--refine-tol: tol must be >= 0 and finite, got {tol}")
     try:
@@ -109,6 +134,21 @@ refine_flags = to_flags
 def options_from_args(args: argparse.Namespace, steps: int = RefineOptions.steps) -> RefineOptions:
     """The options `add_refine_options` collects: `from_flags` of ``args``."""
     return from_flags(args, steps=steps)
+
+
+def similarities_from_args(args: argparse.Namespace) -> list[str]:
+    """The similarity axis that two or more ``--refine-similarity`` texts spell (``sweep``);
+    empty for none or one (one is an option of every refinement, `from_flags`).
+
+    Raises:
+        InputError: a text given twice.
+    """
+    specs = args.refine_similarity
+    if not isinstance(specs, list) or len(specs) < 2:
+        return []
+    if len(set(specs)) != len(specs):
+        raise InputError(f"--refine-similarity: a similarity is given twice in {specs}")
+    return list(specs)
 
 
 def refine_options_from_flags(

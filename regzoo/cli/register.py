@@ -26,7 +26,12 @@ if TYPE_CHECKING:
 def add_parser(sub: Any) -> None:
     """Add the ``register`` command to the subparsers ``sub``."""
     p = sub.add_parser("register", help="register one pair with a trained model")
-    p.add_argument("--model", required=True, help="checkpoint (runs/.../checkpoints/last.ckpt)")
+    p.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint (runs/.../checkpoints/last.ckpt) or a pretrained model's name "
+        "(chest-ct-64, phantom-64)",
+    )
     p.add_argument("--fixed", required=True, help="fixed image (NIfTI)")
     p.add_argument("--moving", required=True, help="moving image (NIfTI, same grid)")
     p.add_argument(

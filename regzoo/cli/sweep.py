@@ -14,13 +14,18 @@ from regzoo.cli.arguments import (
     add_refine_argument,
     int_at_least,
 )
-from regzoo.cli.refine_flags import add_refine_options, from_flags
+from regzoo.cli.refine_flags import add_refine_options, from_flags, similarities_from_args
 
 
 def add_parser(sub: Any) -> None:
     """Add the ``sweep`` command to the subparsers ``sub``."""
     p = sub.add_parser("sweep", help="evaluate a grid of parameters; heat maps and best values")
-    p.add_argument("--model", required=True)
+    p.add_argument(
+        "--model",
+        required=True,
+        help="checkpoint (runs/.../checkpoints/last.ckpt) or a pretrained model's name "
+        "(chest-ct-64, phantom-64)",
+    )
     add_plugin_argument(p, TRUST_PLUGIN)
     add_native_grid_argument(p)
     p.add_argument("--data", required=True)
@@ -62,7 +67,7 @@ def add_parser(sub: Any) -> None:
         help="refine every grid setting before scoring it (an exact sweep, --refine N "
         "iterations each): rank settings by what refinement reaches, not by the network",
     )
-    add_refine_options(p)
+    add_refine_options(p, several_similarities=True)
     p.add_argument(
         "--figure",
         action="store_true",
@@ -81,7 +86,12 @@ def run(args: argparse.Namespace) -> int:
 
     if args.refine_grid and not args.refine:
         raise InputError("--refine-grid needs --refine N (the iterations per setting)")
-    options = from_flags(args, steps=args.refine)  # checked before the model loads
+    options = from_flags(args, steps=args.refine)  # every text checked before the model loads
+    similarities = similarities_from_args(args)
+    if similarities and not args.refine_grid:
+        raise InputError(
+            "several --refine-similarity texts need an exact sweep: --refine-grid --refine N"
+        )
     model = load_model(args.model, plugins=args.plugin)
     model.at_training_spacing = not args.native_grid
     intensity = Intensity.from_config(model.config.data)
@@ -95,6 +105,7 @@ def run(args: argparse.Namespace) -> int:
         batch_size=args.batch_size,
         refine=options if args.refine else None,
         refine_grid=options if args.refine_grid else None,
+        refine_similarities=similarities,
         max_folding=args.max_folding,
         criterion=args.criterion,
         optimize=args.optimize,
@@ -105,9 +116,11 @@ def run(args: argparse.Namespace) -> int:
     )
     best = study.best
     score = f"{study.metric} = {best[study.metric]:.4f}" if study.metric in best else "no labels"
+    similarity = best.get("refine_similarity")
     print(
         "best parameters for the data set: "
         + parameter_title({n: best[n] for n in study.result.names})
+        + ("" if similarity is None else f", refined under '{similarity}'")
         + f" ({study.criterion or study.metric}; {score})"
     )
     for method, scores in (study.comparison or {}).items():
