@@ -27,7 +27,7 @@ from regzoo._errors import (
     checkpoint_read_reason,
 )
 from regzoo.config import ExperimentConfig
-from regzoo.fingerprint import check_fingerprint
+from regzoo.fingerprint import add_fingerprint, check_fingerprint
 from regzoo.nets.unet import drop_flow_shift
 from regzoo.pretrained_models import (
     PRETRAINED_DIR,
@@ -364,8 +364,11 @@ def pretrained(name: str, *, map_location: str | torch.device = "cpu") -> Regist
 
 def write_weights_only(checkpoint: str | Path, out: str | Path) -> Path:
     """Write the smallest file [`load_model`][regzoo.checkpoint.load_model] loads from a training
-    checkpoint: its weights and regzoo's extras (config, free parameters, fingerprint), without
-    the optimizer state, callbacks and loops (how a shipped model is made).
+    checkpoint: its weights and regzoo's extras (config, free parameters, training grid), without
+    the optimizer state, callbacks and loops (how a shipped model is made). The file carries
+    the fingerprint of its weights, also when the checkpoint was written before fingerprints
+    were (its weights are checked by loading it first), so that a shipped model whose weights
+    are altered is refused.
 
     Raises:
         MissingFileError, InputError: as [`load_model`][regzoo.checkpoint.load_model], which checks
@@ -373,7 +376,11 @@ def write_weights_only(checkpoint: str | Path, out: str | Path) -> Path:
     """
     load_model(checkpoint)  # a checkpoint that does not load is refused before writing
     state = torch.load(Path(checkpoint), map_location="cpu", weights_only=True)
-    slim = {"state_dict": state["state_dict"], CHECKPOINT_KEY: state[CHECKPOINT_KEY]}
+    slim = {
+        "state_dict": model_weights(state["state_dict"]),
+        CHECKPOINT_KEY: dict(state[CHECKPOINT_KEY]),
+    }
+    add_fingerprint(slim, CHECKPOINT_KEY)  # checked by load_model from now on
     out = Path(out)
     out.parent.mkdir(parents=True, exist_ok=True)
     torch.save(slim, out)

@@ -10,9 +10,10 @@ import pytest
 import torch
 
 import regzoo
-from regzoo._errors import UnknownNameError
+from regzoo._errors import InputError, UnknownNameError
 from regzoo.checkpoint import load_model, write_weights_only
 from regzoo.cli import main
+from regzoo.fingerprint import FINGERPRINT_KEY, weights_fingerprint
 from regzoo.pretrained_models import (
     PRETRAINED_DIR,
     available_pretrained,
@@ -82,11 +83,26 @@ def test_a_file_wins_and_a_missing_path_is_a_missing_file(tmp_path, monkeypatch,
 def test_write_weights_only_keeps_what_load_model_needs(tiny_checkpoint, tmp_path):
     slim = write_weights_only(tiny_checkpoint, tmp_path / "slim.pt")
     assert slim.stat().st_size < Path(tiny_checkpoint).stat().st_size
+    stored = torch.load(slim, weights_only=True)["regzoo"]
+    assert stored[FINGERPRINT_KEY] == weights_fingerprint(load_model(slim).state_dict())
     before, after = load_model(tiny_checkpoint), load_model(slim)
     for (name, a), (_, b) in zip(
         before.state_dict().items(), after.state_dict().items(), strict=True
     ):
         assert torch.equal(a, b), name
+
+
+@pytest.mark.parametrize("name", SHIPPED)
+def test_the_shipped_weights_carry_their_fingerprint(name, tmp_path):
+    """A shipped file is checked like a run's checkpoint: altered weights are refused."""
+    state = torch.load(PRETRAINED_DIR / f"{name}.pt", weights_only=True, map_location="cpu")
+    assert len(state["regzoo"][FINGERPRINT_KEY]) == 64  # a SHA-256, hex
+    first = sorted(state["state_dict"])[0]
+    state["state_dict"][first] = state["state_dict"][first] + 1e-3
+    altered = tmp_path / f"{name}.pt"
+    torch.save(state, altered)
+    with pytest.raises(InputError, match="fingerprint differs"):
+        load_model(altered)
 
 
 def test_the_models_are_package_data():
