@@ -29,7 +29,8 @@ import torch
 
 from regzoo import criteria
 from regzoo.checkpoint import load_model
-from regzoo.data.learn2reg import Learn2RegDataset
+from regzoo.data.learn2reg import Intensity, Learn2RegDataset
+from regzoo.refinement import RefineOptions
 from regzoo.sweeping import SweepResult, parse_grid, sweep
 
 
@@ -88,23 +89,27 @@ def _run(
 ) -> tuple[SweepResult, float]:
     """Sweep the case's validation pairs in both directions; the result and its seconds."""
     model = load_model(model_path).eval()
-    window = tuple(model.config.data.intensity_window)
-    dataset = Learn2RegDataset(data, args.split, intensity_window=window, annotations=True)
+    intensity = Intensity.from_config(model.config.data)
+    dataset = Learn2RegDataset(data, args.split, intensity=intensity, annotations=True)
     items = [dataset[i] for i in range(len(dataset))]
     if args.pairs:
         items = items[: args.pairs]
     start = time.perf_counter()
-    options: dict[str, Any] = {"split": args.refine_split} if args.refine_split else {}
     similarities = args.refine_similarity or []
-    if len(similarities) == 1:
-        options["similarity"], similarities = similarities[0], []
+    single = similarities[0] if len(similarities) == 1 else None
+    if single is not None:
+        similarities = []
+    refine = (
+        RefineOptions(steps=args.refine, similarity=single, split=args.refine_split or None)
+        if args.refine
+        else None
+    )
     result = sweep(
         model,
         items,  # type: ignore[arg-type]
         grid,
         batch_size=args.batch_size,
-        refine_steps=args.refine,
-        refine_options=options,
+        refine=refine,
         max_folding=0.0,
         backward=not args.forward_only,
         refine_similarities=similarities,

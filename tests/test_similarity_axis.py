@@ -92,3 +92,16 @@ def test_similarity_axis_errors(tiny_checkpoint, tiny_phantom, tmp_path, capsys)
     data = Learn2RegDataset(tiny_phantom, "val")
     with pytest.raises(ValueError, match=r"RefineOptions\(steps > 0\)"):
         sweep(model, data, parse_grid(["mu=1"]), refine_similarities=SIMILARITIES)
+
+
+def test_from_flags_reads_the_sweeps_list_of_similarities():
+    """``sweep``'s ``--refine-similarity`` takes one or more texts: one is the option, two or
+    more the axis (each text checked, the options' similarity left to the axis)."""
+    from regzoo.cli.refine_flags import from_flags
+
+    assert from_flags(similarity=["model + ngf"], steps=2) == RefineOptions(
+        steps=2, similarity="model + ngf"
+    )
+    assert from_flags(similarity=SIMILARITIES, steps=2) == RefineOptions(steps=2)
+    with pytest.raises(UnknownNameError, match="did you mean 'ngf'"):
+        from_flags(similarity=["model", "ngff"], steps=2)
