@@ -170,7 +170,7 @@ def align(
     """Find the rigid or affine map that aligns ``moving`` with ``fixed`` (same grid).
 
     A rigid stage runs first; ``kind="affine"`` then adds scales and shears, started from it.
-    Each stage runs Adam on the pyramid of :data:`LEVELS` (``steps`` iterations per level,
+    Each stage runs Adam on the pyramid of [`LEVELS`][regzoo.align.LEVELS] (``steps`` iterations per level,
     coarsest first) and keeps the parameters of the lowest loss at full resolution (the
     identity included: alignment never makes a pair worse under the similarity).
 

@@ -238,8 +238,6 @@ def test_a_rotated_shifted_pair_registers_as_well_as_the_aligned_one(
     tre = _tre(result.displacement, fixed_kp, moved_kp, fixed.spacing)
     assert tre <= 1.10 * tre_aligned, (tre, tre_aligned, tre_unaligned)
     assert tre_unaligned > 2 * tre_aligned
-    without = register(model, fixed, moved, refine=RefineOptions(steps=20), mu=0.3)  # no pre-alignment: worse
-    assert tre < _tre(without.displacement, fixed_kp, moved_kp, fixed.spacing)
     assert result.alignment is not None and result.alignment["kind"] == "rigid"
     found = torch.tensor(result.alignment["voxel_matrix"])
     angle = math.degrees(math.atan2(float(found[1, 0]), float(found[0, 0])))
