@@ -13,7 +13,11 @@ the validation pairs:
   shows here);
 - amortisation gap: the network's field next to the field that instance optimisation
   (``regzoo.refine``, warm-started from the network) reaches at the same setting: TRE, Dice,
-  SDlogJ, folding of both, and seconds per pair.
+  SDlogJ, folding of both, and seconds per pair; the gap (network TRE / refined TRE) at the
+  network's TRE-best setting of the diagonal, and the SDlogJ ratio soft / stiff of both fields;
+- rank agreement (``--rank-grid N``): network and refined TRE at every setting of an N-per-axis
+  grid and the Spearman rank correlation between them (does the network rank the settings as
+  the objective's optimum does?).
 
 Every setting is one JSON line; a markdown table follows. Run with the project's environment::
 
@@ -31,6 +35,7 @@ from typing import Any
 
 import numpy as np
 import torch
+from scipy.stats import spearmanr
 
 from regzoo.checkpoint import load_model
 from regzoo.data.learn2reg import Learn2RegDataset
@@ -157,6 +162,36 @@ def _mean(rows: list[dict[str, float]]) -> dict[str, float]:
     return summary
 
 
+def setting_key(params: dict[str, float]) -> tuple[float, ...]:
+    """A setting as a hashable key (its values in name order, rounded)."""
+    return tuple(round(params[name], 9) for name in sorted(params))
+
+
+def print_rank_agreement(
+    results: list[tuple[dict[str, float], dict[str, dict[str, float]]]],
+) -> float:
+    """Spearman rank correlation between the network's and the refined TRE over ``results``
+    (every setting of the grid), printed with both TRE per setting; returns it."""
+    network = [scores["network"]["tre_mm"] for _, scores in results]
+    refined = [scores["refined"]["tre_mm"] for _, scores in results]
+    rho = float(spearmanr(network, refined).statistic)
+    for params, scores in results:
+        print(
+            json.dumps(
+                {
+                    "rank_grid": params,
+                    "network_tre_mm": scores["network"]["tre_mm"],
+                    "refined_tre_mm": scores["refined"]["tre_mm"],
+                }
+            )
+        )
+    print(
+        f"\nrank agreement over {len(results)} settings: "
+        f"Spearman(network TRE, refined TRE) = {rho:.3f}"
+    )
+    return rho
+
+
 def main() -> None:
     """Parse arguments, evaluate every setting, print JSON lines and the tables."""
     parser = argparse.ArgumentParser(description=__doc__.split("\n\n")[0])
@@ -175,6 +210,12 @@ def main() -> None:
     parser.add_argument(
         "--self-only", action="store_true", help="only the F -> F table (no diagonal, no refine)"
     )
+    parser.add_argument(
+        "--rank-grid",
+        type=int,
+        default=0,
+        help="Spearman of network vs refined TRE over this many values per parameter (0: skip)",
+    )
     args = parser.parse_args()
     torch.set_num_threads(args.threads)
 
@@ -185,11 +226,16 @@ def main() -> None:
         print_self_registration(model, dataset, args.self_grid)
     if args.self_only:
         return
-    results = []
-    for params in diagonal_settings(model, args.points):
-        scores = evaluate_setting(model, dataset, params, args.refine)
-        results.append((params, scores))
-        print(json.dumps({"params": params, **scores}))
+    done: dict[tuple[float, ...], dict[str, dict[str, float]]] = {}
+
+    def scores_at(params: dict[str, float]) -> dict[str, dict[str, float]]:
+        key = setting_key(params)
+        if key not in done:  # the diagonal and the rank grid share their settings
+            done[key] = evaluate_setting(model, dataset, params, args.refine)
+            print(json.dumps({"params": params, **done[key]}))
+        return done[key]
+
+    results = [(params, scores_at(params)) for params in diagonal_settings(model, args.points)]
 
     names = model.space.names
     print(f"\nmodel {args.model}, {len(dataset)} {args.split} pairs, refine {args.refine} steps\n")
@@ -217,6 +263,22 @@ def main() -> None:
         f"mean |u| x{soft['mean_abs_u'] / max(stiff['mean_abs_u'], 1e-12):.2f}; "
         f"TRE-best setting: " + ", ".join(f"{n}={best[0][n]:.3g}" for n in names)
     )
+    if args.refine:
+        soft_r, stiff_r = results[0][1]["refined"], results[-1][1]["refined"]
+        network_ratio = soft["sdlogj"] / max(stiff["sdlogj"], 1e-12)
+        refined_ratio = soft_r["sdlogj"] / max(stiff_r["sdlogj"], 1e-12)
+        chosen = best[1]
+        print(
+            f"SDlogJ ratio soft / stiff along the diagonal: network x{network_ratio:.2f}, "
+            f"refined x{refined_ratio:.2f} (network / refined "
+            f"{network_ratio / max(refined_ratio, 1e-12):.2f}); amortisation gap at the "
+            f"TRE-best setting: {chosen['network']['tre_mm']:.2f} / "
+            f"{chosen['refined']['tre_mm']:.2f} mm = "
+            f"x{chosen['network']['tre_mm'] / max(chosen['refined']['tre_mm'], 1e-12):.2f}"
+        )
+    if args.rank_grid and args.refine:
+        grid = grid_settings(model, args.rank_grid)
+        print_rank_agreement([(params, scores_at(params)) for params in grid])
 
 
 if __name__ == "__main__":

@@ -21,6 +21,7 @@ Variants (``--variants``):
   normalised weighting, the range curriculum, the cosine schedule and the multi-scale
   similarity; ``single_scale``: the quickstart with the bare LNCC, ``similarity.scales=[1]``;
   ``self_pairs``: a tenth of the training pairs are an image registered to itself;
+  ``symmetric``: the antisymmetric network, u(F, M) = (g(F, M) - g(M, F)) / 2 in one batch;
   the rest change one choice). A hyper variant's parameter defaults are set to ``--param``, so it is validated
   there (and its range curriculum starts there).
 
@@ -67,6 +68,7 @@ VARIANTS: dict[str, list[str]] = {
     "single_scale": ["similarity.scales=[1]"],
     "plain_single_scale": ["model.hyper=false", "similarity.scales=[1]"],
     "self_pairs": ["data.self_pairs=0.1"],  # a tenth of the pairs: an image to itself (0.25 diverged)
+    "symmetric": ["model.symmetric=true"],  # u(F, M) = (g(F, M) - g(M, F)) / 2: u(F, F) = 0
     "previous": [  # the quickstart before issue 19
         "model.conditioning=weights",
         "similarity.scales=[1]",

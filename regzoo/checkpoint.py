@@ -82,12 +82,22 @@ them what a divergence stop advises (a lower ``optimizer.lr``, ``trainer.gradien
 _WRAPPER_PREFIX = "model."  # the LightningModule holds the RegistrationModel as ``model``
 
 
+_DIGEST_SINCE = {"model": {"symmetric": False}}
+"""Settings added after checkpoints began to store the digest, with the value every earlier
+model had: left out of the digest at that value, so that those checkpoints still load."""
+
+
 def config_digest(config: ExperimentConfig) -> str:
     """A digest of what defines a model's weights
     ([`MODEL_SECTIONS`][regzoo.checkpoint.MODEL_SECTIONS] but the plugins), stored in checkpoints so
     that a config edited after training is recognised."""
     data = config.model_dump(mode="json")
     fixed = {k: data.get(k) for k in MODEL_SECTIONS if k != "plugins"}
+    for section, added in _DIGEST_SINCE.items():
+        values = fixed.get(section)
+        if isinstance(values, dict):
+            kept = {k: v for k, v in values.items() if not (k in added and v == added[k])}
+            fixed[section] = kept
     return hashlib.sha256(json.dumps(fixed, sort_keys=True).encode()).hexdigest()[:16]
 
 

@@ -252,6 +252,12 @@ class ModelConfig(StrictModel):
         description="share of each generated kernel's initial variance that depends on the "
         "parameters (conditioning at initialisation; conditioning: weights only)",
     )
+    symmetric: bool = Field(
+        False,
+        description="antisymmetric output u(F, M) = (g(F, M) - g(M, F)) / 2 (the velocity for "
+        "diffeomorphic models), both orders one batched forward: an image registered to itself "
+        "does not move, at every parameter setting, by construction (about 2x the network's cost)",
+    )
     compile: bool = Field(
         False,
         description="train the network through torch.compile (slow first steps; no effect on "

@@ -52,6 +52,7 @@ def build_network(config: ExperimentConfig, num_params: int) -> RegistrationNet:
         int_downsize=model.int_downsize,
         hyper_init_share=model.hyper_init_share,
         conditioning=model.conditioning,
+        symmetric=model.symmetric,
     )
 
 

@@ -168,6 +168,12 @@ class RegistrationNet(nn.Module):
     bias or shift there is a translation the parameters choose, not the images
     ([`drop_flow_shift`][regzoo.nets.unet.drop_flow_shift] reads checkpoints written before).
 
+    With ``symmetric`` the output is antisymmetric in the two images: ``u(F, M) = (g(F, M) -
+    g(M, F)) / 2``, the two orders run as one batched forward (``2 B``, the same weights), so
+    ``u(F, F)`` is exactly zero at every parameter setting and ``u(M, F) = -u(F, M)``. For a
+    diffeomorphic model (``int_steps > 0``) the velocity is antisymmetrised: ``M -> F`` is then
+    the inverse transformation of ``F -> M``.
+
     Inputs of any size are padded (replicate) to a multiple of ``2^len(enc)`` and the output is
     cropped back.
 
@@ -182,6 +188,7 @@ class RegistrationNet(nn.Module):
         hyper_init_share: share of each generated kernel's initial variance that depends on
             the parameters (``"weights"`` only; see [`HyperConv`][regzoo.nets.hyper.HyperConv]).
         conditioning: ``"film"`` or ``"weights"``, how the parameters enter the network.
+        symmetric: antisymmetrise the output (displacement, or velocity) in the two images.
     """
 
     def __init__(
@@ -196,8 +203,10 @@ class RegistrationNet(nn.Module):
         int_downsize: int = 1,
         hyper_init_share: float = 0.05,
         conditioning: Conditioning = "film",
+        symmetric: bool = False,
     ) -> None:
         super().__init__()
+        self.symmetric = symmetric
         if int_downsize not in (1, 2):
             raise ValueError(f"RegistrationNet: int_downsize must be 1 or 2, got {int_downsize}")
         self.ndim, self.int_steps, self.int_downsize = ndim, int_steps, int_downsize
@@ -259,7 +268,11 @@ class RegistrationNet(nn.Module):
                 unit_params = unit_params.expand(moving.shape[0], -1)
             embedding = self.hypernet(unit_params.to(moving.dtype))
         size = moving.shape[2:]
-        x = self._pad(torch.cat([moving, fixed], dim=1))
+        pair = torch.cat([moving, fixed], dim=1)
+        if self.symmetric:  # both orders in one batch: [moving, fixed], then [fixed, moving]
+            pair = torch.cat([pair, pair.flip(1)])
+            embedding = None if embedding is None else torch.cat([embedding, embedding])
+        x = self._pad(pair)
         features = self.unet(x, embedding)
         # the flow layer runs in float32 even under autocast (bf16/fp16 mixed precision): a
         # bf16 displacement of a few voxels is quantised to ~0.02 voxel, which the warp's
@@ -269,6 +282,9 @@ class RegistrationNet(nn.Module):
             flow = self.flow(features.float(), embedding)  # full or half resolution
             if self.flow_film is not None and embedding is not None:
                 flow = self.flow_film(flow, embedding)
+            if self.symmetric:  # exactly 0 for fixed = moving: the two halves are equal
+                one_way, other_way = flow.chunk(2)
+                flow = 0.5 * (one_way - other_way)
         displacement = integrate_velocity(flow, self.int_steps) if self.int_steps > 0 else flow
         displacement = self._to_input_grid(displacement, x.shape[2:], size)
         if self.int_steps > 0:
