@@ -16,6 +16,7 @@ import pytest
 import SimpleITK as sitk  # noqa: N813 (the conventional alias)
 import torch
 import torch.nn.functional as F
+from conftest import QUICKSTART, tiny_overrides
 
 from regzoo._errors import InputError
 from regzoo.align import _field, _voxel_matrix, align, compose
@@ -31,7 +32,6 @@ from regzoo.refinement import RefineOptions
 from regzoo.registration_model import RegistrationModel, TrainingGrid
 from regzoo.similarity import parse_similarity
 from regzoo.spatial import warp
-from tests.conftest import QUICKSTART, tiny_overrides
 from tests.test_inference_cli import pair_paths, register_args, sweep_args
 from tests.test_interop import inside_field_of_view
 
