@@ -17,6 +17,8 @@ import SimpleITK as sitk  # noqa: N813 (the conventional alias)
 import torch
 import torch.nn.functional as F
 from conftest import QUICKSTART, tiny_overrides
+from test_inference_cli import pair_paths, register_args, sweep_args
+from test_interop import inside_field_of_view
 
 from regzoo._errors import InputError
 from regzoo.align import _field, _voxel_matrix, align, compose
@@ -32,8 +34,6 @@ from regzoo.refinement import RefineOptions
 from regzoo.registration_model import RegistrationModel, TrainingGrid
 from regzoo.similarity import parse_similarity
 from regzoo.spatial import warp
-from tests.test_inference_cli import pair_paths, register_args, sweep_args
-from tests.test_interop import inside_field_of_view
 
 
 def _run_quietly(args, capsys) -> tuple[int, str]:
