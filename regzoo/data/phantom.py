@@ -20,7 +20,6 @@ whose parts share the seeded random state and the geometry.
 
 from __future__ import annotations
 
-import json
 import math
 import shutil
 from collections.abc import Sequence
@@ -32,13 +31,13 @@ from scipy import ndimage
 from tqdm.auto import tqdm
 
 from regzoo._errors import InputError, OutputExistsError
-from regzoo.io import max_voxels, staging_folder, write_nifti
+from regzoo.data.writing import PhantomCase, write_case, write_manifest
+from regzoo.io import max_voxels, staging_folder
 
 __all__ = [
     "MAX_PHANTOM_SIDE",
     "MOTIONS",
     "TISSUE_LABELS",
-    "PhantomCase",
     "default_validation_cases",
     "generate_case",
     "write_phantom_dataset",
@@ -61,23 +60,6 @@ HU_AIR, HU_LUNG, HU_FAT, HU_SOFT, HU_LIVER, HU_BONE, HU_RIB, HU_VESSEL = (
     20.0,
 )
 FIELD_OF_VIEW_MM = 336.0  # 192 voxels at 1.75 mm, like Learn2Reg LungCT
-
-
-@dataclass
-class PhantomCase:
-    """One synthetic pair: images in HU, lung masks, keypoints (voxels), the true motion and
-    tissue label maps ([`TISSUE_LABELS`][regzoo.data.phantom.TISSUE_LABELS])."""
-
-    fixed: np.ndarray
-    moving: np.ndarray
-    fixed_mask: np.ndarray
-    moving_mask: np.ndarray
-    fixed_keypoints: np.ndarray
-    moving_keypoints: np.ndarray
-    displacement: np.ndarray  # (D, *shape), voxels, fixed grid
-    spacing: tuple[float, ...]
-    fixed_labels: np.ndarray
-    moving_labels: np.ndarray
 
 
 @dataclass
@@ -428,14 +410,6 @@ def _vessel_pixels(
     return candidates[np.sort(pick)].astype(np.float32)
 
 
-def _save_nifti(array: np.ndarray, spacing: Sequence[float], path: Path) -> None:
-    write_nifti(array, np.diag([*spacing, *([1.0] * (4 - len(spacing)))]), path)
-
-
-def _save_keypoints(points: np.ndarray, path: Path) -> None:
-    np.savetxt(path, points, delimiter=",", fmt="%.4f")
-
-
 def default_validation_cases(n: int) -> int:
     """Cases held out for ``registration_val`` when not given: a quarter of ``n``, at least 1."""
     return max(1, n // 4)
@@ -501,55 +475,19 @@ def write_phantom_dataset(
         pairs = []
         for case_id in tqdm(range(1, n + 1), desc="phantom", disable=not progress):
             case = generate_case(shape, seed=seed * 100_003 + case_id, motion=motion)
-            names = [f"PhantomCT_{case_id:04d}_{phase:04d}" for phase in (0, 1)]
-            for name, image, mask, labels, points in zip(
-                names,
-                (case.fixed, case.moving),
-                (case.fixed_mask, case.moving_mask),
-                (case.fixed_labels, case.moving_labels),
-                (case.fixed_keypoints, case.moving_keypoints),
-                strict=True,
-            ):
-                _save_nifti(
-                    image.astype(np.float32), case.spacing, staging / "imagesTr" / f"{name}.nii.gz"
-                )
-                _save_nifti(mask, case.spacing, staging / "masksTr" / f"{name}.nii.gz")
-                _save_nifti(labels, case.spacing, staging / "labelsTr" / f"{name}.nii.gz")
-                _save_keypoints(points, staging / "keypointsTr" / f"{name}.csv")
-            disp = np.moveaxis(case.displacement, 0, -1)
-            _save_nifti(
-                disp, case.spacing, staging / "gtdispTr" / f"PhantomCT_{case_id:04d}.nii.gz"
-            )
-            pairs.append(
-                {
-                    "fixed": f"./imagesTr/{names[0]}.nii.gz",
-                    "moving": f"./imagesTr/{names[1]}.nii.gz",
-                }
-            )
-        manifest = {
-            "name": "PhantomCT",
-            "description": "regzoo synthetic thoracic CT (exhale fixed _0000, inhale moving _0001)",
-            "tensorImageSize": {"0": f"{len(shape)}D"},
-            "modality": {"0": "CT"},
-            "labels": {"0": "background", **{str(v): k for k, v in TISSUE_LABELS.items()}},
-            "numTraining": 2 * n,
-            "training": [
-                {
-                    "image": p[k],
-                    "mask": p[k].replace("imagesTr", "masksTr"),
-                    "keypoints": p[k].replace("imagesTr", "keypointsTr").replace(".nii.gz", ".csv"),
-                }
-                for p in pairs
-                for k in ("fixed", "moving")
-            ],
-            "training_paired_images": pairs[: n - val],
-            "registration_val": pairs[n - val :],
-            "registration_test": [],
-            "seed": seed,
-            "shape": list(shape),
-            "motion": motion,
-        }
-        (staging / "PhantomCT_dataset.json").write_text(json.dumps(manifest, indent=2))
+            pairs.append(write_case(staging, "PhantomCT", case_id, case))
+        write_manifest(
+            staging,
+            "PhantomCT",
+            "regzoo synthetic thoracic CT (exhale fixed _0000, inhale moving _0001)",
+            TISSUE_LABELS,
+            pairs,
+            val=val,
+            ndim=len(shape),
+            seed=seed,
+            shape=list(shape),
+            motion=motion,
+        )
         staging.rename(root)
     except BaseException:
         shutil.rmtree(staging, ignore_errors=True)
