@@ -7,6 +7,7 @@ from collections.abc import Callable
 
 __all__ = [
     "TRUST_PLUGIN",
+    "add_config_arguments",
     "add_max_folding_argument",
     "add_native_grid_argument",
     "add_plugin_argument",
@@ -76,3 +77,15 @@ TRUST_PLUGIN = (
     "import this plugin module or .py file (repeatable): a plugin named in a checkpoint is "
     "never imported unless you name it here"
 )
+
+
+def add_config_arguments(p: argparse.ArgumentParser) -> None:
+    """The experiment YAML and its ``--set KEY=VALUE`` overrides (``train``, ``config``)."""
+    p.add_argument("config", help="experiment YAML (e.g. configs/quickstart.yaml)")
+    p.add_argument(
+        "--set",
+        action="append",
+        default=[],
+        metavar="KEY=VALUE",
+        help="override a config value, e.g. --set trainer.max_steps=100 (repeatable)",
+    )

@@ -15,17 +15,7 @@ from pathlib import Path
 from typing import Any
 
 from regzoo._errors import InputError
-
-
-def _add_config_arguments(p: argparse.ArgumentParser) -> None:
-    p.add_argument("config", help="experiment YAML (e.g. configs/quickstart.yaml)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set trainer.max_steps=100 (repeatable)",
-    )
+from regzoo.cli.arguments import add_config_arguments
 
 
 def add_parser(sub: Any) -> None:
@@ -36,10 +26,10 @@ def add_parser(sub: Any) -> None:
         "check",
         help="validate a config, its objective, trainer and data without running (writes nothing)",
     )
-    _add_config_arguments(check)
+    add_config_arguments(check)
     check.set_defaults(func=run_check)
     show = actions.add_parser("show", help="print the resolved config (defaults filled in)")
-    _add_config_arguments(show)
+    add_config_arguments(show)
     show.set_defaults(func=run_show)
 
 

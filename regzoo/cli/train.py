@@ -7,19 +7,13 @@ import sys
 from typing import Any
 
 from regzoo._errors import InputError
+from regzoo.cli.arguments import add_config_arguments
 
 
 def add_parser(sub: Any) -> None:
     """Add the ``train`` command to the subparsers ``sub``."""
     p = sub.add_parser("train", help="train an experiment config")
-    p.add_argument("config", help="experiment YAML (e.g. configs/quickstart.yaml)")
-    p.add_argument(
-        "--set",
-        action="append",
-        default=[],
-        metavar="KEY=VALUE",
-        help="override a config value, e.g. --set trainer.max_steps=100 (repeatable)",
-    )
+    add_config_arguments(p)
     p.add_argument(
         "--resume",
         metavar="RUN_DIR",
