@@ -9,6 +9,7 @@ __all__ = [
     "TRUST_PLUGIN",
     "add_config_arguments",
     "add_max_folding_argument",
+    "add_model_argument",
     "add_native_grid_argument",
     "add_plugin_argument",
     "add_refine_argument",
@@ -88,4 +89,16 @@ def add_config_arguments(p: argparse.ArgumentParser) -> None:
         default=[],
         metavar="KEY=VALUE",
         help="override a config value, e.g. --set trainer.max_steps=100 (repeatable)",
+    )
+
+
+def add_model_argument(p: argparse.ArgumentParser) -> None:
+    """``--model``: a checkpoint file or the name of a model shipped with regzoo."""
+    from regzoo.pretrained_models import available_pretrained
+
+    names = ", ".join(available_pretrained())
+    p.add_argument(
+        "--model",
+        required=True,
+        help=f"checkpoint (runs/.../checkpoints/last.ckpt) or a pretrained model's name ({names})",
     )

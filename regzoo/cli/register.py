@@ -12,6 +12,7 @@ from regzoo._errors import InputError
 from regzoo.cli.arguments import (
     TRUST_PLUGIN,
     add_max_folding_argument,
+    add_model_argument,
     add_native_grid_argument,
     add_plugin_argument,
     add_refine_argument,
@@ -26,12 +27,7 @@ if TYPE_CHECKING:
 def add_parser(sub: Any) -> None:
     """Add the ``register`` command to the subparsers ``sub``."""
     p = sub.add_parser("register", help="register one pair with a trained model")
-    p.add_argument(
-        "--model",
-        required=True,
-        help="checkpoint (runs/.../checkpoints/last.ckpt) or a pretrained model's name "
-        "(chest-ct-64, phantom-64)",
-    )
+    add_model_argument(p)
     p.add_argument("--fixed", required=True, help="fixed image (NIfTI)")
     p.add_argument("--moving", required=True, help="moving image (NIfTI, same grid)")
     p.add_argument(

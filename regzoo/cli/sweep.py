@@ -9,6 +9,7 @@ from regzoo._errors import InputError
 from regzoo.cli.arguments import (
     TRUST_PLUGIN,
     add_max_folding_argument,
+    add_model_argument,
     add_native_grid_argument,
     add_plugin_argument,
     add_refine_argument,
@@ -20,12 +21,7 @@ from regzoo.cli.refine_flags import add_refine_options, from_flags, similarities
 def add_parser(sub: Any) -> None:
     """Add the ``sweep`` command to the subparsers ``sub``."""
     p = sub.add_parser("sweep", help="evaluate a grid of parameters; heat maps and best values")
-    p.add_argument(
-        "--model",
-        required=True,
-        help="checkpoint (runs/.../checkpoints/last.ckpt) or a pretrained model's name "
-        "(chest-ct-64, phantom-64)",
-    )
+    add_model_argument(p)
     add_plugin_argument(p, TRUST_PLUGIN)
     add_native_grid_argument(p)
     p.add_argument("--data", required=True)

@@ -34,12 +34,9 @@ INSTALL_HINT = "pip install 'regzoo[explore]'"
 
 def add_arguments(parser: argparse.ArgumentParser) -> None:
     """Add ``regzoo explore``'s options to ``parser``."""
-    parser.add_argument(
-        "--model",
-        required=True,
-        help="checkpoint (runs/.../checkpoints/last.ckpt) or a pretrained model's name "
-        "(chest-ct-64, phantom-64)",
-    )
+    from regzoo.cli.arguments import add_model_argument
+
+    add_model_argument(parser)
     parser.add_argument("--fixed", required=True, help="fixed image (NIfTI)")
     parser.add_argument("--moving", required=True, help="moving image (NIfTI, same grid)")
     parser.add_argument(
