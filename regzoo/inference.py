@@ -340,7 +340,7 @@ def choose_parameters(
     max_folding: float | None = 0.0,
     resample: bool = False,
     fixed_labels: ImageLike | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
 ) -> tuple[dict[str, float], SweepResult]:
     """Choose the parameters for one pair without labels: register it at every setting of
     ``grid`` and let a label-free criterion ([`regzoo.criteria`][regzoo.criteria]) pick.
@@ -360,7 +360,8 @@ def choose_parameters(
             (``None``: no limit).
         resample: resample ``moving`` onto the fixed grid when the grids differ.
         fixed_labels: the fixed image's label map, for models with per-label parameters.
-        batch_size: settings per forward pass.
+        batch_size: settings per forward pass (``None``: the device's default,
+            [`default_batch_size`][regzoo.sweeping.default_batch_size]).
 
     Returns:
         params: the chosen values of the grid's parameters, by full name.

@@ -73,7 +73,7 @@ def run_sweep_study(
     *,
     metric: str | None = None,
     criterion: str | None = None,
-    batch_size: int = 8,
+    batch_size: int | None = None,
     refine: RefineOptions | None = None,
     refine_grid: RefineOptions | None = None,
     refine_options: Mapping[str, Any] | None = None,
@@ -95,7 +95,8 @@ def run_sweep_study(
         metric: the metric that chooses the best setting (default: the result's own).
         criterion: choose the best setting by this label-free criterion
             ([`regzoo.criteria`][regzoo.criteria]) instead of a metric.
-        batch_size: settings per network forward.
+        batch_size: settings per network forward (``None``: the device's default,
+            [`default_batch_size`][regzoo.sweeping.default_batch_size]).
         refine: the refinement of the comparison at the best setting
             ([`RefineOptions`][regzoo.refinement.RefineOptions]; ``None``: no comparison).
         refine_grid: refine every setting with these options (an exact sweep), not only the

@@ -2,6 +2,7 @@
 
 import json
 import shutil
+from typing import Any
 
 import nibabel as nib
 import numpy as np
@@ -15,7 +16,8 @@ from regzoo.cli import main
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.inference import register
 from regzoo.refinement import RefineOptions
-from regzoo.sweeping import optimize_parameters, parse_grid, sweep
+from regzoo import sweeping
+from regzoo.sweeping import default_batch_size, optimize_parameters, parse_grid, sweep
 
 
 def pair_paths(root, case="0003"):
@@ -221,6 +223,30 @@ def test_sweep_batches_equal_single_registrations(tiny_checkpoint, tiny_phantom)
         sweep(model, dataset, parse_grid(["mu=0:1:3"]), progress=False)
     with pytest.raises(ValueError, match="batch_size must be at least 1"):
         sweep(model, dataset, grid, batch_size=0, progress=False)
+
+
+def test_sweep_batch_size_defaults_to_one_setting_per_pass_on_cpu(
+    tiny_checkpoint, tiny_phantom, monkeypatch
+):
+    model = load_model(tiny_checkpoint)
+    dataset = Learn2RegDataset(tiny_phantom, "val", annotations=True)
+    assert default_batch_size(torch.device("cpu")) == 1
+    assert default_batch_size(torch.device("cuda")) == 8
+    grid = parse_grid(["mu=0.1,0.5,0.9"])
+    passes: list[int] = []
+    register_one = sweeping._register
+
+    def counted(model: Any, fixed: torch.Tensor, *args: Any) -> Any:
+        passes.append(fixed.shape[0])
+        return register_one(model, fixed, *args)
+
+    monkeypatch.setattr(sweeping, "_register", counted)
+    by_default = sweep(model, dataset, grid, progress=False)
+    assert passes == [1, 1, 1] * len(dataset)  # one setting per forward pass on a CPU
+    batched = sweep(model, dataset, grid, batch_size=3, progress=False)
+    assert passes[len(dataset) * 3 :] == [3] * len(dataset)
+    for one, other in zip(by_default.rows, batched.rows, strict=True):
+        assert one["sdlogj"] == pytest.approx(other["sdlogj"], rel=1e-4)
 
 
 def test_optimize_stays_in_bounds_and_improves_dice(tiny_checkpoint, tiny_phantom):

@@ -39,7 +39,10 @@ def add_parser(sub: Any) -> None:
         help="criterion for the best parameters (default: dice, else tre_mm)",
     )
     p.add_argument(
-        "--batch-size", type=int_at_least(1), default=8, help="settings per forward pass"
+        "--batch-size",
+        type=int_at_least(1),
+        help="settings per forward pass (default: 1 on a CPU, where a batch is no faster and "
+        "holds every setting's activations; 8 on a GPU)",
     )
     p.add_argument(
         "--optimize",
