@@ -69,10 +69,11 @@ import numpy as np
 import torch
 from _common import device_name
 
-from regzoo.cli.refine_flags import refine_options_from_flags
+from regzoo.cli.refine_flags import from_flags
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.evaluation import evaluate_displacements, summarize, write_report
 from regzoo.io import read_volume, write_displacement
+from regzoo.refinement import RefineOptions
 
 WINDOW = (-1000.0, 500.0)  # HU window mapped to [0, 1] for the networks trained here
 ANTS = "ants_syn"
@@ -364,28 +365,24 @@ def load_regzoo(checkpoint: str) -> Any:
     return load_model(checkpoint)
 
 
-def regzoo_runner(
-    args: argparse.Namespace, refine: int = 0, refine_options: dict[str, Any] | None = None
-) -> Runner:
-    """``regzoo.inference.register`` at ``--param`` values, refined ``refine`` iterations
-    (keyword arguments of ``regzoo.refinement.refine`` in ``refine_options``)."""
+def regzoo_runner(args: argparse.Namespace, refine: RefineOptions | None = None) -> Runner:
+    """``regzoo.inference.register`` at ``--param`` values, refined by ``refine`` (``None``:
+    the network alone)."""
     from regzoo.cli import parse_params
     from regzoo.inference import register
 
     model = load_regzoo(args.model)
     params = parse_params(args.param)
-    options: dict[str, Any] = {"refine": refine} if refine else {}
-    if refine_options:
-        options["refine_options"] = refine_options
 
     def predict(item: Item) -> tuple[np.ndarray, float]:
         # images read before the clock starts, as for ANTs
         fixed, moving = read_volume(item["fixed_path"]), read_volume(item["moving_path"])
-        result, seconds = timed(lambda: register(model, fixed, moving, **options, **params))
+        result, seconds = timed(lambda: register(model, fixed, moving, refine=refine, **params))
         return result.displacement.numpy(), seconds
 
-    extra = {"model": args.model, "params": model.objective.resolve(params), "refine": refine}
-    return Runner(predict, {**extra, **(refine_options or {})}, warmup=True)
+    extra = {"model": args.model, "params": model.objective.resolve(params)}
+    settings = {"refine": 0} if refine is None else {"refine": refine.steps, **refine.to_dict()}
+    return Runner(predict, {**extra, **settings}, warmup=True)
 
 
 def refined_variants(args: argparse.Namespace) -> dict[str, tuple[int, str]]:
@@ -405,8 +402,7 @@ def slug(text: str) -> str:
 
 def regzoo_refined_runner(args: argparse.Namespace, steps: int, spec: str) -> Runner:
     """``regzoo`` followed by ``steps`` iterations of instance optimisation under ``spec``."""
-    options = refine_options_from_flags(spec, args.refine_split)
-    return regzoo_runner(args, refine=steps, refine_options=options)
+    return regzoo_runner(args, from_flags(steps=steps, similarity=spec, split=args.refine_split))
 
 
 RUNNERS: dict[str, Callable[[argparse.Namespace], Runner]] = {
@@ -624,7 +620,7 @@ def parse_args(argv: Sequence[str] | None = None) -> argparse.Namespace:
     args = parser.parse_args(argv)
     try:  # before any method runs: a typo must not cost an ANTs run
         for spec in args.refine_similarity:
-            refine_options_from_flags(spec, args.refine_split)
+            from_flags(similarity=spec, split=args.refine_split)
     except (ValueError, KeyError) as exc:  # InputError, UnknownNameError
         parser.error(str(exc.args[0]))
     return args
