@@ -13,7 +13,8 @@ Methods:
   it and the field carried back in mm: ``RegistrationModel.predict``).
 * ``regzoo_native``: the network alone on each image's own grid (``--native-grid``, the
   behaviour before regzoo recorded the training grid).
-* ``regzoo_refine<N>``: the network then ``N`` refinement iterations on the image's own grid.
+* ``regzoo_refine<N>``: the network then ``N`` refinement iterations on the image's own grid,
+  under ``--refine-similarity`` (default: the model's objective) split ``--refine-split``.
 * ``ants_syn``: ANTsPy's default SyN (affine then SyN) on the raw images, run and turned into
   voxel displacements as in ``benchmarks/peers.py``.
 
@@ -65,12 +66,18 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             rows.append({**row, "seconds": seconds})
     else:
         from regzoo.checkpoint import load_model
+        from regzoo.cli.refine_flags import from_flags
         from regzoo.inference import register
         from regzoo.params import parse_params
 
         model = load_model(spec["model"])
         model.at_training_spacing = method != "regzoo_native"
-        steps = int(method.removeprefix("regzoo_refine")) if "refine" in method else 0
+        steps = int(method.removeprefix("regzoo_refine").split("_")[0]) if "refine" in method else 0
+        refine = (
+            from_flags(steps=steps, similarity=spec["similarity"], split=spec["refine_split"])
+            if steps
+            else None
+        )
         params = model.objective.resolve(parse_params(spec["params"]))
         intensity = Intensity.from_config(model.config.data)
         dataset = Learn2RegDataset(
@@ -81,7 +88,7 @@ def worker(spec: dict[str, Any]) -> dict[str, Any]:
             fixed = read_volume(item["fixed_path"])
             moving = read_volume(item["moving_path"])
             started = time.perf_counter()
-            result = register(model, fixed, moving, refine=steps, **params)
+            result = register(model, fixed, moving, refine=refine, **params)
             seconds = time.perf_counter() - started
             row = score_pair(item, result.displacement)
             rows.append({**row, "seconds": seconds})
@@ -160,6 +167,10 @@ def main(argv: Sequence[str] | None = None) -> None:
     parser.add_argument("--param", action="append", default=[], metavar="NAME=VALUE")
     parser.add_argument("--refine", type=int, default=30, help="refinement iterations")
     parser.add_argument(
+        "--refine-similarity", default="model", help="similarity text of the refinement"
+    )
+    parser.add_argument("--refine-split", help="pyramid split of the iterations, e.g. 1:1:2")
+    parser.add_argument(
         "--methods",
         nargs="+",
         default=["regzoo", "regzoo_native", "regzoo_refine", "ants_syn"],
@@ -177,7 +188,11 @@ def main(argv: Sequence[str] | None = None) -> None:
     for data, pairs in zip(args.data, counts, strict=True):
         shape = shape_of(data)
         for method in args.methods:
-            name = f"regzoo_refine{args.refine}" if method == "regzoo_refine" else method
+            name = method
+            if method == "regzoo_refine":
+                name = f"regzoo_refine{args.refine}"
+                if args.refine_similarity != "model" or args.refine_split:
+                    name += f"_{args.refine_similarity}_{args.refine_split or 'thirds'}"
             spec = {
                 "method": name,
                 "data": data,
@@ -185,6 +200,8 @@ def main(argv: Sequence[str] | None = None) -> None:
                 "split": args.split,
                 "model": args.model,
                 "params": args.param,
+                "similarity": args.refine_similarity,
+                "refine_split": args.refine_split,
             }
             row = {"shape": shape, "method": name, **measure(spec, out / "log.txt")}
             print(json.dumps(row), flush=True)
