@@ -55,7 +55,7 @@ def evaluate_criteria(result: SweepResult) -> list[dict[str, Any]]:
     judges: list[str] = ["dice", "dice_unlimited"] if "dice" in result.settings[0] else []
     judges += criteria.available()
     free = dataclasses.replace(result, max_folding=None)
-    out = []
+    out: list[dict[str, Any]] = []
     for name in judges:
         try:
             if name == "dice_unlimited":  # the old default: Dice with no folding limit
