@@ -41,7 +41,7 @@ from regzoo.checkpoint import load_model
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.evaluation import score_pair, summarize
 from regzoo.lightning_module import HyperRegistration
-from regzoo.refinement import refine
+from regzoo.refinement import RefineOptions, refine
 from regzoo.spatial import warp
 
 
@@ -142,7 +142,13 @@ def evaluate_setting(
         if steps:
             start = time.perf_counter()
             refined = refine(
-                model, fixed, moving, values, steps=steps, init=network, spacing=item["spacing"]
+                model,
+                fixed,
+                moving,
+                values,
+                RefineOptions(steps=steps),
+                init=network,
+                spacing=item["spacing"],
             )
             seconds += time.perf_counter() - start
             rows["refined"].append(

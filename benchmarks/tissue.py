@@ -26,7 +26,7 @@ from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.data.phantom import write_phantom_dataset
 from regzoo.evaluation import item_labels
 from regzoo.metrics import target_registration_error
-from regzoo.refinement import refine
+from regzoo.refinement import RefineOptions, refine
 from regzoo.report import write_sweep_report
 from regzoo.sweeping import GridRange, sweep
 from regzoo.training import train
@@ -66,7 +66,7 @@ def wall_tre(model, dataset, params, wall: float, refine_steps: int) -> dict[str
                 fixed,
                 moving,
                 params,
-                steps=refine_steps,
+                RefineOptions(steps=refine_steps),
                 init=output,
                 spacing=item["spacing"],
                 labels=item_labels(item),
