@@ -107,7 +107,9 @@ class ParamSpec(BaseModel):
         """``value`` moved by whole periods into ``[low, high)`` (unchanged unless periodic)."""
         if self.scale != "periodic":
             return value
-        return self.low + math.fmod(math.fmod(value - self.low, self.period) + self.period, self.period)
+        return self.low + math.fmod(
+            math.fmod(value - self.low, self.period) + self.period, self.period
+        )
 
     def domain_text(self) -> str:
         """The domain as an interval, e.g. ``[0, inf)``."""
@@ -399,7 +401,9 @@ class ParamSpace(BaseModel):
         values = torch.where(self._scale_mask(unit, "log"), torch.exp(transformed), transformed)
         # exp(log(high)) may round past high in float32: the ends map exactly onto the bounds
         floor = torch.tensor([s.low for s in self.specs], dtype=values.dtype, device=values.device)
-        ceiling = torch.tensor([s.high for s in self.specs], dtype=values.dtype, device=values.device)
+        ceiling = torch.tensor(
+            [s.high for s in self.specs], dtype=values.dtype, device=values.device
+        )
         inside = (unit >= 0) & (unit <= 1)
         return torch.where(inside, torch.minimum(torch.maximum(values, floor), ceiling), values)
 
@@ -473,7 +477,9 @@ class ParamSpace(BaseModel):
         axes = [
             torch.linspace(0.0, 1.0, int(k) + 1)[:-1]
             if spec.scale == "periodic"
-            else torch.linspace(0.0, 1.0, int(k)) if k > 1 else torch.zeros(1)
+            else torch.linspace(0.0, 1.0, int(k))
+            if k > 1
+            else torch.zeros(1)
             for spec, k in zip(self.specs, steps, strict=True)
         ]
         unit = torch.cartesian_prod(*axes).reshape(-1, len(self))

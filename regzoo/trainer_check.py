@@ -31,7 +31,11 @@ def _suggest(value: str, choices: Iterable[str]) -> str:
 def _precisions() -> list[str]:
     from lightning.fabric.connector import _PRECISION_INPUT
 
-    return [str(value) for member in typing.get_args(_PRECISION_INPUT) for value in typing.get_args(member)]
+    return [
+        str(value)
+        for member in typing.get_args(_PRECISION_INPUT)
+        for value in typing.get_args(member)
+    ]
 
 
 def check_trainer(trainer: TrainerConfig) -> None:

@@ -63,7 +63,9 @@ def test_refine_on_tensors_refuses_to_guess_the_spacing(pair):
     fixed_t = normalize_intensity(fixed.tensor(), window)[None, None]
     moving_t = normalize_intensity(moving.tensor(), window)[None, None]
     with pytest.raises(InputError, match=r"^refine: .*pass spacing=") as error:
-        regzoo.refine(model, fixed_t, moving_t, {"lam": 1.0, "mu": 1.0}, regzoo.RefineOptions(steps=3))
+        regzoo.refine(
+            model, fixed_t, moving_t, {"lam": 1.0, "mu": 1.0}, regzoo.RefineOptions(steps=3)
+        )
     assert "\n" not in str(error.value)
     # with the files' spacing, the tensors give what register(refine=N) gives from the files
     options = regzoo.RefineOptions(steps=3)
@@ -78,7 +80,9 @@ def test_refine_of_a_voxel_unit_model_needs_no_spacing(pair):
     model, fixed, _ = pair
     model.config = model.config.model_copy(update={"energy_units": "voxel"})
     fixed_t = torch.rand(1, 1, *fixed.shape)
-    output = regzoo.refine(model, fixed_t, fixed_t.clone(), {"lam": 1.0, "mu": 1.0}, regzoo.RefineOptions(steps=1))
+    output = regzoo.refine(
+        model, fixed_t, fixed_t.clone(), {"lam": 1.0, "mu": 1.0}, regzoo.RefineOptions(steps=1)
+    )
     assert output.displacement.shape == (1, 3, *fixed.shape)
 
 

@@ -49,7 +49,10 @@ def test_the_training_module_restores_either_naming(tiny_checkpoint):
     ("change", "refused"),
     [
         ("model.enc=[8, 8, 8, 8]", "the config changes model (start a new run_dir instead)"),
-        ("optimizer.weight_decay=0.5", "the config changes optimizer.weight_decay, which a resumed run keeps"),
+        (
+            "optimizer.weight_decay=0.5",
+            "the config changes optimizer.weight_decay, which a resumed run keeps",
+        ),
         ("trainer.max_steps=5", None),
     ],
 )

@@ -27,7 +27,9 @@ def test_a_key_given_twice_is_refused_with_its_line(tmp_path):
 
 
 def test_a_malformed_set_value_is_one_line_naming_the_key():
-    with pytest.raises(ConfigError, match=r"--set trainer\.max_steps: '\[1,' is not a value") as info:
+    with pytest.raises(
+        ConfigError, match=r"--set trainer\.max_steps: '\[1,' is not a value"
+    ) as info:
         load_config(QUICKSTART, ["trainer.max_steps=[1,"])
     assert "\n" not in str(info.value)
     with pytest.raises(ConfigError, match=r"--set name: .*appears twice"):

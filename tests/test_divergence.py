@@ -131,7 +131,9 @@ def test_a_diverged_run_with_weight_averaging_saves_the_restored_weights(
     state = torch.load(last, weights_only=True)
     (guard_state,) = [v for k, v in state["callbacks"].items() if "DivergenceGuard" in k]
     best = model_weights(guard_state["best_weights"])  # the module's names: model.net.* -> net.*
-    for name, value in model_weights(state["state_dict"]).items():  # the saved average is the restored one
+    for name, value in model_weights(
+        state["state_dict"]
+    ).items():  # the saved average is the restored one
         assert torch.equal(value, best[name]), name
     for name, value in model_weights(state["current_model_state"]).items():
         assert torch.equal(value, best[name]), name

@@ -10,13 +10,13 @@ import pytest
 import torch
 from scipy import ndimage
 
+from regzoo import sweeping
 from regzoo._errors import InputError
 from regzoo.checkpoint import load_model
 from regzoo.cli import main
 from regzoo.data.learn2reg import Learn2RegDataset
 from regzoo.inference import register
 from regzoo.refinement import RefineOptions
-from regzoo import sweeping
 from regzoo.sweeping import default_batch_size, optimize_parameters, parse_grid, sweep
 
 

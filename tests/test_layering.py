@@ -108,7 +108,9 @@ MAX_LINES = 450
 def _states_why_long(path: Path) -> bool:
     """The module docstring says why the module is long (a sentence naming its length)."""
     doc = ast.get_docstring(ast.parse(path.read_text())) or ""
-    return any(word in doc.lower() for word in ("lines because", "long because", "one file because"))
+    return any(
+        word in doc.lower() for word in ("lines because", "long because", "one file because")
+    )
 
 
 def test_the_size_rule_reads_the_docstring(tmp_path):
@@ -123,7 +125,6 @@ def test_no_module_is_long_without_saying_why():
     too_long = {
         module_name(path): count
         for path in PACKAGE.rglob("*.py")
-        if (count := len(path.read_text().splitlines())) > MAX_LINES
-        and not _states_why_long(path)
+        if (count := len(path.read_text().splitlines())) > MAX_LINES and not _states_why_long(path)
     }
     assert not too_long, f"modules over {MAX_LINES} lines whose docstring says not why: {too_long}"

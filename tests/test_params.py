@@ -163,7 +163,9 @@ def test_a_periodic_grid_does_not_repeat_its_end():
     space = ParamSpace.of(ANGLE)
     grid = space.grid(4)[:, 0]
     assert torch.allclose(grid, torch.tensor([0.0, 0.5, 1.0, 1.5]) * math.pi, atol=1e-6)
-    assert ANGLE.spaced(0.0, 2 * math.pi, 4) == pytest.approx([0, math.pi / 2, math.pi, 1.5 * math.pi])
+    assert ANGLE.spaced(0.0, 2 * math.pi, 4) == pytest.approx(
+        [0, math.pi / 2, math.pi, 1.5 * math.pi]
+    )
     assert ANGLE.spaced(0.0, 1.0, 3) == pytest.approx([0.0, 0.5, 1.0])  # not a whole turn
 
 

@@ -57,7 +57,10 @@ def test_the_pages_with_python_code_are_found():
 
 def test_every_skipped_block_gives_its_reason():
     skipped = {
-        page.name: reason for page in PAGES for _, reason in python_blocks(page) if reason is not None
+        page.name: reason
+        for page in PAGES
+        for _, reason in python_blocks(page)
+        if reason is not None
     }
     assert skipped == {"interop.md": "needs SimpleITK, which regzoo does not install"}
 

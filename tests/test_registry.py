@@ -119,7 +119,9 @@ def test_an_entry_point_named_like_a_built_in_is_one_warning_and_a_failed_entry(
     tmp_path, monkeypatch, clean_registry
 ):
     source = PLUGIN_SOURCE.format(name="diffusion_clash_unused")
-    _install_entry_points(tmp_path, monkeypatch, "clash_mod", source, "diffusion = clash_mod:Scaled")
+    _install_entry_points(
+        tmp_path, monkeypatch, "clash_mod", source, "diffusion = clash_mod:Scaled"
+    )
     with pytest.warns(RuntimeWarning, match="'diffusion' is a built-in regularizer") as record:
         clean_registry.discover(refresh=True)
     assert len([w for w in record if "diffusion" in str(w.message)]) == 1

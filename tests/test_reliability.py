@@ -543,7 +543,9 @@ def test_docs_table_lists_every_case_with_its_message():
 def test_nonfinite_training_stops_and_writes_no_nan_weights(tiny_phantom, tmp_path, capsys):
     ws = Workspace(tiny_phantom, Path(), tmp_path)
     code = main(
-        ws.train("optimizer.lr=1.0e+12", "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=1")
+        ws.train(
+            "optimizer.lr=1.0e+12", "trainer.max_steps=6", "trainer.checkpoint_every_n_steps=1"
+        )
     )
     err = capsys.readouterr().err
     assert code == 2 and re.search(r"(training loss is nan|non-finite gradients) at step \d", err)

@@ -58,9 +58,7 @@ def test_many_register_calls_keep_memory_bounded(
         params = dict(zip(space.names, values, strict=True))
         refine = RefineOptions(steps=2) if i % REFINE_EVERY == 0 else None
         # bare tensors carry no spacing: the network runs on their own grid
-        result = register(
-            model, fixed, moving, refine=refine, at_training_spacing=False, **params
-        )
+        result = register(model, fixed, moving, refine=refine, at_training_spacing=False, **params)
         assert result.displacement.shape == (3, *SHAPE)
         assert bool(torch.isfinite(result.displacement).all())
 

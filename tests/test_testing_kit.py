@@ -59,9 +59,7 @@ def test_pytest_in_an_unrelated_project_does_not_load_regzoo(tmp_path):
 class FormerTutorialEnergy(Regularizer):
     """The plugin tutorial's former energy: the displacement in voxels differentiated per mm."""
 
-    space = ParamSpace.of(
-        ParamSpec(name="mu", low=0.0, high=1.0, default=0.5, domain=(0.0, None))
-    )
+    space = ParamSpace.of(ParamSpec(name="mu", low=0.0, high=1.0, default=0.5, domain=(0.0, None)))
 
     def energy(self, u, params, spacing):
         density = gradient(u, spacing).pow(2).sum(dim=(1, 2))  # no to_physical: voxels per mm

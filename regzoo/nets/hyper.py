@@ -193,9 +193,7 @@ class HyperConv(nn.Module):
         batch = x.shape[0]
         weight = self.weight_head(embedding).view(batch * self.out_channels, *self.kernel_shape[1:])
         bias = (
-            None
-            if self.bias_head is None
-            else rearrange(self.bias_head(embedding), "b c -> (b c)")
+            None if self.bias_head is None else rearrange(self.bias_head(embedding), "b c -> (b c)")
         )
         grouped = rearrange(x, "b c ... -> 1 (b c) ...")
         if batch == 1:  # one sample: an ordinary convolution with the generated kernel

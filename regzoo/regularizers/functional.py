@@ -191,9 +191,7 @@ def linear_elastic_energy(
     divergence = _sum(diagonal)
     if is_map(lam) or is_map(mu):
         # sum_ij (d_i u_j + d_j u_i)^2 = 4 sum_i (d_i u_i)^2 + 2 sum_{i<j} (d_i u_j + d_j u_i)^2
-        shear = 4 * _sum(t.square() for t in diagonal) + 2 * _sum(
-            t.square() for t in off_diagonal
-        )
+        shear = 4 * _sum(t.square() for t in diagonal) + 2 * _sum(t.square() for t in off_diagonal)
         mu_t = per_sample(mu, shear, "mu", "linear_elastic_energy")
         lam_t = per_sample(lam, shear, "lam", "linear_elastic_energy")
         return domain_mean(mu_t / 4 * shear + lam_t / 2 * divergence.square())

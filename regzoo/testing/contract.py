@@ -194,5 +194,3 @@ def check_regularizer(
     for shape in ((12, 10), (8, 9, 10)):
         _check_dimension(reg, cls, shape, params)
     _check_gradients(reg, cls, params)
-
-

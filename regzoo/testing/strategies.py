@@ -37,6 +37,7 @@ __all__ = [
     "run_property",
 ]
 
+
 def random_smooth_field(
     shape: tuple[int, ...],
     *,
@@ -299,5 +300,3 @@ def parameter_values(space: ParamSpace, *, batch: int = 2) -> Any:
             for spec in space
         }
     )
-
-
