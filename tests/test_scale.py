@@ -53,11 +53,15 @@ def test_compiled_bf16_training_writes_a_plain_checkpoint(tiny_phantom, tmp_path
 
 
 def test_training_streams_from_disk(tiny_phantom):
-    config = load_config(QUICKSTART, [f"data.root={tiny_phantom}"]).data
+    """Without ``data.cache`` (the library's default; the quickstart caches its 16 small
+    volumes) every pair is read when it is used and nothing is kept."""
+    config = load_config(QUICKSTART, [f"data.root={tiny_phantom}", "data.cache=false"]).data
     data = RegistrationDataModule(config)
     data.setup("fit")
     next(iter(data.train_dataloader()))
     assert data.train_set.cache is False and not data.train_set._cache
+    cached = load_config(QUICKSTART, [f"data.root={tiny_phantom}"]).data
+    assert cached.cache and type(cached).model_fields["cache"].default is False
 
 
 @pytest.mark.parametrize("out_channels", [4, 3])
