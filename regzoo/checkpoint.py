@@ -348,9 +348,8 @@ def load_model(
             f"{path}: {len(bad)} weight tensors hold NaN or infinite values (first: {bad[0]}); "
             "the training diverged"
         )
-    check_fingerprint(
-        path, extras, stored_weights
-    )  # foreign weights of the same shapes are refused
+    # foreign weights of the same shapes are refused
+    check_fingerprint(path, extras, stored_weights)
     try:
         model.load_state_dict(weights)
     except RuntimeError as exc:
