@@ -36,7 +36,9 @@ __all__ = [
     "InvertibleFit",
     "LCurve",
     "available",
+    "consensus_fit",
     "criterion",
+    "gain_key",
     "get",
     "label_free_measures",
     "needs_backward",
@@ -50,7 +52,14 @@ MEASURES = (
     "inverse_consistency",
 )
 """Label-free per-row measures a sweep records (``inverse_consistency`` only when it also
-registers every pair backwards)."""
+registers every pair backwards; a sweep with a similarity axis also records each axis
+similarity's gain, [`gain_key`][regzoo.criteria.gain_key])."""
+
+
+def gain_key(similarity: str) -> str:
+    """The measure that holds a similarity's gain over the unregistered pair (its value before
+    registration minus after, so larger is better): ``similarity_gain[model + ngf]``."""
+    return f"similarity_gain[{similarity}]"
 
 
 @dataclass(frozen=True)
@@ -277,6 +286,7 @@ def label_free_measures(
     moving: torch.Tensor,
     fields: torch.Tensor,
     backward: torch.Tensor | None = None,
+    yardsticks: Mapping[str, torch.nn.Module] | None = None,
 ) -> list[dict[str, float]]:
     """The label-free measures of fields ``(B, D, *spatial)`` registering ``moving`` to
     ``fixed`` (both ``(B, 1, *spatial)``, normalised as the network sees them).
@@ -285,10 +295,18 @@ def label_free_measures(
     warped image), ``similarity_initial`` (before registration), ``roughness`` (mean squared
     Frobenius norm of the displacement gradient, voxels), ``displacement_mean`` (mean length
     of the displacement, voxels) and, given the ``backward`` fields of the reversed pair at the
-    same settings, ``inverse_consistency`` (mean ``|u_f(x) + u_b(x + u_f(x))|``, voxels).
+    same settings, ``inverse_consistency`` (mean ``|u_f(x) + u_b(x + u_f(x))|``, voxels), and,
+    given ``yardsticks`` (similarities by their text), each one's gain over the unregistered
+    pair under [`gain_key`][regzoo.criteria.gain_key] (what
+    [`consensus_fit`][regzoo.criteria.consensus_fit] reads).
     """
-    sim = similarity(fixed, warp(moving, fields))
+    warped = warp(moving, fields)
+    sim = similarity(fixed, warped)
     start = similarity(fixed, moving)
+    gains = {
+        name: yardstick(fixed, moving) - yardstick(fixed, warped)
+        for name, yardstick in (yardsticks or {}).items()
+    }
     rough = gradient(fields).pow(2).sum((1, 2)).flatten(1).mean(1)
     size = fields.norm(dim=1).flatten(1).mean(1)
     gap = None
@@ -304,5 +322,48 @@ def label_free_measures(
         }
         if gap is not None:
             row["inverse_consistency"] = float(gap[b])
+        row.update({gain_key(name): float(gain[b]) for name, gain in gains.items()})
         rows.append(row)
     return rows
+
+
+def consensus_fit(entries: Sequence[Mapping[str, Any]], similarities: Sequence[str]) -> np.ndarray:
+    """How well each entry's field matches the images by every similarity at once: the mean
+    over ``similarities`` of the entry's gain under that similarity (the measure
+    [`gain_key`][regzoo.criteria.gain_key]) divided by the largest gain any entry reaches
+    under it; 1 for an entry that is the best match by every similarity.
+
+    A sweep with a similarity axis chooses its refinement similarity by this fit
+    ([`SweepResult.choose`][regzoo.sweeping.SweepResult.choose]): refinement under one
+    similarity can improve that similarity's own measure at the expense of the others (it fits
+    what the measure alone rewards), so no single similarity is a fair yardstick for choosing
+    among them; the fit asks for agreement of all of them.
+
+    Args:
+        entries: settings (or one pair's rows) holding the gain of every similarity.
+        similarities: the similarity texts whose gains are averaged.
+
+    A similarity that no entry improves over the unregistered pair cannot tell the entries
+    apart and is left out of the mean.
+
+    Returns:
+        ``(len(entries),)`` fits, at most 1 (``-inf`` where an entry lacks a gain).
+
+    Raises:
+        InputError: no entries or no similarities, or no entry improves any similarity.
+    """
+    if not entries or not similarities:
+        raise InputError("consensus_fit: needs at least one entry and one similarity")
+    fractions = []
+    for name in similarities:
+        gains = np.array([float(e.get(gain_key(name), -np.inf)) for e in entries], dtype=float)
+        best = np.max(gains)
+        if best > 0:
+            fractions.append(gains / best)
+    if not fractions:
+        raise InputError(
+            "no setting improves any of the similarities "
+            f"{', '.join(map(repr, similarities))} over the unregistered pair, so none can be "
+            "chosen by their consensus"
+        )
+    return np.mean(fractions, axis=0)

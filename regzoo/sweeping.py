@@ -18,7 +18,14 @@ import torch
 from tqdm.auto import tqdm
 
 from regzoo._errors import InputError, UnknownNameError, unknown_name_message
-from regzoo.criteria import MEASURES, ChoiceTable, Criterion, label_free_measures
+from regzoo.criteria import (
+    MEASURES,
+    ChoiceTable,
+    Criterion,
+    consensus_fit,
+    gain_key,
+    label_free_measures,
+)
 from regzoo.criteria import available as available_criteria
 from regzoo.criteria import get as get_criterion
 from regzoo.data.learn2reg import Learn2RegDataset
@@ -244,6 +251,10 @@ class SweepResult:
                 f"at or below {limit} (raise max_folding, --max-folding on the command line, "
                 "to allow some folding)"
             )
+        try:
+            eligible = self._consensus_similarity(entries, eligible)
+        except InputError as exc:
+            return [], f"criterion {name!r} chooses nothing: {exc}"
         scores = judge(ChoiceTable(self.names, [entries[i] for i in eligible]))
         finite = [k for k in range(len(eligible)) if scores[k] < np.inf]
         if not finite:
@@ -254,9 +265,29 @@ class SweepResult:
         ranked = sorted(finite, key=lambda k: (scores[k], folded(eligible[k])))
         return [eligible[k] for k in ranked], ""
 
+    def _consensus_similarity(
+        self, entries: Sequence[dict[str, Any]], eligible: list[int]
+    ) -> list[int]:
+        """With a similarity axis, the ``eligible`` entries refined under the similarity whose
+        best setting has the largest [`consensus_fit`][regzoo.criteria.consensus_fit] (every
+        entry without an axis, or from a sweep that did not record the gains)."""
+        specs = self.similarities
+        if not specs or any(gain_key(s) not in entries[i] for s in specs for i in eligible):
+            return eligible
+        fit = consensus_fit([entries[i] for i in eligible], specs)
+        chosen = entries[eligible[int(np.argmax(fit))]]["refine_similarity"]
+        return [i for i in eligible if entries[i]["refine_similarity"] == chosen]
+
     def choose(self, criterion: str | Criterion) -> dict[str, Any]:
         """The setting a label-free criterion ([`regzoo.criteria`][regzoo.criteria]) picks for the
         data set, from the settings' mean measures, among those within ``max_folding``.
+
+        With a similarity axis the choice has two stages: the similarity first, the one whose
+        best setting matches the images best by all the axis's similarities together
+        ([`consensus_fit`][regzoo.criteria.consensus_fit]), then the criterion among that
+        similarity's settings (by the model's own similarity, as without an axis). A criterion
+        alone would judge every similarity by the model's similarity, which refinement under
+        the model's similarity minimises directly (docs/choosing.md).
 
         Raises:
             UnknownNameError: an unknown criterion name.
@@ -270,7 +301,8 @@ class SweepResult:
         return self.settings[admitted[0]]
 
     def choose_per_pair(self, criterion: str | Criterion) -> list[dict[str, Any]]:
-        """For each pair, the row the criterion picks from that pair's rows alone; a pair whose
+        """For each pair, the row the criterion picks from that pair's rows alone (with a
+        similarity axis, the similarity first, by that pair's consensus fit); a pair whose
         rows the criterion admits none of (see [`choose`][regzoo.sweeping.SweepResult.choose]) is left out."""
         pairs: dict[tuple[str, str], list[dict[str, Any]]] = {}
         for row in self.rows:
@@ -385,9 +417,10 @@ def sweep(
     ``["model", "model + ngf", "10*mind_ssc"]``) adds a similarity axis to an exact sweep:
     every setting is refined under each similarity in turn (the cost times their number; the
     ``similarity`` of ``refine`` is replaced). The label-free measures stay the model's own
-    similarity, a yardstick common to the whole grid, so that a criterion chooses among
-    similarities and parameters together
-    ([`SweepResult.choose`][regzoo.sweeping.SweepResult.choose]).
+    similarity, a yardstick common to the whole grid, and every row also records each axis
+    similarity's gain ([`gain_key`][regzoo.criteria.gain_key]), from which
+    [`SweepResult.choose`][regzoo.sweeping.SweepResult.choose] chooses the similarity before a
+    criterion chooses the parameters.
 
     Raises:
         KeyError: unknown or ambiguous parameter names.
@@ -396,18 +429,30 @@ def sweep(
     if refine_steps and refine is not None:
         raise InputError("sweep(): give refine=RefineOptions(...) alone, not refine_steps")
     refine = RefineOptions.from_legacy(refine or refine_steps or None, refine_options, "sweep")
+    options: dict[str, Any] = dict(
+        batch_size=batch_size, max_folding=max_folding, backward=backward, progress=progress
+    )
     if refine_similarities:
         return _similarity_sweep(
-            model,
-            dataset,
-            grid,
-            list(refine_similarities),
-            refine=refine,
-            batch_size=batch_size,
-            max_folding=max_folding,
-            backward=backward,
-            progress=progress,
+            model, dataset, grid, list(refine_similarities), refine=refine, **options
         )
+    return _grid_sweep(model, dataset, grid, refine=refine, **options)
+
+
+def _grid_sweep(
+    model: RegistrationModel,
+    dataset: Learn2RegDataset,
+    grid: Mapping[str, GridAxis | str],
+    *,
+    batch_size: int | None,
+    refine: RefineOptions | None,
+    max_folding: float | None,
+    backward: bool,
+    progress: bool,
+    yardsticks: Mapping[str, torch.nn.Module] | None = None,
+) -> SweepResult:
+    """[`sweep`][regzoo.sweeping.sweep] over the parameter grid at one refinement similarity;
+    ``yardsticks`` (similarities by their text) add each one's gain to every row's measures."""
     if not grid:
         raise InputError("sweep(): the grid is empty; give at least one NAME=START:STOP:COUNT")
     if batch_size is None:
@@ -444,7 +489,9 @@ def sweep(
                     reverse = _register(
                         model, pair[1], pair[0], chunk, refine, item, "moving"
                     ).displacement
-                measures = label_free_measures(model.objective.similarity, *pair, fields, reverse)
+                measures = label_free_measures(
+                    model.objective.similarity, *pair, fields, reverse, yardsticks
+                )
                 labels = item_labels(item)
                 objective = None
                 if labels is not None or not model.objective.needs_labels:
@@ -467,7 +514,7 @@ def sweep(
         {
             **dict(zip(names, combo, strict=True)),
             **summarize(rows),
-            **_mean_measures(rows),
+            **_mean_measures(rows, yardsticks or {}),
             **_mean_objective(rows),
         }
         for combo, rows in zip(combos, per_setting, strict=True)
@@ -505,14 +552,17 @@ def _similarity_sweep(
             f"sweep(): a similarity axis needs two or more different similarities, got "
             f"{similarities}"
         )
-    for spec in similarities:  # every text checked before any work
-        parse_similarity(spec, trained=model.objective.similarity)
+    # every text checked before any work; each is also a yardstick of every setting
+    yardsticks = {
+        spec: parse_similarity(spec, trained=model.objective.similarity) for spec in similarities
+    }
     parts = [
-        sweep(
+        _grid_sweep(
             model,
             dataset,
             grid,
             refine=dataclasses.replace(refine, similarity=spec),
+            yardsticks=yardsticks,
             **options,
         )
         for spec in similarities
@@ -584,10 +634,13 @@ def as_grid(grid: Mapping[str, GridAxis | str | float]) -> dict[str, GridAxis]:
     return resolved
 
 
-def _mean_measures(rows: Sequence[Mapping[str, Any]]) -> dict[str, float]:
-    """Mean of each label-free measure over the rows that have it."""
+def _mean_measures(
+    rows: Sequence[Mapping[str, Any]], yardsticks: Iterable[str] = ()
+) -> dict[str, float]:
+    """Mean of each label-free measure (and of each yardstick's gain) over the rows that have
+    it."""
     means = {}
-    for key in MEASURES:
+    for key in [*MEASURES, *map(gain_key, yardsticks)]:
         values = [r[key] for r in rows if key in r]
         if values:
             means[key] = float(np.mean(values))

@@ -5,14 +5,16 @@ from __future__ import annotations
 
 import json
 
+import numpy as np
 import pytest
 
-from regzoo._errors import UnknownNameError
+from regzoo._errors import InputError, UnknownNameError
 from regzoo.checkpoint import load_model
 from regzoo.cli import main
+from regzoo.criteria import consensus_fit, gain_key
 from regzoo.data.learn2reg import Intensity, Learn2RegDataset
 from regzoo.refinement import RefineOptions
-from regzoo.sweeping import parse_grid, sweep
+from regzoo.sweeping import SweepResult, parse_grid, sweep
 
 SIMILARITIES = ["model", "model + ngf"]
 
@@ -74,6 +76,74 @@ def test_similarity_axis_api_and_parts(tiny_checkpoint, tiny_phantom):
     )
     with pytest.raises(UnknownNameError, match="did you mean"):
         result.part("model + ngg")
+    # every setting is also measured by each similarity of the axis, the same numbers in
+    # its rows and (averaged) in its setting
+    for entry in [*result.settings, *result.rows]:
+        assert all(np.isfinite(entry[gain_key(spec)]) for spec in SIMILARITIES)
+    row = next(r for r in result.rows if r["refine_similarity"] == "model")
+    assert row[gain_key("model")] == pytest.approx(row["similarity_initial"] - row["similarity"])
+
+
+def test_consensus_fit_is_the_mean_fraction_of_each_similaritys_best_gain():
+    entries = [
+        {gain_key("a"): 2.0, gain_key("b"): 1.0},
+        {gain_key("a"): 1.0, gain_key("b"): 4.0},
+        {gain_key("a"): 4.0, gain_key("b"): -1.0},
+    ]
+    fit = consensus_fit(entries, ["a", "b"])
+    assert fit == pytest.approx([(0.5 + 0.25) / 2, (0.25 + 1) / 2, (1 - 0.25) / 2])
+    # a similarity that no entry improves says nothing and is left out
+    flat = [{**e, gain_key("c"): -1.0} for e in entries]
+    assert consensus_fit(flat, ["a", "b", "c"]) == pytest.approx(fit)
+    with pytest.raises(InputError, match="no setting improves any of the similarities"):
+        consensus_fit(flat, ["c"])
+
+
+def _axis_result(gains: dict[str, dict[str, float]], similarity: dict[str, float]) -> SweepResult:
+    """Two settings (mu = 1, 3) under each of two similarities 'own' and 'both', one pair:
+    ``similarity`` is the model's measure per similarity, ``gains`` the axis's gains."""
+    settings = []
+    for spec in ("own", "both"):
+        for mu, roughness in ((1.0, 0.2), (3.0, 0.1)):
+            settings.append(
+                {
+                    "refine_similarity": spec,
+                    "linear_elastic.mu": mu,
+                    "fixed_id": "1",
+                    "moving_id": "1",
+                    "folding_fraction": 0.0,
+                    "similarity": similarity[spec] - roughness / 10,  # softer fits better
+                    "similarity_initial": 0.0,
+                    "roughness": roughness,
+                    **{gain_key(k): v for k, v in gains[spec].items()},
+                }
+            )
+    return SweepResult(
+        ["linear_elastic.mu"], [[1.0, 3.0]], settings, settings, similarities=["own", "both"]
+    )
+
+
+def test_the_similarity_is_chosen_by_consensus_then_the_parameters_by_the_criterion():
+    # refinement under 'own' wins the model's own measure, but only 'both' improves both
+    gains = {"own": {"own": 1.0, "both": 0.2}, "both": {"own": 0.8, "both": 1.0}}
+    result = _axis_result(gains, similarity={"own": -1.0, "both": -0.8})
+    chosen = result.choose("invertible_fit")  # best model similarity within the similarity
+    assert (chosen["refine_similarity"], chosen["linear_elastic.mu"]) == ("both", 1.0)
+    assert result.choose_per_pair("invertible_fit") == [chosen]
+    # a sweep recorded without the gains (before they were measured) chooses jointly
+    for entry in result.settings:
+        for key in [k for k in entry if k.startswith("similarity_gain")]:
+            del entry[key]
+    assert result.choose("invertible_fit")["refine_similarity"] == "own"
+
+
+def test_consensus_that_no_setting_improves_chooses_nothing_in_one_line():
+    gains = {"own": {"own": -1.0, "both": -0.2}, "both": {"own": -0.8, "both": -1.0}}
+    result = _axis_result(gains, similarity={"own": -1.0, "both": -0.8})
+    with pytest.raises(InputError, match="chooses nothing: no setting improves any") as info:
+        result.choose("discrepancy")
+    assert "\n" not in str(info.value)
+    assert result.choose_per_pair("discrepancy") == []  # the pair is left out
 
 
 def test_similarity_axis_errors(tiny_checkpoint, tiny_phantom, tmp_path, capsys):
