@@ -6,8 +6,11 @@ phantom with ``motion: tissue``; picks each model's best setting by a TRE sweep 
 validation pairs (global: lam x mu; per label: mu@lung x mu@bone, the rest at 1), and reports
 the TRE over all keypoints and over those near the chest wall (within ``--wall`` voxels of the
 lung boundary), network alone and refined. Writes ``OUT/tissue.json`` and the sweeps' reports.
+``--data FOLDER`` uses an existing Learn2Reg folder with tissue label maps instead (the
+real-anatomy set of ``regzoo phantom --anatomy chest-ct``, whose label values are the phantom's).
 
     python -u benchmarks/tissue.py --out runs/tissue_bench [--shape 32] [--steps 400]
+    python -u benchmarks/tissue.py --out runs/tissue_ct --data data/chest_ct64 --threads 1
 """
 
 from __future__ import annotations
@@ -45,6 +48,7 @@ def overrides(args: argparse.Namespace, data: Path, run_dir: Path) -> list[str]:
         "trainer.check_val_every_n_epoch=null",
         "trainer.limit_val_batches=0",
         f"data.phantom.shape=[{args.shape}, {args.shape}, {args.shape}]",
+        "model.symmetric=false",  # the same plain network for both models
     ]
 
 
@@ -98,9 +102,11 @@ def main() -> None:
     parser.add_argument("--n", type=int, default=12)
     parser.add_argument("--wall", type=float, default=2.0, help="voxels from the lung boundary")
     parser.add_argument("--refine", type=int, default=30)
+    parser.add_argument("--data", type=Path, help="an existing data set with tissue labels")
+    parser.add_argument("--threads", type=int, default=2)
     args = parser.parse_args()
-    torch.set_num_threads(2)
-    data = args.out / "data"
+    torch.set_num_threads(args.threads)
+    data = args.data or args.out / "data"
     if not data.exists():
         shape = [args.shape] * 3
         write_phantom_dataset(data, n=args.n, val=4, shape=shape, seed=0, motion="tissue")

@@ -108,8 +108,10 @@ def run_sweep_study(
             integer ``refine``, the former form).
         refine_similarities: two or more refinement similarities (with ``refine_grid``): the
             exact sweep refines every setting under each (a similarity axis, heat maps per
-            similarity), the criterion or metric chooses the similarity with the parameters,
-            and the comparison, figure and explore command use the chosen one
+            similarity); the metric ranks similarities and parameters together, the
+            criterion chooses the similarity first (by the consensus of the axis's
+            similarities, [`SweepResult.choose`][regzoo.sweeping.SweepResult.choose]) and then
+            the parameters; the comparison, figure and explore command use the chosen one
             (``refine``'s options with that ``similarity``).
         max_folding: the best setting's highest folded-voxel fraction (``0.0``: none folds,
             as ``--max-folding``'s default; ``None``: no limit).

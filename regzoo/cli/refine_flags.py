@@ -42,8 +42,9 @@ def add_refine_options(
         "'model + 0.75*ngf'; 'model' is the training similarity) and options after ':' "
         "('ngf:eta=0.05'); the regularizer terms stay the model's"
         + (
-            "; several (with --refine-grid): every setting is refined under each, and the "
-            "criterion chooses the similarity with the parameters"
+            "; several (with --refine-grid): every setting is refined under each; --metric "
+            "ranks all together, --criterion takes the similarity that all of them agree "
+            "matches best, then the parameters"
             if several_similarities
             else ""
         ),
