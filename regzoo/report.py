@@ -2,6 +2,7 @@
 
 from __future__ import annotations
 
+import contextlib
 import dataclasses
 import json
 import re
@@ -9,6 +10,7 @@ from collections.abc import Mapping, Sequence
 from pathlib import Path
 from typing import Any
 
+from regzoo._errors import InputError
 from regzoo.data.learn2reg import Intensity
 from regzoo.inference import register
 from regzoo.io import Volume, atomic_write_text, write_csv
@@ -176,6 +178,22 @@ def _choice_lines(
             + "".join(f"{_cell(setting, m)} | " for m in metrics)
             + f"{_cell(setting, 'folding_fraction', '.2%')} |"
         )
+    consensus: dict[str, float] = {}
+    with contextlib.suppress(InputError):  # no setting improves any similarity: no consensus
+        consensus = result.consensus_by_similarity()
+    if consensus:
+        payload["consensus_by_similarity"] = consensus
+        winner = max(consensus, key=lambda spec: consensus[spec])
+        fits = ", ".join(
+            f"**`{spec}` {fit:.3f}**" if spec == winner else f"`{spec}` {fit:.3f}"
+            for spec, fit in consensus.items()
+        )
+        lines += [
+            "",
+            "The label-free criteria choose the similarity first, by the consensus of the "
+            "axis's similarities (the best setting's fit; 1 = the best match by every "
+            f"similarity at once): {fits}; then the parameters among its settings.",
+        ]
     return lines, payload
 
 

@@ -265,17 +265,41 @@ class SweepResult:
         ranked = sorted(finite, key=lambda k: (scores[k], folded(eligible[k])))
         return [eligible[k] for k in ranked], ""
 
+    def consensus_by_similarity(
+        self, entries: Sequence[Mapping[str, Any]] | None = None
+    ) -> dict[str, float]:
+        """For each similarity of the axis, the largest
+        [`consensus_fit`][regzoo.criteria.consensus_fit] of its settings within
+        ``max_folding`` (``entries``: those instead of the data set's settings, e.g. one
+        pair's rows); the label-free choice takes the similarity with the largest. Empty
+        without a similarity axis, or for a sweep that did not record the gains.
+
+        Raises:
+            InputError: no setting improves any similarity of the axis.
+        """
+        entries = self.settings if entries is None else entries
+        limit = self.max_folding
+        eligible = [e for e in entries if limit is None or e.get("folding_fraction", 0.0) <= limit]
+        specs = self.similarities
+        if not specs or not eligible or any(gain_key(s) not in e for s in specs for e in eligible):
+            return {}
+        fits = consensus_fit(eligible, specs)
+        best: dict[str, float] = {}
+        for entry, fit in zip(eligible, fits, strict=True):
+            spec = entry["refine_similarity"]
+            best[spec] = max(best.get(spec, -np.inf), float(fit))
+        return best
+
     def _consensus_similarity(
         self, entries: Sequence[dict[str, Any]], eligible: list[int]
     ) -> list[int]:
-        """With a similarity axis, the ``eligible`` entries refined under the similarity whose
-        best setting has the largest [`consensus_fit`][regzoo.criteria.consensus_fit] (every
-        entry without an axis, or from a sweep that did not record the gains)."""
-        specs = self.similarities
-        if not specs or any(gain_key(s) not in entries[i] for s in specs for i in eligible):
+        """The ``eligible`` entries refined under the similarity
+        [`consensus_by_similarity`][regzoo.sweeping.SweepResult.consensus_by_similarity] takes
+        (all of them when it is empty)."""
+        fits = self.consensus_by_similarity([entries[i] for i in eligible])
+        if not fits:
             return eligible
-        fit = consensus_fit([entries[i] for i in eligible], specs)
-        chosen = entries[eligible[int(np.argmax(fit))]]["refine_similarity"]
+        chosen = max(fits, key=lambda spec: fits[spec])
         return [i for i in eligible if entries[i]["refine_similarity"] == chosen]
 
     def choose(self, criterion: str | Criterion) -> dict[str, Any]:

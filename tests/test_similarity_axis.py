@@ -43,7 +43,12 @@ def test_sweep_similarity_axis_end_to_end(tiny_checkpoint, tiny_phantom, tmp_pat
     assert record["choices"]["discrepancy"] == best
     for i, spec in enumerate(["model", "model_ngf"]):  # one heat-map file per similarity
         assert (out / f"heatmap_{i}_{spec}.png").is_file()
+    # the criterion took the similarity by consensus first: the report says so, with the fits
+    consensus = record["consensus_by_similarity"]
+    assert set(consensus) == set(SIMILARITIES) and max(consensus.values()) <= 1.0
+    assert best["refine_similarity"] == max(consensus, key=consensus.__getitem__)
     summary = (out / "summary.md").read_text()
+    assert "choose the similarity first, by the consensus" in summary
     assert "Refined under `model + ngf`" in summary
     assert f"refined under `{best['refine_similarity']}`" in summary
     assert f"refined under '{best['refine_similarity']}'" in printed
