@@ -137,7 +137,7 @@ def main() -> None:
         }
         print(name, json.dumps(results[name]), flush=True)
     results["identity"] = wall_tre(None, dataset, {}, args.wall, 0)
-    results["setup"] = vars(args) | {"out": str(args.out)}
+    results["setup"] = {k: str(v) if isinstance(v, Path) else v for k, v in vars(args).items()}
     (args.out / "tissue.json").write_text(json.dumps(results, indent=2))
     print(json.dumps(results, indent=2))
 
