@@ -144,8 +144,8 @@ def main() -> None:
         "--refine-similarity",
         nargs="+",
         metavar="SPEC",
-        help="refine under this similarity; two or more: a similarity axis, the criteria "
-        "choose the similarity with the parameters",
+        help="refine under this similarity; two or more: a similarity axis (the criteria "
+        "choose the similarity by the consensus of the axis, then the parameters)",
     )
     parser.add_argument(
         "--refine-split", type=lambda t: [float(v) for v in t.split(":")], metavar="A:B:C"

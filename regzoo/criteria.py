@@ -64,7 +64,9 @@ def gain_key(similarity: str) -> str:
 
 @dataclass(frozen=True)
 class ChoiceTable:
-    """What a criterion sees: one entry per setting of a sweep's grid.
+    """What a criterion sees: one entry per setting of a sweep's grid (with a similarity axis,
+    the settings of the one similarity the consensus chose,
+    [`SweepResult.choose`][regzoo.sweeping.SweepResult.choose]).
 
     Attributes:
         names: the swept parameters (full names).
@@ -337,17 +339,17 @@ def consensus_fit(entries: Sequence[Mapping[str, Any]], similarities: Sequence[s
     ([`SweepResult.choose`][regzoo.sweeping.SweepResult.choose]): refinement under one
     similarity can improve that similarity's own measure at the expense of the others (it fits
     what the measure alone rewards), so no single similarity is a fair yardstick for choosing
-    among them; the fit asks for agreement of all of them.
+    among them; the fit asks for agreement of all of them. A similarity that no entry improves
+    over the unregistered pair cannot tell the entries apart and is left out of the mean; a
+    missing or non-finite gain counts as ``-inf`` (that entry is never the best).
 
     Args:
         entries: settings (or one pair's rows) holding the gain of every similarity.
         similarities: the similarity texts whose gains are averaged.
 
-    A similarity that no entry improves over the unregistered pair cannot tell the entries
-    apart and is left out of the mean.
-
     Returns:
-        ``(len(entries),)`` fits, at most 1 (``-inf`` where an entry lacks a gain).
+        ``(len(entries),)`` fits, at most 1 (``-inf`` for an entry with a missing or
+        non-finite gain under a similarity that counts).
 
     Raises:
         InputError: no entries or no similarities, or no entry improves any similarity.
@@ -357,6 +359,7 @@ def consensus_fit(entries: Sequence[Mapping[str, Any]], similarities: Sequence[s
     fractions = []
     for name in similarities:
         gains = np.array([float(e.get(gain_key(name), -np.inf)) for e in entries], dtype=float)
+        gains[~np.isfinite(gains)] = -np.inf  # NaN or missing: never the best
         best = np.max(gains)
         if best > 0:
             fractions.append(gains / best)

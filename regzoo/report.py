@@ -2,7 +2,6 @@
 
 from __future__ import annotations
 
-import contextlib
 import dataclasses
 import json
 import re
@@ -178,23 +177,34 @@ def _choice_lines(
             + "".join(f"{_cell(setting, m)} | " for m in metrics)
             + f"{_cell(setting, 'folding_fraction', '.2%')} |"
         )
-    consensus: dict[str, float] = {}
-    with contextlib.suppress(InputError):  # no setting improves any similarity: no consensus
-        consensus = result.consensus_by_similarity()
-    if consensus:
-        payload["consensus_by_similarity"] = consensus
-        winner = max(consensus, key=lambda spec: consensus[spec])
-        fits = ", ".join(
-            f"**`{spec}` {fit:.3f}**" if spec == winner else f"`{spec}` {fit:.3f}"
-            for spec, fit in consensus.items()
-        )
-        lines += [
-            "",
-            "The label-free criteria choose the similarity first, by the consensus of the "
-            "axis's similarities (the best setting's fit; 1 = the best match by every "
-            f"similarity at once): {fits}; then the parameters among its settings.",
-        ]
+    if result.similarities:
+        lines += ["", _consensus_line(result, payload)]
     return lines, payload
+
+
+def _consensus_line(result: SweepResult, payload: dict[str, Any]) -> str:
+    """The report's sentence on how the label-free criteria chose the similarity of the axis
+    (the fit of each similarity also goes into ``payload``)."""
+    try:
+        consensus = result.consensus_by_similarity()
+    except InputError as exc:
+        return f"The label-free criteria found no consensus among the similarities: {exc}."
+    if not consensus:
+        return (
+            "This sweep did not record each similarity's gain (it predates them), so the "
+            "label-free criteria judged every similarity by the model's own similarity."
+        )
+    payload["consensus_by_similarity"] = consensus
+    winner = max(consensus, key=lambda spec: consensus[spec])
+    fits = ", ".join(
+        f"**`{spec}` {fit:.3f}**" if spec == winner else f"`{spec}` {fit:.3f}"
+        for spec, fit in consensus.items()
+    )
+    return (
+        "The label-free criteria choose the similarity first, by the consensus of the axis's "
+        "similarities (the best setting's fit; 1 = the best match by every similarity at "
+        f"once): {fits}; then the parameters among its settings."
+    )
 
 
 def _describe_refinement(options: RefineOptions | None) -> str:

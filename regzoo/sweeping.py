@@ -252,18 +252,19 @@ class SweepResult:
                 "to allow some folding)"
             )
         try:
-            eligible = self._consensus_similarity(entries, eligible)
+            groups = self._consensus_groups(entries, eligible)
         except InputError as exc:
             return [], f"criterion {name!r} chooses nothing: {exc}"
-        scores = judge(ChoiceTable(self.names, [entries[i] for i in eligible]))
-        finite = [k for k in range(len(eligible)) if scores[k] < np.inf]
-        if not finite:
-            return [], (
-                f"criterion {name!r} chooses nothing: it admits none of the {len(eligible)} "
-                f"settings; it admits {judge.admits}"
-            )
-        ranked = sorted(finite, key=lambda k: (scores[k], folded(eligible[k])))
-        return [eligible[k] for k in ranked], ""
+        for group in groups:  # the similarity the consensus prefers first
+            scores = judge(ChoiceTable(self.names, [entries[i] for i in group]))
+            finite = [k for k in range(len(group)) if scores[k] < np.inf]
+            if finite:
+                ranked = sorted(finite, key=lambda k: (scores[k], folded(group[k])))
+                return [group[k] for k in ranked], ""
+        return [], (
+            f"criterion {name!r} chooses nothing: it admits none of the {len(eligible)} "
+            f"settings; it admits {judge.admits}"
+        )
 
     def consensus_by_similarity(
         self, entries: Sequence[Mapping[str, Any]] | None = None
@@ -290,17 +291,17 @@ class SweepResult:
             best[spec] = max(best.get(spec, -np.inf), float(fit))
         return best
 
-    def _consensus_similarity(
+    def _consensus_groups(
         self, entries: Sequence[dict[str, Any]], eligible: list[int]
-    ) -> list[int]:
-        """The ``eligible`` entries refined under the similarity
-        [`consensus_by_similarity`][regzoo.sweeping.SweepResult.consensus_by_similarity] takes
-        (all of them when it is empty)."""
+    ) -> list[list[int]]:
+        """The ``eligible`` entries grouped by refinement similarity, the largest
+        [`consensus_by_similarity`][regzoo.sweeping.SweepResult.consensus_by_similarity] first
+        (the criterion falls back to the next group when it admits none of a group); one group
+        of them all without a similarity axis or without recorded gains."""
         fits = self.consensus_by_similarity([entries[i] for i in eligible])
-        if not fits:
-            return eligible
-        chosen = max(fits, key=lambda spec: fits[spec])
-        return [i for i in eligible if entries[i]["refine_similarity"] == chosen]
+        order = sorted(fits, key=lambda spec: -fits[spec])
+        groups = [[i for i in eligible if entries[i]["refine_similarity"] == s] for s in order]
+        return groups or [eligible]
 
     def choose(self, criterion: str | Criterion) -> dict[str, Any]:
         """The setting a label-free criterion ([`regzoo.criteria`][regzoo.criteria]) picks for the
@@ -309,9 +310,11 @@ class SweepResult:
         With a similarity axis the choice has two stages: the similarity first, the one whose
         best setting matches the images best by all the axis's similarities together
         ([`consensus_fit`][regzoo.criteria.consensus_fit]), then the criterion among that
-        similarity's settings (by the model's own similarity, as without an axis). A criterion
-        alone would judge every similarity by the model's similarity, which refinement under
-        the model's similarity minimises directly (docs/choosing.md).
+        similarity's settings (by the model's own similarity, as without an axis; when it
+        admits none of them, the next similarity by consensus). A criterion alone would judge
+        every similarity by the model's similarity, which refinement under the model's
+        similarity minimises directly (docs/choosing.md). A sweep recorded without the gains
+        (before they were measured) is judged in one stage, as before.
 
         Raises:
             UnknownNameError: an unknown criterion name.
